@@ -1,0 +1,202 @@
+//! weft's resource model: the typed configuration every weft component reads.
+//!
+//! Data flows one way through this crate:
+//!
+//! ```text
+//! YAML text ─► yaml::parse_documents (line-marked JSON values)
+//!           ─► typed Resource<Spec> per document (serde, field path on error)
+//!           ─► validate (cross-references, regexes, header names, …)
+//!           ─► Config (immutable; the proxy compiles it into a snapshot)
+//! ```
+//!
+//! Every error carries the file, line and field path; one bad document refuses the whole
+//! file, so a half-valid configuration is never applied. This crate does no I/O beyond
+//! reading the file it is asked to load.
+
+pub mod duration;
+pub mod resources;
+mod validate;
+pub mod yaml;
+
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::path::Path;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+pub use resources::*;
+
+/// Largest configuration file accepted.
+pub const MAX_CONFIG_BYTES: u64 = 16 * 1024 * 1024;
+
+/// A validated configuration: the resources of one file.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Config {
+    /// Content hash of the source text: changes whenever the file does.
+    pub version: String,
+    /// `Gateway` resources (listeners).
+    pub gateways: Vec<Resource<GatewaySpec>>,
+    /// `HTTPRoute` resources, in file order (file order breaks precedence ties).
+    pub routes: Vec<Resource<HttpRouteSpec>>,
+    /// `Service` resources.
+    pub services: Vec<Resource<ServiceSpec>>,
+}
+
+impl Config {
+    /// The service named `name`.
+    pub fn service(&self, name: &str) -> Option<&Resource<ServiceSpec>> {
+        self.services.iter().find(|s| s.metadata.name == name)
+    }
+}
+
+/// One problem in a configuration file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// File name as given.
+    pub file: String,
+    /// 1-based line, when known.
+    pub line: Option<usize>,
+    /// Field path, e.g. `HTTPRoute/web: spec.rules[0].backendRefs[0].name`.
+    pub field: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "{}:{}: ", self.file, line)?,
+            None => write!(f, "{}: ", self.file)?,
+        }
+        if !self.field.is_empty() {
+            write!(f, "{}: ", self.field)?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+/// All problems found in a file (never empty).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl ConfigErrors {
+    fn single(file: &str, line: Option<usize>, message: impl Into<String>) -> Self {
+        ConfigErrors(vec![ConfigError {
+            file: file.to_string(),
+            line,
+            field: String::new(),
+            message: message.into(),
+        }])
+    }
+}
+
+/// Reads and validates a configuration file.
+pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
+    let name = path.display().to_string();
+    let meta = std::fs::metadata(path)
+        .map_err(|e| ConfigErrors::single(&name, None, format!("cannot read: {e}")))?;
+    if meta.len() > MAX_CONFIG_BYTES {
+        return Err(ConfigErrors::single(
+            &name,
+            None,
+            format!("file is {} bytes; the limit is {MAX_CONFIG_BYTES}", meta.len()),
+        ));
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigErrors::single(&name, None, format!("cannot read: {e}")))?;
+    parse(&name, &text)
+}
+
+/// Parses and validates configuration text; `file` names it in errors.
+pub fn parse(file: &str, text: &str) -> Result<Config, ConfigErrors> {
+    let docs = yaml::parse_documents(text)
+        .map_err(|e| ConfigErrors::single(file, Some(e.line), format!("YAML syntax: {}", e.message)))?;
+    let mut errors = Vec::new();
+    let mut config = Config {
+        version: content_version(text),
+        gateways: Vec::new(),
+        routes: Vec::new(),
+        services: Vec::new(),
+    };
+    let mut origins = validate::Origins::default();
+    for doc in &docs {
+        let kind = doc.value.get("kind").and_then(|k| k.as_str()).unwrap_or_default();
+        let err_at = |field: String, message: String| ConfigError {
+            file: file.to_string(),
+            line: doc.lines.line_of(&field).or(Some(doc.start_line)),
+            field,
+            message,
+        };
+        match kind {
+            "Gateway" => match typed(doc) {
+                Ok(r) => {
+                    origins.gateways.push(doc);
+                    config.gateways.push(r);
+                }
+                Err((f, m)) => errors.push(err_at(f, m)),
+            },
+            "HTTPRoute" => match typed(doc) {
+                Ok(r) => {
+                    origins.routes.push(doc);
+                    config.routes.push(r);
+                }
+                Err((f, m)) => errors.push(err_at(f, m)),
+            },
+            "Service" => match typed(doc) {
+                Ok(r) => {
+                    origins.services.push(doc);
+                    config.services.push(r);
+                }
+                Err((f, m)) => errors.push(err_at(f, m)),
+            },
+            "" if doc.value.is_null() => {} // empty document, e.g. a trailing `---`
+            "" => errors.push(err_at("kind".into(), "missing `kind`".into())),
+            other => errors.push(err_at(
+                "kind".into(),
+                format!("unknown kind `{other}` (expected Gateway, HTTPRoute or Service)"),
+            )),
+        }
+    }
+    if errors.is_empty() {
+        validate::validate(file, &config, &origins, &mut errors);
+    }
+    if errors.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigErrors(errors))
+    }
+}
+
+fn typed<T: DeserializeOwned>(doc: &yaml::Document) -> Result<T, (String, String)> {
+    serde_path_to_error::deserialize(&doc.value).map_err(|e| {
+        let path = e.path().to_string();
+        let path = if path == "." { String::new() } else { path };
+        (path, e.into_inner().to_string())
+    })
+}
+
+/// A stable content hash (SipHash with fixed keys), 16 hex digits.
+fn content_version(text: &str) -> String {
+    #[allow(deprecated)] // SipHasher is deprecated only in favour of DefaultHasher, whose keys may change
+    let mut h = std::hash::SipHasher::new();
+    text.hash(&mut h);
+    format!("{:016x}", h.finish())
+}
+
+#[cfg(test)]
+mod tests;

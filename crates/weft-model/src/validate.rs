@@ -1,0 +1,365 @@
+//! Semantic checks that serde cannot express: names resolve, regexes compile, header names
+//! are legal, filters are consistent with matches. Each error is mapped back to its line.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+
+use crate::yaml::Document;
+use crate::*;
+
+/// The document each resource came from, parallel to the vectors of `Config`.
+#[derive(Default)]
+pub(crate) struct Origins<'a> {
+    pub gateways: Vec<&'a Document>,
+    pub routes: Vec<&'a Document>,
+    pub services: Vec<&'a Document>,
+}
+
+struct Report<'a> {
+    file: &'a str,
+    errors: &'a mut Vec<ConfigError>,
+}
+
+impl Report<'_> {
+    fn at(&mut self, doc: &Document, kind: &str, name: &str, field: String, message: String) {
+        self.errors.push(ConfigError {
+            file: self.file.to_string(),
+            line: doc.lines.line_of(&field).or(Some(doc.start_line)),
+            field: format!("{kind}/{name}: {field}"),
+            message,
+        });
+    }
+}
+
+pub(crate) fn validate(file: &str, c: &Config, o: &Origins<'_>, errors: &mut Vec<ConfigError>) {
+    let mut r = Report { file, errors };
+    unique_names(&mut r, "Gateway", c.gateways.iter().map(|g| &g.metadata.name), &o.gateways);
+    unique_names(&mut r, "HTTPRoute", c.routes.iter().map(|g| &g.metadata.name), &o.routes);
+    unique_names(&mut r, "Service", c.services.iter().map(|g| &g.metadata.name), &o.services);
+
+    let mut addresses: HashMap<SocketAddr, String> = HashMap::new();
+    for (g, doc) in c.gateways.iter().zip(&o.gateways) {
+        let name = &g.metadata.name;
+        if g.spec.listeners.is_empty() {
+            r.at(doc, "Gateway", name, "spec.listeners".into(), "needs at least one listener".into());
+        }
+        let mut seen = HashSet::new();
+        for (i, l) in g.spec.listeners.iter().enumerate() {
+            let at = format!("spec.listeners[{i}]");
+            if !seen.insert(&l.name) {
+                r.at(doc, "Gateway", name, format!("{at}.name"), format!("duplicate listener `{}`", l.name));
+            }
+            match l.address.parse::<SocketAddr>() {
+                Err(_) => r.at(
+                    doc,
+                    "Gateway",
+                    name,
+                    format!("{at}.address"),
+                    format!("`{}` is not IP:PORT", l.address),
+                ),
+                Ok(a) if a.port() != 0 => {
+                    if let Some(prev) = addresses.insert(a, format!("{name}/{}", l.name)) {
+                        r.at(doc, "Gateway", name, format!("{at}.address"), format!("{a} is already used by listener {prev}"));
+                    }
+                }
+                Ok(_) => {}
+            }
+        }
+    }
+
+    for (s, doc) in c.services.iter().zip(&o.services) {
+        service(&mut r, s, doc);
+    }
+    for (route, doc) in c.routes.iter().zip(&o.routes) {
+        http_route(&mut r, c, route, doc);
+    }
+}
+
+fn unique_names<'a>(
+    r: &mut Report<'_>,
+    kind: &str,
+    names: impl Iterator<Item = &'a String>,
+    docs: &[&Document],
+) {
+    let mut seen = HashSet::new();
+    for (name, doc) in names.zip(docs) {
+        if !valid_name(name) {
+            r.at(doc, kind, name, "metadata.name".into(), format!("`{name}` is not a valid name: use 1-63 of a-z, 0-9, '-', '.', '_'"));
+        }
+        if !seen.insert(name) {
+            r.at(doc, kind, name, "metadata.name".into(), format!("duplicate {kind} `{name}`"));
+        }
+    }
+}
+
+fn valid_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 63
+        && n.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-._".contains(&b))
+}
+
+fn service(r: &mut Report<'_>, s: &Resource<ServiceSpec>, doc: &Document) {
+    let name = &s.metadata.name;
+    let mut seen = HashSet::new();
+    for (i, e) in s.spec.endpoints.iter().enumerate() {
+        let at = format!("spec.endpoints[{i}]");
+        match e.address.parse::<SocketAddr>() {
+            Ok(a) if a.port() == 0 => r.at(doc, "Service", name, format!("{at}.address"), "port 0 is not a valid endpoint".into()),
+            Ok(a) => {
+                if !seen.insert(a) {
+                    r.at(doc, "Service", name, format!("{at}.address"), format!("duplicate endpoint {a}"));
+                }
+            }
+            Err(_) => r.at(doc, "Service", name, format!("{at}.address"), format!("`{}` is not IP:PORT", e.address)),
+        }
+        if !(1..=10_000).contains(&e.weight) {
+            r.at(doc, "Service", name, format!("{at}.weight"), format!("weight {} is outside 1..=10000", e.weight));
+        }
+    }
+    let lb = &s.spec.load_balancer;
+    match (&lb.policy, &lb.hash_on) {
+        (LbPolicy::RingHash, None) => r.at(doc, "Service", name, "spec.loadBalancer.hashOn".into(), "RingHash needs `hashOn` (header, cookie or clientAddress)".into()),
+        (LbPolicy::RingHash, Some(h)) => {
+            let set = h.header.is_some() as u8 + h.cookie.is_some() as u8 + h.client_address as u8;
+            if set != 1 {
+                r.at(doc, "Service", name, "spec.loadBalancer.hashOn".into(), "set exactly one of header, cookie, clientAddress".into());
+            }
+            if let Some(hn) = &h.header {
+                if http::HeaderName::from_bytes(hn.as_bytes()).is_err() {
+                    r.at(doc, "Service", name, "spec.loadBalancer.hashOn.header".into(), format!("`{hn}` is not a valid header name"));
+                }
+            }
+        }
+        (_, Some(_)) => r.at(doc, "Service", name, "spec.loadBalancer.hashOn".into(), "hashOn applies only to policy RingHash".into()),
+        (_, None) => {}
+    }
+    if s.spec.connect_timeout.get().is_zero() {
+        r.at(doc, "Service", name, "spec.connectTimeout".into(), "must be greater than 0".into());
+    }
+    if s.spec.connection_pool.max_idle_per_endpoint > 10_000 {
+        r.at(doc, "Service", name, "spec.connectionPool.maxIdlePerEndpoint".into(), "must be at most 10000".into());
+    }
+}
+
+fn http_route(r: &mut Report<'_>, c: &Config, route: &Resource<HttpRouteSpec>, doc: &Document) {
+    let name = &route.metadata.name;
+    let err = |r: &mut Report<'_>, field: String, msg: String| r.at(doc, "HTTPRoute", name, field, msg);
+
+    for (i, p) in route.spec.parent_refs.iter().enumerate() {
+        match c.gateways.iter().find(|g| g.metadata.name == p.name) {
+            None => err(r, format!("spec.parentRefs[{i}].name"), format!("unknown Gateway `{}`", p.name)),
+            Some(g) => {
+                if let Some(section) = &p.section_name {
+                    if !g.spec.listeners.iter().any(|l| &l.name == section) {
+                        err(r, format!("spec.parentRefs[{i}].sectionName"), format!("Gateway `{}` has no listener `{section}`", p.name));
+                    }
+                }
+            }
+        }
+    }
+    for (i, h) in route.spec.hostnames.iter().enumerate() {
+        if let Err(m) = check_hostname(h, true) {
+            err(r, format!("spec.hostnames[{i}]"), m);
+        }
+    }
+    if route.spec.rules.is_empty() {
+        err(r, "spec.rules".into(), "needs at least one rule".into());
+    }
+    for (ri, rule) in route.spec.rules.iter().enumerate() {
+        let at = format!("spec.rules[{ri}]");
+        for (mi, m) in rule.matches.iter().enumerate() {
+            let at = format!("{at}.matches[{mi}]");
+            if let Some(p) = &m.path {
+                if let Err(msg) = check_path_match(p) {
+                    err(r, format!("{at}.path.value"), msg);
+                }
+            }
+            for (hi, h) in m.headers.iter().enumerate() {
+                if http::HeaderName::from_bytes(h.name.as_bytes()).is_err() {
+                    err(r, format!("{at}.headers[{hi}].name"), format!("`{}` is not a valid header name", h.name));
+                }
+                if let Err(msg) = check_value_match(h) {
+                    err(r, format!("{at}.headers[{hi}].value"), msg);
+                }
+            }
+            for (qi, q) in m.query_params.iter().enumerate() {
+                if q.name.is_empty() {
+                    err(r, format!("{at}.queryParams[{qi}].name"), "must not be empty".into());
+                }
+                if let Err(msg) = check_value_match(q) {
+                    err(r, format!("{at}.queryParams[{qi}].value"), msg);
+                }
+            }
+            if let Some(method) = &m.method {
+                if http::Method::from_bytes(method.as_bytes()).is_err() || method.chars().any(|c| c.is_ascii_lowercase()) {
+                    err(r, format!("{at}.method"), format!("`{method}` is not an HTTP method (use upper case, e.g. GET)"));
+                }
+            }
+        }
+        let mut redirects = false;
+        let mut seen_kinds = HashSet::new();
+        for (fi, f) in rule.filters.iter().enumerate() {
+            let at = format!("{at}.filters[{fi}]");
+            if !seen_kinds.insert(f.kind) {
+                err(r, format!("{at}.type"), format!("{:?} appears twice in one rule", f.kind));
+            }
+            let present = [
+                (FilterType::RequestHeaderModifier, f.request_header_modifier.is_some(), "requestHeaderModifier"),
+                (FilterType::ResponseHeaderModifier, f.response_header_modifier.is_some(), "responseHeaderModifier"),
+                (FilterType::RequestRedirect, f.request_redirect.is_some(), "requestRedirect"),
+                (FilterType::URLRewrite, f.url_rewrite.is_some(), "urlRewrite"),
+            ];
+            for (kind, is_set, field) in present {
+                if kind == f.kind && !is_set {
+                    err(r, at.clone(), format!("type {kind:?} needs the field `{field}`"));
+                } else if kind != f.kind && is_set {
+                    err(r, format!("{at}.{field}"), format!("`{field}` does not belong to a filter of type {:?}", f.kind));
+                }
+            }
+            if let Some(m) = f.request_header_modifier.as_ref().or(f.response_header_modifier.as_ref()) {
+                let field = if f.request_header_modifier.is_some() { "requestHeaderModifier" } else { "responseHeaderModifier" };
+                header_modifier(r, doc, name, &format!("{at}.{field}"), m);
+            }
+            let path_mod = match (&f.request_redirect, &f.url_rewrite) {
+                (Some(rd), _) => {
+                    redirects = true;
+                    if ![301, 302, 303, 307, 308].contains(&rd.status_code) {
+                        err(r, format!("{at}.requestRedirect.statusCode"), format!("{} is not a redirect status (301, 302, 303, 307, 308)", rd.status_code));
+                    }
+                    if let Some(s) = &rd.scheme {
+                        if s != "http" && s != "https" {
+                            err(r, format!("{at}.requestRedirect.scheme"), format!("`{s}` must be http or https"));
+                        }
+                    }
+                    if let Some(h) = &rd.hostname {
+                        if let Err(m) = check_hostname(h, false) {
+                            err(r, format!("{at}.requestRedirect.hostname"), m);
+                        }
+                    }
+                    rd.path.as_ref().map(|p| (p, format!("{at}.requestRedirect.path")))
+                }
+                (None, Some(rw)) => {
+                    if let Some(h) = &rw.hostname {
+                        if let Err(m) = check_hostname(h, false) {
+                            err(r, format!("{at}.urlRewrite.hostname"), m);
+                        }
+                    }
+                    rw.path.as_ref().map(|p| (p, format!("{at}.urlRewrite.path")))
+                }
+                _ => None,
+            };
+            if let Some((p, field)) = path_mod {
+                if let Err(m) = check_path_modifier(p, &rule.matches) {
+                    err(r, field, m);
+                }
+            }
+        }
+        if seen_kinds.contains(&FilterType::RequestRedirect) && seen_kinds.contains(&FilterType::URLRewrite) {
+            err(r, format!("{at}.filters"), "RequestRedirect and URLRewrite cannot be used together".into());
+        }
+        if rule.backend_refs.is_empty() && !redirects {
+            err(r, format!("{at}.backendRefs"), "needs at least one backend (or a RequestRedirect filter)".into());
+        }
+        if !rule.backend_refs.is_empty() && rule.backend_refs.iter().all(|b| b.weight == 0) {
+            err(r, format!("{at}.backendRefs"), "all weights are 0: no backend could ever be picked".into());
+        }
+        for (bi, b) in rule.backend_refs.iter().enumerate() {
+            if c.service(&b.name).is_none() {
+                err(r, format!("{at}.backendRefs[{bi}].name"), format!("unknown Service `{}`", b.name));
+            }
+            if b.weight > 1_000_000 {
+                err(r, format!("{at}.backendRefs[{bi}].weight"), "must be at most 1000000".into());
+            }
+        }
+    }
+}
+
+fn header_modifier(r: &mut Report<'_>, doc: &Document, route: &str, at: &str, m: &HeaderModifier) {
+    let names = m.set.iter().chain(&m.add).map(|h| &h.name).chain(&m.remove);
+    for n in names {
+        if http::HeaderName::from_bytes(n.as_bytes()).is_err() {
+            r.at(doc, "HTTPRoute", route, at.to_string(), format!("`{n}` is not a valid header name"));
+        }
+    }
+    for h in m.set.iter().chain(&m.add) {
+        if http::HeaderValue::from_str(&h.value).is_err() {
+            r.at(doc, "HTTPRoute", route, at.to_string(), format!("value of `{}` contains characters not allowed in a header", h.name));
+        }
+    }
+}
+
+fn check_hostname(h: &str, wildcard_ok: bool) -> Result<(), String> {
+    let body = match h.strip_prefix("*.") {
+        Some(rest) if wildcard_ok => rest,
+        Some(_) => return Err(format!("`{h}`: a wildcard is not allowed here")),
+        None => h,
+    };
+    let labels_ok = !body.is_empty()
+        && body.len() <= 253
+        && body.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        });
+    if labels_ok {
+        Ok(())
+    } else {
+        Err(format!("`{h}` is not a valid host name (lower-case DNS labels; wildcard only as a leading `*.`)"))
+    }
+}
+
+fn check_path_match(p: &PathMatch) -> Result<(), String> {
+    match p.kind {
+        PathMatchType::Exact | PathMatchType::PathPrefix => {
+            if !p.value.starts_with('/') {
+                return Err(format!("`{}` must start with `/`", p.value));
+            }
+            if p.value.contains(['?', '#']) || p.value.contains("//") || p.value.contains("/./") || p.value.contains("/../") {
+                return Err(format!("`{}` must be a normalized path without query or fragment", p.value));
+            }
+            Ok(())
+        }
+        PathMatchType::RegularExpression => check_regex(&p.value),
+    }
+}
+
+fn check_value_match(m: &ValueMatch) -> Result<(), String> {
+    match m.kind {
+        ValueMatchType::Exact => Ok(()),
+        ValueMatchType::RegularExpression => check_regex(&m.value),
+    }
+}
+
+/// Regexes are compiled with a size limit so a hostile config cannot blow up memory.
+pub(crate) fn check_regex(re: &str) -> Result<(), String> {
+    regex::RegexBuilder::new(re)
+        .size_limit(1 << 20)
+        .build()
+        .map(|_| ())
+        .map_err(|e| format!("invalid regular expression: {e}"))
+}
+
+fn check_path_modifier(p: &PathModifier, matches: &[HttpRouteMatch]) -> Result<(), String> {
+    match p.kind {
+        PathModifierType::ReplaceFullPath => match &p.replace_full_path {
+            Some(v) if v.starts_with('/') => Ok(()),
+            Some(v) => Err(format!("replaceFullPath `{v}` must start with `/`")),
+            None => Err("type ReplaceFullPath needs `replaceFullPath`".into()),
+        },
+        PathModifierType::ReplacePrefixMatch => {
+            let all_prefix = !matches.is_empty()
+                && matches.iter().all(|m| m.path.as_ref().is_none_or(|p| p.kind == PathMatchType::PathPrefix));
+            let default_prefix = matches.is_empty();
+            if !(all_prefix || default_prefix) {
+                return Err("ReplacePrefixMatch needs every match of the rule to be a PathPrefix match".into());
+            }
+            match &p.replace_prefix_match {
+                Some(v) if v.starts_with('/') => Ok(()),
+                Some(v) => Err(format!("replacePrefixMatch `{v}` must start with `/`")),
+                None => Err("type ReplacePrefixMatch needs `replacePrefixMatch`".into()),
+            }
+        }
+    }
+}
