@@ -1,0 +1,117 @@
+//! The admin listener: `/metrics`, `/ready`, `/live`, `/config`.
+//!
+//! It runs on its own single-threaded runtime in its own OS thread, so a scrape or a large
+//! `/config` never competes with the data path's workers, and a saturated data path never
+//! makes the proxy look dead to a liveness probe.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde::Serialize;
+
+use crate::metrics::Metrics;
+use crate::SnapshotHandle;
+
+/// State the admin endpoints read.
+#[derive(Debug)]
+pub struct AdminState {
+    /// The live configuration.
+    pub snapshot: SnapshotHandle,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// False while starting and once draining.
+    pub ready: AtomicBool,
+    /// Where the configuration came from.
+    pub source: String,
+    /// Bound listener addresses, `gateway/listener` → address.
+    pub listeners: Vec<(String, SocketAddr)>,
+}
+
+/// Binds the admin address and serves it on a dedicated thread.
+pub fn start(addr: SocketAddr, state: Arc<AdminState>) -> std::io::Result<SocketAddr> {
+    let std_listener = std::net::TcpListener::bind(addr)?;
+    std_listener.set_nonblocking(true)?;
+    let local = std_listener.local_addr()?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    std::thread::Builder::new().name("weft-admin".into()).spawn(move || {
+        runtime.block_on(async move {
+            let listener = match tokio::net::TcpListener::from_std(std_listener) {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::error!(error = %e, "admin listener failed");
+                    return;
+                }
+            };
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { continue };
+                let state = state.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| respond(state.clone(), req));
+                    let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+                });
+            }
+        });
+    })?;
+    Ok(local)
+}
+
+#[derive(Serialize)]
+struct ConfigView<'a> {
+    version: &'a str,
+    source: &'a str,
+    listeners: Vec<ListenerView<'a>>,
+    config: &'a weft_model::Config,
+}
+
+#[derive(Serialize)]
+struct ListenerView<'a> {
+    name: &'a str,
+    address: String,
+}
+
+async fn respond(state: Arc<AdminState>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return Ok(reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "only GET\n".into()));
+    }
+    Ok(match req.uri().path() {
+        "/metrics" => reply(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", state.metrics.encode()),
+        "/live" => reply(StatusCode::OK, "text/plain", "live\n".into()),
+        "/ready" => {
+            if state.ready.load(Ordering::Relaxed) {
+                reply(StatusCode::OK, "text/plain", "ready\n".into())
+            } else {
+                reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not ready\n".into())
+            }
+        }
+        "/config" => {
+            let snap = state.snapshot.load();
+            let view = ConfigView {
+                version: &snap.config.version,
+                source: &state.source,
+                listeners: state.listeners.iter().map(|(n, a)| ListenerView { name: n, address: a.to_string() }).collect(),
+                config: &snap.config,
+            };
+            match serde_json::to_string_pretty(&view) {
+                Ok(body) => reply(StatusCode::OK, "application/json", body + "\n"),
+                Err(e) => reply(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", format!("{e}\n")),
+            }
+        }
+        _ => reply(StatusCode::NOT_FOUND, "text/plain", "endpoints: /metrics /ready /live /config\n".into()),
+    })
+}
+
+fn reply(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
+    r
+}

@@ -1,0 +1,428 @@
+//! Load balancing over a service's endpoints.
+//!
+//! * `P2CPeakEwma` (default): pick two endpoints at random, send to the one with the lower
+//!   cost = peak-EWMA latency × (outstanding + 1) / weight. Fast endpoints win, slow ones
+//!   drain, and the randomness avoids the herd behaviour of "always the least loaded".
+//!   Estimates drift back toward a neutral default when an endpoint goes unobserved, so a
+//!   recovered endpoint is probed again instead of being starved forever.
+//! * `RoundRobin`: smooth weighted round robin (nginx's algorithm), precomputed per snapshot.
+//! * `LeastRequest`: fewest outstanding requests relative to weight (full scan up to 8
+//!   endpoints, P2C beyond).
+//! * `RingHash`: consistent hashing (Ketama-style ring); adding one endpoint to N moves
+//!   about 1/(N+1) of the keys. Requests without a key fall back to P2C.
+//!
+//! The request path takes no shared lock: counters are atomics and each endpoint's latency
+//! estimate sits behind its own tiny mutex, held for a few arithmetic operations.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use http::HeaderMap;
+use weft_model::{HashOn, LbPolicy};
+
+/// Latency assumed for an endpoint never measured: low, so new endpoints get tried.
+const DEFAULT_RTT: Duration = Duration::from_millis(1);
+/// Decay time constant of the EWMA.
+const DECAY: Duration = Duration::from_secs(10);
+/// Virtual nodes on the hash ring per unit of weight share (about 160 per endpoint).
+const RING_POINTS_PER_ENDPOINT: usize = 160;
+/// Cap on the ring's size.
+const MAX_RING: usize = 1 << 20;
+/// Cap on the round-robin schedule's length.
+const MAX_SCHEDULE: u64 = 4096;
+
+/// One upstream address with its live statistics.
+#[derive(Debug)]
+pub struct Endpoint {
+    /// Where to connect.
+    pub addr: SocketAddr,
+    /// Relative weight.
+    pub weight: u32,
+    inflight: AtomicU32,
+    ewma: Mutex<PeakEwma>,
+}
+
+#[derive(Debug)]
+struct PeakEwma {
+    nanos: f64,
+    stamp: Instant,
+}
+
+impl Endpoint {
+    /// A fresh endpoint with no history.
+    pub fn new(addr: SocketAddr, weight: u32) -> Self {
+        Endpoint {
+            addr,
+            weight: weight.max(1),
+            inflight: AtomicU32::new(0),
+            ewma: Mutex::new(PeakEwma { nanos: DEFAULT_RTT.as_nanos() as f64, stamp: Instant::now() }),
+        }
+    }
+
+    /// Requests currently outstanding.
+    pub fn inflight(&self) -> u32 {
+        self.inflight.load(Ordering::Relaxed)
+    }
+
+    /// Marks a request as started; the guard ends it when dropped.
+    pub fn start(self: &Arc<Self>) -> InFlight {
+        self.inflight.fetch_add(1, Ordering::Relaxed);
+        InFlight { endpoint: self.clone(), started: Instant::now() }
+    }
+
+    /// Current latency estimate in nanoseconds (decayed toward the default while unobserved).
+    pub fn latency_estimate(&self) -> f64 {
+        let now = Instant::now();
+        let e = self.ewma.lock().unwrap_or_else(|p| p.into_inner());
+        let w = decay_weight(now.saturating_duration_since(e.stamp));
+        let default = DEFAULT_RTT.as_nanos() as f64;
+        default + (e.nanos - default) * w
+    }
+
+    fn observe(&self, rtt: Duration) {
+        let now = Instant::now();
+        let sample = rtt.as_nanos() as f64;
+        let mut e = self.ewma.lock().unwrap_or_else(|p| p.into_inner());
+        if sample > e.nanos {
+            e.nanos = sample; // peak: jump up at once
+        } else {
+            let w = decay_weight(now.saturating_duration_since(e.stamp));
+            e.nanos = e.nanos * w + sample * (1.0 - w);
+        }
+        e.stamp = now;
+    }
+
+    fn p2c_cost(&self) -> f64 {
+        self.latency_estimate() * f64::from(self.inflight() + 1) / f64::from(self.weight)
+    }
+
+    fn load_cost(&self) -> f64 {
+        f64::from(self.inflight() + 1) / f64::from(self.weight)
+    }
+}
+
+fn decay_weight(elapsed: Duration) -> f64 {
+    (-elapsed.as_secs_f64() / DECAY.as_secs_f64()).exp()
+}
+
+/// An outstanding request on an endpoint.
+#[derive(Debug)]
+pub struct InFlight {
+    endpoint: Arc<Endpoint>,
+    started: Instant,
+}
+
+impl InFlight {
+    /// Records the time to response headers in the endpoint's latency estimate.
+    pub fn observe_response(&self) {
+        self.endpoint.observe(self.started.elapsed());
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.endpoint.inflight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// What consistent hashing keys on.
+#[derive(Debug, Clone)]
+pub enum HashKey {
+    /// A header's value.
+    Header(http::HeaderName),
+    /// A cookie's value.
+    Cookie(String),
+    /// The client's IP.
+    ClientAddress,
+}
+
+impl HashKey {
+    fn from_model(h: &HashOn) -> Option<HashKey> {
+        if let Some(name) = &h.header {
+            return http::HeaderName::from_bytes(name.as_bytes()).ok().map(HashKey::Header);
+        }
+        if let Some(c) = &h.cookie {
+            return Some(HashKey::Cookie(c.clone()));
+        }
+        h.client_address.then_some(HashKey::ClientAddress)
+    }
+
+    /// The hash of this key's value in a request, if the request has one.
+    pub fn hash(&self, headers: &HeaderMap, client: IpAddr) -> Option<u64> {
+        match self {
+            HashKey::Header(name) => headers.get(name).map(|v| hash64(v.as_bytes())),
+            HashKey::Cookie(name) => headers
+                .get_all(http::header::COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(';'))
+                .filter_map(|kv| kv.trim().split_once('='))
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| hash64(v.as_bytes())),
+            HashKey::ClientAddress => Some(match client {
+                IpAddr::V4(a) => hash64(&a.octets()),
+                IpAddr::V6(a) => hash64(&a.octets()),
+            }),
+        }
+    }
+}
+
+/// A service's endpoints and the policy choosing among them.
+#[derive(Debug)]
+pub struct Balancer {
+    endpoints: Vec<Arc<Endpoint>>,
+    policy: Policy,
+}
+
+#[derive(Debug)]
+enum Policy {
+    P2c,
+    RoundRobin { schedule: Vec<u32>, next: AtomicUsize },
+    LeastRequest,
+    RingHash { ring: Vec<(u64, u32)>, key: HashKey },
+}
+
+impl Balancer {
+    /// Builds a balancer; `endpoints` may be empty.
+    pub fn new(endpoints: Vec<Arc<Endpoint>>, policy: LbPolicy, hash_on: Option<&HashOn>) -> Self {
+        let policy = match policy {
+            LbPolicy::P2CPeakEwma => Policy::P2c,
+            LbPolicy::LeastRequest => Policy::LeastRequest,
+            LbPolicy::RoundRobin => Policy::RoundRobin {
+                schedule: smooth_wrr(&endpoints),
+                next: AtomicUsize::new(fastrand::usize(..1024)),
+            },
+            LbPolicy::RingHash => match hash_on.and_then(HashKey::from_model) {
+                Some(key) => Policy::RingHash { ring: build_ring(&endpoints), key },
+                None => Policy::P2c, // validation requires hashOn; stay safe anyway
+            },
+        };
+        Balancer { endpoints, policy }
+    }
+
+    /// The endpoints.
+    pub fn endpoints(&self) -> &[Arc<Endpoint>] {
+        &self.endpoints
+    }
+
+    /// The key consistent hashing wants from requests, if any.
+    pub fn hash_key(&self) -> Option<&HashKey> {
+        match &self.policy {
+            Policy::RingHash { key, .. } => Some(key),
+            _ => None,
+        }
+    }
+
+    /// Chooses an endpoint; `key` is the request's hash for `RingHash`.
+    pub fn pick(&self, key: Option<u64>) -> Option<&Arc<Endpoint>> {
+        let eps = &self.endpoints;
+        match eps.len() {
+            0 => return None,
+            1 => return eps.first(),
+            _ => {}
+        }
+        match &self.policy {
+            Policy::P2c => Some(p2c(eps, Endpoint::p2c_cost)),
+            Policy::LeastRequest if eps.len() <= 8 => {
+                let start = fastrand::usize(..eps.len());
+                (0..eps.len())
+                    .map(|i| &eps[(start + i) % eps.len()])
+                    .min_by(|a, b| a.load_cost().total_cmp(&b.load_cost()))
+            }
+            Policy::LeastRequest => Some(p2c(eps, Endpoint::load_cost)),
+            Policy::RoundRobin { schedule, next } => {
+                let i = next.fetch_add(1, Ordering::Relaxed) % schedule.len();
+                eps.get(schedule[i] as usize)
+            }
+            Policy::RingHash { ring, .. } => match key {
+                Some(h) => {
+                    let i = ring.partition_point(|(p, _)| *p < h);
+                    let (_, idx) = ring[i % ring.len()];
+                    eps.get(idx as usize)
+                }
+                None => Some(p2c(eps, Endpoint::p2c_cost)),
+            },
+        }
+    }
+}
+
+fn p2c(eps: &[Arc<Endpoint>], cost: fn(&Endpoint) -> f64) -> &Arc<Endpoint> {
+    let a = fastrand::usize(..eps.len());
+    let mut b = fastrand::usize(..eps.len() - 1);
+    if b >= a {
+        b += 1;
+    }
+    if cost(&eps[b]) < cost(&eps[a]) {
+        &eps[b]
+    } else {
+        &eps[a]
+    }
+}
+
+/// nginx's smooth weighted round robin, unrolled into a schedule of endpoint indexes.
+fn smooth_wrr(eps: &[Arc<Endpoint>]) -> Vec<u32> {
+    if eps.is_empty() {
+        return vec![0];
+    }
+    let g = eps.iter().fold(0u64, |g, e| gcd(g, u64::from(e.weight)));
+    let mut weights: Vec<u64> = eps.iter().map(|e| u64::from(e.weight) / g.max(1)).collect();
+    let total: u64 = weights.iter().sum();
+    if total > MAX_SCHEDULE {
+        for w in &mut weights {
+            *w = (*w * MAX_SCHEDULE / total).max(1);
+        }
+    }
+    let total: i64 = weights.iter().map(|w| *w as i64).sum();
+    let mut current = vec![0i64; eps.len()];
+    let mut schedule = Vec::with_capacity(total as usize);
+    for _ in 0..total {
+        let mut best = 0;
+        for (i, w) in weights.iter().enumerate() {
+            current[i] += *w as i64;
+            if current[i] > current[best] {
+                best = i;
+            }
+        }
+        current[best] -= total;
+        schedule.push(best as u32);
+    }
+    schedule
+}
+
+fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+fn build_ring(eps: &[Arc<Endpoint>]) -> Vec<(u64, u32)> {
+    let total_weight: u64 = eps.iter().map(|e| u64::from(e.weight)).sum::<u64>().max(1);
+    let target = (RING_POINTS_PER_ENDPOINT * eps.len()).min(MAX_RING) as u64;
+    let mut ring = Vec::with_capacity(target as usize + eps.len());
+    for (idx, e) in eps.iter().enumerate() {
+        let points = (target * u64::from(e.weight) / total_weight).max(1);
+        for i in 0..points {
+            // Points depend only on the endpoint's address, so adding an endpoint does not
+            // move the others' points: that is what bounds the keys that move.
+            let label = format!("{}#{i}", e.addr);
+            ring.push((hash64(label.as_bytes()), idx as u32));
+        }
+    }
+    ring.sort_unstable();
+    ring
+}
+
+/// FNV-1a followed by a murmur3 finalizer: stable across runs and builds.
+pub fn hash64(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn eps(weights: &[u32]) -> Vec<Arc<Endpoint>> {
+        weights
+            .iter()
+            .enumerate()
+            .map(|(i, w)| Arc::new(Endpoint::new(SocketAddr::from(([127, 0, 0, 1], 9000 + i as u16)), *w)))
+            .collect()
+    }
+
+    fn counts(b: &Balancer, n: usize, key: impl Fn(usize) -> Option<u64>) -> HashMap<u16, usize> {
+        let mut m = HashMap::new();
+        for i in 0..n {
+            *m.entry(b.pick(key(i)).unwrap().addr.port()).or_default() += 1;
+        }
+        m
+    }
+
+    #[test]
+    fn round_robin_follows_weights_exactly() {
+        let b = Balancer::new(eps(&[1, 2, 3]), LbPolicy::RoundRobin, None);
+        let c = counts(&b, 600, |_| None);
+        assert_eq!((c[&9000], c[&9001], c[&9002]), (100, 200, 300));
+    }
+
+    #[test]
+    fn smooth_wrr_interleaves() {
+        let s = smooth_wrr(&eps(&[5, 1, 1]));
+        assert_eq!(s, vec![0, 0, 1, 0, 2, 0, 0]);
+    }
+
+    #[test]
+    fn p2c_avoids_slow_endpoint() {
+        let e = eps(&[1, 1, 1]);
+        e[2].observe(Duration::from_millis(200));
+        e[0].observe(Duration::from_millis(2));
+        e[1].observe(Duration::from_millis(2));
+        let b = Balancer::new(e, LbPolicy::P2CPeakEwma, None);
+        let c = counts(&b, 3000, |_| None);
+        assert!(c.get(&9002).copied().unwrap_or(0) < 30, "{c:?}");
+    }
+
+    #[test]
+    fn least_request_prefers_idle_endpoint() {
+        let e = eps(&[1, 1, 1]);
+        let _busy: Vec<_> = (0..5).map(|_| e[0].start()).chain((0..5).map(|_| e[1].start())).collect();
+        let b = Balancer::new(e, LbPolicy::LeastRequest, None);
+        let c = counts(&b, 100, |_| None);
+        assert_eq!(c[&9002], 100, "{c:?}");
+    }
+
+    #[test]
+    fn inflight_guard_counts() {
+        let e = eps(&[1]);
+        let g = e[0].start();
+        assert_eq!(e[0].inflight(), 1);
+        drop(g);
+        assert_eq!(e[0].inflight(), 0);
+    }
+
+    #[test]
+    fn ring_hash_is_sticky_and_moves_about_one_nth() {
+        let hash_on = HashOn { header: Some("x-user".into()), ..Default::default() };
+        let keys: Vec<u64> = (0..10_000u32).map(|k| hash64(&k.to_be_bytes())).collect();
+        let b4 = Balancer::new(eps(&[1, 1, 1, 1]), LbPolicy::RingHash, Some(&hash_on));
+        let b5 = Balancer::new(eps(&[1, 1, 1, 1, 1]), LbPolicy::RingHash, Some(&hash_on));
+        let moved = keys
+            .iter()
+            .filter(|k| b4.pick(Some(**k)).unwrap().addr != b5.pick(Some(**k)).unwrap().addr)
+            .count();
+        // Ideal is 1/5 = 2000; allow the ring's variance but not a reshuffle.
+        assert!((1200..=2800).contains(&moved), "moved {moved}");
+        for k in &keys[..100] {
+            assert_eq!(b4.pick(Some(*k)).unwrap().addr, b4.pick(Some(*k)).unwrap().addr);
+        }
+        let c = counts(&b4, 10_000, |i| Some(keys[i]));
+        for n in c.values() {
+            assert!((1500..=3500).contains(n), "{c:?}");
+        }
+    }
+
+    #[test]
+    fn hash_key_extraction() {
+        let mut h = HeaderMap::new();
+        h.insert("cookie", "a=1; session=abc; b=2".parse().unwrap());
+        h.insert("x-user", "u1".parse().unwrap());
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        assert_eq!(HashKey::Cookie("session".into()).hash(&h, ip), Some(hash64(b"abc")));
+        assert_eq!(HashKey::Cookie("none".into()).hash(&h, ip), None);
+        assert_eq!(HashKey::Header("x-user".parse().unwrap()).hash(&h, ip), Some(hash64(b"u1")));
+        assert!(HashKey::ClientAddress.hash(&h, ip).is_some());
+    }
+}

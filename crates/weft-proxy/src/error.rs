@@ -1,0 +1,115 @@
+//! Why a request failed, as the client and the operator see it.
+//!
+//! Every reply the proxy generates itself carries a status and an `x-weft-error` header
+//! naming the cause, so nobody has to guess what a bare 503 meant.
+
+use std::error::Error as StdError;
+use std::io;
+
+use http::StatusCode;
+
+/// The header naming the cause of a proxy-generated reply.
+pub const ERROR_HEADER: &str = "x-weft-error";
+
+/// A failure the proxy answers for itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ProxyError {
+    /// No route matched the host, path, headers, query and method.
+    #[error("no route matched the request")]
+    NoRoute,
+    /// The chosen service has no endpoint to send to.
+    #[error("the service has no healthy endpoints")]
+    NoHealthyEndpoints,
+    /// Host header or authority missing or malformed.
+    #[error("missing or invalid host")]
+    InvalidHost,
+    /// The endpoint refused the TCP connection.
+    #[error("upstream refused the connection")]
+    ConnectRefused,
+    /// The TCP connection did not complete within the service's `connectTimeout`.
+    #[error("upstream connect timed out")]
+    ConnectTimeout,
+    /// Another connect failure (unreachable network, no route to host, ...).
+    #[error("upstream connect failed")]
+    ConnectFailed,
+    /// The upstream closed or reset the connection before a complete response.
+    #[error("upstream reset the connection before responding")]
+    UpstreamReset,
+    /// The upstream answered with something that is not valid HTTP.
+    #[error("upstream sent an invalid response")]
+    UpstreamProtocol,
+    /// A protocol upgrade (WebSocket) was asked of a service that cannot carry it.
+    #[error("protocol upgrade is not supported to this service")]
+    UpgradeUnsupported,
+}
+
+impl ProxyError {
+    /// Status code of the reply.
+    pub fn status(self) -> StatusCode {
+        match self {
+            ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::InvalidHost => StatusCode::BAD_REQUEST,
+            ProxyError::NoHealthyEndpoints
+            | ProxyError::ConnectRefused
+            | ProxyError::ConnectTimeout
+            | ProxyError::ConnectFailed => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::UpstreamReset | ProxyError::UpstreamProtocol => StatusCode::BAD_GATEWAY,
+            ProxyError::UpgradeUnsupported => StatusCode::NOT_IMPLEMENTED,
+        }
+    }
+
+    /// Stable code for `x-weft-error`, metrics and logs.
+    pub fn code(self) -> &'static str {
+        match self {
+            ProxyError::NoRoute => "no-route",
+            ProxyError::NoHealthyEndpoints => "no-healthy-endpoints",
+            ProxyError::InvalidHost => "invalid-host",
+            ProxyError::ConnectRefused => "connect-refused",
+            ProxyError::ConnectTimeout => "connect-timeout",
+            ProxyError::ConnectFailed => "connect-failed",
+            ProxyError::UpstreamReset => "upstream-reset",
+            ProxyError::UpstreamProtocol => "upstream-protocol-error",
+            ProxyError::UpgradeUnsupported => "upgrade-unsupported",
+        }
+    }
+
+    /// Whether the request never reached the upstream (so replaying it elsewhere is safe).
+    pub fn before_request_sent(self) -> bool {
+        matches!(
+            self,
+            ProxyError::ConnectRefused | ProxyError::ConnectTimeout | ProxyError::ConnectFailed
+        )
+    }
+
+    /// Classifies an error of the upstream HTTP client.
+    pub fn from_client(err: &hyper_util::client::legacy::Error) -> ProxyError {
+        if err.is_connect() {
+            return match find_io_kind(err) {
+                Some(io::ErrorKind::ConnectionRefused) => ProxyError::ConnectRefused,
+                Some(io::ErrorKind::TimedOut) => ProxyError::ConnectTimeout,
+                _ => ProxyError::ConnectFailed,
+            };
+        }
+        let mut source: Option<&(dyn StdError + 'static)> = err.source();
+        while let Some(e) = source {
+            if let Some(h) = e.downcast_ref::<hyper::Error>() {
+                if h.is_parse() || h.is_parse_status() || h.is_parse_too_large() {
+                    return ProxyError::UpstreamProtocol;
+                }
+            }
+            source = e.source();
+        }
+        ProxyError::UpstreamReset
+    }
+}
+
+fn find_io_kind(err: &(dyn StdError + 'static)) -> Option<io::ErrorKind> {
+    let mut source: Option<&(dyn StdError + 'static)> = Some(err);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<io::Error>() {
+            return Some(io.kind());
+        }
+        source = e.source();
+    }
+    None
+}

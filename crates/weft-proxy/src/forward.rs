@@ -1,0 +1,512 @@
+//! The request path: route, filter, balance, forward, and account for one request.
+//!
+//! ```text
+//! request ─► host + path ─► RouteTable ─► redirect? ─► headers (hop-by-hop, x-forwarded-*,
+//!            x-request-id, modifiers, rewrite) ─► backend by weight ─► endpoint by policy
+//!            ─► pooled client ─► response (hop-by-hop, modifiers) ─► client
+//! ```
+//!
+//! The exchange is accounted for (metrics, access log, outstanding-request count) when the
+//! response body finishes or is dropped, so durations include streaming time.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Instant, SystemTime};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+
+use crate::access_log::{rfc3339, AccessLog, Record};
+use crate::balance::InFlight;
+use crate::error::{ProxyError, ERROR_HEADER};
+use crate::metrics::{Metrics, RouteStats};
+use crate::snapshot::{Rule, Snapshot};
+use crate::SnapshotHandle;
+
+/// Body of every response the proxy sends.
+pub type ResponseBody = Either<UpstreamBody, Full<Bytes>>;
+
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+/// A client-supplied request id longer than this is replaced.
+const MAX_REQUEST_ID_LEN: usize = 128;
+
+/// What every request on a listener shares.
+#[derive(Debug)]
+pub struct ListenerContext {
+    /// `gateway/listener`.
+    pub name: String,
+    /// The live configuration.
+    pub snapshot: SnapshotHandle,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Access log, if enabled.
+    pub access_log: Option<AccessLog>,
+    /// Local address (for redirects).
+    pub local: SocketAddr,
+}
+
+/// Serves one request. Never fails: every error becomes a precise reply.
+pub async fn handle(ctx: Arc<ListenerContext>, client: SocketAddr, req: Request<Incoming>) -> Result<Response<ResponseBody>, Infallible> {
+    let started = Instant::now();
+    let snapshot = ctx.snapshot.load_full();
+    let mut ex = Exchange::begin(&ctx, client, &req, started);
+    let resp = match route_and_forward(&ctx, &snapshot, client, req, &mut ex).await {
+        Ok(resp) => resp,
+        Err(e) => {
+            ctx.metrics.local_reply(&ctx.name, e.code());
+            if e.before_request_sent() {
+                ctx.metrics.connect_error(&ex.service_name, e.code());
+            }
+            ex.error = Some(e.code());
+            local_reply(e.status(), Some(e.code()), format!("weft: {e}\n"))
+        }
+    };
+    ex.status = resp.status().as_u16();
+    Ok(match resp.into_parts() {
+        (parts, Either::Left(upstream)) => Response::from_parts(parts, Either::Left(upstream.with_exchange(ex))),
+        (parts, local) => {
+            ex.finish();
+            Response::from_parts(parts, local)
+        }
+    })
+}
+
+async fn route_and_forward(
+    ctx: &ListenerContext,
+    snapshot: &Snapshot,
+    client: SocketAddr,
+    mut req: Request<Incoming>,
+    ex: &mut Exchange,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    let listener = snapshot.listeners.get(&ctx.name).ok_or(ProxyError::NoRoute)?;
+    ex.stats = Some(listener.unrouted.clone());
+    let host = request_host(&req).ok_or(ProxyError::InvalidHost)?;
+    let path = normalize_path(req.uri().path());
+    let (rule, info) = listener
+        .table
+        .route(&host, req.method(), &path, req.uri().query(), req.headers())
+        .ok_or(ProxyError::NoRoute)?;
+    let rule: &Arc<Rule> = rule;
+    ex.route = rule.route.clone();
+    ex.stats = Some(rule.local_stats.clone());
+
+    if let Some(r) = &rule.filters.redirect {
+        let mut location = String::new();
+        let scheme = r.scheme.as_deref().unwrap_or("http");
+        location.push_str(scheme);
+        location.push_str("://");
+        location.push_str(r.hostname.as_deref().unwrap_or(&host));
+        let port = match (r.port, &r.scheme) {
+            (Some(p), _) => Some(p),
+            (None, Some(_)) => None,
+            (None, None) => Some(ctx.local.port()),
+        };
+        match (port, scheme) {
+            (Some(80), "http") | (Some(443), "https") | (None, _) => {}
+            (Some(p), _) => location.push_str(&format!(":{p}")),
+        }
+        match &r.path {
+            Some(p) => location.push_str(&p.apply(&path, info.prefix_len)),
+            None => location.push_str(&path),
+        }
+        if let Some(q) = req.uri().query() {
+            location.push('?');
+            location.push_str(q);
+        }
+        let mut resp = local_reply(r.status, None, String::new());
+        if let Ok(v) = HeaderValue::from_str(&location) {
+            resp.headers_mut().insert(header::LOCATION, v);
+        }
+        if let Some(ops) = &rule.filters.response_headers {
+            ops.apply(resp.headers_mut());
+        }
+        return Ok(resp);
+    }
+
+    let backend = rule.pick_backend().ok_or(ProxyError::NoHealthyEndpoints)?;
+    let service = &backend.service;
+    ex.service_name = service.name.clone();
+    ex.stats = Some(backend.stats.clone());
+
+    let upgrade = is_upgrade(&req);
+    if upgrade && service.protocol != weft_model::ServiceProtocol::Http {
+        return Err(ProxyError::UpgradeUnsupported);
+    }
+    let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+
+    // Headers: hop-by-hop out, forwarding information in, then the route's edits.
+    let upgrade_proto = if upgrade { req.headers().get(header::UPGRADE).cloned() } else { None };
+    let headers = req.headers_mut();
+    strip_hop_by_hop(headers, true);
+    if let Some(proto) = upgrade_proto {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, proto);
+    }
+    append_forwarded_for(headers, client);
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    ensure_request_id(headers);
+    ex.request_id = headers.get(&X_REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+    if !headers.contains_key(header::HOST) {
+        if let Ok(v) = HeaderValue::from_str(&authority_of(req.uri()).unwrap_or(&host).to_string()) {
+            req.headers_mut().insert(header::HOST, v);
+        }
+    }
+    if let Some(ops) = &rule.filters.request_headers {
+        ops.apply(req.headers_mut());
+    }
+    let mut upstream_path = path;
+    if let Some(rw) = &rule.filters.rewrite {
+        if let Some(h) = &rw.hostname {
+            req.headers_mut().insert(header::HOST, h.clone());
+        }
+        if let Some(p) = &rw.path {
+            upstream_path = p.apply(&upstream_path, info.prefix_len);
+        }
+    }
+
+    // Endpoint.
+    let key = service.balancer.hash_key().and_then(|k| k.hash(req.headers(), client.ip()));
+    let endpoint = service.balancer.pick(key).ok_or(ProxyError::NoHealthyEndpoints)?;
+    ex.upstream = Some(endpoint.addr);
+    let inflight = endpoint.start();
+
+    let mut uri = String::with_capacity(upstream_path.len() + 32);
+    uri.push_str("http://");
+    uri.push_str(&endpoint.addr.to_string());
+    uri.push_str(&upstream_path);
+    if let Some(q) = req.uri().query() {
+        uri.push('?');
+        uri.push_str(q);
+    }
+    *req.uri_mut() = uri.parse::<Uri>().map_err(|_| ProxyError::InvalidHost)?;
+    *req.version_mut() = match service.protocol {
+        weft_model::ServiceProtocol::Http => Version::HTTP_11,
+        _ => Version::HTTP_2,
+    };
+
+    let mut resp = service.client.request(req).await.map_err(|e| {
+        tracing::debug!(service = %service.name, endpoint = %endpoint.addr, error = %e, "upstream request failed");
+        ProxyError::from_client(&e)
+    })?;
+    inflight.observe_response();
+
+    let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+    if switching {
+        if let Some(downstream) = downstream_upgrade {
+            let upstream = hyper::upgrade::on(&mut resp);
+            tokio::spawn(async move {
+                match tokio::try_join!(downstream, upstream) {
+                    Ok((d, u)) => {
+                        let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(d), &mut TokioIo::new(u)).await;
+                    }
+                    Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+                }
+            });
+        }
+    } else {
+        strip_hop_by_hop(resp.headers_mut(), false);
+    }
+    if let Some(ops) = &rule.filters.response_headers {
+        ops.apply(resp.headers_mut());
+    }
+    ex.inflight = Some(inflight);
+    Ok(resp.map(|b| Either::Left(UpstreamBody { inner: b, exchange: None })))
+}
+
+/// A reply the proxy makes itself.
+fn local_reply(status: StatusCode, code: Option<&'static str>, body: String) -> Response<ResponseBody> {
+    let mut resp = Response::new(Either::Right(Full::new(Bytes::from(body))));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    if let Some(code) = code {
+        h.insert(ERROR_HEADER, HeaderValue::from_static(code));
+    }
+    resp
+}
+
+/// Host of the request, lower-case and without port: the authority of an absolute or
+/// HTTP/2 URI, else the `Host` header.
+fn request_host<B>(req: &Request<B>) -> Option<String> {
+    let authority = match authority_of(req.uri()) {
+        Some(a) => a.to_string(),
+        None => req.headers().get(header::HOST)?.to_str().ok()?.to_string(),
+    };
+    let parsed: http::uri::Authority = authority.parse().ok()?;
+    if parsed.as_str().contains('@') {
+        return None; // userinfo has no place in a Host
+    }
+    let host = parsed.host();
+    if host.is_empty() {
+        return None;
+    }
+    Some(host.to_ascii_lowercase())
+}
+
+fn authority_of(uri: &Uri) -> Option<&str> {
+    uri.authority().map(|a| a.as_str())
+}
+
+/// Removes `.` and `..` segments (RFC 3986 §5.2.4) so `/public/../admin` cannot slip past a
+/// route meant for `/public`. Paths without dot segments are returned as they are.
+fn normalize_path(path: &str) -> String {
+    if !path.split('/').any(|s| s == "." || s == "..") {
+        return path.to_string();
+    }
+    let mut out: Vec<&str> = Vec::new();
+    let segments: Vec<&str> = path.split('/').skip(1).collect();
+    let last = segments.len().saturating_sub(1);
+    for (i, s) in segments.iter().enumerate() {
+        match *s {
+            "." => {
+                if i == last {
+                    out.push("");
+                }
+            }
+            ".." => {
+                out.pop();
+                if i == last {
+                    out.push("");
+                }
+            }
+            s => out.push(s),
+        }
+    }
+    format!("/{}", out.join("/"))
+}
+
+fn is_upgrade<B>(req: &Request<B>) -> bool {
+    req.version() == Version::HTTP_11
+        && req.headers().contains_key(header::UPGRADE)
+        && req
+            .headers()
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// Removes hop-by-hop headers (RFC 9110 §7.6.1), including those the `Connection` header
+/// names. `te: trailers` is kept on requests: gRPC needs it end to end.
+fn strip_hop_by_hop(h: &mut HeaderMap, is_request: bool) {
+    let named: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for n in named {
+        h.remove(n);
+    }
+    for n in [header::CONNECTION, KEEP_ALIVE, PROXY_CONNECTION, header::TRANSFER_ENCODING, header::UPGRADE, header::TRAILER] {
+        h.remove(n);
+    }
+    let te_trailers = h.get(header::TE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    if !(is_request && te_trailers) {
+        h.remove(header::TE);
+    }
+}
+
+fn append_forwarded_for(h: &mut HeaderMap, client: SocketAddr) {
+    let ip = client.ip().to_string();
+    let value = match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prev) => format!("{prev}, {ip}"),
+        None => ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        h.insert(X_FORWARDED_FOR, v);
+    }
+}
+
+fn ensure_request_id(h: &mut HeaderMap) {
+    let keep = h.get(&X_REQUEST_ID).is_some_and(|v| !v.is_empty() && v.len() <= MAX_REQUEST_ID_LEN);
+    if !keep {
+        let id = format!("{:032x}", fastrand::u128(..));
+        if let Ok(v) = HeaderValue::from_str(&id) {
+            h.insert(X_REQUEST_ID, v);
+        }
+    }
+}
+
+/// Accounting for one request, completed when the response body ends.
+struct Exchange {
+    started: Instant,
+    start_time: SystemTime,
+    stats: Option<Arc<RouteStats>>,
+    status: u16,
+    error: Option<&'static str>,
+    route: String,
+    service_name: String,
+    upstream: Option<SocketAddr>,
+    inflight: Option<InFlight>,
+    request_id: String,
+    log: Option<(AccessLog, String, LogFields)>,
+}
+
+struct LogFields {
+    method: String,
+    authority: String,
+    path: String,
+    protocol: &'static str,
+    user_agent: String,
+    client: SocketAddr,
+}
+
+impl Exchange {
+    fn begin(ctx: &ListenerContext, client: SocketAddr, req: &Request<Incoming>, started: Instant) -> Exchange {
+        let log = ctx.access_log.as_ref().map(|log| {
+            let fields = LogFields {
+                method: req.method().to_string(),
+                authority: authority_of(req.uri())
+                    .map(str::to_string)
+                    .or_else(|| req.headers().get(header::HOST).and_then(|v| v.to_str().ok()).map(str::to_string))
+                    .unwrap_or_default(),
+                path: req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default(),
+                protocol: match req.version() {
+                    Version::HTTP_2 => "HTTP/2.0",
+                    Version::HTTP_10 => "HTTP/1.0",
+                    _ => "HTTP/1.1",
+                },
+                user_agent: req.headers().get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string(),
+                client,
+            };
+            (log.clone(), ctx.name.clone(), fields)
+        });
+        Exchange {
+            started,
+            start_time: SystemTime::now(),
+            stats: None,
+            status: 0,
+            error: None,
+            route: String::new(),
+            service_name: String::new(),
+            upstream: None,
+            inflight: None,
+            request_id: req.headers().get(&X_REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string(),
+            log,
+        }
+    }
+
+    fn finish(&mut self) {
+        let elapsed = self.started.elapsed();
+        if let Some(stats) = self.stats.take() {
+            stats.record(self.status, elapsed);
+        }
+        self.inflight.take();
+        if let Some((log, listener, f)) = self.log.take() {
+            log.log(&Record {
+                start_time: rfc3339(self.start_time),
+                listener: &listener,
+                route: &self.route,
+                service: &self.service_name,
+                upstream: self.upstream.map(|a| a.to_string()).unwrap_or_default(),
+                client: f.client.to_string(),
+                method: &f.method,
+                authority: &f.authority,
+                path: &f.path,
+                protocol: f.protocol,
+                status: self.status,
+                error: self.error,
+                duration_ms: elapsed.as_secs_f64() * 1000.0,
+                request_id: &self.request_id,
+                user_agent: &f.user_agent,
+            });
+        }
+    }
+}
+
+impl Drop for Exchange {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+/// An upstream response body that completes its exchange's accounting when it ends.
+pub struct UpstreamBody {
+    inner: Incoming,
+    exchange: Option<Exchange>,
+}
+
+impl UpstreamBody {
+    fn with_exchange(mut self, ex: Exchange) -> Self {
+        self.exchange = Some(ex);
+        self
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(None) = polled {
+            self.exchange.take(); // finished: account now rather than at drop
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dot_segments_are_removed() {
+        assert_eq!(normalize_path("/a/b"), "/a/b");
+        assert_eq!(normalize_path("/public/../admin"), "/admin");
+        assert_eq!(normalize_path("/../../etc/passwd"), "/etc/passwd");
+        assert_eq!(normalize_path("/a/./b/."), "/a/b/");
+        assert_eq!(normalize_path("/a/b/.."), "/a/");
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", "keep-alive, x-secret".parse().unwrap());
+        h.insert("x-secret", "1".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert("te", "trailers".parse().unwrap());
+        h.insert("x-kept", "1".parse().unwrap());
+        strip_hop_by_hop(&mut h, true);
+        assert!(h.get("x-secret").is_none() && h.get("keep-alive").is_none() && h.get("connection").is_none());
+        assert_eq!(h.get("te").unwrap(), "trailers");
+        assert!(h.get("x-kept").is_some());
+        strip_hop_by_hop(&mut h, false);
+        assert!(h.get("te").is_none());
+    }
+
+    #[test]
+    fn host_is_taken_from_authority_or_header() {
+        let r = Request::builder().uri("/x").header("host", "Example.COM:8080").body(()).unwrap();
+        assert_eq!(request_host(&r).as_deref(), Some("example.com"));
+        let r = Request::builder().uri("http://a.b/x").header("host", "other").body(()).unwrap();
+        assert_eq!(request_host(&r).as_deref(), Some("a.b"));
+        let r = Request::builder().uri("/x").body(()).unwrap();
+        assert_eq!(request_host(&r), None);
+        let r = Request::builder().uri("/x").header("host", "u@evil").body(()).unwrap();
+        assert_eq!(request_host(&r), None);
+    }
+}

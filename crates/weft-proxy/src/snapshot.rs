@@ -1,0 +1,365 @@
+//! A validated `Config` compiled into what the request path reads: route tables per
+//! listener, services with balancers and connection pools, filters ready to apply, and
+//! metric handles resolved. A snapshot is immutable; a new configuration builds a new one
+//! that is swapped in atomically (`ArcSwap`), so a request sees one version from start to end.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::{HeaderName, HeaderValue, StatusCode};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use weft_model::{
+    Config, FilterType, HeaderModifier, PathModifier, PathModifierType, ServiceProtocol, ServiceSpec,
+};
+
+use crate::balance::{Balancer, Endpoint};
+use crate::metrics::{Metrics, RouteStats};
+use crate::router::{MatchError, Matcher, RouteTable};
+
+/// The upstream HTTP client type.
+pub type UpstreamClient = Client<HttpConnector, Incoming>;
+
+/// Everything the request path needs, for one configuration version.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// The configuration it was built from (served by `/config`).
+    pub config: Arc<Config>,
+    /// Keyed by `gateway/listener`.
+    pub listeners: HashMap<String, ListenerRoutes>,
+}
+
+/// The routes attached to one listener.
+#[derive(Debug)]
+pub struct ListenerRoutes {
+    /// Host/path/header routing.
+    pub table: RouteTable<Rule>,
+    /// Metrics for requests that matched no route.
+    pub unrouted: Arc<RouteStats>,
+}
+
+/// One compiled `HTTPRoute` rule.
+#[derive(Debug)]
+pub struct Rule {
+    /// `HTTPRoute` name.
+    pub route: String,
+    /// Filters.
+    pub filters: Filters,
+    /// Weighted backends (weight 0 entries are dropped).
+    pub backends: Vec<Backend>,
+    total_weight: u64,
+    /// Metrics for replies made without a backend (redirects).
+    pub local_stats: Arc<RouteStats>,
+}
+
+impl Rule {
+    /// Picks a backend by weight.
+    pub fn pick_backend(&self) -> Option<&Backend> {
+        match self.backends.len() {
+            0 => None,
+            1 => self.backends.first(),
+            _ => {
+                let mut r = fastrand::u64(..self.total_weight);
+                for b in &self.backends {
+                    if r < u64::from(b.weight) {
+                        return Some(b);
+                    }
+                    r -= u64::from(b.weight);
+                }
+                self.backends.last()
+            }
+        }
+    }
+}
+
+/// A weighted service reference with its metrics.
+#[derive(Debug)]
+pub struct Backend {
+    /// The service.
+    pub service: Arc<Service>,
+    /// Relative weight.
+    pub weight: u32,
+    /// Metrics of (listener, route, this service).
+    pub stats: Arc<RouteStats>,
+}
+
+/// A service: endpoints, balancer and connection pool.
+#[derive(Debug)]
+pub struct Service {
+    /// Name.
+    pub name: String,
+    /// Upstream protocol.
+    pub protocol: ServiceProtocol,
+    /// Endpoint selection.
+    pub balancer: Balancer,
+    /// Pooled HTTP client (HTTP/1.1 or HTTP/2 per `protocol`).
+    pub client: UpstreamClient,
+}
+
+/// Compiled filters of a rule.
+#[derive(Debug, Default)]
+pub struct Filters {
+    /// Request header edits.
+    pub request_headers: Option<HeaderOps>,
+    /// Response header edits.
+    pub response_headers: Option<HeaderOps>,
+    /// Redirect instead of forwarding.
+    pub redirect: Option<Redirect>,
+    /// Host/path rewrite before forwarding.
+    pub rewrite: Option<Rewrite>,
+}
+
+/// Header edits, applied as remove, then set, then add.
+#[derive(Debug, Default)]
+pub struct HeaderOps {
+    set: Vec<(HeaderName, HeaderValue)>,
+    add: Vec<(HeaderName, HeaderValue)>,
+    remove: Vec<HeaderName>,
+}
+
+impl HeaderOps {
+    /// Applies the edits.
+    pub fn apply(&self, h: &mut http::HeaderMap) {
+        for n in &self.remove {
+            h.remove(n);
+        }
+        for (n, v) in &self.set {
+            h.insert(n.clone(), v.clone());
+        }
+        for (n, v) in &self.add {
+            h.append(n.clone(), v.clone());
+        }
+    }
+}
+
+/// A compiled path replacement.
+#[derive(Debug, Clone)]
+pub enum PathRewrite {
+    /// Replace the whole path.
+    Full(String),
+    /// Replace the matched prefix.
+    Prefix(String),
+}
+
+impl PathRewrite {
+    /// The new path; `prefix_len` is the length of the matched prefix.
+    pub fn apply(&self, path: &str, prefix_len: Option<usize>) -> String {
+        match self {
+            PathRewrite::Full(p) => p.clone(),
+            PathRewrite::Prefix(replacement) => {
+                let rest = path.get(prefix_len.unwrap_or(0)..).unwrap_or("");
+                let mut out = String::with_capacity(replacement.len() + rest.len());
+                out.push_str(replacement.trim_end_matches('/'));
+                if !rest.is_empty() && !rest.starts_with('/') {
+                    out.push('/');
+                }
+                out.push_str(rest);
+                if out.is_empty() {
+                    out.push('/');
+                }
+                out
+            }
+        }
+    }
+}
+
+/// A compiled redirect.
+#[derive(Debug)]
+pub struct Redirect {
+    /// New scheme.
+    pub scheme: Option<String>,
+    /// New host.
+    pub hostname: Option<String>,
+    /// New port.
+    pub port: Option<u16>,
+    /// New path.
+    pub path: Option<PathRewrite>,
+    /// Status.
+    pub status: StatusCode,
+}
+
+/// A compiled URL rewrite.
+#[derive(Debug)]
+pub struct Rewrite {
+    /// New host header.
+    pub hostname: Option<HeaderValue>,
+    /// New path.
+    pub path: Option<PathRewrite>,
+}
+
+/// Why a validated config still failed to compile (should not happen; guards only).
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// A match did not compile.
+    #[error(transparent)]
+    Match(#[from] MatchError),
+    /// A value did not convert.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Snapshot {
+    /// Compiles `config`; metric handles are registered in `metrics`.
+    pub fn build(config: Arc<Config>, metrics: &Metrics) -> Result<Snapshot, BuildError> {
+        let services: HashMap<&str, Arc<Service>> = config
+            .services
+            .iter()
+            .map(|s| Ok((s.metadata.name.as_str(), Arc::new(build_service(&s.metadata.name, &s.spec)?))))
+            .collect::<Result<_, BuildError>>()?;
+
+        let mut listeners = HashMap::new();
+        for g in &config.gateways {
+            for l in &g.spec.listeners {
+                let key = format!("{}/{}", g.metadata.name, l.name);
+                let mut table = RouteTable::default();
+                for (ri, route) in config.routes.iter().enumerate() {
+                    let attached = route.spec.parent_refs.is_empty()
+                        || route.spec.parent_refs.iter().any(|p| {
+                            p.name == g.metadata.name && p.section_name.as_ref().is_none_or(|s| s == &l.name)
+                        });
+                    if !attached {
+                        continue;
+                    }
+                    for (rule_i, rule) in route.spec.rules.iter().enumerate() {
+                        let compiled = Arc::new(build_rule(&key, &route.metadata.name, rule, &services, metrics)?);
+                        let default_match = [weft_model::HttpRouteMatch::default()];
+                        let matches = if rule.matches.is_empty() { &default_match[..] } else { &rule.matches[..] };
+                        for (mi, m) in matches.iter().enumerate() {
+                            table.add(&route.spec.hostnames, Matcher::compile(m)?, compiled.clone(), (ri, rule_i, mi));
+                        }
+                    }
+                }
+                table.finish();
+                let unrouted = Arc::new(metrics.route_stats(&key, "", ""));
+                listeners.insert(key, ListenerRoutes { table, unrouted });
+            }
+        }
+        Ok(Snapshot { config, listeners })
+    }
+}
+
+fn build_service(name: &str, spec: &ServiceSpec) -> Result<Service, BuildError> {
+    let endpoints = spec
+        .endpoints
+        .iter()
+        .map(|e| {
+            let addr: SocketAddr = e.address.parse().map_err(|_| BuildError::Invalid(format!("bad address {}", e.address)))?;
+            Ok(Arc::new(Endpoint::new(addr, e.weight)))
+        })
+        .collect::<Result<Vec<_>, BuildError>>()?;
+    let balancer = Balancer::new(endpoints, spec.load_balancer.policy, spec.load_balancer.hash_on.as_ref());
+
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(spec.connect_timeout.get()));
+    let mut builder = Client::builder(TokioExecutor::new());
+    builder
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        .pool_idle_timeout(spec.connection_pool.idle_timeout.get())
+        .pool_max_idle_per_host(spec.connection_pool.max_idle_per_endpoint)
+        .http2_only(matches!(spec.protocol, ServiceProtocol::Http2 | ServiceProtocol::Grpc));
+    Ok(Service { name: name.to_string(), protocol: spec.protocol, balancer, client: builder.build(connector) })
+}
+
+fn build_rule(
+    listener: &str,
+    route: &str,
+    rule: &weft_model::HttpRouteRule,
+    services: &HashMap<&str, Arc<Service>>,
+    metrics: &Metrics,
+) -> Result<Rule, BuildError> {
+    let mut filters = Filters::default();
+    for f in &rule.filters {
+        match f.kind {
+            FilterType::RequestHeaderModifier => filters.request_headers = f.request_header_modifier.as_ref().map(header_ops).transpose()?,
+            FilterType::ResponseHeaderModifier => filters.response_headers = f.response_header_modifier.as_ref().map(header_ops).transpose()?,
+            FilterType::RequestRedirect => {
+                if let Some(r) = &f.request_redirect {
+                    filters.redirect = Some(Redirect {
+                        scheme: r.scheme.clone(),
+                        hostname: r.hostname.clone(),
+                        port: r.port,
+                        path: r.path.as_ref().map(path_rewrite),
+                        status: StatusCode::from_u16(r.status_code).map_err(|e| BuildError::Invalid(e.to_string()))?,
+                    });
+                }
+            }
+            FilterType::URLRewrite => {
+                if let Some(r) = &f.url_rewrite {
+                    filters.rewrite = Some(Rewrite {
+                        hostname: r.hostname.as_deref().map(HeaderValue::from_str).transpose().map_err(|e| BuildError::Invalid(e.to_string()))?,
+                        path: r.path.as_ref().map(path_rewrite),
+                    });
+                }
+            }
+        }
+    }
+    let backends: Vec<Backend> = rule
+        .backend_refs
+        .iter()
+        .filter(|b| b.weight > 0)
+        .map(|b| {
+            let service = services.get(b.name.as_str()).ok_or_else(|| BuildError::Invalid(format!("unknown service {}", b.name)))?;
+            Ok(Backend { service: service.clone(), weight: b.weight, stats: Arc::new(metrics.route_stats(listener, route, &b.name)) })
+        })
+        .collect::<Result<_, BuildError>>()?;
+    let total_weight = backends.iter().map(|b| u64::from(b.weight)).sum();
+    Ok(Rule {
+        route: route.to_string(),
+        filters,
+        backends,
+        total_weight,
+        local_stats: Arc::new(metrics.route_stats(listener, route, "")),
+    })
+}
+
+fn header_ops(m: &HeaderModifier) -> Result<HeaderOps, BuildError> {
+    let pair = |h: &weft_model::HeaderValue| -> Result<(HeaderName, HeaderValue), BuildError> {
+        Ok((
+            HeaderName::from_bytes(h.name.as_bytes()).map_err(|e| BuildError::Invalid(e.to_string()))?,
+            HeaderValue::from_str(&h.value).map_err(|e| BuildError::Invalid(e.to_string()))?,
+        ))
+    };
+    Ok(HeaderOps {
+        set: m.set.iter().map(pair).collect::<Result<_, _>>()?,
+        add: m.add.iter().map(pair).collect::<Result<_, _>>()?,
+        remove: m
+            .remove
+            .iter()
+            .map(|n| HeaderName::from_bytes(n.as_bytes()).map_err(|e| BuildError::Invalid(e.to_string())))
+            .collect::<Result<_, _>>()?,
+    })
+}
+
+fn path_rewrite(p: &PathModifier) -> PathRewrite {
+    match p.kind {
+        PathModifierType::ReplaceFullPath => PathRewrite::Full(p.replace_full_path.clone().unwrap_or_else(|| "/".into())),
+        PathModifierType::ReplacePrefixMatch => PathRewrite::Prefix(p.replace_prefix_match.clone().unwrap_or_else(|| "/".into())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PathRewrite;
+
+    #[test]
+    fn prefix_replacement_follows_gateway_api_examples() {
+        let cases = [
+            ("/foo", "/foo/bar", "/xyz", "/xyz/bar"),
+            ("/foo", "/foo", "/xyz", "/xyz"),
+            ("/foo", "/foo/", "/xyz", "/xyz/"),
+            ("/foo", "/foo/bar", "/", "/bar"),
+            ("/foo", "/foo", "/", "/"),
+            ("/foo", "/foo/bar", "/xyz/", "/xyz/bar"),
+            ("", "/bar", "/xyz", "/xyz/bar"),
+        ];
+        for (prefix, path, replacement, want) in cases {
+            let got = PathRewrite::Prefix(replacement.into()).apply(path, Some(prefix.len()));
+            assert_eq!(got, want, "prefix {prefix} path {path} replacement {replacement}");
+        }
+    }
+}
