@@ -83,7 +83,18 @@ async fn respond(state: Arc<AdminState>, req: Request<Incoming>) -> Result<Respo
         return Ok(reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "only GET\n".into()));
     }
     Ok(match req.uri().path() {
-        "/metrics" => reply(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", state.metrics.encode()),
+        "/metrics" => {
+            let wants_openmetrics = req
+                .headers()
+                .get(header::ACCEPT)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.contains("application/openmetrics-text"));
+            if wants_openmetrics {
+                reply(StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", state.metrics.encode_openmetrics())
+            } else {
+                reply(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", state.metrics.encode())
+            }
+        }
         "/live" => reply(StatusCode::OK, "text/plain", "live\n".into()),
         "/ready" => {
             if state.ready.load(Ordering::Relaxed) {

@@ -122,12 +122,18 @@ impl Metrics {
         Metrics { registry: r, ..m }
     }
 
-    /// Prometheus text exposition.
-    pub fn encode(&self) -> String {
+    /// OpenMetrics text exposition (`application/openmetrics-text`).
+    pub fn encode_openmetrics(&self) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+
+    /// Prometheus text format 0.0.4, for scrapers and tools that do not negotiate
+    /// OpenMetrics (`promtool check metrics` among them).
+    pub fn encode(&self) -> String {
+        openmetrics_to_prometheus(&self.encode_openmetrics())
     }
 
     /// Hot-path handles for one (listener, route, service).
@@ -183,6 +189,35 @@ impl Metrics {
     }
 }
 
+/// Rewrites OpenMetrics text as Prometheus 0.0.4 text: counter families take the `_total`
+/// name their samples carry, and `# UNIT` / `# EOF` lines (unknown to 0.0.4) are dropped.
+fn openmetrics_to_prometheus(om: &str) -> String {
+    let mut out = String::with_capacity(om.len());
+    let mut help: Option<&str> = None;
+    for line in om.lines() {
+        if line.starts_with("# UNIT ") || line == "# EOF" {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            help = Some(rest);
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, "untyped"));
+            let family = if kind == "counter" { format!("{name}_total") } else { name.to_string() };
+            if let Some(h) = help.take() {
+                let text = h.split_once(' ').map_or("", |(_, t)| t);
+                out.push_str(&format!("# HELP {family} {text}\n"));
+            }
+            out.push_str(&format!("# TYPE {family} {kind}\n"));
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
 /// Request counters and latency histograms of one (listener, route, service), by status class.
 #[derive(Debug, Clone)]
 pub struct RouteStats {
@@ -210,4 +245,19 @@ pub struct ListenerStats {
     pub bytes_in: Counter<u64, AtomicU64>,
     /// Bytes to clients.
     pub bytes_out: Counter<u64, AtomicU64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prometheus_text_names_counter_families_with_total() {
+        let om = "# HELP weft_x Things.\n# TYPE weft_x counter\nweft_x_total 3\n# HELP weft_d Durations.\n# TYPE weft_d histogram\n# UNIT weft_d seconds\nweft_d_count 1\n# EOF\n";
+        let text = openmetrics_to_prometheus(om);
+        assert_eq!(
+            text,
+            "# HELP weft_x_total Things.\n# TYPE weft_x_total counter\nweft_x_total 3\n# HELP weft_d Durations.\n# TYPE weft_d histogram\nweft_d_count 1\n"
+        );
+    }
 }

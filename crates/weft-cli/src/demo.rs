@@ -1,0 +1,134 @@
+//! `weft demo`: three echo backends and a proxy in front of them, all on loopback.
+//! It grows with each feature into the full local mesh.
+
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use weft_proxy::{access_log::Sink, ProxyOptions, RunningProxy};
+
+const BACKENDS: [&str; 3] = ["echo-1", "echo-2", "echo-3"];
+
+/// The demo configuration; `{EP1}`.. are replaced by the backends' addresses.
+const CONFIG: &str = r#"
+kind: Gateway
+metadata: {name: demo}
+spec:
+  listeners:
+    - {name: web, address: "{LISTEN}"}
+---
+kind: HTTPRoute
+metadata: {name: demo}
+spec:
+  rules:
+    # Everything: balanced over three backends (P2C peak-EWMA, the default).
+    - backendRefs: [{name: echo}]
+    # /rr/...: round robin, prefix stripped before forwarding.
+    - matches: [{path: {type: PathPrefix, value: /rr}}]
+      filters:
+        - type: URLRewrite
+          urlRewrite: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /}}
+      backendRefs: [{name: echo-rr}]
+    # /split: 90% to echo-1, 10% to echo-3.
+    - matches: [{path: {type: Exact, value: /split}}]
+      backendRefs: [{name: only-1, weight: 90}, {name: only-3, weight: 10}]
+    # Header match: x-canary: yes goes to echo-3 and is tagged in the response.
+    - matches: [{headers: [{name: x-canary, value: "yes"}]}]
+      filters:
+        - type: ResponseHeaderModifier
+          responseHeaderModifier: {set: [{name: x-demo-route, value: canary}]}
+      backendRefs: [{name: only-3}]
+    # /old/...: permanent redirect to /new/...
+    - matches: [{path: {type: PathPrefix, value: /old}}]
+      filters:
+        - type: RequestRedirect
+          requestRedirect: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /new}, statusCode: 301}
+---
+kind: Service
+metadata: {name: echo}
+spec:
+  endpoints: [{address: "{EP1}"}, {address: "{EP2}"}, {address: "{EP3}"}]
+---
+kind: Service
+metadata: {name: echo-rr}
+spec:
+  loadBalancer: {policy: RoundRobin}
+  endpoints: [{address: "{EP1}"}, {address: "{EP2}"}, {address: "{EP3}"}]
+---
+kind: Service
+metadata: {name: only-1}
+spec:
+  endpoints: [{address: "{EP1}"}]
+---
+kind: Service
+metadata: {name: only-3}
+spec:
+  protocol: http2
+  endpoints: [{address: "{EP3}"}]
+"#;
+
+async fn bind_or_any(port: u16) -> anyhow::Result<TcpListener> {
+    match TcpListener::bind(("127.0.0.1", port)).await {
+        Ok(l) => Ok(l),
+        Err(_) => Ok(TcpListener::bind("127.0.0.1:0").await?),
+    }
+}
+
+/// Runs the demo until Ctrl-C.
+pub async fn run(port: u16) -> anyhow::Result<()> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut config = CONFIG.to_string();
+    let mut backends = Vec::new();
+    for (i, name) in BACKENDS.iter().enumerate() {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        config = config.replace(&format!("{{EP{}}}", i + 1), &addr.to_string());
+        let mut stop = stop_rx.clone();
+        backends.push(tokio::spawn(async move {
+            weft_echo::serve(listener, weft_echo::EchoOptions { name: name.to_string(), ..Default::default() }, async move {
+                let _ = stop.changed().await;
+            })
+            .await;
+        }));
+    }
+    // Find a free proxy port, then hand it to the config (the proxy binds it itself).
+    let probe = bind_or_any(port).await?;
+    let listen: SocketAddr = probe.local_addr()?;
+    drop(probe);
+    let admin_probe = bind_or_any(9901).await?;
+    let admin = admin_probe.local_addr()?;
+    drop(admin_probe);
+    config = config.replace("{LISTEN}", &listen.to_string());
+
+    let parsed = weft_model::parse("demo.yaml", &config).map_err(|e| anyhow::anyhow!("demo config: {e}"))?;
+    let opts = ProxyOptions { admin: Some(admin), access_log: Some(Sink::Stdout), source: "weft demo (built in)".into() };
+    let proxy = RunningProxy::start(parsed, opts).await.context("starting the demo proxy")?;
+    let url = format!("http://{listen}");
+    let admin_url = format!("http://{admin}");
+    eprintln!(
+        r#"
+weft demo is running: a proxy at {url} in front of three echo backends.
+
+Try:
+  curl -si {url}/hello                       # balanced (P2C peak-EWMA); see x-echo-name
+  for i in 1 2 3 4 5 6; do curl -s {url}/rr/x | grep -o '"name":"[^"]*"'; done   # round robin
+  curl -si {url}/split                       # 90% echo-1, 10% echo-3
+  curl -si -H 'x-canary: yes' {url}/         # header match -> echo-3 (HTTP/2 upstream)
+  curl -si {url}/old/page                    # 301 to /new/page
+  curl -si --http2-prior-knowledge {url}/h2  # HTTP/2 to the proxy
+  curl -s  {admin_url}/metrics | grep weft_requests_total
+  curl -s  {admin_url}/config
+
+Access log lines (JSON) follow on stdout. Ctrl-C stops everything.
+"#
+    );
+    tokio::signal::ctrl_c().await?;
+    eprintln!("stopping...");
+    proxy.shutdown(std::time::Duration::from_secs(5)).await;
+    let _ = stop_tx.send(true);
+    for b in backends {
+        let _ = b.await;
+    }
+    Ok(())
+}

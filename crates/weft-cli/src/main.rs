@@ -1,0 +1,167 @@
+//! The `weft` binary. Subcommands only wire the library crates together.
+
+mod demo;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use weft_proxy::{access_log::Sink, ProxyOptions, RunningProxy};
+
+#[derive(Parser)]
+#[command(name = "weft", version, about = "weft service mesh")]
+struct Cli {
+    /// Log filter (tracing syntax), e.g. `info` or `weft_proxy=debug`.
+    #[arg(long, global = true, default_value = "info", env = "WEFT_LOG")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy from a configuration file.
+    Proxy(ProxyArgs),
+    /// Check a configuration file and exit (0 if valid, 1 with every error otherwise).
+    Validate {
+        /// The YAML file.
+        config: PathBuf,
+    },
+    /// Run a sample backend that echoes requests (httpbin-like).
+    Echo {
+        /// Address to listen on (port 0 picks one; the ready line says which).
+        #[arg(long, default_value = "127.0.0.1:8000")]
+        listen: SocketAddr,
+        /// Name reported in `x-echo-name` and in echoed bodies.
+        #[arg(long, default_value = "echo")]
+        name: String,
+        /// Extra delay before every response, e.g. `50ms` (to play a slow instance).
+        #[arg(long, default_value = "0ms", value_parser = parse_duration)]
+        delay: Duration,
+    },
+    /// Start a local demo: echo backends and a proxy in front of them.
+    Demo {
+        /// Proxy port on 127.0.0.1 (falls back to a free port if taken).
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+    },
+}
+
+#[derive(clap::Args)]
+struct ProxyArgs {
+    /// YAML file with Gateway, HTTPRoute and Service resources.
+    #[arg(long, short)]
+    config: PathBuf,
+    /// Admin listener (`/metrics`, `/ready`, `/live`, `/config`); `off` disables it.
+    #[arg(long, default_value = "127.0.0.1:9901")]
+    admin: String,
+    /// Access log destination: `-` for stdout, a file path, or `off`.
+    #[arg(long, default_value = "off")]
+    access_log: String,
+    /// Worker threads for the data path (default: one per core).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// On SIGTERM/SIGINT, how long in-flight requests may take to finish.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    drain_timeout: Duration,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    weft_model::duration::parse(s)
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Command::Proxy(args) => run_proxy(args),
+        Command::Validate { config } => validate(&config),
+        Command::Echo { listen, name, delay } => runtime(None).and_then(|rt| rt.block_on(run_echo(listen, weft_echo::EchoOptions { name, delay }))),
+        Command::Demo { port } => runtime(None).and_then(|rt| rt.block_on(demo::run(port))),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("weft: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = workers {
+        b.worker_threads(n.max(1));
+    }
+    Ok(b.enable_all().build()?)
+}
+
+fn validate(path: &std::path::Path) -> anyhow::Result<()> {
+    let c = weft_model::load_file(path).map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))?;
+    println!(
+        "{}: valid ({} gateways, {} routes, {} services; version {})",
+        path.display(),
+        c.gateways.len(),
+        c.routes.len(),
+        c.services.len(),
+        c.version
+    );
+    Ok(())
+}
+
+fn run_proxy(args: ProxyArgs) -> anyhow::Result<()> {
+    let config = weft_model::load_file(&args.config).map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))?;
+    let admin = match args.admin.as_str() {
+        "off" => None,
+        a => Some(a.parse::<SocketAddr>().with_context(|| format!("--admin {a}: expected IP:PORT or off"))?),
+    };
+    let access_log = match args.access_log.as_str() {
+        "off" => None,
+        "-" => Some(Sink::Stdout),
+        p => Some(Sink::File(p.into())),
+    };
+    let opts = ProxyOptions { admin, access_log, source: args.config.display().to_string() };
+    runtime(args.workers)?.block_on(async move {
+        let proxy = RunningProxy::start(config, opts).await?;
+        print_ready(&proxy.listeners, proxy.admin);
+        wait_for_signal().await?;
+        tracing::info!(deadline = ?args.drain_timeout, "draining");
+        let drained = proxy.shutdown(args.drain_timeout).await;
+        tracing::info!(drained, "stopped");
+        Ok(())
+    })
+}
+
+/// One JSON line on stdout that tests and scripts read to learn the bound addresses.
+fn print_ready(listeners: &[(String, SocketAddr)], admin: Option<SocketAddr>) {
+    let listeners: serde_json::Map<String, serde_json::Value> =
+        listeners.iter().map(|(n, a)| (n.clone(), a.to_string().into())).collect();
+    let line = serde_json::json!({ "event": "ready", "listeners": listeners, "admin": admin.map(|a| a.to_string()) });
+    println!("{line}");
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        r = tokio::signal::ctrl_c() => r?,
+    }
+    Ok(())
+}
+
+async fn run_echo(listen: SocketAddr, opts: weft_echo::EchoOptions) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+    let addr = listener.local_addr()?;
+    println!("{}", serde_json::json!({ "event": "ready", "address": addr.to_string(), "name": opts.name }));
+    weft_echo::serve(listener, opts, async {
+        let _ = wait_for_signal().await;
+    })
+    .await;
+    Ok(())
+}

@@ -1,0 +1,170 @@
+//! `weft echo`: a small sample backend for demos and tests, in the spirit of httpbin.
+//!
+//! Speaks HTTP/1.1 and HTTP/2 (prior knowledge) on one port. Every response carries
+//! `x-echo-name` with the instance's name, so load balancing is visible from the client.
+//!
+//! | path | answer |
+//! | --- | --- |
+//! | `/status/{code}` | that status |
+//! | `/delay/{ms}` | waits (at most 60 s), then echoes |
+//! | `/bytes/{n}` | `n` bytes (at most 64 MiB) |
+//! | `/headers` | the request headers as JSON |
+//! | anything else | the request as JSON: name, method, path, query, version, headers, body size, client |
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use serde::Serialize;
+use tokio::net::TcpListener;
+
+/// Longest `/delay`.
+pub const MAX_DELAY: Duration = Duration::from_secs(60);
+/// Largest `/bytes`.
+pub const MAX_BYTES: usize = 64 * 1024 * 1024;
+/// Largest request body read for echoing.
+pub const MAX_BODY: usize = 16 * 1024 * 1024;
+
+/// How an echo instance behaves.
+#[derive(Debug, Clone, Default)]
+pub struct EchoOptions {
+    /// Reported in `x-echo-name` and echoed bodies.
+    pub name: String,
+    /// Added before every response (to make one instance slow on purpose).
+    pub delay: Duration,
+}
+
+/// Serves until `shutdown` completes.
+pub async fn serve(listener: TcpListener, opts: EchoOptions, shutdown: impl Future<Output = ()>) {
+    let opts = Arc::new(opts);
+    let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, client) = tokio::select! {
+            _ = &mut shutdown => return,
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let opts = opts.clone();
+        let builder = builder.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| respond(opts.clone(), client, req));
+            let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+        });
+    }
+}
+
+#[derive(Serialize)]
+struct Echo<'a> {
+    name: &'a str,
+    method: &'a str,
+    path: &'a str,
+    query: &'a str,
+    version: String,
+    headers: BTreeMap<String, String>,
+    body_bytes: usize,
+    client: String,
+}
+
+async fn respond(opts: Arc<EchoOptions>, client: SocketAddr, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    if !opts.delay.is_zero() {
+        tokio::time::sleep(opts.delay).await;
+    }
+    let name = &opts.name;
+    let path = req.uri().path().to_string();
+    let mut segments = path.trim_start_matches('/').splitn(2, '/');
+    let first = segments.next().unwrap_or("");
+    let arg = segments.next();
+    let mut resp = match (first, arg) {
+        ("status", Some(code)) => match code.parse::<u16>().ok().and_then(|c| StatusCode::from_u16(c).ok()) {
+            Some(status) => {
+                let mut r = json(&serde_json::json!({ "status": status.as_u16(), "name": name }));
+                *r.status_mut() = status;
+                r
+            }
+            None => text(StatusCode::BAD_REQUEST, "status must be 100-999\n"),
+        },
+        ("delay", Some(ms)) => match ms.parse::<u64>() {
+            Ok(ms) => {
+                tokio::time::sleep(Duration::from_millis(ms).min(MAX_DELAY)).await;
+                echo(&name, client, req).await
+            }
+            Err(_) => text(StatusCode::BAD_REQUEST, "delay must be milliseconds\n"),
+        },
+        ("bytes", Some(n)) => match n.parse::<usize>() {
+            Ok(n) if n <= MAX_BYTES => {
+                let mut r = Response::new(Full::new(Bytes::from(vec![b'x'; n])));
+                r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+                r
+            }
+            _ => text(StatusCode::BAD_REQUEST, "bytes must be at most 67108864\n"),
+        },
+        ("headers", None) => json(&serde_json::json!({ "headers": header_map(&req) })),
+        _ => echo(&name, client, req).await,
+    };
+    if let Ok(v) = HeaderValue::from_str(&name) {
+        resp.headers_mut().insert("x-echo-name", v);
+    }
+    Ok(resp)
+}
+
+fn header_map<B>(req: &Request<B>) -> BTreeMap<String, String> {
+    let mut m: BTreeMap<String, String> = BTreeMap::new();
+    for (k, v) in req.headers() {
+        let v = String::from_utf8_lossy(v.as_bytes()).into_owned();
+        m.entry(k.as_str().to_string()).and_modify(|prev| {
+            prev.push_str(", ");
+            prev.push_str(&v);
+        }).or_insert(v);
+    }
+    m
+}
+
+async fn echo(name: &str, client: SocketAddr, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let (parts, body) = req.into_parts();
+    let body_bytes = match Limited::new(body, MAX_BODY).collect().await {
+        Ok(b) => b.to_bytes().len(),
+        Err(_) => return text(StatusCode::PAYLOAD_TOO_LARGE, "body too large\n"),
+    };
+    let req = Request::from_parts(parts, ());
+    json(&Echo {
+        name,
+        method: req.method().as_str(),
+        path: req.uri().path(),
+        query: req.uri().query().unwrap_or(""),
+        version: format!("{:?}", req.version()),
+        headers: header_map(&req),
+        body_bytes,
+        client: client.to_string(),
+    })
+}
+
+fn json<T: Serialize>(v: &T) -> Response<Full<Bytes>> {
+    let body = serde_json::to_vec(v).unwrap_or_default();
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    r
+}

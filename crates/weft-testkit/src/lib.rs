@@ -1,0 +1,311 @@
+//! Test support for weft's end-to-end tests (a dev-dependency only).
+//!
+//! Spawns real processes — `weft proxy`, `weft echo`, Python gRPC/WebSocket peers — on
+//! ephemeral loopback ports, learns their addresses from the one JSON "ready" line each
+//! prints, and kills them when dropped. External tools are looked up with [`require`],
+//! which fails the test with the install step when a tool is missing: a test never
+//! passes because its peer was absent.
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// How long a process may take to print its ready line. Generous: CI machines are shared.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Finds an external tool or fails the test saying how to install it.
+pub fn require(tool: &str) -> PathBuf {
+    let paths = std::env::var_os("PATH").unwrap_or_default();
+    for dir in std::env::split_paths(&paths).chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/bin")]) {
+        let p = dir.join(tool);
+        if p.is_file() {
+            return p;
+        }
+    }
+    panic!("`{tool}` is not installed: run scripts/install-test-deps (or see README.md, 'Running the tests')");
+}
+
+/// The Python interpreter with grpcio and websockets (Debian's python3 by default).
+pub fn python() -> PathBuf {
+    let py = std::env::var_os("WEFT_TEST_PYTHON").map(PathBuf::from).unwrap_or_else(|| "/usr/bin/python3".into());
+    let ok = Command::new(&py)
+        .args(["-c", "import grpc, websockets"])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "{} lacks grpcio/websockets: run scripts/install-test-deps (apt: python3-grpcio python3-websockets)", py.display());
+    py
+}
+
+/// A fresh directory under the system temp dir.
+pub fn temp_dir() -> PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let p = std::env::temp_dir().join(format!("weft-test-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+    std::fs::create_dir_all(&p).expect("create temp dir");
+    p
+}
+
+/// A child process that printed a JSON ready line; killed on drop.
+pub struct Proc {
+    /// The child.
+    pub child: Child,
+    /// The parsed ready line.
+    pub ready: Value,
+    /// Remaining stdout lines, read by a background thread.
+    pub lines: mpsc::Receiver<String>,
+    stderr_path: PathBuf,
+}
+
+impl Proc {
+    /// Spawns `cmd` and waits for its first stdout line, which must be JSON.
+    pub fn spawn(mut cmd: Command) -> Proc {
+        let stderr_path = temp_dir().join("stderr.log");
+        let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+        let stdout: ChildStdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let first = match rx.recv_timeout(READY_TIMEOUT) {
+            Ok(l) => l,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                let err = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+                panic!("{cmd:?} printed no ready line; stderr:\n{err}");
+            }
+        };
+        let ready: Value = serde_json::from_str(&first).unwrap_or_else(|e| panic!("ready line {first:?}: {e}"));
+        Proc { child, ready, lines: rx, stderr_path }
+    }
+
+    /// What the process wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// Sends a signal (e.g. "TERM") with `kill`.
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill").args([format!("-{sig}"), self.child.id().to_string()]).status().is_ok_and(|s| s.success());
+        assert!(ok, "kill -{sig} failed");
+    }
+
+    /// Waits for exit, at most `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A running `weft echo`.
+pub struct Echo {
+    /// Its process.
+    pub proc: Proc,
+    /// Where it listens.
+    pub addr: SocketAddr,
+}
+
+/// Starts `weft echo --name NAME` on an ephemeral port; `extra` adds arguments.
+pub fn echo(weft: &Path, name: &str, extra: &[&str]) -> Echo {
+    let mut cmd = Command::new(weft);
+    cmd.args(["echo", "--listen", "127.0.0.1:0", "--name", name]).args(extra);
+    let proc = Proc::spawn(cmd);
+    let addr = proc.ready["address"].as_str().expect("address").parse().expect("addr");
+    Echo { proc, addr }
+}
+
+/// A running `weft proxy`.
+pub struct Proxy {
+    /// Its process.
+    pub proc: Proc,
+    /// Its config file.
+    pub config: PathBuf,
+    /// Its admin address.
+    pub admin: SocketAddr,
+}
+
+impl Proxy {
+    /// Address of listener `gateway/listener`.
+    pub fn listener(&self, name: &str) -> SocketAddr {
+        self.proc.ready["listeners"][name]
+            .as_str()
+            .unwrap_or_else(|| panic!("no listener {name} in {}", self.proc.ready))
+            .parse()
+            .expect("addr")
+    }
+
+    /// `http://ADDR` of listener `gateway/listener`.
+    pub fn url(&self, name: &str) -> String {
+        format!("http://{}", self.listener(name))
+    }
+
+    /// The admin endpoint's body.
+    pub fn admin_get(&self, path: &str) -> String {
+        curl(&["-s", &format!("http://{}{path}", self.admin)]).body
+    }
+}
+
+/// Writes `config` to a file and starts `weft proxy` on it with an ephemeral admin port.
+pub fn proxy(weft: &Path, config: &str, extra: &[&str]) -> Proxy {
+    let dir = temp_dir();
+    let path = dir.join("weft.yaml");
+    std::fs::write(&path, config).expect("write config");
+    let mut cmd = Command::new(weft);
+    cmd.args(["proxy", "--config"]).arg(&path).args(["--admin", "127.0.0.1:0", "--workers", "2"]).args(extra);
+    let proc = Proc::spawn(cmd);
+    let admin = proc.ready["admin"].as_str().expect("admin").parse().expect("admin addr");
+    Proxy { proc, config: path, admin }
+}
+
+/// A curl result.
+#[derive(Debug)]
+pub struct CurlOut {
+    /// Final status code (0 when curl failed).
+    pub status: u16,
+    /// Response headers, lower-case names.
+    pub headers: Vec<(String, String)>,
+    /// Body.
+    pub body: String,
+    /// curl's exit code.
+    pub exit: i32,
+}
+
+impl CurlOut {
+    /// First value of a header.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+
+    /// The body parsed as JSON.
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.body))
+    }
+}
+
+/// Runs curl with `-si` prepended semantics: headers are parsed from the output.
+pub fn curl(args: &[&str]) -> CurlOut {
+    let out = Command::new(require("curl"))
+        .args(["-s", "-i", "--max-time", "30"])
+        .args(args)
+        .output()
+        .expect("run curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    parse_http_response(&text, out.status.code().unwrap_or(-1))
+}
+
+fn parse_http_response(text: &str, exit: i32) -> CurlOut {
+    // With -i and redirects/100-continue there may be several header blocks: take the last.
+    let mut rest = text;
+    let mut head = "";
+    while rest.starts_with("HTTP/") {
+        match rest.split_once("\r\n\r\n") {
+            Some((h, b)) => {
+                head = h;
+                rest = b;
+            }
+            None => {
+                head = rest;
+                rest = "";
+            }
+        }
+    }
+    let mut lines = head.lines();
+    let status = lines.next().and_then(|l| l.split_whitespace().nth(1)).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    CurlOut { status, headers, body: rest.to_string(), exit }
+}
+
+/// Sends `n` GETs over curl's connection reuse; returns (status, value of `header`) per request.
+pub fn curl_many(url: &str, n: usize, header: &str, extra: &[&str]) -> Vec<(u16, String)> {
+    let dir = temp_dir();
+    let cfg = dir.join("urls.curl");
+    let mut text = String::new();
+    for _ in 0..n {
+        text.push_str(&format!("url = \"{url}\"\noutput = \"/dev/null\"\n"));
+    }
+    std::fs::write(&cfg, text).expect("write curl config");
+    let out = Command::new(require("curl"))
+        .args(["-s", "--max-time", "120", "-w", &format!("%{{http_code}} %header{{{header}}}\\n")])
+        .args(extra)
+        .arg("-K")
+        .arg(&cfg)
+        .output()
+        .expect("run curl");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            let (code, v) = l.split_once(' ').unwrap_or((l, ""));
+            (code.parse().unwrap_or(0), v.to_string())
+        })
+        .collect()
+}
+
+/// Polls `f` until it returns Some, at most `limit`; panics with `what` on timeout.
+pub fn eventually<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// The value of the first metric line starting with `prefix` (name plus labels).
+pub fn metric_value(metrics: &str, prefix: &str) -> Option<f64> {
+    metrics.lines().find(|l| l.starts_with(prefix)).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok())
+}
+
+/// Reads everything from a reader into a string (for raw socket tests).
+pub fn read_all(mut r: impl Read) -> String {
+    let mut s = String::new();
+    let _ = r.read_to_string(&mut s);
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_last_header_block() {
+        let r = parse_http_response("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nX-A: 1\r\n\r\nbody", 0);
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("x-a"), Some("1"));
+        assert_eq!(r.body, "body");
+    }
+}
