@@ -1,13 +1,15 @@
 //! Load balancing over a service's endpoints.
 //!
-//! * `P2CPeakEwma` (default): pick two endpoints at random, send to the one with the lower
-//!   cost = peak-EWMA latency × (outstanding + 1) / weight. Fast endpoints win, slow ones
-//!   drain, and the randomness avoids the herd behaviour of "always the least loaded".
+//! * `P2CPeakEwma` (default): draw two endpoints at random in proportion to their weights,
+//!   send to the one with the lower cost = peak-EWMA latency × (outstanding + 1). Fast
+//!   endpoints win, slow ones drain, and the randomness avoids the herd behaviour of "always
+//!   the least loaded". At equal cost, traffic follows the weights.
 //!   Estimates drift back toward a neutral default when an endpoint goes unobserved, so a
 //!   recovered endpoint is probed again instead of being starved forever.
 //! * `RoundRobin`: smooth weighted round robin (nginx's algorithm), precomputed per snapshot.
-//! * `LeastRequest`: fewest outstanding requests relative to weight (full scan up to 8
-//!   endpoints, P2C beyond).
+//! * `LeastRequest`: fewest outstanding requests relative to weight; ties (e.g. all idle)
+//!   are broken at random in proportion to weight (full scan up to 8 endpoints, weighted
+//!   P2C beyond).
 //! * `RingHash`: consistent hashing (Ketama-style ring); adding one endpoint to N moves
 //!   about 1/(N+1) of the keys. Requests without a key fall back to P2C.
 //!
@@ -95,11 +97,11 @@ impl Endpoint {
     }
 
     fn p2c_cost(&self) -> f64 {
-        self.latency_estimate() * f64::from(self.inflight() + 1) / f64::from(self.weight)
+        self.latency_estimate() * f64::from(self.inflight() + 1)
     }
 
     fn load_cost(&self) -> f64 {
-        f64::from(self.inflight() + 1) / f64::from(self.weight)
+        f64::from(self.inflight()) / f64::from(self.weight)
     }
 }
 
@@ -173,6 +175,8 @@ impl HashKey {
 #[derive(Debug)]
 pub struct Balancer {
     endpoints: Vec<Arc<Endpoint>>,
+    /// Prefix sums of weights, for drawing an endpoint in proportion to its weight.
+    cumulative: Vec<u64>,
     policy: Policy,
 }
 
@@ -199,7 +203,63 @@ impl Balancer {
                 None => Policy::P2c, // validation requires hashOn; stay safe anyway
             },
         };
-        Balancer { endpoints, policy }
+        let cumulative = endpoints
+            .iter()
+            .scan(0u64, |sum, e| {
+                *sum += u64::from(e.weight);
+                Some(*sum)
+            })
+            .collect();
+        Balancer { endpoints, cumulative, policy }
+    }
+
+    /// An index drawn at random in proportion to weight.
+    fn weighted_index(&self) -> usize {
+        let total = self.cumulative.last().copied().unwrap_or(1).max(1);
+        let r = fastrand::u64(..total);
+        self.cumulative.partition_point(|c| *c <= r).min(self.endpoints.len() - 1)
+    }
+
+    /// Two distinct indexes drawn by weight (distinct unless one endpoint holds nearly all weight).
+    fn two_by_weight(&self) -> (usize, usize) {
+        let a = self.weighted_index();
+        for _ in 0..3 {
+            let b = self.weighted_index();
+            if b != a {
+                return (a, b);
+            }
+        }
+        (a, (a + 1) % self.endpoints.len())
+    }
+
+    fn p2c(&self, cost: fn(&Endpoint) -> f64) -> &Arc<Endpoint> {
+        let (a, b) = self.two_by_weight();
+        let eps = &self.endpoints;
+        if cost(&eps[b]) < cost(&eps[a]) {
+            &eps[b]
+        } else {
+            &eps[a]
+        }
+    }
+
+    /// The least loaded endpoint; ties broken by weight.
+    fn least_loaded(&self) -> &Arc<Endpoint> {
+        let eps = &self.endpoints;
+        let best = eps.iter().map(|e| e.load_cost()).fold(f64::INFINITY, f64::min);
+        let tied: Vec<usize> = (0..eps.len()).filter(|i| eps[*i].load_cost() <= best).collect();
+        if tied.len() == 1 {
+            return &eps[tied[0]];
+        }
+        let total: u64 = tied.iter().map(|i| u64::from(eps[*i].weight)).sum();
+        let mut r = fastrand::u64(..total.max(1));
+        for i in &tied {
+            let w = u64::from(eps[*i].weight);
+            if r < w {
+                return &eps[*i];
+            }
+            r -= w;
+        }
+        &eps[tied[0]]
     }
 
     /// The endpoints.
@@ -224,14 +284,9 @@ impl Balancer {
             _ => {}
         }
         match &self.policy {
-            Policy::P2c => Some(p2c(eps, Endpoint::p2c_cost)),
-            Policy::LeastRequest if eps.len() <= 8 => {
-                let start = fastrand::usize(..eps.len());
-                (0..eps.len())
-                    .map(|i| &eps[(start + i) % eps.len()])
-                    .min_by(|a, b| a.load_cost().total_cmp(&b.load_cost()))
-            }
-            Policy::LeastRequest => Some(p2c(eps, Endpoint::load_cost)),
+            Policy::P2c => Some(self.p2c(Endpoint::p2c_cost)),
+            Policy::LeastRequest if eps.len() <= 8 => Some(self.least_loaded()),
+            Policy::LeastRequest => Some(self.p2c(Endpoint::load_cost)),
             Policy::RoundRobin { schedule, next } => {
                 let i = next.fetch_add(1, Ordering::Relaxed) % schedule.len();
                 eps.get(schedule[i] as usize)
@@ -242,22 +297,9 @@ impl Balancer {
                     let (_, idx) = ring[i % ring.len()];
                     eps.get(idx as usize)
                 }
-                None => Some(p2c(eps, Endpoint::p2c_cost)),
+                None => Some(self.p2c(Endpoint::p2c_cost)),
             },
         }
-    }
-}
-
-fn p2c(eps: &[Arc<Endpoint>], cost: fn(&Endpoint) -> f64) -> &Arc<Endpoint> {
-    let a = fastrand::usize(..eps.len());
-    let mut b = fastrand::usize(..eps.len() - 1);
-    if b >= a {
-        b += 1;
-    }
-    if cost(&eps[b]) < cost(&eps[a]) {
-        &eps[b]
-    } else {
-        &eps[a]
     }
 }
 
@@ -382,6 +424,17 @@ mod tests {
         let b = Balancer::new(e, LbPolicy::LeastRequest, None);
         let c = counts(&b, 100, |_| None);
         assert_eq!(c[&9002], 100, "{c:?}");
+    }
+
+    #[test]
+    fn p2c_and_least_request_follow_weights_at_equal_load() {
+        for policy in [LbPolicy::P2CPeakEwma, LbPolicy::LeastRequest] {
+            let b = Balancer::new(eps(&[1, 4]), policy, None);
+            let c = counts(&b, 5000, |_| None);
+            // Equal cost: the first weighted draw wins, so about 80% / 20%.
+            let light = c.get(&9000).copied().unwrap_or(0);
+            assert!((800..=1200).contains(&light), "{policy:?}: {c:?}");
+        }
     }
 
     #[test]
