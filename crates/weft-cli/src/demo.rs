@@ -86,9 +86,16 @@ pub async fn run(port: u16) -> anyhow::Result<()> {
         config = config.replace(&format!("{{EP{}}}", i + 1), &addr.to_string());
         let mut stop = stop_rx.clone();
         backends.push(tokio::spawn(async move {
-            weft_echo::serve(listener, weft_echo::EchoOptions { name: name.to_string(), ..Default::default() }, async move {
-                let _ = stop.changed().await;
-            })
+            weft_echo::serve(
+                listener,
+                weft_echo::EchoOptions {
+                    name: name.to_string(),
+                    ..Default::default()
+                },
+                async move {
+                    let _ = stop.changed().await;
+                },
+            )
             .await;
         }));
     }
@@ -101,9 +108,16 @@ pub async fn run(port: u16) -> anyhow::Result<()> {
     drop(admin_probe);
     config = config.replace("{LISTEN}", &listen.to_string());
 
-    let parsed = weft_model::parse("demo.yaml", &config).map_err(|e| anyhow::anyhow!("demo config: {e}"))?;
-    let opts = ProxyOptions { admin: Some(admin), access_log: Some(Sink::Stdout), source: "weft demo (built in)".into() };
-    let proxy = RunningProxy::start(parsed, opts).await.context("starting the demo proxy")?;
+    let parsed =
+        weft_model::parse("demo.yaml", &config).map_err(|e| anyhow::anyhow!("demo config: {e}"))?;
+    let opts = ProxyOptions {
+        admin: Some(admin),
+        access_log: Some(Sink::Stdout),
+        source: "weft demo (built in)".into(),
+    };
+    let proxy = RunningProxy::start(parsed, opts)
+        .await
+        .context("starting the demo proxy")?;
     let url = format!("http://{listen}");
     let admin_url = format!("http://{admin}");
     eprintln!(

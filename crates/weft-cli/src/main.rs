@@ -75,13 +75,20 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| "info".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let result = match cli.command {
         Command::Proxy(args) => run_proxy(args),
         Command::Validate { config } => validate(&config),
-        Command::Echo { listen, name, delay } => runtime(None).and_then(|rt| rt.block_on(run_echo(listen, weft_echo::EchoOptions { name, delay }))),
+        Command::Echo {
+            listen,
+            name,
+            delay,
+        } => runtime(None)
+            .and_then(|rt| rt.block_on(run_echo(listen, weft_echo::EchoOptions { name, delay }))),
         Command::Demo { port } => runtime(None).and_then(|rt| rt.block_on(demo::run(port))),
     };
     match result {
@@ -102,7 +109,8 @@ fn runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn validate(path: &std::path::Path) -> anyhow::Result<()> {
-    let c = weft_model::load_file(path).map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))?;
+    let c =
+        weft_model::load_file(path).map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))?;
     println!(
         "{}: valid ({} gateways, {} routes, {} services; version {})",
         path.display(),
@@ -115,17 +123,25 @@ fn validate(path: &std::path::Path) -> anyhow::Result<()> {
 }
 
 fn run_proxy(args: ProxyArgs) -> anyhow::Result<()> {
-    let config = weft_model::load_file(&args.config).map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))?;
+    let config = weft_model::load_file(&args.config)
+        .map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))?;
     let admin = match args.admin.as_str() {
         "off" => None,
-        a => Some(a.parse::<SocketAddr>().with_context(|| format!("--admin {a}: expected IP:PORT or off"))?),
+        a => Some(
+            a.parse::<SocketAddr>()
+                .with_context(|| format!("--admin {a}: expected IP:PORT or off"))?,
+        ),
     };
     let access_log = match args.access_log.as_str() {
         "off" => None,
         "-" => Some(Sink::Stdout),
         p => Some(Sink::File(p.into())),
     };
-    let opts = ProxyOptions { admin, access_log, source: args.config.display().to_string() };
+    let opts = ProxyOptions {
+        admin,
+        access_log,
+        source: args.config.display().to_string(),
+    };
     runtime(args.workers)?.block_on(async move {
         let proxy = RunningProxy::start(config, opts).await?;
         print_ready(&proxy.listeners, proxy.admin);
@@ -139,8 +155,10 @@ fn run_proxy(args: ProxyArgs) -> anyhow::Result<()> {
 
 /// One JSON line on stdout that tests and scripts read to learn the bound addresses.
 fn print_ready(listeners: &[(String, SocketAddr)], admin: Option<SocketAddr>) {
-    let listeners: serde_json::Map<String, serde_json::Value> =
-        listeners.iter().map(|(n, a)| (n.clone(), a.to_string().into())).collect();
+    let listeners: serde_json::Map<String, serde_json::Value> = listeners
+        .iter()
+        .map(|(n, a)| (n.clone(), a.to_string().into()))
+        .collect();
     let line = serde_json::json!({ "event": "ready", "listeners": listeners, "admin": admin.map(|a| a.to_string()) });
     println!("{line}");
 }
@@ -156,9 +174,14 @@ async fn wait_for_signal() -> anyhow::Result<()> {
 }
 
 async fn run_echo(listen: SocketAddr, opts: weft_echo::EchoOptions) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
     let addr = listener.local_addr()?;
-    println!("{}", serde_json::json!({ "event": "ready", "address": addr.to_string(), "name": opts.name }));
+    println!(
+        "{}",
+        serde_json::json!({ "event": "ready", "address": addr.to_string(), "name": opts.name })
+    );
     weft_echo::serve(listener, opts, async {
         let _ = wait_for_signal().await;
     })

@@ -11,7 +11,10 @@ fn weft() -> PathBuf {
 }
 
 fn config(lb: &str, endpoints: &[(SocketAddr, u32)]) -> String {
-    let eps: Vec<String> = endpoints.iter().map(|(a, w)| format!("{{address: \"{a}\", weight: {w}}}")).collect();
+    let eps: Vec<String> = endpoints
+        .iter()
+        .map(|(a, w)| format!("{{address: \"{a}\", weight: {w}}}"))
+        .collect();
     format!(
         r#"kind: Gateway
 metadata: {{name: gw}}
@@ -43,70 +46,153 @@ fn tally(results: &[(u16, String)]) -> HashMap<String, usize> {
 }
 
 fn backends(specs: &[(&str, &[&str])]) -> Vec<Echo> {
-    specs.iter().map(|(name, extra)| echo(&weft(), name, extra)).collect()
+    specs
+        .iter()
+        .map(|(name, extra)| echo(&weft(), name, extra))
+        .collect()
 }
 
 #[test]
 fn round_robin_follows_weights_exactly() {
     let b = backends(&[("a", &[]), ("b", &[]), ("c", &[])]);
-    let p = proxy(&weft(), &config("{policy: RoundRobin}", &[(b[0].addr, 1), (b[1].addr, 1), (b[2].addr, 2)]), &[]);
-    let t = tally(&curl_many(&format!("{}/", p.url("gw/web")), 400, "x-echo-name", &[]));
+    let p = proxy(
+        &weft(),
+        &config(
+            "{policy: RoundRobin}",
+            &[(b[0].addr, 1), (b[1].addr, 1), (b[2].addr, 2)],
+        ),
+        &[],
+    );
+    let t = tally(&curl_many(
+        &format!("{}/", p.url("gw/web")),
+        400,
+        "x-echo-name",
+        &[],
+    ));
     assert_eq!((t["a"], t["b"], t["c"]), (100, 100, 200), "{t:?}");
 }
 
 #[test]
 fn p2c_peak_ewma_moves_traffic_away_from_a_slow_endpoint() {
     // Same workload against round robin (the control) and the default policy.
-    let b = backends(&[("fast1", &[]), ("fast2", &[]), ("slow", &["--delay", "60ms"])]);
+    let b = backends(&[
+        ("fast1", &[]),
+        ("fast2", &[]),
+        ("slow", &["--delay", "60ms"]),
+    ]);
     let eps = [(b[0].addr, 1), (b[1].addr, 1), (b[2].addr, 1)];
     let parallel = ["--parallel", "--parallel-max", "6"];
 
     let rr = proxy(&weft(), &config("{policy: RoundRobin}", &eps), &[]);
-    let t = tally(&curl_many(&format!("{}/", rr.url("gw/web")), 300, "x-echo-name", &parallel));
-    assert_eq!(t["slow"], 100, "control: round robin gives the slow endpoint its third: {t:?}");
+    let t = tally(&curl_many(
+        &format!("{}/", rr.url("gw/web")),
+        300,
+        "x-echo-name",
+        &parallel,
+    ));
+    assert_eq!(
+        t["slow"], 100,
+        "control: round robin gives the slow endpoint its third: {t:?}"
+    );
 
     let p2c = proxy(&weft(), &config("{}", &eps), &[]);
-    let t = tally(&curl_many(&format!("{}/", p2c.url("gw/web")), 300, "x-echo-name", &parallel));
+    let t = tally(&curl_many(
+        &format!("{}/", p2c.url("gw/web")),
+        300,
+        "x-echo-name",
+        &parallel,
+    ));
     let slow = t.get("slow").copied().unwrap_or(0);
-    assert!(slow <= 30, "P2C peak-EWMA should send well under 10% to the slow endpoint, sent {slow}/300: {t:?}");
+    assert!(
+        slow <= 30,
+        "P2C peak-EWMA should send well under 10% to the slow endpoint, sent {slow}/300: {t:?}"
+    );
 }
 
 #[test]
 fn least_request_avoids_the_endpoint_with_outstanding_requests() {
     let b = backends(&[("fast", &[]), ("slow", &["--delay", "200ms"])]);
-    let p = proxy(&weft(), &config("{policy: LeastRequest}", &[(b[0].addr, 1), (b[1].addr, 1)]), &[]);
-    let t = tally(&curl_many(&format!("{}/", p.url("gw/web")), 200, "x-echo-name", &["--parallel", "--parallel-max", "8"]));
+    let p = proxy(
+        &weft(),
+        &config("{policy: LeastRequest}", &[(b[0].addr, 1), (b[1].addr, 1)]),
+        &[],
+    );
+    let t = tally(&curl_many(
+        &format!("{}/", p.url("gw/web")),
+        200,
+        "x-echo-name",
+        &["--parallel", "--parallel-max", "8"],
+    ));
     let slow = t.get("slow").copied().unwrap_or(0);
     // Round robin would send 100; least request sends a new request to the slow endpoint
     // only when it has no more outstanding requests than the fast one.
-    assert!(slow <= 40, "least request sent {slow}/200 to the slow endpoint: {t:?}");
+    assert!(
+        slow <= 40,
+        "least request sent {slow}/200 to the slow endpoint: {t:?}"
+    );
 }
 
 #[test]
 fn ring_hash_keeps_keys_and_moves_about_one_nth_when_an_endpoint_joins() {
     let b = backends(&[("a", &[]), ("b", &[]), ("c", &[]), ("d", &[])]);
     let lb = "{policy: RingHash, hashOn: {header: x-user}}";
-    let three = proxy(&weft(), &config(lb, &[(b[0].addr, 1), (b[1].addr, 1), (b[2].addr, 1)]), &[]);
-    let four = proxy(&weft(), &config(lb, &[(b[0].addr, 1), (b[1].addr, 1), (b[2].addr, 1), (b[3].addr, 1)]), &[]);
+    let three = proxy(
+        &weft(),
+        &config(lb, &[(b[0].addr, 1), (b[1].addr, 1), (b[2].addr, 1)]),
+        &[],
+    );
+    let four = proxy(
+        &weft(),
+        &config(
+            lb,
+            &[
+                (b[0].addr, 1),
+                (b[1].addr, 1),
+                (b[2].addr, 1),
+                (b[3].addr, 1),
+            ],
+        ),
+        &[],
+    );
     let owner = |p: &weft_testkit::Proxy, user: usize| {
-        let r = weft_testkit::curl(&["-H", &format!("x-user: user-{user}"), &format!("{}/", p.url("gw/web"))]);
+        let r = weft_testkit::curl(&[
+            "-H",
+            &format!("x-user: user-{user}"),
+            &format!("{}/", p.url("gw/web")),
+        ]);
         r.header("x-echo-name").expect("x-echo-name").to_string()
     };
     let users = 120;
     let before: Vec<String> = (0..users).map(|u| owner(&three, u)).collect();
     // Sticky: the same key lands on the same endpoint every time.
-    for u in 0..20 {
-        assert_eq!(owner(&three, u), before[u], "user-{u} moved without any change");
+    for (u, first) in before.iter().enumerate().take(20) {
+        assert_eq!(
+            &owner(&three, u),
+            first,
+            "user-{u} moved without any change"
+        );
     }
     let spread: std::collections::HashSet<&String> = before.iter().collect();
-    assert_eq!(spread.len(), 3, "keys should spread over all endpoints: {before:?}");
-    let moved = (0..users).filter(|u| owner(&four, *u) != before[*u]).count();
+    assert_eq!(
+        spread.len(),
+        3,
+        "keys should spread over all endpoints: {before:?}"
+    );
+    let moved = (0..users)
+        .filter(|u| owner(&four, *u) != before[*u])
+        .count();
     // Ideal 1/4 = 30 of 120; a full reshuffle would move ~90.
-    assert!((10..=50).contains(&moved), "{moved}/{users} keys moved when one endpoint joined three");
+    assert!(
+        (10..=50).contains(&moved),
+        "{moved}/{users} keys moved when one endpoint joined three"
+    );
     // Keys that moved went to the new endpoint only.
-    for u in 0..users {
+    for (u, first) in before.iter().enumerate() {
         let now = owner(&four, u);
-        assert!(now == before[u] || now == "d", "user-{u} moved from {} to {now}, not to the new endpoint", before[u]);
+        assert!(
+            &now == first || now == "d",
+            "user-{u} moved from {first} to {now}, not to the new endpoint"
+        );
     }
 }
 
@@ -114,15 +200,33 @@ fn ring_hash_keeps_keys_and_moves_about_one_nth_when_an_endpoint_joins() {
 fn ring_hash_on_cookie_and_client_address() {
     let b = backends(&[("a", &[]), ("b", &[]), ("c", &[])]);
     let eps = [(b[0].addr, 1), (b[1].addr, 1), (b[2].addr, 1)];
-    let by_ip = proxy(&weft(), &config("{policy: RingHash, hashOn: {clientAddress: true}}", &eps), &[]);
-    let t = tally(&curl_many(&format!("{}/", by_ip.url("gw/web")), 60, "x-echo-name", &[]));
+    let by_ip = proxy(
+        &weft(),
+        &config("{policy: RingHash, hashOn: {clientAddress: true}}", &eps),
+        &[],
+    );
+    let t = tally(&curl_many(
+        &format!("{}/", by_ip.url("gw/web")),
+        60,
+        "x-echo-name",
+        &[],
+    ));
     assert_eq!(t.len(), 1, "one client address, one endpoint: {t:?}");
 
-    let by_cookie = proxy(&weft(), &config("{policy: RingHash, hashOn: {cookie: session}}", &eps), &[]);
+    let by_cookie = proxy(
+        &weft(),
+        &config("{policy: RingHash, hashOn: {cookie: session}}", &eps),
+        &[],
+    );
     let url = format!("{}/", by_cookie.url("gw/web"));
     for s in 0..10 {
         let cookie = format!("session=s{s}; theme=dark");
-        let t = tally(&curl_many(&url, 10, "x-echo-name", &["-H", &format!("cookie: {cookie}")]));
+        let t = tally(&curl_many(
+            &url,
+            10,
+            "x-echo-name",
+            &["-H", &format!("cookie: {cookie}")],
+        ));
         assert_eq!(t.len(), 1, "session s{s} was spread: {t:?}");
     }
 }

@@ -12,18 +12,32 @@ fn weft() -> PathBuf {
 
 fn peer(script: &str) -> Proc {
     let mut c = Command::new(python());
-    c.arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/support").join(script)).arg("server");
+    c.arg(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/support")
+            .join(script),
+    )
+    .arg("server");
     Proc::spawn(c)
 }
 
 fn run_client(script: &str, target: &str) -> serde_json::Value {
     let out = Command::new(python())
-        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/support").join(script))
+        .arg(
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/support")
+                .join(script),
+        )
         .args(["client", target])
         .output()
         .expect("run client");
-    assert!(out.status.success(), "{script} client failed:\n{}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+    assert!(
+        out.status.success(),
+        "{script} client failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
 }
 
 fn config(protocol: &str, upstream: &str) -> String {
@@ -87,9 +101,19 @@ fn websocket_to_an_http2_service_is_refused_clearly() {
     let upstream = server.ready["address"].as_str().unwrap();
     let p = proxy(&weft(), &config("http2", upstream), &[]);
     let r = weft_testkit::curl(&[
-        "-H", "connection: upgrade", "-H", "upgrade: websocket", "-H", "sec-websocket-version: 13",
-        "-H", "sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==",
+        "-H",
+        "connection: upgrade",
+        "-H",
+        "upgrade: websocket",
+        "-H",
+        "sec-websocket-version: 13",
+        "-H",
+        "sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==",
         &format!("http://{}/chat", p.listener("gw/web")),
     ]);
-    assert_eq!((r.status, r.header("x-weft-error")), (501, Some("upgrade-unsupported")), "{r:?}");
+    assert_eq!(
+        (r.status, r.header("x-weft-error")),
+        (501, Some("upgrade-unsupported")),
+        "{r:?}"
+    );
 }

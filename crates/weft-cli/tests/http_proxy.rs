@@ -17,8 +17,14 @@ fn gateway() -> &'static str {
 }
 
 fn service(name: &str, extra: &str, endpoints: &[SocketAddr]) -> String {
-    let eps: Vec<String> = endpoints.iter().map(|a| format!("{{address: \"{a}\"}}")).collect();
-    format!("---\nkind: Service\nmetadata: {{name: {name}}}\nspec:\n  endpoints: [{}]\n{extra}", eps.join(", "))
+    let eps: Vec<String> = endpoints
+        .iter()
+        .map(|a| format!("{{address: \"{a}\"}}"))
+        .collect();
+    format!(
+        "---\nkind: Service\nmetadata: {{name: {name}}}\nspec:\n  endpoints: [{}]\n{extra}",
+        eps.join(", ")
+    )
 }
 
 #[test]
@@ -70,7 +76,15 @@ spec:
     let host = |h: &str| format!("host: {h}");
 
     // Prefix rewrite, host rewrite, request and response header modifiers.
-    let r = curl(&["-H", &host("api.example.com"), "-H", "x-drop: 1", "-H", "x-added: 1", &format!("{url}/v1/items?x=1")]);
+    let r = curl(&[
+        "-H",
+        &host("api.example.com"),
+        "-H",
+        "x-drop: 1",
+        "-H",
+        "x-added: 1",
+        &format!("{url}/v1/items?x=1"),
+    ]);
     assert_eq!(r.status, 200, "{r:?}");
     let j = r.json();
     assert_eq!(j["name"], "a");
@@ -88,16 +102,54 @@ spec:
     assert_eq!(j["path"], "/replaced");
 
     // Method + header, query, regex matches.
-    assert_eq!(curl(&["-X", "POST", "-H", &host("api.example.com"), "-H", "x-env: canary", &format!("{url}/x")]).json()["name"], "b");
-    assert_eq!(curl(&["-H", &host("api.example.com"), "-H", "x-env: canary", &format!("{url}/x")]).json()["name"], "a");
-    assert_eq!(curl(&["-H", &host("api.example.com"), &format!("{url}/x?v=2")]).json()["name"], "b");
-    assert_eq!(curl(&["-H", &host("api.example.com"), &format!("{url}/users/42")]).json()["name"], "b");
-    assert_eq!(curl(&["-H", &host("api.example.com"), &format!("{url}/users/42/x")]).json()["name"], "a");
+    assert_eq!(
+        curl(&[
+            "-X",
+            "POST",
+            "-H",
+            &host("api.example.com"),
+            "-H",
+            "x-env: canary",
+            &format!("{url}/x")
+        ])
+        .json()["name"],
+        "b"
+    );
+    assert_eq!(
+        curl(&[
+            "-H",
+            &host("api.example.com"),
+            "-H",
+            "x-env: canary",
+            &format!("{url}/x")
+        ])
+        .json()["name"],
+        "a"
+    );
+    assert_eq!(
+        curl(&["-H", &host("api.example.com"), &format!("{url}/x?v=2")]).json()["name"],
+        "b"
+    );
+    assert_eq!(
+        curl(&["-H", &host("api.example.com"), &format!("{url}/users/42")]).json()["name"],
+        "b"
+    );
+    assert_eq!(
+        curl(&["-H", &host("api.example.com"), &format!("{url}/users/42/x")]).json()["name"],
+        "a"
+    );
 
     // Redirect keeps the query.
-    let r = curl(&["-H", &host("api.example.com"), &format!("{url}/old/page?q=1")]);
+    let r = curl(&[
+        "-H",
+        &host("api.example.com"),
+        &format!("{url}/old/page?q=1"),
+    ]);
     assert_eq!(r.status, 308);
-    assert_eq!(r.header("location"), Some("https://new.example.com/new/page?q=1"));
+    assert_eq!(
+        r.header("location"),
+        Some("https://new.example.com/new/page?q=1")
+    );
 
     // Unknown host: no route, and the reply says so.
     let r = curl(&["-H", &host("nope.example.net"), &format!("{url}/")]);
@@ -105,18 +157,48 @@ spec:
     assert_eq!(r.header("x-weft-error"), Some("no-route"));
 
     // Forwarding headers: x-forwarded-for appended, x-request-id generated or kept, hop-by-hop removed.
-    let j = curl(&["-H", &host("api.example.com"), "-H", "x-forwarded-for: 10.1.2.3", "-H", "connection: keep-alive, x-hop", "-H", "x-hop: secret", &format!("{url}/")]).json();
+    let j = curl(&[
+        "-H",
+        &host("api.example.com"),
+        "-H",
+        "x-forwarded-for: 10.1.2.3",
+        "-H",
+        "connection: keep-alive, x-hop",
+        "-H",
+        "x-hop: secret",
+        &format!("{url}/"),
+    ])
+    .json();
     assert_eq!(j["headers"]["x-forwarded-for"], "10.1.2.3, 127.0.0.1");
     assert_eq!(j["headers"]["x-forwarded-proto"], "http");
-    assert!(j["headers"].get("x-hop").is_none(), "header named by Connection must not be forwarded: {j}");
-    let id = j["headers"]["x-request-id"].as_str().expect("request id").to_string();
+    assert!(
+        j["headers"].get("x-hop").is_none(),
+        "header named by Connection must not be forwarded: {j}"
+    );
+    let id = j["headers"]["x-request-id"]
+        .as_str()
+        .expect("request id")
+        .to_string();
     assert_eq!(id.len(), 32);
     assert!(id.bytes().all(|b| b.is_ascii_hexdigit()));
-    let j = curl(&["-H", &host("api.example.com"), "-H", "x-request-id: my-id-1", &format!("{url}/")]).json();
+    let j = curl(&[
+        "-H",
+        &host("api.example.com"),
+        "-H",
+        "x-request-id: my-id-1",
+        &format!("{url}/"),
+    ])
+    .json();
     assert_eq!(j["headers"]["x-request-id"], "my-id-1");
 
     // Dot segments cannot escape a prefix route.
-    let j = curl(&["--path-as-is", "-H", &host("api.example.com"), &format!("{url}/v1/../users/7")]).json();
+    let j = curl(&[
+        "--path-as-is",
+        "-H",
+        &host("api.example.com"),
+        &format!("{url}/v1/../users/7"),
+    ])
+    .json();
     assert_eq!(j["name"], "b", "normalized to /users/7: {j}");
 }
 
@@ -133,8 +215,14 @@ fn weighted_backends_split_traffic() {
     let p = proxy(&weft(), &config, &[]);
     let results = curl_many(&format!("{}/", p.url("gw/web")), 800, "x-echo-name", &[]);
     assert_eq!(results.len(), 800);
-    let to_a = results.iter().filter(|(s, n)| *s == 200 && n == "a").count();
-    let to_b = results.iter().filter(|(s, n)| *s == 200 && n == "b").count();
+    let to_a = results
+        .iter()
+        .filter(|(s, n)| *s == 200 && n == "a")
+        .count();
+    let to_b = results
+        .iter()
+        .filter(|(s, n)| *s == 200 && n == "b")
+        .count();
     assert_eq!(to_a + to_b, 800);
     // 75% expected; 4.5 standard deviations either side (sd ≈ 12).
     assert!((545..=655).contains(&to_a), "a got {to_a} of 800");
@@ -144,7 +232,10 @@ fn weighted_backends_split_traffic() {
 fn every_failure_names_its_cause() {
     // A port with nothing listening, a backend that closes without answering, a listener
     // whose accept queue is full (connect times out), and a service with no endpoints.
-    let closed = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let rude = TcpListener::bind("127.0.0.1:0").unwrap();
     let rude_addr = rude.local_addr().unwrap();
     std::thread::spawn(move || {
@@ -161,7 +252,11 @@ fn every_failure_names_its_cause() {
         c.arg(support("blackhole.py"));
         c
     });
-    let full: SocketAddr = blackhole.ready["address"].as_str().unwrap().parse().unwrap();
+    let full: SocketAddr = blackhole.ready["address"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
 
     let config = format!(
         r#"{gw}---
@@ -196,15 +291,35 @@ spec: {{}}
         ("/empty", 503, "no-healthy-endpoints"),
     ] {
         let r = curl(&[&format!("{url}{path}")]);
-        assert_eq!((r.status, r.header("x-weft-error")), (status, Some(code)), "{path}: {r:?}");
+        assert_eq!(
+            (r.status, r.header("x-weft-error")),
+            (status, Some(code)),
+            "{path}: {r:?}"
+        );
     }
     let m = p.admin_get("/metrics");
-    assert_eq!(metric_value(&m, "weft_local_replies_total{listener=\"gw/web\",reason=\"connect-refused\"}"), Some(1.0), "{m}");
-    assert_eq!(metric_value(&m, "weft_upstream_connect_errors_total{service=\"timeout\",reason=\"connect-timeout\"}"), Some(1.0), "{m}");
+    assert_eq!(
+        metric_value(
+            &m,
+            "weft_local_replies_total{listener=\"gw/web\",reason=\"connect-refused\"}"
+        ),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(
+        metric_value(
+            &m,
+            "weft_upstream_connect_errors_total{service=\"timeout\",reason=\"connect-timeout\"}"
+        ),
+        Some(1.0),
+        "{m}"
+    );
 }
 
 fn support(file: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/support").join(file)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/support")
+        .join(file)
 }
 
 #[test]
@@ -225,7 +340,13 @@ fn http2_and_http1_in_every_combination() {
         ("--http2-prior-knowledge", "/h2", "HTTP/2", "HTTP/2.0"),
     ] {
         let out = Command::new(require("curl"))
-            .args(["-s", client_flag, "-w", "\n%{http_version}", &format!("{url}{path}")])
+            .args([
+                "-s",
+                client_flag,
+                "-w",
+                "\n%{http_version}",
+                &format!("{url}{path}"),
+            ])
             .output()
             .unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
@@ -233,7 +354,11 @@ fn http2_and_http1_in_every_combination() {
         let j: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|_| panic!("{text}"));
         assert_eq!(j["version"], want_up, "{client_flag} {path}");
         assert_eq!(format!("HTTP/{version}"), want_down, "{client_flag} {path}");
-        assert_eq!(j["headers"]["host"], p.listener("gw/web").to_string(), "host survives translation: {j}");
+        assert_eq!(
+            j["headers"]["host"],
+            p.listener("gw/web").to_string(),
+            "host survives translation: {j}"
+        );
     }
 }
 
@@ -248,7 +373,13 @@ fn chunked_bodies_and_pipelining() {
     let dir = weft_testkit::temp_dir();
     let file = dir.join("body");
     std::fs::write(&file, vec![b'z'; 100_000]).unwrap();
-    let r = curl(&["-H", "transfer-encoding: chunked", "--data-binary", &format!("@{}", file.display()), &format!("http://{addr}/up")]);
+    let r = curl(&[
+        "-H",
+        "transfer-encoding: chunked",
+        "--data-binary",
+        &format!("@{}", file.display()),
+        &format!("http://{addr}/up"),
+    ]);
     assert_eq!(r.json()["body_bytes"], 100_000);
 
     // Two requests in one write on one connection: two responses, in order.
@@ -262,7 +393,17 @@ fn chunked_bodies_and_pipelining() {
     assert!(first < second, "responses out of order: {text}");
 
     // A large response streams through.
-    let out = Command::new(require("curl")).args(["-s", "-o", "/dev/null", "-w", "%{size_download}", &format!("http://{addr}/bytes/5000000")]).output().unwrap();
+    let out = Command::new(require("curl"))
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{size_download}",
+            &format!("http://{addr}/bytes/5000000"),
+        ])
+        .output()
+        .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "5000000");
 }
 
@@ -278,8 +419,18 @@ fn upstream_connections_are_pooled_and_expire() {
     let p = proxy(&weft(), &config, &[]);
     let url = p.url("gw/web");
     // Sequential requests from separate client connections reuse one upstream connection.
-    let ports: Vec<String> = (0..5).map(|_| curl(&[&format!("{url}/")]).json()["client"].as_str().unwrap().to_string()).collect();
-    assert!(ports.iter().all(|p| p == &ports[0]), "HTTP/1.1 keep-alive not reused: {ports:?}");
+    let ports: Vec<String> = (0..5)
+        .map(|_| {
+            curl(&[&format!("{url}/")]).json()["client"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert!(
+        ports.iter().all(|p| p == &ports[0]),
+        "HTTP/1.1 keep-alive not reused: {ports:?}"
+    );
     // HTTP/2 upstream: concurrent requests share one connection.
     let out = Command::new(require("curl"))
         .args(["-s", "--parallel", "--parallel-max", "10"])
@@ -287,13 +438,27 @@ fn upstream_connections_are_pooled_and_expire() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    let clients: std::collections::HashSet<&str> = text.split("\"client\":\"").skip(1).filter_map(|s| s.split('"').next()).collect();
-    assert_eq!(clients.len(), 1, "HTTP/2 requests were not multiplexed on one connection: {clients:?}");
+    let clients: std::collections::HashSet<&str> = text
+        .split("\"client\":\"")
+        .skip(1)
+        .filter_map(|s| s.split('"').next())
+        .collect();
+    assert_eq!(
+        clients.len(),
+        1,
+        "HTTP/2 requests were not multiplexed on one connection: {clients:?}"
+    );
     // After the idle timeout the pooled HTTP/1 connection is closed; the next request opens another.
     // (This one waits on a timer by nature: the behaviour under test is a timeout.)
     std::thread::sleep(Duration::from_millis(1500));
-    let after = curl(&[&format!("{url}/")]).json()["client"].as_str().unwrap().to_string();
-    assert_ne!(after, ports[0], "idle connection was not closed after idleTimeout");
+    let after = curl(&[&format!("{url}/")]).json()["client"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_ne!(
+        after, ports[0],
+        "idle connection was not closed after idleTimeout"
+    );
 }
 
 #[test]
@@ -305,11 +470,23 @@ fn invalid_config_is_refused_with_file_line_and_field() {
         format!("{}---\nkind: HTTPRoute\nmetadata: {{name: r}}\nspec:\n  rules:\n    - backendRefs: [{{name: ghost, weight: 2}}]\n", gateway()),
     )
     .unwrap();
-    for args in [vec!["validate".to_string(), path.display().to_string()], vec!["proxy".into(), "--config".into(), path.display().to_string(), "--admin".into(), "off".into()]] {
+    for args in [
+        vec!["validate".to_string(), path.display().to_string()],
+        vec![
+            "proxy".into(),
+            "--config".into(),
+            path.display().to_string(),
+            "--admin".into(),
+            "off".into(),
+        ],
+    ] {
         let out = Command::new(weft()).args(&args).output().unwrap();
         assert_eq!(out.status.code(), Some(1), "{args:?}");
         let err = String::from_utf8_lossy(&out.stderr);
-        let want = format!("{}:10: HTTPRoute/r: spec.rules[0].backendRefs[0].name: unknown Service `ghost`", path.display());
+        let want = format!(
+            "{}:10: HTTPRoute/r: spec.rules[0].backendRefs[0].name: unknown Service `ghost`",
+            path.display()
+        );
         assert!(err.contains(&want), "{args:?}: {err}");
     }
 }
@@ -325,16 +502,31 @@ fn graceful_shutdown_finishes_in_flight_requests() {
         move || curl(&[&format!("{url}/delay/1500")])
     });
     // Wait until the proxy holds the request (an open downstream connection), then SIGTERM.
-    eventually("the slow request to reach the proxy", Duration::from_secs(10), || {
-        let m = p.admin_get("/metrics");
-        (metric_value(&m, "weft_downstream_connections_open{listener=\"gw/web\"}") == Some(1.0)).then_some(())
-    });
+    eventually(
+        "the slow request to reach the proxy",
+        Duration::from_secs(10),
+        || {
+            let m = p.admin_get("/metrics");
+            (metric_value(&m, "weft_downstream_connections_open{listener=\"gw/web\"}") == Some(1.0))
+                .then_some(())
+        },
+    );
     p.proc.signal("TERM");
     let r = slow.join().unwrap();
     assert_eq!(r.status, 200, "in-flight request was cut: {r:?}");
-    let status = p.proc.wait_exit(Duration::from_secs(20)).expect("proxy exited after drain");
-    assert!(status.success(), "exit status {status:?}\n{}", p.proc.stderr());
-    assert!(TcpStream::connect(p.listener("gw/web")).is_err(), "still accepting after shutdown");
+    let status = p
+        .proc
+        .wait_exit(Duration::from_secs(20))
+        .expect("proxy exited after drain");
+    assert!(
+        status.success(),
+        "exit status {status:?}\n{}",
+        p.proc.stderr()
+    );
+    assert!(
+        TcpStream::connect(p.listener("gw/web")).is_err(),
+        "still accepting after shutdown"
+    );
 }
 
 #[test]
@@ -345,23 +537,58 @@ fn metrics_pass_promtool_and_access_log_is_json() {
     let log = dir.join("access.log");
     let p = proxy(&weft(), &config, &["--access-log", log.to_str().unwrap()]);
     let url = p.url("gw/web");
-    assert_eq!(curl(&["-H", "x-request-id: rid-42", "-H", "user-agent: tester", &format!("{url}/status/418?a=b")]).status, 418);
+    assert_eq!(
+        curl(&[
+            "-H",
+            "x-request-id: rid-42",
+            "-H",
+            "user-agent: tester",
+            &format!("{url}/status/418?a=b")
+        ])
+        .status,
+        418
+    );
     assert_eq!(curl(&["-d", "hello", &format!("{url}/post")]).status, 200);
 
     let m = p.admin_get("/metrics");
     assert_eq!(metric_value(&m, "weft_requests_total{listener=\"gw/web\",route=\"r\",service=\"e\",status_class=\"4xx\"}"), Some(1.0), "{m}");
     assert_eq!(metric_value(&m, "weft_request_duration_seconds_count{listener=\"gw/web\",route=\"r\",service=\"e\",status_class=\"2xx\"}"), Some(1.0), "{m}");
-    assert!(metric_value(&m, "weft_downstream_received_bytes_total{listener=\"gw/web\"}").unwrap_or(0.0) > 0.0, "{m}");
-    assert!(metric_value(&m, "weft_downstream_connections_total{listener=\"gw/web\"}").unwrap_or(0.0) >= 2.0, "{m}");
+    assert!(
+        metric_value(
+            &m,
+            "weft_downstream_received_bytes_total{listener=\"gw/web\"}"
+        )
+        .unwrap_or(0.0)
+            > 0.0,
+        "{m}"
+    );
+    assert!(
+        metric_value(&m, "weft_downstream_connections_total{listener=\"gw/web\"}").unwrap_or(0.0)
+            >= 2.0,
+        "{m}"
+    );
     assert!(m.contains("weft_config_info{version="), "{m}");
     let promtool = require("promtool");
-    let mut child = Command::new(promtool).args(["check", "metrics"]).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let mut child = Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     child.stdin.take().unwrap().write_all(m.as_bytes()).unwrap();
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "promtool: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let line = eventually("the access log line", Duration::from_secs(10), || {
-        std::fs::read_to_string(&log).ok().and_then(|t| t.lines().find(|l| l.contains("rid-42")).map(str::to_string))
+        std::fs::read_to_string(&log)
+            .ok()
+            .and_then(|t| t.lines().find(|l| l.contains("rid-42")).map(str::to_string))
     });
     let j: serde_json::Value = serde_json::from_str(&line).unwrap();
     assert_eq!(j["status"], 418);
@@ -378,6 +605,9 @@ fn metrics_pass_promtool_and_access_log_is_json() {
     assert_eq!(p.admin_get("/live"), "live\n");
     let cfg: serde_json::Value = serde_json::from_str(&p.admin_get("/config")).unwrap();
     assert_eq!(cfg["config"]["services"][0]["metadata"]["name"], "e");
-    assert_eq!(cfg["listeners"][0]["address"], p.listener("gw/web").to_string());
+    assert_eq!(
+        cfg["listeners"][0]["address"],
+        p.listener("gw/web").to_string()
+    );
     assert_eq!(cfg["version"].as_str().unwrap().len(), 16);
 }

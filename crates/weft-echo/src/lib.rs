@@ -82,7 +82,11 @@ struct Echo<'a> {
     client: String,
 }
 
-async fn respond(opts: Arc<EchoOptions>, client: SocketAddr, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn respond(
+    opts: Arc<EchoOptions>,
+    client: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     if !opts.delay.is_zero() {
         tokio::time::sleep(opts.delay).await;
     }
@@ -92,7 +96,11 @@ async fn respond(opts: Arc<EchoOptions>, client: SocketAddr, req: Request<Incomi
     let first = segments.next().unwrap_or("");
     let arg = segments.next();
     let mut resp = match (first, arg) {
-        ("status", Some(code)) => match code.parse::<u16>().ok().and_then(|c| StatusCode::from_u16(c).ok()) {
+        ("status", Some(code)) => match code
+            .parse::<u16>()
+            .ok()
+            .and_then(|c| StatusCode::from_u16(c).ok())
+        {
             Some(status) => {
                 let mut r = json(&serde_json::json!({ "status": status.as_u16(), "name": name }));
                 *r.status_mut() = status;
@@ -103,22 +111,25 @@ async fn respond(opts: Arc<EchoOptions>, client: SocketAddr, req: Request<Incomi
         ("delay", Some(ms)) => match ms.parse::<u64>() {
             Ok(ms) => {
                 tokio::time::sleep(Duration::from_millis(ms).min(MAX_DELAY)).await;
-                echo(&name, client, req).await
+                echo(name, client, req).await
             }
             Err(_) => text(StatusCode::BAD_REQUEST, "delay must be milliseconds\n"),
         },
         ("bytes", Some(n)) => match n.parse::<usize>() {
             Ok(n) if n <= MAX_BYTES => {
                 let mut r = Response::new(Full::new(Bytes::from(vec![b'x'; n])));
-                r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/octet-stream"),
+                );
                 r
             }
             _ => text(StatusCode::BAD_REQUEST, "bytes must be at most 67108864\n"),
         },
         ("headers", None) => json(&serde_json::json!({ "headers": header_map(&req) })),
-        _ => echo(&name, client, req).await,
+        _ => echo(name, client, req).await,
     };
-    if let Ok(v) = HeaderValue::from_str(&name) {
+    if let Ok(v) = HeaderValue::from_str(name) {
         resp.headers_mut().insert("x-echo-name", v);
     }
     Ok(resp)
@@ -128,10 +139,12 @@ fn header_map<B>(req: &Request<B>) -> BTreeMap<String, String> {
     let mut m: BTreeMap<String, String> = BTreeMap::new();
     for (k, v) in req.headers() {
         let v = String::from_utf8_lossy(v.as_bytes()).into_owned();
-        m.entry(k.as_str().to_string()).and_modify(|prev| {
-            prev.push_str(", ");
-            prev.push_str(&v);
-        }).or_insert(v);
+        m.entry(k.as_str().to_string())
+            .and_modify(|prev| {
+                prev.push_str(", ");
+                prev.push_str(&v);
+            })
+            .or_insert(v);
     }
     m
 }
@@ -158,13 +171,17 @@ async fn echo(name: &str, client: SocketAddr, req: Request<Incoming>) -> Respons
 fn json<T: Serialize>(v: &T) -> Response<Full<Bytes>> {
     let body = serde_json::to_vec(v).unwrap_or_default();
     let mut r = Response::new(Full::new(Bytes::from(body)));
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     r
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
     *r.status_mut() = status;
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
     r
 }

@@ -114,7 +114,10 @@ pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
         return Err(ConfigErrors::single(
             &name,
             None,
-            format!("file is {} bytes; the limit is {MAX_CONFIG_BYTES}", meta.len()),
+            format!(
+                "file is {} bytes; the limit is {MAX_CONFIG_BYTES}",
+                meta.len()
+            ),
         ));
     }
     let text = std::fs::read_to_string(path)
@@ -124,8 +127,9 @@ pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
 
 /// Parses and validates configuration text; `file` names it in errors.
 pub fn parse(file: &str, text: &str) -> Result<Config, ConfigErrors> {
-    let docs = yaml::parse_documents(text)
-        .map_err(|e| ConfigErrors::single(file, Some(e.line), format!("YAML syntax: {}", e.message)))?;
+    let docs = yaml::parse_documents(text).map_err(|e| {
+        ConfigErrors::single(file, Some(e.line), format!("YAML syntax: {}", e.message))
+    })?;
     let mut errors = Vec::new();
     let mut config = Config {
         version: content_version(text),
@@ -135,7 +139,11 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigErrors> {
     };
     let mut origins = validate::Origins::default();
     for doc in &docs {
-        let kind = doc.value.get("kind").and_then(|k| k.as_str()).unwrap_or_default();
+        let kind = doc
+            .value
+            .get("kind")
+            .and_then(|k| k.as_str())
+            .unwrap_or_default();
         let err_at = |field: String, message: String| ConfigError {
             file: file.to_string(),
             line: doc.lines.line_of(&field).or(Some(doc.start_line)),
@@ -192,7 +200,8 @@ fn typed<T: DeserializeOwned>(doc: &yaml::Document) -> Result<T, (String, String
 
 /// A stable content hash (SipHash with fixed keys), 16 hex digits.
 fn content_version(text: &str) -> String {
-    #[allow(deprecated)] // SipHasher is deprecated only in favour of DefaultHasher, whose keys may change
+    #[allow(deprecated)]
+    // SipHasher is deprecated only in favour of DefaultHasher, whose keys may change
     let mut h = std::hash::SipHasher::new();
     text.hash(&mut h);
     format!("{:016x}", h.finish())

@@ -48,13 +48,21 @@ fn good_config_parses() {
     let echo = c.service("echo").unwrap();
     assert_eq!(echo.spec.connect_timeout.get().as_millis(), 500);
     assert_eq!(echo.spec.load_balancer.policy, LbPolicy::RingHash);
-    assert_eq!(c.service("echo2").unwrap().spec.protocol, ServiceProtocol::Http2);
+    assert_eq!(
+        c.service("echo2").unwrap().spec.protocol,
+        ServiceProtocol::Http2
+    );
     assert_eq!(c.version.len(), 16);
     assert_eq!(parse("again.yaml", GOOD).unwrap().version, c.version);
 }
 
 fn errors_of(text: &str) -> Vec<String> {
-    parse("f.yaml", text).unwrap_err().0.iter().map(|e| e.to_string()).collect()
+    parse("f.yaml", text)
+        .unwrap_err()
+        .0
+        .iter()
+        .map(|e| e.to_string())
+        .collect()
 }
 
 #[test]
@@ -62,20 +70,29 @@ fn type_error_reports_line_and_field() {
     let bad = GOOD.replace("weight: 9", "weight: nine");
     let errs = errors_of(&bad);
     assert_eq!(errs.len(), 1, "{errs:?}");
-    assert!(errs[0].starts_with("f.yaml:21: spec.rules[0].backendRefs[0].weight: "), "{errs:?}");
+    assert!(
+        errs[0].starts_with("f.yaml:21: spec.rules[0].backendRefs[0].weight: "),
+        "{errs:?}"
+    );
 }
 
 #[test]
 fn unknown_field_is_refused() {
     let bad = GOOD.replace("connectTimeout: 500ms", "conectTimeout: 500ms");
     let errs = errors_of(&bad);
-    assert!(errs[0].contains("f.yaml:31: spec.conectTimeout: unknown field `conectTimeout`"), "{errs:?}");
+    assert!(
+        errs[0].contains("f.yaml:31: spec.conectTimeout: unknown field `conectTimeout`"),
+        "{errs:?}"
+    );
 }
 
 #[test]
 fn semantic_errors_report_every_problem_with_lines() {
     let bad = GOOD
-        .replace("{name: echo, weight: 9}, {name: echo2}", "{name: echo, weight: 9}, {name: nope}")
+        .replace(
+            "{name: echo, weight: 9}, {name: echo2}",
+            "{name: echo, weight: 9}, {name: nope}",
+        )
         .replace("value: /v1}", "value: v1}")
         .replace("statusCode: 301", "statusCode: 200")
         .replace("\"*.example.org\"", "\"ex*ample.org\"");
@@ -87,7 +104,10 @@ fn semantic_errors_report_every_problem_with_lines() {
         "f.yaml:21: HTTPRoute/api: spec.rules[0].backendRefs[1].name: unknown Service `nope`",
     ];
     for w in want {
-        assert!(errs.iter().any(|e| e.starts_with(w)), "missing {w:?} in {errs:#?}");
+        assert!(
+            errs.iter().any(|e| e.starts_with(w)),
+            "missing {w:?} in {errs:#?}"
+        );
     }
     assert_eq!(errs.len(), want.len(), "{errs:#?}");
 }
@@ -95,22 +115,57 @@ fn semantic_errors_report_every_problem_with_lines() {
 #[test]
 fn cross_reference_and_consistency_rules() {
     let cases = [
-        ("{name: edge, sectionName: web}", "{name: edge, sectionName: api}", "has no listener `api`"),
-        ("value: canary}", "value: \"(\", type: RegularExpression}", "invalid regular expression"),
+        (
+            "{name: edge, sectionName: web}",
+            "{name: edge, sectionName: api}",
+            "has no listener `api`",
+        ),
+        (
+            "value: canary}",
+            "value: \"(\", type: RegularExpression}",
+            "invalid regular expression",
+        ),
         ("method: GET", "method: get", "is not an HTTP method"),
-        ("type: PathPrefix, value: /v1", "type: Exact, value: /v1", "ReplacePrefixMatch needs every match"),
-        ("hashOn: {header: x-user}", "hashOn: {}", "set exactly one of"),
-        ("policy: RingHash, hashOn: {header: x-user}", "policy: RingHash", "RingHash needs `hashOn`"),
-        ("address: \"127.0.0.1:9003\"", "address: \"localhost:9003\"", "is not IP:PORT"),
-        ("kind: Service\nmetadata: {name: echo2}", "kind: Service\nmetadata: {name: echo}", "duplicate Service `echo`"),
+        (
+            "type: PathPrefix, value: /v1",
+            "type: Exact, value: /v1",
+            "ReplacePrefixMatch needs every match",
+        ),
+        (
+            "hashOn: {header: x-user}",
+            "hashOn: {}",
+            "set exactly one of",
+        ),
+        (
+            "policy: RingHash, hashOn: {header: x-user}",
+            "policy: RingHash",
+            "RingHash needs `hashOn`",
+        ),
+        (
+            "address: \"127.0.0.1:9003\"",
+            "address: \"localhost:9003\"",
+            "is not IP:PORT",
+        ),
+        (
+            "kind: Service\nmetadata: {name: echo2}",
+            "kind: Service\nmetadata: {name: echo}",
+            "duplicate Service `echo`",
+        ),
         ("kind: Gateway", "kind: Gateway2", "unknown kind `Gateway2`"),
-        ("backendRefs: [{name: echo, weight: 9}, {name: echo2}]", "backendRefs: []", "needs at least one backend"),
+        (
+            "backendRefs: [{name: echo, weight: 9}, {name: echo2}]",
+            "backendRefs: []",
+            "needs at least one backend",
+        ),
     ];
     for (from, to, want) in cases {
         let bad = GOOD.replacen(from, to, 1);
         assert_ne!(bad, GOOD, "replacement {from:?} did not apply");
         let errs = errors_of(&bad);
-        assert!(errs.iter().any(|e| e.contains(want)), "{want:?} not in {errs:#?}");
+        assert!(
+            errs.iter().any(|e| e.contains(want)),
+            "{want:?} not in {errs:#?}"
+        );
     }
 }
 

@@ -33,21 +33,48 @@ impl Report<'_> {
 
 pub(crate) fn validate(file: &str, c: &Config, o: &Origins<'_>, errors: &mut Vec<ConfigError>) {
     let mut r = Report { file, errors };
-    unique_names(&mut r, "Gateway", c.gateways.iter().map(|g| &g.metadata.name), &o.gateways);
-    unique_names(&mut r, "HTTPRoute", c.routes.iter().map(|g| &g.metadata.name), &o.routes);
-    unique_names(&mut r, "Service", c.services.iter().map(|g| &g.metadata.name), &o.services);
+    unique_names(
+        &mut r,
+        "Gateway",
+        c.gateways.iter().map(|g| &g.metadata.name),
+        &o.gateways,
+    );
+    unique_names(
+        &mut r,
+        "HTTPRoute",
+        c.routes.iter().map(|g| &g.metadata.name),
+        &o.routes,
+    );
+    unique_names(
+        &mut r,
+        "Service",
+        c.services.iter().map(|g| &g.metadata.name),
+        &o.services,
+    );
 
     let mut addresses: HashMap<SocketAddr, String> = HashMap::new();
     for (g, doc) in c.gateways.iter().zip(&o.gateways) {
         let name = &g.metadata.name;
         if g.spec.listeners.is_empty() {
-            r.at(doc, "Gateway", name, "spec.listeners".into(), "needs at least one listener".into());
+            r.at(
+                doc,
+                "Gateway",
+                name,
+                "spec.listeners".into(),
+                "needs at least one listener".into(),
+            );
         }
         let mut seen = HashSet::new();
         for (i, l) in g.spec.listeners.iter().enumerate() {
             let at = format!("spec.listeners[{i}]");
             if !seen.insert(&l.name) {
-                r.at(doc, "Gateway", name, format!("{at}.name"), format!("duplicate listener `{}`", l.name));
+                r.at(
+                    doc,
+                    "Gateway",
+                    name,
+                    format!("{at}.name"),
+                    format!("duplicate listener `{}`", l.name),
+                );
             }
             match l.address.parse::<SocketAddr>() {
                 Err(_) => r.at(
@@ -59,7 +86,13 @@ pub(crate) fn validate(file: &str, c: &Config, o: &Origins<'_>, errors: &mut Vec
                 ),
                 Ok(a) if a.port() != 0 => {
                     if let Some(prev) = addresses.insert(a, format!("{name}/{}", l.name)) {
-                        r.at(doc, "Gateway", name, format!("{at}.address"), format!("{a} is already used by listener {prev}"));
+                        r.at(
+                            doc,
+                            "Gateway",
+                            name,
+                            format!("{at}.address"),
+                            format!("{a} is already used by listener {prev}"),
+                        );
                     }
                 }
                 Ok(_) => {}
@@ -84,10 +117,22 @@ fn unique_names<'a>(
     let mut seen = HashSet::new();
     for (name, doc) in names.zip(docs) {
         if !valid_name(name) {
-            r.at(doc, kind, name, "metadata.name".into(), format!("`{name}` is not a valid name: use 1-63 of a-z, 0-9, '-', '.', '_'"));
+            r.at(
+                doc,
+                kind,
+                name,
+                "metadata.name".into(),
+                format!("`{name}` is not a valid name: use 1-63 of a-z, 0-9, '-', '.', '_'"),
+            );
         }
         if !seen.insert(name) {
-            r.at(doc, kind, name, "metadata.name".into(), format!("duplicate {kind} `{name}`"));
+            r.at(
+                doc,
+                kind,
+                name,
+                "metadata.name".into(),
+                format!("duplicate {kind} `{name}`"),
+            );
         }
     }
 }
@@ -95,7 +140,8 @@ fn unique_names<'a>(
 fn valid_name(n: &str) -> bool {
     !n.is_empty()
         && n.len() <= 63
-        && n.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-._".contains(&b))
+        && n.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-._".contains(&b))
 }
 
 fn service(r: &mut Report<'_>, s: &Resource<ServiceSpec>, doc: &Document) {
@@ -104,54 +150,123 @@ fn service(r: &mut Report<'_>, s: &Resource<ServiceSpec>, doc: &Document) {
     for (i, e) in s.spec.endpoints.iter().enumerate() {
         let at = format!("spec.endpoints[{i}]");
         match e.address.parse::<SocketAddr>() {
-            Ok(a) if a.port() == 0 => r.at(doc, "Service", name, format!("{at}.address"), "port 0 is not a valid endpoint".into()),
+            Ok(a) if a.port() == 0 => r.at(
+                doc,
+                "Service",
+                name,
+                format!("{at}.address"),
+                "port 0 is not a valid endpoint".into(),
+            ),
             Ok(a) => {
                 if !seen.insert(a) {
-                    r.at(doc, "Service", name, format!("{at}.address"), format!("duplicate endpoint {a}"));
+                    r.at(
+                        doc,
+                        "Service",
+                        name,
+                        format!("{at}.address"),
+                        format!("duplicate endpoint {a}"),
+                    );
                 }
             }
-            Err(_) => r.at(doc, "Service", name, format!("{at}.address"), format!("`{}` is not IP:PORT", e.address)),
+            Err(_) => r.at(
+                doc,
+                "Service",
+                name,
+                format!("{at}.address"),
+                format!("`{}` is not IP:PORT", e.address),
+            ),
         }
         if !(1..=10_000).contains(&e.weight) {
-            r.at(doc, "Service", name, format!("{at}.weight"), format!("weight {} is outside 1..=10000", e.weight));
+            r.at(
+                doc,
+                "Service",
+                name,
+                format!("{at}.weight"),
+                format!("weight {} is outside 1..=10000", e.weight),
+            );
         }
     }
     let lb = &s.spec.load_balancer;
     match (&lb.policy, &lb.hash_on) {
-        (LbPolicy::RingHash, None) => r.at(doc, "Service", name, "spec.loadBalancer.hashOn".into(), "RingHash needs `hashOn` (header, cookie or clientAddress)".into()),
+        (LbPolicy::RingHash, None) => r.at(
+            doc,
+            "Service",
+            name,
+            "spec.loadBalancer.hashOn".into(),
+            "RingHash needs `hashOn` (header, cookie or clientAddress)".into(),
+        ),
         (LbPolicy::RingHash, Some(h)) => {
             let set = h.header.is_some() as u8 + h.cookie.is_some() as u8 + h.client_address as u8;
             if set != 1 {
-                r.at(doc, "Service", name, "spec.loadBalancer.hashOn".into(), "set exactly one of header, cookie, clientAddress".into());
+                r.at(
+                    doc,
+                    "Service",
+                    name,
+                    "spec.loadBalancer.hashOn".into(),
+                    "set exactly one of header, cookie, clientAddress".into(),
+                );
             }
             if let Some(hn) = &h.header {
                 if http::HeaderName::from_bytes(hn.as_bytes()).is_err() {
-                    r.at(doc, "Service", name, "spec.loadBalancer.hashOn.header".into(), format!("`{hn}` is not a valid header name"));
+                    r.at(
+                        doc,
+                        "Service",
+                        name,
+                        "spec.loadBalancer.hashOn.header".into(),
+                        format!("`{hn}` is not a valid header name"),
+                    );
                 }
             }
         }
-        (_, Some(_)) => r.at(doc, "Service", name, "spec.loadBalancer.hashOn".into(), "hashOn applies only to policy RingHash".into()),
+        (_, Some(_)) => r.at(
+            doc,
+            "Service",
+            name,
+            "spec.loadBalancer.hashOn".into(),
+            "hashOn applies only to policy RingHash".into(),
+        ),
         (_, None) => {}
     }
     if s.spec.connect_timeout.get().is_zero() {
-        r.at(doc, "Service", name, "spec.connectTimeout".into(), "must be greater than 0".into());
+        r.at(
+            doc,
+            "Service",
+            name,
+            "spec.connectTimeout".into(),
+            "must be greater than 0".into(),
+        );
     }
     if s.spec.connection_pool.max_idle_per_endpoint > 10_000 {
-        r.at(doc, "Service", name, "spec.connectionPool.maxIdlePerEndpoint".into(), "must be at most 10000".into());
+        r.at(
+            doc,
+            "Service",
+            name,
+            "spec.connectionPool.maxIdlePerEndpoint".into(),
+            "must be at most 10000".into(),
+        );
     }
 }
 
 fn http_route(r: &mut Report<'_>, c: &Config, route: &Resource<HttpRouteSpec>, doc: &Document) {
     let name = &route.metadata.name;
-    let err = |r: &mut Report<'_>, field: String, msg: String| r.at(doc, "HTTPRoute", name, field, msg);
+    let err =
+        |r: &mut Report<'_>, field: String, msg: String| r.at(doc, "HTTPRoute", name, field, msg);
 
     for (i, p) in route.spec.parent_refs.iter().enumerate() {
         match c.gateways.iter().find(|g| g.metadata.name == p.name) {
-            None => err(r, format!("spec.parentRefs[{i}].name"), format!("unknown Gateway `{}`", p.name)),
+            None => err(
+                r,
+                format!("spec.parentRefs[{i}].name"),
+                format!("unknown Gateway `{}`", p.name),
+            ),
             Some(g) => {
                 if let Some(section) = &p.section_name {
                     if !g.spec.listeners.iter().any(|l| &l.name == section) {
-                        err(r, format!("spec.parentRefs[{i}].sectionName"), format!("Gateway `{}` has no listener `{section}`", p.name));
+                        err(
+                            r,
+                            format!("spec.parentRefs[{i}].sectionName"),
+                            format!("Gateway `{}` has no listener `{section}`", p.name),
+                        );
                     }
                 }
             }
@@ -176,7 +291,11 @@ fn http_route(r: &mut Report<'_>, c: &Config, route: &Resource<HttpRouteSpec>, d
             }
             for (hi, h) in m.headers.iter().enumerate() {
                 if http::HeaderName::from_bytes(h.name.as_bytes()).is_err() {
-                    err(r, format!("{at}.headers[{hi}].name"), format!("`{}` is not a valid header name", h.name));
+                    err(
+                        r,
+                        format!("{at}.headers[{hi}].name"),
+                        format!("`{}` is not a valid header name", h.name),
+                    );
                 }
                 if let Err(msg) = check_value_match(h) {
                     err(r, format!("{at}.headers[{hi}].value"), msg);
@@ -184,15 +303,25 @@ fn http_route(r: &mut Report<'_>, c: &Config, route: &Resource<HttpRouteSpec>, d
             }
             for (qi, q) in m.query_params.iter().enumerate() {
                 if q.name.is_empty() {
-                    err(r, format!("{at}.queryParams[{qi}].name"), "must not be empty".into());
+                    err(
+                        r,
+                        format!("{at}.queryParams[{qi}].name"),
+                        "must not be empty".into(),
+                    );
                 }
                 if let Err(msg) = check_value_match(q) {
                     err(r, format!("{at}.queryParams[{qi}].value"), msg);
                 }
             }
             if let Some(method) = &m.method {
-                if http::Method::from_bytes(method.as_bytes()).is_err() || method.chars().any(|c| c.is_ascii_lowercase()) {
-                    err(r, format!("{at}.method"), format!("`{method}` is not an HTTP method (use upper case, e.g. GET)"));
+                if http::Method::from_bytes(method.as_bytes()).is_err()
+                    || method.chars().any(|c| c.is_ascii_lowercase())
+                {
+                    err(
+                        r,
+                        format!("{at}.method"),
+                        format!("`{method}` is not an HTTP method (use upper case, e.g. GET)"),
+                    );
                 }
             }
         }
@@ -201,34 +330,81 @@ fn http_route(r: &mut Report<'_>, c: &Config, route: &Resource<HttpRouteSpec>, d
         for (fi, f) in rule.filters.iter().enumerate() {
             let at = format!("{at}.filters[{fi}]");
             if !seen_kinds.insert(f.kind) {
-                err(r, format!("{at}.type"), format!("{:?} appears twice in one rule", f.kind));
+                err(
+                    r,
+                    format!("{at}.type"),
+                    format!("{:?} appears twice in one rule", f.kind),
+                );
             }
             let present = [
-                (FilterType::RequestHeaderModifier, f.request_header_modifier.is_some(), "requestHeaderModifier"),
-                (FilterType::ResponseHeaderModifier, f.response_header_modifier.is_some(), "responseHeaderModifier"),
-                (FilterType::RequestRedirect, f.request_redirect.is_some(), "requestRedirect"),
-                (FilterType::URLRewrite, f.url_rewrite.is_some(), "urlRewrite"),
+                (
+                    FilterType::RequestHeaderModifier,
+                    f.request_header_modifier.is_some(),
+                    "requestHeaderModifier",
+                ),
+                (
+                    FilterType::ResponseHeaderModifier,
+                    f.response_header_modifier.is_some(),
+                    "responseHeaderModifier",
+                ),
+                (
+                    FilterType::RequestRedirect,
+                    f.request_redirect.is_some(),
+                    "requestRedirect",
+                ),
+                (
+                    FilterType::URLRewrite,
+                    f.url_rewrite.is_some(),
+                    "urlRewrite",
+                ),
             ];
             for (kind, is_set, field) in present {
                 if kind == f.kind && !is_set {
-                    err(r, at.clone(), format!("type {kind:?} needs the field `{field}`"));
+                    err(
+                        r,
+                        at.clone(),
+                        format!("type {kind:?} needs the field `{field}`"),
+                    );
                 } else if kind != f.kind && is_set {
-                    err(r, format!("{at}.{field}"), format!("`{field}` does not belong to a filter of type {:?}", f.kind));
+                    err(
+                        r,
+                        format!("{at}.{field}"),
+                        format!("`{field}` does not belong to a filter of type {:?}", f.kind),
+                    );
                 }
             }
-            if let Some(m) = f.request_header_modifier.as_ref().or(f.response_header_modifier.as_ref()) {
-                let field = if f.request_header_modifier.is_some() { "requestHeaderModifier" } else { "responseHeaderModifier" };
+            if let Some(m) = f
+                .request_header_modifier
+                .as_ref()
+                .or(f.response_header_modifier.as_ref())
+            {
+                let field = if f.request_header_modifier.is_some() {
+                    "requestHeaderModifier"
+                } else {
+                    "responseHeaderModifier"
+                };
                 header_modifier(r, doc, name, &format!("{at}.{field}"), m);
             }
             let path_mod = match (&f.request_redirect, &f.url_rewrite) {
                 (Some(rd), _) => {
                     redirects = true;
                     if ![301, 302, 303, 307, 308].contains(&rd.status_code) {
-                        err(r, format!("{at}.requestRedirect.statusCode"), format!("{} is not a redirect status (301, 302, 303, 307, 308)", rd.status_code));
+                        err(
+                            r,
+                            format!("{at}.requestRedirect.statusCode"),
+                            format!(
+                                "{} is not a redirect status (301, 302, 303, 307, 308)",
+                                rd.status_code
+                            ),
+                        );
                     }
                     if let Some(s) = &rd.scheme {
                         if s != "http" && s != "https" {
-                            err(r, format!("{at}.requestRedirect.scheme"), format!("`{s}` must be http or https"));
+                            err(
+                                r,
+                                format!("{at}.requestRedirect.scheme"),
+                                format!("`{s}` must be http or https"),
+                            );
                         }
                     }
                     if let Some(h) = &rd.hostname {
@@ -236,7 +412,9 @@ fn http_route(r: &mut Report<'_>, c: &Config, route: &Resource<HttpRouteSpec>, d
                             err(r, format!("{at}.requestRedirect.hostname"), m);
                         }
                     }
-                    rd.path.as_ref().map(|p| (p, format!("{at}.requestRedirect.path")))
+                    rd.path
+                        .as_ref()
+                        .map(|p| (p, format!("{at}.requestRedirect.path")))
                 }
                 (None, Some(rw)) => {
                     if let Some(h) = &rw.hostname {
@@ -244,7 +422,9 @@ fn http_route(r: &mut Report<'_>, c: &Config, route: &Resource<HttpRouteSpec>, d
                             err(r, format!("{at}.urlRewrite.hostname"), m);
                         }
                     }
-                    rw.path.as_ref().map(|p| (p, format!("{at}.urlRewrite.path")))
+                    rw.path
+                        .as_ref()
+                        .map(|p| (p, format!("{at}.urlRewrite.path")))
                 }
                 _ => None,
             };
@@ -254,21 +434,43 @@ fn http_route(r: &mut Report<'_>, c: &Config, route: &Resource<HttpRouteSpec>, d
                 }
             }
         }
-        if seen_kinds.contains(&FilterType::RequestRedirect) && seen_kinds.contains(&FilterType::URLRewrite) {
-            err(r, format!("{at}.filters"), "RequestRedirect and URLRewrite cannot be used together".into());
+        if seen_kinds.contains(&FilterType::RequestRedirect)
+            && seen_kinds.contains(&FilterType::URLRewrite)
+        {
+            err(
+                r,
+                format!("{at}.filters"),
+                "RequestRedirect and URLRewrite cannot be used together".into(),
+            );
         }
         if rule.backend_refs.is_empty() && !redirects {
-            err(r, format!("{at}.backendRefs"), "needs at least one backend (or a RequestRedirect filter)".into());
+            err(
+                r,
+                format!("{at}.backendRefs"),
+                "needs at least one backend (or a RequestRedirect filter)".into(),
+            );
         }
         if !rule.backend_refs.is_empty() && rule.backend_refs.iter().all(|b| b.weight == 0) {
-            err(r, format!("{at}.backendRefs"), "all weights are 0: no backend could ever be picked".into());
+            err(
+                r,
+                format!("{at}.backendRefs"),
+                "all weights are 0: no backend could ever be picked".into(),
+            );
         }
         for (bi, b) in rule.backend_refs.iter().enumerate() {
             if c.service(&b.name).is_none() {
-                err(r, format!("{at}.backendRefs[{bi}].name"), format!("unknown Service `{}`", b.name));
+                err(
+                    r,
+                    format!("{at}.backendRefs[{bi}].name"),
+                    format!("unknown Service `{}`", b.name),
+                );
             }
             if b.weight > 1_000_000 {
-                err(r, format!("{at}.backendRefs[{bi}].weight"), "must be at most 1000000".into());
+                err(
+                    r,
+                    format!("{at}.backendRefs[{bi}].weight"),
+                    "must be at most 1000000".into(),
+                );
             }
         }
     }
@@ -278,12 +480,27 @@ fn header_modifier(r: &mut Report<'_>, doc: &Document, route: &str, at: &str, m:
     let names = m.set.iter().chain(&m.add).map(|h| &h.name).chain(&m.remove);
     for n in names {
         if http::HeaderName::from_bytes(n.as_bytes()).is_err() {
-            r.at(doc, "HTTPRoute", route, at.to_string(), format!("`{n}` is not a valid header name"));
+            r.at(
+                doc,
+                "HTTPRoute",
+                route,
+                at.to_string(),
+                format!("`{n}` is not a valid header name"),
+            );
         }
     }
     for h in m.set.iter().chain(&m.add) {
         if http::HeaderValue::from_str(&h.value).is_err() {
-            r.at(doc, "HTTPRoute", route, at.to_string(), format!("value of `{}` contains characters not allowed in a header", h.name));
+            r.at(
+                doc,
+                "HTTPRoute",
+                route,
+                at.to_string(),
+                format!(
+                    "value of `{}` contains characters not allowed in a header",
+                    h.name
+                ),
+            );
         }
     }
 }
@@ -299,7 +516,8 @@ fn check_hostname(h: &str, wildcard_ok: bool) -> Result<(), String> {
         && body.split('.').all(|l| {
             !l.is_empty()
                 && l.len() <= 63
-                && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && l.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
                 && !l.starts_with('-')
                 && !l.ends_with('-')
         });
@@ -316,8 +534,15 @@ fn check_path_match(p: &PathMatch) -> Result<(), String> {
             if !p.value.starts_with('/') {
                 return Err(format!("`{}` must start with `/`", p.value));
             }
-            if p.value.contains(['?', '#']) || p.value.contains("//") || p.value.contains("/./") || p.value.contains("/../") {
-                return Err(format!("`{}` must be a normalized path without query or fragment", p.value));
+            if p.value.contains(['?', '#'])
+                || p.value.contains("//")
+                || p.value.contains("/./")
+                || p.value.contains("/../")
+            {
+                return Err(format!(
+                    "`{}` must be a normalized path without query or fragment",
+                    p.value
+                ));
             }
             Ok(())
         }
@@ -350,10 +575,17 @@ fn check_path_modifier(p: &PathModifier, matches: &[HttpRouteMatch]) -> Result<(
         },
         PathModifierType::ReplacePrefixMatch => {
             let all_prefix = !matches.is_empty()
-                && matches.iter().all(|m| m.path.as_ref().is_none_or(|p| p.kind == PathMatchType::PathPrefix));
+                && matches.iter().all(|m| {
+                    m.path
+                        .as_ref()
+                        .is_none_or(|p| p.kind == PathMatchType::PathPrefix)
+                });
             let default_prefix = matches.is_empty();
             if !(all_prefix || default_prefix) {
-                return Err("ReplacePrefixMatch needs every match of the rule to be a PathPrefix match".into());
+                return Err(
+                    "ReplacePrefixMatch needs every match of the rule to be a PathPrefix match"
+                        .into(),
+                );
             }
             match &p.replace_prefix_match {
                 Some(v) if v.starts_with('/') => Ok(()),

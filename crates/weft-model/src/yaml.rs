@@ -70,11 +70,16 @@ impl Node {
     }
 
     fn deep_clone(&self, budget: &mut usize) -> Result<Node, String> {
-        *budget = budget.checked_sub(1).ok_or("document has too many nodes (alias expansion?)")?;
+        *budget = budget
+            .checked_sub(1)
+            .ok_or("document has too many nodes (alias expansion?)")?;
         Ok(match self {
             Node::Scalar(s, st, l) => Node::Scalar(s.clone(), *st, *l),
             Node::Seq(items, l) => Node::Seq(
-                items.iter().map(|n| n.deep_clone(budget)).collect::<Result<_, _>>()?,
+                items
+                    .iter()
+                    .map(|n| n.deep_clone(budget))
+                    .collect::<Result<_, _>>()?,
                 *l,
             ),
             Node::Map(items, l) => Node::Map(
@@ -115,7 +120,11 @@ pub fn parse_documents(text: &str) -> Result<Vec<Document>, SyntaxError> {
                 if let Some(node) = root.take() {
                     let mut lines = LineIndex::default();
                     let value = to_value(node, String::new(), &mut lines).map_err(err)?;
-                    docs.push(Document { value, lines, start_line: doc_start });
+                    docs.push(Document {
+                        value,
+                        lines,
+                        start_line: doc_start,
+                    });
                 }
                 None
             }
@@ -125,7 +134,9 @@ pub fn parse_documents(text: &str) -> Result<Vec<Document>, SyntaxError> {
                 Some(n)
             }
             Event::Alias(id) => {
-                let n = anchors.get(&id).ok_or_else(|| err("unknown alias".into()))?;
+                let n = anchors
+                    .get(&id)
+                    .ok_or_else(|| err("unknown alias".into()))?;
                 Some(n.deep_clone(&mut budget).map_err(err)?)
             }
             Event::SequenceStart(anchor, _) | Event::MappingStart(anchor, _) => {
@@ -150,12 +161,16 @@ pub fn parse_documents(text: &str) -> Result<Vec<Document>, SyntaxError> {
             Event::StreamStart | Event::StreamEnd | Event::Nothing => None,
         };
         let Some(node) = node else { continue };
-        budget = budget.checked_sub(1).ok_or_else(|| err("document has too many nodes".into()))?;
+        budget = budget
+            .checked_sub(1)
+            .ok_or_else(|| err("document has too many nodes".into()))?;
         match stack.last_mut() {
             None => root = Some(node),
             Some((Node::Seq(items, _), _)) => items.push(node),
             Some((Node::Map(items, _), _)) => {
-                let slot = pending_key.last_mut().ok_or_else(|| err("unbalanced YAML".into()))?;
+                let slot = pending_key
+                    .last_mut()
+                    .ok_or_else(|| err("unbalanced YAML".into()))?;
                 match slot.take() {
                     None => *slot = Some(node),
                     Some(key) => items.push((key, node)),
@@ -199,7 +214,11 @@ fn to_value(node: Node, path: String, lines: &mut LineIndex) -> Result<Value, St
                 if map.contains_key(&key) {
                     return Err(format!("duplicate key `{key}`"));
                 }
-                let child = if path.is_empty() { key.clone() } else { format!("{path}.{key}") };
+                let child = if path.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{path}.{key}")
+                };
                 let value = to_value(v, child, lines)?;
                 map.insert(key, value);
             }
@@ -225,7 +244,9 @@ fn scalar(s: String, style: ScalarStyle) -> Value {
     if let Ok(u) = s.parse::<u64>() {
         return Value::Number(u.into());
     }
-    let looks_numeric = s.bytes().all(|b| b.is_ascii_digit() || b"+-.eE".contains(&b))
+    let looks_numeric = s
+        .bytes()
+        .all(|b| b.is_ascii_digit() || b"+-.eE".contains(&b))
         && s.bytes().any(|b| b.is_ascii_digit());
     if looks_numeric {
         if let Some(n) = s.parse::<f64>().ok().and_then(Number::from_f64) {

@@ -35,7 +35,12 @@ impl AccessLog {
     pub fn start(sink: Sink, dropped: Counter) -> std::io::Result<AccessLog> {
         let out: Box<dyn Write + Send> = match sink {
             Sink::Stdout => Box::new(std::io::stdout()),
-            Sink::File(p) => Box::new(std::fs::OpenOptions::new().create(true).append(true).open(p)?),
+            Sink::File(p) => Box::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)?,
+            ),
         };
         let (tx, rx) = sync_channel(QUEUE_LINES);
         std::thread::Builder::new()
@@ -46,7 +51,9 @@ impl AccessLog {
 
     /// Queues one record; drops it (and counts) if the queue is full.
     pub fn log(&self, record: &Record<'_>) {
-        let Ok(line) = serde_json::to_string(record) else { return };
+        let Ok(line) = serde_json::to_string(record) else {
+            return;
+        };
         match self.tx.try_send(line) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {

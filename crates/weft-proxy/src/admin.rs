@@ -41,26 +41,34 @@ pub fn start(addr: SocketAddr, state: Arc<AdminState>) -> std::io::Result<Socket
     let std_listener = std::net::TcpListener::bind(addr)?;
     std_listener.set_nonblocking(true)?;
     let local = std_listener.local_addr()?;
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    std::thread::Builder::new().name("weft-admin".into()).spawn(move || {
-        runtime.block_on(async move {
-            let listener = match tokio::net::TcpListener::from_std(std_listener) {
-                Ok(l) => l,
-                Err(e) => {
-                    tracing::error!(error = %e, "admin listener failed");
-                    return;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name("weft-admin".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let listener = match tokio::net::TcpListener::from_std(std_listener) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::error!(error = %e, "admin listener failed");
+                        return;
+                    }
+                };
+                loop {
+                    let Ok((stream, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    let state = state.clone();
+                    tokio::spawn(async move {
+                        let svc = service_fn(move |req| respond(state.clone(), req));
+                        let _ = http1::Builder::new()
+                            .serve_connection(TokioIo::new(stream), svc)
+                            .await;
+                    });
                 }
-            };
-            loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
-                let state = state.clone();
-                tokio::spawn(async move {
-                    let svc = service_fn(move |req| respond(state.clone(), req));
-                    let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
-                });
-            }
-        });
-    })?;
+            });
+        })?;
     Ok(local)
 }
 
@@ -78,9 +86,16 @@ struct ListenerView<'a> {
     address: String,
 }
 
-async fn respond(state: Arc<AdminState>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn respond(
+    state: Arc<AdminState>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        return Ok(reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "only GET\n".into()));
+        return Ok(reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "only GET\n".into(),
+        ));
     }
     Ok(match req.uri().path() {
         "/metrics" => {
@@ -90,9 +105,17 @@ async fn respond(state: Arc<AdminState>, req: Request<Incoming>) -> Result<Respo
                 .and_then(|v| v.to_str().ok())
                 .is_some_and(|v| v.contains("application/openmetrics-text"));
             if wants_openmetrics {
-                reply(StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", state.metrics.encode_openmetrics())
+                reply(
+                    StatusCode::OK,
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    state.metrics.encode_openmetrics(),
+                )
             } else {
-                reply(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", state.metrics.encode())
+                reply(
+                    StatusCode::OK,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                    state.metrics.encode(),
+                )
             }
         }
         "/live" => reply(StatusCode::OK, "text/plain", "live\n".into()),
@@ -100,7 +123,11 @@ async fn respond(state: Arc<AdminState>, req: Request<Incoming>) -> Result<Respo
             if state.ready.load(Ordering::Relaxed) {
                 reply(StatusCode::OK, "text/plain", "ready\n".into())
             } else {
-                reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not ready\n".into())
+                reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    "not ready\n".into(),
+                )
             }
         }
         "/config" => {
@@ -108,21 +135,39 @@ async fn respond(state: Arc<AdminState>, req: Request<Incoming>) -> Result<Respo
             let view = ConfigView {
                 version: &snap.config.version,
                 source: &state.source,
-                listeners: state.listeners.iter().map(|(n, a)| ListenerView { name: n, address: a.to_string() }).collect(),
+                listeners: state
+                    .listeners
+                    .iter()
+                    .map(|(n, a)| ListenerView {
+                        name: n,
+                        address: a.to_string(),
+                    })
+                    .collect(),
                 config: &snap.config,
             };
             match serde_json::to_string_pretty(&view) {
                 Ok(body) => reply(StatusCode::OK, "application/json", body + "\n"),
-                Err(e) => reply(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", format!("{e}\n")),
+                Err(e) => reply(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "text/plain",
+                    format!("{e}\n"),
+                ),
             }
         }
-        _ => reply(StatusCode::NOT_FOUND, "text/plain", "endpoints: /metrics /ready /live /config\n".into()),
+        _ => reply(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "endpoints: /metrics /ready /live /config\n".into(),
+        ),
     })
 }
 
 fn reply(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;
-    r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(content_type),
+    );
     r
 }

@@ -59,7 +59,10 @@ impl Endpoint {
             addr,
             weight: weight.max(1),
             inflight: AtomicU32::new(0),
-            ewma: Mutex::new(PeakEwma { nanos: DEFAULT_RTT.as_nanos() as f64, stamp: Instant::now() }),
+            ewma: Mutex::new(PeakEwma {
+                nanos: DEFAULT_RTT.as_nanos() as f64,
+                stamp: Instant::now(),
+            }),
         }
     }
 
@@ -71,7 +74,10 @@ impl Endpoint {
     /// Marks a request as started; the guard ends it when dropped.
     pub fn start(self: &Arc<Self>) -> InFlight {
         self.inflight.fetch_add(1, Ordering::Relaxed);
-        InFlight { endpoint: self.clone(), started: Instant::now() }
+        InFlight {
+            endpoint: self.clone(),
+            started: Instant::now(),
+        }
     }
 
     /// Current latency estimate in nanoseconds (decayed toward the default while unobserved).
@@ -143,7 +149,9 @@ pub enum HashKey {
 impl HashKey {
     fn from_model(h: &HashOn) -> Option<HashKey> {
         if let Some(name) = &h.header {
-            return http::HeaderName::from_bytes(name.as_bytes()).ok().map(HashKey::Header);
+            return http::HeaderName::from_bytes(name.as_bytes())
+                .ok()
+                .map(HashKey::Header);
         }
         if let Some(c) = &h.cookie {
             return Some(HashKey::Cookie(c.clone()));
@@ -183,9 +191,15 @@ pub struct Balancer {
 #[derive(Debug)]
 enum Policy {
     P2c,
-    RoundRobin { schedule: Vec<u32>, next: AtomicUsize },
+    RoundRobin {
+        schedule: Vec<u32>,
+        next: AtomicUsize,
+    },
     LeastRequest,
-    RingHash { ring: Vec<(u64, u32)>, key: HashKey },
+    RingHash {
+        ring: Vec<(u64, u32)>,
+        key: HashKey,
+    },
 }
 
 impl Balancer {
@@ -199,7 +213,10 @@ impl Balancer {
                 next: AtomicUsize::new(fastrand::usize(..1024)),
             },
             LbPolicy::RingHash => match hash_on.and_then(HashKey::from_model) {
-                Some(key) => Policy::RingHash { ring: build_ring(&endpoints), key },
+                Some(key) => Policy::RingHash {
+                    ring: build_ring(&endpoints),
+                    key,
+                },
                 None => Policy::P2c, // validation requires hashOn; stay safe anyway
             },
         };
@@ -210,14 +227,20 @@ impl Balancer {
                 Some(*sum)
             })
             .collect();
-        Balancer { endpoints, cumulative, policy }
+        Balancer {
+            endpoints,
+            cumulative,
+            policy,
+        }
     }
 
     /// An index drawn at random in proportion to weight.
     fn weighted_index(&self) -> usize {
         let total = self.cumulative.last().copied().unwrap_or(1).max(1);
         let r = fastrand::u64(..total);
-        self.cumulative.partition_point(|c| *c <= r).min(self.endpoints.len() - 1)
+        self.cumulative
+            .partition_point(|c| *c <= r)
+            .min(self.endpoints.len() - 1)
     }
 
     /// Two distinct indexes drawn by weight (distinct unless one endpoint holds nearly all weight).
@@ -245,8 +268,13 @@ impl Balancer {
     /// The least loaded endpoint; ties broken by weight.
     fn least_loaded(&self) -> &Arc<Endpoint> {
         let eps = &self.endpoints;
-        let best = eps.iter().map(|e| e.load_cost()).fold(f64::INFINITY, f64::min);
-        let tied: Vec<usize> = (0..eps.len()).filter(|i| eps[*i].load_cost() <= best).collect();
+        let best = eps
+            .iter()
+            .map(|e| e.load_cost())
+            .fold(f64::INFINITY, f64::min);
+        let tied: Vec<usize> = (0..eps.len())
+            .filter(|i| eps[*i].load_cost() <= best)
+            .collect();
         if tied.len() == 1 {
             return &eps[tied[0]];
         }
@@ -381,7 +409,12 @@ mod tests {
         weights
             .iter()
             .enumerate()
-            .map(|(i, w)| Arc::new(Endpoint::new(SocketAddr::from(([127, 0, 0, 1], 9000 + i as u16)), *w)))
+            .map(|(i, w)| {
+                Arc::new(Endpoint::new(
+                    SocketAddr::from(([127, 0, 0, 1], 9000 + i as u16)),
+                    *w,
+                ))
+            })
             .collect()
     }
 
@@ -420,7 +453,10 @@ mod tests {
     #[test]
     fn least_request_prefers_idle_endpoint() {
         let e = eps(&[1, 1, 1]);
-        let _busy: Vec<_> = (0..5).map(|_| e[0].start()).chain((0..5).map(|_| e[1].start())).collect();
+        let _busy: Vec<_> = (0..5)
+            .map(|_| e[0].start())
+            .chain((0..5).map(|_| e[1].start()))
+            .collect();
         let b = Balancer::new(e, LbPolicy::LeastRequest, None);
         let c = counts(&b, 100, |_| None);
         assert_eq!(c[&9002], 100, "{c:?}");
@@ -448,7 +484,10 @@ mod tests {
 
     #[test]
     fn ring_hash_is_sticky_and_moves_about_one_nth() {
-        let hash_on = HashOn { header: Some("x-user".into()), ..Default::default() };
+        let hash_on = HashOn {
+            header: Some("x-user".into()),
+            ..Default::default()
+        };
         let keys: Vec<u64> = (0..10_000u32).map(|k| hash64(&k.to_be_bytes())).collect();
         let b4 = Balancer::new(eps(&[1, 1, 1, 1]), LbPolicy::RingHash, Some(&hash_on));
         let b5 = Balancer::new(eps(&[1, 1, 1, 1, 1]), LbPolicy::RingHash, Some(&hash_on));
@@ -459,7 +498,10 @@ mod tests {
         // Ideal is 1/5 = 2000; allow the ring's variance but not a reshuffle.
         assert!((1200..=2800).contains(&moved), "moved {moved}");
         for k in &keys[..100] {
-            assert_eq!(b4.pick(Some(*k)).unwrap().addr, b4.pick(Some(*k)).unwrap().addr);
+            assert_eq!(
+                b4.pick(Some(*k)).unwrap().addr,
+                b4.pick(Some(*k)).unwrap().addr
+            );
         }
         let c = counts(&b4, 10_000, |i| Some(keys[i]));
         for n in c.values() {
@@ -473,9 +515,15 @@ mod tests {
         h.insert("cookie", "a=1; session=abc; b=2".parse().unwrap());
         h.insert("x-user", "u1".parse().unwrap());
         let ip: IpAddr = "10.0.0.1".parse().unwrap();
-        assert_eq!(HashKey::Cookie("session".into()).hash(&h, ip), Some(hash64(b"abc")));
+        assert_eq!(
+            HashKey::Cookie("session".into()).hash(&h, ip),
+            Some(hash64(b"abc"))
+        );
         assert_eq!(HashKey::Cookie("none".into()).hash(&h, ip), None);
-        assert_eq!(HashKey::Header("x-user".parse().unwrap()).hash(&h, ip), Some(hash64(b"u1")));
+        assert_eq!(
+            HashKey::Header("x-user".parse().unwrap()).hash(&h, ip),
+            Some(hash64(b"u1"))
+        );
         assert!(HashKey::ClientAddress.hash(&h, ip).is_some());
     }
 }

@@ -58,7 +58,11 @@ pub struct ListenerContext {
 }
 
 /// Serves one request. Never fails: every error becomes a precise reply.
-pub async fn handle(ctx: Arc<ListenerContext>, client: SocketAddr, req: Request<Incoming>) -> Result<Response<ResponseBody>, Infallible> {
+pub async fn handle(
+    ctx: Arc<ListenerContext>,
+    client: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<Response<ResponseBody>, Infallible> {
     let started = Instant::now();
     let snapshot = ctx.snapshot.load_full();
     let mut ex = Exchange::begin(&ctx, client, &req, started);
@@ -75,7 +79,9 @@ pub async fn handle(ctx: Arc<ListenerContext>, client: SocketAddr, req: Request<
     };
     ex.status = resp.status().as_u16();
     Ok(match resp.into_parts() {
-        (parts, Either::Left(upstream)) => Response::from_parts(parts, Either::Left(upstream.with_exchange(ex))),
+        (parts, Either::Left(upstream)) => {
+            Response::from_parts(parts, Either::Left(upstream.with_exchange(ex)))
+        }
         (parts, local) => {
             ex.finish();
             Response::from_parts(parts, local)
@@ -90,7 +96,10 @@ async fn route_and_forward(
     mut req: Request<Incoming>,
     ex: &mut Exchange,
 ) -> Result<Response<ResponseBody>, ProxyError> {
-    let listener = snapshot.listeners.get(&ctx.name).ok_or(ProxyError::NoRoute)?;
+    let listener = snapshot
+        .listeners
+        .get(&ctx.name)
+        .ok_or(ProxyError::NoRoute)?;
     ex.stats = Some(listener.unrouted.clone());
     let host = request_host(&req).ok_or(ProxyError::InvalidHost)?;
     let path = normalize_path(req.uri().path());
@@ -147,7 +156,11 @@ async fn route_and_forward(
     let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
 
     // Headers: hop-by-hop out, forwarding information in, then the route's edits.
-    let upgrade_proto = if upgrade { req.headers().get(header::UPGRADE).cloned() } else { None };
+    let upgrade_proto = if upgrade {
+        req.headers().get(header::UPGRADE).cloned()
+    } else {
+        None
+    };
     let headers = req.headers_mut();
     strip_hop_by_hop(headers, true);
     if let Some(proto) = upgrade_proto {
@@ -157,9 +170,13 @@ async fn route_and_forward(
     append_forwarded_for(headers, client);
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
     ensure_request_id(headers);
-    ex.request_id = headers.get(&X_REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+    ex.request_id = headers
+        .get(&X_REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
     if !headers.contains_key(header::HOST) {
-        if let Ok(v) = HeaderValue::from_str(&authority_of(req.uri()).unwrap_or(&host).to_string()) {
+        if let Ok(v) = HeaderValue::from_str(authority_of(req.uri()).unwrap_or(&host)) {
             req.headers_mut().insert(header::HOST, v);
         }
     }
@@ -177,8 +194,14 @@ async fn route_and_forward(
     }
 
     // Endpoint.
-    let key = service.balancer.hash_key().and_then(|k| k.hash(req.headers(), client.ip()));
-    let endpoint = service.balancer.pick(key).ok_or(ProxyError::NoHealthyEndpoints)?;
+    let key = service
+        .balancer
+        .hash_key()
+        .and_then(|k| k.hash(req.headers(), client.ip()));
+    let endpoint = service
+        .balancer
+        .pick(key)
+        .ok_or(ProxyError::NoHealthyEndpoints)?;
     ex.upstream = Some(endpoint.addr);
     let inflight = endpoint.start();
 
@@ -209,7 +232,11 @@ async fn route_and_forward(
             tokio::spawn(async move {
                 match tokio::try_join!(downstream, upstream) {
                     Ok((d, u)) => {
-                        let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(d), &mut TokioIo::new(u)).await;
+                        let _ = tokio::io::copy_bidirectional(
+                            &mut TokioIo::new(d),
+                            &mut TokioIo::new(u),
+                        )
+                        .await;
                     }
                     Err(e) => tracing::debug!(error = %e, "upgrade failed"),
                 }
@@ -222,15 +249,27 @@ async fn route_and_forward(
         ops.apply(resp.headers_mut());
     }
     ex.inflight = Some(inflight);
-    Ok(resp.map(|b| Either::Left(UpstreamBody { inner: b, exchange: None })))
+    Ok(resp.map(|b| {
+        Either::Left(UpstreamBody {
+            inner: b,
+            exchange: None,
+        })
+    }))
 }
 
 /// A reply the proxy makes itself.
-fn local_reply(status: StatusCode, code: Option<&'static str>, body: String) -> Response<ResponseBody> {
+fn local_reply(
+    status: StatusCode,
+    code: Option<&'static str>,
+    body: String,
+) -> Response<ResponseBody> {
     let mut resp = Response::new(Either::Right(Full::new(Bytes::from(body))));
     *resp.status_mut() = status;
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     if let Some(code) = code {
         h.insert(ERROR_HEADER, HeaderValue::from_static(code));
     }
@@ -312,10 +351,19 @@ fn strip_hop_by_hop(h: &mut HeaderMap, is_request: bool) {
     for n in named {
         h.remove(n);
     }
-    for n in [header::CONNECTION, KEEP_ALIVE, PROXY_CONNECTION, header::TRANSFER_ENCODING, header::UPGRADE, header::TRAILER] {
+    for n in [
+        header::CONNECTION,
+        KEEP_ALIVE,
+        PROXY_CONNECTION,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+        header::TRAILER,
+    ] {
         h.remove(n);
     }
-    let te_trailers = h.get(header::TE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    let te_trailers = h
+        .get(header::TE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
     if !(is_request && te_trailers) {
         h.remove(header::TE);
     }
@@ -333,7 +381,9 @@ fn append_forwarded_for(h: &mut HeaderMap, client: SocketAddr) {
 }
 
 fn ensure_request_id(h: &mut HeaderMap) {
-    let keep = h.get(&X_REQUEST_ID).is_some_and(|v| !v.is_empty() && v.len() <= MAX_REQUEST_ID_LEN);
+    let keep = h
+        .get(&X_REQUEST_ID)
+        .is_some_and(|v| !v.is_empty() && v.len() <= MAX_REQUEST_ID_LEN);
     if !keep {
         let id = format!("{:032x}", fastrand::u128(..));
         if let Ok(v) = HeaderValue::from_str(&id) {
@@ -367,21 +417,40 @@ struct LogFields {
 }
 
 impl Exchange {
-    fn begin(ctx: &ListenerContext, client: SocketAddr, req: &Request<Incoming>, started: Instant) -> Exchange {
+    fn begin(
+        ctx: &ListenerContext,
+        client: SocketAddr,
+        req: &Request<Incoming>,
+        started: Instant,
+    ) -> Exchange {
         let log = ctx.access_log.as_ref().map(|log| {
             let fields = LogFields {
                 method: req.method().to_string(),
                 authority: authority_of(req.uri())
                     .map(str::to_string)
-                    .or_else(|| req.headers().get(header::HOST).and_then(|v| v.to_str().ok()).map(str::to_string))
+                    .or_else(|| {
+                        req.headers()
+                            .get(header::HOST)
+                            .and_then(|v| v.to_str().ok())
+                            .map(str::to_string)
+                    })
                     .unwrap_or_default(),
-                path: req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default(),
+                path: req
+                    .uri()
+                    .path_and_query()
+                    .map(|p| p.to_string())
+                    .unwrap_or_default(),
                 protocol: match req.version() {
                     Version::HTTP_2 => "HTTP/2.0",
                     Version::HTTP_10 => "HTTP/1.0",
                     _ => "HTTP/1.1",
                 },
-                user_agent: req.headers().get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string(),
+                user_agent: req
+                    .headers()
+                    .get(header::USER_AGENT)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_string(),
                 client,
             };
             (log.clone(), ctx.name.clone(), fields)
@@ -396,7 +465,12 @@ impl Exchange {
             service_name: String::new(),
             upstream: None,
             inflight: None,
-            request_id: req.headers().get(&X_REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string(),
+            request_id: req
+                .headers()
+                .get(&X_REQUEST_ID)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string(),
             log,
         }
     }
@@ -452,7 +526,10 @@ impl Body for UpstreamBody {
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         if let Poll::Ready(None) = polled {
             self.exchange.take(); // finished: account now rather than at drop
@@ -491,7 +568,11 @@ mod tests {
         h.insert("te", "trailers".parse().unwrap());
         h.insert("x-kept", "1".parse().unwrap());
         strip_hop_by_hop(&mut h, true);
-        assert!(h.get("x-secret").is_none() && h.get("keep-alive").is_none() && h.get("connection").is_none());
+        assert!(
+            h.get("x-secret").is_none()
+                && h.get("keep-alive").is_none()
+                && h.get("connection").is_none()
+        );
         assert_eq!(h.get("te").unwrap(), "trailers");
         assert!(h.get("x-kept").is_some());
         strip_hop_by_hop(&mut h, false);
@@ -500,13 +581,25 @@ mod tests {
 
     #[test]
     fn host_is_taken_from_authority_or_header() {
-        let r = Request::builder().uri("/x").header("host", "Example.COM:8080").body(()).unwrap();
+        let r = Request::builder()
+            .uri("/x")
+            .header("host", "Example.COM:8080")
+            .body(())
+            .unwrap();
         assert_eq!(request_host(&r).as_deref(), Some("example.com"));
-        let r = Request::builder().uri("http://a.b/x").header("host", "other").body(()).unwrap();
+        let r = Request::builder()
+            .uri("http://a.b/x")
+            .header("host", "other")
+            .body(())
+            .unwrap();
         assert_eq!(request_host(&r).as_deref(), Some("a.b"));
         let r = Request::builder().uri("/x").body(()).unwrap();
         assert_eq!(request_host(&r), None);
-        let r = Request::builder().uri("/x").header("host", "u@evil").body(()).unwrap();
+        let r = Request::builder()
+            .uri("/x")
+            .header("host", "u@evil")
+            .body(())
+            .unwrap();
         assert_eq!(request_host(&r), None);
     }
 }

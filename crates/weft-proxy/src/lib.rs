@@ -96,10 +96,16 @@ impl RunningProxy {
     pub async fn start(config: Config, opts: ProxyOptions) -> Result<RunningProxy, StartError> {
         let metrics = Arc::new(Metrics::new());
         let config = Arc::new(config);
-        let snapshot: SnapshotHandle = Arc::new(ArcSwap::from_pointee(Snapshot::build(config.clone(), &metrics)?));
+        let snapshot: SnapshotHandle = Arc::new(ArcSwap::from_pointee(Snapshot::build(
+            config.clone(),
+            &metrics,
+        )?));
         metrics.config_loaded(Ok(&config.version));
         let access_log = match opts.access_log {
-            Some(sink) => Some(access_log::AccessLog::start(sink, metrics.access_log_dropped.clone())?),
+            Some(sink) => Some(access_log::AccessLog::start(
+                sink,
+                metrics.access_log_dropped.clone(),
+            )?),
             None => None,
         };
 
@@ -107,11 +113,20 @@ impl RunningProxy {
         for g in &config.gateways {
             for l in &g.spec.listeners {
                 let name = format!("{}/{}", g.metadata.name, l.name);
-                let bind_err = |source| StartError::Bind { name: name.clone(), addr: l.address.clone(), source };
+                let bind_err = |source| StartError::Bind {
+                    name: name.clone(),
+                    addr: l.address.clone(),
+                    source,
+                };
                 let addr: SocketAddr = l.address.parse().map_err(|_| {
-                    bind_err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "not IP:PORT"))
+                    bind_err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidInput,
+                        "not IP:PORT",
+                    ))
                 })?;
-                let listener = tokio::net::TcpListener::bind(addr).await.map_err(bind_err)?;
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(bind_err)?;
                 let local = listener.local_addr()?;
                 bound.push((name, local, listener));
             }
@@ -129,7 +144,13 @@ impl RunningProxy {
                 local,
             });
             let stats = metrics.listener_stats(&name);
-            tokio::spawn(listener::serve(listener, ctx, stats, shutdown_rx.clone(), alive_tx.clone()));
+            tokio::spawn(listener::serve(
+                listener,
+                ctx,
+                stats,
+                shutdown_rx.clone(),
+                alive_tx.clone(),
+            ));
             tracing::info!(listener = %name, address = %local, "listening");
             listeners.push((name, local));
         }
@@ -146,7 +167,15 @@ impl RunningProxy {
             None => None,
         };
         admin_state.ready.store(true, Ordering::Relaxed);
-        Ok(RunningProxy { listeners, admin, snapshot, metrics, admin_state, shutdown, alive })
+        Ok(RunningProxy {
+            listeners,
+            admin,
+            snapshot,
+            metrics,
+            admin_state,
+            shutdown,
+            alive,
+        })
     }
 
     /// Swaps in a new configuration for routes and services. Listeners are those bound at

@@ -80,7 +80,9 @@ impl Matcher {
             None => PathMatcher::Prefix(String::new()),
             Some(p) => match p.kind {
                 PathMatchType::Exact => PathMatcher::Exact(p.value.clone()),
-                PathMatchType::PathPrefix => PathMatcher::Prefix(p.value.trim_end_matches('/').to_string()),
+                PathMatchType::PathPrefix => {
+                    PathMatcher::Prefix(p.value.trim_end_matches('/').to_string())
+                }
                 PathMatchType::RegularExpression => PathMatcher::Regex(anchored(&p.value)?),
             },
         };
@@ -88,7 +90,8 @@ impl Matcher {
             .headers
             .iter()
             .map(|h| {
-                let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|e| MatchError(e.to_string()))?;
+                let name = HeaderName::from_bytes(h.name.as_bytes())
+                    .map_err(|e| MatchError(e.to_string()))?;
                 Ok((name, value_matcher(h)?))
             })
             .collect::<Result<_, MatchError>>()?;
@@ -98,14 +101,29 @@ impl Matcher {
             .map(|q| Ok((q.name.clone(), value_matcher(q)?)))
             .collect::<Result<_, MatchError>>()?;
         let method = match &m.method {
-            Some(s) => Some(Method::from_bytes(s.as_bytes()).map_err(|e| MatchError(e.to_string()))?),
+            Some(s) => {
+                Some(Method::from_bytes(s.as_bytes()).map_err(|e| MatchError(e.to_string()))?)
+            }
             None => None,
         };
-        Ok(Matcher { path, headers, query, method })
+        Ok(Matcher {
+            path,
+            headers,
+            query,
+            method,
+        })
     }
 
     /// Gateway API precedence; smaller sorts first.
-    fn precedence(&self) -> (u8, std::cmp::Reverse<usize>, bool, std::cmp::Reverse<usize>, std::cmp::Reverse<usize>) {
+    fn precedence(
+        &self,
+    ) -> (
+        u8,
+        std::cmp::Reverse<usize>,
+        bool,
+        std::cmp::Reverse<usize>,
+        std::cmp::Reverse<usize>,
+    ) {
         let (rank, len) = match &self.path {
             PathMatcher::Exact(p) => (0, p.len()),
             PathMatcher::Regex(r) => (1, r.as_str().len()),
@@ -121,7 +139,13 @@ impl Matcher {
     }
 
     /// Tests a request.
-    pub fn matches(&self, method: &Method, path: &str, query: Option<&str>, headers: &HeaderMap) -> Option<MatchInfo> {
+    pub fn matches(
+        &self,
+        method: &Method,
+        path: &str,
+        query: Option<&str>,
+        headers: &HeaderMap,
+    ) -> Option<MatchInfo> {
         let prefix_len = match &self.path {
             PathMatcher::Exact(p) => (p == path).then_some(None)?,
             PathMatcher::Prefix(p) => {
@@ -229,19 +253,37 @@ impl<T> std::fmt::Debug for RouteTable<T> {
 
 impl<T> Default for RouteTable<T> {
     fn default() -> Self {
-        RouteTable { exact: HashMap::new(), wildcard: Vec::new(), any: Vec::new() }
+        RouteTable {
+            exact: HashMap::new(),
+            wildcard: Vec::new(),
+            any: Vec::new(),
+        }
     }
 }
 
 impl<T> RouteTable<T> {
     /// Adds one match of one rule. `order` is (route index, rule index, match index).
-    pub fn add(&mut self, hostnames: &[String], matcher: Matcher, rule: Arc<T>, order: (usize, usize, usize)) {
+    pub fn add(
+        &mut self,
+        hostnames: &[String],
+        matcher: Matcher,
+        rule: Arc<T>,
+        order: (usize, usize, usize),
+    ) {
         if hostnames.is_empty() {
-            self.any.push(Entry { matcher, rule, order });
+            self.any.push(Entry {
+                matcher,
+                rule,
+                order,
+            });
             return;
         }
         for h in hostnames {
-            let entry = Entry { matcher: Matcher::clone_of(&matcher), rule: rule.clone(), order };
+            let entry = Entry {
+                matcher: Matcher::clone_of(&matcher),
+                rule: rule.clone(),
+                order,
+            };
             match h.strip_prefix('*') {
                 Some(suffix) => match self.wildcard.iter_mut().find(|(s, _)| s == suffix) {
                     Some((_, v)) => v.push(entry),
@@ -258,13 +300,25 @@ impl<T> RouteTable<T> {
         self.exact.values_mut().for_each(sort);
         self.wildcard.iter_mut().for_each(|(_, v)| sort(v));
         sort(&mut self.any);
-        self.wildcard.sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
+        self.wildcard
+            .sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
     }
 
     /// Finds the rule for a request. `host` is lower-case, without port.
-    pub fn route<'a>(&'a self, host: &str, method: &Method, path: &str, query: Option<&str>, headers: &HeaderMap) -> Option<(&'a Arc<T>, MatchInfo)> {
+    pub fn route<'a>(
+        &'a self,
+        host: &str,
+        method: &Method,
+        path: &str,
+        query: Option<&str>,
+        headers: &HeaderMap,
+    ) -> Option<(&'a Arc<T>, MatchInfo)> {
         let scan = |entries: &'a [Entry<T>]| {
-            entries.iter().find_map(|e| e.matcher.matches(method, path, query, headers).map(|m| (&e.rule, m)))
+            entries.iter().find_map(|e| {
+                e.matcher
+                    .matches(method, path, query, headers)
+                    .map(|m| (&e.rule, m))
+            })
         };
         if let Some(hit) = self.exact.get(host).and_then(|entries| scan(entries)) {
             return Some(hit);
@@ -289,8 +343,16 @@ impl Matcher {
                 PathMatcher::Prefix(s) => PathMatcher::Prefix(s.clone()),
                 PathMatcher::Regex(r) => PathMatcher::Regex(r.clone()),
             },
-            headers: m.headers.iter().map(|(n, v)| (n.clone(), v.clone_of())).collect(),
-            query: m.query.iter().map(|(n, v)| (n.clone(), v.clone_of())).collect(),
+            headers: m
+                .headers
+                .iter()
+                .map(|(n, v)| (n.clone(), v.clone_of()))
+                .collect(),
+            query: m
+                .query
+                .iter()
+                .map(|(n, v)| (n.clone(), v.clone_of()))
+                .collect(),
             method: m.method.clone(),
         }
     }
@@ -310,11 +372,33 @@ mod tests {
     use super::*;
     use weft_model::PathMatch;
 
-    fn m(path: Option<(PathMatchType, &str)>, method: Option<&str>, headers: &[(&str, &str)], query: &[(&str, &str)]) -> HttpRouteMatch {
+    fn m(
+        path: Option<(PathMatchType, &str)>,
+        method: Option<&str>,
+        headers: &[(&str, &str)],
+        query: &[(&str, &str)],
+    ) -> HttpRouteMatch {
         HttpRouteMatch {
-            path: path.map(|(kind, v)| PathMatch { kind, value: v.into() }),
-            headers: headers.iter().map(|(n, v)| ValueMatch { kind: ValueMatchType::Exact, name: (*n).into(), value: (*v).into() }).collect(),
-            query_params: query.iter().map(|(n, v)| ValueMatch { kind: ValueMatchType::Exact, name: (*n).into(), value: (*v).into() }).collect(),
+            path: path.map(|(kind, v)| PathMatch {
+                kind,
+                value: v.into(),
+            }),
+            headers: headers
+                .iter()
+                .map(|(n, v)| ValueMatch {
+                    kind: ValueMatchType::Exact,
+                    name: (*n).into(),
+                    value: (*v).into(),
+                })
+                .collect(),
+            query_params: query
+                .iter()
+                .map(|(n, v)| ValueMatch {
+                    kind: ValueMatchType::Exact,
+                    name: (*n).into(),
+                    value: (*v).into(),
+                })
+                .collect(),
             method: method.map(Into::into),
         }
     }
@@ -323,19 +407,34 @@ mod tests {
         let mut t = RouteTable::default();
         for (i, (hosts, mm, name)) in entries.iter().enumerate() {
             let hosts: Vec<String> = hosts.iter().map(|s| s.to_string()).collect();
-            t.add(&hosts, Matcher::compile(mm).unwrap(), Arc::new(*name), (i, 0, 0));
+            t.add(
+                &hosts,
+                Matcher::compile(mm).unwrap(),
+                Arc::new(*name),
+                (i, 0, 0),
+            );
         }
         t.finish();
         t
     }
 
-    fn route(t: &RouteTable<&'static str>, host: &str, method: &str, uri: &str, headers: &[(&str, &str)]) -> Option<&'static str> {
+    fn route(
+        t: &RouteTable<&'static str>,
+        host: &str,
+        method: &str,
+        uri: &str,
+        headers: &[(&str, &str)],
+    ) -> Option<&'static str> {
         let uri: http::Uri = uri.parse().unwrap();
         let mut h = HeaderMap::new();
         for (n, v) in headers {
-            h.append(HeaderName::from_bytes(n.as_bytes()).unwrap(), v.parse().unwrap());
+            h.append(
+                HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
         }
-        t.route(host, &method.parse().unwrap(), uri.path(), uri.query(), &h).map(|(r, _)| **r)
+        t.route(host, &method.parse().unwrap(), uri.path(), uri.query(), &h)
+            .map(|(r, _)| **r)
     }
 
     use PathMatchType::*;
@@ -346,34 +445,93 @@ mod tests {
             (&[], m(Some((PathPrefix, "/")), None, &[], &[]), "root"),
             (&[], m(Some((PathPrefix, "/api")), None, &[], &[]), "api"),
             (&[], m(Some((PathPrefix, "/api/v1/")), None, &[], &[]), "v1"),
-            (&[], m(Some((Exact, "/api/v1/login")), None, &[], &[]), "login"),
-            (&[], m(Some((RegularExpression, "/api/v1/u/[0-9]+")), None, &[], &[]), "user"),
+            (
+                &[],
+                m(Some((Exact, "/api/v1/login")), None, &[], &[]),
+                "login",
+            ),
+            (
+                &[],
+                m(
+                    Some((RegularExpression, "/api/v1/u/[0-9]+")),
+                    None,
+                    &[],
+                    &[],
+                ),
+                "user",
+            ),
         ]);
         assert_eq!(route(&t, "h", "GET", "/", &[]), Some("root"));
-        assert_eq!(route(&t, "h", "GET", "/apix", &[]), Some("root"), "prefix is segment-wise");
+        assert_eq!(
+            route(&t, "h", "GET", "/apix", &[]),
+            Some("root"),
+            "prefix is segment-wise"
+        );
         assert_eq!(route(&t, "h", "GET", "/api", &[]), Some("api"));
-        assert_eq!(route(&t, "h", "GET", "/api/v1", &[]), Some("v1"), "trailing slash of a prefix is ignored");
+        assert_eq!(
+            route(&t, "h", "GET", "/api/v1", &[]),
+            Some("v1"),
+            "trailing slash of a prefix is ignored"
+        );
         assert_eq!(route(&t, "h", "GET", "/api/v1/x", &[]), Some("v1"));
         assert_eq!(route(&t, "h", "GET", "/api/v1/login", &[]), Some("login"));
         assert_eq!(route(&t, "h", "GET", "/api/v1/u/42", &[]), Some("user"));
-        assert_eq!(route(&t, "h", "GET", "/api/v1/u/42x", &[]), Some("v1"), "regex is anchored");
+        assert_eq!(
+            route(&t, "h", "GET", "/api/v1/u/42x", &[]),
+            Some("v1"),
+            "regex is anchored"
+        );
     }
 
     #[test]
     fn method_then_headers_then_query_break_ties() {
         let t = table(&[
-            (&[], m(Some((PathPrefix, "/p")), None, &[], &[("q", "1")]), "query"),
-            (&[], m(Some((PathPrefix, "/p")), None, &[("x-a", "1"), ("x-b", "2")], &[]), "two-headers"),
-            (&[], m(Some((PathPrefix, "/p")), None, &[("x-a", "1")], &[]), "one-header"),
-            (&[], m(Some((PathPrefix, "/p")), Some("POST"), &[], &[]), "post"),
+            (
+                &[],
+                m(Some((PathPrefix, "/p")), None, &[], &[("q", "1")]),
+                "query",
+            ),
+            (
+                &[],
+                m(
+                    Some((PathPrefix, "/p")),
+                    None,
+                    &[("x-a", "1"), ("x-b", "2")],
+                    &[],
+                ),
+                "two-headers",
+            ),
+            (
+                &[],
+                m(Some((PathPrefix, "/p")), None, &[("x-a", "1")], &[]),
+                "one-header",
+            ),
+            (
+                &[],
+                m(Some((PathPrefix, "/p")), Some("POST"), &[], &[]),
+                "post",
+            ),
             (&[], m(Some((PathPrefix, "/p")), None, &[], &[]), "plain"),
         ]);
-        assert_eq!(route(&t, "h", "POST", "/p?q=1", &[("x-a", "1"), ("x-b", "2")]), Some("post"));
-        assert_eq!(route(&t, "h", "GET", "/p?q=1", &[("x-a", "1"), ("x-b", "2")]), Some("two-headers"));
-        assert_eq!(route(&t, "h", "GET", "/p?q=1", &[("x-a", "1")]), Some("one-header"));
+        assert_eq!(
+            route(&t, "h", "POST", "/p?q=1", &[("x-a", "1"), ("x-b", "2")]),
+            Some("post")
+        );
+        assert_eq!(
+            route(&t, "h", "GET", "/p?q=1", &[("x-a", "1"), ("x-b", "2")]),
+            Some("two-headers")
+        );
+        assert_eq!(
+            route(&t, "h", "GET", "/p?q=1", &[("x-a", "1")]),
+            Some("one-header")
+        );
         assert_eq!(route(&t, "h", "GET", "/p?z=0&q=1", &[]), Some("query"));
         assert_eq!(route(&t, "h", "GET", "/p?q=2", &[]), Some("plain"));
-        assert_eq!(route(&t, "h", "GET", "/p?q=%31", &[]), Some("query"), "query values are percent-decoded");
+        assert_eq!(
+            route(&t, "h", "GET", "/p?q=%31", &[]),
+            Some("query"),
+            "query values are percent-decoded"
+        );
     }
 
     #[test]
@@ -390,14 +548,36 @@ mod tests {
         let t = table(&[
             (&[], m(None, None, &[], &[]), "any"),
             (&["*.example.com"], m(None, None, &[], &[]), "wild"),
-            (&["*.api.example.com"], m(None, None, &[], &[]), "wild-longer"),
-            (&["www.example.com"], m(Some((PathPrefix, "/only")), None, &[], &[]), "exact"),
+            (
+                &["*.api.example.com"],
+                m(None, None, &[], &[]),
+                "wild-longer",
+            ),
+            (
+                &["www.example.com"],
+                m(Some((PathPrefix, "/only")), None, &[], &[]),
+                "exact",
+            ),
         ]);
-        assert_eq!(route(&t, "www.example.com", "GET", "/only/x", &[]), Some("exact"));
-        assert_eq!(route(&t, "www.example.com", "GET", "/", &[]), Some("wild"), "falls through to less specific hosts");
+        assert_eq!(
+            route(&t, "www.example.com", "GET", "/only/x", &[]),
+            Some("exact")
+        );
+        assert_eq!(
+            route(&t, "www.example.com", "GET", "/", &[]),
+            Some("wild"),
+            "falls through to less specific hosts"
+        );
         assert_eq!(route(&t, "a.b.example.com", "GET", "/", &[]), Some("wild"));
-        assert_eq!(route(&t, "x.api.example.com", "GET", "/", &[]), Some("wild-longer"));
-        assert_eq!(route(&t, "example.com", "GET", "/", &[]), Some("any"), "wildcard needs a label");
+        assert_eq!(
+            route(&t, "x.api.example.com", "GET", "/", &[]),
+            Some("wild-longer")
+        );
+        assert_eq!(
+            route(&t, "example.com", "GET", "/", &[]),
+            Some("any"),
+            "wildcard needs a label"
+        );
         assert_eq!(route(&t, "other.org", "GET", "/", &[]), Some("any"));
     }
 
@@ -410,6 +590,9 @@ mod tests {
     #[test]
     fn multi_valued_headers_are_joined() {
         let t = table(&[(&[], m(None, None, &[("x-a", "1,2")], &[]), "joined")]);
-        assert_eq!(route(&t, "h", "GET", "/", &[("x-a", "1"), ("x-a", "2")]), Some("joined"));
+        assert_eq!(
+            route(&t, "h", "GET", "/", &[("x-a", "1"), ("x-a", "2")]),
+            Some("joined")
+        );
     }
 }

@@ -13,7 +13,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use weft_model::{
-    Config, FilterType, HeaderModifier, PathModifier, PathModifierType, ServiceProtocol, ServiceSpec,
+    Config, FilterType, HeaderModifier, PathModifier, PathModifierType, ServiceProtocol,
+    ServiceSpec,
 };
 
 use crate::balance::{Balancer, Endpoint};
@@ -207,7 +208,12 @@ impl Snapshot {
         let services: HashMap<&str, Arc<Service>> = config
             .services
             .iter()
-            .map(|s| Ok((s.metadata.name.as_str(), Arc::new(build_service(&s.metadata.name, &s.spec)?))))
+            .map(|s| {
+                Ok((
+                    s.metadata.name.as_str(),
+                    Arc::new(build_service(&s.metadata.name, &s.spec)?),
+                ))
+            })
             .collect::<Result<_, BuildError>>()?;
 
         let mut listeners = HashMap::new();
@@ -218,17 +224,33 @@ impl Snapshot {
                 for (ri, route) in config.routes.iter().enumerate() {
                     let attached = route.spec.parent_refs.is_empty()
                         || route.spec.parent_refs.iter().any(|p| {
-                            p.name == g.metadata.name && p.section_name.as_ref().is_none_or(|s| s == &l.name)
+                            p.name == g.metadata.name
+                                && p.section_name.as_ref().is_none_or(|s| s == &l.name)
                         });
                     if !attached {
                         continue;
                     }
                     for (rule_i, rule) in route.spec.rules.iter().enumerate() {
-                        let compiled = Arc::new(build_rule(&key, &route.metadata.name, rule, &services, metrics)?);
+                        let compiled = Arc::new(build_rule(
+                            &key,
+                            &route.metadata.name,
+                            rule,
+                            &services,
+                            metrics,
+                        )?);
                         let default_match = [weft_model::HttpRouteMatch::default()];
-                        let matches = if rule.matches.is_empty() { &default_match[..] } else { &rule.matches[..] };
+                        let matches = if rule.matches.is_empty() {
+                            &default_match[..]
+                        } else {
+                            &rule.matches[..]
+                        };
                         for (mi, m) in matches.iter().enumerate() {
-                            table.add(&route.spec.hostnames, Matcher::compile(m)?, compiled.clone(), (ri, rule_i, mi));
+                            table.add(
+                                &route.spec.hostnames,
+                                Matcher::compile(m)?,
+                                compiled.clone(),
+                                (ri, rule_i, mi),
+                            );
                         }
                     }
                 }
@@ -246,11 +268,18 @@ fn build_service(name: &str, spec: &ServiceSpec) -> Result<Service, BuildError> 
         .endpoints
         .iter()
         .map(|e| {
-            let addr: SocketAddr = e.address.parse().map_err(|_| BuildError::Invalid(format!("bad address {}", e.address)))?;
+            let addr: SocketAddr = e
+                .address
+                .parse()
+                .map_err(|_| BuildError::Invalid(format!("bad address {}", e.address)))?;
             Ok(Arc::new(Endpoint::new(addr, e.weight)))
         })
         .collect::<Result<Vec<_>, BuildError>>()?;
-    let balancer = Balancer::new(endpoints, spec.load_balancer.policy, spec.load_balancer.hash_on.as_ref());
+    let balancer = Balancer::new(
+        endpoints,
+        spec.load_balancer.policy,
+        spec.load_balancer.hash_on.as_ref(),
+    );
 
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
@@ -261,8 +290,16 @@ fn build_service(name: &str, spec: &ServiceSpec) -> Result<Service, BuildError> 
         .timer(TokioTimer::new())
         .pool_idle_timeout(spec.connection_pool.idle_timeout.get())
         .pool_max_idle_per_host(spec.connection_pool.max_idle_per_endpoint)
-        .http2_only(matches!(spec.protocol, ServiceProtocol::Http2 | ServiceProtocol::Grpc));
-    Ok(Service { name: name.to_string(), protocol: spec.protocol, balancer, client: builder.build(connector) })
+        .http2_only(matches!(
+            spec.protocol,
+            ServiceProtocol::Http2 | ServiceProtocol::Grpc
+        ));
+    Ok(Service {
+        name: name.to_string(),
+        protocol: spec.protocol,
+        balancer,
+        client: builder.build(connector),
+    })
 }
 
 fn build_rule(
@@ -275,8 +312,20 @@ fn build_rule(
     let mut filters = Filters::default();
     for f in &rule.filters {
         match f.kind {
-            FilterType::RequestHeaderModifier => filters.request_headers = f.request_header_modifier.as_ref().map(header_ops).transpose()?,
-            FilterType::ResponseHeaderModifier => filters.response_headers = f.response_header_modifier.as_ref().map(header_ops).transpose()?,
+            FilterType::RequestHeaderModifier => {
+                filters.request_headers = f
+                    .request_header_modifier
+                    .as_ref()
+                    .map(header_ops)
+                    .transpose()?
+            }
+            FilterType::ResponseHeaderModifier => {
+                filters.response_headers = f
+                    .response_header_modifier
+                    .as_ref()
+                    .map(header_ops)
+                    .transpose()?
+            }
             FilterType::RequestRedirect => {
                 if let Some(r) = &f.request_redirect {
                     filters.redirect = Some(Redirect {
@@ -284,14 +333,20 @@ fn build_rule(
                         hostname: r.hostname.clone(),
                         port: r.port,
                         path: r.path.as_ref().map(path_rewrite),
-                        status: StatusCode::from_u16(r.status_code).map_err(|e| BuildError::Invalid(e.to_string()))?,
+                        status: StatusCode::from_u16(r.status_code)
+                            .map_err(|e| BuildError::Invalid(e.to_string()))?,
                     });
                 }
             }
             FilterType::URLRewrite => {
                 if let Some(r) = &f.url_rewrite {
                     filters.rewrite = Some(Rewrite {
-                        hostname: r.hostname.as_deref().map(HeaderValue::from_str).transpose().map_err(|e| BuildError::Invalid(e.to_string()))?,
+                        hostname: r
+                            .hostname
+                            .as_deref()
+                            .map(HeaderValue::from_str)
+                            .transpose()
+                            .map_err(|e| BuildError::Invalid(e.to_string()))?,
                         path: r.path.as_ref().map(path_rewrite),
                     });
                 }
@@ -303,8 +358,14 @@ fn build_rule(
         .iter()
         .filter(|b| b.weight > 0)
         .map(|b| {
-            let service = services.get(b.name.as_str()).ok_or_else(|| BuildError::Invalid(format!("unknown service {}", b.name)))?;
-            Ok(Backend { service: service.clone(), weight: b.weight, stats: Arc::new(metrics.route_stats(listener, route, &b.name)) })
+            let service = services
+                .get(b.name.as_str())
+                .ok_or_else(|| BuildError::Invalid(format!("unknown service {}", b.name)))?;
+            Ok(Backend {
+                service: service.clone(),
+                weight: b.weight,
+                stats: Arc::new(metrics.route_stats(listener, route, &b.name)),
+            })
         })
         .collect::<Result<_, BuildError>>()?;
     let total_weight = backends.iter().map(|b| u64::from(b.weight)).sum();
@@ -320,7 +381,8 @@ fn build_rule(
 fn header_ops(m: &HeaderModifier) -> Result<HeaderOps, BuildError> {
     let pair = |h: &weft_model::HeaderValue| -> Result<(HeaderName, HeaderValue), BuildError> {
         Ok((
-            HeaderName::from_bytes(h.name.as_bytes()).map_err(|e| BuildError::Invalid(e.to_string()))?,
+            HeaderName::from_bytes(h.name.as_bytes())
+                .map_err(|e| BuildError::Invalid(e.to_string()))?,
             HeaderValue::from_str(&h.value).map_err(|e| BuildError::Invalid(e.to_string()))?,
         ))
     };
@@ -330,15 +392,21 @@ fn header_ops(m: &HeaderModifier) -> Result<HeaderOps, BuildError> {
         remove: m
             .remove
             .iter()
-            .map(|n| HeaderName::from_bytes(n.as_bytes()).map_err(|e| BuildError::Invalid(e.to_string())))
+            .map(|n| {
+                HeaderName::from_bytes(n.as_bytes()).map_err(|e| BuildError::Invalid(e.to_string()))
+            })
             .collect::<Result<_, _>>()?,
     })
 }
 
 fn path_rewrite(p: &PathModifier) -> PathRewrite {
     match p.kind {
-        PathModifierType::ReplaceFullPath => PathRewrite::Full(p.replace_full_path.clone().unwrap_or_else(|| "/".into())),
-        PathModifierType::ReplacePrefixMatch => PathRewrite::Prefix(p.replace_prefix_match.clone().unwrap_or_else(|| "/".into())),
+        PathModifierType::ReplaceFullPath => {
+            PathRewrite::Full(p.replace_full_path.clone().unwrap_or_else(|| "/".into()))
+        }
+        PathModifierType::ReplacePrefixMatch => {
+            PathRewrite::Prefix(p.replace_prefix_match.clone().unwrap_or_else(|| "/".into()))
+        }
     }
 }
 
@@ -359,7 +427,10 @@ mod tests {
         ];
         for (prefix, path, replacement, want) in cases {
             let got = PathRewrite::Prefix(replacement.into()).apply(path, Some(prefix.len()));
-            assert_eq!(got, want, "prefix {prefix} path {path} replacement {replacement}");
+            assert_eq!(
+                got, want,
+                "prefix {prefix} path {path} replacement {replacement}"
+            );
         }
     }
 }

@@ -22,7 +22,9 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Finds an external tool or fails the test saying how to install it.
 pub fn require(tool: &str) -> PathBuf {
     let paths = std::env::var_os("PATH").unwrap_or_default();
-    for dir in std::env::split_paths(&paths).chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/bin")]) {
+    for dir in
+        std::env::split_paths(&paths).chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/bin")])
+    {
         let p = dir.join(tool);
         if p.is_file() {
             return p;
@@ -33,7 +35,9 @@ pub fn require(tool: &str) -> PathBuf {
 
 /// The Python interpreter with grpcio and websockets (Debian's python3 by default).
 pub fn python() -> PathBuf {
-    let py = std::env::var_os("WEFT_TEST_PYTHON").map(PathBuf::from).unwrap_or_else(|| "/usr/bin/python3".into());
+    let py = std::env::var_os("WEFT_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "/usr/bin/python3".into());
     let ok = Command::new(&py)
         .args(["-c", "import grpc, websockets"])
         .stderr(Stdio::null())
@@ -46,7 +50,11 @@ pub fn python() -> PathBuf {
 /// A fresh directory under the system temp dir.
 pub fn temp_dir() -> PathBuf {
     static N: AtomicUsize = AtomicUsize::new(0);
-    let p = std::env::temp_dir().join(format!("weft-test-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+    let p = std::env::temp_dir().join(format!(
+        "weft-test-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
     std::fs::create_dir_all(&p).expect("create temp dir");
     p
 }
@@ -92,8 +100,14 @@ impl Proc {
                 panic!("{cmd:?} printed no ready line; stderr:\n{err}");
             }
         };
-        let ready: Value = serde_json::from_str(&first).unwrap_or_else(|e| panic!("ready line {first:?}: {e}"));
-        Proc { child, ready, lines: rx, stderr_path }
+        let ready: Value =
+            serde_json::from_str(&first).unwrap_or_else(|e| panic!("ready line {first:?}: {e}"));
+        Proc {
+            child,
+            ready,
+            lines: rx,
+            stderr_path,
+        }
     }
 
     /// What the process wrote to stderr so far.
@@ -103,7 +117,10 @@ impl Proc {
 
     /// Sends a signal (e.g. "TERM") with `kill`.
     pub fn signal(&self, sig: &str) {
-        let ok = Command::new("kill").args([format!("-{sig}"), self.child.id().to_string()]).status().is_ok_and(|s| s.success());
+        let ok = Command::new("kill")
+            .args([format!("-{sig}"), self.child.id().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
         assert!(ok, "kill -{sig} failed");
     }
 
@@ -138,9 +155,14 @@ pub struct Echo {
 /// Starts `weft echo --name NAME` on an ephemeral port; `extra` adds arguments.
 pub fn echo(weft: &Path, name: &str, extra: &[&str]) -> Echo {
     let mut cmd = Command::new(weft);
-    cmd.args(["echo", "--listen", "127.0.0.1:0", "--name", name]).args(extra);
+    cmd.args(["echo", "--listen", "127.0.0.1:0", "--name", name])
+        .args(extra);
     let proc = Proc::spawn(cmd);
-    let addr = proc.ready["address"].as_str().expect("address").parse().expect("addr");
+    let addr = proc.ready["address"]
+        .as_str()
+        .expect("address")
+        .parse()
+        .expect("addr");
     Echo { proc, addr }
 }
 
@@ -181,10 +203,21 @@ pub fn proxy(weft: &Path, config: &str, extra: &[&str]) -> Proxy {
     let path = dir.join("weft.yaml");
     std::fs::write(&path, config).expect("write config");
     let mut cmd = Command::new(weft);
-    cmd.args(["proxy", "--config"]).arg(&path).args(["--admin", "127.0.0.1:0", "--workers", "2"]).args(extra);
+    cmd.args(["proxy", "--config"])
+        .arg(&path)
+        .args(["--admin", "127.0.0.1:0", "--workers", "2"])
+        .args(extra);
     let proc = Proc::spawn(cmd);
-    let admin = proc.ready["admin"].as_str().expect("admin").parse().expect("admin addr");
-    Proxy { proc, config: path, admin }
+    let admin = proc.ready["admin"]
+        .as_str()
+        .expect("admin")
+        .parse()
+        .expect("admin addr");
+    Proxy {
+        proc,
+        config: path,
+        admin,
+    }
 }
 
 /// A curl result.
@@ -203,12 +236,16 @@ pub struct CurlOut {
 impl CurlOut {
     /// First value of a header.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
     }
 
     /// The body parsed as JSON.
     pub fn json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.body))
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.body))
     }
 }
 
@@ -240,12 +277,21 @@ fn parse_http_response(text: &str, exit: i32) -> CurlOut {
         }
     }
     let mut lines = head.lines();
-    let status = lines.next().and_then(|l| l.split_whitespace().nth(1)).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
     let headers = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
         .collect();
-    CurlOut { status, headers, body: rest.to_string(), exit }
+    CurlOut {
+        status,
+        headers,
+        body: rest.to_string(),
+        exit,
+    }
 }
 
 /// Sends `n` GETs over curl's connection reuse; returns (status, value of `header`) per request.
@@ -258,7 +304,13 @@ pub fn curl_many(url: &str, n: usize, header: &str, extra: &[&str]) -> Vec<(u16,
     }
     std::fs::write(&cfg, text).expect("write curl config");
     let out = Command::new(require("curl"))
-        .args(["-s", "--max-time", "120", "-w", &format!("%{{http_code}} %header{{{header}}}\\n")])
+        .args([
+            "-s",
+            "--max-time",
+            "120",
+            "-w",
+            &format!("%{{http_code}} %header{{{header}}}\\n"),
+        ])
         .args(extra)
         .arg("-K")
         .arg(&cfg)
@@ -287,7 +339,11 @@ pub fn eventually<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<
 
 /// The value of the first metric line starting with `prefix` (name plus labels).
 pub fn metric_value(metrics: &str, prefix: &str) -> Option<f64> {
-    metrics.lines().find(|l| l.starts_with(prefix)).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok())
+    metrics
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
 }
 
 /// Reads everything from a reader into a string (for raw socket tests).
@@ -303,7 +359,10 @@ mod tests {
 
     #[test]
     fn parses_last_header_block() {
-        let r = parse_http_response("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nX-A: 1\r\n\r\nbody", 0);
+        let r = parse_http_response(
+            "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nX-A: 1\r\n\r\nbody",
+            0,
+        );
         assert_eq!(r.status, 200);
         assert_eq!(r.header("x-a"), Some("1"));
         assert_eq!(r.body, "body");
