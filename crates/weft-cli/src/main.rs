@@ -100,11 +100,18 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// The data-path runtime. One worker means a single-threaded scheduler: no work stealing,
+/// no cross-thread wake-ups (the admin listener and access log have threads of their own).
 fn runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
-    let mut b = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = workers {
-        b.worker_threads(n.max(1));
-    }
+    let mut b = match workers {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n.max(1));
+            b
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
     Ok(b.enable_all().build()?)
 }
 

@@ -42,6 +42,8 @@ pub struct Endpoint {
     pub addr: SocketAddr,
     /// Relative weight.
     pub weight: u32,
+    /// `addr` as a URI authority, built once rather than formatted per request.
+    pub authority: http::uri::Authority,
     inflight: AtomicU32,
     ewma: Mutex<PeakEwma>,
 }
@@ -55,9 +57,13 @@ struct PeakEwma {
 impl Endpoint {
     /// A fresh endpoint with no history.
     pub fn new(addr: SocketAddr, weight: u32) -> Self {
+        // A socket address always forms a valid authority.
+        let authority = http::uri::Authority::from_maybe_shared(addr.to_string())
+            .unwrap_or_else(|_| http::uri::Authority::from_static("0.0.0.0:0"));
         Endpoint {
             addr,
             weight: weight.max(1),
+            authority,
             inflight: AtomicU32::new(0),
             ewma: Mutex::new(PeakEwma {
                 nanos: DEFAULT_RTT.as_nanos() as f64,

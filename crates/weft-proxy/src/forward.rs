@@ -9,6 +9,7 @@
 //! The exchange is accounted for (metrics, access log, outstanding-request count) when the
 //! response body finishes or is dropped, so durations include streaming time.
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -57,21 +58,40 @@ pub struct ListenerContext {
     pub local: SocketAddr,
 }
 
+/// The client of one connection, with what every request on it reuses.
+#[derive(Debug, Clone)]
+pub struct Client {
+    /// Peer address.
+    pub addr: SocketAddr,
+    /// The peer IP as a header value, for `x-forwarded-for` (formatted once per connection).
+    ip_header: HeaderValue,
+}
+
+impl Client {
+    /// Describes a newly accepted connection's peer.
+    pub fn new(addr: SocketAddr) -> Client {
+        let ip_header = HeaderValue::from_str(&addr.ip().to_string())
+            .unwrap_or(HeaderValue::from_static("unknown"));
+        Client { addr, ip_header }
+    }
+}
+
 /// Serves one request. Never fails: every error becomes a precise reply.
 pub async fn handle(
     ctx: Arc<ListenerContext>,
-    client: SocketAddr,
+    client: Client,
     req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Infallible> {
     let started = Instant::now();
     let snapshot = ctx.snapshot.load_full();
-    let mut ex = Exchange::begin(&ctx, client, &req, started);
-    let resp = match route_and_forward(&ctx, &snapshot, client, req, &mut ex).await {
+    let mut ex = Exchange::begin(&ctx, client.addr, &req, started);
+    let resp = match route_and_forward(&ctx, &snapshot, &client, req, &mut ex).await {
         Ok(resp) => resp,
         Err(e) => {
             ctx.metrics.local_reply(&ctx.name, e.code());
             if e.before_request_sent() {
-                ctx.metrics.connect_error(&ex.service_name, e.code());
+                let service = ex.service.as_ref().map_or("", |s| s.name.as_str());
+                ctx.metrics.connect_error(service, e.code());
             }
             ex.error = Some(e.code());
             local_reply(e.status(), Some(e.code()), format!("weft: {e}\n"))
@@ -92,14 +112,11 @@ pub async fn handle(
 async fn route_and_forward(
     ctx: &ListenerContext,
     snapshot: &Snapshot,
-    client: SocketAddr,
+    client: &Client,
     mut req: Request<Incoming>,
     ex: &mut Exchange,
 ) -> Result<Response<ResponseBody>, ProxyError> {
-    let listener = snapshot
-        .listeners
-        .get(&ctx.name)
-        .ok_or(ProxyError::NoRoute)?;
+    let listener = snapshot.listener(&ctx.name).ok_or(ProxyError::NoRoute)?;
     ex.stats = Some(listener.unrouted.clone());
     let host = request_host(&req).ok_or(ProxyError::InvalidHost)?;
     let path = normalize_path(req.uri().path());
@@ -107,46 +124,30 @@ async fn route_and_forward(
         .table
         .route(&host, req.method(), &path, req.uri().query(), req.headers())
         .ok_or(ProxyError::NoRoute)?;
-    let rule: &Arc<Rule> = rule;
-    ex.route = rule.route.clone();
+    ex.rule = Some(rule.clone());
     ex.stats = Some(rule.local_stats.clone());
 
     if let Some(r) = &rule.filters.redirect {
-        let mut location = String::new();
-        let scheme = r.scheme.as_deref().unwrap_or("http");
-        location.push_str(scheme);
-        location.push_str("://");
-        location.push_str(r.hostname.as_deref().unwrap_or(&host));
-        let port = match (r.port, &r.scheme) {
-            (Some(p), _) => Some(p),
-            (None, Some(_)) => None,
-            (None, None) => Some(ctx.local.port()),
-        };
-        match (port, scheme) {
-            (Some(80), "http") | (Some(443), "https") | (None, _) => {}
-            (Some(p), _) => location.push_str(&format!(":{p}")),
-        }
-        match &r.path {
-            Some(p) => location.push_str(&p.apply(&path, info.prefix_len)),
-            None => location.push_str(&path),
-        }
-        if let Some(q) = req.uri().query() {
-            location.push('?');
-            location.push_str(q);
-        }
-        let mut resp = local_reply(r.status, None, String::new());
-        if let Ok(v) = HeaderValue::from_str(&location) {
-            resp.headers_mut().insert(header::LOCATION, v);
-        }
-        if let Some(ops) = &rule.filters.response_headers {
-            ops.apply(resp.headers_mut());
-        }
-        return Ok(resp);
+        return Ok(redirect(
+            ctx,
+            rule,
+            r,
+            &host,
+            &path,
+            req.uri().query(),
+            info.prefix_len,
+        ));
     }
+
+    // From here on `req` is edited: keep the path only if normalization changed it.
+    let mut new_path: Option<String> = match path {
+        Cow::Owned(p) => Some(p),
+        Cow::Borrowed(_) => None,
+    };
 
     let backend = rule.pick_backend().ok_or(ProxyError::NoHealthyEndpoints)?;
     let service = &backend.service;
-    ex.service_name = service.name.clone();
+    ex.service = Some(service.clone());
     ex.stats = Some(backend.stats.clone());
 
     let upgrade = is_upgrade(&req);
@@ -161,6 +162,7 @@ async fn route_and_forward(
     } else {
         None
     };
+    let authority = req.uri().authority().cloned();
     let headers = req.headers_mut();
     strip_hop_by_hop(headers, true);
     if let Some(proto) = upgrade_proto {
@@ -170,26 +172,29 @@ async fn route_and_forward(
     append_forwarded_for(headers, client);
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
     ensure_request_id(headers);
-    ex.request_id = headers
-        .get(&X_REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_string();
+    if ex.log.is_some() {
+        ex.request_id = headers
+            .get(&X_REQUEST_ID)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+    }
     if !headers.contains_key(header::HOST) {
-        if let Ok(v) = HeaderValue::from_str(authority_of(req.uri()).unwrap_or(&host)) {
-            req.headers_mut().insert(header::HOST, v);
+        // HTTP/2 clients send `:authority`; an HTTP/1.1 upstream needs it as `Host`.
+        if let Some(v) = authority.and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
+            headers.insert(header::HOST, v);
         }
     }
     if let Some(ops) = &rule.filters.request_headers {
-        ops.apply(req.headers_mut());
+        ops.apply(headers);
     }
-    let mut upstream_path = path;
     if let Some(rw) = &rule.filters.rewrite {
         if let Some(h) = &rw.hostname {
             req.headers_mut().insert(header::HOST, h.clone());
         }
         if let Some(p) = &rw.path {
-            upstream_path = p.apply(&upstream_path, info.prefix_len);
+            let current = new_path.as_deref().unwrap_or(req.uri().path());
+            new_path = Some(p.apply(current, info.prefix_len));
         }
     }
 
@@ -197,7 +202,7 @@ async fn route_and_forward(
     let key = service
         .balancer
         .hash_key()
-        .and_then(|k| k.hash(req.headers(), client.ip()));
+        .and_then(|k| k.hash(req.headers(), client.addr.ip()));
     let endpoint = service
         .balancer
         .pick(key)
@@ -205,15 +210,7 @@ async fn route_and_forward(
     ex.upstream = Some(endpoint.addr);
     let inflight = endpoint.start();
 
-    let mut uri = String::with_capacity(upstream_path.len() + 32);
-    uri.push_str("http://");
-    uri.push_str(&endpoint.addr.to_string());
-    uri.push_str(&upstream_path);
-    if let Some(q) = req.uri().query() {
-        uri.push('?');
-        uri.push_str(q);
-    }
-    *req.uri_mut() = uri.parse::<Uri>().map_err(|_| ProxyError::InvalidHost)?;
+    *req.uri_mut() = upstream_uri(req.uri(), &endpoint.authority, new_path)?;
     *req.version_mut() = match service.protocol {
         weft_model::ServiceProtocol::Http => Version::HTTP_11,
         _ => Version::HTTP_2,
@@ -225,8 +222,7 @@ async fn route_and_forward(
     })?;
     inflight.observe_response();
 
-    let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
-    if switching {
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(downstream) = downstream_upgrade {
             let upstream = hyper::upgrade::on(&mut resp);
             tokio::spawn(async move {
@@ -257,6 +253,71 @@ async fn route_and_forward(
     }))
 }
 
+/// `http://ENDPOINT` + the request's path and query, reusing the original path-and-query
+/// buffer when the path is unchanged.
+fn upstream_uri(
+    orig: &Uri,
+    endpoint: &http::uri::Authority,
+    new_path: Option<String>,
+) -> Result<Uri, ProxyError> {
+    let path_and_query = match new_path {
+        None => orig
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+        Some(mut p) => {
+            if let Some(q) = orig.query() {
+                p.push('?');
+                p.push_str(q);
+            }
+            http::uri::PathAndQuery::from_maybe_shared(p).map_err(|_| ProxyError::InvalidHost)?
+        }
+    };
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(http::uri::Scheme::HTTP);
+    parts.authority = Some(endpoint.clone());
+    parts.path_and_query = Some(path_and_query);
+    Uri::from_parts(parts).map_err(|_| ProxyError::InvalidHost)
+}
+
+fn redirect(
+    ctx: &ListenerContext,
+    rule: &Rule,
+    r: &crate::snapshot::Redirect,
+    host: &str,
+    path: &str,
+    query: Option<&str>,
+    prefix_len: Option<usize>,
+) -> Response<ResponseBody> {
+    let scheme = r.scheme.as_deref().unwrap_or("http");
+    let mut location = format!("{scheme}://{}", r.hostname.as_deref().unwrap_or(host));
+    let port = match (r.port, &r.scheme) {
+        (Some(p), _) => Some(p),
+        (None, Some(_)) => None,
+        (None, None) => Some(ctx.local.port()),
+    };
+    match (port, scheme) {
+        (Some(80), "http") | (Some(443), "https") | (None, _) => {}
+        (Some(p), _) => location.push_str(&format!(":{p}")),
+    }
+    match &r.path {
+        Some(p) => location.push_str(&p.apply(path, prefix_len)),
+        None => location.push_str(path),
+    }
+    if let Some(q) = query {
+        location.push('?');
+        location.push_str(q);
+    }
+    let mut resp = local_reply(r.status, None, String::new());
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    if let Some(ops) = &rule.filters.response_headers {
+        ops.apply(resp.headers_mut());
+    }
+    resp
+}
+
 /// A reply the proxy makes itself.
 fn local_reply(
     status: StatusCode,
@@ -277,21 +338,49 @@ fn local_reply(
 }
 
 /// Host of the request, lower-case and without port: the authority of an absolute or
-/// HTTP/2 URI, else the `Host` header.
-fn request_host<B>(req: &Request<B>) -> Option<String> {
-    let authority = match authority_of(req.uri()) {
-        Some(a) => a.to_string(),
-        None => req.headers().get(header::HOST)?.to_str().ok()?.to_string(),
+/// HTTP/2 URI, else the `Host` header. Borrowed unless it needs lower-casing.
+fn request_host<B>(req: &Request<B>) -> Option<Cow<'_, str>> {
+    let authority = match req.uri().authority() {
+        Some(a) => a.as_str(),
+        None => req.headers().get(header::HOST)?.to_str().ok()?,
     };
-    let parsed: http::uri::Authority = authority.parse().ok()?;
-    if parsed.as_str().contains('@') {
-        return None; // userinfo has no place in a Host
+    let host = host_of(authority)?;
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Some(Cow::Owned(host.to_ascii_lowercase()))
+    } else {
+        Some(Cow::Borrowed(host))
     }
-    let host = parsed.host();
-    if host.is_empty() {
-        return None;
+}
+
+/// The host part of `host[:port]` or `[v6][:port]`, if well formed.
+fn host_of(authority: &str) -> Option<&str> {
+    let (host, port) = if authority.starts_with('[') {
+        let end = authority.find(']')?;
+        let (h, rest) = authority.split_at(end + 1);
+        if !h[1..end]
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+        {
+            return None;
+        }
+        (h, rest.strip_prefix(':'))
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        }
+    };
+    if let Some(p) = port {
+        if p.is_empty() || p.len() > 5 || !p.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
     }
-    Some(host.to_ascii_lowercase())
+    let valid = !host.is_empty()
+        && (host.starts_with('[')
+            || host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_'));
+    valid.then_some(host)
 }
 
 fn authority_of(uri: &Uri) -> Option<&str> {
@@ -300,9 +389,9 @@ fn authority_of(uri: &Uri) -> Option<&str> {
 
 /// Removes `.` and `..` segments (RFC 3986 §5.2.4) so `/public/../admin` cannot slip past a
 /// route meant for `/public`. Paths without dot segments are returned as they are.
-fn normalize_path(path: &str) -> String {
+fn normalize_path(path: &str) -> Cow<'_, str> {
     if !path.split('/').any(|s| s == "." || s == "..") {
-        return path.to_string();
+        return Cow::Borrowed(path);
     }
     let mut out: Vec<&str> = Vec::new();
     let segments: Vec<&str> = path.split('/').skip(1).collect();
@@ -323,7 +412,7 @@ fn normalize_path(path: &str) -> String {
             s => out.push(s),
         }
     }
-    format!("/{}", out.join("/"))
+    Cow::Owned(format!("/{}", out.join("/")))
 }
 
 fn is_upgrade<B>(req: &Request<B>) -> bool {
@@ -341,6 +430,19 @@ fn is_upgrade<B>(req: &Request<B>) -> bool {
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1), including those the `Connection` header
 /// names. `te: trailers` is kept on requests: gRPC needs it end to end.
 fn strip_hop_by_hop(h: &mut HeaderMap, is_request: bool) {
+    // Fast path: one pass over the names (standard names compare as enum tags), no hashing.
+    let present = h.keys().any(|n| {
+        n == header::CONNECTION
+            || n == KEEP_ALIVE
+            || n == PROXY_CONNECTION
+            || n == header::TRANSFER_ENCODING
+            || n == header::UPGRADE
+            || n == header::TRAILER
+            || n == header::TE
+    });
+    if !present {
+        return;
+    }
     let named: Vec<HeaderName> = h
         .get_all(header::CONNECTION)
         .iter()
@@ -369,14 +471,17 @@ fn strip_hop_by_hop(h: &mut HeaderMap, is_request: bool) {
     }
 }
 
-fn append_forwarded_for(h: &mut HeaderMap, client: SocketAddr) {
-    let ip = client.ip().to_string();
-    let value = match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, {ip}"),
-        None => ip,
-    };
-    if let Ok(v) = HeaderValue::from_str(&value) {
-        h.insert(X_FORWARDED_FOR, v);
+fn append_forwarded_for(h: &mut HeaderMap, client: &Client) {
+    match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        None => {
+            h.insert(X_FORWARDED_FOR, client.ip_header.clone());
+        }
+        Some(prev) => {
+            let value = format!("{prev}, {}", client.addr.ip());
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                h.insert(X_FORWARDED_FOR, v);
+            }
+        }
     }
 }
 
@@ -385,8 +490,13 @@ fn ensure_request_id(h: &mut HeaderMap) {
         .get(&X_REQUEST_ID)
         .is_some_and(|v| !v.is_empty() && v.len() <= MAX_REQUEST_ID_LEN);
     if !keep {
-        let id = format!("{:032x}", fastrand::u128(..));
-        if let Ok(v) = HeaderValue::from_str(&id) {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let r = fastrand::u128(..);
+        let mut id = [0u8; 32];
+        for (i, c) in id.iter_mut().enumerate() {
+            *c = HEX[((r >> (124 - 4 * i)) & 0xf) as usize];
+        }
+        if let Ok(v) = HeaderValue::from_bytes(&id) {
             h.insert(X_REQUEST_ID, v);
         }
     }
@@ -399,8 +509,8 @@ struct Exchange {
     stats: Option<Arc<RouteStats>>,
     status: u16,
     error: Option<&'static str>,
-    route: String,
-    service_name: String,
+    rule: Option<Arc<Rule>>,
+    service: Option<Arc<crate::snapshot::Service>>,
     upstream: Option<SocketAddr>,
     inflight: Option<InFlight>,
     request_id: String,
@@ -461,16 +571,11 @@ impl Exchange {
             stats: None,
             status: 0,
             error: None,
-            route: String::new(),
-            service_name: String::new(),
+            rule: None,
+            service: None,
             upstream: None,
             inflight: None,
-            request_id: req
-                .headers()
-                .get(&X_REQUEST_ID)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default()
-                .to_string(),
+            request_id: String::new(),
             log,
         }
     }
@@ -485,8 +590,8 @@ impl Exchange {
             log.log(&Record {
                 start_time: rfc3339(self.start_time),
                 listener: &listener,
-                route: &self.route,
-                service: &self.service_name,
+                route: self.rule.as_ref().map_or("", |r| r.route.as_str()),
+                service: self.service.as_ref().map_or("", |s| s.name.as_str()),
                 upstream: self.upstream.map(|a| a.to_string()).unwrap_or_default(),
                 client: f.client.to_string(),
                 method: &f.method,
@@ -577,6 +682,17 @@ mod tests {
         assert!(h.get("x-kept").is_some());
         strip_hop_by_hop(&mut h, false);
         assert!(h.get("te").is_none());
+    }
+
+    #[test]
+    fn host_of_handles_ports_ipv6_and_garbage() {
+        assert_eq!(host_of("a.b:80"), Some("a.b"));
+        assert_eq!(host_of("a.b"), Some("a.b"));
+        assert_eq!(host_of("[::1]:8080"), Some("[::1]"));
+        assert_eq!(host_of("[::1]"), Some("[::1]"));
+        for bad in ["", ":80", "a.b:", "a.b:x", "a.b:123456", "a b", "[::1", "[zz]:1", "a/b", "u@h"] {
+            assert_eq!(host_of(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

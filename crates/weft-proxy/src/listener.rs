@@ -69,7 +69,8 @@ pub async fn serve(
         let alive = alive.clone();
         tokio::spawn(async move {
             let _alive = alive;
-            let svc = service_fn(move |req| forward::handle(ctx.clone(), client, req));
+            let client = forward::Client::new(client);
+            let svc = service_fn(move |req| forward::handle(ctx.clone(), client.clone(), req));
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
             tokio::pin!(conn);
             let result = tokio::select! {
@@ -80,7 +81,7 @@ pub async fn serve(
                 }
             };
             if let Err(e) = result {
-                tracing::debug!(%client, error = %e, "connection ended with an error");
+                tracing::debug!(error = %e, "connection ended with an error");
             }
         });
     }

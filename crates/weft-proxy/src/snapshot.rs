@@ -29,8 +29,19 @@ pub type UpstreamClient = Client<HttpConnector, Incoming>;
 pub struct Snapshot {
     /// The configuration it was built from (served by `/config`).
     pub config: Arc<Config>,
-    /// Keyed by `gateway/listener`.
-    pub listeners: HashMap<String, ListenerRoutes>,
+    /// `gateway/listener` → its routes. A short list: a linear scan with string compares
+    /// beats hashing the name on every request.
+    pub listeners: Vec<(String, ListenerRoutes)>,
+}
+
+impl Snapshot {
+    /// The routes of listener `name`.
+    pub fn listener(&self, name: &str) -> Option<&ListenerRoutes> {
+        self.listeners
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, l)| l)
+    }
 }
 
 /// The routes attached to one listener.
@@ -216,7 +227,7 @@ impl Snapshot {
             })
             .collect::<Result<_, BuildError>>()?;
 
-        let mut listeners = HashMap::new();
+        let mut listeners = Vec::new();
         for g in &config.gateways {
             for l in &g.spec.listeners {
                 let key = format!("{}/{}", g.metadata.name, l.name);
@@ -256,7 +267,7 @@ impl Snapshot {
                 }
                 table.finish();
                 let unrouted = Arc::new(metrics.route_stats(&key, "", ""));
-                listeners.insert(key, ListenerRoutes { table, unrouted });
+                listeners.push((key, ListenerRoutes { table, unrouted }));
             }
         }
         Ok(Snapshot { config, listeners })
