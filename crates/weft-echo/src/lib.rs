@@ -9,7 +9,7 @@
 //! | `/delay/{ms}` | waits (at most 60 s), then echoes |
 //! | `/bytes/{n}` | `n` bytes (at most 64 MiB) |
 //! | `/headers` | the request headers as JSON |
-//! | anything else | the request as JSON: name, method, path, query, version, headers, body size, client |
+//! | anything else | the request as JSON: name, method, authority, path, query, version, headers, body size, client |
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -74,6 +74,8 @@ pub async fn serve(listener: TcpListener, opts: EchoOptions, shutdown: impl Futu
 struct Echo<'a> {
     name: &'a str,
     method: &'a str,
+    /// The URI authority (HTTP/2 `:authority`, absolute-form) or else the Host header.
+    authority: String,
     path: &'a str,
     query: &'a str,
     version: String,
@@ -159,6 +161,17 @@ async fn echo(name: &str, client: SocketAddr, req: Request<Incoming>) -> Respons
     json(&Echo {
         name,
         method: req.method().as_str(),
+        authority: req
+            .uri()
+            .authority()
+            .map(|a| a.to_string())
+            .or_else(|| {
+                req.headers()
+                    .get(header::HOST)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string)
+            })
+            .unwrap_or_default(),
         path: req.uri().path(),
         query: req.uri().query().unwrap_or(""),
         version: format!("{:?}", req.version()),

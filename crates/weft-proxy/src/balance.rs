@@ -44,6 +44,8 @@ pub struct Endpoint {
     pub weight: u32,
     /// `addr` as a URI authority, built once rather than formatted per request.
     pub authority: http::uri::Authority,
+    /// Its connections.
+    pub pool: crate::upstream::Pool,
     inflight: AtomicU32,
     ewma: Mutex<PeakEwma>,
 }
@@ -64,6 +66,7 @@ impl Endpoint {
             addr,
             weight: weight.max(1),
             authority,
+            pool: crate::upstream::Pool::default(),
             inflight: AtomicU32::new(0),
             ewma: Mutex::new(PeakEwma {
                 nanos: DEFAULT_RTT.as_nanos() as f64,

@@ -3,7 +3,6 @@
 //! Every reply the proxy generates itself carries a status and an `x-weft-error` header
 //! naming the cause, so nobody has to guess what a bare 503 meant.
 
-use std::error::Error as StdError;
 use std::io;
 
 use http::StatusCode;
@@ -81,35 +80,21 @@ impl ProxyError {
         )
     }
 
-    /// Classifies an error of the upstream HTTP client.
-    pub fn from_client(err: &hyper_util::client::legacy::Error) -> ProxyError {
-        if err.is_connect() {
-            return match find_io_kind(err) {
-                Some(io::ErrorKind::ConnectionRefused) => ProxyError::ConnectRefused,
-                Some(io::ErrorKind::TimedOut) => ProxyError::ConnectTimeout,
-                _ => ProxyError::ConnectFailed,
-            };
+    /// Classifies a failed TCP connect.
+    pub fn from_connect(err: &io::Error) -> ProxyError {
+        match err.kind() {
+            io::ErrorKind::ConnectionRefused => ProxyError::ConnectRefused,
+            io::ErrorKind::TimedOut => ProxyError::ConnectTimeout,
+            _ => ProxyError::ConnectFailed,
         }
-        let mut source: Option<&(dyn StdError + 'static)> = err.source();
-        while let Some(e) = source {
-            if let Some(h) = e.downcast_ref::<hyper::Error>() {
-                if h.is_parse() || h.is_parse_status() || h.is_parse_too_large() {
-                    return ProxyError::UpstreamProtocol;
-                }
-            }
-            source = e.source();
-        }
-        ProxyError::UpstreamReset
     }
-}
 
-fn find_io_kind(err: &(dyn StdError + 'static)) -> Option<io::ErrorKind> {
-    let mut source: Option<&(dyn StdError + 'static)> = Some(err);
-    while let Some(e) = source {
-        if let Some(io) = e.downcast_ref::<io::Error>() {
-            return Some(io.kind());
+    /// Classifies an HTTP-level failure on an established upstream connection.
+    pub fn from_hyper(err: &hyper::Error) -> ProxyError {
+        if err.is_parse() || err.is_parse_status() || err.is_parse_too_large() {
+            ProxyError::UpstreamProtocol
+        } else {
+            ProxyError::UpstreamReset
         }
-        source = e.source();
     }
-    None
 }

@@ -30,6 +30,7 @@ use crate::balance::InFlight;
 use crate::error::{ProxyError, ERROR_HEADER};
 use crate::metrics::{Metrics, RouteStats};
 use crate::snapshot::{Rule, Snapshot};
+use crate::upstream::Lease;
 use crate::SnapshotHandle;
 
 /// Body of every response the proxy sends.
@@ -210,16 +211,26 @@ async fn route_and_forward(
     ex.upstream = Some(endpoint.addr);
     let inflight = endpoint.start();
 
-    *req.uri_mut() = upstream_uri(req.uri(), &endpoint.authority, new_path)?;
-    *req.version_mut() = match service.protocol {
-        weft_model::ServiceProtocol::Http => Version::HTTP_11,
-        _ => Version::HTTP_2,
+    // HTTP/1.1 goes out in origin-form with its Host header; HTTP/2 needs `:authority`,
+    // which carries the (possibly rewritten) Host rather than the endpoint's address.
+    let h2_authority = service.upstream.settings.is_http2().then(|| {
+        req.headers()
+            .get(header::HOST)
+            .and_then(|v| http::uri::Authority::try_from(v.as_bytes()).ok())
+            .unwrap_or_else(|| endpoint.authority.clone())
+    });
+    *req.uri_mut() = upstream_uri(req.uri(), h2_authority, new_path)?;
+    *req.version_mut() = if service.upstream.settings.is_http2() {
+        Version::HTTP_2
+    } else {
+        Version::HTTP_11
     };
 
-    let mut resp = service.client.request(req).await.map_err(|e| {
-        tracing::debug!(service = %service.name, endpoint = %endpoint.addr, error = %e, "upstream request failed");
-        ProxyError::from_client(&e)
-    })?;
+    let (mut resp, lease) = service
+        .upstream
+        .send(service.balancer.endpoints(), endpoint, req)
+        .await
+        .inspect_err(|e| tracing::debug!(service = %service.name, endpoint = %endpoint.addr, error = %e, "upstream request failed"))?;
     inflight.observe_response();
 
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -245,19 +256,26 @@ async fn route_and_forward(
         ops.apply(resp.headers_mut());
     }
     ex.inflight = Some(inflight);
+    // A switched (upgraded) connection is the client's now: it never returns to the pool.
+    let lease = if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        None
+    } else {
+        lease
+    };
     Ok(resp.map(|b| {
         Either::Left(UpstreamBody {
             inner: b,
             exchange: None,
+            lease,
         })
     }))
 }
 
-/// `http://ENDPOINT` + the request's path and query, reusing the original path-and-query
-/// buffer when the path is unchanged.
+/// The upstream request target: origin-form (`/path?query`) for HTTP/1.1, or absolute with
+/// `authority` for HTTP/2. Reuses the original path-and-query buffer when the path is unchanged.
 fn upstream_uri(
     orig: &Uri,
-    endpoint: &http::uri::Authority,
+    authority: Option<http::uri::Authority>,
     new_path: Option<String>,
 ) -> Result<Uri, ProxyError> {
     let path_and_query = match new_path {
@@ -274,8 +292,10 @@ fn upstream_uri(
         }
     };
     let mut parts = http::uri::Parts::default();
-    parts.scheme = Some(http::uri::Scheme::HTTP);
-    parts.authority = Some(endpoint.clone());
+    if authority.is_some() {
+        parts.scheme = Some(http::uri::Scheme::HTTP);
+    }
+    parts.authority = authority;
     parts.path_and_query = Some(path_and_query);
     Uri::from_parts(parts).map_err(|_| ProxyError::InvalidHost)
 }
@@ -614,10 +634,23 @@ impl Drop for Exchange {
     }
 }
 
-/// An upstream response body that completes its exchange's accounting when it ends.
+/// An upstream response body that completes its exchange's accounting when it ends, and
+/// returns its HTTP/1.1 connection to the pool once read to the end.
 pub struct UpstreamBody {
     inner: Incoming,
     exchange: Option<Exchange>,
+    lease: Option<Lease>,
+}
+
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        // Complete (e.g. an empty body nobody polled): the connection is reusable.
+        if self.inner.is_end_stream() {
+            if let Some(lease) = self.lease.take() {
+                lease.release();
+            }
+        }
+    }
 }
 
 impl UpstreamBody {
@@ -637,6 +670,9 @@ impl Body for UpstreamBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         if let Poll::Ready(None) = polled {
+            if let Some(lease) = self.lease.take() {
+                lease.release();
+            }
             self.exchange.take(); // finished: account now rather than at drop
         }
         polled
@@ -690,7 +726,18 @@ mod tests {
         assert_eq!(host_of("a.b"), Some("a.b"));
         assert_eq!(host_of("[::1]:8080"), Some("[::1]"));
         assert_eq!(host_of("[::1]"), Some("[::1]"));
-        for bad in ["", ":80", "a.b:", "a.b:x", "a.b:123456", "a b", "[::1", "[zz]:1", "a/b", "u@h"] {
+        for bad in [
+            "",
+            ":80",
+            "a.b:",
+            "a.b:x",
+            "a.b:123456",
+            "a b",
+            "[::1",
+            "[zz]:1",
+            "a/b",
+            "u@h",
+        ] {
             assert_eq!(host_of(bad), None, "{bad:?}");
         }
     }

@@ -8,7 +8,7 @@
 //! forward   host + path ─► router (Gateway API HTTPRoute precedence)
 //!    │      filters (redirect, rewrite, header edits), hop-by-hop, x-forwarded-*, x-request-id
 //!    │      backend by weight ─► balance (P2C peak-EWMA, round robin, least request, ring hash)
-//!    │      pooled upstream client (HTTP/1.1 keep-alive or HTTP/2 multiplexed), upgrades
+//!    │      upstream: per-endpoint pools (HTTP/1.1 keep-alive, HTTP/2 multiplexed), upgrades
 //!    ▼      error ─► status + x-weft-error; metrics and access log when the body ends
 //! upstream
 //! ```
@@ -27,6 +27,7 @@ pub mod listener;
 pub mod metrics;
 pub mod router;
 pub mod snapshot;
+pub mod upstream;
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;

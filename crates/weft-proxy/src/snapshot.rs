@@ -8,10 +8,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::{HeaderName, HeaderValue, StatusCode};
-use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use weft_model::{
     Config, FilterType, HeaderModifier, PathModifier, PathModifierType, ServiceProtocol,
     ServiceSpec,
@@ -20,9 +16,7 @@ use weft_model::{
 use crate::balance::{Balancer, Endpoint};
 use crate::metrics::{Metrics, RouteStats};
 use crate::router::{MatchError, Matcher, RouteTable};
-
-/// The upstream HTTP client type.
-pub type UpstreamClient = Client<HttpConnector, Incoming>;
+use crate::upstream::{Settings, Upstream};
 
 /// Everything the request path needs, for one configuration version.
 #[derive(Debug)]
@@ -107,8 +101,8 @@ pub struct Service {
     pub protocol: ServiceProtocol,
     /// Endpoint selection.
     pub balancer: Balancer,
-    /// Pooled HTTP client (HTTP/1.1 or HTTP/2 per `protocol`).
-    pub client: UpstreamClient,
+    /// Connections to the endpoints.
+    pub upstream: Upstream,
 }
 
 /// Compiled filters of a rule.
@@ -292,24 +286,17 @@ fn build_service(name: &str, spec: &ServiceSpec) -> Result<Service, BuildError> 
         spec.load_balancer.hash_on.as_ref(),
     );
 
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(spec.connect_timeout.get()));
-    let mut builder = Client::builder(TokioExecutor::new());
-    builder
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .pool_idle_timeout(spec.connection_pool.idle_timeout.get())
-        .pool_max_idle_per_host(spec.connection_pool.max_idle_per_endpoint)
-        .http2_only(matches!(
-            spec.protocol,
-            ServiceProtocol::Http2 | ServiceProtocol::Grpc
-        ));
+    let upstream = Upstream::new(Settings {
+        protocol: spec.protocol,
+        connect_timeout: spec.connect_timeout.get(),
+        max_idle: spec.connection_pool.max_idle_per_endpoint,
+        idle_timeout: spec.connection_pool.idle_timeout.get(),
+    });
     Ok(Service {
         name: name.to_string(),
         protocol: spec.protocol,
         balancer,
-        client: builder.build(connector),
+        upstream,
     })
 }
 

@@ -1,0 +1,313 @@
+//! Connections to upstream endpoints.
+//!
+//! Each endpoint owns its pool: a stack of idle HTTP/1.1 connections (most recently used
+//! first, so the warmest connection is reused and the coldest ages out) and, for HTTP/2
+//! services, one shared multiplexed connection. A request checks out a connection, and an
+//! HTTP/1.1 connection comes back to the pool only when its response body has been read to
+//! the end ([`Lease::release`]); a response abandoned half-way closes its connection, so a
+//! half-read stream is never reused. A reaper task per service closes connections idle for
+//! longer than `idleTimeout`.
+//!
+//! Built directly on `hyper::client::conn` so that the request path decides everything
+//! itself: which endpoint (the balancer already chose), the connect timeout, the HTTP/2
+//! `:authority`, and why a failure happened (connect refused/timed out vs. reset), which
+//! retries (a later issue) need.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+use weft_model::ServiceProtocol;
+
+use crate::balance::Endpoint;
+use crate::error::ProxyError;
+
+/// How a service connects to its endpoints.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// HTTP/1.1 or HTTP/2.
+    pub protocol: ServiceProtocol,
+    /// TCP connect timeout.
+    pub connect_timeout: Duration,
+    /// Idle HTTP/1.1 connections kept per endpoint.
+    pub max_idle: usize,
+    /// Idle connections are closed after this.
+    pub idle_timeout: Duration,
+}
+
+impl Settings {
+    /// Whether requests go out as HTTP/2.
+    pub fn is_http2(&self) -> bool {
+        matches!(
+            self.protocol,
+            ServiceProtocol::Http2 | ServiceProtocol::Grpc
+        )
+    }
+}
+
+/// The connections of one endpoint.
+#[derive(Debug, Default)]
+pub struct Pool {
+    idle: Mutex<Vec<Idle>>,
+    h2: tokio::sync::Mutex<Option<Shared>>,
+}
+
+#[derive(Debug)]
+struct Idle {
+    sender: http1::SendRequest<Incoming>,
+    since: Instant,
+}
+
+#[derive(Debug)]
+struct Shared {
+    sender: http2::SendRequest<Incoming>,
+    last_used: Instant,
+}
+
+impl Pool {
+    fn take_idle(&self, idle_timeout: Duration) -> Option<http1::SendRequest<Incoming>> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some(c) = idle.pop() {
+            if !c.sender.is_closed() && c.since.elapsed() < idle_timeout {
+                return Some(c.sender);
+            }
+        }
+        None
+    }
+
+    fn put_idle(&self, sender: http1::SendRequest<Incoming>, max_idle: usize) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < max_idle {
+            idle.push(Idle {
+                sender,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    /// Closes connections idle for longer than `idle_timeout` (dropping the sender ends the
+    /// connection task, which closes the socket).
+    fn evict(&self, idle_timeout: Duration) {
+        let stale: Vec<Idle> = {
+            let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+            let (keep, stale) = idle
+                .drain(..)
+                .partition(|c| !c.sender.is_closed() && c.since.elapsed() < idle_timeout);
+            *idle = keep;
+            stale
+        };
+        drop(stale);
+        if let Ok(mut h2) = self.h2.try_lock() {
+            if h2
+                .as_ref()
+                .is_some_and(|s| s.sender.is_closed() || s.last_used.elapsed() >= idle_timeout)
+            {
+                *h2 = None;
+            }
+        }
+    }
+
+    /// Idle HTTP/1.1 connections held now.
+    pub fn idle_count(&self) -> usize {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+}
+
+/// A checked-out HTTP/1.1 connection, returned to its pool by [`Lease::release`] once the
+/// response has been read to the end; dropped otherwise, which closes it.
+#[derive(Debug)]
+pub struct Lease {
+    sender: http1::SendRequest<Incoming>,
+    endpoint: Arc<Endpoint>,
+    max_idle: usize,
+}
+
+impl Lease {
+    /// Puts the connection back for reuse.
+    pub fn release(self) {
+        self.endpoint.pool.put_idle(self.sender, self.max_idle);
+    }
+}
+
+/// The upstream side of one service.
+#[derive(Debug)]
+pub struct Upstream {
+    /// Connection settings.
+    pub settings: Settings,
+    reaper_started: AtomicBool,
+}
+
+impl Upstream {
+    /// An upstream with the given settings.
+    pub fn new(settings: Settings) -> Self {
+        Upstream {
+            settings,
+            reaper_started: AtomicBool::new(false),
+        }
+    }
+
+    /// Sends `req` to `endpoint`. The request's URI must already be in the form the
+    /// protocol needs (origin-form for HTTP/1.1, absolute for HTTP/2).
+    pub async fn send(
+        &self,
+        endpoints: &[Arc<Endpoint>],
+        endpoint: &Arc<Endpoint>,
+        req: Request<Incoming>,
+    ) -> Result<(Response<Incoming>, Option<Lease>), ProxyError> {
+        self.start_reaper(endpoints);
+        if self.settings.is_http2() {
+            self.send_h2(endpoint, req).await.map(|r| (r, None))
+        } else {
+            self.send_h1(endpoint, req).await
+        }
+    }
+
+    async fn send_h1(
+        &self,
+        endpoint: &Arc<Endpoint>,
+        mut req: Request<Incoming>,
+    ) -> Result<(Response<Incoming>, Option<Lease>), ProxyError> {
+        // Pooled connections first. One that turns out closed hands the request back
+        // unsent, so trying the next is safe.
+        while let Some(mut sender) = endpoint.pool.take_idle(self.settings.idle_timeout) {
+            if sender.ready().await.is_err() {
+                continue;
+            }
+            match sender.try_send_request(req).await {
+                Ok(resp) => return Ok((resp, Some(self.lease(sender, endpoint)))),
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) => req = unsent,
+                    None => return Err(ProxyError::from_hyper(e.error())),
+                },
+            }
+        }
+        let stream = self.connect(endpoint).await?;
+        let (mut sender, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| ProxyError::from_hyper(&e))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(error = %e, "upstream connection ended with an error");
+            }
+        });
+        match sender.try_send_request(req).await {
+            Ok(resp) => Ok((resp, Some(self.lease(sender, endpoint)))),
+            Err(e) => Err(ProxyError::from_hyper(e.error())),
+        }
+    }
+
+    fn lease(&self, sender: http1::SendRequest<Incoming>, endpoint: &Arc<Endpoint>) -> Lease {
+        Lease {
+            sender,
+            endpoint: endpoint.clone(),
+            max_idle: self.settings.max_idle,
+        }
+    }
+
+    async fn send_h2(
+        &self,
+        endpoint: &Arc<Endpoint>,
+        req: Request<Incoming>,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        let mut sender = self.h2_sender(endpoint).await?;
+        match sender.try_send_request(req).await {
+            Ok(resp) => Ok(resp),
+            Err(mut e) => match e.take_message() {
+                // The shared connection went away before the request left: once more on a new one.
+                Some(unsent) => {
+                    *endpoint.pool.h2.lock().await = None;
+                    let mut sender = self.h2_sender(endpoint).await?;
+                    sender
+                        .send_request(unsent)
+                        .await
+                        .map_err(|e| ProxyError::from_hyper(&e))
+                }
+                None => Err(ProxyError::from_hyper(e.error())),
+            },
+        }
+    }
+
+    /// The endpoint's shared HTTP/2 connection, opened if needed (one connect at a time).
+    async fn h2_sender(
+        &self,
+        endpoint: &Arc<Endpoint>,
+    ) -> Result<http2::SendRequest<Incoming>, ProxyError> {
+        let mut slot = endpoint.pool.h2.lock().await;
+        if let Some(shared) = slot.as_mut() {
+            if !shared.sender.is_closed() {
+                shared.last_used = Instant::now();
+                return Ok(shared.sender.clone());
+            }
+        }
+        let stream = self.connect(endpoint).await?;
+        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| ProxyError::from_hyper(&e))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "upstream HTTP/2 connection ended with an error");
+            }
+        });
+        *slot = Some(Shared {
+            sender: sender.clone(),
+            last_used: Instant::now(),
+        });
+        Ok(sender)
+    }
+
+    async fn connect(&self, endpoint: &Endpoint) -> Result<TcpStream, ProxyError> {
+        let stream = match tokio::time::timeout(
+            self.settings.connect_timeout,
+            TcpStream::connect(endpoint.addr),
+        )
+        .await
+        {
+            Err(_) => return Err(ProxyError::ConnectTimeout),
+            Ok(Err(e)) => return Err(ProxyError::from_connect(&e)),
+            Ok(Ok(s)) => s,
+        };
+        let _ = stream.set_nodelay(true);
+        Ok(stream)
+    }
+
+    /// Starts the idle reaper on first use (a tokio runtime is running by then). It holds
+    /// only weak references and ends when the service's endpoints are gone.
+    fn start_reaper(&self, endpoints: &[Arc<Endpoint>]) {
+        if self.reaper_started.load(Ordering::Relaxed)
+            || self.reaper_started.swap(true, Ordering::Relaxed)
+        {
+            return;
+        }
+        let weak: Vec<Weak<Endpoint>> = endpoints.iter().map(Arc::downgrade).collect();
+        let idle_timeout = self.settings.idle_timeout;
+        let every = (idle_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let mut alive = false;
+                for w in &weak {
+                    if let Some(e) = w.upgrade() {
+                        alive = true;
+                        e.pool.evict(idle_timeout);
+                    }
+                }
+                if !alive {
+                    return;
+                }
+            }
+        });
+    }
+}
