@@ -450,45 +450,60 @@ fn is_upgrade<B>(req: &Request<B>) -> bool {
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1), including those the `Connection` header
 /// names. `te: trailers` is kept on requests: gRPC needs it end to end.
 fn strip_hop_by_hop(h: &mut HeaderMap, is_request: bool) {
-    // Fast path: one pass over the names (standard names compare as enum tags), no hashing.
-    let present = h.keys().any(|n| {
-        n == header::CONNECTION
-            || n == KEEP_ALIVE
-            || n == PROXY_CONNECTION
-            || n == header::TRANSFER_ENCODING
-            || n == header::UPGRADE
-            || n == header::TRAILER
-            || n == header::TE
-    });
-    if !present {
+    // One pass over the names (standard names compare as enum tags, no hashing); most
+    // messages carry none or only `connection: keep-alive`.
+    let mut found: Vec<HeaderName> = Vec::new();
+    for n in h.keys() {
+        if is_hop_by_hop(n) {
+            found.push(n.clone());
+        }
+    }
+    if found.is_empty() {
         return;
     }
-    let named: Vec<HeaderName> = h
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
-    for n in named {
-        h.remove(n);
+    if found.contains(&header::CONNECTION) {
+        for token in h
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+        {
+            let token = token.trim();
+            let known = [
+                "keep-alive",
+                "close",
+                "upgrade",
+                "te",
+                "trailer",
+                "transfer-encoding",
+                "proxy-connection",
+            ];
+            if token.is_empty() || known.iter().any(|k| token.eq_ignore_ascii_case(k)) {
+                continue;
+            }
+            if let Ok(n) = HeaderName::from_bytes(token.as_bytes()) {
+                found.push(n);
+            }
+        }
     }
-    for n in [
-        header::CONNECTION,
-        KEEP_ALIVE,
-        PROXY_CONNECTION,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-        header::TRAILER,
-    ] {
-        h.remove(n);
+    let keep_te = is_request
+        && h.get(header::TE)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    for n in found {
+        if !(keep_te && n == header::TE) {
+            h.remove(n);
+        }
     }
-    let te_trailers = h
-        .get(header::TE)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
-    if !(is_request && te_trailers) {
-        h.remove(header::TE);
-    }
+}
+
+fn is_hop_by_hop(n: &HeaderName) -> bool {
+    n == header::CONNECTION
+        || n == KEEP_ALIVE
+        || n == PROXY_CONNECTION
+        || n == header::TRANSFER_ENCODING
+        || n == header::UPGRADE
+        || n == header::TRAILER
+        || n == header::TE
 }
 
 fn append_forwarded_for(h: &mut HeaderMap, client: &Client) {
