@@ -133,10 +133,11 @@ http {{
     return path
 
 
-def make_targets(work, weft_bin):
+def make_targets(work, weft_bin, backend_ports=None):
     # The backend speaks HTTP/1.1 on one port (the proxies' upstream) and h2c on another
-    # (for the direct HTTP/2 baseline).
-    backend_h1, backend_h2 = free_port(), free_port()
+    # (for the direct HTTP/2 baseline). Pass the running backend's ports to build more
+    # proxies in front of it.
+    backend_h1, backend_h2 = backend_ports or (free_port(), free_port())
     backend_conf = nginx_conf(work, "backend", f"""  server {{
     listen 127.0.0.1:{backend_h1};
     listen 127.0.0.1:{backend_h2} http2;
@@ -325,7 +326,7 @@ def main():
     if not args.no_callgrind:
         for t in targets[1:]:
             def factory(t=t):
-                _, fresh = make_targets(work, args.weft)
+                _, fresh = make_targets(work, args.weft, (backend.h1_port, backend.h2_port))
                 ft = next(x for x in fresh if x.name == t.name)
                 ft.cmd = [c for c in ft.cmd]
                 if ft.cmd[0] == "taskset":

@@ -611,3 +611,79 @@ fn metrics_pass_promtool_and_access_log_is_json() {
     );
     assert_eq!(cfg["version"].as_str().unwrap().len(), 16);
 }
+
+#[test]
+fn a_taken_address_is_a_clear_startup_error() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let dir = weft_testkit::temp_dir();
+    let path = dir.join("taken.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "kind: Gateway\nmetadata: {{name: gw}}\nspec:\n  listeners: [{{name: web, address: \"{addr}\"}}]\n"
+        ),
+    )
+    .unwrap();
+    let out = Command::new(weft())
+        .args(["proxy", "--admin", "off", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("cannot listen on {addr} (gw/web)")),
+        "{err}"
+    );
+}
+
+#[test]
+fn malformed_requests_get_a_precise_400() {
+    let e = echo(&weft(), "e", &[]);
+    let config = format!(
+        "{}---\nkind: HTTPRoute\nmetadata: {{name: r}}\nspec:\n  rules:\n    - backendRefs: [{{name: e}}]\n{}",
+        gateway(),
+        service("e", "", &[e.addr])
+    );
+    let p = proxy(&weft(), &config, &[]);
+    let addr = p.listener("gw/web");
+    let send = |raw: &[u8]| {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(raw).unwrap();
+        weft_testkit::read_all(&mut s)
+    };
+    // A Host that is not a host name.
+    let r = send(b"GET / HTTP/1.1\r\nhost: bad host!\r\nconnection: close\r\n\r\n");
+    assert!(r.starts_with("HTTP/1.1 400"), "{r}");
+    assert!(r.contains("x-weft-error: invalid-host"), "{r}");
+    // No Host at all.
+    let r = send(b"GET / HTTP/1.1\r\nconnection: close\r\n\r\n");
+    assert!(r.starts_with("HTTP/1.1 400"), "{r}");
+    // Ambiguous framing (request smuggling shape): Transfer-Encoding wins, Content-Length is
+    // dropped, the body is re-framed upstream, and the connection is closed after one
+    // response, so the request hidden in the body is never served.
+    let r = send(b"POST / HTTP/1.1\r\nhost: a\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nhost: a\r\n\r\n");
+    assert_eq!(
+        r.matches("HTTP/1.1 ").count(),
+        1,
+        "the smuggled request must not be served: {r}"
+    );
+    assert!(r.contains("connection: close"), "{r}");
+    assert!(!r.contains("/smuggled"), "{r}");
+    assert!(
+        !r.contains("\"content-length\""),
+        "stale Content-Length forwarded upstream: {r}"
+    );
+    // Duplicate Content-Length and non-HTTP bytes: rejected by the parser with 400.
+    for raw in [
+        &b"GET / HTTP/1.1\r\nhost: a\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\nhello"[..],
+        b"HELLO THERE\r\n\r\n",
+    ] {
+        let r = send(raw);
+        assert!(r.starts_with("HTTP/1.1 400"), "{r}");
+    }
+    // And the proxy keeps serving.
+    assert_eq!(curl(&[&format!("http://{addr}/")]).status, 200);
+}

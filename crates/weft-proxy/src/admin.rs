@@ -56,8 +56,14 @@ pub fn start(addr: SocketAddr, state: Arc<AdminState>) -> std::io::Result<Socket
                     }
                 };
                 loop {
-                    let Ok((stream, _)) = listener.accept().await else {
-                        continue;
+                    let stream = match listener.accept().await {
+                        Ok((stream, _)) => stream,
+                        Err(e) => {
+                            // EMFILE and friends: back off instead of spinning.
+                            tracing::warn!(error = %e, "admin accept failed");
+                            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                            continue;
+                        }
                     };
                     let state = state.clone();
                     tokio::spawn(async move {

@@ -354,6 +354,10 @@ fn local_reply(
     if let Some(code) = code {
         h.insert(ERROR_HEADER, HeaderValue::from_static(code));
     }
+    if status == StatusCode::BAD_REQUEST {
+        // After a malformed request the connection's framing cannot be trusted.
+        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     resp
 }
 

@@ -1,0 +1,65 @@
+//! The config-source seam: a new configuration applied to a running proxy takes effect for
+//! the next request, without a restart and without touching open listeners. This is what the
+//! control plane's stream will call; the file source calls it today.
+
+use std::net::SocketAddr;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use weft_proxy::{ProxyOptions, RunningProxy};
+
+async fn backend(name: &str) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let opts = weft_echo::EchoOptions {
+        name: name.into(),
+        ..Default::default()
+    };
+    tokio::spawn(weft_echo::serve(listener, opts, std::future::pending()));
+    addr
+}
+
+fn config(listen: &str, endpoint: SocketAddr) -> weft_model::Config {
+    let text = format!(
+        "kind: Gateway\nmetadata: {{name: gw}}\nspec:\n  listeners: [{{name: web, address: \"{listen}\"}}]\n---\n\
+         kind: HTTPRoute\nmetadata: {{name: r}}\nspec:\n  rules: [{{backendRefs: [{{name: s}}]}}]\n---\n\
+         kind: Service\nmetadata: {{name: s}}\nspec:\n  endpoints: [{{address: \"{endpoint}\"}}]\n"
+    );
+    weft_model::parse("test.yaml", &text).unwrap()
+}
+
+/// One HTTP/1.1 request on a fresh connection; returns the `x-echo-name` header.
+async fn served_by(addr: SocketAddr) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).await.unwrap();
+    buf.lines()
+        .find_map(|l| l.strip_prefix("x-echo-name: "))
+        .unwrap_or_else(|| panic!("no x-echo-name in {buf}"))
+        .trim()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_swaps_routes_without_restart() {
+    let a = backend("a").await;
+    let b = backend("b").await;
+    let opts = ProxyOptions {
+        admin: None,
+        access_log: None,
+        source: "test".into(),
+    };
+    let proxy = RunningProxy::start(config("127.0.0.1:0", a), opts)
+        .await
+        .unwrap();
+    let addr = proxy.listeners[0].1;
+    assert_eq!(served_by(addr).await, "a");
+
+    // Same listener (it keeps its bound port), new endpoint.
+    proxy.apply(config(&addr.to_string(), b)).unwrap();
+    assert_eq!(served_by(addr).await, "b");
+    assert!(proxy.shutdown(std::time::Duration::from_secs(5)).await);
+}
