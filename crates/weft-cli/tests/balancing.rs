@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use weft_testkit::{curl_many, echo, proxy, Echo};
+use weft_testkit::{curl_many, echo, one_service_config, proxy, Echo};
 
 fn weft() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_weft"))
@@ -15,24 +15,9 @@ fn config(lb: &str, endpoints: &[(SocketAddr, u32)]) -> String {
         .iter()
         .map(|(a, w)| format!("{{address: \"{a}\", weight: {w}}}"))
         .collect();
-    format!(
-        r#"kind: Gateway
-metadata: {{name: gw}}
-spec:
-  listeners: [{{name: web, address: "127.0.0.1:0"}}]
----
-kind: HTTPRoute
-metadata: {{name: r}}
-spec:
-  rules: [{{backendRefs: [{{name: s}}]}}]
----
-kind: Service
-metadata: {{name: s}}
-spec:
-  loadBalancer: {lb}
-  endpoints: [{}]
-"#,
-        eps.join(", ")
+    one_service_config(
+        "s",
+        &format!("  loadBalancer: {lb}\n  endpoints: [{}]\n", eps.join(", ")),
     )
 }
 

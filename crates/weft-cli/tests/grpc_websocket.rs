@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use weft_testkit::{proxy, python, Proc};
+use weft_testkit::{one_service_config, proxy, python, Proc};
 
 fn weft() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_weft"))
@@ -41,23 +41,9 @@ fn run_client(script: &str, target: &str) -> serde_json::Value {
 }
 
 fn config(protocol: &str, upstream: &str) -> String {
-    format!(
-        r#"kind: Gateway
-metadata: {{name: gw}}
-spec:
-  listeners: [{{name: web, address: "127.0.0.1:0"}}]
----
-kind: HTTPRoute
-metadata: {{name: r}}
-spec:
-  rules: [{{backendRefs: [{{name: up}}]}}]
----
-kind: Service
-metadata: {{name: up}}
-spec:
-  protocol: {protocol}
-  endpoints: [{{address: "{upstream}"}}]
-"#
+    one_service_config(
+        "up",
+        &format!("  protocol: {protocol}\n  endpoints: [{{address: \"{upstream}\"}}]\n"),
     )
 }
 

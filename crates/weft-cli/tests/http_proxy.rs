@@ -316,6 +316,14 @@ spec: {{}}
     );
 }
 
+/// Everything to one echo backend, service `e`.
+fn echo_config(e: &weft_testkit::Echo) -> String {
+    weft_testkit::one_service_config(
+        "e",
+        &format!("  endpoints: [{{address: \"{}\"}}]\n", e.addr),
+    )
+}
+
 fn support(file: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/support")
@@ -365,7 +373,7 @@ fn http2_and_http1_in_every_combination() {
 #[test]
 fn chunked_bodies_and_pipelining() {
     let e = echo(&weft(), "e", &[]);
-    let config = format!("{}---\nkind: HTTPRoute\nmetadata: {{name: r}}\nspec:\n  rules:\n    - backendRefs: [{{name: e}}]\n{}", gateway(), service("e", "", &[e.addr]));
+    let config = echo_config(&e);
     let p = proxy(&weft(), &config, &[]);
     let addr = p.listener("gw/web");
 
@@ -494,7 +502,7 @@ fn invalid_config_is_refused_with_file_line_and_field() {
 #[test]
 fn graceful_shutdown_finishes_in_flight_requests() {
     let e = echo(&weft(), "e", &[]);
-    let config = format!("{}---\nkind: HTTPRoute\nmetadata: {{name: r}}\nspec:\n  rules:\n    - backendRefs: [{{name: e}}]\n{}", gateway(), service("e", "", &[e.addr]));
+    let config = echo_config(&e);
     let mut p = proxy(&weft(), &config, &["--drain-timeout", "20s"]);
     let url = p.url("gw/web");
     let slow = std::thread::spawn({
@@ -532,7 +540,7 @@ fn graceful_shutdown_finishes_in_flight_requests() {
 #[test]
 fn metrics_pass_promtool_and_access_log_is_json() {
     let e = echo(&weft(), "e", &[]);
-    let config = format!("{}---\nkind: HTTPRoute\nmetadata: {{name: r}}\nspec:\n  rules:\n    - backendRefs: [{{name: e}}]\n{}", gateway(), service("e", "", &[e.addr]));
+    let config = echo_config(&e);
     let dir = weft_testkit::temp_dir();
     let log = dir.join("access.log");
     let p = proxy(&weft(), &config, &["--access-log", log.to_str().unwrap()]);
@@ -641,11 +649,7 @@ fn a_taken_address_is_a_clear_startup_error() {
 #[test]
 fn malformed_requests_get_a_precise_400() {
     let e = echo(&weft(), "e", &[]);
-    let config = format!(
-        "{}---\nkind: HTTPRoute\nmetadata: {{name: r}}\nspec:\n  rules:\n    - backendRefs: [{{name: e}}]\n{}",
-        gateway(),
-        service("e", "", &[e.addr])
-    );
+    let config = echo_config(&e);
     let p = proxy(&weft(), &config, &[]);
     let addr = p.listener("gw/web");
     let send = |raw: &[u8]| {

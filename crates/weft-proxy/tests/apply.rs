@@ -1,6 +1,7 @@
 //! The config-source seam: a new configuration applied to a running proxy takes effect for
 //! the next request, without a restart and without touching open listeners. This is what the
 //! control plane's stream will call; the file source calls it today.
+#![allow(clippy::unwrap_used)] // a test: a failed unwrap is a failed test
 
 use std::net::SocketAddr;
 

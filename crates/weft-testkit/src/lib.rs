@@ -220,6 +220,17 @@ pub fn proxy(weft: &Path, config: &str, extra: &[&str]) -> Proxy {
     }
 }
 
+/// The smallest useful configuration: listener `gw/web` on an ephemeral loopback port, a
+/// catch-all route `r`, and one service `service` whose `spec:` body is `spec` (lines indented
+/// by two spaces, e.g. `"  endpoints: [{address: \"127.0.0.1:9\"}]\n"`).
+pub fn one_service_config(service: &str, spec: &str) -> String {
+    format!(
+        "kind: Gateway\nmetadata: {{name: gw}}\nspec:\n  listeners: [{{name: web, address: \"127.0.0.1:0\"}}]\n---\n\
+         kind: HTTPRoute\nmetadata: {{name: r}}\nspec:\n  rules: [{{backendRefs: [{{name: {service}}}]}}]\n---\n\
+         kind: Service\nmetadata: {{name: {service}}}\nspec:\n{spec}"
+    )
+}
+
 /// A curl result.
 #[derive(Debug)]
 pub struct CurlOut {
