@@ -470,6 +470,31 @@ fn upstream_connections_are_pooled_and_expire() {
 }
 
 #[test]
+fn an_abandoned_response_never_leaves_its_connection_in_the_pool() {
+    let e = echo(&weft(), "e", &[]);
+    let p = proxy(&weft(), &echo_config(&e), &[]);
+    let addr = p.listener("gw/web");
+    for _ in 0..3 {
+        // Read the start of a 20 MB body, then hang up: the upstream connection still has
+        // unread bytes and must be closed, not reused.
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.write_all(b"GET /bytes/20000000 HTTP/1.1\r\nhost: x\r\n\r\n")
+            .unwrap();
+        let mut buf = [0u8; 4096];
+        let n = s.read(&mut buf).unwrap();
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+        drop(s);
+    }
+    // Every later request gets a clean, complete answer.
+    let results = curl_many(&format!("http://{addr}/after"), 20, "x-echo-name", &[]);
+    assert_eq!(results.len(), 20);
+    assert!(
+        results.iter().all(|(s, n)| *s == 200 && n == "e"),
+        "{results:?}"
+    );
+}
+
+#[test]
 fn invalid_config_is_refused_with_file_line_and_field() {
     let dir = weft_testkit::temp_dir();
     let path = dir.join("bad.yaml");
@@ -607,6 +632,30 @@ fn metrics_pass_promtool_and_access_log_is_json() {
     assert_eq!(j["user_agent"], "tester");
     assert_eq!(j["method"], "GET");
     assert!(j["duration_ms"].as_f64().unwrap() > 0.0);
+
+    // A reply weft makes itself is logged with its cause and the client's request id.
+    let r = curl(&[
+        "-H",
+        "x-request-id: rid-404",
+        "-H",
+        "host: [::1",
+        &format!("{url}/"),
+    ]);
+    assert_eq!(r.status, 400, "{r:?}");
+    let line = eventually(
+        "the access log line of the local reply",
+        Duration::from_secs(10),
+        || {
+            std::fs::read_to_string(&log).ok().and_then(|t| {
+                t.lines()
+                    .find(|l| l.contains("rid-404"))
+                    .map(str::to_string)
+            })
+        },
+    );
+    let j: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(j["error"], "invalid-host");
+    assert_eq!(j["status"], 400);
 
     // Admin endpoints.
     assert_eq!(p.admin_get("/ready"), "ready\n");

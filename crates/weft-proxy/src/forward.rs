@@ -614,7 +614,16 @@ impl Exchange {
             service: None,
             upstream: None,
             inflight: None,
-            request_id: String::new(),
+            // The client's id, if any, so that replies made before forwarding log it too.
+            request_id: if log.is_some() {
+                req.headers()
+                    .get(&X_REQUEST_ID)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_string()
+            } else {
+                String::new()
+            },
             log,
         }
     }
