@@ -15,6 +15,7 @@ Measured per target:
     N+10,000 requests with h2load --h1 -c 10, subtracted) - the figure noise cannot move
 
 Usage: bench/run.py [--duration 10] [--reps 5] [--no-callgrind] [--write docs/benchmarks.md]
+       bench/run.py --instructions-only      (just the callgrind figure, ~2 minutes)
 Needs: nginx, haproxy, wrk, h2load, valgrind, taskset (scripts/install-test-deps).
 """
 import argparse
@@ -285,6 +286,8 @@ def main():
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--no-callgrind", action="store_true")
+    ap.add_argument("--instructions-only", action="store_true",
+                    help="only the callgrind instructions/request of each proxy (quick, noise-free; for optimisation work)")
     ap.add_argument("--write", help="replace the results block of this markdown file")
     ap.add_argument("--weft", default=os.path.join(ROOT, "target", "release", "weft"))
     args = ap.parse_args()
@@ -303,7 +306,7 @@ def main():
     d = str(args.duration)
     paced = os.path.join(ROOT, "bench", "paced.lua")
     try:
-        for rep in range(args.reps):
+        for rep in range(0 if args.instructions_only else args.reps):
             for t in targets:
                 t.start()
                 results[t.name]["idle"].append(rss_kb(t.pids()) if t.proc else None)
@@ -344,6 +347,9 @@ def main():
                 print(f"callgrind {t.name} failed: {e}", flush=True)
                 instructions[t.name] = None
     backend.stop()
+    if args.instructions_only:
+        shutil.rmtree(work, ignore_errors=True)
+        return
 
     rows = []
     header = ("| target | HTTP/1.1 req/s | proxy CPU µs/req (h1) | HTTP/2 req/s | proxy CPU µs/req (h2) "
