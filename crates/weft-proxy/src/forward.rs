@@ -228,7 +228,7 @@ async fn route_and_forward(
 
     let (mut resp, lease) = service
         .upstream
-        .send(service.balancer.endpoints(), endpoint, req)
+        .send(endpoint, req)
         .await
         .inspect_err(|e| tracing::debug!(service = %service.name, endpoint = %endpoint.addr, error = %e, "upstream request failed"))?;
     inflight.observe_response();

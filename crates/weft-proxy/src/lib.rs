@@ -100,6 +100,7 @@ impl RunningProxy {
         let snapshot: SnapshotHandle = Arc::new(ArcSwap::from_pointee(Snapshot::build(
             config.clone(),
             &metrics,
+            None,
         )?));
         metrics.config_loaded(Ok(&config.version));
         let access_log = match opts.access_log {
@@ -134,6 +135,7 @@ impl RunningProxy {
         }
 
         let (shutdown, shutdown_rx) = watch::channel(false);
+        tokio::spawn(reap_idle_connections(snapshot.clone(), shutdown_rx.clone()));
         let (alive_tx, alive) = mpsc::channel(1);
         let mut listeners = Vec::new();
         for (name, local, listener) in bound {
@@ -179,11 +181,17 @@ impl RunningProxy {
         })
     }
 
+    /// The configuration being served now.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
     /// Swaps in a new configuration for routes and services. Listeners are those bound at
     /// start; a new version that drops one leaves it answering `no-route`.
     pub fn apply(&self, config: Config) -> Result<(), BuildError> {
         let version = config.version.clone();
-        match Snapshot::build(Arc::new(config), &self.metrics) {
+        let previous = self.snapshot.load();
+        match Snapshot::build(Arc::new(config), &self.metrics, Some(&previous)) {
             Ok(s) => {
                 self.snapshot.store(Arc::new(s));
                 self.metrics.config_loaded(Ok(&version));
@@ -207,5 +215,17 @@ impl RunningProxy {
             tracing::warn!(deadline = ?drain, "drain deadline passed with connections still open");
         }
         drained
+    }
+}
+
+/// One task for the whole proxy: closes idle upstream connections of whatever snapshot is
+/// current, so a configuration swap needs no per-service bookkeeping.
+async fn reap_idle_connections(snapshot: SnapshotHandle, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let next = upstream::reap(snapshot.load().services.values().map(|s| &**s));
+        tokio::select! {
+            _ = tokio::time::sleep(next) => {}
+            _ = shutdown.changed() => return,
+        }
     }
 }

@@ -26,6 +26,8 @@ pub struct Snapshot {
     /// `gateway/listener` → its routes. A short list: a linear scan with string compares
     /// beats hashing the name on every request.
     pub listeners: Vec<(String, ListenerRoutes)>,
+    /// Every service by name (also those no route reaches yet).
+    pub services: HashMap<String, Arc<Service>>,
 }
 
 impl Snapshot {
@@ -208,15 +210,27 @@ pub enum BuildError {
 }
 
 impl Snapshot {
-    /// Compiles `config`; metric handles are registered in `metrics`.
-    pub fn build(config: Arc<Config>, metrics: &Metrics) -> Result<Snapshot, BuildError> {
-        let services: HashMap<&str, Arc<Service>> = config
+    /// Compiles `config`; metric handles are registered in `metrics`. Endpoints that are
+    /// unchanged since `previous` (same service settings, address and weight) are carried
+    /// over with their pooled connections and latency history, so a new version does not
+    /// cost a burst of reconnects or forget which endpoint is slow.
+    pub fn build(
+        config: Arc<Config>,
+        metrics: &Metrics,
+        previous: Option<&Snapshot>,
+    ) -> Result<Snapshot, BuildError> {
+        let services: HashMap<String, Arc<Service>> = config
             .services
             .iter()
             .map(|s| {
+                let before = previous.and_then(|p| p.services.get(&s.metadata.name));
                 Ok((
-                    s.metadata.name.as_str(),
-                    Arc::new(build_service(&s.metadata.name, &s.spec)?),
+                    s.metadata.name.clone(),
+                    Arc::new(build_service(
+                        &s.metadata.name,
+                        &s.spec,
+                        before.map(|b| &**b),
+                    )?),
                 ))
             })
             .collect::<Result<_, BuildError>>()?;
@@ -264,11 +278,30 @@ impl Snapshot {
                 listeners.push((key, ListenerRoutes { table, unrouted }));
             }
         }
-        Ok(Snapshot { config, listeners })
+        Ok(Snapshot {
+            config,
+            listeners,
+            services,
+        })
     }
 }
 
-fn build_service(name: &str, spec: &ServiceSpec) -> Result<Service, BuildError> {
+fn build_service(
+    name: &str,
+    spec: &ServiceSpec,
+    previous: Option<&Service>,
+) -> Result<Service, BuildError> {
+    let settings = Settings {
+        protocol: spec.protocol,
+        connect_timeout: spec.connect_timeout.get(),
+        max_idle: spec.connection_pool.max_idle_per_endpoint,
+        idle_timeout: spec.connection_pool.idle_timeout.get(),
+    };
+    // Pools are only valid for the settings they were made with.
+    let reusable = previous
+        .filter(|p| p.upstream.settings == settings)
+        .map(|p| p.balancer.endpoints())
+        .unwrap_or(&[]);
     let endpoints = spec
         .endpoints
         .iter()
@@ -277,7 +310,11 @@ fn build_service(name: &str, spec: &ServiceSpec) -> Result<Service, BuildError> 
                 .address
                 .parse()
                 .map_err(|_| BuildError::Invalid(format!("bad address {}", e.address)))?;
-            Ok(Arc::new(Endpoint::new(addr, e.weight)))
+            Ok(reusable
+                .iter()
+                .find(|old| old.addr == addr && old.weight == e.weight)
+                .cloned()
+                .unwrap_or_else(|| Arc::new(Endpoint::new(addr, e.weight))))
         })
         .collect::<Result<Vec<_>, BuildError>>()?;
     let balancer = Balancer::new(
@@ -286,12 +323,7 @@ fn build_service(name: &str, spec: &ServiceSpec) -> Result<Service, BuildError> 
         spec.load_balancer.hash_on.as_ref(),
     );
 
-    let upstream = Upstream::new(Settings {
-        protocol: spec.protocol,
-        connect_timeout: spec.connect_timeout.get(),
-        max_idle: spec.connection_pool.max_idle_per_endpoint,
-        idle_timeout: spec.connection_pool.idle_timeout.get(),
-    });
+    let upstream = Upstream::new(settings);
     Ok(Service {
         name: name.to_string(),
         protocol: spec.protocol,
@@ -304,7 +336,7 @@ fn build_rule(
     listener: &str,
     route: &str,
     rule: &weft_model::HttpRouteRule,
-    services: &HashMap<&str, Arc<Service>>,
+    services: &HashMap<String, Arc<Service>>,
     metrics: &Metrics,
 ) -> Result<Rule, BuildError> {
     let mut filters = Filters::default();

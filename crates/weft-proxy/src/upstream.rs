@@ -5,16 +5,15 @@
 //! services, one shared multiplexed connection. A request checks out a connection, and an
 //! HTTP/1.1 connection comes back to the pool only when its response body has been read to
 //! the end ([`Lease::release`]); a response abandoned half-way closes its connection, so a
-//! half-read stream is never reused. A reaper task per service closes connections idle for
-//! longer than `idleTimeout`.
+//! half-read stream is never reused. [`reap`], run periodically by the proxy over the
+//! current snapshot, closes connections idle for longer than their service's `idleTimeout`.
 //!
 //! Built directly on `hyper::client::conn` so that the request path decides everything
 //! itself: which endpoint (the balancer already chose), the connect timeout, the HTTP/2
 //! `:authority`, and why a failure happened (connect refused/timed out vs. reset), which
 //! retries (a later issue) need.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use http::{Request, Response};
@@ -28,7 +27,7 @@ use crate::balance::Endpoint;
 use crate::error::ProxyError;
 
 /// How a service connects to its endpoints.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
     /// HTTP/1.1 or HTTP/2.
     pub protocol: ServiceProtocol,
@@ -142,27 +141,21 @@ impl Lease {
 pub struct Upstream {
     /// Connection settings.
     pub settings: Settings,
-    reaper_started: AtomicBool,
 }
 
 impl Upstream {
     /// An upstream with the given settings.
     pub fn new(settings: Settings) -> Self {
-        Upstream {
-            settings,
-            reaper_started: AtomicBool::new(false),
-        }
+        Upstream { settings }
     }
 
     /// Sends `req` to `endpoint`. The request's URI must already be in the form the
     /// protocol needs (origin-form for HTTP/1.1, absolute for HTTP/2).
     pub async fn send(
         &self,
-        endpoints: &[Arc<Endpoint>],
         endpoint: &Arc<Endpoint>,
         req: Request<Incoming>,
     ) -> Result<(Response<Incoming>, Option<Lease>), ProxyError> {
-        self.start_reaper(endpoints);
         if self.settings.is_http2() {
             self.send_h2(endpoint, req).await.map(|r| (r, None))
         } else {
@@ -280,34 +273,19 @@ impl Upstream {
         let _ = stream.set_nodelay(true);
         Ok(stream)
     }
+}
 
-    /// Starts the idle reaper on first use (a tokio runtime is running by then). It holds
-    /// only weak references and ends when the service's endpoints are gone.
-    fn start_reaper(&self, endpoints: &[Arc<Endpoint>]) {
-        if self.reaper_started.load(Ordering::Relaxed)
-            || self.reaper_started.swap(true, Ordering::Relaxed)
-        {
-            return;
+/// Closes the idle connections of every endpoint in `services` that have outlived their
+/// service's `idleTimeout`, and returns how long to wait before the next pass (a quarter of
+/// the shortest idle timeout, between 50 ms and 5 s).
+pub fn reap<'a>(services: impl Iterator<Item = &'a crate::snapshot::Service>) -> Duration {
+    let mut next = Duration::from_secs(5);
+    for service in services {
+        let idle_timeout = service.upstream.settings.idle_timeout;
+        next = next.min(idle_timeout / 4);
+        for e in service.balancer.endpoints() {
+            e.pool.evict(idle_timeout);
         }
-        let weak: Vec<Weak<Endpoint>> = endpoints.iter().map(Arc::downgrade).collect();
-        let idle_timeout = self.settings.idle_timeout;
-        let every = (idle_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                let mut alive = false;
-                for w in &weak {
-                    if let Some(e) = w.upgrade() {
-                        alive = true;
-                        e.pool.evict(idle_timeout);
-                    }
-                }
-                if !alive {
-                    return;
-                }
-            }
-        });
     }
+    next.max(Duration::from_millis(50))
 }

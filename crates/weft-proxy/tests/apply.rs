@@ -21,12 +21,29 @@ async fn backend(name: &str) -> SocketAddr {
 }
 
 fn config(listen: &str, endpoint: SocketAddr) -> weft_model::Config {
+    config_with(listen, endpoint, "")
+}
+
+/// `extra` is appended to the service's spec.
+fn config_with(listen: &str, endpoint: SocketAddr, extra: &str) -> weft_model::Config {
     let text = format!(
         "kind: Gateway\nmetadata: {{name: gw}}\nspec:\n  listeners: [{{name: web, address: \"{listen}\"}}]\n---\n\
          kind: HTTPRoute\nmetadata: {{name: r}}\nspec:\n  rules: [{{backendRefs: [{{name: s}}]}}]\n---\n\
-         kind: Service\nmetadata: {{name: s}}\nspec:\n  endpoints: [{{address: \"{endpoint}\"}}]\n"
+         kind: Service\nmetadata: {{name: s}}\nspec:\n  endpoints: [{{address: \"{endpoint}\"}}]\n{extra}"
     );
     weft_model::parse("test.yaml", &text).unwrap()
+}
+
+/// One HTTP/1.1 request on a fresh client connection; returns the echo's JSON body.
+async fn echo_body(addr: SocketAddr) -> serde_json::Value {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).await.unwrap();
+    let body = buf.split_once("\r\n\r\n").unwrap().1;
+    serde_json::from_str(body).unwrap()
 }
 
 /// One HTTP/1.1 request on a fresh connection; returns the `x-echo-name` header.
@@ -62,5 +79,47 @@ async fn apply_swaps_routes_without_restart() {
     // Same listener (it keeps its bound port), new endpoint.
     proxy.apply(config(&addr.to_string(), b)).unwrap();
     assert_eq!(served_by(addr).await, "b");
+    assert!(proxy.shutdown(std::time::Duration::from_secs(5)).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_keeps_unchanged_endpoints_and_their_pooled_connections() {
+    let a = backend("a").await;
+    let opts = ProxyOptions {
+        admin: None,
+        access_log: None,
+        source: "test".into(),
+    };
+    let proxy = RunningProxy::start(config("127.0.0.1:0", a), opts)
+        .await
+        .unwrap();
+    let addr = proxy.listeners[0].1;
+    let upstream_port = |v: serde_json::Value| v["client"].as_str().unwrap().to_string();
+    let first = upstream_port(echo_body(addr).await);
+    let endpoint = proxy.snapshot().services["s"].balancer.endpoints()[0].clone();
+
+    // A new version that leaves the service alone: same endpoint, same pooled connection.
+    let mut same = config(&addr.to_string(), a);
+    same.version = "v2".into();
+    proxy.apply(same).unwrap();
+    assert!(std::sync::Arc::ptr_eq(
+        &endpoint,
+        &proxy.snapshot().services["s"].balancer.endpoints()[0]
+    ));
+    assert_eq!(
+        upstream_port(echo_body(addr).await),
+        first,
+        "pooled connection was dropped by the swap"
+    );
+
+    // Different connection settings: a fresh endpoint with fresh connections.
+    proxy
+        .apply(config_with(&addr.to_string(), a, "  connectTimeout: 1s\n"))
+        .unwrap();
+    assert!(!std::sync::Arc::ptr_eq(
+        &endpoint,
+        &proxy.snapshot().services["s"].balancer.endpoints()[0]
+    ));
+    assert_ne!(upstream_port(echo_body(addr).await), first);
     assert!(proxy.shutdown(std::time::Duration::from_secs(5)).await);
 }
