@@ -42,6 +42,10 @@ impl AccessLog {
                     .open(p)?,
             ),
         };
+        Self::start_with(out, dropped)
+    }
+
+    fn start_with(out: Box<dyn Write + Send>, dropped: Counter) -> std::io::Result<AccessLog> {
         let (tx, rx) = sync_channel(QUEUE_LINES);
         std::thread::Builder::new()
             .name("weft-access-log".into())
@@ -144,6 +148,56 @@ pub fn rfc3339(t: SystemTime) -> String {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    /// A destination that never accepts a byte (a stuck disk, a pipe nobody reads).
+    struct Stuck(std::sync::mpsc::Receiver<()>);
+
+    impl Write for Stuck {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            let _ = self.0.recv(); // blocks until the test ends
+            Err(std::io::Error::other("closed"))
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_stuck_destination_drops_lines_instead_of_blocking() {
+        let (_hold, rx) = std::sync::mpsc::channel::<()>();
+        let dropped = Counter::default();
+        let log = AccessLog::start_with(Box::new(Stuck(rx)), dropped.clone()).unwrap();
+        let record = Record {
+            start_time: String::new(),
+            listener: "l",
+            route: "r",
+            service: "s",
+            upstream: String::new(),
+            client: String::new(),
+            method: "GET",
+            authority: "a",
+            path: "/",
+            protocol: "HTTP/1.1",
+            status: 200,
+            error: None,
+            duration_ms: 1.0,
+            request_id: "id",
+            user_agent: "ua",
+        };
+        // The writer takes one line and blocks; the queue takes QUEUE_LINES more; every
+        // further line must be dropped at once rather than wait. (If `log` blocked, this
+        // loop would never finish and the test would hang, not pass.)
+        let extra = 500;
+        for _ in 0..QUEUE_LINES + 1 + extra {
+            log.log(&record);
+        }
+        assert!(dropped.get() >= extra as u64, "dropped {}", dropped.get());
+        assert!(
+            dropped.get() <= extra as u64 + 1,
+            "dropped {}",
+            dropped.get()
+        );
+    }
 
     #[test]
     fn rfc3339_known_instants() {
