@@ -46,34 +46,30 @@ async fn echo_body(addr: SocketAddr) -> serde_json::Value {
     serde_json::from_str(body).unwrap()
 }
 
-/// One HTTP/1.1 request on a fresh connection; returns the `x-echo-name` header.
-async fn served_by(addr: SocketAddr) -> String {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(b"GET / HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n")
+/// Starts a proxy on an ephemeral port in front of `endpoint`.
+async fn start(endpoint: SocketAddr) -> (RunningProxy, SocketAddr) {
+    let opts = ProxyOptions {
+        admin: None,
+        access_log: None,
+        source: "test".into(),
+    };
+    let proxy = RunningProxy::start(config("127.0.0.1:0", endpoint), opts)
         .await
         .unwrap();
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).await.unwrap();
-    buf.lines()
-        .find_map(|l| l.strip_prefix("x-echo-name: "))
-        .unwrap_or_else(|| panic!("no x-echo-name in {buf}"))
-        .trim()
-        .to_string()
+    let addr = proxy.listeners[0].1;
+    (proxy, addr)
+}
+
+/// Which echo backend served a request.
+async fn served_by(addr: SocketAddr) -> String {
+    echo_body(addr).await["name"].as_str().unwrap().to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn apply_swaps_routes_without_restart() {
     let a = backend("a").await;
     let b = backend("b").await;
-    let opts = ProxyOptions {
-        admin: None,
-        access_log: None,
-        source: "test".into(),
-    };
-    let proxy = RunningProxy::start(config("127.0.0.1:0", a), opts)
-        .await
-        .unwrap();
-    let addr = proxy.listeners[0].1;
+    let (proxy, addr) = start(a).await;
     assert_eq!(served_by(addr).await, "a");
 
     // Same listener (it keeps its bound port), new endpoint.
@@ -85,15 +81,7 @@ async fn apply_swaps_routes_without_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn apply_keeps_unchanged_endpoints_and_their_pooled_connections() {
     let a = backend("a").await;
-    let opts = ProxyOptions {
-        admin: None,
-        access_log: None,
-        source: "test".into(),
-    };
-    let proxy = RunningProxy::start(config("127.0.0.1:0", a), opts)
-        .await
-        .unwrap();
-    let addr = proxy.listeners[0].1;
+    let (proxy, addr) = start(a).await;
     let upstream_port = |v: serde_json::Value| v["client"].as_str().unwrap().to_string();
     let first = upstream_port(echo_body(addr).await);
     let endpoint = proxy.snapshot().services["s"].balancer.endpoints()[0].clone();
