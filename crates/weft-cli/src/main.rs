@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use weft_proxy::{access_log::Sink, ProxyOptions, RunningProxy};
+use weft_proxy::{access_log::Sink, source::FileSource, ProxyOptions, RunningProxy};
 
 #[derive(Parser)]
 #[command(name = "weft", version, about = "weft service mesh")]
@@ -66,6 +66,9 @@ struct ProxyArgs {
     /// On SIGTERM/SIGINT, how long in-flight requests may take to finish.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     drain_timeout: Duration,
+    /// How often to check the config file for changes (`off`: reload on SIGHUP only).
+    #[arg(long, default_value = "1s")]
+    watch_interval: String,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -144,6 +147,10 @@ fn run_proxy(args: ProxyArgs) -> anyhow::Result<()> {
         "-" => Some(Sink::Stdout),
         p => Some(Sink::File(p.into())),
     };
+    let poll = match args.watch_interval.as_str() {
+        "off" => None,
+        d => Some(parse_duration(d).map_err(|e| anyhow::anyhow!("--watch-interval: {e}"))?),
+    };
     let opts = ProxyOptions {
         admin,
         access_log,
@@ -151,8 +158,14 @@ fn run_proxy(args: ProxyArgs) -> anyhow::Result<()> {
     };
     runtime(args.workers)?.block_on(async move {
         let proxy = RunningProxy::start(config, opts).await?;
+        let source = FileSource::new(args.config.clone(), poll)?;
         print_ready(&proxy.listeners, proxy.admin);
-        wait_for_signal().await?;
+        // Follow the file (changes, SIGHUP) until SIGTERM/SIGINT.
+        let (_keep, never) = tokio::sync::watch::channel(false);
+        tokio::select! {
+            r = wait_for_signal() => r?,
+            r = source.run(&proxy, never) => r?,
+        }
         tracing::info!(deadline = ?args.drain_timeout, "draining");
         let drained = proxy.shutdown(args.drain_timeout).await;
         tracing::info!(drained, "stopped");

@@ -34,6 +34,17 @@ pub struct AdminState {
     pub source: String,
     /// Bound listener addresses, `gateway/listener` → address.
     pub listeners: Vec<(String, SocketAddr)>,
+    /// Why the most recent new version was refused, until a later one is applied.
+    pub rejected: std::sync::Mutex<Option<Rejection>>,
+}
+
+/// A refused configuration version, shown by `/config`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Rejection {
+    /// When (RFC 3339, UTC).
+    pub at: String,
+    /// Every problem, one per line (`file:line: field: message`).
+    pub reason: String,
 }
 
 /// Binds the admin address and serves it on a dedicated thread.
@@ -82,6 +93,8 @@ pub fn start(addr: SocketAddr, state: Arc<AdminState>) -> std::io::Result<Socket
 struct ConfigView<'a> {
     version: &'a str,
     source: &'a str,
+    /// The last refused version, if the newest attempt was refused.
+    last_rejected: Option<Rejection>,
     listeners: Vec<ListenerView<'a>>,
     config: &'a weft_model::Config,
 }
@@ -141,6 +154,11 @@ async fn respond(
             let view = ConfigView {
                 version: &snap.config.version,
                 source: &state.source,
+                last_rejected: state
+                    .rejected
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone(),
                 listeners: state
                     .listeners
                     .iter()

@@ -27,6 +27,7 @@ pub mod listener;
 pub mod metrics;
 pub mod router;
 pub mod snapshot;
+pub mod source;
 pub mod upstream;
 
 use std::net::SocketAddr;
@@ -164,6 +165,7 @@ impl RunningProxy {
             ready: false.into(),
             source: opts.source,
             listeners: listeners.clone(),
+            rejected: std::sync::Mutex::new(None),
         });
         let admin = match opts.admin {
             Some(addr) => Some(admin::start(addr, admin_state.clone())?),
@@ -186,22 +188,51 @@ impl RunningProxy {
         self.snapshot.load_full()
     }
 
-    /// Swaps in a new configuration for routes and services. Listeners are those bound at
-    /// start; a new version that drops one leaves it answering `no-route`.
+    /// Swaps in a new configuration, all or nothing. Routes and services change; listeners
+    /// are those bound at start, so a version whose listeners differ is refused whole (with
+    /// the reason) rather than half applied.
     pub fn apply(&self, config: Config) -> Result<(), BuildError> {
         let version = config.version.clone();
         let previous = self.snapshot.load();
-        match Snapshot::build(Arc::new(config), &self.metrics, Some(&previous)) {
+        let result = if listener_specs(&config) != listener_specs(&previous.config) {
+            Err(BuildError::Invalid(
+                "listeners differ from the running ones; changing listeners needs a restart for now".into(),
+            ))
+        } else {
+            Snapshot::build(Arc::new(config), &self.metrics, Some(&previous))
+        };
+        match result {
             Ok(s) => {
                 self.snapshot.store(Arc::new(s));
                 self.metrics.config_loaded(Ok(&version));
+                *self
+                    .admin_state
+                    .rejected
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = None;
                 Ok(())
             }
             Err(e) => {
-                self.metrics.config_loaded(Err(()));
+                self.reject(&e.to_string());
                 Err(e)
             }
         }
+    }
+
+    /// Records a refused version (invalid file, or `apply` refused it): counted in
+    /// `weft_config_loads_total{result="failure"}` and shown by `/config`. The running
+    /// version is untouched.
+    pub fn reject(&self, reason: &str) {
+        self.metrics.config_loaded(Err(()));
+        let rejection = admin::Rejection {
+            at: access_log::rfc3339(std::time::SystemTime::now()),
+            reason: reason.to_string(),
+        };
+        *self
+            .admin_state
+            .rejected
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(rejection);
     }
 
     /// Stops accepting, lets in-flight requests finish for up to `drain`, then returns
@@ -228,4 +259,23 @@ async fn reap_idle_connections(snapshot: SnapshotHandle, mut shutdown: watch::Re
             _ = shutdown.changed() => return,
         }
     }
+}
+
+/// What identifies the listeners of a configuration: gateway/listener, address, protocol.
+fn listener_specs(config: &Config) -> Vec<(String, String, weft_model::ListenerProtocol)> {
+    let mut specs: Vec<_> = config
+        .gateways
+        .iter()
+        .flat_map(|g| {
+            g.spec.listeners.iter().map(move |l| {
+                (
+                    format!("{}/{}", g.metadata.name, l.name),
+                    l.address.clone(),
+                    l.protocol,
+                )
+            })
+        })
+        .collect();
+    specs.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)));
+    specs
 }
