@@ -737,6 +737,15 @@ fn malformed_requests_get_a_precise_400() {
         let r = send(raw);
         assert!(r.starts_with("HTTP/1.1 400"), "{r}");
     }
+    // An h2c upgrade is not tunnelled: served as plain HTTP/1.1, Upgrade headers dropped.
+    let r = send(b"GET /plain HTTP/1.1\r\nhost: a\r\nconnection: Upgrade, HTTP2-Settings, close\r\nupgrade: h2c\r\nhttp2-settings: AAMAAABkAAQAAP__\r\n\r\n");
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    assert!(
+        r.contains("\"path\":\"/plain\"")
+            && !r.contains("\"upgrade\"")
+            && !r.contains("http2-settings"),
+        "{r}"
+    );
     // And the proxy keeps serving.
     assert_eq!(curl(&[&format!("http://{addr}/")]).status, 200);
 }

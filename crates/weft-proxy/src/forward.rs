@@ -439,9 +439,16 @@ fn normalize_path(path: &str) -> Cow<'_, str> {
     Cow::Owned(format!("/{}", out.join("/")))
 }
 
+/// Whether the request asks to switch protocols (WebSocket and the like). `h2c` is not
+/// honoured: HTTP/2 by upgrade is deprecated (RFC 9113 §3.1), and tunnelling it would let
+/// every later request on the connection bypass routing; the request is served as plain
+/// HTTP/1.1 instead (its Upgrade and HTTP2-Settings headers are hop-by-hop and dropped).
 fn is_upgrade<B>(req: &Request<B>) -> bool {
     req.version() == Version::HTTP_11
-        && req.headers().contains_key(header::UPGRADE)
+        && req
+            .headers()
+            .get(header::UPGRADE)
+            .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"h2c"))
         && req
             .headers()
             .get_all(header::CONNECTION)
@@ -726,6 +733,25 @@ mod tests {
         assert_eq!(normalize_path("/../../etc/passwd"), "/etc/passwd");
         assert_eq!(normalize_path("/a/./b/."), "/a/b/");
         assert_eq!(normalize_path("/a/b/.."), "/a/");
+    }
+
+    #[test]
+    fn websocket_is_an_upgrade_h2c_is_not() {
+        let req = |proto: &str| {
+            Request::builder()
+                .header("connection", "Upgrade, HTTP2-Settings")
+                .header("upgrade", proto)
+                .body(())
+                .unwrap()
+        };
+        assert!(is_upgrade(&req("websocket")));
+        assert!(!is_upgrade(&req("h2c")));
+        assert!(!is_upgrade(
+            &Request::builder()
+                .header("upgrade", "websocket")
+                .body(())
+                .unwrap()
+        ));
     }
 
     #[test]
