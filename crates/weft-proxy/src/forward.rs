@@ -152,7 +152,7 @@ async fn route_and_forward(
     ex.stats = Some(backend.stats.clone());
 
     let upgrade = is_upgrade(&req);
-    if upgrade && service.protocol != weft_model::ServiceProtocol::Http {
+    if upgrade && service.upstream.settings.is_http2() {
         return Err(ProxyError::UpgradeUnsupported);
     }
     let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -173,8 +173,8 @@ async fn route_and_forward(
     append_forwarded_for(headers, client);
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
     ensure_request_id(headers);
-    if ex.log.is_some() {
-        ex.request_id = headers
+    if let Some((_, _, fields)) = ex.log.as_mut() {
+        fields.request_id = headers
             .get(&X_REQUEST_ID)
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
@@ -407,10 +407,6 @@ fn host_of(authority: &str) -> Option<&str> {
     valid.then_some(host)
 }
 
-fn authority_of(uri: &Uri) -> Option<&str> {
-    uri.authority().map(|a| a.as_str())
-}
-
 /// Removes `.` and `..` segments (RFC 3986 §5.2.4) so `/public/../admin` cannot slip past a
 /// route meant for `/public`. Paths without dot segments are returned as they are.
 fn normalize_path(path: &str) -> Cow<'_, str> {
@@ -551,7 +547,6 @@ fn ensure_request_id(h: &mut HeaderMap) {
 /// Accounting for one request, completed when the response body ends.
 struct Exchange {
     started: Instant,
-    start_time: SystemTime,
     stats: Option<Arc<RouteStats>>,
     status: u16,
     error: Option<&'static str>,
@@ -559,11 +554,13 @@ struct Exchange {
     service: Option<Arc<crate::snapshot::Service>>,
     upstream: Option<SocketAddr>,
     inflight: Option<InFlight>,
-    request_id: String,
     log: Option<(AccessLog, String, LogFields)>,
 }
 
+/// What only the access log needs, gathered only when it is enabled.
 struct LogFields {
+    start_time: SystemTime,
+    request_id: String,
     method: String,
     authority: String,
     path: String,
@@ -581,9 +578,19 @@ impl Exchange {
     ) -> Exchange {
         let log = ctx.access_log.as_ref().map(|log| {
             let fields = LogFields {
+                start_time: SystemTime::now(),
+                // The client's id, if any, so that replies made before forwarding log it too.
+                request_id: req
+                    .headers()
+                    .get(&X_REQUEST_ID)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_string(),
                 method: req.method().to_string(),
-                authority: authority_of(req.uri())
-                    .map(str::to_string)
+                authority: req
+                    .uri()
+                    .authority()
+                    .map(|a| a.to_string())
                     .or_else(|| {
                         req.headers()
                             .get(header::HOST)
@@ -613,7 +620,6 @@ impl Exchange {
         });
         Exchange {
             started,
-            start_time: SystemTime::now(),
             stats: None,
             status: 0,
             error: None,
@@ -621,16 +627,6 @@ impl Exchange {
             service: None,
             upstream: None,
             inflight: None,
-            // The client's id, if any, so that replies made before forwarding log it too.
-            request_id: if log.is_some() {
-                req.headers()
-                    .get(&X_REQUEST_ID)
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or_default()
-                    .to_string()
-            } else {
-                String::new()
-            },
             log,
         }
     }
@@ -643,7 +639,7 @@ impl Exchange {
         self.inflight.take();
         if let Some((log, listener, f)) = self.log.take() {
             log.log(&Record {
-                start_time: rfc3339(self.start_time),
+                start_time: rfc3339(f.start_time),
                 listener: &listener,
                 route: self.rule.as_ref().map_or("", |r| r.route.as_str()),
                 service: self.service.as_ref().map_or("", |s| s.name.as_str()),
@@ -656,7 +652,7 @@ impl Exchange {
                 status: self.status,
                 error: self.error,
                 duration_ms: elapsed.as_secs_f64() * 1000.0,
-                request_id: &self.request_id,
+                request_id: &f.request_id,
                 user_agent: &f.user_agent,
             });
         }

@@ -15,8 +15,9 @@ use http::{HeaderMap, HeaderName, Method};
 use regex::Regex;
 use weft_model::{HttpRouteMatch, PathMatchType, ValueMatch, ValueMatchType};
 
-/// A compiled route match, borrowing nothing from the config.
-#[derive(Debug)]
+/// A compiled route match, borrowing nothing from the config. Cloning is cheap: compiled
+/// regexes share their program.
+#[derive(Debug, Clone)]
 pub struct Matcher {
     path: PathMatcher,
     headers: Vec<(HeaderName, ValueMatcher)>,
@@ -24,7 +25,7 @@ pub struct Matcher {
     method: Option<Method>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 enum PathMatcher {
     Exact(String),
     /// Stored without a trailing `/` (so `/` is stored as the empty string).
@@ -32,7 +33,7 @@ enum PathMatcher {
     Regex(Regex),
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 enum ValueMatcher {
     Exact(String),
     Regex(Regex),
@@ -280,7 +281,7 @@ impl<T> RouteTable<T> {
         }
         for h in hostnames {
             let entry = Entry {
-                matcher: Matcher::clone_of(&matcher),
+                matcher: matcher.clone(),
                 rule: rule.clone(),
                 order,
             };
@@ -331,39 +332,6 @@ impl<T> RouteTable<T> {
             }
         }
         scan(&self.any)
-    }
-}
-
-impl Matcher {
-    /// A copy (regexes are cheap to clone: they share their compiled program).
-    fn clone_of(m: &Matcher) -> Matcher {
-        Matcher {
-            path: match &m.path {
-                PathMatcher::Exact(s) => PathMatcher::Exact(s.clone()),
-                PathMatcher::Prefix(s) => PathMatcher::Prefix(s.clone()),
-                PathMatcher::Regex(r) => PathMatcher::Regex(r.clone()),
-            },
-            headers: m
-                .headers
-                .iter()
-                .map(|(n, v)| (n.clone(), v.clone_of()))
-                .collect(),
-            query: m
-                .query
-                .iter()
-                .map(|(n, v)| (n.clone(), v.clone_of()))
-                .collect(),
-            method: m.method.clone(),
-        }
-    }
-}
-
-impl ValueMatcher {
-    fn clone_of(&self) -> ValueMatcher {
-        match self {
-            ValueMatcher::Exact(s) => ValueMatcher::Exact(s.clone()),
-            ValueMatcher::Regex(r) => ValueMatcher::Regex(r.clone()),
-        }
     }
 }
 

@@ -8,10 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::{HeaderName, HeaderValue, StatusCode};
-use weft_model::{
-    Config, FilterType, HeaderModifier, PathModifier, PathModifierType, ServiceProtocol,
-    ServiceSpec,
-};
+use weft_model::{Config, FilterType, HeaderModifier, PathModifier, PathModifierType, ServiceSpec};
 
 use crate::balance::{Balancer, Endpoint};
 use crate::metrics::{Metrics, RouteStats};
@@ -99,8 +96,6 @@ pub struct Backend {
 pub struct Service {
     /// Name.
     pub name: String,
-    /// Upstream protocol.
-    pub protocol: ServiceProtocol,
     /// Endpoint selection.
     pub balancer: Balancer,
     /// Connections to the endpoints.
@@ -326,7 +321,6 @@ fn build_service(
     let upstream = Upstream::new(settings);
     Ok(Service {
         name: name.to_string(),
-        protocol: spec.protocol,
         balancer,
         upstream,
     })

@@ -113,11 +113,6 @@ impl Pool {
             }
         }
     }
-
-    /// Idle HTTP/1.1 connections held now.
-    pub fn idle_count(&self) -> usize {
-        self.idle.lock().unwrap_or_else(|p| p.into_inner()).len()
-    }
 }
 
 /// A checked-out HTTP/1.1 connection, returned to its pool by [`Lease::release`] once the
