@@ -159,7 +159,7 @@ fn run_proxy(args: ProxyArgs) -> anyhow::Result<()> {
     runtime(args.workers)?.block_on(async move {
         let proxy = RunningProxy::start(config, opts).await?;
         let source = FileSource::new(args.config.clone(), poll)?;
-        print_ready(&proxy.listeners, proxy.admin);
+        print_ready(&proxy.listeners(), proxy.admin);
         // Follow the file (changes, SIGHUP) until SIGTERM/SIGINT.
         let (_keep, never) = tokio::sync::watch::channel(false);
         tokio::select! {

@@ -41,12 +41,52 @@ pub struct Config {
     pub routes: Vec<Resource<HttpRouteSpec>>,
     /// `Service` resources.
     pub services: Vec<Resource<ServiceSpec>>,
+    /// `TCPRoute` resources.
+    #[serde(rename = "tcpRoutes")]
+    pub tcp_routes: Vec<Resource<StreamRouteSpec>>,
+    /// `TLSRoute` resources.
+    #[serde(rename = "tlsRoutes")]
+    pub tls_routes: Vec<Resource<StreamRouteSpec>>,
+    /// Directory relative file names (certificates, keys) are resolved against: the
+    /// configuration file's directory; absent for text parsed without a file.
+    #[serde(skip)]
+    pub base_dir: Option<std::path::PathBuf>,
 }
 
 impl Config {
     /// The service named `name`.
     pub fn service(&self, name: &str) -> Option<&Resource<ServiceSpec>> {
         self.services.iter().find(|s| s.metadata.name == name)
+    }
+
+    /// `file` as a path: absolute as is, relative against [`Config::base_dir`].
+    pub fn resolve(&self, file: &str) -> std::path::PathBuf {
+        match &self.base_dir {
+            Some(dir) => dir.join(file),
+            None => std::path::PathBuf::from(file),
+        }
+    }
+
+    /// Every file the configuration refers to (certificates and keys): a source watching
+    /// the configuration watches these too.
+    pub fn referenced_files(&self) -> Vec<std::path::PathBuf> {
+        let listener_certs = self
+            .gateways
+            .iter()
+            .flat_map(|g| &g.spec.listeners)
+            .flat_map(|l| l.tls.iter().flat_map(|t| &t.certificates));
+        let upstream = self.services.iter().filter_map(|s| s.spec.tls.as_ref());
+        let client_certs = upstream.clone().flat_map(|t| &t.client_certificate);
+        let mut files: Vec<_> = listener_certs
+            .chain(client_certs)
+            .flat_map(|c| [self.resolve(&c.cert_file), self.resolve(&c.key_file)])
+            .collect();
+        files.extend(
+            upstream
+                .filter_map(|t| t.ca_file.as_deref())
+                .map(|f| self.resolve(f)),
+        );
+        files
     }
 }
 
@@ -122,7 +162,15 @@ pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
     }
     let text = std::fs::read_to_string(path)
         .map_err(|e| ConfigErrors::single(&name, None, format!("cannot read: {e}")))?;
-    parse(&name, &text)
+    let mut config = parse(&name, &text)?;
+    config.base_dir = path.parent().map(|p| {
+        if p.as_os_str().is_empty() {
+            Path::new(".").to_path_buf()
+        } else {
+            p.to_path_buf()
+        }
+    });
+    Ok(config)
 }
 
 /// Parses and validates configuration text; `file` names it in errors.
@@ -136,6 +184,9 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigErrors> {
         gateways: Vec::new(),
         routes: Vec::new(),
         services: Vec::new(),
+        tcp_routes: Vec::new(),
+        tls_routes: Vec::new(),
+        base_dir: None,
     };
     let mut origins = validate::Origins::default();
     for doc in &docs {
@@ -172,11 +223,25 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigErrors> {
                 }
                 Err((f, m)) => errors.push(err_at(f, m)),
             },
+            "TCPRoute" => match typed(doc) {
+                Ok(r) => {
+                    origins.tcp_routes.push(doc);
+                    config.tcp_routes.push(r);
+                }
+                Err((f, m)) => errors.push(err_at(f, m)),
+            },
+            "TLSRoute" => match typed(doc) {
+                Ok(r) => {
+                    origins.tls_routes.push(doc);
+                    config.tls_routes.push(r);
+                }
+                Err((f, m)) => errors.push(err_at(f, m)),
+            },
             "" if doc.value.is_null() => {} // empty document, e.g. a trailing `---`
             "" => errors.push(err_at("kind".into(), "missing `kind`".into())),
             other => errors.push(err_at(
                 "kind".into(),
-                format!("unknown kind `{other}` (expected Gateway, HTTPRoute or Service)"),
+                format!("unknown kind `{other}` (expected Gateway, HTTPRoute, TCPRoute, TLSRoute or Service)"),
             )),
         }
     }

@@ -58,14 +58,182 @@ pub struct Listener {
     /// Protocol spoken by clients.
     #[serde(default)]
     pub protocol: ListenerProtocol,
+    /// TLS settings: required for `HTTPS` and `TLS`, refused for `HTTP` and `TCP`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ListenerTls>,
+    /// Bounds on what clients may do; every field has a safe default.
+    #[serde(default)]
+    pub limits: ListenerLimits,
 }
 
 /// What a listener speaks.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq, Hash)]
 pub enum ListenerProtocol {
     /// HTTP/1.1 and HTTP/2 with prior knowledge (h2c), detected per connection.
     #[default]
     HTTP,
+    /// HTTP/1.1 and HTTP/2 over TLS (ALPN `h2`, `http/1.1`); routes are `HTTPRoute`s.
+    HTTPS,
+    /// TLS, routed by SNI with `TLSRoute`s: passed through untouched (`mode: Passthrough`)
+    /// or terminated and forwarded as plain TCP (`mode: Terminate`).
+    TLS,
+    /// Opaque TCP, forwarded by a `TCPRoute`.
+    TCP,
+}
+
+impl ListenerProtocol {
+    /// Whether `HTTPRoute`s attach to it.
+    pub fn is_http(self) -> bool {
+        matches!(self, ListenerProtocol::HTTP | ListenerProtocol::HTTPS)
+    }
+}
+
+/// TLS settings of a listener.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ListenerTls {
+    /// `Terminate` (default) or `Passthrough` (`TLS` listeners only).
+    #[serde(default)]
+    pub mode: TlsMode,
+    /// Certificates chosen by SNI among the DNS names of each; the first one also answers
+    /// clients that send no SNI or an unknown name (unless `strictSni`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub certificates: Vec<CertificateFiles>,
+    /// Refuse handshakes whose SNI matches no certificate (alert `unrecognized_name`)
+    /// instead of answering with the first certificate.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub strict_sni: bool,
+}
+
+/// Whether TLS ends at the proxy.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq, Hash)]
+pub enum TlsMode {
+    /// The proxy completes the handshake with its own certificates.
+    #[default]
+    Terminate,
+    /// The proxy reads only the ClientHello's SNI and splices the bytes to the backend.
+    Passthrough,
+}
+
+/// A certificate chain and its private key, as PEM files (relative paths are resolved
+/// against the configuration file's directory). Re-read when the files change.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct CertificateFiles {
+    /// Leaf first, then intermediates.
+    pub cert_file: String,
+    /// PKCS#8, PKCS#1 or SEC1 private key.
+    pub key_file: String,
+}
+
+/// Per-listener bounds on client behaviour.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ListenerLimits {
+    /// Open connections at most; beyond it new ones are closed at once (default 10000).
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u32,
+    /// Time to receive a complete request head, counted from when the connection is ready
+    /// for one (slowloris guard, and the keep-alive idle limit of HTTP/1.1); default `30s`.
+    #[serde(default = "default_header_read_timeout")]
+    pub header_read_timeout: Duration,
+    /// A TLS handshake must finish within this (default `10s`).
+    #[serde(default = "default_handshake_timeout")]
+    pub tls_handshake_timeout: Duration,
+    /// Longest pause between two pieces of a request body (default `60s`): 408.
+    #[serde(default = "default_body_idle_timeout")]
+    pub request_body_idle_timeout: Duration,
+    /// Request line plus headers, in bytes (default 65536, at least 8192): 431.
+    #[serde(default = "default_max_header_bytes")]
+    pub max_request_header_bytes: u32,
+    /// Number of request headers (default 100): 431.
+    #[serde(default = "default_max_headers")]
+    pub max_request_headers: u32,
+    /// Request body size in bytes; absent means unbounded: 413.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_request_body_bytes: Option<u64>,
+    /// Concurrent streams per HTTP/2 connection (default 100).
+    #[serde(default = "default_h2_streams")]
+    pub http2_max_concurrent_streams: u32,
+    /// Streams a client may reset before the server sees them finish; beyond it the
+    /// connection is closed with GOAWAY `ENHANCE_YOUR_CALM` (rapid reset; default 20).
+    #[serde(default = "default_h2_resets")]
+    pub http2_max_pending_resets: u32,
+    /// An HTTP/2 or opaque TCP connection with no traffic for this long is closed (default `10m`).
+    #[serde(default = "default_conn_idle_timeout")]
+    pub idle_timeout: Duration,
+}
+
+impl Default for ListenerLimits {
+    fn default() -> Self {
+        ListenerLimits {
+            max_connections: default_max_connections(),
+            header_read_timeout: default_header_read_timeout(),
+            tls_handshake_timeout: default_handshake_timeout(),
+            request_body_idle_timeout: default_body_idle_timeout(),
+            max_request_header_bytes: default_max_header_bytes(),
+            max_request_headers: default_max_headers(),
+            max_request_body_bytes: None,
+            http2_max_concurrent_streams: default_h2_streams(),
+            http2_max_pending_resets: default_h2_resets(),
+            idle_timeout: default_conn_idle_timeout(),
+        }
+    }
+}
+
+fn default_max_connections() -> u32 {
+    10_000
+}
+fn default_header_read_timeout() -> Duration {
+    Duration::from_millis(30_000)
+}
+fn default_handshake_timeout() -> Duration {
+    Duration::from_millis(10_000)
+}
+fn default_body_idle_timeout() -> Duration {
+    Duration::from_millis(60_000)
+}
+fn default_max_header_bytes() -> u32 {
+    65_536
+}
+fn default_max_headers() -> u32 {
+    100
+}
+fn default_h2_streams() -> u32 {
+    100
+}
+fn default_h2_resets() -> u32 {
+    20
+}
+fn default_conn_idle_timeout() -> Duration {
+    Duration::from_millis(600_000)
+}
+
+// ---------------------------------------------------------------- TCPRoute / TLSRoute
+
+/// `TCPRoute` (on a `TCP` listener) or `TLSRoute` (on a `TLS` listener): connections to
+/// weighted services. A `TLSRoute` selects by the client's SNI (`hostnames`); a `TCPRoute`
+/// has none.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct StreamRouteSpec {
+    /// Gateways (and optionally listeners) it attaches to; empty: every listener of its
+    /// protocol.
+    #[serde(default)]
+    pub parent_refs: Vec<ParentRef>,
+    /// `TLSRoute` only: SNI names matched (exact or `*.` wildcard); empty: any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hostnames: Vec<String>,
+    /// Exactly one rule.
+    pub rules: Vec<StreamRouteRule>,
+}
+
+/// The backends of a stream route.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct StreamRouteRule {
+    /// Weighted services.
+    pub backend_refs: Vec<BackendRef>,
 }
 
 // ---------------------------------------------------------------- HTTPRoute
@@ -335,6 +503,26 @@ pub struct ServiceSpec {
     /// TCP connect timeout (default `2s`).
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout: Duration,
+    /// Originate TLS to the endpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<UpstreamTls>,
+}
+
+/// TLS from the proxy to a service's endpoints. The server certificate is always verified.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct UpstreamTls {
+    /// PEM bundle of trusted roots; default: the system bundle
+    /// (`/etc/ssl/certs/ca-certificates.crt`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<String>,
+    /// Name sent as SNI and verified in the certificate; default: none sent, and the
+    /// endpoint's IP address is verified against the certificate's IP SANs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
+    /// Client certificate for upstreams that require one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_certificate: Option<CertificateFiles>,
 }
 
 fn default_connect_timeout() -> Duration {

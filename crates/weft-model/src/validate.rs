@@ -13,6 +13,8 @@ pub(crate) struct Origins<'a> {
     pub gateways: Vec<&'a Document>,
     pub routes: Vec<&'a Document>,
     pub services: Vec<&'a Document>,
+    pub tcp_routes: Vec<&'a Document>,
+    pub tls_routes: Vec<&'a Document>,
 }
 
 struct Report<'a> {
@@ -50,6 +52,19 @@ pub(crate) fn validate(file: &str, c: &Config, o: &Origins<'_>, errors: &mut Vec
         "Service",
         c.services.iter().map(|g| &g.metadata.name),
         &o.services,
+    );
+
+    unique_names(
+        &mut r,
+        "TCPRoute",
+        c.tcp_routes.iter().map(|g| &g.metadata.name),
+        &o.tcp_routes,
+    );
+    unique_names(
+        &mut r,
+        "TLSRoute",
+        c.tls_routes.iter().map(|g| &g.metadata.name),
+        &o.tls_routes,
     );
 
     let mut addresses: HashMap<SocketAddr, String> = HashMap::new();
@@ -97,6 +112,7 @@ pub(crate) fn validate(file: &str, c: &Config, o: &Origins<'_>, errors: &mut Vec
                 }
                 Ok(_) => {}
             }
+            listener(&mut r, doc, name, &at, l);
         }
     }
 
@@ -105,6 +121,191 @@ pub(crate) fn validate(file: &str, c: &Config, o: &Origins<'_>, errors: &mut Vec
     }
     for (route, doc) in c.routes.iter().zip(&o.routes) {
         http_route(&mut r, c, route, doc);
+    }
+    for (route, doc) in c.tcp_routes.iter().zip(&o.tcp_routes) {
+        stream_route(&mut r, c, "TCPRoute", route, doc);
+    }
+    for (route, doc) in c.tls_routes.iter().zip(&o.tls_routes) {
+        stream_route(&mut r, c, "TLSRoute", route, doc);
+    }
+}
+
+/// The protocol a route kind attaches to.
+fn attaches_to(kind: &str, p: ListenerProtocol) -> bool {
+    match kind {
+        "HTTPRoute" => p.is_http(),
+        "TCPRoute" => p == ListenerProtocol::TCP,
+        _ => p == ListenerProtocol::TLS,
+    }
+}
+
+fn parent_refs(
+    r: &mut Report<'_>,
+    c: &Config,
+    doc: &Document,
+    kind: &str,
+    name: &str,
+    refs: &[ParentRef],
+) {
+    for (i, p) in refs.iter().enumerate() {
+        let Some(g) = c.gateways.iter().find(|g| g.metadata.name == p.name) else {
+            r.at(
+                doc,
+                kind,
+                name,
+                format!("spec.parentRefs[{i}].name"),
+                format!("unknown Gateway `{}`", p.name),
+            );
+            continue;
+        };
+        let Some(section) = &p.section_name else {
+            continue;
+        };
+        match g.spec.listeners.iter().find(|l| &l.name == section) {
+            None => r.at(
+                doc,
+                kind,
+                name,
+                format!("spec.parentRefs[{i}].sectionName"),
+                format!("Gateway `{}` has no listener `{section}`", p.name),
+            ),
+            Some(l) if !attaches_to(kind, l.protocol) => r.at(
+                doc,
+                kind,
+                name,
+                format!("spec.parentRefs[{i}].sectionName"),
+                format!(
+                    "listener `{section}` speaks {:?}; a {kind} cannot attach to it",
+                    l.protocol
+                ),
+            ),
+            Some(_) => {}
+        }
+    }
+}
+
+fn listener(r: &mut Report<'_>, doc: &Document, gateway: &str, at: &str, l: &Listener) {
+    let mut err =
+        |field: &str, msg: String| r.at(doc, "Gateway", gateway, format!("{at}.{field}"), msg);
+    match (l.protocol, &l.tls) {
+        (ListenerProtocol::HTTP | ListenerProtocol::TCP, Some(_)) => err(
+            "tls",
+            format!("protocol {:?} takes no `tls`; use HTTPS or TLS", l.protocol),
+        ),
+        (ListenerProtocol::HTTPS | ListenerProtocol::TLS, None) => err(
+            "tls",
+            format!("protocol {:?} needs `tls` with certificates", l.protocol),
+        ),
+        (ListenerProtocol::HTTPS, Some(t)) if t.mode == TlsMode::Passthrough => err(
+            "tls.mode",
+            "HTTPS terminates TLS; for passthrough use protocol TLS with TLSRoutes".into(),
+        ),
+        (_, Some(t)) if t.mode == TlsMode::Passthrough && !t.certificates.is_empty() => err(
+            "tls.certificates",
+            "a passthrough listener never uses certificates; remove them".into(),
+        ),
+        (_, Some(t)) if t.mode == TlsMode::Terminate && t.certificates.is_empty() => {
+            err("tls.certificates", "needs at least one certificate".into())
+        }
+        _ => {}
+    }
+    if let Some(t) = &l.tls {
+        for (i, c) in t.certificates.iter().enumerate() {
+            if c.cert_file.is_empty() || c.key_file.is_empty() {
+                err(
+                    &format!("tls.certificates[{i}]"),
+                    "certFile and keyFile must not be empty".into(),
+                );
+            }
+        }
+    }
+    let lim = &l.limits;
+    if lim.max_connections == 0 {
+        err("limits.maxConnections", "must be at least 1".into());
+    }
+    if !(8192..=1 << 20).contains(&lim.max_request_header_bytes) {
+        err(
+            "limits.maxRequestHeaderBytes",
+            format!("{} is outside 8192..=1048576", lim.max_request_header_bytes),
+        );
+    }
+    if !(1..=10_000).contains(&lim.max_request_headers) {
+        err(
+            "limits.maxRequestHeaders",
+            format!("{} is outside 1..=10000", lim.max_request_headers),
+        );
+    }
+    if lim.http2_max_concurrent_streams == 0 {
+        err(
+            "limits.http2MaxConcurrentStreams",
+            "must be at least 1".into(),
+        );
+    }
+    for (field, d) in [
+        ("headerReadTimeout", lim.header_read_timeout),
+        ("tlsHandshakeTimeout", lim.tls_handshake_timeout),
+        ("requestBodyIdleTimeout", lim.request_body_idle_timeout),
+        ("idleTimeout", lim.idle_timeout),
+    ] {
+        if d.get().is_zero() {
+            err(&format!("limits.{field}"), "must be greater than 0".into());
+        }
+    }
+}
+
+fn stream_route(
+    r: &mut Report<'_>,
+    c: &Config,
+    kind: &str,
+    route: &Resource<StreamRouteSpec>,
+    doc: &Document,
+) {
+    let name = &route.metadata.name;
+    parent_refs(r, c, doc, kind, name, &route.spec.parent_refs);
+    if kind == "TCPRoute" && !route.spec.hostnames.is_empty() {
+        r.at(
+            doc,
+            kind,
+            name,
+            "spec.hostnames".into(),
+            "a TCPRoute cannot match names (TCP carries none); use a TLSRoute".into(),
+        );
+    }
+    for (i, h) in route.spec.hostnames.iter().enumerate() {
+        if let Err(m) = check_hostname(h, true) {
+            r.at(doc, kind, name, format!("spec.hostnames[{i}]"), m);
+        }
+    }
+    if route.spec.rules.len() != 1 {
+        r.at(
+            doc,
+            kind,
+            name,
+            "spec.rules".into(),
+            "needs exactly one rule".into(),
+        );
+    }
+    for (ri, rule) in route.spec.rules.iter().enumerate() {
+        if rule.backend_refs.is_empty() {
+            r.at(
+                doc,
+                kind,
+                name,
+                format!("spec.rules[{ri}].backendRefs"),
+                "needs at least one backend".into(),
+            );
+        }
+        for (bi, b) in rule.backend_refs.iter().enumerate() {
+            if c.service(&b.name).is_none() {
+                r.at(
+                    doc,
+                    kind,
+                    name,
+                    format!("spec.rules[{ri}].backendRefs[{bi}].name"),
+                    format!("unknown Service `{}`", b.name),
+                );
+            }
+        }
     }
 }
 
@@ -236,6 +437,11 @@ fn service(r: &mut Report<'_>, s: &Resource<ServiceSpec>, doc: &Document) {
             "must be greater than 0".into(),
         );
     }
+    if let Some(name_) = s.spec.tls.as_ref().and_then(|t| t.server_name.as_ref()) {
+        if let Err(m) = check_hostname(name_, false) {
+            r.at(doc, "Service", name, "spec.tls.serverName".into(), m);
+        }
+    }
     if s.spec.connection_pool.max_idle_per_endpoint > 10_000 {
         r.at(
             doc,
@@ -252,26 +458,7 @@ fn http_route(r: &mut Report<'_>, c: &Config, route: &Resource<HttpRouteSpec>, d
     let err =
         |r: &mut Report<'_>, field: String, msg: String| r.at(doc, "HTTPRoute", name, field, msg);
 
-    for (i, p) in route.spec.parent_refs.iter().enumerate() {
-        match c.gateways.iter().find(|g| g.metadata.name == p.name) {
-            None => err(
-                r,
-                format!("spec.parentRefs[{i}].name"),
-                format!("unknown Gateway `{}`", p.name),
-            ),
-            Some(g) => {
-                if let Some(section) = &p.section_name {
-                    if !g.spec.listeners.iter().any(|l| &l.name == section) {
-                        err(
-                            r,
-                            format!("spec.parentRefs[{i}].sectionName"),
-                            format!("Gateway `{}` has no listener `{section}`", p.name),
-                        );
-                    }
-                }
-            }
-        }
-    }
+    parent_refs(r, c, doc, "HTTPRoute", name, &route.spec.parent_refs);
     for (i, h) in route.spec.hostnames.iter().enumerate() {
         if let Err(m) = check_hostname(h, true) {
             err(r, format!("spec.hostnames[{i}]"), m);

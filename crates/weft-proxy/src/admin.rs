@@ -33,7 +33,7 @@ pub struct AdminState {
     /// Where the configuration came from.
     pub source: String,
     /// Bound listener addresses, `gateway/listener` → address.
-    pub listeners: Vec<(String, SocketAddr)>,
+    pub listeners: std::sync::Mutex<Vec<(String, SocketAddr)>>,
     /// Why the most recent new version was refused, until a later one is applied.
     pub rejected: std::sync::Mutex<Option<Rejection>>,
 }
@@ -95,13 +95,13 @@ struct ConfigView<'a> {
     source: &'a str,
     /// The last refused version, if the newest attempt was refused.
     last_rejected: Option<Rejection>,
-    listeners: Vec<ListenerView<'a>>,
+    listeners: Vec<ListenerView>,
     config: &'a weft_model::Config,
 }
 
 #[derive(Serialize)]
-struct ListenerView<'a> {
-    name: &'a str,
+struct ListenerView {
+    name: String,
     address: String,
 }
 
@@ -161,9 +161,11 @@ async fn respond(
                     .clone(),
                 listeners: state
                     .listeners
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
                     .iter()
                     .map(|(n, a)| ListenerView {
-                        name: n,
+                        name: n.clone(),
                         address: a.to_string(),
                     })
                     .collect(),

@@ -31,6 +31,16 @@ pub enum ProxyError {
     /// Another connect failure (unreachable network, no route to host, ...).
     #[error("upstream connect failed")]
     ConnectFailed,
+    /// The TLS handshake with the upstream failed (certificate not trusted, expired, or
+    /// not valid for the expected name; or no common protocol version).
+    #[error("TLS handshake with the upstream failed")]
+    UpstreamTls,
+    /// The request body is larger than the listener's `maxRequestBodyBytes`.
+    #[error("request body too large")]
+    BodyTooLarge,
+    /// The client paused sending its request body for longer than `requestBodyIdleTimeout`.
+    #[error("request body timed out")]
+    BodyTimeout,
     /// The upstream closed or reset the connection before a complete response.
     #[error("upstream reset the connection before responding")]
     UpstreamReset,
@@ -52,7 +62,11 @@ impl ProxyError {
             | ProxyError::ConnectRefused
             | ProxyError::ConnectTimeout
             | ProxyError::ConnectFailed => StatusCode::SERVICE_UNAVAILABLE,
-            ProxyError::UpstreamReset | ProxyError::UpstreamProtocol => StatusCode::BAD_GATEWAY,
+            ProxyError::UpstreamReset | ProxyError::UpstreamProtocol | ProxyError::UpstreamTls => {
+                StatusCode::BAD_GATEWAY
+            }
+            ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::UpgradeUnsupported => StatusCode::NOT_IMPLEMENTED,
         }
     }
@@ -67,6 +81,9 @@ impl ProxyError {
             ProxyError::ConnectTimeout => "connect-timeout",
             ProxyError::ConnectFailed => "connect-failed",
             ProxyError::UpstreamReset => "upstream-reset",
+            ProxyError::UpstreamTls => "upstream-tls-error",
+            ProxyError::BodyTooLarge => "body-too-large",
+            ProxyError::BodyTimeout => "body-timeout",
             ProxyError::UpstreamProtocol => "upstream-protocol-error",
             ProxyError::UpgradeUnsupported => "upgrade-unsupported",
         }
@@ -76,7 +93,10 @@ impl ProxyError {
     pub fn before_request_sent(self) -> bool {
         matches!(
             self,
-            ProxyError::ConnectRefused | ProxyError::ConnectTimeout | ProxyError::ConnectFailed
+            ProxyError::ConnectRefused
+                | ProxyError::ConnectTimeout
+                | ProxyError::ConnectFailed
+                | ProxyError::UpstreamTls
         )
     }
 

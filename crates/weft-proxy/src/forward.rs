@@ -27,6 +27,7 @@ use hyper_util::rt::TokioIo;
 
 use crate::access_log::{rfc3339, AccessLog, Record};
 use crate::balance::InFlight;
+use crate::body::RequestBody;
 use crate::error::{ProxyError, ERROR_HEADER};
 use crate::metrics::{Metrics, RouteStats};
 use crate::snapshot::{Rule, Snapshot};
@@ -66,14 +67,28 @@ pub struct Client {
     pub addr: SocketAddr,
     /// The peer IP as a header value, for `x-forwarded-for` (formatted once per connection).
     ip_header: HeaderValue,
+    /// Whether the connection is TLS (`x-forwarded-proto`, redirects).
+    pub secure: bool,
 }
 
 impl Client {
     /// Describes a newly accepted connection's peer.
-    pub fn new(addr: SocketAddr) -> Client {
+    pub fn new(addr: SocketAddr, secure: bool) -> Client {
         let ip_header = HeaderValue::from_str(&addr.ip().to_string())
             .unwrap_or(HeaderValue::from_static("unknown"));
-        Client { addr, ip_header }
+        Client {
+            addr,
+            ip_header,
+            secure,
+        }
+    }
+
+    fn scheme(&self) -> &'static str {
+        if self.secure {
+            "https"
+        } else {
+            "http"
+        }
     }
 }
 
@@ -120,6 +135,17 @@ async fn route_and_forward(
     let listener = snapshot.listener(&ctx.name).ok_or(ProxyError::NoRoute)?;
     ex.stats = Some(listener.unrouted.clone());
     let host = request_host(&req).ok_or(ProxyError::InvalidHost)?;
+    if let Some(max) = listener.limits.max_request_body_bytes {
+        // A declared length over the limit is refused before anything is forwarded.
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > max) {
+            return Err(ProxyError::BodyTooLarge);
+        }
+    }
     let path = normalize_path(req.uri().path());
     let (rule, info) = listener
         .table
@@ -131,6 +157,7 @@ async fn route_and_forward(
     if let Some(r) = &rule.filters.redirect {
         return Ok(redirect(
             ctx,
+            client,
             rule,
             r,
             &host,
@@ -171,7 +198,7 @@ async fn route_and_forward(
         headers.insert(header::UPGRADE, proto);
     }
     append_forwarded_for(headers, client);
-    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(client.scheme()));
     ensure_request_id(headers);
     if let Some((_, _, fields)) = ex.log.as_mut() {
         fields.request_id = headers
@@ -226,10 +253,18 @@ async fn route_and_forward(
         Version::HTTP_11
     };
 
+    let (parts, body) = req.into_parts();
+    let (body, verdict) = RequestBody::new(
+        body,
+        listener.limits.max_request_body_bytes,
+        listener.limits.request_body_idle_timeout.get(),
+    );
+    let req = Request::from_parts(parts, body);
     let (mut resp, lease) = service
         .upstream
         .send(endpoint, req)
         .await
+        .map_err(|e| verdict.error().unwrap_or(e))
         .inspect_err(|e| tracing::debug!(service = %service.name, endpoint = %endpoint.addr, error = %e, "upstream request failed"))?;
     inflight.observe_response();
 
@@ -300,8 +335,10 @@ fn upstream_uri(
     Uri::from_parts(parts).map_err(|_| ProxyError::InvalidHost)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn redirect(
     ctx: &ListenerContext,
+    client: &Client,
     rule: &Rule,
     r: &crate::snapshot::Redirect,
     host: &str,
@@ -309,7 +346,7 @@ fn redirect(
     query: Option<&str>,
     prefix_len: Option<usize>,
 ) -> Response<ResponseBody> {
-    let scheme = r.scheme.as_deref().unwrap_or("http");
+    let scheme = r.scheme.as_deref().unwrap_or(client.scheme());
     let mut location = format!("{scheme}://{}", r.hostname.as_deref().unwrap_or(host));
     let port = match (r.port, &r.scheme) {
         (Some(p), _) => Some(p),

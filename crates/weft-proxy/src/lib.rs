@@ -16,11 +16,14 @@
 //! Configuration reaches the request path only as an immutable [`snapshot::Snapshot`]
 //! behind an `ArcSwap`: a config source (the file today, the control plane's stream later)
 //! calls [`RunningProxy::apply`], and requests already in flight finish on the version they
-//! started with. The `admin` endpoints run on their own thread.
+//! started with. Listeners follow the configuration too: a reload opens added listeners
+//! and drains removed ones without touching the others. The `admin` endpoints run on
+//! their own thread.
 
 pub mod access_log;
 pub mod admin;
 pub mod balance;
+pub mod body;
 pub mod error;
 pub mod forward;
 pub mod listener;
@@ -28,6 +31,7 @@ pub mod metrics;
 pub mod router;
 pub mod snapshot;
 pub mod source;
+pub mod stream;
 pub mod upstream;
 
 use std::net::SocketAddr;
@@ -82,26 +86,67 @@ pub enum StartError {
 /// A proxy that is serving.
 #[derive(Debug)]
 pub struct RunningProxy {
-    /// Bound listeners: `gateway/listener` → address (port 0 resolved).
-    pub listeners: Vec<(String, SocketAddr)>,
     /// Bound admin address.
     pub admin: Option<SocketAddr>,
     snapshot: SnapshotHandle,
     metrics: Arc<Metrics>,
     admin_state: Arc<AdminState>,
+    access_log: Option<access_log::AccessLog>,
+    resumption: weft_tls::Resumption,
+    /// Running listeners; also serializes `apply`.
+    listeners: std::sync::Mutex<Vec<listener::Running>>,
+    /// Given to every task; dropped at shutdown so `alive` can report "all done".
+    alive_tx: std::sync::Mutex<Option<mpsc::Sender<()>>>,
     shutdown: watch::Sender<bool>,
     alive: mpsc::Receiver<()>,
+}
+
+/// A listener of a configuration: `gateway/listener` and its configured address.
+type ListenerKey = (String, String);
+
+fn listener_keys(config: &Config) -> Vec<ListenerKey> {
+    config
+        .gateways
+        .iter()
+        .flat_map(|g| {
+            g.spec
+                .listeners
+                .iter()
+                .map(move |l| (format!("{}/{}", g.metadata.name, l.name), l.address.clone()))
+        })
+        .collect()
+}
+
+/// Binds `(name, address)`; the error names both.
+fn bind(name: &str, address: &str) -> Result<std::net::TcpListener, StartError> {
+    let bind_err = |source| StartError::Bind {
+        name: name.to_string(),
+        addr: address.to_string(),
+        source,
+    };
+    let addr: SocketAddr = address.parse().map_err(|_| {
+        bind_err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not IP:PORT",
+        ))
+    })?;
+    let l = std::net::TcpListener::bind(addr).map_err(bind_err)?;
+    l.set_nonblocking(true).map_err(bind_err)?;
+    Ok(l)
 }
 
 impl RunningProxy {
     /// Binds every listener of `config` and starts serving. Must run inside a tokio runtime.
     pub async fn start(config: Config, opts: ProxyOptions) -> Result<RunningProxy, StartError> {
         let metrics = Arc::new(Metrics::new());
+        let resumption = weft_tls::Resumption::new()
+            .map_err(|e| StartError::Build(BuildError::Invalid(e.to_string())))?;
         let config = Arc::new(config);
         let snapshot: SnapshotHandle = Arc::new(ArcSwap::from_pointee(Snapshot::build(
             config.clone(),
             &metrics,
             None,
+            &resumption,
         )?));
         metrics.config_loaded(Ok(&config.version));
         let access_log = match opts.access_log {
@@ -111,76 +156,80 @@ impl RunningProxy {
             )?),
             None => None,
         };
-
-        let mut bound = Vec::new();
-        for g in &config.gateways {
-            for l in &g.spec.listeners {
-                let name = format!("{}/{}", g.metadata.name, l.name);
-                let bind_err = |source| StartError::Bind {
-                    name: name.clone(),
-                    addr: l.address.clone(),
-                    source,
-                };
-                let addr: SocketAddr = l.address.parse().map_err(|_| {
-                    bind_err(std::io::Error::new(
-                        std::io::ErrorKind::InvalidInput,
-                        "not IP:PORT",
-                    ))
-                })?;
-                let listener = tokio::net::TcpListener::bind(addr)
-                    .await
-                    .map_err(bind_err)?;
-                let local = listener.local_addr()?;
-                bound.push((name, local, listener));
-            }
-        }
+        let bound = listener_keys(&config)
+            .into_iter()
+            .map(|(name, address)| bind(&name, &address).map(|l| (name, address, l)))
+            .collect::<Result<Vec<_>, _>>()?;
 
         let (shutdown, shutdown_rx) = watch::channel(false);
-        tokio::spawn(reap_idle_connections(snapshot.clone(), shutdown_rx.clone()));
+        tokio::spawn(reap_idle_connections(snapshot.clone(), shutdown_rx));
         let (alive_tx, alive) = mpsc::channel(1);
-        let mut listeners = Vec::new();
-        for (name, local, listener) in bound {
-            let ctx = Arc::new(ListenerContext {
-                name: name.clone(),
-                snapshot: snapshot.clone(),
-                metrics: metrics.clone(),
-                access_log: access_log.clone(),
-                local,
-            });
-            let stats = metrics.listener_stats(&name);
-            tokio::spawn(listener::serve(
-                listener,
-                ctx,
-                stats,
-                shutdown_rx.clone(),
-                alive_tx.clone(),
-            ));
-            tracing::info!(listener = %name, address = %local, "listening");
-            listeners.push((name, local));
-        }
-
         let admin_state = Arc::new(AdminState {
             snapshot: snapshot.clone(),
             metrics: metrics.clone(),
             ready: false.into(),
             source: opts.source,
-            listeners: listeners.clone(),
+            listeners: std::sync::Mutex::new(Vec::new()),
             rejected: std::sync::Mutex::new(None),
         });
-        let admin = match opts.admin {
-            Some(addr) => Some(admin::start(addr, admin_state.clone())?),
-            None => None,
-        };
-        admin_state.ready.store(true, Ordering::Relaxed);
-        Ok(RunningProxy {
-            listeners,
-            admin,
+        let proxy = RunningProxy {
+            admin: None,
             snapshot,
             metrics,
             admin_state,
+            access_log,
+            resumption,
+            listeners: std::sync::Mutex::new(Vec::new()),
+            alive_tx: std::sync::Mutex::new(Some(alive_tx)),
             shutdown,
             alive,
-        })
+        };
+        {
+            let mut running = lock(&proxy.listeners);
+            for (name, address, l) in bound {
+                running.push(proxy.spawn_listener(name, address, l)?);
+            }
+            proxy.publish_listeners(&running);
+        }
+        let admin = match opts.admin {
+            Some(addr) => Some(admin::start(addr, proxy.admin_state.clone())?),
+            None => None,
+        };
+        proxy.admin_state.ready.store(true, Ordering::Relaxed);
+        Ok(RunningProxy { admin, ..proxy })
+    }
+
+    fn spawn_listener(
+        &self,
+        name: String,
+        configured: String,
+        l: std::net::TcpListener,
+    ) -> Result<listener::Running, StartError> {
+        let listener = tokio::net::TcpListener::from_std(l)?;
+        let local = listener.local_addr()?;
+        let ctx = Arc::new(ListenerContext {
+            name: name.clone(),
+            snapshot: self.snapshot.clone(),
+            metrics: self.metrics.clone(),
+            access_log: self.access_log.clone(),
+            local,
+        });
+        let alive = lock(&self.alive_tx)
+            .clone()
+            .ok_or_else(|| std::io::Error::other("shutting down"))?;
+        let stats = self.metrics.listener_stats(&name);
+        tracing::info!(listener = %name, address = %local, "listening");
+        Ok(listener::spawn(listener, configured, ctx, stats, alive))
+    }
+
+    fn publish_listeners(&self, running: &[listener::Running]) {
+        *lock(&self.admin_state.listeners) =
+            running.iter().map(|r| (r.name.clone(), r.local)).collect();
+    }
+
+    /// Bound listeners now: `gateway/listener` → address (port 0 resolved).
+    pub fn listeners(&self) -> Vec<(String, SocketAddr)> {
+        lock(&self.admin_state.listeners).clone()
     }
 
     /// The configuration being served now.
@@ -188,35 +237,74 @@ impl RunningProxy {
         self.snapshot.load_full()
     }
 
-    /// Swaps in a new configuration, all or nothing. Routes and services change; listeners
-    /// are those bound at start, so a version whose listeners differ is refused whole (with
-    /// the reason) rather than half applied.
+    /// Swaps in a new configuration, all or nothing: the snapshot is built (certificates
+    /// read) and new listeners are bound before anything changes; if any step fails the
+    /// running version stays whole. Then the snapshot is swapped, new listeners start
+    /// accepting, and removed ones (or ones whose address changed) close and drain.
+    /// Listeners present in both versions keep their socket and connections.
     pub fn apply(&self, config: Config) -> Result<(), BuildError> {
+        let mut running = lock(&self.listeners);
         let version = config.version.clone();
-        let previous = self.snapshot.load();
-        let result = if listener_specs(&config) != listener_specs(&previous.config) {
-            Err(BuildError::Invalid(
-                "listeners differ from the running ones; changing listeners needs a restart for now".into(),
-            ))
-        } else {
-            Snapshot::build(Arc::new(config), &self.metrics, Some(&previous))
-        };
-        match result {
-            Ok(s) => {
-                self.snapshot.store(Arc::new(s));
-                self.metrics.config_loaded(Ok(&version));
-                *self
-                    .admin_state
-                    .rejected
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner()) = None;
-                Ok(())
-            }
+        let wanted = listener_keys(&config);
+        let result = self.prepare(config, &running, &wanted);
+        let (snapshot, fresh) = match result {
+            Ok(r) => r,
             Err(e) => {
                 self.reject(&e.to_string());
-                Err(e)
+                return Err(e);
+            }
+        };
+        self.snapshot.store(Arc::new(snapshot));
+        self.metrics.config_loaded(Ok(&version));
+        *lock(&self.admin_state.rejected) = None;
+
+        running.retain(|r| {
+            let keep = wanted.contains(&(r.name.clone(), r.configured.clone()));
+            if !keep {
+                tracing::info!(listener = %r.name, address = %r.local, "listener removed; draining");
+                r.stop();
+            }
+            keep
+        });
+        for (name, address, l) in fresh {
+            match self.spawn_listener(name.clone(), address, l) {
+                Ok(r) => running.push(r),
+                Err(e) => tracing::error!(listener = %name, error = %e, "cannot start listener"),
             }
         }
+        self.publish_listeners(&running);
+        Ok(())
+    }
+
+    /// Builds the snapshot and binds the listeners `running` lacks, without changing
+    /// anything visible.
+    #[allow(clippy::type_complexity)]
+    fn prepare(
+        &self,
+        config: Config,
+        running: &[listener::Running],
+        wanted: &[ListenerKey],
+    ) -> Result<(Snapshot, Vec<(String, String, std::net::TcpListener)>), BuildError> {
+        let previous = self.snapshot.load();
+        let snapshot = Snapshot::build(
+            Arc::new(config),
+            &self.metrics,
+            Some(&previous),
+            &self.resumption,
+        )?;
+        let mut fresh = Vec::new();
+        for (name, address) in wanted {
+            if running
+                .iter()
+                .any(|r| &r.name == name && &r.configured == address)
+            {
+                continue;
+            }
+            // Dropping `fresh` on error closes what was bound so far.
+            let l = bind(name, address).map_err(|e| BuildError::Invalid(e.to_string()))?;
+            fresh.push((name.clone(), address.clone(), l));
+        }
+        Ok((snapshot, fresh))
     }
 
     /// Records a refused version (invalid file, or `apply` refused it): counted in
@@ -228,25 +316,29 @@ impl RunningProxy {
             at: access_log::rfc3339(std::time::SystemTime::now()),
             reason: reason.to_string(),
         };
-        *self
-            .admin_state
-            .rejected
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some(rejection);
+        *lock(&self.admin_state.rejected) = Some(rejection);
     }
 
     /// Stops accepting, lets in-flight requests finish for up to `drain`, then returns
     /// whether every connection closed in time.
     pub async fn shutdown(mut self, drain: Duration) -> bool {
         self.admin_state.ready.store(false, Ordering::Relaxed);
+        for r in lock(&self.listeners).iter() {
+            r.stop();
+        }
         let _ = self.shutdown.send(true);
-        // `recv` returns None once every connection task (each holds a sender) has ended.
+        lock(&self.alive_tx).take();
+        // `recv` returns None once every task holding a sender has ended.
         let drained = tokio::time::timeout(drain, self.alive.recv()).await.is_ok();
         if !drained {
             tracing::warn!(deadline = ?drain, "drain deadline passed with connections still open");
         }
         drained
     }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// One task for the whole proxy: closes idle upstream connections of whatever snapshot is
@@ -259,23 +351,4 @@ async fn reap_idle_connections(snapshot: SnapshotHandle, mut shutdown: watch::Re
             _ = shutdown.changed() => return,
         }
     }
-}
-
-/// What identifies the listeners of a configuration: gateway/listener, address, protocol.
-fn listener_specs(config: &Config) -> Vec<(String, String, weft_model::ListenerProtocol)> {
-    let mut specs: Vec<_> = config
-        .gateways
-        .iter()
-        .flat_map(|g| {
-            g.spec.listeners.iter().map(move |l| {
-                (
-                    format!("{}/{}", g.metadata.name, l.name),
-                    l.address.clone(),
-                    l.protocol,
-                )
-            })
-        })
-        .collect();
-    specs.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)));
-    specs
 }

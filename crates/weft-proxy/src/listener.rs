@@ -1,11 +1,23 @@
-//! Accepting client connections and serving HTTP/1.1 or HTTP/2 (prior knowledge) on them.
+//! Accepting client connections and serving them by the listener's protocol.
 //!
-//! Each connection runs in its own task. On shutdown the accept loop stops, every
-//! connection is told to finish gracefully (HTTP/1: close after the in-flight response;
-//! HTTP/2: GOAWAY), and the caller waits for them up to its drain deadline.
+//! ```text
+//! accept ─► over maxConnections? close ─► HTTP  ─────────────────► HTTP/1.1 or h2c (hyper)
+//!                                      ├► HTTPS ─► TLS handshake ─► HTTP/1.1 or h2 (ALPN)
+//!                                      ├► TCP   ─► stream::serve_tcp
+//!                                      └► TLS   ─► passthrough (SNI peek) or terminate ─► splice
+//! ```
+//!
+//! Each connection runs in its own task and reads its listener's settings (protocol,
+//! certificates, limits) from the snapshot current when it was accepted, so a reload changes
+//! them for new connections without touching open ones. Each listener has its own stop
+//! signal: when it is removed by a reload or the proxy shuts down, the accept loop ends (the
+//! socket closes) and every connection finishes gracefully (HTTP/1: close after the
+//! in-flight response; HTTP/2: GOAWAY) while the caller waits up to its drain deadline.
 
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -16,33 +28,85 @@ use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
+use weft_model::{ListenerLimits, ListenerProtocol};
 
 use crate::forward::{self, ListenerContext};
 use crate::metrics::ListenerStats;
+use crate::snapshot::HttpBuilder;
+use crate::stream;
 
-/// A client gets this long to send complete request headers (slowloris guard).
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Runs the accept loop until `shutdown` flips to true. `alive` is held by every
-/// connection task; the caller drains by waiting for all clones to drop.
-pub async fn serve(
-    listener: TcpListener,
-    ctx: Arc<ListenerContext>,
-    stats: ListenerStats,
-    mut shutdown: watch::Receiver<bool>,
-    alive: mpsc::Sender<()>,
-) {
+/// The HTTP server settings a listener's limits imply.
+pub fn http_builder(limits: &ListenerLimits) -> HttpBuilder {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
-    builder.http2().timer(TokioTimer::new());
-    let builder = Arc::new(builder);
+        .header_read_timeout(limits.header_read_timeout.get())
+        .max_buf_size(limits.max_request_header_bytes as usize)
+        .max_headers(limits.max_request_headers as usize);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.http2_max_concurrent_streams)
+        .max_pending_accept_reset_streams(limits.http2_max_pending_resets as usize)
+        .max_header_list_size(limits.max_request_header_bytes)
+        // A peer that stops answering pings is gone; free its streams.
+        .keep_alive_interval(Some(Duration::from_secs(60)))
+        .keep_alive_timeout(Duration::from_secs(20));
+    builder
+}
+
+/// A bound listener, accepting until stopped.
+#[derive(Debug)]
+pub struct Running {
+    /// `gateway/listener`.
+    pub name: String,
+    /// The address as configured (port 0 stays 0): what a reload compares.
+    pub configured: String,
+    /// The bound address.
+    pub local: SocketAddr,
+    stop: watch::Sender<bool>,
+}
+
+impl Running {
+    /// Closes the socket and drains the listener's connections.
+    pub fn stop(&self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+/// Starts accepting on `listener`. `alive` is held by every task; the proxy drains by
+/// waiting for all clones to drop.
+pub fn spawn(
+    listener: TcpListener,
+    configured: String,
+    ctx: Arc<ListenerContext>,
+    stats: ListenerStats,
+    alive: mpsc::Sender<()>,
+) -> Running {
+    let (stop, stop_rx) = watch::channel(false);
+    let running = Running {
+        name: ctx.name.clone(),
+        configured,
+        local: ctx.local,
+        stop,
+    };
+    tokio::spawn(accept_loop(listener, ctx, stats, stop_rx, alive));
+    running
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    ctx: Arc<ListenerContext>,
+    stats: ListenerStats,
+    mut stop: watch::Receiver<bool>,
+    alive: mpsc::Sender<()>,
+) {
+    let active = Arc::new(AtomicUsize::new(0));
     loop {
         let accepted = tokio::select! {
             biased;
-            _ = shutdown.changed() => break,
+            _ = stop.changed() => break,
             a = listener.accept() => a,
         };
         let (stream, client) = match accepted {
@@ -54,44 +118,167 @@ pub async fn serve(
                 continue;
             }
         };
+        let snapshot = ctx.snapshot.load();
+        let Some(settings) = snapshot.listener(&ctx.name) else {
+            continue; // removed in the instant before this loop stops
+        };
+        if active.load(Ordering::Relaxed) >= settings.limits.max_connections as usize {
+            // Refused cleanly: closed at once (FIN), counted; open connections go on.
+            ctx.metrics.connection_refused(&ctx.name, "max-connections");
+            drop(stream);
+            continue;
+        }
         let _ = stream.set_nodelay(true);
         stats.accepted.inc();
         stats.open.inc();
+        let progress = Arc::new(AtomicU64::new(0));
         let io = CountingIo {
             inner: stream,
             stats: stats.clone(),
+            progress: progress.clone(),
             read: 0,
             written: 0,
         };
-        let ctx = ctx.clone();
-        let builder = builder.clone();
-        let mut shutdown = shutdown.clone();
-        let alive = alive.clone();
-        tokio::spawn(async move {
-            let _alive = alive;
-            let client = forward::Client::new(client);
-            let svc = service_fn(move |req| forward::handle(ctx.clone(), client.clone(), req));
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
-            tokio::pin!(conn);
-            let result = tokio::select! {
-                r = conn.as_mut() => r,
-                _ = shutdown.changed() => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-            };
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "connection ended with an error");
+        let conn = Connection {
+            ctx: ctx.clone(),
+            client,
+            protocol: settings.protocol,
+            tls: settings.tls.clone(),
+            http: settings.http.clone(),
+            limits: settings.limits.clone(),
+            progress,
+            stop: stop.clone(),
+            _active: ActiveGuard::new(&active),
+            _alive: alive.clone(),
+        };
+        tokio::spawn(conn.serve(io));
+    }
+}
+
+/// Decrements the listener's open-connection count when the connection ends.
+struct ActiveGuard(Arc<AtomicUsize>);
+
+impl ActiveGuard {
+    fn new(n: &Arc<AtomicUsize>) -> ActiveGuard {
+        n.fetch_add(1, Ordering::Relaxed);
+        ActiveGuard(n.clone())
+    }
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// One accepted connection and the settings it was accepted with.
+struct Connection {
+    ctx: Arc<ListenerContext>,
+    client: SocketAddr,
+    protocol: ListenerProtocol,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    http: Arc<HttpBuilder>,
+    limits: ListenerLimits,
+    progress: Arc<AtomicU64>,
+    stop: watch::Receiver<bool>,
+    _active: ActiveGuard,
+    _alive: mpsc::Sender<()>,
+}
+
+impl Connection {
+    async fn serve(self, io: CountingIo) {
+        match (self.protocol, self.tls.clone()) {
+            (ListenerProtocol::HTTP, _) => self.serve_http(io, false).await,
+            (ListenerProtocol::TCP, _) => stream::serve_tcp(&self.ctx, io, self.client).await,
+            (ListenerProtocol::TLS, None) => {
+                stream::serve_passthrough(&self.ctx, io, self.client).await
             }
-        });
+            (ListenerProtocol::HTTPS, None) => {} // validation makes this impossible
+            (protocol, Some(acceptor)) => {
+                let Some(tls) = self.handshake(&acceptor, io).await else {
+                    return;
+                };
+                if protocol == ListenerProtocol::HTTPS {
+                    self.serve_http(tls, true).await;
+                } else {
+                    let sni = tls.get_ref().1.server_name().map(str::to_string);
+                    stream::serve_terminated(&self.ctx, tls, sni, self.client).await;
+                }
+            }
+        }
+    }
+
+    async fn handshake(
+        &self,
+        acceptor: &tokio_rustls::TlsAcceptor,
+        io: CountingIo,
+    ) -> Option<tokio_rustls::server::TlsStream<CountingIo>> {
+        let timeout = self.limits.tls_handshake_timeout.get();
+        match tokio::time::timeout(timeout, acceptor.accept(io)).await {
+            Ok(Ok(tls)) => Some(tls),
+            Ok(Err(e)) => {
+                tracing::debug!(listener = %self.ctx.name, client = %self.client, error = %e, "TLS handshake failed");
+                self.ctx
+                    .metrics
+                    .connection_refused(&self.ctx.name, "tls-handshake");
+                None
+            }
+            Err(_) => {
+                self.ctx
+                    .metrics
+                    .connection_refused(&self.ctx.name, "tls-handshake-timeout");
+                None
+            }
+        }
+    }
+
+    async fn serve_http<I>(mut self, io: I, secure: bool)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let ctx = self.ctx.clone();
+        let client = forward::Client::new(self.client, secure);
+        let svc = service_fn(move |req| forward::handle(ctx.clone(), client.clone(), req));
+        let conn = self
+            .http
+            .serve_connection_with_upgrades(TokioIo::new(io), svc);
+        tokio::pin!(conn);
+        let idle = self.limits.idle_timeout.get();
+        let mut seen = self.progress.load(Ordering::Relaxed);
+        let result = loop {
+            tokio::select! {
+                r = conn.as_mut() => break r,
+                _ = self.stop.changed() => {
+                    conn.as_mut().graceful_shutdown();
+                    break conn.await;
+                }
+                _ = tokio::time::sleep(idle) => {
+                    let now = self.progress.load(Ordering::Relaxed);
+                    if now == seen {
+                        // Nothing moved for a whole idle period: finish politely, but
+                        // not for long.
+                        conn.as_mut().graceful_shutdown();
+                        break tokio::time::timeout(Duration::from_secs(1), conn)
+                            .await
+                            .unwrap_or(Ok(()));
+                    }
+                    seen = now;
+                }
+            }
+        };
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "connection ended with an error");
+        }
     }
 }
 
 /// Counts bytes in and out; publishes totals when the connection ends (one atomic add per
 /// direction per connection, not per read).
-struct CountingIo {
+pub(crate) struct CountingIo {
     inner: TcpStream,
     stats: ListenerStats,
+    /// Bumped on every read and write: the idle watchdog compares it over time.
+    progress: Arc<AtomicU64>,
     read: u64,
     written: u64,
 }
@@ -112,7 +299,11 @@ impl AsyncRead for CountingIo {
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
-        self.read += (buf.filled().len() - before) as u64;
+        let n = (buf.filled().len() - before) as u64;
+        if n > 0 {
+            self.read += n;
+            self.progress.fetch_add(1, Ordering::Relaxed);
+        }
         r
     }
 }
@@ -126,6 +317,7 @@ impl AsyncWrite for CountingIo {
         let r = Pin::new(&mut self.inner).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = r {
             self.written += n as u64;
+            self.progress.fetch_add(1, Ordering::Relaxed);
         }
         r
     }
@@ -138,6 +330,7 @@ impl AsyncWrite for CountingIo {
         let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
         if let Poll::Ready(Ok(n)) = r {
             self.written += n as u64;
+            self.progress.fetch_add(1, Ordering::Relaxed);
         }
         r
     }

@@ -49,6 +49,14 @@ struct ServiceReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StreamLabels {
+    listener: String,
+    route: String,
+    service: String,
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VersionLabels {
     version: String,
 }
@@ -72,6 +80,8 @@ pub struct Metrics {
     connect_errors: Family<ServiceReasonLabels, Counter>,
     conns_open: Family<ListenerLabels, Gauge>,
     conns_total: Family<ListenerLabels, Counter>,
+    conns_refused: Family<ReasonLabels, Counter>,
+    streams: Family<StreamLabels, Counter>,
     bytes_in: Family<ListenerLabels, Counter>,
     bytes_out: Family<ListenerLabels, Counter>,
     config_info: Family<VersionLabels, Gauge>,
@@ -97,6 +107,8 @@ impl Metrics {
             connect_errors: Family::default(),
             conns_open: Family::default(),
             conns_total: Family::default(),
+            conns_refused: Family::default(),
+            streams: Family::default(),
             bytes_in: Family::default(),
             bytes_out: Family::default(),
             config_info: Family::default(),
@@ -130,6 +142,17 @@ impl Metrics {
             "downstream_connections",
             "Client connections accepted",
             m.conns_total.clone(),
+        );
+        r.register(
+            "downstream_connections_refused",
+            "Client connections closed before serving them, by reason (max-connections, \
+             tls-handshake, tls-handshake-timeout, not-tls, no-route)",
+            m.conns_refused.clone(),
+        );
+        r.register(
+            "stream_connections",
+            "TCP and TLS (passthrough or terminated) connections forwarded, by result",
+            m.streams.clone(),
         );
         r.register_with_unit(
             "downstream_received",
@@ -212,6 +235,29 @@ impl Metrics {
             .get_or_create(&ReasonLabels {
                 listener: listener.into(),
                 reason: reason.into(),
+            })
+            .inc();
+    }
+
+    /// Counts a client connection closed before it was served.
+    pub fn connection_refused(&self, listener: &str, reason: &str) {
+        self.conns_refused
+            .get_or_create(&ReasonLabels {
+                listener: listener.into(),
+                reason: reason.into(),
+            })
+            .inc();
+    }
+
+    /// Counts a forwarded TCP/TLS connection by how it ended (`ok`, `connect-failed`,
+    /// `no-healthy-endpoints`, `no-route`).
+    pub fn stream_connection(&self, listener: &str, route: &str, service: &str, result: &str) {
+        self.streams
+            .get_or_create(&StreamLabels {
+                listener: listener.into(),
+                route: route.into(),
+                service: service.into(),
+                result: result.into(),
             })
             .inc();
     }

@@ -8,12 +8,16 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::{HeaderName, HeaderValue, StatusCode};
-use weft_model::{Config, FilterType, HeaderModifier, PathModifier, PathModifierType, ServiceSpec};
+use weft_model::{
+    Config, FilterType, HeaderModifier, ListenerLimits, ListenerProtocol, PathModifier,
+    PathModifierType, ServiceSpec, TlsMode,
+};
 
 use crate::balance::{Balancer, Endpoint};
 use crate::metrics::{Metrics, RouteStats};
 use crate::router::{MatchError, Matcher, RouteTable};
-use crate::upstream::{Settings, Upstream};
+use crate::stream::StreamTable;
+use crate::upstream::{Settings, Upstream, UpstreamTls};
 
 /// Everything the request path needs, for one configuration version.
 #[derive(Debug)]
@@ -37,13 +41,56 @@ impl Snapshot {
     }
 }
 
-/// The routes attached to one listener.
-#[derive(Debug)]
+/// One listener's compiled configuration: how to accept, and where its routes lead.
+/// Everything here changes with a reload; only the bound address does not.
 pub struct ListenerRoutes {
-    /// Host/path/header routing.
+    /// What clients speak.
+    pub protocol: ListenerProtocol,
+    /// Bounds on clients.
+    pub limits: ListenerLimits,
+    /// TLS to terminate (`HTTPS`, and `TLS` in `Terminate` mode), certificates loaded.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// The HTTP connection settings derived from `limits`.
+    pub http: Arc<HttpBuilder>,
+    /// Host/path/header routing (`HTTP`, `HTTPS`).
     pub table: RouteTable<Rule>,
+    /// `TCPRoute`s / `TLSRoute`s (`TCP`, `TLS`).
+    pub streams: StreamTable,
     /// Metrics for requests that matched no route.
     pub unrouted: Arc<RouteStats>,
+}
+
+impl std::fmt::Debug for ListenerRoutes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ListenerRoutes")
+            .field("protocol", &self.protocol)
+            .field("tls", &self.tls.is_some())
+            .field("table", &self.table)
+            .field("streams", &self.streams)
+            .finish_non_exhaustive()
+    }
+}
+
+/// HTTP/1.1 + HTTP/2 server settings of a listener.
+pub type HttpBuilder = hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>;
+
+/// Picks one of `items` with probability proportional to its weight (`total` = sum).
+pub fn pick_by_weight<T>(items: &[T], total: u64, weight: impl Fn(&T) -> u32) -> Option<&T> {
+    match items.len() {
+        0 => None,
+        1 => items.first(),
+        _ => {
+            let mut r = fastrand::u64(..total.max(1));
+            for i in items {
+                let w = u64::from(weight(i));
+                if r < w {
+                    return Some(i);
+                }
+                r -= w;
+            }
+            items.last()
+        }
+    }
 }
 
 /// One compiled `HTTPRoute` rule.
@@ -63,20 +110,7 @@ pub struct Rule {
 impl Rule {
     /// Picks a backend by weight.
     pub fn pick_backend(&self) -> Option<&Backend> {
-        match self.backends.len() {
-            0 => None,
-            1 => self.backends.first(),
-            _ => {
-                let mut r = fastrand::u64(..self.total_weight);
-                for b in &self.backends {
-                    if r < u64::from(b.weight) {
-                        return Some(b);
-                    }
-                    r -= u64::from(b.weight);
-                }
-                self.backends.last()
-            }
-        }
+        pick_by_weight(&self.backends, self.total_weight, |b| b.weight)
     }
 }
 
@@ -213,6 +247,7 @@ impl Snapshot {
         config: Arc<Config>,
         metrics: &Metrics,
         previous: Option<&Snapshot>,
+        resumption: &weft_tls::Resumption,
     ) -> Result<Snapshot, BuildError> {
         let services: HashMap<String, Arc<Service>> = config
             .services
@@ -222,6 +257,7 @@ impl Snapshot {
                 Ok((
                     s.metadata.name.clone(),
                     Arc::new(build_service(
+                        &config,
                         &s.metadata.name,
                         &s.spec,
                         before.map(|b| &**b),
@@ -234,14 +270,16 @@ impl Snapshot {
         for g in &config.gateways {
             for l in &g.spec.listeners {
                 let key = format!("{}/{}", g.metadata.name, l.name);
-                let mut table = RouteTable::default();
-                for (ri, route) in config.routes.iter().enumerate() {
-                    let attached = route.spec.parent_refs.is_empty()
-                        || route.spec.parent_refs.iter().any(|p| {
+                let attached = |refs: &[weft_model::ParentRef]| {
+                    refs.is_empty()
+                        || refs.iter().any(|p| {
                             p.name == g.metadata.name
                                 && p.section_name.as_ref().is_none_or(|s| s == &l.name)
-                        });
-                    if !attached {
+                        })
+                };
+                let mut table = RouteTable::default();
+                for (ri, route) in config.routes.iter().enumerate() {
+                    if !l.protocol.is_http() || !attached(&route.spec.parent_refs) {
                         continue;
                     }
                     for (rule_i, rule) in route.spec.rules.iter().enumerate() {
@@ -269,8 +307,55 @@ impl Snapshot {
                     }
                 }
                 table.finish();
+                let stream_routes = match l.protocol {
+                    ListenerProtocol::TCP => &config.tcp_routes[..],
+                    ListenerProtocol::TLS => &config.tls_routes[..],
+                    _ => &[],
+                };
+                let streams = StreamTable::build(
+                    stream_routes
+                        .iter()
+                        .filter(|r| attached(&r.spec.parent_refs)),
+                    &services,
+                );
+                let tls = match &l.tls {
+                    Some(t) if t.mode == TlsMode::Terminate => {
+                        let certs = t
+                            .certificates
+                            .iter()
+                            .map(|c| {
+                                weft_tls::load_cert(
+                                    &config.resolve(&c.cert_file),
+                                    &config.resolve(&c.key_file),
+                                )
+                            })
+                            .collect::<Result<Vec<_>, _>>()
+                            .map_err(|e| BuildError::Invalid(format!("listener {key}: {e}")))?;
+                        let alpn: &[&[u8]] = if l.protocol.is_http() {
+                            &[weft_tls::ALPN_H2, weft_tls::ALPN_HTTP11]
+                        } else {
+                            &[]
+                        };
+                        let config =
+                            weft_tls::server_config(&certs, t.strict_sni, alpn, resumption)
+                                .map_err(|e| BuildError::Invalid(format!("listener {key}: {e}")))?;
+                        Some(tokio_rustls::TlsAcceptor::from(config))
+                    }
+                    _ => None,
+                };
                 let unrouted = Arc::new(metrics.route_stats(&key, "", ""));
-                listeners.push((key, ListenerRoutes { table, unrouted }));
+                listeners.push((
+                    key,
+                    ListenerRoutes {
+                        protocol: l.protocol,
+                        limits: l.limits.clone(),
+                        tls,
+                        http: Arc::new(crate::listener::http_builder(&l.limits)),
+                        table,
+                        streams,
+                        unrouted,
+                    },
+                ));
             }
         }
         Ok(Snapshot {
@@ -282,15 +367,23 @@ impl Snapshot {
 }
 
 fn build_service(
+    config: &Config,
     name: &str,
     spec: &ServiceSpec,
     previous: Option<&Service>,
 ) -> Result<Service, BuildError> {
+    let tls = spec
+        .tls
+        .as_ref()
+        .map(|t| UpstreamTls::load(config, t, spec.protocol))
+        .transpose()
+        .map_err(|e| BuildError::Invalid(format!("service {name}: {e}")))?;
     let settings = Settings {
         protocol: spec.protocol,
         connect_timeout: spec.connect_timeout.get(),
         max_idle: spec.connection_pool.max_idle_per_endpoint,
         idle_timeout: spec.connection_pool.idle_timeout.get(),
+        tls,
     };
     // Pools are only valid for the settings they were made with.
     let reusable = previous

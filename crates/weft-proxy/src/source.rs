@@ -1,4 +1,5 @@
-//! Configuration sources. Today: a YAML file, re-read when it changes and on SIGHUP.
+//! Configuration sources. Today: a YAML file, re-read when it (or a certificate, key or CA
+//! file it names) changes, and on SIGHUP.
 //!
 //! Each new version is validated in full by `weft-model` and then applied all or nothing
 //! through [`RunningProxy::apply`]; an invalid one is refused with every error in the log
@@ -22,13 +23,18 @@ pub struct FileSource {
     hangup: Signal,
 }
 
-/// What a change check compares: modification time and size (cheap; the content hash
-/// then decides whether anything really changed).
-type Fingerprint = Option<(SystemTime, u64)>;
+/// What a change check compares, per watched file: modification time and size (cheap;
+/// for the configuration file the content hash then decides whether anything changed).
+type Fingerprint = Vec<Option<(SystemTime, u64)>>;
 
-fn fingerprint(path: &PathBuf) -> Fingerprint {
-    let m = std::fs::metadata(path).ok()?;
-    Some((m.modified().ok()?, m.len()))
+fn fingerprint(paths: &[PathBuf]) -> Fingerprint {
+    paths
+        .iter()
+        .map(|p| {
+            let m = std::fs::metadata(p).ok()?;
+            Some((m.modified().ok()?, m.len()))
+        })
+        .collect()
 }
 
 impl FileSource {
@@ -49,7 +55,8 @@ impl FileSource {
         proxy: &RunningProxy,
         mut stop: watch::Receiver<bool>,
     ) -> std::io::Result<()> {
-        let mut seen = fingerprint(&self.path);
+        let mut watched = self.watched(proxy);
+        let mut seen = fingerprint(&watched);
         loop {
             let poll = async {
                 match self.poll {
@@ -61,22 +68,33 @@ impl FileSource {
                 _ = stop.changed() => return Ok(()),
                 _ = self.hangup.recv() => {
                     tracing::info!(file = %self.path.display(), "SIGHUP: reloading configuration");
-                    seen = fingerprint(&self.path);
-                    self.reload(proxy);
+                    self.reload(proxy, true);
                 }
                 _ = poll => {
-                    let now = fingerprint(&self.path);
-                    if now != seen {
-                        seen = now;
-                        self.reload(proxy);
+                    let now = fingerprint(&watched);
+                    if now == seen {
+                        continue;
                     }
+                    // A certificate or key replaced on disk re-applies the same version.
+                    let referenced_changed = now.get(1..) != seen.get(1..);
+                    self.reload(proxy, referenced_changed);
                 }
             }
+            watched = self.watched(proxy);
+            seen = fingerprint(&watched);
         }
     }
 
-    /// Reads, validates and applies the file once.
-    pub fn reload(&self, proxy: &RunningProxy) {
+    /// The configuration file, then every file the running version refers to.
+    fn watched(&self, proxy: &RunningProxy) -> Vec<PathBuf> {
+        let mut files = vec![self.path.clone()];
+        files.extend(proxy.snapshot().config.referenced_files());
+        files
+    }
+
+    /// Reads, validates and applies the file once; `force` applies it even when its text
+    /// is unchanged (SIGHUP, or a referenced certificate changed).
+    pub fn reload(&self, proxy: &RunningProxy, force: bool) {
         match weft_model::load_file(&self.path) {
             Err(errors) => {
                 tracing::error!(
@@ -84,7 +102,7 @@ impl FileSource {
                 );
                 proxy.reject(&errors.to_string());
             }
-            Ok(config) if config.version == proxy.snapshot().config.version => {
+            Ok(config) if !force && config.version == proxy.snapshot().config.version => {
                 tracing::debug!("configuration unchanged");
             }
             Ok(config) => {

@@ -13,17 +13,22 @@
 //! `:authority`, and why a failure happened (connect refused/timed out vs. reset), which
 //! retries (a later issue) need.
 
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio_rustls::rustls::{self, pki_types::ServerName};
 use weft_model::ServiceProtocol;
 
 use crate::balance::Endpoint;
+use crate::body::RequestBody;
 use crate::error::ProxyError;
 
 /// How a service connects to its endpoints.
@@ -37,6 +42,168 @@ pub struct Settings {
     pub max_idle: usize,
     /// Idle connections are closed after this.
     pub idle_timeout: Duration,
+    /// TLS origination, if the service asks for it.
+    pub tls: Option<UpstreamTls>,
+}
+
+/// TLS to a service's endpoints, with its files loaded.
+#[derive(Clone)]
+pub struct UpstreamTls {
+    spec: weft_model::UpstreamTls,
+    /// Hash of the files' contents: a replaced file makes a different value, so pools
+    /// made with the old material are not carried into the new snapshot.
+    digest: u64,
+    connector: tokio_rustls::TlsConnector,
+    server_name: Option<ServerName<'static>>,
+}
+
+impl PartialEq for UpstreamTls {
+    fn eq(&self, other: &Self) -> bool {
+        self.spec == other.spec && self.digest == other.digest
+    }
+}
+
+impl std::fmt::Debug for UpstreamTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamTls")
+            .field("spec", &self.spec)
+            .finish_non_exhaustive()
+    }
+}
+
+impl UpstreamTls {
+    /// Loads the CA bundle and client certificate named by `spec`; ALPN follows `protocol`.
+    pub fn load(
+        config: &weft_model::Config,
+        spec: &weft_model::UpstreamTls,
+        protocol: ServiceProtocol,
+    ) -> Result<UpstreamTls, weft_tls::TlsError> {
+        let ca = spec.ca_file.as_deref().map(|f| config.resolve(f));
+        let client = spec
+            .client_certificate
+            .as_ref()
+            .map(|c| {
+                weft_tls::load_cert(&config.resolve(&c.cert_file), &config.resolve(&c.key_file))
+            })
+            .transpose()?;
+        let alpn: &[&[u8]] = match protocol {
+            ServiceProtocol::Http => &[weft_tls::ALPN_HTTP11],
+            ServiceProtocol::Http2 | ServiceProtocol::Grpc => &[weft_tls::ALPN_H2],
+        };
+        let client_config = weft_tls::client_config(ca.as_deref(), client.as_ref(), alpn)?;
+        let server_name = spec
+            .server_name
+            .as_ref()
+            .map(|n| {
+                ServerName::try_from(n.clone()).map_err(|e| {
+                    weft_tls::TlsError::Rustls(rustls::Error::General(format!(
+                        "serverName `{n}`: {e}"
+                    )))
+                })
+            })
+            .transpose()?;
+        let mut h = std::hash::DefaultHasher::new();
+        let own_files = spec.ca_file.iter().chain(
+            spec.client_certificate
+                .iter()
+                .flat_map(|c| [&c.cert_file, &c.key_file]),
+        );
+        for f in own_files {
+            std::hash::Hash::hash(
+                &std::fs::read(config.resolve(f)).unwrap_or_default(),
+                &mut h,
+            );
+        }
+        Ok(UpstreamTls {
+            spec: spec.clone(),
+            digest: std::hash::Hasher::finish(&h),
+            connector: tokio_rustls::TlsConnector::from(client_config),
+            server_name,
+        })
+    }
+
+    /// Runs the handshake on a connected socket; the certificate must be valid for the
+    /// configured name, or else for the endpoint's IP address.
+    pub async fn handshake(
+        &self,
+        tcp: TcpStream,
+        addr: std::net::SocketAddr,
+    ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, ProxyError> {
+        let name = self
+            .server_name
+            .clone()
+            .unwrap_or_else(|| ServerName::IpAddress(addr.ip().into()));
+        self.connector.connect(name, tcp).await.map_err(|e| {
+            tracing::debug!(endpoint = %addr, error = %e, "upstream TLS handshake failed");
+            ProxyError::UpstreamTls
+        })
+    }
+}
+
+/// A connection to an endpoint: plain TCP or TLS.
+pub enum UpstreamIo {
+    /// Plain.
+    Plain(TcpStream),
+    /// TLS-originated.
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for UpstreamIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            UpstreamIo::Tls(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for UpstreamIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            UpstreamIo::Tls(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            UpstreamIo::Tls(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            UpstreamIo::Plain(s) => s.is_write_vectored(),
+            UpstreamIo::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(s) => Pin::new(s).poll_flush(cx),
+            UpstreamIo::Tls(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            UpstreamIo::Tls(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
 }
 
 impl Settings {
@@ -58,18 +225,18 @@ pub struct Pool {
 
 #[derive(Debug)]
 struct Idle {
-    sender: http1::SendRequest<Incoming>,
+    sender: http1::SendRequest<RequestBody>,
     since: Instant,
 }
 
 #[derive(Debug)]
 struct Shared {
-    sender: http2::SendRequest<Incoming>,
+    sender: http2::SendRequest<RequestBody>,
     last_used: Instant,
 }
 
 impl Pool {
-    fn take_idle(&self, idle_timeout: Duration) -> Option<http1::SendRequest<Incoming>> {
+    fn take_idle(&self, idle_timeout: Duration) -> Option<http1::SendRequest<RequestBody>> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         while let Some(c) = idle.pop() {
             if !c.sender.is_closed() && c.since.elapsed() < idle_timeout {
@@ -79,7 +246,7 @@ impl Pool {
         None
     }
 
-    fn put_idle(&self, sender: http1::SendRequest<Incoming>, max_idle: usize) {
+    fn put_idle(&self, sender: http1::SendRequest<RequestBody>, max_idle: usize) {
         if sender.is_closed() {
             return;
         }
@@ -119,7 +286,7 @@ impl Pool {
 /// response has been read to the end; dropped otherwise, which closes it.
 #[derive(Debug)]
 pub struct Lease {
-    sender: http1::SendRequest<Incoming>,
+    sender: http1::SendRequest<RequestBody>,
     endpoint: Arc<Endpoint>,
     max_idle: usize,
 }
@@ -149,7 +316,7 @@ impl Upstream {
     pub async fn send(
         &self,
         endpoint: &Arc<Endpoint>,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
     ) -> Result<(Response<Incoming>, Option<Lease>), ProxyError> {
         if self.settings.is_http2() {
             self.send_h2(endpoint, req).await.map(|r| (r, None))
@@ -161,7 +328,7 @@ impl Upstream {
     async fn send_h1(
         &self,
         endpoint: &Arc<Endpoint>,
-        mut req: Request<Incoming>,
+        mut req: Request<RequestBody>,
     ) -> Result<(Response<Incoming>, Option<Lease>), ProxyError> {
         // Pooled connections first. One that turns out closed hands the request back
         // unsent, so trying the next is safe.
@@ -179,7 +346,7 @@ impl Upstream {
         }
         let stream = self.connect(endpoint).await?;
         let (mut sender, conn) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
+            .handshake::<_, RequestBody>(TokioIo::new(stream))
             .await
             .map_err(|e| ProxyError::from_hyper(&e))?;
         tokio::spawn(async move {
@@ -193,7 +360,7 @@ impl Upstream {
         }
     }
 
-    fn lease(&self, sender: http1::SendRequest<Incoming>, endpoint: &Arc<Endpoint>) -> Lease {
+    fn lease(&self, sender: http1::SendRequest<RequestBody>, endpoint: &Arc<Endpoint>) -> Lease {
         Lease {
             sender,
             endpoint: endpoint.clone(),
@@ -204,7 +371,7 @@ impl Upstream {
     async fn send_h2(
         &self,
         endpoint: &Arc<Endpoint>,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
     ) -> Result<Response<Incoming>, ProxyError> {
         let mut sender = self.h2_sender(endpoint).await?;
         match sender.try_send_request(req).await {
@@ -228,7 +395,7 @@ impl Upstream {
     async fn h2_sender(
         &self,
         endpoint: &Arc<Endpoint>,
-    ) -> Result<http2::SendRequest<Incoming>, ProxyError> {
+    ) -> Result<http2::SendRequest<RequestBody>, ProxyError> {
         let mut slot = endpoint.pool.h2.lock().await;
         if let Some(shared) = slot.as_mut() {
             if !shared.sender.is_closed() {
@@ -239,7 +406,7 @@ impl Upstream {
         let stream = self.connect(endpoint).await?;
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
-            .handshake(TokioIo::new(stream))
+            .handshake::<_, RequestBody>(TokioIo::new(stream))
             .await
             .map_err(|e| ProxyError::from_hyper(&e))?;
         tokio::spawn(async move {
@@ -254,7 +421,23 @@ impl Upstream {
         Ok(sender)
     }
 
-    async fn connect(&self, endpoint: &Endpoint) -> Result<TcpStream, ProxyError> {
+    /// Opens a connection to `endpoint`: TCP within the connect timeout, then TLS if the
+    /// service originates it.
+    pub async fn connect(&self, endpoint: &Endpoint) -> Result<UpstreamIo, ProxyError> {
+        let tcp = self.connect_tcp(endpoint).await?;
+        match &self.settings.tls {
+            None => Ok(UpstreamIo::Plain(tcp)),
+            Some(tls) => {
+                let handshake = tls.handshake(tcp, endpoint.addr);
+                match tokio::time::timeout(self.settings.connect_timeout, handshake).await {
+                    Err(_) => Err(ProxyError::ConnectTimeout),
+                    Ok(r) => r.map(|s| UpstreamIo::Tls(Box::new(s))),
+                }
+            }
+        }
+    }
+
+    async fn connect_tcp(&self, endpoint: &Endpoint) -> Result<TcpStream, ProxyError> {
         let stream = match tokio::time::timeout(
             self.settings.connect_timeout,
             TcpStream::connect(endpoint.addr),

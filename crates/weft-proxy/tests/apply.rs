@@ -56,7 +56,7 @@ async fn start(endpoint: SocketAddr) -> (RunningProxy, SocketAddr) {
     let proxy = RunningProxy::start(config("127.0.0.1:0", endpoint), opts)
         .await
         .unwrap();
-    let addr = proxy.listeners[0].1;
+    let addr = proxy.listeners()[0].1;
     (proxy, addr)
 }
 
@@ -76,9 +76,34 @@ async fn apply_swaps_routes_without_restart() {
     proxy.apply(config("127.0.0.1:0", b)).unwrap();
     assert_eq!(served_by(addr).await, "b");
 
-    // A version that changes the listeners is refused whole; the running one stays.
-    assert!(proxy.apply(config("127.0.0.1:1", a)).is_err());
+    // A version whose new listener cannot be bound is refused whole: the running
+    // listener and routes stay.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let err = proxy
+        .apply(config(&taken.local_addr().unwrap().to_string(), a))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("cannot listen on"), "{err}");
     assert_eq!(served_by(addr).await, "b");
+    assert_eq!(proxy.listeners()[0].1, addr);
+
+    // A listener moved to a new address: the new one serves, the old socket is closed.
+    let free = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    proxy.apply(config(&free.to_string(), a)).unwrap();
+    assert_eq!(proxy.listeners(), vec![("gw/web".to_string(), free)]);
+    assert_eq!(served_by(free).await, "a");
+    let mut closed = false;
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(addr).await.is_err() {
+            closed = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert!(closed, "the old listener still accepts");
     assert!(proxy.shutdown(std::time::Duration::from_secs(5)).await);
 }
 

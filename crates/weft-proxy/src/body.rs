@@ -1,0 +1,130 @@
+//! The request body as it goes upstream, with the listener's limits enforced on the way:
+//! a body larger than `maxRequestBodyBytes` or one that pauses for longer than
+//! `requestBodyIdleTimeout` fails the upstream request, and the verdict tells the request
+//! path to answer 413 or 408 instead of blaming the upstream.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use tokio::time::{Instant, Sleep};
+
+use crate::error::ProxyError;
+
+const TOO_LARGE: u8 = 1;
+const TIMED_OUT: u8 = 2;
+
+/// Why a guarded body stopped early, readable after the upstream request failed.
+#[derive(Debug, Clone, Default)]
+pub struct Verdict(Option<Arc<AtomicU8>>);
+
+impl Verdict {
+    /// The client's fault, if the body was cut short by a limit.
+    pub fn error(&self) -> Option<ProxyError> {
+        match self.0.as_ref()?.load(Ordering::Relaxed) {
+            TOO_LARGE => Some(ProxyError::BodyTooLarge),
+            TIMED_OUT => Some(ProxyError::BodyTimeout),
+            _ => None,
+        }
+    }
+}
+
+/// A downstream request body forwarded upstream under limits.
+#[derive(Debug)]
+pub struct RequestBody {
+    inner: Incoming,
+    remaining: u64,
+    idle: Duration,
+    timer: Option<Pin<Box<Sleep>>>,
+    verdict: Verdict,
+}
+
+/// A limit cut the body short.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    /// From the client connection.
+    #[error(transparent)]
+    Hyper(#[from] hyper::Error),
+    /// A limit was hit.
+    #[error("{0}")]
+    Limit(ProxyError),
+}
+
+impl RequestBody {
+    /// Wraps `inner`; `max` bytes at most (None: unbounded), `idle` between frames.
+    pub fn new(inner: Incoming, max: Option<u64>, idle: Duration) -> (RequestBody, Verdict) {
+        // Bodies that are already complete (GET, HEAD, ...) need no shared verdict.
+        let verdict = if inner.is_end_stream() {
+            Verdict(None)
+        } else {
+            Verdict(Some(Arc::new(AtomicU8::new(0))))
+        };
+        let body = RequestBody {
+            inner,
+            remaining: max.unwrap_or(u64::MAX),
+            idle,
+            timer: None,
+            verdict: verdict.clone(),
+        };
+        (body, verdict)
+    }
+
+    fn fail(&mut self, code: u8, err: ProxyError) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        if let Some(v) = &self.verdict.0 {
+            v.store(code, Ordering::Relaxed);
+        }
+        Poll::Ready(Some(Err(BodyError::Limit(err))))
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    let n = data.len() as u64;
+                    if n > this.remaining {
+                        return this.fail(TOO_LARGE, ProxyError::BodyTooLarge);
+                    }
+                    this.remaining -= n;
+                }
+                if let Some(t) = this.timer.as_mut() {
+                    t.as_mut().reset(Instant::now() + this.idle);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(other) => Poll::Ready(other.map(|r| r.map_err(BodyError::from))),
+            Poll::Pending => {
+                let idle = this.idle;
+                let timer = this
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                if timer.as_mut().poll(cx).is_ready() {
+                    return this.fail(TIMED_OUT, ProxyError::BodyTimeout);
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
