@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod pki;
+
 /// How long a process may take to print its ready line. Generous: CI machines are shared.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -76,7 +78,7 @@ impl Proc {
         let stderr_path = temp_dir().join("stderr.log");
         let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
         let mut child = cmd
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(stderr)
             .spawn()
