@@ -19,6 +19,7 @@ use crate::error::ProxyError;
 
 const TOO_LARGE: u8 = 1;
 const TIMED_OUT: u8 = 2;
+const MALFORMED: u8 = 3;
 
 /// Why a guarded body stopped early, readable after the upstream request failed.
 #[derive(Debug, Clone, Default)]
@@ -30,6 +31,7 @@ impl Verdict {
         match self.0.as_ref()?.load(Ordering::Relaxed) {
             TOO_LARGE => Some(ProxyError::BodyTooLarge),
             TIMED_OUT => Some(ProxyError::BodyTimeout),
+            MALFORMED => Some(ProxyError::BodyMalformed),
             _ => None,
         }
     }
@@ -106,7 +108,14 @@ impl Body for RequestBody {
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(other) => Poll::Ready(other.map(|r| r.map_err(BodyError::from))),
+            Poll::Ready(Some(Err(e))) => {
+                // Broken framing from the client (bad chunk, early close): its fault.
+                if let Some(v) = &this.verdict.0 {
+                    v.store(MALFORMED, Ordering::Relaxed);
+                }
+                Poll::Ready(Some(Err(BodyError::Hyper(e))))
+            }
+            Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => {
                 let idle = this.idle;
                 let timer = this

@@ -41,6 +41,9 @@ pub enum ProxyError {
     /// The client paused sending its request body for longer than `requestBodyIdleTimeout`.
     #[error("request body timed out")]
     BodyTimeout,
+    /// The client's request body was malformed (bad chunked encoding) or cut short.
+    #[error("invalid or incomplete request body")]
+    BodyMalformed,
     /// The upstream closed or reset the connection before a complete response.
     #[error("upstream reset the connection before responding")]
     UpstreamReset,
@@ -57,7 +60,7 @@ impl ProxyError {
     pub fn status(self) -> StatusCode {
         match self {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
-            ProxyError::InvalidHost => StatusCode::BAD_REQUEST,
+            ProxyError::InvalidHost | ProxyError::BodyMalformed => StatusCode::BAD_REQUEST,
             ProxyError::NoHealthyEndpoints
             | ProxyError::ConnectRefused
             | ProxyError::ConnectTimeout
@@ -84,6 +87,7 @@ impl ProxyError {
             ProxyError::UpstreamTls => "upstream-tls-error",
             ProxyError::BodyTooLarge => "body-too-large",
             ProxyError::BodyTimeout => "body-timeout",
+            ProxyError::BodyMalformed => "invalid-body",
             ProxyError::UpstreamProtocol => "upstream-protocol-error",
             ProxyError::UpgradeUnsupported => "upgrade-unsupported",
         }

@@ -401,9 +401,28 @@ fn local_reply(
 /// Host of the request, lower-case and without port: the authority of an absolute or
 /// HTTP/2 URI, else the `Host` header. Borrowed unless it needs lower-casing.
 fn request_host<B>(req: &Request<B>) -> Option<Cow<'_, str>> {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let host_header = hosts.next();
+    if hosts.next().is_some() {
+        return None; // two Host headers: which one a backend believes is anyone's guess
+    }
     let authority = match req.uri().authority() {
-        Some(a) => a.as_str(),
-        None => req.headers().get(header::HOST)?.to_str().ok()?,
+        Some(a) => {
+            if req.version() <= Version::HTTP_11 {
+                // Absolute-form: only http(s), and a Host header, if any, must agree.
+                if !matches!(req.uri().scheme_str(), Some("http" | "https")) {
+                    return None;
+                }
+                if let Some(h) = host_header {
+                    let h = host_of(h.to_str().ok()?)?;
+                    if !h.eq_ignore_ascii_case(host_of(a.as_str())?) {
+                        return None;
+                    }
+                }
+            }
+            a.as_str()
+        }
+        None => host_header?.to_str().ok()?,
     };
     let host = host_of(authority)?;
     if host.bytes().any(|b| b.is_ascii_uppercase()) {
