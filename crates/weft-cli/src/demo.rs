@@ -1,4 +1,5 @@
-//! `weft demo`: three echo backends and a proxy in front of them, all on loopback.
+//! `weft demo`: three echo backends and a proxy in front of them (HTTP, and HTTPS with a
+//! self-signed certificate made at start), all on loopback.
 //! It grows with each feature into the full local mesh.
 
 use std::net::SocketAddr;
@@ -17,6 +18,12 @@ metadata: {name: demo}
 spec:
   listeners:
     - {name: web, address: "{LISTEN}"}
+    # HTTPS with a self-signed certificate made at start (localhost, 127.0.0.1); the
+    # routes below attach to both listeners.
+    - name: https
+      address: "{LISTEN_TLS}"
+      protocol: HTTPS
+      tls: {certificates: [{certFile: demo.crt, keyFile: demo.key}]}
 ---
 kind: HTTPRoute
 metadata: {name: demo}
@@ -76,7 +83,7 @@ async fn bind_or_any(port: u16) -> anyhow::Result<TcpListener> {
 }
 
 /// Runs the demo until Ctrl-C.
-pub async fn run(port: u16) -> anyhow::Result<()> {
+pub async fn run(port: u16, tls_port: u16) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut config = CONFIG.to_string();
     let mut backends = Vec::new();
@@ -106,10 +113,25 @@ pub async fn run(port: u16) -> anyhow::Result<()> {
     let admin_probe = bind_or_any(9901).await?;
     let admin = admin_probe.local_addr()?;
     drop(admin_probe);
-    config = config.replace("{LISTEN}", &listen.to_string());
+    let tls_probe = bind_or_any(tls_port).await?;
+    let listen_tls: SocketAddr = tls_probe.local_addr()?;
+    drop(tls_probe);
+    config = config
+        .replace("{LISTEN}", &listen.to_string())
+        .replace("{LISTEN_TLS}", &listen_tls.to_string());
 
-    let parsed =
+    // A fresh self-signed certificate, in a directory removed on exit.
+    let dir = std::env::temp_dir().join(format!("weft-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).context("creating the demo's certificate directory")?;
+    let _cleanup = RemoveOnDrop(dir.clone());
+    let (cert, key) = weft_tls::self_signed(&["localhost", "127.0.0.1"])?;
+    let cert_file = dir.join("demo.crt");
+    std::fs::write(&cert_file, cert)?;
+    write_private(&dir.join("demo.key"), &key)?;
+
+    let mut parsed =
         weft_model::parse("demo.yaml", &config).map_err(|e| anyhow::anyhow!("demo config: {e}"))?;
+    parsed.base_dir = Some(dir.clone());
     let opts = ProxyOptions {
         admin: Some(admin),
         access_log: Some(Sink::Stdout),
@@ -119,7 +141,19 @@ pub async fn run(port: u16) -> anyhow::Result<()> {
         .await
         .context("starting the demo proxy")?;
     let url = format!("http://{listen}");
+    let tls_url = format!("https://localhost:{}", listen_tls.port());
+    let ca = cert_file.display();
     let admin_url = format!("http://{admin}");
+    // One JSON line first on stdout (what scripts and tests wait for), then access logs.
+    println!(
+        "{}",
+        serde_json::json!({
+            "event": "ready",
+            "listeners": {"demo/web": listen.to_string(), "demo/https": listen_tls.to_string()},
+            "admin": admin.to_string(),
+            "ca": cert_file.display().to_string(),
+        })
+    );
     eprintln!(
         r#"
 weft demo is running: a proxy at {url} in front of three echo backends.
@@ -131,6 +165,7 @@ Try:
   curl -si -H 'x-canary: yes' {url}/         # header match -> echo-3 (HTTP/2 upstream)
   curl -si {url}/old/page                    # 301 to /new/page
   curl -si --http2-prior-knowledge {url}/h2  # HTTP/2 to the proxy
+  curl -si --cacert {ca} {tls_url}/hello     # HTTPS edge: TLS 1.3, HTTP/2 by ALPN
   curl -s  {admin_url}/metrics | grep weft_requests_total
   curl -s  {admin_url}/config
 
@@ -145,4 +180,25 @@ Access log lines (JSON) follow on stdout. Ctrl-C stops everything.
         let _ = b.await;
     }
     Ok(())
+}
+
+/// Removes the demo's temporary directory when the demo ends.
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Writes a private key readable by the owner only.
+fn write_private(path: &std::path::Path, pem: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?
+        .write_all(pem.as_bytes())
 }

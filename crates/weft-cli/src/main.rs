@@ -46,6 +46,9 @@ enum Command {
         /// Proxy port on 127.0.0.1 (falls back to a free port if taken).
         #[arg(long, default_value_t = 8080)]
         port: u16,
+        /// HTTPS port on 127.0.0.1 (falls back to a free port if taken).
+        #[arg(long, default_value_t = 8443)]
+        tls_port: u16,
     },
 }
 
@@ -92,7 +95,9 @@ fn main() -> std::process::ExitCode {
             delay,
         } => runtime(None)
             .and_then(|rt| rt.block_on(run_echo(listen, weft_echo::EchoOptions { name, delay }))),
-        Command::Demo { port } => runtime(None).and_then(|rt| rt.block_on(demo::run(port))),
+        Command::Demo { port, tls_port } => {
+            runtime(None).and_then(|rt| rt.block_on(demo::run(port, tls_port)))
+        }
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -121,14 +126,17 @@ fn runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
 fn validate(path: &std::path::Path) -> anyhow::Result<()> {
     let c =
         weft_model::load_file(path).map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))?;
-    println!(
-        "{}: valid ({} gateways, {} routes, {} services; version {})",
-        path.display(),
+    let summary = format!(
+        "{} gateways, {} HTTP routes, {} TCP routes, {} TLS routes, {} services; version {}",
         c.gateways.len(),
         c.routes.len(),
+        c.tcp_routes.len(),
+        c.tls_routes.len(),
         c.services.len(),
         c.version
     );
+    weft_proxy::check(c).map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))?;
+    println!("{}: valid ({summary})", path.display());
     Ok(())
 }
 

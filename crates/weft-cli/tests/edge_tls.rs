@@ -308,3 +308,42 @@ fn tls_origination_verifies_the_upstream() {
         );
     }
 }
+
+#[test]
+fn broken_certificate_files_are_named_by_validate_and_refused_by_reload() {
+    let dir = temp_dir();
+    let pki = Pki::new(&dir, "edge");
+    let a = pki.leaf("a", &["a.example.test"]);
+    let b = pki.leaf("b", &["b.example.test"]);
+    let backend = echo(&weft(), "b", &[]);
+    let mismatched = Leaf {
+        cert: a.cert.clone(),
+        key: b.key.clone(),
+    };
+    let file = dir.join("bad.yaml");
+    std::fs::write(&file, https_config(&[&mismatched], "", &backend)).unwrap();
+    let out = std::process::Command::new(weft())
+        .arg("validate")
+        .arg(&file)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("b.key") && err.contains("does not match the certificate"),
+        "{err}"
+    );
+
+    // A running proxy refuses the same change and keeps its working certificate.
+    let p = start(&https_config(&[&a], "", &backend));
+    std::fs::write(&p.config, https_config(&[&mismatched], "", &backend)).unwrap();
+    eventually("the refusal", Duration::from_secs(10), || {
+        let cfg: serde_json::Value = serde_json::from_str(&p.admin_get("/config")).ok()?;
+        cfg["last_rejected"]["reason"]
+            .as_str()?
+            .contains("does not match")
+            .then_some(())
+    });
+    let r = https(&p, "gw/tls", "a.example.test", "/", &pki.ca_file, &[]);
+    assert_eq!(r.status, 200, "{r:?}");
+}

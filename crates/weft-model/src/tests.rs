@@ -182,3 +182,126 @@ fn empty_documents_are_ignored() {
     let c = parse("f.yaml", &format!("---\n{GOOD}\n---\n")).unwrap();
     assert_eq!(c.services.len(), 2);
 }
+
+const EDGE: &str = r#"
+kind: Gateway
+metadata: {name: edge}
+spec:
+  listeners:
+    - name: https
+      address: "127.0.0.1:0"
+      protocol: HTTPS
+      tls: {certificates: [{certFile: certs/a.crt, keyFile: certs/a.key}]}
+      limits: {maxConnections: 100, maxRequestBodyBytes: 1048576, headerReadTimeout: 5s}
+    - {name: raw, address: "127.0.0.1:0", protocol: TCP}
+    - {name: pass, address: "127.0.0.1:0", protocol: TLS, tls: {mode: Passthrough}}
+---
+kind: HTTPRoute
+metadata: {name: web}
+spec:
+  parentRefs: [{name: edge, sectionName: https}]
+  rules: [{backendRefs: [{name: app}]}]
+---
+kind: TCPRoute
+metadata: {name: db}
+spec:
+  parentRefs: [{name: edge, sectionName: raw}]
+  rules: [{backendRefs: [{name: app}]}]
+---
+kind: TLSRoute
+metadata: {name: sni}
+spec:
+  parentRefs: [{name: edge, sectionName: pass}]
+  hostnames: ["*.example.com"]
+  rules: [{backendRefs: [{name: app}]}]
+---
+kind: Service
+metadata: {name: app}
+spec:
+  endpoints: [{address: "127.0.0.1:9001"}]
+  tls: {caFile: /etc/ca.pem, serverName: app.internal}
+"#;
+
+#[test]
+fn edge_config_parses_with_defaults() {
+    let c = parse("edge.yaml", EDGE).unwrap();
+    let l = &c.gateways[0].spec.listeners;
+    assert_eq!(l[0].protocol, ListenerProtocol::HTTPS);
+    assert_eq!(l[0].limits.max_connections, 100);
+    assert_eq!(l[0].limits.max_request_headers, 100, "default kept");
+    assert_eq!(l[2].tls.as_ref().unwrap().mode, TlsMode::Passthrough);
+    assert_eq!(c.tcp_routes.len(), 1);
+    assert_eq!(c.tls_routes[0].spec.hostnames, ["*.example.com"]);
+    // Relative certificate paths resolve against the file's directory.
+    let mut c = c;
+    c.base_dir = Some("/etc/weft".into());
+    let files = c.referenced_files();
+    assert!(files.contains(&"/etc/weft/certs/a.crt".into()), "{files:?}");
+    assert!(files.contains(&"/etc/ca.pem".into()), "{files:?}");
+}
+
+#[test]
+fn edge_rules_are_enforced() {
+    let cases = [
+        ("protocol: HTTPS\n", "protocol: HTTP\n", "takes no `tls`"),
+        (
+            "tls: {certificates: [{certFile: certs/a.crt, keyFile: certs/a.key}]}",
+            "tls: {certificates: []}",
+            "needs at least one certificate",
+        ),
+        (
+            "protocol: TLS, tls: {mode: Passthrough}",
+            "protocol: TLS",
+            "needs `tls`",
+        ),
+        (
+            "tls: {mode: Passthrough}",
+            "tls: {mode: Passthrough, certificates: [{certFile: a, keyFile: b}]}",
+            "never uses certificates",
+        ),
+        (
+            "maxConnections: 100",
+            "maxConnections: 0",
+            "must be at least 1",
+        ),
+        (
+            "headerReadTimeout: 5s",
+            "maxRequestHeaderBytes: 100",
+            "outside 8192..=1048576",
+        ),
+        (
+            "parentRefs: [{name: edge, sectionName: raw}]",
+            "parentRefs: [{name: edge, sectionName: https}]",
+            "a TCPRoute cannot attach",
+        ),
+        (
+            "parentRefs: [{name: edge, sectionName: https}]",
+            "parentRefs: [{name: edge, sectionName: raw}]",
+            "a HTTPRoute cannot attach",
+        ),
+        (
+            "metadata: {name: db}\nspec:\n",
+            "metadata: {name: db}\nspec:\n  hostnames: [a.example.com]\n",
+            "a TCPRoute cannot match names",
+        ),
+        (
+            "hostnames: [\"*.example.com\"]\n  rules: [{backendRefs: [{name: app}]}]",
+            "hostnames: [\"*.example.com\"]\n  rules: [{backendRefs: [{name: ghost}]}]",
+            "unknown Service `ghost`",
+        ),
+        (
+            "serverName: app.internal",
+            "serverName: \"a b\"",
+            "serverName",
+        ),
+    ];
+    for (from, to, want) in cases {
+        let bad = EDGE.replacen(from, to, 1);
+        assert_ne!(bad, EDGE, "replacement {from:?} did not apply");
+        let errs = errors_of(&bad);
+        assert!(
+            errs.iter().any(|e| e.contains(want)),
+            "{want:?} not in {errs:#?}"
+        );
+    }
+}

@@ -337,6 +337,13 @@ impl RunningProxy {
     }
 }
 
+/// Compiles `config` as `apply` would (routes, certificates, keys, CA bundles) without
+/// serving it: what `weft validate` runs.
+pub fn check(config: Config) -> Result<(), BuildError> {
+    let resumption = weft_tls::Resumption::new().map_err(|e| BuildError::Invalid(e.to_string()))?;
+    Snapshot::build(Arc::new(config), &Metrics::new(), None, &resumption).map(drop)
+}
+
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
