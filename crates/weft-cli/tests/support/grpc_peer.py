@@ -2,6 +2,9 @@
 
   grpc_peer.py server          prints {"event":"ready","address":...}, serves until killed
   grpc_peer.py client ADDR     runs every call kind against ADDR, prints one JSON result
+  grpc_peer.py hold ADDR       one long bidirectional stream: prints {"event":"ready"}, then
+                               sends every stdin line on the stream and prints {"sent","reply"};
+                               ends the stream on EOF or "end"
 
 Messages are raw bytes (no protobuf schema needed): unary, server streaming, client
 streaming and bidirectional streaming, trailing metadata and error statuses.
@@ -71,8 +74,31 @@ def client(addr):
     print(json.dumps(out), flush=True)
 
 
+def hold(addr):
+    with grpc.insecure_channel(addr) as ch:
+        bidi = ch.stream_stream(f"/{SERVICE}/Bidi")
+        print(json.dumps({"event": "ready"}), flush=True)
+        sent = []
+
+        def requests():
+            for line in sys.stdin:
+                line = line.strip()
+                if not line or line == "end":
+                    return
+                sent.append(line)
+                yield line.encode()
+
+        try:
+            for reply in bidi(requests(), timeout=600):
+                print(json.dumps({"sent": sent[-1], "reply": reply.decode()}), flush=True)
+        except grpc.RpcError as e:
+            print(json.dumps({"error": e.code().name, "details": e.details()}), flush=True)
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "server":
         serve()
+    elif sys.argv[1] == "hold":
+        hold(sys.argv[2])
     else:
         client(sys.argv[2])
