@@ -308,7 +308,7 @@ async fn route_and_forward(
 
 /// The upstream request target: origin-form (`/path?query`) for HTTP/1.1, or absolute with
 /// `authority` for HTTP/2. Reuses the original path-and-query buffer when the path is unchanged.
-fn upstream_uri(
+pub(crate) fn upstream_uri(
     orig: &Uri,
     authority: Option<http::uri::Authority>,
     new_path: Option<String>,
@@ -400,7 +400,7 @@ fn local_reply(
 
 /// Host of the request, lower-case and without port: the authority of an absolute or
 /// HTTP/2 URI, else the `Host` header. Borrowed unless it needs lower-casing.
-fn request_host<B>(req: &Request<B>) -> Option<Cow<'_, str>> {
+pub(crate) fn request_host<B>(req: &Request<B>) -> Option<Cow<'_, str>> {
     let mut hosts = req.headers().get_all(header::HOST).iter();
     let host_header = hosts.next();
     if hosts.next().is_some() {
@@ -465,7 +465,7 @@ fn host_of(authority: &str) -> Option<&str> {
 
 /// Removes `.` and `..` segments (RFC 3986 §5.2.4) so `/public/../admin` cannot slip past a
 /// route meant for `/public`. Paths without dot segments are returned as they are.
-fn normalize_path(path: &str) -> Cow<'_, str> {
+pub(crate) fn normalize_path(path: &str) -> Cow<'_, str> {
     if !path.split('/').any(|s| s == "." || s == "..") {
         return Cow::Borrowed(path);
     }
@@ -512,7 +512,7 @@ fn is_upgrade<B>(req: &Request<B>) -> bool {
 
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1), including those the `Connection` header
 /// names. `te: trailers` is kept on requests: gRPC needs it end to end.
-fn strip_hop_by_hop(h: &mut HeaderMap, is_request: bool) {
+pub(crate) fn strip_hop_by_hop(h: &mut HeaderMap, is_request: bool) {
     // One pass over the names (standard names compare as enum tags, no hashing); most
     // messages carry none or only `connection: keep-alive`.
     let mut found: Vec<HeaderName> = Vec::new();

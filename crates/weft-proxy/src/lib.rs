@@ -26,6 +26,7 @@ pub mod balance;
 pub mod body;
 pub mod error;
 pub mod forward;
+pub mod fuzz;
 pub mod listener;
 pub mod metrics;
 pub mod router;
