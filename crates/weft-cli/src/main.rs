@@ -141,8 +141,6 @@ fn validate(path: &std::path::Path) -> anyhow::Result<()> {
 }
 
 fn run_proxy(args: ProxyArgs) -> anyhow::Result<()> {
-    let config = weft_model::load_file(&args.config)
-        .map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))?;
     let admin = match args.admin.as_str() {
         "off" => None,
         a => Some(
@@ -165,8 +163,11 @@ fn run_proxy(args: ProxyArgs) -> anyhow::Result<()> {
         source: args.config.display().to_string(),
     };
     runtime(args.workers)?.block_on(async move {
+        let mut source = FileSource::new(args.config.clone(), poll)?;
+        let config = source
+            .load()
+            .map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))?;
         let proxy = RunningProxy::start(config, opts).await?;
-        let source = FileSource::new(args.config.clone(), poll)?;
         print_ready(&proxy.listeners(), proxy.admin);
         // Follow the file (changes, SIGHUP) until SIGTERM/SIGINT.
         let (_keep, never) = tokio::sync::watch::channel(false);

@@ -178,7 +178,7 @@ fn listeners_open_and_close_with_the_config_file() {
     assert!(ask(&mut held).starts_with("HTTP/1.1 200"));
 
     // Add `two`: it opens; `one` keeps its socket and the held connection.
-    std::fs::write(&p.config, config(&(listener("one") + &listener("two")))).unwrap();
+    weft_testkit::replace_file(&p.config, &config(&(listener("one") + &listener("two"))));
     let two = eventually("listener two to open", Duration::from_secs(10), || {
         let cfg: serde_json::Value = serde_json::from_str(&p.admin_get("/config")).ok()?;
         let addr = cfg["listeners"]
@@ -197,7 +197,7 @@ fn listeners_open_and_close_with_the_config_file() {
     assert_eq!(curl(&[&format!("http://{one}/")]).status, 200);
 
     // Remove `one`: its socket closes; `two` is untouched.
-    std::fs::write(&p.config, config(&listener("two"))).unwrap();
+    weft_testkit::replace_file(&p.config, &config(&listener("two")));
     eventually("listener one to close", Duration::from_secs(10), || {
         std::net::TcpStream::connect(one).is_err().then_some(())
     });

@@ -336,7 +336,7 @@ fn broken_certificate_files_are_named_by_validate_and_refused_by_reload() {
 
     // A running proxy refuses the same change and keeps its working certificate.
     let p = start(&https_config(&[&a], "", &backend));
-    std::fs::write(&p.config, https_config(&[&mismatched], "", &backend)).unwrap();
+    weft_testkit::replace_file(&p.config, &https_config(&[&mismatched], "", &backend));
     eventually("the refusal", Duration::from_secs(10), || {
         let cfg: serde_json::Value = serde_json::from_str(&p.admin_get("/config")).ok()?;
         cfg["last_rejected"]["reason"]

@@ -2,10 +2,12 @@
 //! invalid one is refused whole (reason in /config, counted in /metrics) while the previous
 //! version keeps serving; SIGHUP reloads on demand.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use weft_testkit::{curl, echo, eventually, metric_value, one_service_config, proxy, Echo, Proxy};
+use weft_testkit::{
+    curl, echo, eventually, metric_value, one_service_config, proxy, replace_file, Echo, Proxy,
+};
 
 fn weft() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_weft"))
@@ -16,13 +18,6 @@ fn to(e: &Echo) -> String {
         "s",
         &format!("  endpoints: [{{address: \"{}\"}}]\n", e.addr),
     )
-}
-
-/// Replaces the file atomically (write, then rename), as deployment tools do.
-fn replace(path: &Path, text: &str) {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).expect("write the new config");
-    std::fs::rename(&tmp, path).expect("move it into place");
 }
 
 fn served_by(p: &Proxy) -> String {
@@ -45,7 +40,7 @@ fn a_changed_file_is_applied_and_an_invalid_one_refused() {
     let p = proxy(&weft(), &to(&a), &["--watch-interval", "50ms"]);
     assert_eq!(served_by(&p), "a");
 
-    replace(&p.config, &to(&b));
+    replace_file(&p.config, &to(&b));
     eventually("the new version to serve", Duration::from_secs(10), || {
         (served_by(&p) == "b").then_some(())
     });
@@ -53,7 +48,7 @@ fn a_changed_file_is_applied_and_an_invalid_one_refused() {
     // Invalid: a route to a service that does not exist. Refused whole, with file and line.
     let broken = to(&b).replace("backendRefs: [{name: s}]", "backendRefs: [{name: ghost}]");
     assert_ne!(broken, to(&b));
-    replace(&p.config, &broken);
+    replace_file(&p.config, &broken);
     eventually("the refusal to be counted", Duration::from_secs(10), || {
         (failures(&p) >= 1.0).then_some(())
     });
@@ -72,7 +67,7 @@ fn a_changed_file_is_applied_and_an_invalid_one_refused() {
     // A listener moved to an address that is taken: refused whole, nothing half applied.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let moved = to(&b).replace("127.0.0.1:0", &taken.local_addr().unwrap().to_string());
-    replace(&p.config, &moved);
+    replace_file(&p.config, &moved);
     eventually(
         "the listener change to be refused",
         Duration::from_secs(10),
@@ -89,7 +84,7 @@ fn a_changed_file_is_applied_and_an_invalid_one_refused() {
     assert_eq!(served_by(&p), "b");
 
     // A valid version again clears the refusal.
-    replace(&p.config, &to(&a));
+    replace_file(&p.config, &to(&a));
     eventually("recovery", Duration::from_secs(10), || {
         (served_by(&p) == "a").then_some(())
     });
@@ -110,7 +105,7 @@ fn sighup_reloads_when_polling_is_off() {
         p.proc.child.try_wait().unwrap().is_none(),
         "SIGHUP killed the proxy"
     );
-    replace(&p.config, &to(&b));
+    replace_file(&p.config, &to(&b));
     // With polling off nothing changes until the signal. (The check is only as long as
     // the short pause; what it guards is that polling really is off.)
     std::thread::sleep(Duration::from_millis(300));

@@ -191,9 +191,7 @@ fn one_hundred_reloads_under_load_fail_nothing_and_drop_nothing() {
         .unwrap_or(0.0)
     };
     for i in 1..=100 {
-        let tmp = p.config.with_extension("tmp");
-        std::fs::write(&tmp, config(i, &echoes, grpc_addr, ws_addr)).expect("write config");
-        std::fs::rename(&tmp, &p.config).expect("replace config");
+        weft_testkit::replace_file(&p.config, &config(i, &echoes, grpc_addr, ws_addr));
         eventually(
             &format!("reload {i} applied"),
             Duration::from_secs(20),

@@ -8,7 +8,7 @@
 //! source calling the same `apply`.
 
 use std::path::PathBuf;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::watch;
@@ -21,18 +21,24 @@ pub struct FileSource {
     path: PathBuf,
     poll: Option<Duration>,
     hangup: Signal,
+    /// Files and fingerprints as of the first load, taken before reading them.
+    loaded: Option<(Vec<PathBuf>, Fingerprint)>,
 }
 
-/// What a change check compares, per watched file: modification time and size (cheap;
-/// for the configuration file the content hash then decides whether anything changed).
-type Fingerprint = Vec<Option<(SystemTime, u64)>>;
+/// What a change check compares, per watched file: a hash of its content. Modification
+/// times are not enough: the kernel stamps them with a coarse clock (a few milliseconds),
+/// so two same-sized writes in one tick would look unchanged. The files are small
+/// (configuration, certificates, keys), so reading them at each check is cheap.
+type Fingerprint = Vec<Option<u64>>;
 
 fn fingerprint(paths: &[PathBuf]) -> Fingerprint {
     paths
         .iter()
         .map(|p| {
-            let m = std::fs::metadata(p).ok()?;
-            Some((m.modified().ok()?, m.len()))
+            let bytes = std::fs::read(p).ok()?;
+            let mut h = std::hash::DefaultHasher::new();
+            std::hash::Hash::hash(&bytes, &mut h);
+            Some(std::hash::Hasher::finish(&h))
         })
         .collect()
 }
@@ -46,7 +52,22 @@ impl FileSource {
             path,
             poll,
             hangup: signal(SignalKind::hangup())?,
+            loaded: None,
         })
+    }
+
+    /// Reads and validates the file for the proxy's start. The fingerprints that `run`
+    /// compares against are taken *before* the files are read, so a change that lands
+    /// between this load and `run` is seen as a change rather than lost.
+    pub fn load(&mut self) -> Result<weft_model::Config, weft_model::ConfigErrors> {
+        let config_print = fingerprint(std::slice::from_ref(&self.path));
+        let config = weft_model::load_file(&self.path)?;
+        let mut files = vec![self.path.clone()];
+        files.extend(config.referenced_files());
+        let mut print = config_print;
+        print.extend(fingerprint(&files[1..]));
+        self.loaded = Some((files, print));
+        Ok(config)
     }
 
     /// Follows the file until `stop` turns true.
@@ -55,8 +76,14 @@ impl FileSource {
         proxy: &RunningProxy,
         mut stop: watch::Receiver<bool>,
     ) -> std::io::Result<()> {
-        let mut watched = self.watched(proxy);
-        let mut seen = fingerprint(&watched);
+        let (mut watched, mut seen) = match self.loaded.take() {
+            Some(loaded) => loaded,
+            None => {
+                let files = self.watched(proxy);
+                let print = fingerprint(&files);
+                (files, print)
+            }
+        };
         loop {
             let poll = async {
                 match self.poll {
@@ -64,24 +91,45 @@ impl FileSource {
                     None => std::future::pending().await,
                 }
             };
-            tokio::select! {
+            // Taken before reading the files, so a change landing during the reload is
+            // seen by the next check rather than absorbed into this one.
+            let now = tokio::select! {
                 _ = stop.changed() => return Ok(()),
                 _ = self.hangup.recv() => {
                     tracing::info!(file = %self.path.display(), "SIGHUP: reloading configuration");
+                    let now = fingerprint(&watched);
                     self.reload(proxy, true);
+                    now
                 }
                 _ = poll => {
-                    let now = fingerprint(&watched);
+                    let mut now = fingerprint(&watched);
                     if now == seen {
                         continue;
+                    }
+                    // Settle: a file being written in place is read again until two
+                    // reads agree, so a half-written file is not taken for a new version.
+                    let settle = self.poll.unwrap_or_default().min(Duration::from_millis(100));
+                    for _ in 0..50 {
+                        tokio::time::sleep(settle).await;
+                        let again = fingerprint(&watched);
+                        if again == now {
+                            break;
+                        }
+                        now = again;
                     }
                     // A certificate or key replaced on disk re-applies the same version.
                     let referenced_changed = now.get(1..) != seen.get(1..);
                     self.reload(proxy, referenced_changed);
+                    now
                 }
-            }
-            watched = self.watched(proxy);
-            seen = fingerprint(&watched);
+            };
+            let files = self.watched(proxy);
+            seen = if files == watched {
+                now
+            } else {
+                fingerprint(&files)
+            };
+            watched = files;
         }
     }
 

@@ -366,6 +366,14 @@ pub fn read_all(mut r: impl Read) -> String {
     s
 }
 
+/// Replaces a file atomically (write a sibling, then rename), as deployment tools do, so a
+/// watcher never reads it half-written.
+pub fn replace_file(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).expect("write the new file");
+    std::fs::rename(&tmp, path).expect("move it into place");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
