@@ -856,12 +856,20 @@ mod tests {
             .body(())
             .unwrap();
         assert_eq!(request_host(&r).as_deref(), Some("example.com"));
+        // Absolute-form: the target's authority, which a Host header must agree with
+        // (a disagreement would route by one name and reach the backend with another).
+        let r = Request::builder()
+            .uri("http://a.b/x")
+            .header("host", "A.B:80")
+            .body(())
+            .unwrap();
+        assert_eq!(request_host(&r).as_deref(), Some("a.b"));
         let r = Request::builder()
             .uri("http://a.b/x")
             .header("host", "other")
             .body(())
             .unwrap();
-        assert_eq!(request_host(&r).as_deref(), Some("a.b"));
+        assert_eq!(request_host(&r), None);
         let r = Request::builder().uri("/x").body(()).unwrap();
         assert_eq!(request_host(&r), None);
         let r = Request::builder()
