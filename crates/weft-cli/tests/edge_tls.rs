@@ -347,3 +347,80 @@ fn broken_certificate_files_are_named_by_validate_and_refused_by_reload() {
     let r = https(&p, "gw/tls", "a.example.test", "/", &pki.ca_file, &[]);
     assert_eq!(r.status, 200, "{r:?}");
 }
+
+/// nginx over TLS requiring a client certificate signed by `client_ca`, answering with the
+/// certificate's subject.
+fn nginx_requiring_client_certs(dir: &Path, server: &Leaf, client_ca: &Path) -> (Proc, u16) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let conf = dir.join("nginx-mtls.conf");
+    let d = dir.display();
+    std::fs::write(
+        &conf,
+        format!(
+            "daemon off;\nmaster_process off;\nuser root;\npid {d}/nginx.pid;\nerror_log {d}/nginx-error.log warn;\n\
+             events {{}}\nhttp {{\n  access_log off;\n  client_body_temp_path {d}/b; proxy_temp_path {d}/p;\n\
+             fastcgi_temp_path {d}/f; uwsgi_temp_path {d}/u; scgi_temp_path {d}/s;\n\
+             server {{\n    listen 127.0.0.1:{port} ssl;\n    ssl_certificate {};\n    ssl_certificate_key {};\n\
+             \x20   ssl_client_certificate {};\n    ssl_verify_client on;\n\
+             \x20   location / {{ return 200 \"client=$ssl_client_s_dn\\n\"; }}\n  }}\n}}\n",
+            server.cert.display(),
+            server.key.display(),
+            client_ca.display()
+        ),
+    )
+    .expect("write nginx config");
+    require("nginx");
+    // nginx prints nothing when ready: a wrapper announces it once the port accepts.
+    let script = format!(
+        "nginx -c {} & for i in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/{port}) 2>/dev/null && break; sleep 0.05; done; echo '{{\"event\":\"ready\"}}'; wait",
+        conf.display()
+    );
+    let mut sh = std::process::Command::new("bash");
+    sh.args(["-c", &script])
+        .env("PATH", "/usr/sbin:/usr/bin:/bin");
+    (Proc::spawn(sh), port)
+}
+
+#[test]
+fn tls_origination_presents_a_client_certificate() {
+    let dir = temp_dir();
+    let servers = Pki::new(&dir, "servers");
+    let clients = Pki::new(&dir, "clients");
+    let upstream_cert = servers.leaf("upstream", &["origin.example.test"]);
+    let edge_cert = clients.leaf("edge", &["edge.example.test"]);
+    let (_nginx, port) = nginx_requiring_client_certs(&dir, &upstream_cert, &clients.ca_file);
+
+    let svc = |name: &str, client: &str| {
+        format!(
+            "kind: Service\nmetadata: {{name: {name}}}\nspec:\n  endpoints: [{{address: \"127.0.0.1:{port}\"}}]\n\
+             \x20 tls: {{caFile: \"{}\", serverName: origin.example.test{client}}}\n---\n\
+             kind: HTTPRoute\nmetadata: {{name: {name}}}\nspec:\n  rules:\n  - matches: [{{path: {{value: /{name}}}}}]\n    backendRefs: [{{name: {name}}}]\n---\n",
+            servers.ca_file.display()
+        )
+    };
+    let p = start(&format!(
+        "kind: Gateway\nmetadata: {{name: gw}}\nspec:\n  listeners: [{{name: web, address: \"127.0.0.1:0\"}}]\n---\n{}{}",
+        svc(
+            "with-cert",
+            &format!(
+                ", clientCertificate: {{certFile: \"{}\", keyFile: \"{}\"}}",
+                edge_cert.cert.display(),
+                edge_cert.key.display()
+            )
+        ),
+        svc("without-cert", ""),
+    ));
+    let r = curl(&[&format!("{}/with-cert", p.url("gw/web"))]);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(
+        r.body.starts_with("client=") && r.body.len() > "client=\n".len(),
+        "{}",
+        r.body
+    );
+    // nginx refuses a request without a client certificate (400), and weft passes that on.
+    let r = curl(&[&format!("{}/without-cert", p.url("gw/web"))]);
+    assert_eq!(r.status, 400, "{r:?}");
+}
