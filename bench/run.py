@@ -134,6 +134,22 @@ http {{
     return path
 
 
+def weft_backend_yaml(backend_h1):
+    """The route and service every benchmark's weft uses: all requests to the backend."""
+    return f"""---
+kind: HTTPRoute
+metadata: {{name: all}}
+spec:
+  rules: [{{backendRefs: [{{name: backend}}]}}]
+---
+kind: Service
+metadata: {{name: backend}}
+spec:
+  endpoints: [{{address: "127.0.0.1:{backend_h1}"}}]
+  connectionPool: {{maxIdlePerEndpoint: 256}}
+"""
+
+
 def make_targets(work, weft_bin, backend_ports=None):
     # The backend speaks HTTP/1.1 on one port (the proxies' upstream) and h2c on another
     # (for the direct HTTP/2 baseline). Pass the running backend's ports to build more
@@ -155,18 +171,7 @@ def make_targets(work, weft_bin, backend_ports=None):
 metadata: {{name: bench}}
 spec:
   listeners: [{{name: web, address: "127.0.0.1:{p1}"}}]
----
-kind: HTTPRoute
-metadata: {{name: all}}
-spec:
-  rules: [{{backendRefs: [{{name: backend}}]}}]
----
-kind: Service
-metadata: {{name: backend}}
-spec:
-  endpoints: [{{address: "127.0.0.1:{backend_h1}"}}]
-  connectionPool: {{maxIdlePerEndpoint: 256}}
-""")
+{weft_backend_yaml(backend_h1)}""")
     weft = Target("weft", work, p1, p1,
                   ["taskset", "-c", PROXY_CORE, weft_bin, "proxy", "--config", weft_cfg,
                    "--workers", "1", "--admin", "off", "--log", "warn"])

@@ -68,18 +68,7 @@ spec:
       tls: {{certificates: [{{certFile: "{crt}", keyFile: "{key}"}}]}}
       limits: {{maxConnections: 50000}}
     - {{name: plain, address: "127.0.0.1:{plain}", limits: {{maxConnections: 50000}}}}
----
-kind: HTTPRoute
-metadata: {{name: all}}
-spec:
-  rules: [{{backendRefs: [{{name: backend}}]}}]
----
-kind: Service
-metadata: {{name: backend}}
-spec:
-  endpoints: [{{address: "127.0.0.1:{backend_h1}"}}]
-  connectionPool: {{maxIdlePerEndpoint: 256}}
-""")
+{run.weft_backend_yaml(backend_h1)}""")
     t = run.Target("weft", work, tls, plain, ulimited(["taskset", "-c", run.PROXY_CORE, weft_bin, "proxy", "--config", cfg,
                                                        "--workers", "1", "--admin", "off", "--log", "warn"]))
     targets.append(t)
