@@ -40,6 +40,9 @@ enum Command {
         /// Extra delay before every response, e.g. `50ms` (to play a slow instance).
         #[arg(long, default_value = "0ms", value_parser = parse_duration)]
         delay: Duration,
+        /// Fraction of requests answered 503, spread evenly (e.g. 0.3: 3 in every 10).
+        #[arg(long, default_value_t = 0.0)]
+        fail_rate: f64,
     },
     /// Start a local demo: echo backends and a proxy in front of them.
     Demo {
@@ -93,8 +96,17 @@ fn main() -> std::process::ExitCode {
             listen,
             name,
             delay,
-        } => runtime(None)
-            .and_then(|rt| rt.block_on(run_echo(listen, weft_echo::EchoOptions { name, delay }))),
+            fail_rate,
+        } => runtime(None).and_then(|rt| {
+            rt.block_on(run_echo(
+                listen,
+                weft_echo::EchoOptions {
+                    name,
+                    delay,
+                    fail_rate: fail_rate.clamp(0.0, 1.0),
+                },
+            ))
+        }),
         Command::Demo { port, tls_port } => {
             runtime(None).and_then(|rt| rt.block_on(demo::run(port, tls_port)))
         }

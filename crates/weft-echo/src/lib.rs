@@ -9,6 +9,7 @@
 //! | `/delay/{ms}` | waits (at most 60 s), then echoes |
 //! | `/bytes/{n}` | `n` bytes (at most 64 MiB) |
 //! | `/headers` | the request headers as JSON |
+//! | `/_echo/stats` | `{"requests": n}`: requests served so far, this one excluded |
 //! | anything else | the request as JSON: name, method, authority, path, query, version, headers, body size, client |
 
 use std::collections::BTreeMap;
@@ -42,11 +43,21 @@ pub struct EchoOptions {
     pub name: String,
     /// Added before every response (to make one instance slow on purpose).
     pub delay: Duration,
+    /// Fraction of requests answered 503 (0.0–1.0), spread evenly: with 0.3, exactly 3 of
+    /// every 10 requests fail (to play a flaky instance).
+    pub fail_rate: f64,
+}
+
+/// Counters shared by one instance's connections.
+#[derive(Debug, Default)]
+struct State {
+    requests: std::sync::atomic::AtomicU64,
 }
 
 /// Serves until `shutdown` completes.
 pub async fn serve(listener: TcpListener, opts: EchoOptions, shutdown: impl Future<Output = ()>) {
     let opts = Arc::new(opts);
+    let state = Arc::new(State::default());
     let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
     tokio::pin!(shutdown);
     loop {
@@ -62,9 +73,10 @@ pub async fn serve(listener: TcpListener, opts: EchoOptions, shutdown: impl Futu
         };
         let _ = stream.set_nodelay(true);
         let opts = opts.clone();
+        let state = state.clone();
         let builder = builder.clone();
         tokio::spawn(async move {
-            let svc = service_fn(move |req| respond(opts.clone(), client, req));
+            let svc = service_fn(move |req| respond(opts.clone(), state.clone(), client, req));
             let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
         });
     }
@@ -86,13 +98,32 @@ struct Echo<'a> {
 
 async fn respond(
     opts: Arc<EchoOptions>,
+    state: Arc<State>,
     client: SocketAddr,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    use std::sync::atomic::Ordering;
+    if req.uri().path() == "/_echo/stats" {
+        let n = state.requests.load(Ordering::Relaxed);
+        return Ok(json(&serde_json::json!({ "requests": n })));
+    }
+    let n = state.requests.fetch_add(1, Ordering::Relaxed);
     if !opts.delay.is_zero() {
         tokio::time::sleep(opts.delay).await;
     }
     let name = &opts.name;
+    // Request n fails when the running count of failures due steps up at it.
+    let failures_due = |k: u64| (k as f64 * opts.fail_rate).floor();
+    if opts.fail_rate > 0.0 && failures_due(n + 1) > failures_due(n) {
+        let mut r = text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "echo: failing on purpose\n",
+        );
+        if let Ok(v) = HeaderValue::from_str(name) {
+            r.headers_mut().insert("x-echo-name", v);
+        }
+        return Ok(r);
+    }
     let path = req.uri().path().to_string();
     let mut segments = path.trim_start_matches('/').splitn(2, '/');
     let first = segments.next().unwrap_or("");

@@ -277,6 +277,24 @@ pub struct HttpRouteRule {
     /// Weighted backends; may be empty only when the rule redirects.
     #[serde(default)]
     pub backend_refs: Vec<BackendRef>,
+    /// Timeouts for this rule, overriding the service's (Gateway API `timeouts`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeouts: Option<RouteTimeouts>,
+    /// Retry settings for this rule, overriding the service's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetryPolicy>,
+}
+
+/// Gateway API `HTTPRouteTimeouts`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RouteTimeouts {
+    /// Until the response headers arrive, retries included.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<Duration>,
+    /// Each attempt (Gateway API's `backendRequest`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend_request: Option<Duration>,
 }
 
 /// Conditions on a request (AND'ed).
@@ -506,6 +524,218 @@ pub struct ServiceSpec {
     /// Originate TLS to the endpoints.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<UpstreamTls>,
+    /// How long requests may take.
+    #[serde(default)]
+    pub timeouts: ServiceTimeouts,
+    /// When and how failed requests are tried again.
+    #[serde(default)]
+    pub retry: RetryPolicy,
+    /// Limits beyond which requests fail fast instead of queueing.
+    #[serde(default)]
+    pub circuit_breaker: CircuitBreaker,
+}
+
+/// Timeouts of a service's requests.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ServiceTimeouts {
+    /// Until the response headers arrive, retries included (default `15s`): 504
+    /// `request-timeout`. Streaming response bodies are not cut by it.
+    #[serde(default = "default_request_timeout")]
+    pub request: Duration,
+    /// Each attempt; absent: only the request timeout applies. 504 `per-try-timeout` when
+    /// no retry is left.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_try: Option<Duration>,
+}
+
+impl Default for ServiceTimeouts {
+    fn default() -> Self {
+        ServiceTimeouts {
+            request: default_request_timeout(),
+            per_try: None,
+        }
+    }
+}
+
+fn default_request_timeout() -> Duration {
+    Duration::from_millis(15_000)
+}
+
+/// What makes an attempt worth repeating.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "kebab-case")]
+pub enum RetryOn {
+    /// The connection could not be made (the request was never sent): always safe.
+    ConnectFailure,
+    /// The upstream reset or broke the connection before a response.
+    Reset,
+    /// A per-try timeout expired.
+    PerTryTimeout,
+    /// HTTP 503, or gRPC `UNAVAILABLE`.
+    Unavailable,
+    /// HTTP 502, 503 or 504.
+    GatewayError,
+}
+
+/// Retry settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RetryPolicy {
+    /// Retries after the first attempt (default 2; 0 disables).
+    #[serde(default = "default_attempts")]
+    pub attempts: u32,
+    /// Conditions (default: connect-failure, reset, per-try-timeout, unavailable).
+    #[serde(default = "default_retry_on")]
+    pub on: Vec<RetryOn>,
+    /// Further HTTP statuses that are retried.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub status_codes: Vec<u16>,
+    /// Further gRPC status codes (numbers, e.g. 14 for UNAVAILABLE) that are retried.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub grpc_codes: Vec<u32>,
+    /// Backoff before retry n: a uniformly random wait in [0, min(max, base × 2^n)].
+    #[serde(default)]
+    pub backoff: Backoff,
+    /// Retry methods that are not idempotent (POST, PATCH) too (default false). A request
+    /// that was never sent (connect failure) is retried whatever its method.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub non_idempotent: bool,
+    /// Request bodies up to this size are kept so they can be replayed (default 65536);
+    /// a larger body, or one without `Content-Length`, is sent once.
+    #[serde(default = "default_retry_body")]
+    pub max_body_bytes: u64,
+    /// How many retries the service may see, relative to its requests.
+    #[serde(default)]
+    pub budget: RetryBudget,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            attempts: default_attempts(),
+            on: default_retry_on(),
+            status_codes: Vec::new(),
+            grpc_codes: Vec::new(),
+            backoff: Backoff::default(),
+            non_idempotent: false,
+            max_body_bytes: default_retry_body(),
+            budget: RetryBudget::default(),
+        }
+    }
+}
+
+fn default_attempts() -> u32 {
+    2
+}
+fn default_retry_on() -> Vec<RetryOn> {
+    vec![
+        RetryOn::ConnectFailure,
+        RetryOn::Reset,
+        RetryOn::PerTryTimeout,
+        RetryOn::Unavailable,
+    ]
+}
+fn default_retry_body() -> u64 {
+    65_536
+}
+
+/// Exponential backoff with full jitter.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Backoff {
+    /// First retry waits up to this (default `25ms`).
+    #[serde(default = "default_backoff_base")]
+    pub base: Duration,
+    /// No wait is longer than this (default `250ms`).
+    #[serde(default = "default_backoff_max")]
+    pub max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            base: default_backoff_base(),
+            max: default_backoff_max(),
+        }
+    }
+}
+
+fn default_backoff_base() -> Duration {
+    Duration::from_millis(25)
+}
+fn default_backoff_max() -> Duration {
+    Duration::from_millis(250)
+}
+
+/// A retry budget: over a sliding window, retries may be at most `ratio` × requests plus
+/// `minPerSecond` × the window's seconds (Linkerd's 20% + 10/s by default). On by default,
+/// so retries can never multiply the load on a service that is failing.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RetryBudget {
+    /// Retries per request (default 0.2).
+    #[serde(default = "default_budget_ratio")]
+    pub ratio: f64,
+    /// Retries always allowed per second (default 10).
+    #[serde(default = "default_budget_floor")]
+    pub min_per_second: u32,
+    /// Switch the budget off (only the `attempts` bound stays). Not recommended.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unlimited: bool,
+}
+
+impl Default for RetryBudget {
+    fn default() -> Self {
+        RetryBudget {
+            ratio: default_budget_ratio(),
+            min_per_second: default_budget_floor(),
+            unlimited: false,
+        }
+    }
+}
+
+fn default_budget_ratio() -> f64 {
+    0.2
+}
+fn default_budget_floor() -> u32 {
+    10
+}
+
+/// Per-service concurrency limits; over one, a request fails at once with 503
+/// `overloaded` instead of queueing.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct CircuitBreaker {
+    /// Requests in flight to the service (default 1024).
+    #[serde(default = "default_cb_requests")]
+    pub max_requests: u32,
+    /// Upstream connections open to the service, over all endpoints (default 1024).
+    #[serde(default = "default_cb_connections")]
+    pub max_connections: u32,
+    /// Retries in flight to the service (default 64).
+    #[serde(default = "default_cb_retries")]
+    pub max_retries: u32,
+}
+
+impl Default for CircuitBreaker {
+    fn default() -> Self {
+        CircuitBreaker {
+            max_requests: default_cb_requests(),
+            max_connections: default_cb_connections(),
+            max_retries: default_cb_retries(),
+        }
+    }
+}
+
+fn default_cb_requests() -> u32 {
+    1024
+}
+fn default_cb_connections() -> u32 {
+    1024
+}
+fn default_cb_retries() -> u32 {
+    64
 }
 
 /// TLS from the proxy to a service's endpoints. The server certificate is always verified.

@@ -305,3 +305,54 @@ fn edge_rules_are_enforced() {
         );
     }
 }
+
+#[test]
+fn resilience_settings_are_checked() {
+    let with = |service: &str| {
+        GOOD.replacen(
+            "  connectTimeout: 500ms\n",
+            &format!("  connectTimeout: 500ms\n{service}"),
+            1,
+        )
+    };
+    let ok = parse("r.yaml", &with("  retry: {attempts: 3, on: [connect-failure, gateway-error], statusCodes: [429], grpcCodes: [14]}\n  timeouts: {request: 2s, perTry: 500ms}\n  circuitBreaker: {maxRequests: 10}\n")).unwrap();
+    let s = &ok.service("echo").unwrap().spec;
+    assert_eq!(s.retry.attempts, 3);
+    assert_eq!(s.retry.budget.ratio, 0.2, "budget on by default");
+    assert_eq!(s.circuit_breaker.max_retries, 64);
+    let cases = [
+        ("  retry: {attempts: 11}\n", "over the maximum of 10"),
+        (
+            "  retry: {backoff: {base: 1s, max: 10ms}}\n",
+            "needs 0 < base <= max",
+        ),
+        ("  retry: {budget: {ratio: 1.5}}\n", "outside 0..=1"),
+        ("  retry: {grpcCodes: [20]}\n", "not a gRPC status code"),
+        ("  retry: {statusCodes: [99]}\n", "not an HTTP status"),
+        (
+            "  retry: {on: [sometimes]}\n",
+            "unknown variant `sometimes`",
+        ),
+        ("  timeouts: {request: 0s}\n", "must be greater than 0"),
+        ("  circuitBreaker: {maxRetries: 0}\n", "must be at least 1"),
+    ];
+    for (service, want) in cases {
+        let errs = errors_of(&with(service));
+        assert!(
+            errs.iter().any(|e| e.contains(want)),
+            "{want:?} not in {errs:#?}"
+        );
+    }
+    let route = GOOD.replacen(
+        "      backendRefs: [{name: echo, weight: 9}, {name: echo2}]\n",
+        "      backendRefs: [{name: echo, weight: 9}, {name: echo2}]\n      timeouts: {backendRequest: 0ms}\n",
+        1,
+    );
+    assert_ne!(route, GOOD);
+    let errs = errors_of(&route);
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("timeouts.backendRequest: must be greater than 0")),
+        "{errs:#?}"
+    );
+}

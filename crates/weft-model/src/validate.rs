@@ -253,6 +253,33 @@ fn listener(r: &mut Report<'_>, doc: &Document, gateway: &str, at: &str, l: &Lis
     }
 }
 
+/// What is wrong with a retry policy, as (field below `retry`, message) pairs.
+fn retry_problems(p: &RetryPolicy) -> Vec<(&'static str, String)> {
+    let mut out = Vec::new();
+    if p.attempts > 10 {
+        out.push((
+            "attempts",
+            format!("{} is over the maximum of 10", p.attempts),
+        ));
+    }
+    if let Some(c) = p.status_codes.iter().find(|c| !(100..=599).contains(*c)) {
+        out.push(("statusCodes", format!("{c} is not an HTTP status")));
+    }
+    if let Some(c) = p.grpc_codes.iter().find(|c| **c > 16) {
+        out.push(("grpcCodes", format!("{c} is not a gRPC status code (0-16)")));
+    }
+    if p.backoff.base.get().is_zero() || p.backoff.max.get() < p.backoff.base.get() {
+        out.push(("backoff", "needs 0 < base <= max".to_string()));
+    }
+    if !(0.0..=1.0).contains(&p.budget.ratio) {
+        out.push((
+            "budget.ratio",
+            format!("{} is outside 0..=1", p.budget.ratio),
+        ));
+    }
+    out
+}
+
 fn stream_route(
     r: &mut Report<'_>,
     c: &Config,
@@ -442,6 +469,43 @@ fn service(r: &mut Report<'_>, s: &Resource<ServiceSpec>, doc: &Document) {
             r.at(doc, "Service", name, "spec.tls.serverName".into(), m);
         }
     }
+    if s.spec.timeouts.request.get().is_zero() {
+        r.at(
+            doc,
+            "Service",
+            name,
+            "spec.timeouts.request".into(),
+            "must be greater than 0".into(),
+        );
+    }
+    if s.spec.timeouts.per_try.is_some_and(|d| d.get().is_zero()) {
+        r.at(
+            doc,
+            "Service",
+            name,
+            "spec.timeouts.perTry".into(),
+            "must be greater than 0".into(),
+        );
+    }
+    for m in retry_problems(&s.spec.retry) {
+        r.at(doc, "Service", name, format!("spec.retry.{}", m.0), m.1);
+    }
+    let cb = &s.spec.circuit_breaker;
+    for (field, v) in [
+        ("maxRequests", cb.max_requests),
+        ("maxConnections", cb.max_connections),
+        ("maxRetries", cb.max_retries),
+    ] {
+        if v == 0 {
+            r.at(
+                doc,
+                "Service",
+                name,
+                format!("spec.circuitBreaker.{field}"),
+                "must be at least 1".into(),
+            );
+        }
+    }
     if s.spec.connection_pool.max_idle_per_endpoint > 10_000 {
         r.at(
             doc,
@@ -469,6 +533,25 @@ fn http_route(r: &mut Report<'_>, c: &Config, route: &Resource<HttpRouteSpec>, d
     }
     for (ri, rule) in route.spec.rules.iter().enumerate() {
         let at = format!("spec.rules[{ri}]");
+        if let Some(retry) = &rule.retry {
+            for (field, msg) in retry_problems(retry) {
+                err(r, format!("{at}.retry.{field}"), msg);
+            }
+        }
+        if let Some(t) = &rule.timeouts {
+            for (field, d) in [
+                ("request", t.request),
+                ("backendRequest", t.backend_request),
+            ] {
+                if d.is_some_and(|d| d.get().is_zero()) {
+                    err(
+                        r,
+                        format!("{at}.timeouts.{field}"),
+                        "must be greater than 0".into(),
+                    );
+                }
+            }
+        }
         for (mi, m) in rule.matches.iter().enumerate() {
             let at = format!("{at}.matches[{mi}]");
             if let Some(p) = &m.path {

@@ -312,6 +312,24 @@ impl Balancer {
         }
     }
 
+    /// Like [`Balancer::pick`], but avoiding the endpoints in `avoid` (a retry goes
+    /// elsewhere) as long as another endpoint exists.
+    pub fn pick_avoiding(&self, key: Option<u64>, avoid: &[SocketAddr]) -> Option<&Arc<Endpoint>> {
+        let first = self.pick(key)?;
+        if !avoid.contains(&first.addr) {
+            return Some(first);
+        }
+        let others: Vec<&Arc<Endpoint>> = self
+            .endpoints
+            .iter()
+            .filter(|e| !avoid.contains(&e.addr))
+            .collect();
+        if others.is_empty() {
+            return Some(first);
+        }
+        others.get(fastrand::usize(..others.len())).copied()
+    }
+
     /// Chooses an endpoint; `key` is the request's hash for `RingHash`.
     pub fn pick(&self, key: Option<u64>) -> Option<&Arc<Endpoint>> {
         let eps = &self.endpoints;

@@ -37,9 +37,19 @@ impl Verdict {
     }
 }
 
-/// A downstream request body forwarded upstream under limits.
+/// A request body as it goes upstream: the client's body streamed under limits, or bytes
+/// read in full beforehand so that a retry can send them again.
 #[derive(Debug)]
-pub struct RequestBody {
+pub enum RequestBody {
+    /// Streamed from the client.
+    Stream(Guarded),
+    /// Already read (replayable); `None` once sent.
+    Bytes(Option<Bytes>),
+}
+
+/// The client's body under the listener's limits.
+#[derive(Debug)]
+pub struct Guarded {
     inner: Incoming,
     remaining: u64,
     idle: Duration,
@@ -61,13 +71,67 @@ pub enum BodyError {
 impl RequestBody {
     /// Wraps `inner`; `max` bytes at most (None: unbounded), `idle` between frames.
     pub fn new(inner: Incoming, max: Option<u64>, idle: Duration) -> (RequestBody, Verdict) {
+        let (g, v) = Guarded::new(inner, max, idle);
+        (RequestBody::Stream(g), v)
+    }
+
+    /// Reads the whole body (under the same limits) so it can be sent more than once.
+    pub async fn into_bytes(self) -> Result<Bytes, ProxyError> {
+        use http_body_util::BodyExt;
+        match self {
+            RequestBody::Bytes(b) => Ok(b.unwrap_or_default()),
+            RequestBody::Stream(g) => {
+                let verdict = g.verdict.clone();
+                match g.collect().await {
+                    Ok(c) => Ok(c.to_bytes()),
+                    Err(BodyError::Limit(e)) => Err(e),
+                    Err(BodyError::Hyper(_)) => {
+                        Err(verdict.error().unwrap_or(ProxyError::BodyMalformed))
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match self.get_mut() {
+            RequestBody::Stream(g) => Pin::new(g).poll_frame(cx),
+            RequestBody::Bytes(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RequestBody::Stream(g) => g.is_end_stream(),
+            RequestBody::Bytes(b) => b.as_ref().is_none_or(|b| b.is_empty()),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RequestBody::Stream(g) => g.size_hint(),
+            RequestBody::Bytes(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+        }
+    }
+}
+
+impl Guarded {
+    fn new(inner: Incoming, max: Option<u64>, idle: Duration) -> (Guarded, Verdict) {
         // Bodies that are already complete (GET, HEAD, ...) need no shared verdict.
         let verdict = if inner.is_end_stream() {
             Verdict(None)
         } else {
             Verdict(Some(Arc::new(AtomicU8::new(0))))
         };
-        let body = RequestBody {
+        let body = Guarded {
             inner,
             remaining: max.unwrap_or(u64::MAX),
             idle,
@@ -85,7 +149,7 @@ impl RequestBody {
     }
 }
 
-impl Body for RequestBody {
+impl Body for Guarded {
     type Data = Bytes;
     type Error = BodyError;
 

@@ -44,6 +44,15 @@ pub enum ProxyError {
     /// The client's request body was malformed (bad chunked encoding) or cut short.
     #[error("invalid or incomplete request body")]
     BodyMalformed,
+    /// A circuit-breaker limit of the service was reached: failed fast instead of queued.
+    #[error("the service is at its concurrency limit")]
+    Overloaded,
+    /// No response headers within the request timeout (retries included).
+    #[error("the request timed out")]
+    RequestTimeout,
+    /// The last attempt exceeded the per-try timeout.
+    #[error("the upstream attempt timed out")]
+    PerTryTimeout,
     /// The upstream closed or reset the connection before a complete response.
     #[error("upstream reset the connection before responding")]
     UpstreamReset,
@@ -61,7 +70,9 @@ impl ProxyError {
         match self {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::InvalidHost | ProxyError::BodyMalformed => StatusCode::BAD_REQUEST,
+            ProxyError::RequestTimeout | ProxyError::PerTryTimeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::NoHealthyEndpoints
+            | ProxyError::Overloaded
             | ProxyError::ConnectRefused
             | ProxyError::ConnectTimeout
             | ProxyError::ConnectFailed => StatusCode::SERVICE_UNAVAILABLE,
@@ -84,6 +95,9 @@ impl ProxyError {
             ProxyError::ConnectTimeout => "connect-timeout",
             ProxyError::ConnectFailed => "connect-failed",
             ProxyError::UpstreamReset => "upstream-reset",
+            ProxyError::Overloaded => "overloaded",
+            ProxyError::RequestTimeout => "request-timeout",
+            ProxyError::PerTryTimeout => "per-try-timeout",
             ProxyError::UpstreamTls => "upstream-tls-error",
             ProxyError::BodyTooLarge => "body-too-large",
             ProxyError::BodyTimeout => "body-timeout",

@@ -30,6 +30,7 @@ use crate::balance::InFlight;
 use crate::body::RequestBody;
 use crate::error::{ProxyError, ERROR_HEADER};
 use crate::metrics::{Metrics, RouteStats};
+use crate::retry;
 use crate::snapshot::{Rule, Snapshot};
 use crate::upstream::Lease;
 use crate::SnapshotHandle;
@@ -40,6 +41,7 @@ pub type ResponseBody = Either<UpstreamBody, Full<Bytes>>;
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 /// A client-supplied request id longer than this is replaced.
@@ -226,46 +228,163 @@ async fn route_and_forward(
         }
     }
 
-    // Endpoint.
+    // Timeouts: the rule's over the service's; a caller's gRPC deadline shortens them.
+    let retry = rule.retry.as_ref().unwrap_or(&service.retry);
+    let per_try = rule.per_try_timeout.or(service.per_try_timeout);
+    let caller_deadline = req
+        .headers()
+        .get(GRPC_TIMEOUT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(retry::parse_grpc_timeout);
+    let mut allowed = rule.request_timeout.unwrap_or(service.request_timeout);
+    if let Some(d) = caller_deadline {
+        allowed = allowed.min(d);
+    }
+    let deadline = tokio::time::Instant::from_std(ex.started) + allowed;
+    let _in_flight = service.breaker.request().ok_or(ProxyError::Overloaded)?;
+    service.budget.deposit();
+
     let key = service
         .balancer
         .hash_key()
         .and_then(|k| k.hash(req.headers(), client.addr.ip()));
-    let endpoint = service
-        .balancer
-        .pick(key)
-        .ok_or(ProxyError::NoHealthyEndpoints)?;
-    ex.upstream = Some(endpoint.addr);
-    let inflight = endpoint.start();
-
-    // HTTP/1.1 goes out in origin-form with its Host header; HTTP/2 needs `:authority`,
-    // which carries the (possibly rewritten) Host rather than the endpoint's address.
-    let h2_authority = service.upstream.settings.is_http2().then(|| {
-        req.headers()
-            .get(header::HOST)
-            .and_then(|v| http::uri::Authority::try_from(v.as_bytes()).ok())
-            .unwrap_or_else(|| endpoint.authority.clone())
-    });
-    *req.uri_mut() = upstream_uri(req.uri(), h2_authority, new_path)?;
-    *req.version_mut() = if service.upstream.settings.is_http2() {
+    let is_h2 = service.upstream.settings.is_http2();
+    *req.version_mut() = if is_h2 {
         Version::HTTP_2
     } else {
         Version::HTTP_11
     };
 
+    // The body: read in full when it is small enough to send again, streamed otherwise.
     let (parts, body) = req.into_parts();
     let (body, verdict) = RequestBody::new(
         body,
         listener.limits.max_request_body_bytes,
         listener.limits.request_body_idle_timeout.get(),
     );
-    let req = Request::from_parts(parts, body);
-    let (mut resp, lease) = service
-        .upstream
-        .send(endpoint, req)
-        .await
-        .map_err(|e| verdict.error().unwrap_or(e))
-        .inspect_err(|e| tracing::debug!(service = %service.name, endpoint = %endpoint.addr, error = %e, "upstream request failed"))?;
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let replayable = retry.attempts > 0
+        && downstream_upgrade.is_none()
+        && (body.is_end_stream() || declared.is_some_and(|n| n <= retry.max_body_bytes));
+    let resendable = retry.may_resend(&parts.method);
+    let mut body = Some(match (replayable, body.is_end_stream()) {
+        (true, true) => RequestBody::Bytes(None),
+        (true, false) => RequestBody::Bytes(Some(body.into_bytes().await?)),
+        (false, _) => body,
+    });
+    let template = replayable.then(|| Template::of(&parts));
+    let mut parts = Some(parts);
+
+    let mut tried: Vec<SocketAddr> = Vec::new();
+    let mut attempt: u32 = 0;
+    let mut _retrying: Option<retry::Permit> = None;
+    let (mut resp, lease, inflight) = loop {
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            return Err(ProxyError::RequestTimeout);
+        }
+        let endpoint = service
+            .balancer
+            .pick_avoiding(key, &tried)
+            .ok_or(ProxyError::NoHealthyEndpoints)?;
+        tried.push(endpoint.addr);
+        ex.upstream = Some(endpoint.addr);
+        let inflight = endpoint.start();
+
+        let (mut head, this_body) = match (&template, body.as_ref()) {
+            (Some(t), Some(RequestBody::Bytes(b))) => (t.parts(), RequestBody::Bytes(b.clone())),
+            _ => (
+                parts.take().ok_or(ProxyError::UpstreamReset)?,
+                body.take().ok_or(ProxyError::UpstreamReset)?,
+            ),
+        };
+        // HTTP/1.1 goes out in origin-form with its Host header; HTTP/2 needs `:authority`,
+        // which carries the (possibly rewritten) Host rather than the endpoint's address.
+        let h2_authority = is_h2.then(|| {
+            head.headers
+                .get(header::HOST)
+                .and_then(|v| http::uri::Authority::try_from(v.as_bytes()).ok())
+                .unwrap_or_else(|| endpoint.authority.clone())
+        });
+        head.uri = upstream_uri(&head.uri, h2_authority, new_path.clone())?;
+        let remaining = deadline - now;
+        if caller_deadline.is_some() {
+            // The callee learns how long the caller will still wait.
+            if let Ok(v) = HeaderValue::from_str(&retry::format_grpc_timeout(remaining)) {
+                head.headers.insert(GRPC_TIMEOUT, v);
+            }
+        }
+        let limit = per_try.map_or(remaining, |p| p.min(remaining));
+        let sent = tokio::time::timeout(
+            limit,
+            service
+                .upstream
+                .send(endpoint, Request::from_parts(head, this_body)),
+        )
+        .await;
+        let failure = match sent {
+            Ok(Ok((resp, lease))) => {
+                if !(replayable
+                    && resendable
+                    && retry.retries_response(resp.status(), resp.headers()))
+                {
+                    break (resp, lease, inflight);
+                }
+                Err(resp)
+            }
+            Ok(Err(e)) => {
+                let e = verdict.error().unwrap_or(e);
+                tracing::debug!(service = %service.name, endpoint = %endpoint.addr, error = %e, "upstream attempt failed");
+                if !replayable || !retry.retries_error(e, resendable) {
+                    return Err(e);
+                }
+                Ok(e)
+            }
+            Err(_) if tokio::time::Instant::now() >= deadline => {
+                return Err(ProxyError::RequestTimeout)
+            }
+            Err(_) => {
+                if !(replayable && retry.retries_error(ProxyError::PerTryTimeout, resendable)) {
+                    return Err(ProxyError::PerTryTimeout);
+                }
+                Ok(ProxyError::PerTryTimeout)
+            }
+        };
+        // Another attempt? Only within the attempts, the budget and the breaker.
+        let refused = if attempt >= retry.attempts {
+            Some(None)
+        } else if !service.budget.withdraw() {
+            Some(Some("budget-exhausted"))
+        } else {
+            match service.breaker.retry() {
+                Some(p) => {
+                    _retrying = Some(p);
+                    None
+                }
+                None => Some(Some("overloaded")),
+            }
+        };
+        if let Some(why) = refused {
+            if let Some(why) = why {
+                ctx.metrics.retry(&service.name, why);
+            }
+            match failure {
+                Err(resp) => break (resp, None, inflight),
+                Ok(e) => return Err(e),
+            }
+        }
+        drop(failure); // an unwanted response closes its connection rather than being read
+        ctx.metrics.retry(&service.name, "attempted");
+        tokio::time::sleep_until(
+            (tokio::time::Instant::now() + retry.backoff(attempt)).min(deadline),
+        )
+        .await;
+        attempt += 1;
+    };
     inflight.observe_response();
 
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -771,6 +890,34 @@ impl Body for UpstreamBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// What a retry needs to rebuild the request: everything but the body and extensions.
+struct Template {
+    method: http::Method,
+    uri: Uri,
+    version: Version,
+    headers: HeaderMap,
+}
+
+impl Template {
+    fn of(p: &http::request::Parts) -> Template {
+        Template {
+            method: p.method.clone(),
+            uri: p.uri.clone(),
+            version: p.version,
+            headers: p.headers.clone(),
+        }
+    }
+
+    fn parts(&self) -> http::request::Parts {
+        let (mut parts, ()) = Request::new(()).into_parts();
+        parts.method = self.method.clone();
+        parts.uri = self.uri.clone();
+        parts.version = self.version;
+        parts.headers = self.headers.clone();
+        parts
     }
 }
 

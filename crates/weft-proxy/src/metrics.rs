@@ -57,6 +57,12 @@ struct StreamLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServiceResultLabels {
+    service: String,
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VersionLabels {
     version: String,
 }
@@ -81,6 +87,7 @@ pub struct Metrics {
     conns_open: Family<ListenerLabels, Gauge>,
     conns_total: Family<ListenerLabels, Counter>,
     conns_refused: Family<ReasonLabels, Counter>,
+    retries: Family<ServiceResultLabels, Counter>,
     streams: Family<StreamLabels, Counter>,
     bytes_in: Family<ListenerLabels, Counter>,
     bytes_out: Family<ListenerLabels, Counter>,
@@ -108,6 +115,7 @@ impl Metrics {
             conns_open: Family::default(),
             conns_total: Family::default(),
             conns_refused: Family::default(),
+            retries: Family::default(),
             streams: Family::default(),
             bytes_in: Family::default(),
             bytes_out: Family::default(),
@@ -148,6 +156,12 @@ impl Metrics {
             "Client connections closed before serving them, by reason (max-connections, \
              tls-handshake, tls-handshake-timeout, not-tls, no-route)",
             m.conns_refused.clone(),
+        );
+        r.register(
+            "retries",
+            "Retries by result: attempted, budget-exhausted (the retry budget refused), \
+             overloaded (maxRetries in flight)",
+            m.retries.clone(),
         );
         r.register(
             "stream_connections",
@@ -256,6 +270,16 @@ impl Metrics {
             .get_or_create(&StreamLabels {
                 listener: listener.into(),
                 route: route.into(),
+                service: service.into(),
+                result: result.into(),
+            })
+            .inc();
+    }
+
+    /// Counts a retry decision for `service`.
+    pub fn retry(&self, service: &str, result: &str) {
+        self.retries
+            .get_or_create(&ServiceResultLabels {
                 service: service.into(),
                 result: result.into(),
             })

@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, StatusCode};
 use weft_model::{
@@ -15,6 +16,7 @@ use weft_model::{
 
 use crate::balance::{Balancer, Endpoint};
 use crate::metrics::{Metrics, RouteStats};
+use crate::retry::{Breaker, Budget, Retry};
 use crate::router::{MatchError, Matcher, RouteTable};
 use crate::stream::StreamTable;
 use crate::upstream::{Settings, Upstream, UpstreamTls};
@@ -105,6 +107,12 @@ pub struct Rule {
     total_weight: u64,
     /// Metrics for replies made without a backend (redirects).
     pub local_stats: Arc<RouteStats>,
+    /// The rule's own request timeout, over the service's.
+    pub request_timeout: Option<Duration>,
+    /// The rule's own per-try timeout, over the service's.
+    pub per_try_timeout: Option<Duration>,
+    /// The rule's own retry policy, over the service's.
+    pub retry: Option<Retry>,
 }
 
 impl Rule {
@@ -125,7 +133,7 @@ pub struct Backend {
     pub stats: Arc<RouteStats>,
 }
 
-/// A service: endpoints, balancer and connection pool.
+/// A service: endpoints, balancer, connection pool and resilience settings.
 #[derive(Debug)]
 pub struct Service {
     /// Name.
@@ -134,6 +142,16 @@ pub struct Service {
     pub balancer: Balancer,
     /// Connections to the endpoints.
     pub upstream: Upstream,
+    /// Until the response headers arrive, retries included.
+    pub request_timeout: Duration,
+    /// Each attempt.
+    pub per_try_timeout: Option<Duration>,
+    /// Retry policy.
+    pub retry: Retry,
+    /// Retry budget (kept across reloads while its settings stay).
+    pub budget: Arc<Budget>,
+    /// Fail-fast limits (in-flight counts kept across reloads).
+    pub breaker: Arc<Breaker>,
 }
 
 /// Compiled filters of a rule.
@@ -411,11 +429,24 @@ fn build_service(
         spec.load_balancer.hash_on.as_ref(),
     );
 
-    let upstream = Upstream::new(settings);
+    let breaker = Arc::new(match previous {
+        Some(p) => p.breaker.with_limits(&spec.circuit_breaker),
+        None => Breaker::new(&spec.circuit_breaker),
+    });
+    let budget = match previous {
+        Some(p) if p.budget.same_settings(&spec.retry.budget) => p.budget.clone(),
+        _ => Arc::new(Budget::new(&spec.retry.budget)),
+    };
+    let upstream = Upstream::new(settings, breaker.clone());
     Ok(Service {
         name: name.to_string(),
         balancer,
         upstream,
+        request_timeout: spec.timeouts.request.get(),
+        per_try_timeout: spec.timeouts.per_try.map(|d| d.get()),
+        retry: Retry::new(&spec.retry),
+        budget,
+        breaker,
     })
 }
 
@@ -486,12 +517,16 @@ fn build_rule(
         })
         .collect::<Result<_, BuildError>>()?;
     let total_weight = backends.iter().map(|b| u64::from(b.weight)).sum();
+    let timeouts = rule.timeouts.as_ref();
     Ok(Rule {
         route: route.to_string(),
         filters,
         backends,
         total_weight,
         local_stats: Arc::new(metrics.route_stats(listener, route, "")),
+        request_timeout: timeouts.and_then(|t| t.request).map(|d| d.get()),
+        per_try_timeout: timeouts.and_then(|t| t.backend_request).map(|d| d.get()),
+        retry: rule.retry.as_ref().map(Retry::new),
     })
 }
 

@@ -214,7 +214,7 @@ async fn forward<S>(
         return;
     };
     let _inflight = endpoint.start();
-    let mut upstream = match service.upstream.connect(endpoint).await {
+    let (mut upstream, _permit) = match service.upstream.connect(endpoint).await {
         Ok(u) => u,
         Err(e) => {
             ctx.metrics.connect_error(&service.name, e.code());

@@ -303,12 +303,14 @@ impl Lease {
 pub struct Upstream {
     /// Connection settings.
     pub settings: Settings,
+    /// Counts open connections against `maxConnections`.
+    breaker: Arc<crate::retry::Breaker>,
 }
 
 impl Upstream {
     /// An upstream with the given settings.
-    pub fn new(settings: Settings) -> Self {
-        Upstream { settings }
+    pub fn new(settings: Settings, breaker: Arc<crate::retry::Breaker>) -> Self {
+        Upstream { settings, breaker }
     }
 
     /// Sends `req` to `endpoint`. The request's URI must already be in the form the
@@ -344,12 +346,13 @@ impl Upstream {
                 },
             }
         }
-        let stream = self.connect(endpoint).await?;
+        let (stream, permit) = self.connect(endpoint).await?;
         let (mut sender, conn) = http1::Builder::new()
             .handshake::<_, RequestBody>(TokioIo::new(stream))
             .await
             .map_err(|e| ProxyError::from_hyper(&e))?;
         tokio::spawn(async move {
+            let _permit = permit;
             if let Err(e) = conn.with_upgrades().await {
                 tracing::debug!(error = %e, "upstream connection ended with an error");
             }
@@ -403,13 +406,14 @@ impl Upstream {
                 return Ok(shared.sender.clone());
             }
         }
-        let stream = self.connect(endpoint).await?;
+        let (stream, permit) = self.connect(endpoint).await?;
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .handshake::<_, RequestBody>(TokioIo::new(stream))
             .await
             .map_err(|e| ProxyError::from_hyper(&e))?;
         tokio::spawn(async move {
+            let _permit = permit;
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "upstream HTTP/2 connection ended with an error");
             }
@@ -423,18 +427,25 @@ impl Upstream {
 
     /// Opens a connection to `endpoint`: TCP within the connect timeout, then TLS if the
     /// service originates it.
-    pub async fn connect(&self, endpoint: &Endpoint) -> Result<UpstreamIo, ProxyError> {
+    /// The returned permit counts the connection against the service's `maxConnections`
+    /// until it is dropped (with the connection).
+    pub async fn connect(
+        &self,
+        endpoint: &Endpoint,
+    ) -> Result<(UpstreamIo, crate::retry::Permit), ProxyError> {
+        let permit = self.breaker.connection().ok_or(ProxyError::Overloaded)?;
         let tcp = self.connect_tcp(endpoint).await?;
-        match &self.settings.tls {
-            None => Ok(UpstreamIo::Plain(tcp)),
+        let io = match &self.settings.tls {
+            None => UpstreamIo::Plain(tcp),
             Some(tls) => {
                 let handshake = tls.handshake(tcp, endpoint.addr);
                 match tokio::time::timeout(self.settings.connect_timeout, handshake).await {
-                    Err(_) => Err(ProxyError::ConnectTimeout),
-                    Ok(r) => r.map(|s| UpstreamIo::Tls(Box::new(s))),
+                    Err(_) => return Err(ProxyError::ConnectTimeout),
+                    Ok(r) => UpstreamIo::Tls(Box::new(r?)),
                 }
             }
-        }
+        };
+        Ok((io, permit))
     }
 
     async fn connect_tcp(&self, endpoint: &Endpoint) -> Result<TcpStream, ProxyError> {

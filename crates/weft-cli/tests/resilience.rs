@@ -1,0 +1,244 @@
+//! End to end: retries hide a flaky backend, the retry budget bounds the extra load a
+//! failing backend sees, timeouts answer 504 and honour the caller's gRPC deadline, a
+//! per-try timeout moves a request off a slow endpoint, and the circuit breaker fails
+//! fast. Every test bounds its own load in count.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use weft_testkit::{curl, curl_many, echo, metric_value, Echo, Proxy};
+
+fn weft() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_weft"))
+}
+
+/// Listener `gw/web`, a catch-all route `r` (with `rule_extra` lines in its rule) to
+/// service `s` over `backends`, `service_extra` lines in the service spec.
+fn config(backends: &[&Echo], service_extra: &str, rule_extra: &str) -> String {
+    let eps: Vec<String> = backends
+        .iter()
+        .map(|e| format!("{{address: \"{}\"}}", e.addr))
+        .collect();
+    format!(
+        "kind: Gateway\nmetadata: {{name: gw}}\nspec:\n  listeners: [{{name: web, address: \"127.0.0.1:0\"}}]\n---\n\
+         kind: HTTPRoute\nmetadata: {{name: r}}\nspec:\n  rules:\n  - backendRefs: [{{name: s}}]\n{rule_extra}---\n\
+         kind: Service\nmetadata: {{name: s}}\nspec:\n  loadBalancer: {{policy: RoundRobin}}\n  endpoints: [{}]\n{service_extra}",
+        eps.join(", ")
+    )
+}
+
+fn start(config: &str) -> Proxy {
+    weft_testkit::proxy(&weft(), config, &[])
+}
+
+fn served(e: &Echo) -> u64 {
+    let r = curl(&[&format!("http://{}/_echo/stats", e.addr)]);
+    r.json()["requests"].as_u64().expect("echo stats")
+}
+
+fn retries(p: &Proxy, result: &str) -> f64 {
+    metric_value(
+        &p.admin_get("/metrics"),
+        &format!("weft_retries_total{{service=\"s\",result=\"{result}\"}}"),
+    )
+    .unwrap_or(0.0)
+}
+
+#[test]
+fn retries_hide_a_backend_failing_thirty_percent() {
+    let good1 = echo(&weft(), "good1", &[]);
+    let good2 = echo(&weft(), "good2", &[]);
+    let flaky = echo(&weft(), "flaky", &["--fail-rate", "0.3"]);
+    let backends = [&good1, &good2, &flaky];
+
+    // Default retry policy (503 is retried, on another endpoint).
+    let p = start(&config(&backends, "", ""));
+    let n = 3000;
+    let results = curl_many(&format!("{}/", p.url("gw/web")), n, "x-echo-name", &[]);
+    let ok = results.iter().filter(|(s, _)| *s == 200).count();
+    assert_eq!(results.len(), n);
+    assert!(
+        ok * 1000 >= n * 999,
+        "success rate {ok}/{n} is below 99.9% with retries"
+    );
+    assert!(
+        retries(&p, "attempted") >= 200.0,
+        "the flaky backend was not retried"
+    );
+    assert!(served(&flaky) >= 900, "the flaky backend took its share");
+
+    // The same without retries: the failures show, so the figure above is the retries' doing.
+    let p = start(&config(&backends, "  retry: {attempts: 0}\n", ""));
+    let results = curl_many(&format!("{}/", p.url("gw/web")), n, "x-echo-name", &[]);
+    let failed = results.iter().filter(|(s, _)| *s == 503).count();
+    assert!(failed >= n / 20, "only {failed} failures without retries");
+    eprintln!("with retries: {ok}/{n} ok; without: {failed}/{n} failed");
+}
+
+#[test]
+fn the_retry_budget_bounds_the_load_on_a_failing_backend() {
+    let n = 2000;
+    // A backend in an outage (every request 503), with and without the budget. Three
+    // retries per request are allowed in both runs.
+    let mut extra = Vec::new();
+    for budget in ["", ", budget: {unlimited: true}"] {
+        let down = echo(&weft(), "down", &["--fail-rate", "1"]);
+        let p = start(&config(
+            &[&down],
+            &format!("  retry: {{attempts: 3, backoff: {{base: 1ms, max: 2ms}}{budget}}}\n"),
+            "",
+        ));
+        let t = Instant::now();
+        let results = curl_many(&format!("{}/", p.url("gw/web")), n, "x-echo-name", &[]);
+        let windows = (t.elapsed().as_secs_f64() / 10.0).ceil().max(1.0);
+        assert!(results.iter().all(|(s, _)| *s == 503));
+        let received = served(&down);
+        extra.push(((received - n as u64) as f64 / n as f64, windows));
+        if budget.is_empty() {
+            assert!(retries(&p, "budget-exhausted") > 0.0);
+        }
+    }
+    // The default budget: retries ≤ 20% of requests + 10/s, over a sliding 10 s window, so
+    // at most 0.2 × n + 100 per 10 s the run lasted. The extra load is bounded by the
+    // ratio, not by `attempts`.
+    let (with, windows) = extra[0];
+    let bound = 0.2 + 100.0 * windows / n as f64 + 0.01;
+    assert!(
+        with <= bound,
+        "with the budget the backend saw {with:.2}x extra load (bound {bound:.2})"
+    );
+    let (without, _) = extra[1];
+    assert!(
+        without >= 2.99,
+        "without the budget every request is retried 3 times: {without:.2}x"
+    );
+    eprintln!(
+        "outage of {n} requests: extra load {with:.2}x with the default budget, {without:.2}x without"
+    );
+}
+
+#[test]
+fn timeouts_answer_504_and_honour_the_callers_deadline() {
+    let e = echo(&weft(), "e", &[]);
+    let p = start(&config(
+        &[&e],
+        "  timeouts: {request: 300ms}\n  retry: {attempts: 0}\n",
+        "  - matches: [{headers: [{name: x-patient, value: \"yes\"}]}]\n    backendRefs: [{name: s}]\n    timeouts: {request: 5s}\n",
+    ));
+    let url = p.url("gw/web");
+    let r = curl(&[&format!("{url}/delay/3000")]);
+    assert_eq!(r.status, 504, "{r:?}");
+    assert_eq!(r.header("x-weft-error"), Some("request-timeout"));
+    // The rule's own timeout wins over the service's.
+    let r = curl(&["-H", "x-patient: yes", &format!("{url}/delay/500")]);
+    assert_eq!(r.status, 200, "{r:?}");
+
+    // A caller that will wait 100 ms (grpc-timeout) is answered when it gives up, not later.
+    let r = curl(&[
+        "-H",
+        "x-patient: yes",
+        "-H",
+        "grpc-timeout: 100m",
+        &format!("{url}/delay/3000"),
+    ]);
+    assert_eq!(r.status, 504, "{r:?}");
+    // And the upstream is told how long is left.
+    let r = curl(&[
+        "-H",
+        "x-patient: yes",
+        "-H",
+        "grpc-timeout: 4S",
+        &format!("{url}/headers"),
+    ]);
+    let left = r.json()["headers"]["grpc-timeout"]
+        .as_str()
+        .expect("grpc-timeout forwarded")
+        .to_string();
+    let ms: u64 = left.trim_end_matches('m').parse().expect("milliseconds");
+    assert!(ms <= 4000 && ms > 0, "{left}");
+}
+
+#[test]
+fn a_per_try_timeout_moves_requests_off_a_slow_endpoint() {
+    let slow = echo(&weft(), "slow", &["--delay", "3s"]);
+    let fast = echo(&weft(), "fast", &[]);
+    let p = start(&config(
+        &[&slow, &fast],
+        "  timeouts: {perTry: 200ms}\n",
+        "",
+    ));
+    let results = curl_many(&format!("{}/", p.url("gw/web")), 20, "x-echo-name", &[]);
+    assert!(
+        results.iter().all(|(s, n)| *s == 200 && n == "fast"),
+        "{results:?}"
+    );
+    assert!(retries(&p, "attempted") >= 5.0);
+}
+
+#[test]
+fn the_circuit_breaker_fails_fast_instead_of_queueing() {
+    let e = echo(&weft(), "e", &[]);
+    let p = start(&config(&[&e], "  circuitBreaker: {maxRequests: 2}\n", ""));
+    let url = format!("{}/delay/1500", p.url("gw/web"));
+    let started = Instant::now();
+    let handles: Vec<_> = (0..10)
+        .map(|_| {
+            let url = url.clone();
+            std::thread::spawn(move || curl(&[&url]))
+        })
+        .collect();
+    let results: Vec<_> = handles
+        .into_iter()
+        .map(|h| h.join().expect("curl"))
+        .collect();
+    let ok = results.iter().filter(|r| r.status == 200).count();
+    let overloaded: Vec<_> = results
+        .iter()
+        .filter(|r| r.status == 503 && r.header("x-weft-error") == Some("overloaded"))
+        .collect();
+    assert_eq!(ok + overloaded.len(), 10, "{results:?}");
+    assert!((1..=4).contains(&ok), "{ok} served with maxRequests 2");
+    assert!(overloaded.len() >= 6);
+    eprintln!(
+        "10 concurrent: {ok} served, {} failed fast ({:?} for all)",
+        overloaded.len(),
+        started.elapsed()
+    );
+}
+
+#[test]
+fn non_idempotent_requests_are_sent_once_unless_the_route_allows_more() {
+    let down = echo(&weft(), "down", &["--fail-rate", "1"]);
+    let p = start(&config(
+        &[&down],
+        "",
+        "  - matches: [{headers: [{name: x-resend, value: \"yes\"}]}]\n    backendRefs: [{name: s}]\n    retry: {nonIdempotent: true, backoff: {base: 1ms, max: 2ms}}\n",
+    ));
+    let url = format!("{}/", p.url("gw/web"));
+    // POST with a body: reached the upstream, so not resent by default.
+    let r = curl(&["--data-binary", "order=1", &url]);
+    assert_eq!(r.status, 503);
+    assert_eq!(served(&down), 1);
+    // GET is idempotent: the first attempt and two retries.
+    assert_eq!(curl(&[&url]).status, 503);
+    assert_eq!(served(&down), 4);
+    // A rule that says so resends POST too, body included.
+    let r = curl(&["-H", "x-resend: yes", "--data-binary", "order=2", &url]);
+    assert_eq!(r.status, 503);
+    assert_eq!(served(&down), 7);
+
+    // The replayed body is the whole body: a backend failing every other request answers
+    // the retry, and echoes what it received.
+    let alternate = echo(&weft(), "alternate", &["--fail-rate", "0.5"]);
+    let p = start(&config(
+        &[&alternate],
+        "",
+        "  - matches: [{headers: [{name: x-resend, value: \"yes\"}]}]\n    backendRefs: [{name: s}]\n    retry: {nonIdempotent: true}\n",
+    ));
+    let url = format!("{}/", p.url("gw/web"));
+    assert_eq!(curl(&[&url]).status, 200); // request 0 succeeds, request 1 will fail
+    let r = curl(&["-H", "x-resend: yes", "--data-binary", "order=3", &url]);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.json()["body_bytes"], 7);
+    assert_eq!(served(&alternate), 3);
+}
