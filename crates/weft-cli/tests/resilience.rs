@@ -51,8 +51,8 @@ fn retries_hide_a_backend_failing_thirty_percent() {
     let flaky = echo(&weft(), "flaky", &["--fail-rate", "0.3"]);
     let backends = [&good1, &good2, &flaky];
 
-    // Default retry policy (503 is retried, on another endpoint).
-    let p = start(&config(&backends, "", ""));
+    // 503 retried (on another endpoint); the rest of the policy is the default.
+    let p = start(&config(&backends, "  retry: {on: [unavailable]}\n", ""));
     let n = 3000;
     let results = curl_many(&format!("{}/", p.url("gw/web")), n, "x-echo-name", &[]);
     let ok = results.iter().filter(|(s, _)| *s == 200).count();
@@ -85,7 +85,7 @@ fn the_retry_budget_bounds_the_load_on_a_failing_backend() {
         let down = echo(&weft(), "down", &["--fail-rate", "1"]);
         let p = start(&config(
             &[&down],
-            &format!("  retry: {{attempts: 3, backoff: {{base: 1ms, max: 2ms}}{budget}}}\n"),
+            &format!("  retry: {{attempts: 3, on: [unavailable], backoff: {{base: 1ms, max: 2ms}}{budget}}}\n"),
             "",
         ));
         let t = Instant::now();
@@ -164,7 +164,7 @@ fn a_per_try_timeout_moves_requests_off_a_slow_endpoint() {
     let fast = echo(&weft(), "fast", &[]);
     let p = start(&config(
         &[&slow, &fast],
-        "  timeouts: {perTry: 200ms}\n",
+        "  timeouts: {perTry: 200ms}\n  retry: {on: [per-try-timeout]}\n",
         "",
     ));
     let results = curl_many(&format!("{}/", p.url("gw/web")), 20, "x-echo-name", &[]);
@@ -211,8 +211,8 @@ fn non_idempotent_requests_are_sent_once_unless_the_route_allows_more() {
     let down = echo(&weft(), "down", &["--fail-rate", "1"]);
     let p = start(&config(
         &[&down],
-        "",
-        "  - matches: [{headers: [{name: x-resend, value: \"yes\"}]}]\n    backendRefs: [{name: s}]\n    retry: {nonIdempotent: true, backoff: {base: 1ms, max: 2ms}}\n",
+        "  retry: {on: [unavailable], backoff: {base: 1ms, max: 2ms}}\n",
+        "  - matches: [{headers: [{name: x-resend, value: \"yes\"}]}]\n    backendRefs: [{name: s}]\n    retry: {nonIdempotent: true, on: [unavailable], backoff: {base: 1ms, max: 2ms}}\n",
     ));
     let url = format!("{}/", p.url("gw/web"));
     // POST with a body: reached the upstream, so not resent by default.
@@ -233,12 +233,51 @@ fn non_idempotent_requests_are_sent_once_unless_the_route_allows_more() {
     let p = start(&config(
         &[&alternate],
         "",
-        "  - matches: [{headers: [{name: x-resend, value: \"yes\"}]}]\n    backendRefs: [{name: s}]\n    retry: {nonIdempotent: true}\n",
+        "  - matches: [{headers: [{name: x-resend, value: \"yes\"}]}]\n    backendRefs: [{name: s}]\n    retry: {nonIdempotent: true, on: [unavailable]}\n    filters: [{type: URLRewrite, urlRewrite: {path: {type: ReplaceFullPath, replaceFullPath: /again}}}]\n",
     ));
     let url = format!("{}/", p.url("gw/web"));
     assert_eq!(curl(&[&url]).status, 200); // request 0 succeeds, request 1 will fail
     let r = curl(&["-H", "x-resend: yes", "--data-binary", "order=3", &url]);
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(r.json()["body_bytes"], 7);
+    assert_eq!(
+        r.json()["path"],
+        "/again",
+        "the retry keeps the rewritten path"
+    );
     assert_eq!(served(&alternate), 3);
+}
+
+#[test]
+fn connect_failures_are_retried_by_default_even_for_streamed_posts() {
+    let alive = echo(&weft(), "alive", &[]);
+    let dead = {
+        // A port that refuses connections: bound, then closed.
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr")
+    };
+    let eps = format!(
+        "kind: Gateway\nmetadata: {{name: gw}}\nspec:\n  listeners: [{{name: web, address: \"127.0.0.1:0\"}}]\n---\n\
+         kind: HTTPRoute\nmetadata: {{name: r}}\nspec:\n  rules:\n  - backendRefs: [{{name: s}}]\n    filters: [{{type: URLRewrite, urlRewrite: {{path: {{type: ReplaceFullPath, replaceFullPath: /rewritten}}}}}}]\n---\n\
+         kind: Service\nmetadata: {{name: s}}\nspec:\n  loadBalancer: {{policy: RoundRobin}}\n  endpoints: [{{address: \"{dead}\"}}, {{address: \"{}\"}}]\n",
+        alive.addr
+    );
+    let p = start(&eps);
+    let url = format!("{}/x", p.url("gw/web"));
+    for i in 0..6 {
+        // Chunked: no Content-Length, so the body is streamed, never copied. A refused
+        // connection hands it back unsent, and the retry carries it whole.
+        let body = format!("payload-{i}");
+        let r = curl(&[
+            "-H",
+            "transfer-encoding: chunked",
+            "--data-binary",
+            &body,
+            &url,
+        ]);
+        assert_eq!(r.status, 200, "{r:?}");
+        assert_eq!(r.json()["body_bytes"], body.len());
+        assert_eq!(r.json()["path"], "/rewritten");
+    }
+    assert!(retries(&p, "attempted") >= 3.0);
 }

@@ -585,7 +585,8 @@ pub struct RetryPolicy {
     /// Retries after the first attempt (default 2; 0 disables).
     #[serde(default = "default_attempts")]
     pub attempts: u32,
-    /// Conditions (default: connect-failure, reset, per-try-timeout, unavailable).
+    /// Conditions (default: connect-failure only — the request never left, so retrying
+    /// it is always safe and needs no copy of it).
     #[serde(default = "default_retry_on")]
     pub on: Vec<RetryOn>,
     /// Further HTTP statuses that are retried.
@@ -629,12 +630,7 @@ fn default_attempts() -> u32 {
     2
 }
 fn default_retry_on() -> Vec<RetryOn> {
-    vec![
-        RetryOn::ConnectFailure,
-        RetryOn::Reset,
-        RetryOn::PerTryTimeout,
-        RetryOn::Unavailable,
-    ]
+    vec![RetryOn::ConnectFailure]
 }
 fn default_retry_body() -> u64 {
     65_536

@@ -255,7 +255,9 @@ async fn route_and_forward(
         Version::HTTP_11
     };
 
-    // The body: read in full when it is small enough to send again, streamed otherwise.
+    // The body: read in full when a retry may have to send it again after it reached the
+    // upstream and it is small enough; streamed otherwise. (A request that never left —
+    // no connection — comes back from the upstream whole and needs no copy.)
     let (parts, body) = req.into_parts();
     let (body, verdict) = RequestBody::new(
         body,
@@ -267,17 +269,20 @@ async fn route_and_forward(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    let replayable = retry.attempts > 0
+    let resendable = retry.may_resend(&parts.method);
+    let keep_copy = retry.attempts > 0
+        && retry.retries_after_send()
+        && resendable
         && downstream_upgrade.is_none()
         && (body.is_end_stream() || declared.is_some_and(|n| n <= retry.max_body_bytes));
-    let resendable = retry.may_resend(&parts.method);
-    let mut body = Some(match (replayable, body.is_end_stream()) {
+    let mut body = Some(match (keep_copy, body.is_end_stream()) {
         (true, true) => RequestBody::Bytes(None),
         (true, false) => RequestBody::Bytes(Some(body.into_bytes().await?)),
         (false, _) => body,
     });
-    let template = replayable.then(|| Template::of(&parts));
+    let template = keep_copy.then(|| Template::of(&parts));
     let mut parts = Some(parts);
+    let mut unsent: Option<Request<RequestBody>> = None;
 
     let mut tried: Vec<SocketAddr> = Vec::new();
     let mut attempt: u32 = 0;
@@ -291,15 +296,23 @@ async fn route_and_forward(
             .balancer
             .pick_avoiding(key, &tried)
             .ok_or(ProxyError::NoHealthyEndpoints)?;
-        tried.push(endpoint.addr);
         ex.upstream = Some(endpoint.addr);
         let inflight = endpoint.start();
 
-        let (mut head, this_body) = match (&template, body.as_ref()) {
-            (Some(t), Some(RequestBody::Bytes(b))) => (t.parts(), RequestBody::Bytes(b.clone())),
+        // The request for this attempt: one that came back unsent (its target already
+        // rewritten), a copy of the original, or the original itself.
+        let (mut head, this_body, path) = match (unsent.take(), &template, body.as_ref()) {
+            (Some(req), _, _) => {
+                let (head, body) = req.into_parts();
+                (head, body, None)
+            }
+            (None, Some(t), Some(RequestBody::Bytes(b))) => {
+                (t.parts(), RequestBody::Bytes(b.clone()), new_path.clone())
+            }
             _ => (
                 parts.take().ok_or(ProxyError::UpstreamReset)?,
                 body.take().ok_or(ProxyError::UpstreamReset)?,
+                new_path.take(),
             ),
         };
         // HTTP/1.1 goes out in origin-form with its Host header; HTTP/2 needs `:authority`,
@@ -310,7 +323,7 @@ async fn route_and_forward(
                 .and_then(|v| http::uri::Authority::try_from(v.as_bytes()).ok())
                 .unwrap_or_else(|| endpoint.authority.clone())
         });
-        head.uri = upstream_uri(&head.uri, h2_authority, new_path.clone())?;
+        head.uri = upstream_uri(&head.uri, h2_authority, path)?;
         let remaining = deadline - now;
         if caller_deadline.is_some() {
             // The callee learns how long the caller will still wait.
@@ -328,18 +341,22 @@ async fn route_and_forward(
         .await;
         let failure = match sent {
             Ok(Ok((resp, lease))) => {
-                if !(replayable
-                    && resendable
-                    && retry.retries_response(resp.status(), resp.headers()))
-                {
+                if !(keep_copy && retry.retries_response(resp.status(), resp.headers())) {
                     break (resp, lease, inflight);
                 }
                 Err(resp)
             }
-            Ok(Err(e)) => {
-                let e = verdict.error().unwrap_or(e);
+            Ok(Err(failed)) => {
+                let e = verdict.error().unwrap_or(failed.error);
                 tracing::debug!(service = %service.name, endpoint = %endpoint.addr, error = %e, "upstream attempt failed");
-                if !replayable || !retry.retries_error(e, resendable) {
+                let again = match failed.unsent {
+                    Some(req) if retry.retries_error(e, false) => {
+                        unsent = Some(req);
+                        true
+                    }
+                    _ => keep_copy && retry.retries_error(e, resendable),
+                };
+                if !again {
                     return Err(e);
                 }
                 Ok(e)
@@ -348,12 +365,13 @@ async fn route_and_forward(
                 return Err(ProxyError::RequestTimeout)
             }
             Err(_) => {
-                if !(replayable && retry.retries_error(ProxyError::PerTryTimeout, resendable)) {
+                if !(keep_copy && retry.retries_error(ProxyError::PerTryTimeout, resendable)) {
                     return Err(ProxyError::PerTryTimeout);
                 }
                 Ok(ProxyError::PerTryTimeout)
             }
         };
+        tried.push(endpoint.addr);
         // Another attempt? Only within the attempts, the budget and the breaker.
         let refused = if attempt >= retry.attempts {
             Some(None)

@@ -75,6 +75,17 @@ impl Retry {
             )
     }
 
+    /// Whether any condition of the policy can retry a request that reached the upstream
+    /// (only then is a copy of the request kept).
+    pub fn retries_after_send(&self) -> bool {
+        self.on_reset
+            || self.on_per_try
+            || self.on_unavailable
+            || self.on_gateway
+            || !self.status_codes.is_empty()
+            || !self.grpc_codes.is_empty()
+    }
+
     /// Whether a failed attempt is worth another; `resendable`: the request may be sent
     /// again even if it reached the upstream.
     pub fn retries_error(&self, e: ProxyError, resendable: bool) -> bool {

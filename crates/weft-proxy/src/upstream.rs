@@ -298,6 +298,31 @@ impl Lease {
     }
 }
 
+/// A failed send: why, and the request itself when it never left (so it can go elsewhere).
+#[derive(Debug)]
+pub struct SendError {
+    /// Why.
+    pub error: ProxyError,
+    /// The request, if nothing of it was sent.
+    pub unsent: Option<Request<RequestBody>>,
+}
+
+impl SendError {
+    fn unsent(error: ProxyError, req: Request<RequestBody>) -> SendError {
+        SendError {
+            error,
+            unsent: Some(req),
+        }
+    }
+
+    fn sent(error: ProxyError) -> SendError {
+        SendError {
+            error,
+            unsent: None,
+        }
+    }
+}
+
 /// The upstream side of one service.
 #[derive(Debug)]
 pub struct Upstream {
@@ -314,12 +339,14 @@ impl Upstream {
     }
 
     /// Sends `req` to `endpoint`. The request's URI must already be in the form the
-    /// protocol needs (origin-form for HTTP/1.1, absolute for HTTP/2).
+    /// protocol needs (origin-form for HTTP/1.1, absolute for HTTP/2). A request that never
+    /// left (no connection could be made) comes back in the error, so it can be sent
+    /// elsewhere without having been copied.
     pub async fn send(
         &self,
         endpoint: &Arc<Endpoint>,
         req: Request<RequestBody>,
-    ) -> Result<(Response<Incoming>, Option<Lease>), ProxyError> {
+    ) -> Result<(Response<Incoming>, Option<Lease>), SendError> {
         if self.settings.is_http2() {
             self.send_h2(endpoint, req).await.map(|r| (r, None))
         } else {
@@ -331,7 +358,7 @@ impl Upstream {
         &self,
         endpoint: &Arc<Endpoint>,
         mut req: Request<RequestBody>,
-    ) -> Result<(Response<Incoming>, Option<Lease>), ProxyError> {
+    ) -> Result<(Response<Incoming>, Option<Lease>), SendError> {
         // Pooled connections first. One that turns out closed hands the request back
         // unsent, so trying the next is safe.
         while let Some(mut sender) = endpoint.pool.take_idle(self.settings.idle_timeout) {
@@ -342,15 +369,21 @@ impl Upstream {
                 Ok(resp) => return Ok((resp, Some(self.lease(sender, endpoint)))),
                 Err(mut e) => match e.take_message() {
                     Some(unsent) => req = unsent,
-                    None => return Err(ProxyError::from_hyper(e.error())),
+                    None => return Err(SendError::sent(ProxyError::from_hyper(e.error()))),
                 },
             }
         }
-        let (stream, permit) = self.connect(endpoint).await?;
-        let (mut sender, conn) = http1::Builder::new()
+        let (stream, permit) = match self.connect(endpoint).await {
+            Ok(c) => c,
+            Err(e) => return Err(SendError::unsent(e, req)),
+        };
+        let (mut sender, conn) = match http1::Builder::new()
             .handshake::<_, RequestBody>(TokioIo::new(stream))
             .await
-            .map_err(|e| ProxyError::from_hyper(&e))?;
+        {
+            Ok(h) => h,
+            Err(e) => return Err(SendError::unsent(ProxyError::from_hyper(&e), req)),
+        };
         tokio::spawn(async move {
             let _permit = permit;
             if let Err(e) = conn.with_upgrades().await {
@@ -359,7 +392,13 @@ impl Upstream {
         });
         match sender.try_send_request(req).await {
             Ok(resp) => Ok((resp, Some(self.lease(sender, endpoint)))),
-            Err(e) => Err(ProxyError::from_hyper(e.error())),
+            Err(mut e) => {
+                let error = ProxyError::from_hyper(e.error());
+                Err(SendError {
+                    error,
+                    unsent: e.take_message(),
+                })
+            }
         }
     }
 
@@ -375,21 +414,30 @@ impl Upstream {
         &self,
         endpoint: &Arc<Endpoint>,
         req: Request<RequestBody>,
-    ) -> Result<Response<Incoming>, ProxyError> {
-        let mut sender = self.h2_sender(endpoint).await?;
+    ) -> Result<Response<Incoming>, SendError> {
+        let mut sender = match self.h2_sender(endpoint).await {
+            Ok(s) => s,
+            Err(e) => return Err(SendError::unsent(e, req)),
+        };
         match sender.try_send_request(req).await {
             Ok(resp) => Ok(resp),
             Err(mut e) => match e.take_message() {
                 // The shared connection went away before the request left: once more on a new one.
                 Some(unsent) => {
                     *endpoint.pool.h2.lock().await = None;
-                    let mut sender = self.h2_sender(endpoint).await?;
-                    sender
-                        .send_request(unsent)
-                        .await
-                        .map_err(|e| ProxyError::from_hyper(&e))
+                    let mut sender = match self.h2_sender(endpoint).await {
+                        Ok(s) => s,
+                        Err(e) => return Err(SendError::unsent(e, unsent)),
+                    };
+                    match sender.try_send_request(unsent).await {
+                        Ok(resp) => Ok(resp),
+                        Err(mut e) => Err(SendError {
+                            error: ProxyError::from_hyper(e.error()),
+                            unsent: e.take_message(),
+                        }),
+                    }
                 }
-                None => Err(ProxyError::from_hyper(e.error())),
+                None => Err(SendError::sent(ProxyError::from_hyper(e.error()))),
             },
         }
     }
