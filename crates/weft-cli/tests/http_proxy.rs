@@ -306,12 +306,13 @@ spec: {{}}
         Some(1.0),
         "{m}"
     );
+    // Every connect attempt counts: the first and the two default connect-failure retries.
     assert_eq!(
         metric_value(
             &m,
             "weft_upstream_connect_errors_total{service=\"timeout\",reason=\"connect-timeout\"}"
         ),
-        Some(1.0),
+        Some(3.0),
         "{m}"
     );
 }

@@ -281,3 +281,74 @@ fn connect_failures_are_retried_by_default_even_for_streamed_posts() {
     }
     assert!(retries(&p, "attempted") >= 3.0);
 }
+
+#[test]
+fn a_killed_backend_is_ejected_within_a_few_requests_and_readmitted_when_back() {
+    let a = echo(&weft(), "a", &[]);
+    let b = echo(&weft(), "b", &[]);
+    let c = echo(&weft(), "c", &[]);
+    let c_addr = c.addr.to_string();
+    let p = start(&config(
+        &[&a, &b, &c],
+        "  outlierDetection: {baseEjectionTime: 1s}\n",
+        "",
+    ));
+    let url = format!("{}/", p.url("gw/web"));
+    let metric = |name: &str| metric_value(&p.admin_get("/metrics"), name).unwrap_or(0.0);
+    let ejected = || {
+        metric("weft_outlier_ejections_total{service=\"s\",reason=\"consecutive-local-failures\",result=\"ejected\"}")
+    };
+    let refused =
+        || metric("weft_upstream_connect_errors_total{service=\"s\",reason=\"connect-refused\"}");
+    assert!(curl_many(&url, 300, "x-echo-name", &[])
+        .iter()
+        .all(|(s, _)| *s == 200));
+
+    // Kill c mid-run. Connect failures are retried on another endpoint, and after five in
+    // a row c is ejected: the next requests do not try it at all.
+    drop(c);
+    let mut statuses = Vec::new();
+    while ejected() < 1.0 && statuses.len() < 100 {
+        statuses.push(curl(&[&url]).status);
+    }
+    assert_eq!(
+        ejected(),
+        1.0,
+        "not ejected after {} requests",
+        statuses.len()
+    );
+    // Five local failures in a row: refused connects (or a reset on a connection pooled
+    // before the kill).
+    assert!(
+        (1.0..=5.0).contains(&refused()),
+        "ejected after consecutiveLocalFailures attempts, not {}",
+        refused()
+    );
+    let results = curl_many(&url, 600, "x-echo-name", &[]);
+    statuses.extend(results.iter().map(|(s, _)| *s));
+    let ok = statuses.iter().filter(|s| **s == 200).count();
+    assert!(
+        ok * 1000 >= statuses.len() * 995,
+        "{ok}/{} succeeded after the kill",
+        statuses.len()
+    );
+    assert!(results.iter().all(|(_, n)| n != "c"));
+
+    // Back on its port: readmitted when its ejection time is over (growing with repeated
+    // ejections), and it takes traffic again.
+    let c = weft_testkit::echo_at(&weft(), "c", &c_addr, &[]);
+    weft_testkit::eventually(
+        "c to be readmitted",
+        std::time::Duration::from_secs(30),
+        || {
+            let r = curl(&[&url]);
+            (r.header("x-echo-name") == Some("c")).then_some(())
+        },
+    );
+    assert!(served(&c) >= 1);
+    eprintln!(
+        "killed backend: ejected after {} requests; {ok}/{} requests succeeded; readmitted after restart",
+        statuses.len() - results.len(),
+        statuses.len()
+    );
+}

@@ -533,6 +533,65 @@ pub struct ServiceSpec {
     /// Limits beyond which requests fail fast instead of queueing.
     #[serde(default)]
     pub circuit_breaker: CircuitBreaker,
+    /// Passive health: endpoints that keep failing are taken out for a while.
+    #[serde(default)]
+    pub outlier_detection: OutlierDetection,
+}
+
+/// Outlier detection: consecutive failures eject an endpoint for a time that grows with
+/// repeated ejections; it comes back by itself afterwards and is watched again.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct OutlierDetection {
+    /// Consecutive 5xx responses that eject (default 5; 0 disables).
+    #[serde(default = "default_consecutive")]
+    pub consecutive_5xx: u32,
+    /// Consecutive 502/503/504 responses that eject (default 0: off).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub consecutive_gateway_errors: u32,
+    /// Consecutive local failures — connect failures, resets, per-try timeouts, TLS
+    /// failures — that eject (default 5; 0 disables).
+    #[serde(default = "default_consecutive")]
+    pub consecutive_local_failures: u32,
+    /// First ejection time; the n-th ejection lasts n times this (default `30s`).
+    #[serde(default = "default_base_ejection")]
+    pub base_ejection_time: Duration,
+    /// No ejection lasts longer (default `300s`).
+    #[serde(default = "default_max_ejection")]
+    pub max_ejection_time: Duration,
+    /// At most this share of a service's endpoints is ejected at once (default 50%); the
+    /// last endpoint is never ejected.
+    #[serde(default = "default_max_ejection_percent")]
+    pub max_ejection_percent: u32,
+}
+
+impl Default for OutlierDetection {
+    fn default() -> Self {
+        OutlierDetection {
+            consecutive_5xx: default_consecutive(),
+            consecutive_gateway_errors: 0,
+            consecutive_local_failures: default_consecutive(),
+            base_ejection_time: default_base_ejection(),
+            max_ejection_time: default_max_ejection(),
+            max_ejection_percent: default_max_ejection_percent(),
+        }
+    }
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+fn default_consecutive() -> u32 {
+    5
+}
+fn default_base_ejection() -> Duration {
+    Duration::from_millis(30_000)
+}
+fn default_max_ejection() -> Duration {
+    Duration::from_millis(300_000)
+}
+fn default_max_ejection_percent() -> u32 {
+    50
 }
 
 /// Timeouts of a service's requests.

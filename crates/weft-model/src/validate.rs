@@ -490,6 +490,27 @@ fn service(r: &mut Report<'_>, s: &Resource<ServiceSpec>, doc: &Document) {
     for m in retry_problems(&s.spec.retry) {
         r.at(doc, "Service", name, format!("spec.retry.{}", m.0), m.1);
     }
+    let od = &s.spec.outlier_detection;
+    if od.max_ejection_percent > 100 {
+        r.at(
+            doc,
+            "Service",
+            name,
+            "spec.outlierDetection.maxEjectionPercent".into(),
+            format!("{} is over 100", od.max_ejection_percent),
+        );
+    }
+    if od.base_ejection_time.get().is_zero()
+        || od.max_ejection_time.get() < od.base_ejection_time.get()
+    {
+        r.at(
+            doc,
+            "Service",
+            name,
+            "spec.outlierDetection.baseEjectionTime".into(),
+            "needs 0 < baseEjectionTime <= maxEjectionTime".into(),
+        );
+    }
     let cb = &s.spec.circuit_breaker;
     for (field, v) in [
         ("maxRequests", cb.max_requests),

@@ -46,6 +46,8 @@ pub struct Endpoint {
     pub authority: http::uri::Authority,
     /// Its connections.
     pub pool: crate::upstream::Pool,
+    /// Passive (outlier detection) and active (health checks) health.
+    pub health: crate::outlier::Health,
     inflight: AtomicU32,
     ewma: Mutex<PeakEwma>,
 }
@@ -67,6 +69,7 @@ impl Endpoint {
             weight: weight.max(1),
             authority,
             pool: crate::upstream::Pool::default(),
+            health: crate::outlier::Health::default(),
             inflight: AtomicU32::new(0),
             ewma: Mutex::new(PeakEwma {
                 nanos: DEFAULT_RTT.as_nanos() as f64,
@@ -313,25 +316,39 @@ impl Balancer {
     }
 
     /// Like [`Balancer::pick`], but avoiding the endpoints in `avoid` (a retry goes
-    /// elsewhere) as long as another endpoint exists.
+    /// elsewhere) as long as another available endpoint exists.
     pub fn pick_avoiding(&self, key: Option<u64>, avoid: &[SocketAddr]) -> Option<&Arc<Endpoint>> {
         let first = self.pick(key)?;
         if !avoid.contains(&first.addr) {
             return Some(first);
         }
-        let others: Vec<&Arc<Endpoint>> = self
-            .endpoints
-            .iter()
-            .filter(|e| !avoid.contains(&e.addr))
-            .collect();
-        if others.is_empty() {
-            return Some(first);
-        }
-        others.get(fastrand::usize(..others.len())).copied()
+        self.random_available(|e| !avoid.contains(&e.addr))
+            .or(Some(first))
     }
 
-    /// Chooses an endpoint; `key` is the request's hash for `RingHash`.
+    /// Chooses an endpoint by the policy among the available ones (not ejected, not
+    /// failing health checks). When the policy's choice is unavailable, another available
+    /// endpoint is drawn at random; when none is available, the policy's choice stands
+    /// (sending somewhere beats sending nowhere).
     pub fn pick(&self, key: Option<u64>) -> Option<&Arc<Endpoint>> {
+        let e = self.pick_by_policy(key)?;
+        if e.health.available() {
+            return Some(e);
+        }
+        self.random_available(|_| true).or(Some(e))
+    }
+
+    fn random_available(&self, also: impl Fn(&Endpoint) -> bool) -> Option<&Arc<Endpoint>> {
+        let ok: Vec<&Arc<Endpoint>> = self
+            .endpoints
+            .iter()
+            .filter(|e| e.health.available() && also(e))
+            .collect();
+        (!ok.is_empty()).then(|| ok[fastrand::usize(..ok.len())])
+    }
+
+    /// The policy's choice, availability aside; `key` is the request's hash for `RingHash`.
+    fn pick_by_policy(&self, key: Option<u64>) -> Option<&Arc<Endpoint>> {
         let eps = &self.endpoints;
         match eps.len() {
             0 => return None,

@@ -30,6 +30,7 @@ use crate::balance::InFlight;
 use crate::body::RequestBody;
 use crate::error::{ProxyError, ERROR_HEADER};
 use crate::metrics::{Metrics, RouteStats};
+use crate::outlier::Outcome;
 use crate::retry;
 use crate::snapshot::{Rule, Snapshot};
 use crate::upstream::Lease;
@@ -107,10 +108,6 @@ pub async fn handle(
         Ok(resp) => resp,
         Err(e) => {
             ctx.metrics.local_reply(&ctx.name, e.code());
-            if e.before_request_sent() {
-                let service = ex.service.as_ref().map_or("", |s| s.name.as_str());
-                ctx.metrics.connect_error(service, e.code());
-            }
             ex.error = Some(e.code());
             local_reply(e.status(), Some(e.code()), format!("weft: {e}\n"))
         }
@@ -339,6 +336,20 @@ async fn route_and_forward(
                 .send(endpoint, Request::from_parts(head, this_body)),
         )
         .await;
+        let outcome = match &sent {
+            Ok(Ok((resp, _))) if resp.status().is_server_error() => {
+                Outcome::ServerError(resp.status().as_u16())
+            }
+            Ok(Ok(_)) => Outcome::Success,
+            Ok(Err(f)) if verdict.error().is_some() || f.error == ProxyError::Overloaded => {
+                Outcome::Success // the client's fault or our own limit, not the endpoint's
+            }
+            Ok(Err(_)) | Err(_) => Outcome::LocalFailure,
+        };
+        // A success on an endpoint with a clean record changes nothing: skip the stores.
+        if outcome != Outcome::Success || endpoint.health.touched() {
+            service.record(endpoint, outcome, &ctx.metrics);
+        }
         let failure = match sent {
             Ok(Ok((resp, lease))) => {
                 if !(keep_copy && retry.retries_response(resp.status(), resp.headers())) {
@@ -347,6 +358,11 @@ async fn route_and_forward(
                 Err(resp)
             }
             Ok(Err(failed)) => {
+                if failed.error.before_request_sent() {
+                    // Every failed connect counts, retried or not.
+                    ctx.metrics
+                        .connect_error(&service.name, failed.error.code());
+                }
                 let e = verdict.error().unwrap_or(failed.error);
                 tracing::debug!(service = %service.name, endpoint = %endpoint.addr, error = %e, "upstream attempt failed");
                 let again = match failed.unsent {

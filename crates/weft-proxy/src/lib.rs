@@ -29,6 +29,7 @@ pub mod forward;
 pub mod fuzz;
 pub mod listener;
 pub mod metrics;
+pub mod outlier;
 pub mod retry;
 pub mod router;
 pub mod snapshot;

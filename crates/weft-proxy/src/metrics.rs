@@ -63,6 +63,13 @@ struct ServiceResultLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EjectionLabels {
+    service: String,
+    reason: String,
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VersionLabels {
     version: String,
 }
@@ -88,6 +95,7 @@ pub struct Metrics {
     conns_total: Family<ListenerLabels, Counter>,
     conns_refused: Family<ReasonLabels, Counter>,
     retries: Family<ServiceResultLabels, Counter>,
+    ejections: Family<EjectionLabels, Counter>,
     streams: Family<StreamLabels, Counter>,
     bytes_in: Family<ListenerLabels, Counter>,
     bytes_out: Family<ListenerLabels, Counter>,
@@ -116,6 +124,7 @@ impl Metrics {
             conns_total: Family::default(),
             conns_refused: Family::default(),
             retries: Family::default(),
+            ejections: Family::default(),
             streams: Family::default(),
             bytes_in: Family::default(),
             bytes_out: Family::default(),
@@ -162,6 +171,12 @@ impl Metrics {
             "Retries by result: attempted, budget-exhausted (the retry budget refused), \
              overloaded (maxRetries in flight)",
             m.retries.clone(),
+        );
+        r.register(
+            "outlier_ejections",
+            "Outlier detection decisions: result=ejected, or capped (maxEjectionPercent kept \
+             the endpoint in)",
+            m.ejections.clone(),
         );
         r.register(
             "stream_connections",
@@ -281,6 +296,17 @@ impl Metrics {
         self.retries
             .get_or_create(&ServiceResultLabels {
                 service: service.into(),
+                result: result.into(),
+            })
+            .inc();
+    }
+
+    /// Counts an outlier-detection decision.
+    pub fn ejection(&self, service: &str, reason: &str, result: &str) {
+        self.ejections
+            .get_or_create(&EjectionLabels {
+                service: service.into(),
+                reason: reason.into(),
                 result: result.into(),
             })
             .inc();

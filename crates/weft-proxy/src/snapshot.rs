@@ -152,6 +152,25 @@ pub struct Service {
     pub budget: Arc<Budget>,
     /// Fail-fast limits (in-flight counts kept across reloads).
     pub breaker: Arc<Breaker>,
+    /// Outlier detection.
+    pub outlier: crate::outlier::Outlier,
+}
+
+impl Service {
+    /// Records how an attempt on `endpoint` ended (outlier detection), counting ejections.
+    pub fn record(&self, endpoint: &Endpoint, outcome: crate::outlier::Outcome, metrics: &Metrics) {
+        match self
+            .outlier
+            .record(endpoint, self.balancer.endpoints(), outcome)
+        {
+            Some(Ok(reason)) => {
+                tracing::warn!(service = %self.name, endpoint = %endpoint.addr, reason, "endpoint ejected");
+                metrics.ejection(&self.name, reason, "ejected");
+            }
+            Some(Err(reason)) => metrics.ejection(&self.name, reason, "capped"),
+            None => {}
+        }
+    }
 }
 
 /// Compiled filters of a rule.
@@ -447,6 +466,7 @@ fn build_service(
         retry: Retry::new(&spec.retry),
         budget,
         breaker,
+        outlier: crate::outlier::Outlier::new(&spec.outlier_detection),
     })
 }
 

@@ -214,7 +214,15 @@ async fn forward<S>(
         return;
     };
     let _inflight = endpoint.start();
-    let (mut upstream, _permit) = match service.upstream.connect(endpoint).await {
+    let connected = service.upstream.connect(endpoint).await;
+    let outcome = match &connected {
+        Ok(_) => crate::outlier::Outcome::Success,
+        Err(_) => crate::outlier::Outcome::LocalFailure,
+    };
+    if outcome != crate::outlier::Outcome::Success || endpoint.health.touched() {
+        service.record(endpoint, outcome, &ctx.metrics);
+    }
+    let (mut upstream, _permit) = match connected {
         Ok(u) => u,
         Err(e) => {
             ctx.metrics.connect_error(&service.name, e.code());

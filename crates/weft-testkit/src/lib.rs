@@ -156,8 +156,13 @@ pub struct Echo {
 
 /// Starts `weft echo --name NAME` on an ephemeral port; `extra` adds arguments.
 pub fn echo(weft: &Path, name: &str, extra: &[&str]) -> Echo {
+    echo_at(weft, name, "127.0.0.1:0", extra)
+}
+
+/// Starts `weft echo` on `addr` (e.g. to bring a killed backend back on its old port).
+pub fn echo_at(weft: &Path, name: &str, addr: &str, extra: &[&str]) -> Echo {
     let mut cmd = Command::new(weft);
-    cmd.args(["echo", "--listen", "127.0.0.1:0", "--name", name])
+    cmd.args(["echo", "--listen", addr, "--name", name])
         .args(extra);
     let proc = Proc::spawn(cmd);
     let addr = proc.ready["address"]
