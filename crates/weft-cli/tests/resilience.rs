@@ -352,3 +352,86 @@ fn a_killed_backend_is_ejected_within_a_few_requests_and_readmitted_when_back() 
         statuses.len()
     );
 }
+
+#[test]
+fn rate_limits_answer_429_with_retry_after_per_key() {
+    let e = echo(&weft(), "e", &[]);
+    let p = start(&config(
+        &[&e],
+        "  rateLimit: {requestsPerSecond: 0.1, burst: 12}\n",
+        "    rateLimit: {requestsPerSecond: 0.5, burst: 5, key: {header: x-api-key}}\n",
+    ));
+    let url = format!("{}/", p.url("gw/web"));
+    let run = |key: &str| {
+        (0..8)
+            .map(|_| curl(&["-H", &format!("x-api-key: {key}"), &url]))
+            .collect::<Vec<_>>()
+    };
+    let alice = run("alice");
+    let ok = alice.iter().filter(|r| r.status == 200).count();
+    assert_eq!(ok, 5, "the burst");
+    let limited = alice.iter().find(|r| r.status == 429).expect("a 429");
+    assert_eq!(limited.header("x-weft-error"), Some("rate-limited"));
+    let after: u64 = limited
+        .header("retry-after")
+        .expect("retry-after")
+        .parse()
+        .expect("seconds");
+    assert!((1..=2).contains(&after), "retry-after {after}");
+    // Another key has its own bucket...
+    let bob = run("bob");
+    assert_eq!(bob.iter().filter(|r| r.status == 200).count(), 5);
+    // ...but the service-wide limit (12 at once) caps them all together: carol gets the
+    // two left, dave none.
+    let carol = run("carol");
+    let dave = run("dave");
+    let served = 10
+        + [carol, dave]
+            .iter()
+            .flatten()
+            .filter(|r| r.status == 200)
+            .count();
+    assert_eq!(served, 12, "service-wide burst");
+}
+
+#[test]
+fn faults_abort_and_delay_a_share_of_requests() {
+    let e = echo(&weft(), "e", &[]);
+    let p = start(&config(
+        &[&e],
+        "",
+        "  - matches: [{path: {value: /abort}}]\n    backendRefs: [{name: s}]\n    fault: {abort: {status: 503, percent: 50}}\n\
+         \x20 - matches: [{path: {value: /slow}}]\n    backendRefs: [{name: s}]\n    fault: {delay: {fixed: 10ms, percent: 100}}\n",
+    ));
+    let n = 400;
+    let results = curl_many(
+        &format!("{}/abort", p.url("gw/web")),
+        n,
+        "x-weft-error",
+        &[],
+    );
+    let aborted = results
+        .iter()
+        .filter(|(s, e)| *s == 503 && e == "fault-injected")
+        .count();
+    let ok = results.iter().filter(|(s, _)| *s == 200).count();
+    assert_eq!(aborted + ok, n);
+    assert!(
+        (n * 35 / 100..=n * 65 / 100).contains(&aborted),
+        "{aborted} of {n} aborted at 50%"
+    );
+    assert_eq!(
+        served(&e) as usize,
+        ok,
+        "aborted requests never reach the backend"
+    );
+
+    let results = curl_many(&format!("{}/slow", p.url("gw/web")), 20, "x-echo-name", &[]);
+    assert!(results.iter().all(|(s, _)| *s == 200));
+    let m = p.admin_get("/metrics");
+    assert_eq!(
+        metric_value(&m, "weft_faults_injected_total{route=\"r\",kind=\"delay\"}"),
+        Some(20.0),
+        "{m}"
+    );
+}

@@ -283,6 +283,71 @@ pub struct HttpRouteRule {
     /// Retry settings for this rule, overriding the service's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<RetryPolicy>,
+    /// Local rate limit on the rule's requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
+    /// Faults injected into a share of the rule's requests (resilience testing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault: Option<Fault>,
+}
+
+/// A token bucket: `requestsPerSecond` sustained, `burst` at once; one bucket for all
+/// requests, or one per client key.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RateLimit {
+    /// Tokens added per second.
+    pub requests_per_second: f64,
+    /// Bucket size (default: one second's worth, at least 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u32>,
+    /// One bucket per value of this key (header or client address); absent: one bucket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<RateLimitKey>,
+}
+
+/// What separates clients for a keyed rate limit; exactly one is set.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RateLimitKey {
+    /// A request header's value (requests without it share one bucket).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
+    /// The client's IP address.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub client_address: bool,
+}
+
+/// Injected faults.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Fault {
+    /// Delay a share of requests before forwarding.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay: Option<FaultDelay>,
+    /// Answer a share of requests without forwarding.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub abort: Option<FaultAbort>,
+}
+
+/// A delay fault.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct FaultDelay {
+    /// How long.
+    pub fixed: Duration,
+    /// Share of requests, 0–100.
+    pub percent: f64,
+}
+
+/// An abort fault.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct FaultAbort {
+    /// Status answered (e.g. 503).
+    pub status: u16,
+    /// Share of requests, 0–100.
+    pub percent: f64,
 }
 
 /// Gateway API `HTTPRouteTimeouts`.
@@ -536,6 +601,9 @@ pub struct ServiceSpec {
     /// Passive health: endpoints that keep failing are taken out for a while.
     #[serde(default)]
     pub outlier_detection: OutlierDetection,
+    /// Local rate limit on all requests to the service (from every route).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
 }
 
 /// Outlier detection: consecutive failures eject an endpoint for a time that grows with

@@ -356,3 +356,43 @@ fn resilience_settings_are_checked() {
         "{errs:#?}"
     );
 }
+
+#[test]
+fn rate_limits_and_faults_are_checked() {
+    let rule = |extra: &str| {
+        GOOD.replacen(
+            "      backendRefs: [{name: echo, weight: 9}, {name: echo2}]\n",
+            &format!("      backendRefs: [{{name: echo, weight: 9}}, {{name: echo2}}]\n{extra}"),
+            1,
+        )
+    };
+    assert!(parse("ok.yaml", &rule("      rateLimit: {requestsPerSecond: 10, key: {clientAddress: true}}\n      fault: {abort: {status: 503, percent: 1.5}}\n")).is_ok());
+    for (extra, want) in [
+        (
+            "      rateLimit: {requestsPerSecond: 0}\n",
+            "must be greater than 0",
+        ),
+        (
+            "      rateLimit: {requestsPerSecond: 1, key: {}}\n",
+            "set exactly one of header, clientAddress",
+        ),
+        (
+            "      rateLimit: {requestsPerSecond: 1, burst: 0}\n",
+            "must be at least 1",
+        ),
+        (
+            "      fault: {abort: {status: 503, percent: 101}}\n",
+            "must be within 0..=100",
+        ),
+        (
+            "      fault: {abort: {status: 42, percent: 1}}\n",
+            "not a status to answer with",
+        ),
+    ] {
+        let errs = errors_of(&rule(extra));
+        assert!(
+            errs.iter().any(|e| e.contains(want)),
+            "{want:?} not in {errs:#?}"
+        );
+    }
+}

@@ -253,6 +253,31 @@ fn listener(r: &mut Report<'_>, doc: &Document, gateway: &str, at: &str, l: &Lis
     }
 }
 
+/// What is wrong with a rate limit, as (field below `rateLimit`, message) pairs.
+fn rate_limit_problems(l: &RateLimit) -> Vec<(&'static str, String)> {
+    let mut out = Vec::new();
+    if !(l.requests_per_second > 0.0 && l.requests_per_second <= 1e9) {
+        out.push(("requestsPerSecond", "must be greater than 0".to_string()));
+    }
+    if l.burst == Some(0) {
+        out.push(("burst", "must be at least 1".to_string()));
+    }
+    if let Some(k) = &l.key {
+        if k.header.is_some() == k.client_address {
+            out.push((
+                "key",
+                "set exactly one of header, clientAddress".to_string(),
+            ));
+        }
+        if let Some(h) = &k.header {
+            if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
+                out.push(("key.header", format!("`{h}` is not a valid header name")));
+            }
+        }
+    }
+    out
+}
+
 /// What is wrong with a retry policy, as (field below `retry`, message) pairs.
 fn retry_problems(p: &RetryPolicy) -> Vec<(&'static str, String)> {
     let mut out = Vec::new();
@@ -511,6 +536,11 @@ fn service(r: &mut Report<'_>, s: &Resource<ServiceSpec>, doc: &Document) {
             "needs 0 < baseEjectionTime <= maxEjectionTime".into(),
         );
     }
+    if let Some(l) = &s.spec.rate_limit {
+        for (field, msg) in rate_limit_problems(l) {
+            r.at(doc, "Service", name, format!("spec.rateLimit.{field}"), msg);
+        }
+    }
     let cb = &s.spec.circuit_breaker;
     for (field, v) in [
         ("maxRequests", cb.max_requests),
@@ -557,6 +587,39 @@ fn http_route(r: &mut Report<'_>, c: &Config, route: &Resource<HttpRouteSpec>, d
         if let Some(retry) = &rule.retry {
             for (field, msg) in retry_problems(retry) {
                 err(r, format!("{at}.retry.{field}"), msg);
+            }
+        }
+        if let Some(l) = &rule.rate_limit {
+            for (field, msg) in rate_limit_problems(l) {
+                err(r, format!("{at}.rateLimit.{field}"), msg);
+            }
+        }
+        if let Some(f) = &rule.fault {
+            let pct = |p: f64| (0.0..=100.0).contains(&p);
+            if let Some(d) = &f.delay {
+                if !pct(d.percent) {
+                    err(
+                        r,
+                        format!("{at}.fault.delay.percent"),
+                        "must be within 0..=100".into(),
+                    );
+                }
+            }
+            if let Some(a) = &f.abort {
+                if !pct(a.percent) {
+                    err(
+                        r,
+                        format!("{at}.fault.abort.percent"),
+                        "must be within 0..=100".into(),
+                    );
+                }
+                if !(200..=599).contains(&a.status) {
+                    err(
+                        r,
+                        format!("{at}.fault.abort.status"),
+                        format!("{} is not a status to answer with", a.status),
+                    );
+                }
             }
         }
         if let Some(t) = &rule.timeouts {

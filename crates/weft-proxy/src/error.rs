@@ -44,6 +44,12 @@ pub enum ProxyError {
     /// The client's request body was malformed (bad chunked encoding) or cut short.
     #[error("invalid or incomplete request body")]
     BodyMalformed,
+    /// A rate limit refused the request; a token is due in this many seconds.
+    #[error("rate limited")]
+    RateLimited(u32),
+    /// A fault injected by the route's `fault.abort`, with the configured status.
+    #[error("fault injected")]
+    FaultInjected(u16),
     /// A circuit-breaker limit of the service was reached: failed fast instead of queued.
     #[error("the service is at its concurrency limit")]
     Overloaded,
@@ -71,6 +77,10 @@ impl ProxyError {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::InvalidHost | ProxyError::BodyMalformed => StatusCode::BAD_REQUEST,
             ProxyError::RequestTimeout | ProxyError::PerTryTimeout => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            ProxyError::FaultInjected(s) => {
+                StatusCode::from_u16(s).unwrap_or(StatusCode::SERVICE_UNAVAILABLE)
+            }
             ProxyError::NoHealthyEndpoints
             | ProxyError::Overloaded
             | ProxyError::ConnectRefused
@@ -96,6 +106,8 @@ impl ProxyError {
             ProxyError::ConnectFailed => "connect-failed",
             ProxyError::UpstreamReset => "upstream-reset",
             ProxyError::Overloaded => "overloaded",
+            ProxyError::RateLimited(_) => "rate-limited",
+            ProxyError::FaultInjected(_) => "fault-injected",
             ProxyError::RequestTimeout => "request-timeout",
             ProxyError::PerTryTimeout => "per-try-timeout",
             ProxyError::UpstreamTls => "upstream-tls-error",

@@ -109,7 +109,13 @@ pub async fn handle(
         Err(e) => {
             ctx.metrics.local_reply(&ctx.name, e.code());
             ex.error = Some(e.code());
-            local_reply(e.status(), Some(e.code()), format!("weft: {e}\n"))
+            let mut reply = local_reply(e.status(), Some(e.code()), format!("weft: {e}\n"));
+            if let ProxyError::RateLimited(secs) = e {
+                reply
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            }
+            reply
         }
     };
     ex.status = resp.status().as_u16();
@@ -172,10 +178,24 @@ async fn route_and_forward(
         Cow::Borrowed(_) => None,
     };
 
+    if let Some(limit) = &rule.rate_limit {
+        limit
+            .check(req.headers(), client.addr.ip())
+            .map_err(|wait| ProxyError::RateLimited(wait.as_secs_f64().ceil().max(1.0) as u32))?;
+    }
+    if let Some(fault) = &rule.fault {
+        inject_fault(fault, &ctx.metrics, &rule.route).await?;
+    }
+
     let backend = rule.pick_backend().ok_or(ProxyError::NoHealthyEndpoints)?;
     let service = &backend.service;
     ex.service = Some(service.clone());
     ex.stats = Some(backend.stats.clone());
+    if let Some(limit) = &service.rate_limit {
+        limit
+            .check(req.headers(), client.addr.ip())
+            .map_err(|wait| ProxyError::RateLimited(wait.as_secs_f64().ceil().max(1.0) as u32))?;
+    }
 
     let upgrade = is_upgrade(&req);
     if upgrade && service.upstream.settings.is_http2() {
@@ -925,6 +945,28 @@ impl Body for UpstreamBody {
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
     }
+}
+
+/// Applies a rule's fault injection: maybe a delay, then maybe an abort.
+async fn inject_fault(
+    fault: &weft_model::Fault,
+    metrics: &Metrics,
+    route: &str,
+) -> Result<(), ProxyError> {
+    let hit = |percent: f64| fastrand::f64() * 100.0 < percent;
+    if let Some(d) = &fault.delay {
+        if hit(d.percent) {
+            metrics.fault(route, "delay");
+            tokio::time::sleep(d.fixed.get()).await;
+        }
+    }
+    if let Some(a) = &fault.abort {
+        if hit(a.percent) {
+            metrics.fault(route, "abort");
+            return Err(ProxyError::FaultInjected(a.status));
+        }
+    }
+    Ok(())
 }
 
 /// What a retry needs to rebuild the request: everything but the body and extensions.

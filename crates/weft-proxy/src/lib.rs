@@ -30,6 +30,7 @@ pub mod fuzz;
 pub mod listener;
 pub mod metrics;
 pub mod outlier;
+pub mod ratelimit;
 pub mod retry;
 pub mod router;
 pub mod snapshot;

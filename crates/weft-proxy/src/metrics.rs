@@ -70,6 +70,12 @@ struct EjectionLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FaultLabels {
+    route: String,
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VersionLabels {
     version: String,
 }
@@ -96,6 +102,7 @@ pub struct Metrics {
     conns_refused: Family<ReasonLabels, Counter>,
     retries: Family<ServiceResultLabels, Counter>,
     ejections: Family<EjectionLabels, Counter>,
+    faults: Family<FaultLabels, Counter>,
     streams: Family<StreamLabels, Counter>,
     bytes_in: Family<ListenerLabels, Counter>,
     bytes_out: Family<ListenerLabels, Counter>,
@@ -125,6 +132,7 @@ impl Metrics {
             conns_refused: Family::default(),
             retries: Family::default(),
             ejections: Family::default(),
+            faults: Family::default(),
             streams: Family::default(),
             bytes_in: Family::default(),
             bytes_out: Family::default(),
@@ -177,6 +185,11 @@ impl Metrics {
             "Outlier detection decisions: result=ejected, or capped (maxEjectionPercent kept \
              the endpoint in)",
             m.ejections.clone(),
+        );
+        r.register(
+            "faults_injected",
+            "Faults injected by routes, by kind (delay, abort)",
+            m.faults.clone(),
         );
         r.register(
             "stream_connections",
@@ -308,6 +321,16 @@ impl Metrics {
                 service: service.into(),
                 reason: reason.into(),
                 result: result.into(),
+            })
+            .inc();
+    }
+
+    /// Counts an injected fault.
+    pub fn fault(&self, route: &str, kind: &str) {
+        self.faults
+            .get_or_create(&FaultLabels {
+                route: route.into(),
+                kind: kind.into(),
             })
             .inc();
     }

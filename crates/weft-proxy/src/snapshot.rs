@@ -113,6 +113,10 @@ pub struct Rule {
     pub per_try_timeout: Option<Duration>,
     /// The rule's own retry policy, over the service's.
     pub retry: Option<Retry>,
+    /// The rule's rate limit.
+    pub rate_limit: Option<crate::ratelimit::RateLimiter>,
+    /// Faults to inject.
+    pub fault: Option<weft_model::Fault>,
 }
 
 impl Rule {
@@ -154,6 +158,8 @@ pub struct Service {
     pub breaker: Arc<Breaker>,
     /// Outlier detection.
     pub outlier: crate::outlier::Outlier,
+    /// The service-wide rate limit.
+    pub rate_limit: Option<crate::ratelimit::RateLimiter>,
 }
 
 impl Service {
@@ -467,6 +473,10 @@ fn build_service(
         budget,
         breaker,
         outlier: crate::outlier::Outlier::new(&spec.outlier_detection),
+        rate_limit: spec
+            .rate_limit
+            .as_ref()
+            .map(crate::ratelimit::RateLimiter::new),
     })
 }
 
@@ -547,6 +557,11 @@ fn build_rule(
         request_timeout: timeouts.and_then(|t| t.request).map(|d| d.get()),
         per_try_timeout: timeouts.and_then(|t| t.backend_request).map(|d| d.get()),
         retry: rule.retry.as_ref().map(Retry::new),
+        rate_limit: rule
+            .rate_limit
+            .as_ref()
+            .map(crate::ratelimit::RateLimiter::new),
+        fault: rule.fault.clone(),
     })
 }
 
