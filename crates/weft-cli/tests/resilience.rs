@@ -435,3 +435,45 @@ fn faults_abort_and_delay_a_share_of_requests() {
         "{m}"
     );
 }
+
+#[test]
+fn health_checks_take_a_dead_endpoint_out_before_traffic_finds_it() {
+    let a = echo(&weft(), "a", &[]);
+    let b = echo(&weft(), "b", &[]);
+    let b_addr = b.addr.to_string();
+    let p = start(&config(
+        &[&a, &b],
+        "  healthCheck: {http: {path: /status/204}, interval: 50ms, unhealthyThreshold: 2, healthyThreshold: 1}\n",
+        "",
+    ));
+    let url = format!("{}/", p.url("gw/web"));
+    let metric = |name: &str| metric_value(&p.admin_get("/metrics"), name).unwrap_or(0.0);
+    weft_testkit::eventually("probes", std::time::Duration::from_secs(10), || {
+        (metric("weft_health_checks_total{service=\"s\",result=\"success\"}") >= 4.0).then_some(())
+    });
+
+    // b dies while no request is flowing: the probes notice, not the traffic.
+    drop(b);
+    weft_testkit::eventually("b marked down", std::time::Duration::from_secs(10), || {
+        (metric("weft_health_transitions_total{service=\"s\",result=\"down\"}") >= 1.0)
+            .then_some(())
+    });
+    let results = curl_many(&url, 50, "x-echo-name", &[]);
+    assert!(
+        results.iter().all(|(s, n)| *s == 200 && n == "a"),
+        "{results:?}"
+    );
+    assert_eq!(
+        metric("weft_upstream_connect_errors_total{service=\"s\",reason=\"connect-refused\"}"),
+        0.0,
+        "no request was sent to the dead endpoint"
+    );
+
+    // Back: marked up by the next successful probe, and served again.
+    let _b = weft_testkit::echo_at(&weft(), "b", &b_addr, &[]);
+    weft_testkit::eventually("b marked up", std::time::Duration::from_secs(10), || {
+        (metric("weft_health_transitions_total{service=\"s\",result=\"up\"}") >= 1.0).then_some(())
+    });
+    let results = curl_many(&url, 10, "x-echo-name", &[]);
+    assert!(results.iter().any(|(_, n)| n == "b"), "{results:?}");
+}

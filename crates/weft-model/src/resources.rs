@@ -604,6 +604,61 @@ pub struct ServiceSpec {
     /// Local rate limit on all requests to the service (from every route).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimit>,
+    /// Active health checks of the endpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheck>,
+}
+
+/// Active health checking: each endpoint is probed every `interval`; `unhealthyThreshold`
+/// failures in a row take it out of the balancing set, `healthyThreshold` successes bring
+/// it back. Endpoints start healthy.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HealthCheck {
+    /// Probe with an HTTP/1.1 GET; absent: a TCP connect (and TLS handshake, for services
+    /// with `tls`) is the probe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpHealthCheck>,
+    /// Between probes of one endpoint (default `5s`).
+    #[serde(default = "default_hc_interval")]
+    pub interval: Duration,
+    /// One probe's limit (default `1s`).
+    #[serde(default = "default_hc_timeout")]
+    pub timeout: Duration,
+    /// Failures in a row that mark an endpoint down (default 3).
+    #[serde(default = "default_hc_unhealthy")]
+    pub unhealthy_threshold: u32,
+    /// Successes in a row that mark it up again (default 2).
+    #[serde(default = "default_hc_healthy")]
+    pub healthy_threshold: u32,
+}
+
+/// The HTTP probe.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HttpHealthCheck {
+    /// Path requested (default `/`).
+    #[serde(default = "default_hc_path")]
+    pub path: String,
+    /// `Host` sent (default: the endpoint's address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+}
+
+fn default_hc_interval() -> Duration {
+    Duration::from_millis(5_000)
+}
+fn default_hc_timeout() -> Duration {
+    Duration::from_millis(1_000)
+}
+fn default_hc_unhealthy() -> u32 {
+    3
+}
+fn default_hc_healthy() -> u32 {
+    2
+}
+fn default_hc_path() -> String {
+    "/".into()
 }
 
 /// Outlier detection: consecutive failures eject an endpoint for a time that grows with

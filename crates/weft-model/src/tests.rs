@@ -396,3 +396,48 @@ fn rate_limits_and_faults_are_checked() {
         );
     }
 }
+
+#[test]
+fn health_checks_and_outlier_detection_are_checked() {
+    let with = |service: &str| {
+        GOOD.replacen(
+            "  connectTimeout: 500ms\n",
+            &format!("  connectTimeout: 500ms\n{service}"),
+            1,
+        )
+    };
+    let ok = parse(
+        "ok.yaml",
+        &with("  healthCheck: {http: {path: /healthz}, interval: 2s}\n  outlierDetection: {consecutive5xx: 3}\n"),
+    )
+    .unwrap();
+    let s = &ok.service("echo").unwrap().spec;
+    assert_eq!(s.health_check.as_ref().unwrap().unhealthy_threshold, 3);
+    assert_eq!(s.outlier_detection.consecutive_5xx, 3);
+    assert_eq!(s.outlier_detection.max_ejection_percent, 50);
+    for (extra, want) in [
+        (
+            "  healthCheck: {http: {path: healthz}}\n",
+            "is not a request path",
+        ),
+        ("  healthCheck: {interval: 1ms}\n", "must be at least 10ms"),
+        (
+            "  healthCheck: {healthyThreshold: 0}\n",
+            "thresholds must be at least 1",
+        ),
+        (
+            "  outlierDetection: {maxEjectionPercent: 101}\n",
+            "is over 100",
+        ),
+        (
+            "  outlierDetection: {baseEjectionTime: 10m}\n",
+            "baseEjectionTime <= maxEjectionTime",
+        ),
+    ] {
+        let errs = errors_of(&with(extra));
+        assert!(
+            errs.iter().any(|e| e.contains(want)),
+            "{want:?} not in {errs:#?}"
+        );
+    }
+}

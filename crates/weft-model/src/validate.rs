@@ -541,6 +541,38 @@ fn service(r: &mut Report<'_>, s: &Resource<ServiceSpec>, doc: &Document) {
             r.at(doc, "Service", name, format!("spec.rateLimit.{field}"), msg);
         }
     }
+    if let Some(hc) = &s.spec.health_check {
+        let mut bad = |field: &str, msg: String| {
+            r.at(
+                doc,
+                "Service",
+                name,
+                format!("spec.healthCheck.{field}"),
+                msg,
+            )
+        };
+        if hc.interval.get() < std::time::Duration::from_millis(10) {
+            bad("interval", "must be at least 10ms".into());
+        }
+        if hc.timeout.get().is_zero() {
+            bad("timeout", "must be greater than 0".into());
+        }
+        if hc.unhealthy_threshold == 0 || hc.healthy_threshold == 0 {
+            bad("unhealthyThreshold", "thresholds must be at least 1".into());
+        }
+        if let Some(h) = &hc.http {
+            if !h.path.starts_with('/')
+                || http::uri::PathAndQuery::try_from(h.path.as_str()).is_err()
+            {
+                bad("http.path", format!("`{}` is not a request path", h.path));
+            }
+            if let Some(host) = &h.host {
+                if http::HeaderValue::from_str(host).is_err() {
+                    bad("http.host", format!("`{host}` is not a valid Host value"));
+                }
+            }
+        }
+    }
     let cb = &s.spec.circuit_breaker;
     for (field, v) in [
         ("maxRequests", cb.max_requests),

@@ -27,6 +27,7 @@ pub mod body;
 pub mod error;
 pub mod forward;
 pub mod fuzz;
+pub mod health;
 pub mod listener;
 pub mod metrics;
 pub mod outlier;
@@ -166,7 +167,8 @@ impl RunningProxy {
             .collect::<Result<Vec<_>, _>>()?;
 
         let (shutdown, shutdown_rx) = watch::channel(false);
-        tokio::spawn(reap_idle_connections(snapshot.clone(), shutdown_rx));
+        tokio::spawn(reap_idle_connections(snapshot.clone(), shutdown_rx.clone()));
+        tokio::spawn(health::run(snapshot.clone(), metrics.clone(), shutdown_rx));
         let (alive_tx, alive) = mpsc::channel(1);
         let admin_state = Arc::new(AdminState {
             snapshot: snapshot.clone(),

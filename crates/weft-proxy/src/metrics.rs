@@ -103,6 +103,8 @@ pub struct Metrics {
     retries: Family<ServiceResultLabels, Counter>,
     ejections: Family<EjectionLabels, Counter>,
     faults: Family<FaultLabels, Counter>,
+    health_checks: Family<ServiceResultLabels, Counter>,
+    health_transitions: Family<ServiceResultLabels, Counter>,
     streams: Family<StreamLabels, Counter>,
     bytes_in: Family<ListenerLabels, Counter>,
     bytes_out: Family<ListenerLabels, Counter>,
@@ -133,6 +135,8 @@ impl Metrics {
             retries: Family::default(),
             ejections: Family::default(),
             faults: Family::default(),
+            health_checks: Family::default(),
+            health_transitions: Family::default(),
             streams: Family::default(),
             bytes_in: Family::default(),
             bytes_out: Family::default(),
@@ -190,6 +194,16 @@ impl Metrics {
             "faults_injected",
             "Faults injected by routes, by kind (delay, abort)",
             m.faults.clone(),
+        );
+        r.register(
+            "health_checks",
+            "Active health-check probes, by result (success, failure)",
+            m.health_checks.clone(),
+        );
+        r.register(
+            "health_transitions",
+            "Endpoints marked down or up by active health checks (result=down|up)",
+            m.health_transitions.clone(),
         );
         r.register(
             "stream_connections",
@@ -321,6 +335,26 @@ impl Metrics {
                 service: service.into(),
                 reason: reason.into(),
                 result: result.into(),
+            })
+            .inc();
+    }
+
+    /// Counts a health-check probe.
+    pub fn health_check(&self, service: &str, result: &str) {
+        self.health_checks
+            .get_or_create(&ServiceResultLabels {
+                service: service.into(),
+                result: result.into(),
+            })
+            .inc();
+    }
+
+    /// Counts an endpoint marked down or up by health checks.
+    pub fn health_transition(&self, service: &str, to: &str) {
+        self.health_transitions
+            .get_or_create(&ServiceResultLabels {
+                service: service.into(),
+                result: to.into(),
             })
             .inc();
     }

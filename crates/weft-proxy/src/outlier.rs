@@ -34,6 +34,10 @@ pub struct Health {
     ejections: AtomicU32,
     /// Set by active health checks.
     down: AtomicBool,
+    /// Health-check probes: successes and failures in a row, and when the last started.
+    probe_ok: AtomicU32,
+    probe_failed: AtomicU32,
+    probe_at: AtomicU64,
 }
 
 impl Health {
@@ -63,6 +67,31 @@ impl Health {
     /// Marks the endpoint up or down (active health checks); returns whether it changed.
     pub fn set_down(&self, down: bool) -> bool {
         self.down.swap(down, Ordering::Relaxed) != down
+    }
+
+    /// Whether a health-check probe is due (and, if so, claims it).
+    pub fn probe_due(&self, interval: Duration) -> bool {
+        let now = now_ms();
+        let last = self.probe_at.load(Ordering::Relaxed);
+        if last != 0 && now < last + interval.as_millis() as u64 {
+            return false;
+        }
+        self.probe_at
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    }
+
+    /// Records a probe's result; returns `Some(up)` when the endpoint changed state.
+    pub fn probe_result(&self, ok: bool, healthy: u32, unhealthy: u32) -> Option<bool> {
+        if ok {
+            self.probe_failed.store(0, Ordering::Relaxed);
+            let n = self.probe_ok.fetch_add(1, Ordering::Relaxed) + 1;
+            (n >= healthy && self.set_down(false)).then_some(true)
+        } else {
+            self.probe_ok.store(0, Ordering::Relaxed);
+            let n = self.probe_failed.fetch_add(1, Ordering::Relaxed) + 1;
+            (n >= unhealthy && self.set_down(true)).then_some(false)
+        }
     }
 
     /// Whether active health checks hold it down.
