@@ -477,3 +477,65 @@ fn health_checks_take_a_dead_endpoint_out_before_traffic_finds_it() {
     let results = curl_many(&url, 10, "x-echo-name", &[]);
     assert!(results.iter().any(|(_, n)| n == "b"), "{results:?}");
 }
+
+#[test]
+fn mirrored_copies_reach_the_mirror_and_never_affect_the_response() {
+    let main = echo(&weft(), "main", &[]);
+    let shadow = echo(&weft(), "shadow", &[]);
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr")
+    };
+    let p = start(&format!(
+        "{}---\nkind: Service\nmetadata: {{name: shadow}}\nspec:\n  endpoints: [{{address: \"{}\"}}]\n---\n\
+         kind: Service\nmetadata: {{name: dead}}\nspec:\n  retry: {{attempts: 0}}\n  endpoints: [{{address: \"{dead}\"}}]\n",
+        config(
+            &[&main],
+            "",
+            "    filters: [{type: RequestMirror, requestMirror: {backendRef: {name: shadow}, percent: 100}}]\n\
+             \x20 - matches: [{path: {value: /half}}]\n    backendRefs: [{name: s}]\n    filters: [{type: RequestMirror, requestMirror: {backendRef: {name: shadow}, percent: 50}}]\n\
+             \x20 - matches: [{path: {value: /to-dead}}]\n    backendRefs: [{name: s}]\n    filters: [{type: RequestMirror, requestMirror: {backendRef: {name: dead}}}]\n",
+        ),
+        shadow.addr
+    ));
+    let url = p.url("gw/web");
+    let metric = |name: &str| metric_value(&p.admin_get("/metrics"), name).unwrap_or(0.0);
+
+    let results = curl_many(&format!("{url}/"), 40, "x-echo-name", &[]);
+    assert!(
+        results.iter().all(|(s, n)| *s == 200 && n == "main"),
+        "{results:?}"
+    );
+    weft_testkit::eventually("40 copies", std::time::Duration::from_secs(10), || {
+        (served(&shadow) == 40).then_some(())
+    });
+
+    let results = curl_many(&format!("{url}/half"), 200, "x-echo-name", &[]);
+    assert!(results.iter().all(|(s, _)| *s == 200));
+    weft_testkit::eventually(
+        "half of 200 copied",
+        std::time::Duration::from_secs(10),
+        || {
+            let copies = metric(
+                "weft_mirrored_requests_total{route=\"r\",service=\"shadow\",result=\"sent\"}",
+            ) - 40.0;
+            (60.0..=140.0).contains(&copies).then_some(())
+        },
+    );
+
+    // A mirror that is down changes nothing for the client.
+    let results = curl_many(&format!("{url}/to-dead"), 20, "x-echo-name", &[]);
+    assert!(
+        results.iter().all(|(s, n)| *s == 200 && n == "main"),
+        "{results:?}"
+    );
+    weft_testkit::eventually(
+        "failed copies counted",
+        std::time::Duration::from_secs(10),
+        || {
+            (metric("weft_mirrored_requests_total{route=\"r\",service=\"dead\",result=\"failed\"}")
+                == 20.0)
+                .then_some(())
+        },
+    );
+}

@@ -449,6 +449,9 @@ pub struct HttpRouteFilter {
         skip_serializing_if = "Option::is_none"
     )]
     pub url_rewrite: Option<UrlRewrite>,
+    /// For `RequestMirror`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_mirror: Option<RequestMirror>,
 }
 
 /// Filter kinds.
@@ -462,6 +465,23 @@ pub enum FilterType {
     RequestRedirect,
     /// Rewrite host and/or path before forwarding.
     URLRewrite,
+    /// Send a copy of a share of the requests to another service, fire and forget.
+    RequestMirror,
+}
+
+/// Gateway API `HTTPRequestMirrorFilter`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RequestMirror {
+    /// The service receiving the copies (its weight is ignored).
+    pub backend_ref: BackendRef,
+    /// Share of requests mirrored, 0–100 (default 100).
+    #[serde(default = "hundred")]
+    pub percent: f64,
+}
+
+fn hundred() -> f64 {
+    100.0
 }
 
 /// Header edits.

@@ -441,3 +441,25 @@ fn health_checks_and_outlier_detection_are_checked() {
         );
     }
 }
+
+#[test]
+fn request_mirror_needs_a_known_service() {
+    let with = |mirror: &str| {
+        GOOD.replacen(
+            "    - filters:\n        - type: RequestRedirect",
+            &format!("    - backendRefs: [{{name: echo}}]\n      filters: [{{type: RequestMirror, requestMirror: {mirror}}}]\n    - filters:\n        - type: RequestRedirect"),
+            1,
+        )
+    };
+    assert!(parse("ok.yaml", &with("{backendRef: {name: echo2}, percent: 10}")).is_ok());
+    let errs = errors_of(&with("{backendRef: {name: ghost}}"));
+    assert!(
+        errs.iter().any(|e| e.contains("unknown Service `ghost`")),
+        "{errs:#?}"
+    );
+    let errs = errors_of(&with("{backendRef: {name: echo2}, percent: 120}"));
+    assert!(
+        errs.iter().any(|e| e.contains("requestMirror.percent")),
+        "{errs:#?}"
+    );
+}

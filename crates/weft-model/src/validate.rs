@@ -743,7 +743,28 @@ fn http_route(r: &mut Report<'_>, c: &Config, route: &Resource<HttpRouteSpec>, d
                     f.url_rewrite.is_some(),
                     "urlRewrite",
                 ),
+                (
+                    FilterType::RequestMirror,
+                    f.request_mirror.is_some(),
+                    "requestMirror",
+                ),
             ];
+            if let Some(m) = &f.request_mirror {
+                if c.service(&m.backend_ref.name).is_none() {
+                    err(
+                        r,
+                        format!("{at}.requestMirror.backendRef.name"),
+                        format!("unknown Service `{}`", m.backend_ref.name),
+                    );
+                }
+                if !(0.0..=100.0).contains(&m.percent) {
+                    err(
+                        r,
+                        format!("{at}.requestMirror.percent"),
+                        "must be within 0..=100".into(),
+                    );
+                }
+            }
             for (kind, is_set, field) in present {
                 if kind == f.kind && !is_set {
                     err(

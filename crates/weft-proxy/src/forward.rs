@@ -43,6 +43,7 @@ const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
+const X_WEFT_MIRRORED: HeaderName = HeaderName::from_static("x-weft-mirrored");
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 /// A client-supplied request id longer than this is replaced.
@@ -287,17 +288,43 @@ async fn route_and_forward(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     let resendable = retry.may_resend(&parts.method);
+    let small = |max: u64| body.is_end_stream() || declared.is_some_and(|n| n <= max);
     let keep_copy = retry.attempts > 0
         && retry.retries_after_send()
         && resendable
         && downstream_upgrade.is_none()
-        && (body.is_end_stream() || declared.is_some_and(|n| n <= retry.max_body_bytes));
+        && small(retry.max_body_bytes);
+    let mirror = rule
+        .filters
+        .mirror
+        .as_ref()
+        .filter(|m| downstream_upgrade.is_none() && fastrand::f64() * 100.0 < m.percent);
+    let mirror = match mirror {
+        Some(m) if small(MIRROR_MAX_BODY) => Some(m),
+        Some(m) => {
+            ctx.metrics
+                .mirror(&rule.route, &m.service.name, "skipped-large-body");
+            None
+        }
+        None => None,
+    };
+    let keep_copy = keep_copy || mirror.is_some();
     let mut body = Some(match (keep_copy, body.is_end_stream()) {
         (true, true) => RequestBody::Bytes(None),
         (true, false) => RequestBody::Bytes(Some(body.into_bytes().await?)),
         (false, _) => body,
     });
     let template = keep_copy.then(|| Template::of(&parts));
+    if let (Some(m), Some(t), Some(RequestBody::Bytes(b))) = (mirror, &template, &body) {
+        send_mirror(
+            m,
+            t.parts(),
+            b.clone(),
+            new_path.clone(),
+            &ctx.metrics,
+            &rule.route,
+        );
+    }
     let mut parts = Some(parts);
     let mut unsent: Option<Request<RequestBody>> = None;
 
@@ -945,6 +972,72 @@ impl Body for UpstreamBody {
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
     }
+}
+
+/// Largest request body copied to a mirror; requests with larger (or undeclared) bodies
+/// are not mirrored.
+const MIRROR_MAX_BODY: u64 = 65_536;
+
+/// Sends a copy of a request to the mirror's service in its own task: the response is
+/// read and dropped, failures only counted, and the mirror's own circuit breaker decides
+/// whether it goes at all — a slow mirror never slows the real request.
+fn send_mirror(
+    m: &crate::snapshot::Mirror,
+    mut head: http::request::Parts,
+    body: Option<Bytes>,
+    new_path: Option<String>,
+    metrics: &Arc<Metrics>,
+    route: &str,
+) {
+    let service = m.service.clone();
+    let metrics = metrics.clone();
+    let route = route.to_string();
+    tokio::spawn(async move {
+        let record = |result: &str| metrics.mirror(&route, &service.name, result);
+        let Some(_permit) = service.breaker.request() else {
+            return record("overloaded");
+        };
+        let Some(endpoint) = service.balancer.pick(None).cloned() else {
+            return record("no-healthy-endpoints");
+        };
+        let is_h2 = service.upstream.settings.is_http2();
+        let authority = is_h2.then(|| {
+            head.headers
+                .get(header::HOST)
+                .and_then(|v| http::uri::Authority::try_from(v.as_bytes()).ok())
+                .unwrap_or_else(|| endpoint.authority.clone())
+        });
+        let Ok(uri) = upstream_uri(&head.uri, authority, new_path) else {
+            return record("failed");
+        };
+        head.uri = uri;
+        head.version = if is_h2 {
+            Version::HTTP_2
+        } else {
+            Version::HTTP_11
+        };
+        head.headers
+            .insert(X_WEFT_MIRRORED, HeaderValue::from_static("true"));
+        let req = Request::from_parts(head, RequestBody::Bytes(body));
+        let sent = tokio::time::timeout(
+            service.request_timeout,
+            service.upstream.send(&endpoint, req),
+        )
+        .await;
+        match sent {
+            Ok(Ok((resp, lease))) => {
+                use http_body_util::BodyExt;
+                let read = http_body_util::Limited::new(resp.into_body(), 1 << 20)
+                    .collect()
+                    .await;
+                if let (Ok(_), Some(lease)) = (read, lease) {
+                    lease.release();
+                }
+                record("sent");
+            }
+            _ => record("failed"),
+        }
+    });
 }
 
 /// Applies a rule's fault injection: maybe a delay, then maybe an abort.

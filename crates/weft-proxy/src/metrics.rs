@@ -76,6 +76,13 @@ struct FaultLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MirrorLabels {
+    route: String,
+    service: String,
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VersionLabels {
     version: String,
 }
@@ -103,6 +110,7 @@ pub struct Metrics {
     retries: Family<ServiceResultLabels, Counter>,
     ejections: Family<EjectionLabels, Counter>,
     faults: Family<FaultLabels, Counter>,
+    mirrors: Family<MirrorLabels, Counter>,
     health_checks: Family<ServiceResultLabels, Counter>,
     health_transitions: Family<ServiceResultLabels, Counter>,
     streams: Family<StreamLabels, Counter>,
@@ -135,6 +143,7 @@ impl Metrics {
             retries: Family::default(),
             ejections: Family::default(),
             faults: Family::default(),
+            mirrors: Family::default(),
             health_checks: Family::default(),
             health_transitions: Family::default(),
             streams: Family::default(),
@@ -204,6 +213,12 @@ impl Metrics {
             "health_transitions",
             "Endpoints marked down or up by active health checks (result=down|up)",
             m.health_transitions.clone(),
+        );
+        r.register(
+            "mirrored_requests",
+            "Request copies sent by RequestMirror filters, by result (sent, failed, overloaded, \
+             no-healthy-endpoints, skipped-large-body)",
+            m.mirrors.clone(),
         );
         r.register(
             "stream_connections",
@@ -355,6 +370,17 @@ impl Metrics {
             .get_or_create(&ServiceResultLabels {
                 service: service.into(),
                 result: to.into(),
+            })
+            .inc();
+    }
+
+    /// Counts a mirrored request copy.
+    pub fn mirror(&self, route: &str, service: &str, result: &str) {
+        self.mirrors
+            .get_or_create(&MirrorLabels {
+                route: route.into(),
+                service: service.into(),
+                result: result.into(),
             })
             .inc();
     }

@@ -190,6 +190,17 @@ pub struct Filters {
     pub redirect: Option<Redirect>,
     /// Host/path rewrite before forwarding.
     pub rewrite: Option<Rewrite>,
+    /// Copies sent to another service.
+    pub mirror: Option<Mirror>,
+}
+
+/// A `RequestMirror` filter.
+#[derive(Debug)]
+pub struct Mirror {
+    /// Where copies go.
+    pub service: Arc<Service>,
+    /// Share of requests, 0–100.
+    pub percent: f64,
 }
 
 /// Header edits, applied as remove, then set, then add.
@@ -490,6 +501,17 @@ fn build_rule(
     let mut filters = Filters::default();
     for f in &rule.filters {
         match f.kind {
+            FilterType::RequestMirror => {
+                if let Some(m) = &f.request_mirror {
+                    let service = services.get(m.backend_ref.name.as_str()).ok_or_else(|| {
+                        BuildError::Invalid(format!("unknown service {}", m.backend_ref.name))
+                    })?;
+                    filters.mirror = Some(Mirror {
+                        service: service.clone(),
+                        percent: m.percent,
+                    });
+                }
+            }
             FilterType::RequestHeaderModifier => {
                 filters.request_headers = f
                     .request_header_modifier
