@@ -43,6 +43,9 @@ enum Command {
         /// Fraction of requests answered 503, spread evenly (e.g. 0.3: 3 in every 10).
         #[arg(long, default_value_t = 0.0)]
         fail_rate: f64,
+        /// Requests served at once at most; the rest queue (0: unlimited).
+        #[arg(long, default_value_t = 0)]
+        max_concurrency: usize,
     },
     /// Start a local demo: echo backends and a proxy in front of them.
     Demo {
@@ -97,6 +100,7 @@ fn main() -> std::process::ExitCode {
             name,
             delay,
             fail_rate,
+            max_concurrency,
         } => runtime(None).and_then(|rt| {
             rt.block_on(run_echo(
                 listen,
@@ -104,6 +108,7 @@ fn main() -> std::process::ExitCode {
                     name,
                     delay,
                     fail_rate: fail_rate.clamp(0.0, 1.0),
+                    max_concurrency,
                 },
             ))
         }),

@@ -9,7 +9,7 @@
 //! | `/delay/{ms}` | waits (at most 60 s), then echoes |
 //! | `/bytes/{n}` | `n` bytes (at most 64 MiB) |
 //! | `/headers` | the request headers as JSON |
-//! | `/_echo/stats` | `{"requests": n}`: requests served so far, this one excluded |
+//! | `/_echo/stats` | `{"requests": n, "max_waiting": w}`: requests so far (this one excluded), and the most that ever waited for a slot under `--max-concurrency` (`/_echo/reset` starts that peak over) |
 //! | anything else | the request as JSON: name, method, authority, path, query, version, headers, body size, client |
 
 use std::collections::BTreeMap;
@@ -46,18 +46,28 @@ pub struct EchoOptions {
     /// Fraction of requests answered 503 (0.0–1.0), spread evenly: with 0.3, exactly 3 of
     /// every 10 requests fail (to play a flaky instance).
     pub fail_rate: f64,
+    /// Requests served at once at most (0: unlimited); the rest wait their turn, so latency
+    /// grows with load as in a real service at capacity.
+    pub max_concurrency: usize,
 }
 
 /// Counters shared by one instance's connections.
 #[derive(Debug, Default)]
 struct State {
     requests: std::sync::atomic::AtomicU64,
+    waiting: std::sync::atomic::AtomicU64,
+    max_waiting: std::sync::atomic::AtomicU64,
+    slots: Option<tokio::sync::Semaphore>,
 }
 
 /// Serves until `shutdown` completes.
 pub async fn serve(listener: TcpListener, opts: EchoOptions, shutdown: impl Future<Output = ()>) {
     let opts = Arc::new(opts);
-    let state = Arc::new(State::default());
+    let state = Arc::new(State {
+        slots: (opts.max_concurrency > 0)
+            .then(|| tokio::sync::Semaphore::new(opts.max_concurrency)),
+        ..State::default()
+    });
     let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
     tokio::pin!(shutdown);
     loop {
@@ -105,9 +115,26 @@ async fn respond(
     use std::sync::atomic::Ordering;
     if req.uri().path() == "/_echo/stats" {
         let n = state.requests.load(Ordering::Relaxed);
-        return Ok(json(&serde_json::json!({ "requests": n })));
+        let peak = state.max_waiting.load(Ordering::Relaxed);
+        return Ok(json(
+            &serde_json::json!({ "requests": n, "max_waiting": peak }),
+        ));
+    }
+    if req.uri().path() == "/_echo/reset" {
+        state.max_waiting.store(0, Ordering::Relaxed);
+        return Ok(json(&serde_json::json!({ "reset": true })));
     }
     let n = state.requests.fetch_add(1, Ordering::Relaxed);
+    let _slot = match &state.slots {
+        Some(slots) => {
+            let waiting = state.waiting.fetch_add(1, Ordering::Relaxed) + 1;
+            state.max_waiting.fetch_max(waiting, Ordering::Relaxed);
+            let slot = slots.acquire().await.ok();
+            state.waiting.fetch_sub(1, Ordering::Relaxed);
+            slot
+        }
+        None => None,
+    };
     if !opts.delay.is_zero() {
         tokio::time::sleep(opts.delay).await;
     }

@@ -627,6 +627,49 @@ pub struct ServiceSpec {
     /// Active health checks of the endpoints.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_check: Option<HealthCheck>,
+    /// A concurrency limit that follows measured latency.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adaptive_concurrency: Option<AdaptiveConcurrency>,
+}
+
+/// Gradient-style adaptive concurrency (after Netflix's concurrency-limits "Gradient2"):
+/// the limit shrinks when recent latency rises above the long-run latency and grows while
+/// it does not; requests over the limit fail fast with 503 `concurrency-limited`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AdaptiveConcurrency {
+    /// Starting limit (default 20).
+    #[serde(default = "default_ac_initial")]
+    pub initial_limit: u32,
+    /// Never below (default 1).
+    #[serde(default = "default_ac_min")]
+    pub min_limit: u32,
+    /// Never above (default 1000).
+    #[serde(default = "default_ac_max")]
+    pub max_limit: u32,
+    /// Recent latency above `tolerance` × the long-run latency shrinks the limit
+    /// (default 1.5).
+    #[serde(default = "default_ac_tolerance")]
+    pub tolerance: f64,
+    /// Latency samples per limit update (default 20).
+    #[serde(default = "default_ac_window")]
+    pub sample_count: u32,
+}
+
+fn default_ac_initial() -> u32 {
+    20
+}
+fn default_ac_min() -> u32 {
+    1
+}
+fn default_ac_max() -> u32 {
+    1000
+}
+fn default_ac_tolerance() -> f64 {
+    1.5
+}
+fn default_ac_window() -> u32 {
+    20
 }
 
 /// Active health checking: each endpoint is probed every `interval`; `unhealthyThreshold`

@@ -463,3 +463,39 @@ fn request_mirror_needs_a_known_service() {
         "{errs:#?}"
     );
 }
+
+#[test]
+fn adaptive_concurrency_bounds_are_checked() {
+    let with = |extra: &str| {
+        GOOD.replacen(
+            "  connectTimeout: 500ms\n",
+            &format!("  connectTimeout: 500ms\n{extra}"),
+            1,
+        )
+    };
+    assert!(parse(
+        "ok.yaml",
+        &with("  adaptiveConcurrency: {initialLimit: 10}\n")
+    )
+    .is_ok());
+    for (extra, want) in [
+        (
+            "  adaptiveConcurrency: {initialLimit: 10, minLimit: 20}\n",
+            "minLimit <= initialLimit",
+        ),
+        (
+            "  adaptiveConcurrency: {tolerance: 0.5}\n",
+            "must be within 1..=10",
+        ),
+        (
+            "  adaptiveConcurrency: {sampleCount: 0}\n",
+            "must be at least 1",
+        ),
+    ] {
+        let errs = errors_of(&with(extra));
+        assert!(
+            errs.iter().any(|e| e.contains(want)),
+            "{want:?} not in {errs:#?}"
+        );
+    }
+}

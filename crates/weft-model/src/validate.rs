@@ -573,6 +573,35 @@ fn service(r: &mut Report<'_>, s: &Resource<ServiceSpec>, doc: &Document) {
             }
         }
     }
+    if let Some(ac) = &s.spec.adaptive_concurrency {
+        if ac.min_limit == 0 || ac.min_limit > ac.initial_limit || ac.initial_limit > ac.max_limit {
+            r.at(
+                doc,
+                "Service",
+                name,
+                "spec.adaptiveConcurrency".into(),
+                "needs 1 <= minLimit <= initialLimit <= maxLimit".into(),
+            );
+        }
+        if !(1.0..=10.0).contains(&ac.tolerance) {
+            r.at(
+                doc,
+                "Service",
+                name,
+                "spec.adaptiveConcurrency.tolerance".into(),
+                "must be within 1..=10".into(),
+            );
+        }
+        if ac.sample_count == 0 {
+            r.at(
+                doc,
+                "Service",
+                name,
+                "spec.adaptiveConcurrency.sampleCount".into(),
+                "must be at least 1".into(),
+            );
+        }
+    }
     let cb = &s.spec.circuit_breaker;
     for (field, v) in [
         ("maxRequests", cb.max_requests),

@@ -50,6 +50,9 @@ pub enum ProxyError {
     /// A fault injected by the route's `fault.abort`, with the configured status.
     #[error("fault injected")]
     FaultInjected(u16),
+    /// The service's adaptive concurrency limit was reached.
+    #[error("the service is at its adaptive concurrency limit")]
+    ConcurrencyLimited,
     /// A circuit-breaker limit of the service was reached: failed fast instead of queued.
     #[error("the service is at its concurrency limit")]
     Overloaded,
@@ -83,6 +86,7 @@ impl ProxyError {
             }
             ProxyError::NoHealthyEndpoints
             | ProxyError::Overloaded
+            | ProxyError::ConcurrencyLimited
             | ProxyError::ConnectRefused
             | ProxyError::ConnectTimeout
             | ProxyError::ConnectFailed => StatusCode::SERVICE_UNAVAILABLE,
@@ -106,6 +110,7 @@ impl ProxyError {
             ProxyError::ConnectFailed => "connect-failed",
             ProxyError::UpstreamReset => "upstream-reset",
             ProxyError::Overloaded => "overloaded",
+            ProxyError::ConcurrencyLimited => "concurrency-limited",
             ProxyError::RateLimited(_) => "rate-limited",
             ProxyError::FaultInjected(_) => "fault-injected",
             ProxyError::RequestTimeout => "request-timeout",

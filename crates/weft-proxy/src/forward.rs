@@ -260,6 +260,10 @@ async fn route_and_forward(
     }
     let deadline = tokio::time::Instant::from_std(ex.started) + allowed;
     let _in_flight = service.breaker.request().ok_or(ProxyError::Overloaded)?;
+    let _adaptive = match &service.adaptive {
+        Some(a) => Some(a.acquire().ok_or(ProxyError::ConcurrencyLimited)?),
+        None => None,
+    };
     service.budget.deposit();
 
     let key = service
@@ -376,6 +380,7 @@ async fn route_and_forward(
             }
         }
         let limit = per_try.map_or(remaining, |p| p.min(remaining));
+        let attempt_started = Instant::now();
         let sent = tokio::time::timeout(
             limit,
             service
@@ -387,7 +392,14 @@ async fn route_and_forward(
             Ok(Ok((resp, _))) if resp.status().is_server_error() => {
                 Outcome::ServerError(resp.status().as_u16())
             }
-            Ok(Ok(_)) => Outcome::Success,
+            Ok(Ok(_)) => {
+                if let Some(a) = &service.adaptive {
+                    if let Some(limit) = a.sample(attempt_started.elapsed()) {
+                        ctx.metrics.adaptive_limit(&service.name, limit);
+                    }
+                }
+                Outcome::Success
+            }
             Ok(Err(f)) if verdict.error().is_some() || f.error == ProxyError::Overloaded => {
                 Outcome::Success // the client's fault or our own limit, not the endpoint's
             }

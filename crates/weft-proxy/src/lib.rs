@@ -21,6 +21,7 @@
 //! their own thread.
 
 pub mod access_log;
+pub mod adaptive;
 pub mod admin;
 pub mod balance;
 pub mod body;

@@ -83,6 +83,11 @@ struct MirrorLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServiceLabels {
+    service: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VersionLabels {
     version: String,
 }
@@ -111,6 +116,7 @@ pub struct Metrics {
     ejections: Family<EjectionLabels, Counter>,
     faults: Family<FaultLabels, Counter>,
     mirrors: Family<MirrorLabels, Counter>,
+    adaptive_limits: Family<ServiceLabels, Gauge>,
     health_checks: Family<ServiceResultLabels, Counter>,
     health_transitions: Family<ServiceResultLabels, Counter>,
     streams: Family<StreamLabels, Counter>,
@@ -144,6 +150,7 @@ impl Metrics {
             ejections: Family::default(),
             faults: Family::default(),
             mirrors: Family::default(),
+            adaptive_limits: Family::default(),
             health_checks: Family::default(),
             health_transitions: Family::default(),
             streams: Family::default(),
@@ -219,6 +226,11 @@ impl Metrics {
             "Request copies sent by RequestMirror filters, by result (sent, failed, overloaded, \
              no-healthy-endpoints, skipped-large-body)",
             m.mirrors.clone(),
+        );
+        r.register(
+            "adaptive_concurrency_limit",
+            "The adaptive concurrency limit of a service, as last computed",
+            m.adaptive_limits.clone(),
         );
         r.register(
             "stream_connections",
@@ -372,6 +384,15 @@ impl Metrics {
                 result: to.into(),
             })
             .inc();
+    }
+
+    /// Publishes a service's adaptive concurrency limit.
+    pub fn adaptive_limit(&self, service: &str, limit: u32) {
+        self.adaptive_limits
+            .get_or_create(&ServiceLabels {
+                service: service.into(),
+            })
+            .set(i64::from(limit));
     }
 
     /// Counts a mirrored request copy.

@@ -247,7 +247,7 @@ impl Drop for Permit {
     }
 }
 
-fn acquire(counter: &Arc<AtomicU32>, max: u32) -> Option<Permit> {
+pub(crate) fn acquire(counter: &Arc<AtomicU32>, max: u32) -> Option<Permit> {
     let mut n = counter.load(Ordering::Relaxed);
     loop {
         if n >= max {

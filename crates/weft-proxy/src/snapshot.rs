@@ -160,6 +160,9 @@ pub struct Service {
     pub outlier: crate::outlier::Outlier,
     /// The service-wide rate limit.
     pub rate_limit: Option<crate::ratelimit::RateLimiter>,
+    /// The adaptive concurrency limit (kept across reloads while its settings stay).
+    pub adaptive: Option<Arc<crate::adaptive::Adaptive>>,
+    adaptive_settings: Option<weft_model::AdaptiveConcurrency>,
 }
 
 impl Service {
@@ -488,6 +491,13 @@ fn build_service(
             .rate_limit
             .as_ref()
             .map(crate::ratelimit::RateLimiter::new),
+        adaptive: spec.adaptive_concurrency.as_ref().map(|c| {
+            let same = previous
+                .filter(|p| p.adaptive_settings.as_ref() == Some(c))
+                .and_then(|p| p.adaptive.clone());
+            same.unwrap_or_else(|| Arc::new(crate::adaptive::Adaptive::new(c)))
+        }),
+        adaptive_settings: spec.adaptive_concurrency.clone(),
     })
 }
 
