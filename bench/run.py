@@ -398,12 +398,20 @@ def main():
                        f"medians of {args.reps} interleaved runs (min-max).", ""] + rows + ratios)
     print(block)
     if args.write:
-        text = open(args.write).read()
-        begin, end = "<!-- bench:begin -->", "<!-- bench:end -->"
-        pre, rest = text.split(begin, 1)
-        post = rest.split(end, 1)[1]
-        open(args.write, "w").write(f"{pre}{begin}\n{block}\n{end}{post}")
+        write_block(args.write, "bench", block)
     shutil.rmtree(work, ignore_errors=True)
+
+
+def write_block(path, name, block):
+    """Replaces the text between <!-- NAME:begin --> and <!-- NAME:end --> in the markdown
+    file (appending the markers first if the file has none)."""
+    text = open(path).read()
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    if begin not in text:
+        text += f"\n{begin}\n{end}\n"
+    pre, rest = text.split(begin, 1)
+    post = rest.split(end, 1)[1]
+    open(path, "w").write(f"{pre}{begin}\n{block}\n{end}{post}")
 
 
 if __name__ == "__main__":

@@ -238,13 +238,7 @@ def main():
                        f"medians of {args.reps} interleaved runs (min-max).", ""] + rows + ratios)
     print(block)
     if args.write:
-        text = open(args.write).read()
-        begin, end = "<!-- bench-tls:begin -->", "<!-- bench-tls:end -->"
-        if begin not in text:
-            text += f"\n{begin}\n{end}\n"
-        pre, rest = text.split(begin, 1)
-        post = rest.split(end, 1)[1]
-        open(args.write, "w").write(f"{pre}{begin}\n{block}\n{end}{post}")
+        run.write_block(args.write, "bench-tls", block)
     shutil.rmtree(work, ignore_errors=True)
 
 
