@@ -46,6 +46,9 @@ enum Command {
         /// Requests served at once at most; the rest queue (0: unlimited).
         #[arg(long, default_value_t = 0)]
         max_concurrency: usize,
+        /// Answer every request 503 for this long after start, then recover (e.g. `10s`).
+        #[arg(long, default_value = "0ms", value_parser = parse_duration)]
+        fail_for: Duration,
     },
     /// Start a local demo: echo backends and a proxy in front of them.
     Demo {
@@ -101,6 +104,7 @@ fn main() -> std::process::ExitCode {
             delay,
             fail_rate,
             max_concurrency,
+            fail_for,
         } => runtime(None).and_then(|rt| {
             rt.block_on(run_echo(
                 listen,
@@ -109,6 +113,7 @@ fn main() -> std::process::ExitCode {
                     delay,
                     fail_rate: fail_rate.clamp(0.0, 1.0),
                     max_concurrency,
+                    fail_for,
                 },
             ))
         }),

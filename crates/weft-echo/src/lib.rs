@@ -9,7 +9,7 @@
 //! | `/delay/{ms}` | waits (at most 60 s), then echoes |
 //! | `/bytes/{n}` | `n` bytes (at most 64 MiB) |
 //! | `/headers` | the request headers as JSON |
-//! | `/_echo/stats` | `{"requests": n, "max_waiting": w}`: requests so far (this one excluded), and the most that ever waited for a slot under `--max-concurrency` (`/_echo/reset` starts that peak over) |
+//! | `/_echo/stats` | `{"requests": n, "failed": f, "max_waiting": w}`: requests so far (this one excluded), those answered 503 on purpose, and the most that ever waited for a slot under `--max-concurrency` (`/_echo/reset` starts that peak over) |
 //! | anything else | the request as JSON: name, method, authority, path, query, version, headers, body size, client |
 
 use std::collections::BTreeMap;
@@ -49,12 +49,16 @@ pub struct EchoOptions {
     /// Requests served at once at most (0: unlimited); the rest wait their turn, so latency
     /// grows with load as in a real service at capacity.
     pub max_concurrency: usize,
+    /// Answer every request 503 for this long after start, then recover (an outage).
+    pub fail_for: Duration,
 }
 
 /// Counters shared by one instance's connections.
 #[derive(Debug, Default)]
 struct State {
     requests: std::sync::atomic::AtomicU64,
+    failed: std::sync::atomic::AtomicU64,
+    started: Option<std::time::Instant>,
     waiting: std::sync::atomic::AtomicU64,
     max_waiting: std::sync::atomic::AtomicU64,
     slots: Option<tokio::sync::Semaphore>,
@@ -66,6 +70,7 @@ pub async fn serve(listener: TcpListener, opts: EchoOptions, shutdown: impl Futu
     let state = Arc::new(State {
         slots: (opts.max_concurrency > 0)
             .then(|| tokio::sync::Semaphore::new(opts.max_concurrency)),
+        started: Some(std::time::Instant::now()),
         ..State::default()
     });
     let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
@@ -116,8 +121,9 @@ async fn respond(
     if req.uri().path() == "/_echo/stats" {
         let n = state.requests.load(Ordering::Relaxed);
         let peak = state.max_waiting.load(Ordering::Relaxed);
+        let failed = state.failed.load(Ordering::Relaxed);
         return Ok(json(
-            &serde_json::json!({ "requests": n, "max_waiting": peak }),
+            &serde_json::json!({ "requests": n, "failed": failed, "max_waiting": peak }),
         ));
     }
     if req.uri().path() == "/_echo/reset" {
@@ -141,7 +147,9 @@ async fn respond(
     let name = &opts.name;
     // Request n fails when the running count of failures due steps up at it.
     let failures_due = |k: u64| (k as f64 * opts.fail_rate).floor();
-    if opts.fail_rate > 0.0 && failures_due(n + 1) > failures_due(n) {
+    let in_outage = state.started.is_some_and(|t| t.elapsed() < opts.fail_for);
+    if in_outage || (opts.fail_rate > 0.0 && failures_due(n + 1) > failures_due(n)) {
+        state.failed.fetch_add(1, Ordering::Relaxed);
         let mut r = text(
             StatusCode::SERVICE_UNAVAILABLE,
             "echo: failing on purpose\n",
