@@ -621,3 +621,44 @@ fn adaptive_concurrency_keeps_a_saturated_backend_from_queueing() {
     // is only somewhat lower than without the limit; see docs/resilience.md.
     let _ = queued;
 }
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .expect("proc status")
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS")
+}
+
+#[test]
+fn a_concurrency_limit_keeps_memory_bounded_under_a_slow_backend() {
+    // 400 clients at once against a backend that takes 2 s per request: with a limit of 10
+    // in flight the rest fail fast, and the proxy holds 10 exchanges instead of 400.
+    let run = |limit: &str| {
+        let e = echo(&weft(), "slow", &["--delay", "2s"]);
+        let p = start(&config(&[&e], limit, ""));
+        let pid = p.proc.child.id();
+        let before = rss_kib(pid);
+        let url = format!("{}/", p.url("gw/web"));
+        let (ok, failed) = h1_load(&url, 400, 400);
+        let after = rss_kib(pid);
+        (ok, failed, after.saturating_sub(before))
+    };
+    let (ok_limited, failed_limited, grown_limited) = run("  circuitBreaker: {maxRequests: 10}\n");
+    let (ok_open, _, grown_open) = run("");
+    eprintln!(
+        "400 concurrent on a 2 s backend: limited {ok_limited} ok / {failed_limited} failed fast, \
+         RSS +{grown_limited} KiB; unlimited {ok_open} ok, RSS +{grown_open} KiB"
+    );
+    assert!(
+        ok_limited <= 20 && failed_limited >= 380,
+        "{ok_limited} / {failed_limited}"
+    );
+    assert_eq!(ok_open, 400);
+    assert!(
+        grown_limited < grown_open,
+        "limited growth {grown_limited} KiB vs {grown_open} KiB"
+    );
+}
