@@ -616,10 +616,12 @@ fn adaptive_concurrency_keeps_a_saturated_backend_from_queueing() {
     assert!(limit < 64.0, "the limit came down from 64: {limit}");
     assert!(failed > 0, "excess requests failed fast");
     assert!(ok > 0);
-    // Not asserted: how much less the backend queues. The limit oscillates (it grows by
-    // √limit per window and is re-measured every 50 windows), so the backend's queue peak
-    // is only somewhat lower than without the limit; see docs/resilience.md.
-    let _ = queued;
+    // The backend queues less (not by a fixed amount: the limit still moves, see
+    // docs/resilience.md).
+    assert!(
+        queued < queued_plain,
+        "the backend queued less under the adaptive limit: {queued} vs {queued_plain}"
+    );
 }
 
 fn rss_kib(pid: u32) -> u64 {

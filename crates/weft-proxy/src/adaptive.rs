@@ -9,7 +9,7 @@
 //!
 //! ```text
 //! gradient  = clamp(tolerance × min / sample, 0.5, 1.0)
-//! new_limit = limit × gradient + √limit          (√limit: room to probe for more)
+//! new_limit = limit × gradient + headroom        (headroom: √limit while gradient = 1)
 //! limit     = 0.8 × limit + 0.2 × new_limit      (smoothed), clamped to [min, max]
 //! ```
 //!
@@ -111,7 +111,9 @@ impl Adaptive {
         let min = s.min_rtt.map_or(sample, |m| m.min(sample));
         s.min_rtt = Some(min);
         let gradient = (self.tolerance * min / sample.max(1e-9)).clamp(0.5, 1.0);
-        let next = s.limit * gradient + s.limit.sqrt();
+        // Room to probe for more only while latency is within tolerance.
+        let headroom = if gradient >= 1.0 { s.limit.sqrt() } else { 0.0 };
+        let next = s.limit * gradient + headroom;
         s.limit = (0.8 * s.limit + 0.2 * next).clamp(self.min, self.max);
         let limit = s.limit.floor().max(1.0) as u32;
         self.limit.store(limit, Ordering::Relaxed);
