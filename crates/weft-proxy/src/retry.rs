@@ -362,6 +362,41 @@ mod tests {
     }
 
     #[test]
+    fn responses_are_classified_by_status_and_grpc_status() {
+        let policy = |on: Vec<RetryOn>, codes: Vec<u16>, grpc: Vec<u32>| {
+            Retry::new(&RetryPolicy {
+                on,
+                status_codes: codes,
+                grpc_codes: grpc,
+                ..RetryPolicy::default()
+            })
+        };
+        let grpc = |code: &str| {
+            let mut h = HeaderMap::new();
+            h.insert("grpc-status", code.parse().unwrap());
+            h
+        };
+        let none = HeaderMap::new();
+        let unavailable = policy(vec![RetryOn::Unavailable], vec![], vec![]);
+        assert!(unavailable.retries_response(StatusCode::SERVICE_UNAVAILABLE, &none));
+        assert!(!unavailable.retries_response(StatusCode::BAD_GATEWAY, &none));
+        assert!(unavailable.retries_response(StatusCode::OK, &grpc("14")));
+        assert!(!unavailable.retries_response(StatusCode::OK, &grpc("8")));
+        let gateway = policy(vec![RetryOn::GatewayError], vec![429], vec![8]);
+        assert!(gateway.retries_response(StatusCode::GATEWAY_TIMEOUT, &none));
+        assert!(gateway.retries_response(StatusCode::TOO_MANY_REQUESTS, &none));
+        assert!(gateway.retries_response(StatusCode::OK, &grpc("8")));
+        assert!(!gateway.retries_response(StatusCode::INTERNAL_SERVER_ERROR, &none));
+        // Connect failures are always resendable; a reset only for resendable requests.
+        let default = Retry::new(&RetryPolicy::default());
+        assert!(default.retries_error(ProxyError::ConnectRefused, false));
+        assert!(!default.retries_error(ProxyError::UpstreamReset, true));
+        let resets = policy(vec![RetryOn::Reset], vec![], vec![]);
+        assert!(resets.retries_error(ProxyError::UpstreamReset, true));
+        assert!(!resets.retries_error(ProxyError::UpstreamReset, false));
+    }
+
+    #[test]
     fn grpc_timeouts_round_trip() {
         assert_eq!(parse_grpc_timeout("100m"), Some(Duration::from_millis(100)));
         assert_eq!(parse_grpc_timeout("2S"), Some(Duration::from_secs(2)));
