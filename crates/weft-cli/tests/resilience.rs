@@ -664,3 +664,25 @@ fn a_concurrency_limit_keeps_memory_bounded_under_a_slow_backend() {
         "limited growth {grown_limited} KiB vs {grown_open} KiB"
     );
 }
+
+#[test]
+fn a_mirrored_post_is_still_sent_once() {
+    // Mirroring keeps a copy of the request; that copy must not make a POST retriable.
+    let down = echo(&weft(), "down", &["--fail-rate", "1"]);
+    let shadow = echo(&weft(), "shadow", &[]);
+    let p = start(&format!(
+        "{}---\nkind: Service\nmetadata: {{name: shadow}}\nspec:\n  endpoints: [{{address: \"{}\"}}]\n",
+        config(
+            &[&down],
+            "  retry: {on: [unavailable], backoff: {base: 1ms, max: 2ms}}\n",
+            "    filters: [{type: RequestMirror, requestMirror: {backendRef: {name: shadow}}}]\n",
+        ),
+        shadow.addr
+    ));
+    let r = curl(&["--data-binary", "order=1", &format!("{}/", p.url("gw/web"))]);
+    assert_eq!(r.status, 503);
+    assert_eq!(served(&down), 1, "the POST was resent");
+    weft_testkit::eventually("the copy", std::time::Duration::from_secs(10), || {
+        (served(&shadow) == 1).then_some(())
+    });
+}

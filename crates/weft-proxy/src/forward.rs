@@ -143,12 +143,7 @@ async fn route_and_forward(
     let host = request_host(&req).ok_or(ProxyError::InvalidHost)?;
     if let Some(max) = listener.limits.max_request_body_bytes {
         // A declared length over the limit is refused before anything is forwarded.
-        let declared = req
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > max) {
+        if declared_length(req.headers()).is_some_and(|n| n > max) {
             return Err(ProxyError::BodyTooLarge);
         }
     }
@@ -286,14 +281,10 @@ async fn route_and_forward(
         listener.limits.max_request_body_bytes,
         listener.limits.request_body_idle_timeout.get(),
     );
-    let declared = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let declared = declared_length(&parts.headers);
     let resendable = retry.may_resend(&parts.method);
     let small = |max: u64| body.is_end_stream() || declared.is_some_and(|n| n <= max);
-    let keep_copy = retry.attempts > 0
+    let resend = retry.attempts > 0
         && retry.retries_after_send()
         && resendable
         && downstream_upgrade.is_none()
@@ -312,7 +303,9 @@ async fn route_and_forward(
         }
         None => None,
     };
-    let keep_copy = keep_copy || mirror.is_some();
+    // A copy is kept for resending, or for the mirror; only `resend` allows retries after
+    // the request reached the upstream.
+    let keep_copy = resend || mirror.is_some();
     let mut body = Some(match (keep_copy, body.is_end_stream()) {
         (true, true) => RequestBody::Bytes(None),
         (true, false) => RequestBody::Bytes(Some(body.into_bytes().await?)),
@@ -411,7 +404,7 @@ async fn route_and_forward(
         }
         let failure = match sent {
             Ok(Ok((resp, lease))) => {
-                if !(keep_copy && retry.retries_response(resp.status(), resp.headers())) {
+                if !(resend && retry.retries_response(resp.status(), resp.headers())) {
                     break (resp, lease, inflight);
                 }
                 Err(resp)
@@ -429,7 +422,7 @@ async fn route_and_forward(
                         unsent = Some(req);
                         true
                     }
-                    _ => keep_copy && retry.retries_error(e, resendable),
+                    _ => resend && retry.retries_error(e, resendable),
                 };
                 if !again {
                     return Err(e);
@@ -440,7 +433,7 @@ async fn route_and_forward(
                 return Err(ProxyError::RequestTimeout)
             }
             Err(_) => {
-                if !(keep_copy && retry.retries_error(ProxyError::PerTryTimeout, resendable)) {
+                if !(resend && retry.retries_error(ProxyError::PerTryTimeout, resendable)) {
                     return Err(ProxyError::PerTryTimeout);
                 }
                 Ok(ProxyError::PerTryTimeout)
@@ -984,6 +977,13 @@ impl Body for UpstreamBody {
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
     }
+}
+
+/// The request body's length as its `Content-Length` declares it.
+fn declared_length(h: &HeaderMap) -> Option<u64> {
+    h.get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
 }
 
 /// Largest request body copied to a mirror; requests with larger (or undeclared) bodies
