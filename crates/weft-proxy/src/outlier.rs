@@ -93,11 +93,6 @@ impl Health {
             (n >= unhealthy && self.set_down(true)).then_some(false)
         }
     }
-
-    /// Whether active health checks hold it down.
-    pub fn is_down(&self) -> bool {
-        self.down.load(Ordering::Relaxed)
-    }
 }
 
 /// How an attempt ended, for outlier detection.

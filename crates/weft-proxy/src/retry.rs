@@ -221,20 +221,18 @@ impl Budget {
     }
 }
 
-/// The circuit breaker's counters for one service (shared across snapshots while the
-/// limits stay the same, so requests in flight during a reload are still counted).
+/// The circuit breaker of one service: its limits, and counters of what is in flight that
+/// a reload carries into the next snapshot (so requests in flight during a reload still
+/// count against the new limits).
 #[derive(Debug)]
 pub struct Breaker {
-    /// Limits.
-    pub max_requests: u32,
-    /// Limits.
-    pub max_connections: u32,
-    /// Limits.
-    pub max_retries: u32,
+    max_requests: u32,
+    max_connections: u32,
+    max_retries: u32,
     requests: Arc<AtomicU32>,
     retries: Arc<AtomicU32>,
     /// Open upstream connections (the pool takes and releases them).
-    pub connections: Arc<AtomicU32>,
+    connections: Arc<AtomicU32>,
 }
 
 /// Held while a request (or retry, or connection) counts against a limit.
