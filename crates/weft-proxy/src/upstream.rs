@@ -11,7 +11,7 @@
 //! Built directly on `hyper::client::conn` so that the request path decides everything
 //! itself: which endpoint (the balancer already chose), the connect timeout, the HTTP/2
 //! `:authority`, and why a failure happened (connect refused/timed out vs. reset), which
-//! retries (a later issue) need.
+//! retries need (a connect failure hands the request back unsent, see [`SendError`]).
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
