@@ -1,9 +1,11 @@
 //! The request path: route, filter, balance, forward, and account for one request.
 //!
 //! ```text
-//! request ─► host + path ─► RouteTable ─► redirect? ─► headers (hop-by-hop, x-forwarded-*,
-//!            x-request-id, modifiers, rewrite) ─► backend by weight ─► endpoint by policy
-//!            ─► pooled client ─► response (hop-by-hop, modifiers) ─► client
+//! request ─► host + path ─► RouteTable ─► rate limit, fault ─► redirect? ─► headers
+//!            (hop-by-hop, x-forwarded-*, x-request-id, modifiers, rewrite) ─► backend by
+//!            weight ─► breaker, deadline ─► [mirror copy] ─► attempts: endpoint by policy
+//!            ─► pooled client ─► retriable? another endpoint after a backoff, within the
+//!            budget ─► response (hop-by-hop, modifiers) ─► client
 //! ```
 //!
 //! The exchange is accounted for (metrics, access log, outstanding-request count) when the

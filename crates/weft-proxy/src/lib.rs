@@ -1,14 +1,19 @@
-//! weft's data plane: the HTTP proxy.
+//! weft's data plane: the proxy.
 //!
 //! How a request flows through the modules:
 //!
 //! ```text
-//! listener  accept, HTTP/1.1 or h2c per connection, byte counting, graceful drain
-//!    │
+//! listener  accept (maxConnections), TLS (weft-tls, SNI), HTTP/1.1 or HTTP/2 per
+//!    │      connection, limits (body, headers, pauses, idle), graceful drain;
+//!    │      TCP / TLS listeners go to `stream` instead (TCPRoute, TLSRoute by SNI)
 //! forward   host + path ─► router (Gateway API HTTPRoute precedence)
-//!    │      filters (redirect, rewrite, header edits), hop-by-hop, x-forwarded-*, x-request-id
-//!    │      backend by weight ─► balance (P2C peak-EWMA, round robin, least request, ring hash)
-//!    │      upstream: per-endpoint pools (HTTP/1.1 keep-alive, HTTP/2 multiplexed), upgrades
+//!    │      rate limit, fault injection, filters (redirect, rewrite, header edits, mirror),
+//!    │      hop-by-hop, x-forwarded-*, x-request-id
+//!    │      backend by weight ─► circuit breaker, adaptive limit, deadline (`retry`,
+//!    │      `adaptive`) ─► balance (P2C peak-EWMA, round robin, least request, ring hash;
+//!    │      skipping endpoints `outlier` ejected or `health` checks hold down)
+//!    │      upstream: per-endpoint pools (HTTP/1.1 keep-alive, HTTP/2 multiplexed), TLS
+//!    │      origination, upgrades; retries within the budget on another endpoint
 //!    ▼      error ─► status + x-weft-error; metrics and access log when the body ends
 //! upstream
 //! ```
