@@ -296,12 +296,7 @@ def main():
     ap.add_argument("--write", help="replace the results block of this markdown file")
     ap.add_argument("--weft", default=os.path.join(ROOT, "target", "release", "weft"))
     args = ap.parse_args()
-    for tool in ["nginx", "haproxy", "wrk", "h2load", "taskset", "valgrind"]:
-        if not shutil.which(tool) and not os.path.exists(f"/usr/sbin/{tool}"):
-            sys.exit(f"{tool} missing: run scripts/install-test-deps")
-    if not os.path.exists(args.weft):
-        sys.exit(f"{args.weft} missing: cargo build --release")
-    os.environ["PATH"] += ":/usr/sbin"
+    check_tools(["nginx", "haproxy", "wrk", "h2load", "taskset", "valgrind"], args.weft)
 
     work = tempfile.mkdtemp(prefix="weft-bench-")
     backend, targets = make_targets(work, args.weft)
@@ -400,6 +395,16 @@ def main():
     if args.write:
         write_block(args.write, "bench", block)
     shutil.rmtree(work, ignore_errors=True)
+
+
+def check_tools(tools, weft):
+    """Exits with the install step when a tool or the weft release binary is missing."""
+    for tool in tools:
+        if not shutil.which(tool) and not os.path.exists(f"/usr/sbin/{tool}"):
+            sys.exit(f"{tool} missing: run scripts/install-test-deps")
+    if not os.path.exists(weft):
+        sys.exit(f"{weft} missing: cargo build --release")
+    os.environ["PATH"] += ":/usr/sbin"
 
 
 def write_block(path, name, block):

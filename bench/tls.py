@@ -160,12 +160,7 @@ def main():
     ap.add_argument("--write", help="replace the TLS results block of this markdown file")
     ap.add_argument("--weft", default=os.path.join(run.ROOT, "target", "release", "weft"))
     args = ap.parse_args()
-    for tool in ["nginx", "haproxy", "wrk", "openssl", "taskset", "prlimit"]:
-        if not shutil.which(tool) and not os.path.exists(f"/usr/sbin/{tool}"):
-            sys.exit(f"{tool} missing: run scripts/install-test-deps")
-    if not os.path.exists(args.weft):
-        sys.exit(f"{args.weft} missing: cargo build --release")
-    os.environ["PATH"] += ":/usr/sbin"
+    run.check_tools(["nginx", "haproxy", "wrk", "openssl", "taskset", "prlimit"], args.weft)
     resource.setrlimit(resource.RLIMIT_NOFILE, (NOFILE, NOFILE))
 
     work = tempfile.mkdtemp(prefix="weft-tls-bench-")

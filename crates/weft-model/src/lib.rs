@@ -201,42 +201,18 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigErrors> {
             field,
             message,
         };
+        // A typed resource goes to its list, with the document it came from beside it.
+        let mut keep = |res: Result<(), (String, String)>| {
+            if let Err((f, m)) = res {
+                errors.push(err_at(f, m));
+            }
+        };
         match kind {
-            "Gateway" => match typed(doc) {
-                Ok(r) => {
-                    origins.gateways.push(doc);
-                    config.gateways.push(r);
-                }
-                Err((f, m)) => errors.push(err_at(f, m)),
-            },
-            "HTTPRoute" => match typed(doc) {
-                Ok(r) => {
-                    origins.routes.push(doc);
-                    config.routes.push(r);
-                }
-                Err((f, m)) => errors.push(err_at(f, m)),
-            },
-            "Service" => match typed(doc) {
-                Ok(r) => {
-                    origins.services.push(doc);
-                    config.services.push(r);
-                }
-                Err((f, m)) => errors.push(err_at(f, m)),
-            },
-            "TCPRoute" => match typed(doc) {
-                Ok(r) => {
-                    origins.tcp_routes.push(doc);
-                    config.tcp_routes.push(r);
-                }
-                Err((f, m)) => errors.push(err_at(f, m)),
-            },
-            "TLSRoute" => match typed(doc) {
-                Ok(r) => {
-                    origins.tls_routes.push(doc);
-                    config.tls_routes.push(r);
-                }
-                Err((f, m)) => errors.push(err_at(f, m)),
-            },
+            "Gateway" => keep(take(doc, &mut config.gateways, &mut origins.gateways)),
+            "HTTPRoute" => keep(take(doc, &mut config.routes, &mut origins.routes)),
+            "Service" => keep(take(doc, &mut config.services, &mut origins.services)),
+            "TCPRoute" => keep(take(doc, &mut config.tcp_routes, &mut origins.tcp_routes)),
+            "TLSRoute" => keep(take(doc, &mut config.tls_routes, &mut origins.tls_routes)),
             "" if doc.value.is_null() => {} // empty document, e.g. a trailing `---`
             "" => errors.push(err_at("kind".into(), "missing `kind`".into())),
             other => errors.push(err_at(
@@ -253,6 +229,17 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigErrors> {
     } else {
         Err(ConfigErrors(errors))
     }
+}
+
+/// Types `doc` and appends it to `out`, its document to `origins`.
+fn take<'a, T: DeserializeOwned>(
+    doc: &'a yaml::Document,
+    out: &mut Vec<T>,
+    origins: &mut Vec<&'a yaml::Document>,
+) -> Result<(), (String, String)> {
+    out.push(typed(doc)?);
+    origins.push(doc);
+    Ok(())
 }
 
 fn typed<T: DeserializeOwned>(doc: &yaml::Document) -> Result<T, (String, String)> {

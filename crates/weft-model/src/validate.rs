@@ -35,37 +35,18 @@ impl Report<'_> {
 
 pub(crate) fn validate(file: &str, c: &Config, o: &Origins<'_>, errors: &mut Vec<ConfigError>) {
     let mut r = Report { file, errors };
-    unique_names(
-        &mut r,
-        "Gateway",
-        c.gateways.iter().map(|g| &g.metadata.name),
-        &o.gateways,
-    );
-    unique_names(
-        &mut r,
-        "HTTPRoute",
-        c.routes.iter().map(|g| &g.metadata.name),
-        &o.routes,
-    );
-    unique_names(
-        &mut r,
-        "Service",
-        c.services.iter().map(|g| &g.metadata.name),
-        &o.services,
-    );
-
-    unique_names(
-        &mut r,
-        "TCPRoute",
-        c.tcp_routes.iter().map(|g| &g.metadata.name),
-        &o.tcp_routes,
-    );
-    unique_names(
-        &mut r,
-        "TLSRoute",
-        c.tls_routes.iter().map(|g| &g.metadata.name),
-        &o.tls_routes,
-    );
+    fn names<S>(rs: &[Resource<S>]) -> Vec<&String> {
+        rs.iter().map(|r| &r.metadata.name).collect()
+    }
+    for (kind, names, docs) in [
+        ("Gateway", names(&c.gateways), &o.gateways),
+        ("HTTPRoute", names(&c.routes), &o.routes),
+        ("Service", names(&c.services), &o.services),
+        ("TCPRoute", names(&c.tcp_routes), &o.tcp_routes),
+        ("TLSRoute", names(&c.tls_routes), &o.tls_routes),
+    ] {
+        unique_names(&mut r, kind, names.into_iter(), docs);
+    }
 
     let mut addresses: HashMap<SocketAddr, String> = HashMap::new();
     for (g, doc) in c.gateways.iter().zip(&o.gateways) {

@@ -177,9 +177,7 @@ async fn route_and_forward(
     };
 
     if let Some(limit) = &rule.rate_limit {
-        limit
-            .check(req.headers(), client.addr.ip())
-            .map_err(|wait| ProxyError::RateLimited(wait.as_secs_f64().ceil().max(1.0) as u32))?;
+        limit.check(req.headers(), client.addr.ip())?;
     }
     if let Some(fault) = &rule.fault {
         inject_fault(fault, &ctx.metrics, &rule.route).await?;
@@ -190,9 +188,7 @@ async fn route_and_forward(
     ex.service = Some(service.clone());
     ex.stats = Some(backend.stats.clone());
     if let Some(limit) = &service.rate_limit {
-        limit
-            .check(req.headers(), client.addr.ip())
-            .map_err(|wait| ProxyError::RateLimited(wait.as_secs_f64().ceil().max(1.0) as u32))?;
+        limit.check(req.headers(), client.addr.ip())?;
     }
 
     let upgrade = is_upgrade(&req);
@@ -400,10 +396,7 @@ async fn route_and_forward(
             }
             Ok(Err(_)) | Err(_) => Outcome::LocalFailure,
         };
-        // A success on an endpoint with a clean record changes nothing: skip the stores.
-        if outcome != Outcome::Success || endpoint.health.touched() {
-            service.record(endpoint, outcome, &ctx.metrics);
-        }
+        service.record(endpoint, outcome, &ctx.metrics);
         let failure = match sent {
             Ok(Ok((resp, lease))) => {
                 if !(resend && retry.retries_response(resp.status(), resp.headers())) {

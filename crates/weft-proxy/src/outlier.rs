@@ -143,6 +143,9 @@ impl Outlier {
         outcome: Outcome,
     ) -> Option<Result<Reason, Reason>> {
         let h = &endpoint.health;
+        if outcome == Outcome::Success && !h.touched() {
+            return None; // a clean record stays clean: no stores on the request path
+        }
         let bump =
             |c: &AtomicU32, limit: u32| limit > 0 && c.fetch_add(1, Ordering::Relaxed) + 1 >= limit;
         let reason = match outcome {

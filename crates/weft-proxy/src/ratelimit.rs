@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use http::{HeaderMap, HeaderName};
 
 use crate::balance::hash64;
+use crate::error::ProxyError;
 
 /// Most distinct keys one limiter tracks.
 pub const MAX_KEYS: usize = 100_000;
@@ -67,8 +68,14 @@ impl RateLimiter {
         }
     }
 
-    /// Takes a token for this request, or says how long until one is due.
-    pub fn check(&self, headers: &HeaderMap, client: IpAddr) -> Result<(), Duration> {
+    /// Takes a token for this request, or refuses it with the whole seconds until one is
+    /// due (for `retry-after`).
+    pub fn check(&self, headers: &HeaderMap, client: IpAddr) -> Result<(), ProxyError> {
+        self.take(headers, client)
+            .map_err(|wait| ProxyError::RateLimited(wait.as_secs_f64().ceil().max(1.0) as u32))
+    }
+
+    fn take(&self, headers: &HeaderMap, client: IpAddr) -> Result<(), Duration> {
         let key = match &self.key {
             Key::None => 0,
             Key::Header(h) => headers.get(h).map_or(1, |v| hash64(v.as_bytes())),
@@ -120,10 +127,11 @@ mod tests {
         a.insert("x-key", "a".parse().unwrap());
         let mut b = HeaderMap::new();
         b.insert("x-key", "b".parse().unwrap());
-        let allowed = (0..10).filter(|_| l.check(&a, ip).is_ok()).count();
+        let allowed = (0..10).filter(|_| l.take(&a, ip).is_ok()).count();
         assert_eq!(allowed, 3);
-        let wait = l.check(&a, ip).unwrap_err();
+        let wait = l.take(&a, ip).unwrap_err();
         assert!(wait > Duration::ZERO && wait <= Duration::from_secs(1));
-        assert!(l.check(&b, ip).is_ok(), "another key has its own bucket");
+        assert!(l.take(&b, ip).is_ok(), "another key has its own bucket");
+        assert_eq!(l.check(&a, ip), Err(ProxyError::RateLimited(1)));
     }
 }

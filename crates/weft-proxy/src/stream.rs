@@ -219,9 +219,7 @@ async fn forward<S>(
         Ok(_) => crate::outlier::Outcome::Success,
         Err(_) => crate::outlier::Outcome::LocalFailure,
     };
-    if outcome != crate::outlier::Outcome::Success || endpoint.health.touched() {
-        service.record(endpoint, outcome, &ctx.metrics);
-    }
+    service.record(endpoint, outcome, &ctx.metrics);
     let (mut upstream, _permit) = match connected {
         Ok(u) => u,
         Err(e) => {
