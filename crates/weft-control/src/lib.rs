@@ -1,0 +1,18 @@
+//! weft's control plane (`weft server`).
+//!
+//! ```text
+//! HTTP API (api.rs) ─► config / kv / catalog writes ─► Store (embedded redb, or etcd)
+//!                                                        │ watch
+//!                                                        ▼
+//!                                              State (state.rs, in memory)
+//!                                                        │ revision ticks
+//!                                                        ▼
+//!                      discovery sessions (discovery.rs): one per proxy stream,
+//!                      each computes its slice, sends the delta, waits for ACK/NACK
+//! ```
+//!
+//! The store is the only source of truth: every replica rebuilds its [`state::State`]
+//! from it and follows its watch, so replicas over one etcd are interchangeable.
+
+pub mod embedded;
+pub mod store;
