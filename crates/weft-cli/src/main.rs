@@ -1,6 +1,14 @@
 //! The `weft` binary. Subcommands only wire the library crates together.
 
+/// `println!` for command output that ends quietly when stdout is closed (`| head`).
+macro_rules! say {
+    ($($t:tt)*) => { $crate::say_line(format_args!($($t)*)) };
+}
+
+mod control;
 mod demo;
+mod sidecar;
+mod yaml_out;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -50,6 +58,77 @@ enum Command {
         #[arg(long, default_value = "0ms", value_parser = parse_duration)]
         fail_for: Duration,
     },
+    /// Run the control plane (catalog, configuration, key/value, discovery).
+    Server {
+        /// API and discovery address (HTTP/1.1 and gRPC on one port).
+        #[arg(long, default_value = "127.0.0.1:8500")]
+        listen: SocketAddr,
+        /// Directory of the embedded store.
+        #[arg(long, default_value = "weft-data")]
+        data_dir: PathBuf,
+    },
+    /// Run a sidecar beside one service instance (registers it, routes its calls).
+    Sidecar(Box<sidecar::SidecarArgs>),
+    /// Apply resources from a YAML file (all documents or none).
+    Apply {
+        /// The file (multi-document YAML).
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        /// Show what would change, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Wait until every connected proxy has applied the change.
+        #[arg(long)]
+        wait: bool,
+        /// How long `--wait` waits before naming the proxies that are behind.
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        timeout: Duration,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// Show stored resources: `weft get KIND [NAME]`.
+    Get {
+        /// Kind (Service, HTTPRoute, ...; case-insensitive, plural accepted).
+        kind: String,
+        /// Name; all of the kind when absent.
+        name: Option<String>,
+        /// Output format: yaml or json.
+        #[arg(short = 'o', long, default_value = "yaml")]
+        output: String,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// Delete a stored resource (refused if others still refer to it).
+    Delete {
+        /// Kind.
+        kind: String,
+        /// Name.
+        name: String,
+        /// Check only.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// The key/value store.
+    Kv {
+        #[command(subcommand)]
+        command: KvCommand,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// Registered services, or the instances of one.
+    Catalog {
+        /// A service name.
+        service: Option<String>,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// The control plane and its proxies: connected, current or behind (and why).
+    Status {
+        #[command(flatten)]
+        server: ServerArg,
+    },
     /// Start a local demo: echo backends and a proxy in front of them.
     Demo {
         /// Proxy port on 127.0.0.1 (falls back to a free port if taken).
@@ -58,6 +137,59 @@ enum Command {
         /// HTTPS port on 127.0.0.1 (falls back to a free port if taken).
         #[arg(long, default_value_t = 8443)]
         tls_port: u16,
+    },
+}
+
+/// The control plane to talk to.
+#[derive(clap::Args)]
+struct ServerArg {
+    /// Control-plane URL.
+    #[arg(long = "server", env = "WEFT_SERVER", default_value = control::DEFAULT_SERVER, global = true)]
+    url: String,
+}
+
+/// `weft kv` subcommands.
+#[derive(Subcommand)]
+pub(crate) enum KvCommand {
+    /// Print a value.
+    Get {
+        /// The key (`a/b/c`).
+        key: String,
+    },
+    /// Write a value.
+    Put {
+        /// The key.
+        key: String,
+        /// The value.
+        value: String,
+        /// Only if the key's modRevision is this (0: only if absent).
+        #[arg(long)]
+        cas: Option<u64>,
+    },
+    /// Delete a key.
+    Delete {
+        /// The key.
+        key: String,
+        /// Every key under it.
+        #[arg(long)]
+        recurse: bool,
+        /// Only if the key's modRevision is this.
+        #[arg(long)]
+        cas: Option<u64>,
+    },
+    /// List keys under a prefix.
+    List {
+        /// The prefix (empty: all).
+        #[arg(default_value = "")]
+        prefix: String,
+    },
+    /// Print the key (or every key under a prefix) each time it changes.
+    Watch {
+        /// The key or prefix.
+        key: String,
+        /// Watch every key under `key`.
+        #[arg(long)]
+        prefix: bool,
     },
 }
 
@@ -117,6 +249,34 @@ fn main() -> std::process::ExitCode {
                 },
             ))
         }),
+        Command::Server { listen, data_dir } => {
+            runtime(None).and_then(|rt| rt.block_on(control::run_server(listen, data_dir)))
+        }
+        Command::Sidecar(args) => runtime(None).and_then(|rt| rt.block_on(sidecar::run(*args))),
+        Command::Apply {
+            file,
+            dry_run,
+            wait,
+            timeout,
+            server,
+        } => client(|| control::apply(&server.url, &file, dry_run, wait.then_some(timeout))),
+        Command::Get {
+            kind,
+            name,
+            output,
+            server,
+        } => client(|| control::get(&server.url, &kind, name.as_deref(), &output)),
+        Command::Delete {
+            kind,
+            name,
+            dry_run,
+            server,
+        } => client(|| control::delete(&server.url, &kind, &name, dry_run)),
+        Command::Kv { command, server } => client(|| control::kv(&server.url, command)),
+        Command::Catalog { service, server } => {
+            client(|| control::catalog(&server.url, service.as_deref()))
+        }
+        Command::Status { server } => client(|| control::status(&server.url)),
         Command::Demo { port, tls_port } => {
             runtime(None).and_then(|rt| rt.block_on(demo::run(port, tls_port)))
         }
@@ -128,6 +288,20 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+fn say_line(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    if writeln!(std::io::stdout().lock(), "{args}").is_err() {
+        std::process::exit(0); // the reader went away: nothing left to say
+    }
+}
+
+/// Runs one API client command on a small runtime.
+fn client<F: std::future::Future<Output = anyhow::Result<()>>>(
+    f: impl FnOnce() -> F,
+) -> anyhow::Result<()> {
+    runtime(Some(1))?.block_on(f())
 }
 
 /// The data-path runtime. One worker means a single-threaded scheduler: no work stealing,

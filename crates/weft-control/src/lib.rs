@@ -16,3 +16,12 @@
 
 pub mod embedded;
 pub mod store;
+pub mod api;
+pub mod catalog;
+pub mod config;
+mod diff;
+pub mod discovery;
+pub mod error;
+pub mod kv;
+pub mod server;
+pub mod state;

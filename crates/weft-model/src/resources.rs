@@ -253,15 +253,37 @@ pub struct HttpRouteSpec {
     pub rules: Vec<HttpRouteRule>,
 }
 
-/// Reference to a gateway listener.
+/// What a route attaches to: a gateway listener (edge), or a `Service` (mesh: the route
+/// then applies to every call a sidecar makes to that service, as in the Gateway API's
+/// GAMMA profile).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ParentRef {
-    /// Gateway name.
+    /// `Gateway` (the default) or `Service`.
+    #[serde(default, skip_serializing_if = "ParentKind::is_gateway")]
+    pub kind: ParentKind,
+    /// Gateway (or service) name.
     pub name: String,
     /// Listener name within the gateway; absent means all its listeners.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub section_name: Option<String>,
+}
+
+/// The kind of a route's parent.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub enum ParentKind {
+    /// A gateway listener.
+    #[default]
+    Gateway,
+    /// A mesh service: the route applies to calls to that service.
+    Service,
+}
+
+impl ParentKind {
+    /// Whether this is the default kind (serialization helper).
+    pub fn is_gateway(&self) -> bool {
+        *self == ParentKind::Gateway
+    }
 }
 
 /// One rule: any match selects it; filters then run; a backend is picked by weight.

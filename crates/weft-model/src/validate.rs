@@ -129,6 +129,34 @@ fn parent_refs(
     refs: &[ParentRef],
 ) {
     for (i, p) in refs.iter().enumerate() {
+        if p.kind == ParentKind::Service {
+            if kind != "HTTPRoute" {
+                r.at(
+                    doc,
+                    kind,
+                    name,
+                    format!("spec.parentRefs[{i}].kind"),
+                    format!("a {kind} attaches to a Gateway listener, not a Service"),
+                );
+            } else if p.section_name.is_some() {
+                r.at(
+                    doc,
+                    kind,
+                    name,
+                    format!("spec.parentRefs[{i}].sectionName"),
+                    "a Service parent has no sections".into(),
+                );
+            } else if c.service(&p.name).is_none() {
+                r.at(
+                    doc,
+                    kind,
+                    name,
+                    format!("spec.parentRefs[{i}].name"),
+                    format!("unknown Service `{}`", p.name),
+                );
+            }
+            continue;
+        }
         let Some(g) = c.gateways.iter().find(|g| g.metadata.name == p.name) else {
             r.at(
                 doc,

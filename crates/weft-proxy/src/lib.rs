@@ -35,6 +35,7 @@ pub mod forward;
 pub mod fuzz;
 pub mod health;
 pub mod listener;
+pub mod mesh;
 pub mod metrics;
 pub mod outlier;
 pub mod ratelimit;

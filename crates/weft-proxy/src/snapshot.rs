@@ -330,7 +330,8 @@ impl Snapshot {
                 let attached = |refs: &[weft_model::ParentRef]| {
                     refs.is_empty()
                         || refs.iter().any(|p| {
-                            p.name == g.metadata.name
+                            p.kind == weft_model::ParentKind::Gateway
+                                && p.name == g.metadata.name
                                 && p.section_name.as_ref().is_none_or(|s| s == &l.name)
                         })
                 };

@@ -1,0 +1,182 @@
+//! `weft sidecar`: a proxy beside one service instance, fed by the control plane.
+
+use std::{net::SocketAddr, time::Duration};
+
+use anyhow::{bail, Context};
+use weft_model::ServiceProtocol;
+use weft_proxy::{
+    mesh::{
+        discovery::{self, Identity},
+        registration::{HealthCheck, Registration},
+        sidecar_config, SidecarSpec,
+    },
+    ProxyOptions, RunningProxy,
+};
+
+/// `weft sidecar` options.
+#[derive(clap::Args)]
+pub struct SidecarArgs {
+    /// Control-plane URL(s), tried in turn (comma-separated or repeated).
+    #[arg(long, env = "WEFT_SERVER", value_delimiter = ',', default_value = crate::control::DEFAULT_SERVER)]
+    server: Vec<String>,
+    /// The service this instance belongs to.
+    #[arg(long)]
+    service: String,
+    /// Instance id (default: SERVICE-<random>).
+    #[arg(long)]
+    id: Option<String>,
+    /// The local application, IP:PORT.
+    #[arg(long)]
+    app: SocketAddr,
+    /// The application's protocol: http, http2 or grpc.
+    #[arg(long, default_value = "http")]
+    app_protocol: String,
+    /// Inbound listener (mesh traffic for this instance), IP:PORT; port 0 picks one.
+    #[arg(long, default_value = "0.0.0.0:15001")]
+    inbound: SocketAddr,
+    /// Address registered for other sidecars to reach the inbound listener (default:
+    /// the inbound IP, or 127.0.0.1 when that is unspecified).
+    #[arg(long)]
+    advertise: Option<std::net::IpAddr>,
+    /// An upstream: NAME=IP:PORT opens a local listener that sends to service NAME.
+    #[arg(long = "upstream")]
+    upstreams: Vec<String>,
+    /// Health check of the app: `http:/PATH`, `tcp` or `none`.
+    #[arg(long, default_value = "tcp")]
+    health: String,
+    /// How often the app is checked.
+    #[arg(long, default_value = "2s", value_parser = crate::parse_duration)]
+    health_interval: Duration,
+    /// Registration lease TTL: how long a dead sidecar's instance stays in the catalog.
+    #[arg(long, default_value = "10s", value_parser = crate::parse_duration)]
+    ttl: Duration,
+    /// Metadata KEY=VALUE (repeatable), e.g. version=v2, zone=a.
+    #[arg(long = "metadata")]
+    metadata: Vec<String>,
+    /// Admin listener (metrics, /config), or `off`.
+    #[arg(long, default_value = "off")]
+    admin: String,
+    /// After deregistering on SIGTERM, how long peers get to stop sending new requests.
+    #[arg(long, default_value = "2s", value_parser = crate::parse_duration)]
+    deregister_delay: Duration,
+    /// Then how long in-flight requests get to finish.
+    #[arg(long, default_value = "10s", value_parser = crate::parse_duration)]
+    drain_timeout: Duration,
+}
+
+fn pair(s: &str, what: &str) -> anyhow::Result<(String, String)> {
+    let (k, v) = s
+        .split_once('=')
+        .with_context(|| format!("{what} `{s}`: expected KEY=VALUE"))?;
+    Ok((k.to_string(), v.to_string()))
+}
+
+/// Runs the sidecar until SIGTERM/SIGINT.
+pub async fn run(args: SidecarArgs) -> anyhow::Result<()> {
+    let app_protocol = match args.app_protocol.as_str() {
+        "http" => ServiceProtocol::Http,
+        "http2" => ServiceProtocol::Http2,
+        "grpc" => ServiceProtocol::Grpc,
+        other => bail!("--app-protocol {other}: expected http, http2 or grpc"),
+    };
+    let check = match args.health.as_str() {
+        "tcp" => HealthCheck::Tcp,
+        "none" => HealthCheck::None,
+        h => match h.strip_prefix("http:") {
+            Some(path) if path.starts_with('/') => HealthCheck::Http(path.to_string()),
+            _ => bail!("--health {h}: expected http:/PATH, tcp or none"),
+        },
+    };
+    let mut upstreams = Vec::new();
+    for u in &args.upstreams {
+        let (name, addr) = pair(u, "--upstream")?;
+        addr.parse::<SocketAddr>()
+            .with_context(|| format!("--upstream {u}: `{addr}` is not IP:PORT"))?;
+        upstreams.push((name, addr));
+    }
+    let metadata = args
+        .metadata
+        .iter()
+        .map(|m| pair(m, "--metadata"))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let admin = match args.admin.as_str() {
+        "off" => None,
+        a => Some(a.parse::<SocketAddr>().with_context(|| format!("--admin {a}: expected IP:PORT or off"))?),
+    };
+    let id = args
+        .id
+        .clone()
+        .unwrap_or_else(|| format!("{}-{:08x}", args.service, fastrand::u32(..)));
+    let spec = SidecarSpec {
+        service: args.service.clone(),
+        inbound: args.inbound.to_string(),
+        app: args.app.to_string(),
+        app_protocol,
+        upstreams,
+    };
+    // Start serving at once (upstreams answer 503 until the control plane's first
+    // update names their endpoints).
+    let initial = sidecar_config(&spec, &Default::default()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let proxy = RunningProxy::start(
+        initial,
+        ProxyOptions {
+            admin,
+            access_log: None,
+            source: format!("control plane {}", args.server.join(",")),
+        },
+    )
+    .await?;
+    let listeners = proxy.listeners();
+    let inbound = listeners
+        .iter()
+        .find(|(n, _)| n == "sidecar/inbound")
+        .map(|(_, a)| *a)
+        .context("no inbound listener")?;
+    let advertise = args.advertise.unwrap_or(if inbound.ip().is_unspecified() {
+        std::net::Ipv4Addr::LOCALHOST.into()
+    } else {
+        inbound.ip()
+    });
+    let registration = Registration {
+        servers: args.server.clone(),
+        service: args.service.clone(),
+        id: id.clone(),
+        address: SocketAddr::new(advertise, inbound.port()),
+        metadata,
+        ttl: args.ttl,
+        app: args.app,
+        check,
+        interval: args.health_interval,
+    };
+    let listeners_json: serde_json::Map<String, serde_json::Value> =
+        listeners.iter().map(|(n, a)| (n.clone(), a.to_string().into())).collect();
+    println!(
+        "{}",
+        serde_json::json!({"event": "ready", "id": id, "listeners": listeners_json, "admin": proxy.admin.map(|a| a.to_string())})
+    );
+    let who = Identity {
+        proxy_id: id.clone(),
+        build: format!("weft {}", env!("CARGO_PKG_VERSION")),
+    };
+    let (synced, mut synced_rx) = tokio::sync::watch::channel(None);
+    let announce = async {
+        // One line when the first update is applied (scripts and tests wait for it).
+        if synced_rx.wait_for(Option::is_some).await.is_ok() {
+            let v = *synced_rx.borrow();
+            println!("{}", serde_json::json!({"event": "synced", "version": v}));
+        }
+        std::future::pending::<()>().await
+    };
+    tokio::select! {
+        r = crate::wait_for_signal() => r?,
+        _ = registration.keep() => {}
+        _ = discovery::follow(&args.server, &who, &spec, &proxy, &synced) => {}
+        _ = announce => {}
+    }
+    tracing::info!("stopping: deregistering, then draining");
+    registration.deregister().await;
+    tokio::time::sleep(args.deregister_delay).await;
+    let drained = proxy.shutdown(args.drain_timeout).await;
+    tracing::info!(drained, "stopped");
+    Ok(())
+}

@@ -1,0 +1,351 @@
+//! The HTTP API: JSON over HTTP for configuration, catalog, key/value and proxy status,
+//! described by `openapi.json` (served at `/v1/openapi.json`).
+//!
+//! Conventions (docs/api.md): errors are `{"error": {"code", "message", "details"?}}`;
+//! lists take `limit` (default 100, at most 1000) and `after`, and answer
+//! `{"items": [...], "next": TOKEN?}`; every answer carries `X-Weft-Index`, the store
+//! revision it reflects; a read with `index=N` waits (up to `wait`, default 30 s, at most
+//! 5 min) until something it covers changes after revision N (long-poll).
+//!
+//! Every handler takes the raw body and parses it itself, so a malformed request gets
+//! the same JSON error shape as any other failure.
+
+use std::{sync::Arc, time::Duration};
+
+use axum::{
+    body::Bytes,
+    extract::{DefaultBodyLimit, Path, Query, State as AxState},
+    http::{header, HeaderMap, HeaderValue, StatusCode},
+    response::{IntoResponse, Response},
+    routing::{get, post, put},
+    Json, Router,
+};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::{
+    catalog, config,
+    discovery::Sessions,
+    error::ApiError,
+    kv,
+    state::State,
+    store::{Revision, Store, WatchEvent},
+};
+
+/// Everything a handler needs.
+#[derive(Clone)]
+pub struct Api {
+    /// The store.
+    pub store: Arc<dyn Store>,
+    /// The in-memory view.
+    pub state: Arc<State>,
+    /// Connected proxies.
+    pub sessions: Arc<Sessions>,
+}
+
+const OPENAPI: &str = include_str!("openapi.json");
+const MAX_WAIT: Duration = Duration::from_secs(300);
+const DEFAULT_LIMIT: usize = 100;
+const MAX_LIMIT: usize = 1000;
+
+type ApiResult = Result<Response, ApiError>;
+
+/// The API's routes.
+pub fn router(api: Api) -> Router {
+    Router::new()
+        .route("/v1/openapi.json", get(openapi))
+        .route("/v1/status", get(status))
+        .route("/v1/config", get(config_list).post(config_apply))
+        .route("/v1/config/{kind}", get(config_list_kind))
+        .route("/v1/config/{kind}/{name}", get(config_get).delete(config_delete))
+        .route("/v1/kv", get(kv_list))
+        .route("/v1/kv/{*key}", get(kv_get).put(kv_put).delete(kv_delete))
+        .route("/v1/catalog/services", get(services))
+        .route("/v1/catalog/services/{service}", get(service_instances))
+        .route("/v1/catalog/register", post(register))
+        .route("/v1/catalog/leases/{lease}/renew", put(renew))
+        .route(
+            "/v1/catalog/services/{service}/instances/{id}/health",
+            put(set_health),
+        )
+        .route(
+            "/v1/catalog/services/{service}/instances/{id}",
+            axum::routing::delete(deregister),
+        )
+        .route("/v1/proxies", get(proxies))
+        .fallback(|| async { ApiError::not_found("no such API endpoint (see /v1/openapi.json)") })
+        .layer(DefaultBodyLimit::max(config::MAX_APPLY_BYTES + 1024))
+        .with_state(api)
+}
+
+fn with_index(revision: Revision, body: impl IntoResponse) -> Response {
+    let mut r = body.into_response();
+    if let Ok(v) = HeaderValue::from_str(&revision.to_string()) {
+        r.headers_mut().insert("x-weft-index", v);
+    }
+    r
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct Params {
+    #[serde(default)]
+    dry_run: Option<bool>,
+    #[serde(default)]
+    file: Option<String>,
+    #[serde(default)]
+    limit: Option<usize>,
+    #[serde(default)]
+    after: Option<String>,
+    #[serde(default)]
+    prefix: Option<String>,
+    #[serde(default)]
+    index: Option<Revision>,
+    #[serde(default)]
+    wait: Option<String>,
+    #[serde(default)]
+    cas: Option<Revision>,
+    #[serde(default)]
+    recurse: Option<bool>,
+    #[serde(default)]
+    raw: Option<bool>,
+    #[serde(default)]
+    revision: Option<Revision>,
+}
+
+type Q = Result<Query<Params>, axum::extract::rejection::QueryRejection>;
+
+fn params(q: Q) -> Result<Params, ApiError> {
+    q.map(|Query(p)| p)
+        .map_err(|e| ApiError::bad_request("invalid-query", e.body_text()))
+}
+
+fn limit(p: &Params) -> Result<usize, ApiError> {
+    match p.limit {
+        None => Ok(DEFAULT_LIMIT),
+        Some(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
+        Some(_) => Err(ApiError::bad_request(
+            "invalid-query",
+            format!("limit must be 1-{MAX_LIMIT}"),
+        )),
+    }
+}
+
+fn wait(p: &Params) -> Result<Duration, ApiError> {
+    match &p.wait {
+        None => Ok(Duration::from_secs(30)),
+        Some(w) => weft_model::duration::parse(w)
+            .map_err(|e| ApiError::bad_request("invalid-query", format!("wait: {e}")))
+            .map(|d| d.min(MAX_WAIT)),
+    }
+}
+
+/// Waits until a change under `prefix` after `index`, or `max`.
+async fn wait_for_change(store: &dyn Store, prefix: &str, index: Revision, max: Duration) -> Result<(), ApiError> {
+    let mut rx = store.watch(prefix, index).await?;
+    let _ = tokio::time::timeout(max, async {
+        while let Some(ev) = rx.recv().await {
+            if matches!(ev, WatchEvent::Changes { .. } | WatchEvent::Compacted) {
+                return;
+            }
+        }
+    })
+    .await;
+    Ok(())
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
+async fn status(AxState(api): AxState<Api>) -> ApiResult {
+    let revision = api.state.read().revision;
+    Ok(with_index(
+        revision,
+        Json(json!({
+            "store": api.store.kind(),
+            "revision": revision,
+            "proxies": api.sessions.list().len(),
+            "build": env!("CARGO_PKG_VERSION"),
+        })),
+    ))
+}
+
+async fn config_apply(AxState(api): AxState<Api>, q: Q, body: Bytes) -> ApiResult {
+    let p = params(q)?;
+    let text = std::str::from_utf8(&body)
+        .map_err(|_| ApiError::bad_request("invalid-body", "configuration must be UTF-8 text"))?;
+    let file = p.file.as_deref().unwrap_or("(request)");
+    let outcome = config::apply(&*api.store, file, text, p.dry_run.unwrap_or(false)).await?;
+    Ok(with_index(outcome.revision, Json(outcome)))
+}
+
+async fn config_list(AxState(api): AxState<Api>, q: Q) -> ApiResult {
+    let p = params(q)?;
+    list_config(&api, None, &p).await
+}
+
+async fn config_list_kind(AxState(api): AxState<Api>, Path(kind): Path<String>, q: Q) -> ApiResult {
+    let p = params(q)?;
+    let kind = config::canonical_kind(&kind)?;
+    list_config(&api, Some(kind), &p).await
+}
+
+async fn list_config(api: &Api, kind: Option<&str>, p: &Params) -> ApiResult {
+    let (items, next, revision) =
+        config::list(&*api.store, kind, p.after.as_deref(), limit(p)?).await?;
+    Ok(with_index(revision, Json(json!({"items": items, "next": next}))))
+}
+
+async fn config_get(AxState(api): AxState<Api>, Path((kind, name)): Path<(String, String)>) -> ApiResult {
+    let kind = config::canonical_kind(&kind)?;
+    let value = config::get(&*api.store, kind, &name).await?;
+    Ok(Json(value).into_response())
+}
+
+async fn config_delete(
+    AxState(api): AxState<Api>,
+    Path((kind, name)): Path<(String, String)>,
+    q: Q,
+) -> ApiResult {
+    let p = params(q)?;
+    let kind = config::canonical_kind(&kind)?;
+    let outcome = config::delete(&*api.store, kind, &name, p.dry_run.unwrap_or(false)).await?;
+    Ok(with_index(outcome.revision, Json(outcome)))
+}
+
+async fn kv_list(AxState(api): AxState<Api>, q: Q) -> ApiResult {
+    let p = params(q)?;
+    let prefix = p.prefix.clone().unwrap_or_default();
+    if let Some(index) = p.index {
+        let (_, _, revision) = kv::list(&*api.store, &prefix, None, 1).await?;
+        if revision <= index {
+            wait_for_change(&*api.store, &format!("{}{prefix}", kv::PREFIX), index, wait(&p)?).await?;
+        }
+    }
+    let (items, next, revision) = kv::list(&*api.store, &prefix, p.after.as_deref(), limit(&p)?).await?;
+    Ok(with_index(revision, Json(json!({"items": items, "next": next}))))
+}
+
+async fn kv_get(AxState(api): AxState<Api>, Path(key): Path<String>, q: Q) -> ApiResult {
+    let p = params(q)?;
+    kv::check_key(&key)?;
+    if let Some(index) = p.index {
+        let current = match kv::get(&*api.store, &key).await {
+            Ok((kv, _)) => kv.mod_revision,
+            Err(e) if e.status == StatusCode::NOT_FOUND => 0,
+            Err(e) => return Err(e),
+        };
+        if current <= index {
+            wait_for_change(&*api.store, &format!("{}{key}", kv::PREFIX), index, wait(&p)?).await?;
+        }
+    }
+    let (entry, revision) = kv::get(&*api.store, &key).await?;
+    if p.raw.unwrap_or(false) {
+        return Ok(with_index(
+            revision,
+            ([(header::CONTENT_TYPE, "application/octet-stream")], entry.value),
+        ));
+    }
+    Ok(with_index(revision, Json(kv::Entry::from_kv(&entry))))
+}
+
+async fn kv_put(AxState(api): AxState<Api>, Path(key): Path<String>, q: Q, body: Bytes) -> ApiResult {
+    let p = params(q)?;
+    let revision = kv::put(&*api.store, &key, body.to_vec(), p.cas).await?;
+    Ok(with_index(revision, Json(json!({"key": key, "modRevision": revision}))))
+}
+
+async fn kv_delete(AxState(api): AxState<Api>, Path(key): Path<String>, q: Q) -> ApiResult {
+    let p = params(q)?;
+    let (revision, deleted) =
+        kv::delete(&*api.store, &key, p.recurse.unwrap_or(false), p.cas).await?;
+    Ok(with_index(revision, Json(json!({"deleted": deleted, "revision": revision}))))
+}
+
+async fn services(AxState(api): AxState<Api>) -> ApiResult {
+    let view = api.state.read();
+    let items: Vec<Value> = view
+        .services()
+        .into_iter()
+        .map(|(name, (instances, healthy))| json!({"name": name, "instances": instances, "healthy": healthy}))
+        .collect();
+    Ok(with_index(view.revision, Json(json!({"items": items}))))
+}
+
+async fn service_instances(AxState(api): AxState<Api>, Path(service): Path<String>, q: Q) -> ApiResult {
+    let p = params(q)?;
+    if let Some(index) = p.index {
+        if api.state.read().revision <= index {
+            let prefix = format!("{}{service}/", catalog::PREFIX);
+            wait_for_change(&*api.store, &prefix, index, wait(&p)?).await?;
+        }
+    }
+    let (items, revision) = catalog::instances(&*api.store, Some(&service)).await?;
+    Ok(with_index(revision, Json(json!({"items": items}))))
+}
+
+fn json_body<T: serde::de::DeserializeOwned>(headers: &HeaderMap, body: &Bytes) -> Result<T, ApiError> {
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_none_or(|v| v.starts_with("application/json"));
+    if !is_json {
+        return Err(ApiError::bad_request("invalid-body", "expected Content-Type: application/json"));
+    }
+    serde_json::from_slice(body).map_err(|e| ApiError::bad_request("invalid-body", format!("invalid JSON body: {e}")))
+}
+
+async fn register(AxState(api): AxState<Api>, headers: HeaderMap, body: Bytes) -> ApiResult {
+    let reg: catalog::Registration = json_body(&headers, &body)?;
+    let (lease, revision) = catalog::register(&*api.store, reg).await?;
+    Ok(with_index(revision, Json(json!({"lease": lease, "revision": revision}))))
+}
+
+async fn renew(AxState(api): AxState<Api>, Path(lease): Path<String>) -> ApiResult {
+    let lease: u64 = lease
+        .parse()
+        .map_err(|_| ApiError::bad_request("invalid-lease", "a lease is a number"))?;
+    api.store.keep_alive(lease).await?;
+    Ok(Json(json!({"lease": lease})).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HealthBody {
+    status: catalog::Health,
+}
+
+async fn set_health(
+    AxState(api): AxState<Api>,
+    Path((service, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
+    let h: HealthBody = json_body(&headers, &body)?;
+    let revision = catalog::set_health(&*api.store, &service, &id, h.status).await?;
+    Ok(with_index(revision, Json(json!({"revision": revision}))))
+}
+
+async fn deregister(AxState(api): AxState<Api>, Path((service, id)): Path<(String, String)>) -> ApiResult {
+    let revision = catalog::deregister(&*api.store, &service, &id).await?;
+    Ok(with_index(revision, Json(json!({"revision": revision}))))
+}
+
+async fn proxies(AxState(api): AxState<Api>, q: Q) -> ApiResult {
+    let p = params(q)?;
+    let server_revision = api.state.read().revision;
+    let at = p.revision.unwrap_or(server_revision);
+    let items: Vec<Value> = api
+        .sessions
+        .list()
+        .into_iter()
+        .map(|s| {
+            let current = s.current(at);
+            let mut v = serde_json::to_value(&s).unwrap_or_default();
+            v["current"] = json!(current);
+            v
+        })
+        .collect();
+    Ok(with_index(server_revision, Json(json!({"revision": at, "items": items}))))
+}

@@ -1,0 +1,328 @@
+//! The discovery stream, server side: one session per connected proxy.
+//!
+//! A session computes the proxy's slice of the [`View`](crate::state::View) (its own
+//! service, the services it calls, the mesh routes attached to them and the services those
+//! routes reach), sends what differs from what the proxy holds, and waits for the ACK or
+//! NACK before sending anything else. So at most one update per proxy is in flight (a
+//! slow proxy costs one queued message, not a backlog), and changes made meanwhile are
+//! coalesced into the next update. After a NACK the proxy keeps its last good version;
+//! the session remembers what the proxy really holds and tries again on the next change.
+//!
+//! Each session records the revision its proxy is known to be current at
+//! ([`ProxyStatus`]), which `weft status` and `weft apply --wait` read.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    pin::Pin,
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tonic::{Request, Response, Status, Streaming};
+use weft_api::discovery::{
+    discovery_server::Discovery, proxy_message, Hello, ProxyMessage, Resource, Update,
+};
+
+use crate::{config::valid_name, state::State, store::Revision};
+
+/// Upstreams one proxy may subscribe to.
+pub const MAX_UPSTREAMS: usize = 256;
+/// How long a new stream has to say `Hello`.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the server knows of one connected proxy.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProxyStatus {
+    /// The proxy's id.
+    pub proxy_id: String,
+    /// The service it stands beside.
+    pub service: String,
+    /// The services it calls.
+    pub upstreams: Vec<String>,
+    /// Its build.
+    pub build: String,
+    /// When the stream opened (Unix seconds).
+    pub connected_at: u64,
+    /// The proxy holds everything of its slice as of this revision.
+    pub current_at: Revision,
+    /// An update sent and not yet answered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pending: Option<Revision>,
+    /// The last refused update, with the proxy's reason.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nack: Option<Nack>,
+    /// Updates sent on this stream.
+    pub updates: u64,
+    #[serde(skip)]
+    generation: u64,
+}
+
+/// A refused update.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Nack {
+    /// Its version.
+    pub version: Revision,
+    /// The proxy's reason.
+    pub error: String,
+}
+
+impl ProxyStatus {
+    /// Whether the proxy has applied everything up to `revision`.
+    pub fn current(&self, revision: Revision) -> bool {
+        self.current_at >= revision && self.pending.is_none() && self.nack.is_none()
+    }
+}
+
+/// Connected proxies.
+#[derive(Default)]
+pub struct Sessions {
+    map: Mutex<HashMap<String, ProxyStatus>>,
+    generation: std::sync::atomic::AtomicU64,
+}
+
+impl Sessions {
+    /// Every connected proxy, by id.
+    pub fn list(&self) -> Vec<ProxyStatus> {
+        let mut v: Vec<_> = self.lock().values().cloned().collect();
+        v.sort_by(|a, b| a.proxy_id.cmp(&b.proxy_id));
+        v
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, ProxyStatus>> {
+        // Entries are replaced whole; a poisoned lock holds consistent data.
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn update(&self, id: &str, generation: u64, f: impl FnOnce(&mut ProxyStatus)) {
+        if let Some(s) = self.lock().get_mut(id) {
+            if s.generation == generation {
+                f(s);
+            }
+        }
+    }
+}
+
+/// The tonic service.
+pub struct DiscoveryServer {
+    state: Arc<State>,
+    sessions: Arc<Sessions>,
+}
+
+impl DiscoveryServer {
+    /// A server over `state`, recording sessions in `sessions`.
+    pub fn new(state: Arc<State>, sessions: Arc<Sessions>) -> DiscoveryServer {
+        DiscoveryServer { state, sessions }
+    }
+}
+
+type UpdateStream =
+    Pin<Box<dyn tokio_stream::Stream<Item = Result<Update, Status>> + Send + 'static>>;
+
+fn check_hello(h: &Hello) -> Result<(), Status> {
+    if h.proxy_id.is_empty() || h.proxy_id.len() > 256 {
+        return Err(Status::invalid_argument("hello: proxy_id must be 1-256 bytes"));
+    }
+    if !valid_name(&h.service) {
+        return Err(Status::invalid_argument(format!(
+            "hello: service `{}` is not a valid name",
+            h.service
+        )));
+    }
+    if h.upstreams.len() > MAX_UPSTREAMS {
+        return Err(Status::invalid_argument(format!(
+            "hello: at most {MAX_UPSTREAMS} upstreams"
+        )));
+    }
+    if let Some(bad) = h.upstreams.iter().find(|u| !valid_name(u)) {
+        return Err(Status::invalid_argument(format!(
+            "hello: upstream `{bad}` is not a valid name"
+        )));
+    }
+    Ok(())
+}
+
+#[tonic::async_trait]
+impl Discovery for DiscoveryServer {
+    type StreamStream = UpdateStream;
+
+    async fn stream(
+        &self,
+        request: Request<Streaming<ProxyMessage>>,
+    ) -> Result<Response<UpdateStream>, Status> {
+        if !self.state.loaded(Duration::from_secs(5)).await {
+            return Err(Status::unavailable("the server has not loaded its state yet"));
+        }
+        let mut inbound = request.into_inner();
+        let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
+            .await
+            .map_err(|_| Status::deadline_exceeded("no hello within 10 s"))??;
+        let hello = match first.and_then(|m| m.message) {
+            Some(proxy_message::Message::Hello(h)) => h,
+            _ => return Err(Status::invalid_argument("the first message must be a hello")),
+        };
+        check_hello(&hello)?;
+        let generation = self
+            .sessions
+            .generation
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.sessions.lock().insert(
+            hello.proxy_id.clone(),
+            ProxyStatus {
+                proxy_id: hello.proxy_id.clone(),
+                service: hello.service.clone(),
+                upstreams: hello.upstreams.clone(),
+                build: hello.build.clone(),
+                connected_at: now,
+                current_at: 0,
+                pending: None,
+                nack: None,
+                updates: 0,
+                generation,
+            },
+        );
+        tracing::info!(proxy = %hello.proxy_id, service = %hello.service, "proxy connected");
+        let (tx, rx) = mpsc::channel(1);
+        let session = Session {
+            state: self.state.clone(),
+            sessions: self.sessions.clone(),
+            generation,
+            hello,
+        };
+        tokio::spawn(session.run(inbound, tx));
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+}
+
+struct Session {
+    state: Arc<State>,
+    sessions: Arc<Sessions>,
+    generation: u64,
+    hello: Hello,
+}
+
+impl Session {
+    async fn run(
+        mut self,
+        mut inbound: Streaming<ProxyMessage>,
+        tx: mpsc::Sender<Result<Update, Status>>,
+    ) {
+        let id = self.hello.proxy_id.clone();
+        // What the proxy holds: key → content version.
+        let mut held: HashMap<String, u64> = std::mem::take(&mut self.hello.known).into_iter().collect();
+        let mut tick = self.state.subscribe();
+        // (version, what the proxy held before it) of the update in flight.
+        let mut in_flight: Option<(Revision, HashMap<String, u64>)> = None;
+        // After a NACK, wait for the next change before trying again.
+        let mut hold = false;
+        // The first update is sent even when empty: it tells the proxy it is in sync.
+        let mut first = true;
+        loop {
+            if in_flight.is_none() && !hold {
+                let (revision, slice) = {
+                    let view = self.state.read();
+                    (view.revision, view.slice(&self.hello.service, &self.hello.upstreams))
+                };
+                tick.mark_unchanged();
+                let update = delta(&held, &slice, revision);
+                let was_first = std::mem::take(&mut first);
+                if update.upserts.is_empty() && update.removes.is_empty() && !was_first {
+                    self.sessions
+                        .update(&id, self.generation, |s| s.current_at = s.current_at.max(revision));
+                } else {
+                    let before = std::mem::replace(
+                        &mut held,
+                        slice.iter().map(|(k, r)| (k.clone(), r.version)).collect(),
+                    );
+                    in_flight = Some((revision, before));
+                    self.sessions.update(&id, self.generation, |s| {
+                        s.pending = Some(revision);
+                        s.updates += 1;
+                    });
+                    if tx.send(Ok(update)).await.is_err() {
+                        break;
+                    }
+                }
+            }
+            tokio::select! {
+                changed = tick.changed() => {
+                    if changed.is_err() { break }
+                    hold = false;
+                }
+                message = inbound.message() => match message {
+                    Ok(Some(ProxyMessage { message: Some(m) })) => match m {
+                        proxy_message::Message::Ack(ack) => {
+                            let Some((version, before)) = in_flight.take_if(|(v, _)| *v == ack.version) else {
+                                tracing::debug!(proxy = %id, version = ack.version, "ack for no update in flight");
+                                continue;
+                            };
+                            if ack.error.is_empty() {
+                                self.sessions.update(&id, self.generation, |s| {
+                                    s.pending = None;
+                                    s.nack = None;
+                                    s.current_at = s.current_at.max(version);
+                                });
+                            } else {
+                                tracing::warn!(proxy = %id, version, error = %ack.error, "proxy refused an update");
+                                held = before;
+                                hold = true;
+                                let error: String = ack.error.chars().take(4096).collect();
+                                self.sessions.update(&id, self.generation, |s| {
+                                    s.pending = None;
+                                    s.nack = Some(Nack { version, error });
+                                });
+                            }
+                        }
+                        proxy_message::Message::Hello(h) => {
+                            if let Err(status) = check_hello(&h) {
+                                let _ = tx.send(Err(status)).await;
+                                break;
+                            }
+                            self.sessions.update(&id, self.generation, |s| s.upstreams = h.upstreams.clone());
+                            self.hello.upstreams = h.upstreams;
+                            hold = false;
+                        }
+                    },
+                    Ok(Some(ProxyMessage { message: None })) => {}
+                    Ok(None) | Err(_) => break,
+                }
+            }
+        }
+        tracing::info!(proxy = %id, "proxy disconnected");
+        let mut map = self.sessions.lock();
+        if map.get(&id).is_some_and(|s| s.generation == self.generation) {
+            map.remove(&id);
+        }
+    }
+}
+
+fn delta(held: &HashMap<String, u64>, slice: &BTreeMap<String, crate::state::Rendered>, version: Revision) -> Update {
+    let upserts = slice
+        .iter()
+        .filter(|(k, r)| held.get(*k) != Some(&r.version))
+        .map(|(k, r)| Resource {
+            key: k.clone(),
+            version: r.version,
+            json: r.json.to_string(),
+        })
+        .collect();
+    let mut removes: Vec<String> = held
+        .keys()
+        .filter(|k| !slice.contains_key(*k))
+        .cloned()
+        .collect();
+    removes.sort();
+    Update {
+        version,
+        upserts,
+        removes,
+    }
+}

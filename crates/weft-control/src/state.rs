@@ -1,0 +1,318 @@
+//! The server's in-memory view of configuration and catalog, rebuilt from the store and
+//! kept current by its watch. Discovery sessions read it to compute what each proxy
+//! needs; a `watch` channel tells them the revision moved (coalescing bursts: a session
+//! that is busy sees only the latest revision).
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    hash::{DefaultHasher, Hash, Hasher},
+    sync::{Arc, RwLock, RwLockReadGuard},
+    time::Duration,
+};
+
+use serde_json::{json, Value};
+use tokio::sync::watch;
+
+use crate::{
+    catalog::{self, Health, Instance},
+    config,
+    store::{self, Event, Revision, Store, WatchEvent},
+};
+
+/// A resource as sent to proxies: JSON text and its content version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rendered {
+    /// Content hash (the version a proxy reports back in `Hello.known`).
+    pub version: u64,
+    /// The JSON.
+    pub json: Arc<str>,
+}
+
+impl Rendered {
+    fn new(json: String) -> Rendered {
+        let mut h = DefaultHasher::new();
+        json.hash(&mut h);
+        Rendered {
+            version: h.finish(),
+            json: json.into(),
+        }
+    }
+}
+
+/// The view (see the module docs).
+#[derive(Debug, Default)]
+pub struct View {
+    /// The store revision the view reflects.
+    pub revision: Revision,
+    /// `Kind/name` → resource.
+    config: HashMap<String, Rendered>,
+    /// Service → id → instance.
+    instances: HashMap<String, BTreeMap<String, Instance>>,
+    /// Service → its `Endpoints` resource (rendered when its instances change).
+    endpoints: HashMap<String, Rendered>,
+    /// Service → mesh routes attached to it (`parentRefs: [{kind: Service}]`).
+    routes_by_parent: HashMap<String, BTreeSet<String>>,
+    /// Route → (services it attaches to, services it sends to).
+    route_refs: HashMap<String, (Vec<String>, Vec<String>)>,
+}
+
+impl View {
+    /// What a proxy beside `service`, calling `upstreams`, needs: key → resource.
+    pub fn slice(&self, service: &str, upstreams: &[String]) -> BTreeMap<String, Rendered> {
+        let mut out = BTreeMap::new();
+        self.add_service(&mut out, service, false);
+        for u in upstreams {
+            self.add_service(&mut out, u, true);
+            for route in self.routes_by_parent.get(u).into_iter().flatten() {
+                let key = format!("HTTPRoute/{route}");
+                if let Some(r) = self.config.get(&key) {
+                    out.insert(key, r.clone());
+                }
+                if let Some((_, backends)) = self.route_refs.get(route) {
+                    for b in backends {
+                        self.add_service(&mut out, b, true);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn add_service(&self, out: &mut BTreeMap<String, Rendered>, name: &str, with_endpoints: bool) {
+        let key = format!("Service/{name}");
+        if let Some(r) = self.config.get(&key) {
+            out.insert(key, r.clone());
+        }
+        if with_endpoints {
+            let r = self
+                .endpoints
+                .get(name)
+                .cloned()
+                .unwrap_or_else(|| render_endpoints(name, None));
+            out.insert(format!("Endpoints/{name}"), r);
+        }
+    }
+
+    /// Instances of a service (for the API's catalog view).
+    pub fn instances(&self, service: &str) -> Vec<Instance> {
+        self.instances
+            .get(service)
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Every service with instances: name → (instances, healthy ones).
+    pub fn services(&self) -> BTreeMap<String, (usize, usize)> {
+        self.instances
+            .iter()
+            .map(|(name, m)| {
+                let up = m.values().filter(|i| i.health != Health::Critical).count();
+                (name.clone(), (m.len(), up))
+            })
+            .collect()
+    }
+
+    fn apply(&mut self, event: &Event) {
+        let key = event.key();
+        if let Some(rest) = key.strip_prefix(catalog::PREFIX) {
+            let Some((service, id)) = rest.split_once('/') else { return };
+            let set = self.instances.entry(service.to_string()).or_default();
+            match event {
+                Event::Put(kv) => match serde_json::from_slice::<Instance>(&kv.value) {
+                    Ok(inst) => {
+                        set.insert(id.to_string(), inst);
+                    }
+                    Err(e) => tracing::warn!(key, error = %e, "ignoring unreadable instance"),
+                },
+                Event::Delete { .. } => {
+                    set.remove(id);
+                }
+            }
+            if set.is_empty() {
+                self.instances.remove(service);
+                self.endpoints.remove(service);
+            } else {
+                let r = render_endpoints(service, Some(set));
+                self.endpoints.insert(service.to_string(), r);
+            }
+        } else if let Some((kind, name)) = config::id_of(key) {
+            let id = format!("{kind}/{name}");
+            if kind == "HTTPRoute" {
+                self.unindex_route(name);
+            }
+            match event {
+                Event::Put(kv) => {
+                    let text = String::from_utf8_lossy(&kv.value).into_owned();
+                    if kind == "HTTPRoute" {
+                        if let Ok(v) = serde_json::from_str::<Value>(&text) {
+                            self.index_route(name, &v);
+                        }
+                    }
+                    self.config.insert(id, Rendered::new(text));
+                }
+                Event::Delete { .. } => {
+                    self.config.remove(&id);
+                }
+            }
+        }
+    }
+
+    fn index_route(&mut self, name: &str, v: &Value) {
+        let strings = |list: Option<&Value>, filter: &dyn Fn(&Value) -> bool| -> Vec<String> {
+            list.and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter(|p| filter(p))
+                .filter_map(|p| p.get("name").and_then(Value::as_str).map(str::to_string))
+                .collect()
+        };
+        let parents = strings(v.pointer("/spec/parentRefs"), &|p| {
+            p.get("kind").and_then(Value::as_str) == Some("Service")
+        });
+        let mut backends = Vec::new();
+        for rule in v.pointer("/spec/rules").and_then(Value::as_array).into_iter().flatten() {
+            backends.extend(strings(rule.get("backendRefs"), &|_| true));
+        }
+        backends.sort();
+        backends.dedup();
+        for p in &parents {
+            self.routes_by_parent
+                .entry(p.clone())
+                .or_default()
+                .insert(name.to_string());
+        }
+        self.route_refs.insert(name.to_string(), (parents, backends));
+    }
+
+    fn unindex_route(&mut self, name: &str) {
+        if let Some((parents, _)) = self.route_refs.remove(name) {
+            for p in parents {
+                if let Some(set) = self.routes_by_parent.get_mut(&p) {
+                    set.remove(name);
+                    if set.is_empty() {
+                        self.routes_by_parent.remove(&p);
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn render_endpoints(service: &str, set: Option<&BTreeMap<String, Instance>>) -> Rendered {
+    let instances: Vec<Value> = set
+        .into_iter()
+        .flat_map(|m| m.values())
+        .map(|i| {
+            json!({
+                "id": i.id,
+                "address": i.address,
+                "port": i.port,
+                "metadata": i.metadata,
+                "health": i.health,
+            })
+        })
+        .collect();
+    Rendered::new(json!({"service": service, "instances": instances}).to_string())
+}
+
+/// The shared view plus the revision signal.
+pub struct State {
+    view: RwLock<View>,
+    tick: watch::Sender<Revision>,
+    /// Set once the first full load is in: until then the view is empty, and serving it
+    /// to a proxy would wipe that proxy's configuration.
+    loaded: watch::Sender<bool>,
+}
+
+impl State {
+    /// An empty state; call [`State::follow`] to fill it.
+    pub fn new() -> Arc<State> {
+        Arc::new(State {
+            view: RwLock::new(View::default()),
+            tick: watch::channel(0).0,
+            loaded: watch::channel(false).0,
+        })
+    }
+
+    /// Reads the view.
+    pub fn read(&self) -> RwLockReadGuard<'_, View> {
+        // No code panics while holding the write lock mid-update in a way that leaves
+        // the view inconsistent for readers (each event is applied whole).
+        self.view.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A receiver that wakes when the revision moves.
+    pub fn subscribe(&self) -> watch::Receiver<Revision> {
+        self.tick.subscribe()
+    }
+
+    /// Waits (up to `max`) for the first full load; false if it did not come.
+    pub async fn loaded(&self, max: Duration) -> bool {
+        let mut rx = self.loaded.subscribe();
+        tokio::time::timeout(max, rx.wait_for(|l| *l))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Waits until the view reflects `revision` (or `max` passes).
+    pub async fn caught_up(&self, revision: Revision, max: Duration) -> bool {
+        let mut rx = self.subscribe();
+        tokio::time::timeout(max, rx.wait_for(|r| *r >= revision))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Loads everything under `/weft/` and follows the store's watch, for ever
+    /// (listing again when told the history is gone, retrying when the store fails).
+    pub async fn follow(self: Arc<State>, store: Arc<dyn Store>) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.sync_once(&*store).await {
+                Ok(()) => backoff = Duration::from_millis(100),
+                Err(e) => {
+                    tracing::warn!(error = %e, "store watch failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    async fn sync_once(&self, store: &dyn Store) -> Result<(), store::StoreError> {
+        let mut fresh = View::default();
+        let mut revision = Revision::MAX;
+        for prefix in [config::PREFIX, catalog::PREFIX] {
+            let page = store::list_all(store, prefix).await?;
+            revision = revision.min(page.revision);
+            for kv in page.kvs {
+                fresh.apply(&Event::Put(kv));
+            }
+        }
+        // Watching from the earliest list replays what changed while listing (events
+        // are idempotent on the view).
+        let mut rx = store.watch("/weft/", revision).await?;
+        fresh.revision = revision;
+        {
+            let mut view = self.view.write().unwrap_or_else(|p| p.into_inner());
+            *view = fresh;
+        }
+        self.tick.send_replace(revision);
+        self.loaded.send_replace(true);
+        while let Some(event) = rx.recv().await {
+            match event {
+                WatchEvent::Changes { revision, events } => {
+                    {
+                        let mut view = self.view.write().unwrap_or_else(|p| p.into_inner());
+                        for e in &events {
+                            view.apply(e);
+                        }
+                        view.revision = revision;
+                    }
+                    self.tick.send_replace(revision);
+                }
+                WatchEvent::Compacted => return Ok(()),
+            }
+        }
+        Err(store::StoreError::Unavailable("watch ended".into()))
+    }
+}

@@ -1,0 +1,155 @@
+//! The discovery stream, proxy side: connect to one of the control-plane servers, say
+//! who we are and what we hold, then apply each update atomically and answer ACK (applied)
+//! or NACK (refused, with the reason; the last good configuration keeps serving).
+//!
+//! Static stability: when the stream breaks, nothing changes in the running proxy; the
+//! client retries the servers in turn with jittered exponential backoff, and on
+//! reconnecting lists the versions it holds, so the server sends only the difference.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use tokio::sync::{mpsc, watch};
+use weft_api::discovery::{
+    discovery_client::DiscoveryClient, proxy_message::Message, Ack, Hello, ProxyMessage,
+};
+
+use super::{sidecar_config, SidecarSpec};
+use crate::RunningProxy;
+
+/// Backoff bounds between reconnection attempts.
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Largest update accepted from the server.
+const MAX_UPDATE_BYTES: usize = 64 * 1024 * 1024;
+
+/// Who this proxy is, for the server.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// Unique proxy id.
+    pub proxy_id: String,
+    /// The build, shown by `weft status`.
+    pub build: String,
+}
+
+/// Follows the control plane for ever, applying updates to `proxy`. `synced` receives
+/// the version of every applied update.
+pub async fn follow(
+    servers: &[String],
+    who: &Identity,
+    spec: &SidecarSpec,
+    proxy: &RunningProxy,
+    synced: &watch::Sender<Option<u64>>,
+) {
+    // What the proxy runs: key → (version, JSON).
+    let mut held: BTreeMap<String, (u64, String)> = BTreeMap::new();
+    let mut failures: u32 = 0;
+    let mut next_server = 0;
+    loop {
+        let server = &servers[next_server % servers.len()];
+        next_server += 1;
+        match session(server, who, spec, proxy, &mut held, synced).await {
+            Ok(()) => {}
+            Err(Failure { message, applied }) => {
+                if applied {
+                    failures = 0;
+                }
+                tracing::warn!(%server, error = %message, "discovery stream lost; keeping the last configuration");
+            }
+        }
+        failures = failures.saturating_add(1);
+        let ceiling = BACKOFF_MIN
+            .saturating_mul(1 << failures.min(6))
+            .min(BACKOFF_MAX);
+        // Full jitter over the upper half: reconnect storms spread out.
+        let delay = ceiling.mul_f64(0.5 + fastrand::f64() * 0.5);
+        tokio::time::sleep(delay).await;
+    }
+}
+
+struct Failure {
+    message: String,
+    /// Whether at least one update was received before the failure.
+    applied: bool,
+}
+
+async fn session(
+    server: &str,
+    who: &Identity,
+    spec: &SidecarSpec,
+    proxy: &RunningProxy,
+    held: &mut BTreeMap<String, (u64, String)>,
+    synced: &watch::Sender<Option<u64>>,
+) -> Result<(), Failure> {
+    let mut applied = false;
+    let fail = |applied: bool| move |e: &dyn std::fmt::Display| Failure {
+        message: e.to_string(),
+        applied,
+    };
+    let endpoint = tonic::transport::Endpoint::from_shared(server.to_string())
+        .map_err(|e| fail(false)(&e))?
+        .connect_timeout(Duration::from_secs(2))
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(5));
+    let channel = endpoint.connect().await.map_err(|e| fail(false)(&e))?;
+    let mut client = DiscoveryClient::new(channel).max_decoding_message_size(MAX_UPDATE_BYTES);
+    let (tx, rx) = mpsc::channel(4);
+    let hello = Hello {
+        proxy_id: who.proxy_id.clone(),
+        service: spec.service.clone(),
+        upstreams: spec.upstreams.iter().map(|(n, _)| n.clone()).collect(),
+        known: held.iter().map(|(k, (v, _))| (k.clone(), *v)).collect(),
+        build: who.build.clone(),
+    };
+    let _ = tx
+        .send(ProxyMessage {
+            message: Some(Message::Hello(hello)),
+        })
+        .await;
+    let mut updates = client
+        .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .map_err(|e| fail(false)(&e))?
+        .into_inner();
+    tracing::info!(%server, "discovery stream open");
+    loop {
+        let update = match updates.message().await {
+            Ok(Some(u)) => u,
+            Ok(None) => return Err(fail(applied)(&"server closed the stream")),
+            Err(e) => return Err(fail(applied)(&e)),
+        };
+        applied = true;
+        let mut next = held.clone();
+        for key in &update.removes {
+            next.remove(key);
+        }
+        for r in update.upserts {
+            next.insert(r.key, (r.version, r.json));
+        }
+        let flat: BTreeMap<String, String> =
+            next.iter().map(|(k, (_, j))| (k.clone(), j.clone())).collect();
+        let result = sidecar_config(spec, &flat)
+            .and_then(|config| proxy.apply(config).map_err(|e| e.to_string()));
+        let error = match result {
+            Ok(()) => {
+                *held = next;
+                synced.send_replace(Some(update.version));
+                tracing::info!(version = update.version, resources = held.len(), "applied update");
+                String::new()
+            }
+            Err(e) => {
+                tracing::warn!(version = update.version, error = %e, "refused update; keeping the last good configuration");
+                proxy.reject(&e);
+                e
+            }
+        };
+        let ack = ProxyMessage {
+            message: Some(Message::Ack(Ack {
+                version: update.version,
+                error,
+            })),
+        };
+        if tx.send(ack).await.is_err() {
+            return Err(fail(applied)(&"stream closed"));
+        }
+    }
+}

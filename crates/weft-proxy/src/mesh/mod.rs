@@ -1,0 +1,156 @@
+//! Mesh mode: the proxy as a sidecar, configured by the control plane.
+//!
+//! ```text
+//! discovery.rs  stream from `weft server`: deltas of resources (Service, HTTPRoute,
+//!               Endpoints) ─► sidecar_config (this file) ─► RunningProxy::apply ─► ACK/NACK
+//! registration.rs  the local instance in the catalog: register, keep the lease alive,
+//!               check the local app's health and report it, deregister on shutdown
+//! ```
+//!
+//! A sidecar's configuration is an ordinary [`Config`], so everything the file-configured
+//! proxy does (routing, balancing, retries, breakers, outlier detection) applies between
+//! sidecars too:
+//! * gateway `sidecar`, listener `inbound` → service `weft.local-app` (the application);
+//! * one listener `out-<service>` per declared upstream; the mesh routes attached to that
+//!   service (`parentRefs: [{kind: Service, name: ...}]`) are attached to it, or a default
+//!   route sends everything to the service;
+//! * each mesh service's endpoints are the catalog instances that are not critical, and
+//!   between sidecars HTTP travels as HTTP/2 (`protocol: http2`, one shared connection
+//!   per peer); the far sidecar speaks the application's own protocol to it.
+
+pub mod discovery;
+pub mod registration;
+
+use std::collections::BTreeMap;
+
+use serde_json::{json, Value};
+use weft_model::{Config, ServiceProtocol};
+
+/// The name of the local application's service inside a sidecar's configuration.
+pub const LOCAL_APP: &str = "weft.local-app";
+/// The sidecar's gateway.
+pub const GATEWAY: &str = "sidecar";
+
+/// What a sidecar is told on its command line.
+#[derive(Debug, Clone)]
+pub struct SidecarSpec {
+    /// The service it stands beside.
+    pub service: String,
+    /// Inbound listener address (`IP:PORT`; port 0 picks one).
+    pub inbound: String,
+    /// The local application (`IP:PORT`).
+    pub app: String,
+    /// The application's protocol.
+    pub app_protocol: ServiceProtocol,
+    /// Upstreams: service name → local listener address.
+    pub upstreams: Vec<(String, String)>,
+}
+
+/// Builds the sidecar's configuration from the resources the control plane sent
+/// (`Kind/name` → JSON). Errors are the model's validation messages.
+pub fn sidecar_config(spec: &SidecarSpec, resources: &BTreeMap<String, String>) -> Result<Config, String> {
+    let parse = |key: &str, json: &str| -> Result<Value, String> {
+        serde_json::from_str(json).map_err(|e| format!("{key}: not JSON: {e}"))
+    };
+    let mut docs: Vec<Value> = Vec::new();
+    let mut listeners = vec![json!({"name": "inbound", "address": spec.inbound, "protocol": "HTTP"})];
+    for (name, addr) in &spec.upstreams {
+        listeners.push(json!({"name": format!("out-{name}"), "address": addr, "protocol": "HTTP"}));
+    }
+    docs.push(json!({"kind": "Gateway", "metadata": {"name": GATEWAY}, "spec": {"listeners": listeners}}));
+    docs.push(json!({
+        "kind": "HTTPRoute",
+        "metadata": {"name": "weft.inbound"},
+        "spec": {
+            "parentRefs": [{"name": GATEWAY, "sectionName": "inbound"}],
+            "rules": [{"backendRefs": [{"name": LOCAL_APP}]}],
+        },
+    }));
+    docs.push(json!({
+        "kind": "Service",
+        "metadata": {"name": LOCAL_APP},
+        "spec": {"endpoints": [{"address": spec.app}], "protocol": spec.app_protocol},
+    }));
+
+    // Mesh services: the Service resource (if any) with the catalog's endpoints.
+    let mut services: BTreeMap<String, Value> = BTreeMap::new();
+    for (key, json) in resources {
+        if let Some(name) = key.strip_prefix("Service/") {
+            services.insert(name.to_string(), parse(key, json)?);
+        }
+    }
+    for (key, json) in resources {
+        let Some(name) = key.strip_prefix("Endpoints/") else { continue };
+        let endpoints: Vec<Value> = parse(key, json)?
+            .get("instances")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter(|i| i.get("health").and_then(Value::as_str) != Some("critical"))
+            .filter_map(|i| {
+                let addr = i.get("address")?.as_str()?;
+                let port = i.get("port")?.as_u64()?;
+                let addr = if addr.contains(':') { format!("[{addr}]:{port}") } else { format!("{addr}:{port}") };
+                Some(json!({"address": addr}))
+            })
+            .collect();
+        let service = services
+            .entry(name.to_string())
+            .or_insert_with(|| json!({"kind": "Service", "metadata": {"name": name}, "spec": {}}));
+        let spec_has_static = service
+            .pointer("/spec/endpoints")
+            .and_then(Value::as_array)
+            .is_some_and(|a| !a.is_empty());
+        if !endpoints.is_empty() || !spec_has_static {
+            service["spec"]["endpoints"] = Value::Array(endpoints);
+            // Peer sidecars: HTTP/2 over one shared connection.
+            service["spec"]["protocol"] = json!("http2");
+        }
+    }
+    // Mesh routes, attached to the outbound listener of each upstream they apply to.
+    for (name, _) in &spec.upstreams {
+        let mut attached = false;
+        for (key, json) in resources {
+            if !key.starts_with("HTTPRoute/") {
+                continue;
+            }
+            let mut route = parse(key, json)?;
+            let applies = route
+                .pointer("/spec/parentRefs")
+                .and_then(Value::as_array)
+                .is_some_and(|refs| {
+                    refs.iter().any(|p| {
+                        p.get("kind").and_then(Value::as_str) == Some("Service")
+                            && p.get("name").and_then(Value::as_str) == Some(name)
+                    })
+                });
+            if !applies {
+                continue;
+            }
+            let route_name = route.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default();
+            route["metadata"]["name"] = json!(format!("{route_name}.{name}"));
+            route["spec"]["parentRefs"] = json!([{"name": GATEWAY, "sectionName": format!("out-{name}")}]);
+            docs.push(route);
+            attached = true;
+        }
+        if !attached {
+            docs.push(json!({
+                "kind": "HTTPRoute",
+                "metadata": {"name": format!("weft.default.{name}")},
+                "spec": {
+                    "parentRefs": [{"name": GATEWAY, "sectionName": format!("out-{name}")}],
+                    "rules": [{"backendRefs": [{"name": name}]}],
+                },
+            }));
+            services
+                .entry(name.clone())
+                .or_insert_with(|| json!({"kind": "Service", "metadata": {"name": name}, "spec": {"protocol": "http2"}}));
+        }
+    }
+    docs.extend(services.into_values());
+    let text = docs.iter().map(Value::to_string).collect::<Vec<_>>().join("\n---\n");
+    weft_model::parse("control-plane", &text).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests;

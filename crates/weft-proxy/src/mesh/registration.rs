@@ -1,0 +1,219 @@
+//! The local instance in the catalog, through the control plane's HTTP API: register
+//! (with the result of a first health check), keep the lease alive, report health changes,
+//! register again if the lease was lost (e.g. the server was away longer than the TTL),
+//! and deregister on shutdown.
+
+use std::{net::SocketAddr, time::Duration};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+
+/// How the local application's health is checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HealthCheck {
+    /// `GET path` must answer 2xx.
+    Http(String),
+    /// A TCP connection must open.
+    Tcp,
+    /// Not checked: always reported passing.
+    None,
+}
+
+/// One registration and how to keep it.
+#[derive(Debug, Clone)]
+pub struct Registration {
+    /// Control-plane base URLs (`http://IP:PORT`), tried in turn.
+    pub servers: Vec<String>,
+    /// Service name.
+    pub service: String,
+    /// Instance id.
+    pub id: String,
+    /// Address and port other sidecars reach (this sidecar's inbound listener).
+    pub address: SocketAddr,
+    /// Metadata (version, zone, ...).
+    pub metadata: Vec<(String, String)>,
+    /// Lease TTL.
+    pub ttl: Duration,
+    /// The local application.
+    pub app: SocketAddr,
+    /// Its health check.
+    pub check: HealthCheck,
+    /// How often to check.
+    pub interval: Duration,
+}
+
+/// Largest API answer read.
+const MAX_ANSWER: usize = 1024 * 1024;
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// One JSON request to the API; `(status, body)` (body `null` when not JSON).
+pub async fn call(server: &str, method: &str, path: &str, body: Option<&Value>) -> Result<(u16, Value), String> {
+    let payload = body.map(Value::to_string).unwrap_or_default();
+    let (status, _, bytes) = request(server, method, path, Bytes::from(payload), "application/json", REQUEST_TIMEOUT).await?;
+    Ok((status, serde_json::from_slice(&bytes).unwrap_or(Value::Null)))
+}
+
+/// One HTTP/1.1 request to `server` (`http://HOST:PORT`): `(status, X-Weft-Index, body)`,
+/// the body read up to 1 MiB, the whole exchange bounded by `timeout`.
+pub async fn request(
+    server: &str,
+    method: &str,
+    path: &str,
+    body: Bytes,
+    content_type: &str,
+    timeout: Duration,
+) -> Result<(u16, Option<u64>, Bytes), String> {
+    let authority = server
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("server `{server}`: expected http://HOST:PORT"))?
+        .trim_end_matches('/');
+    let attempt = async {
+        let stream = TcpStream::connect(authority).await.map_err(|e| format!("{server}: {e}"))?;
+        let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| format!("{server}: {e}"))?;
+        tokio::spawn(conn);
+        let req = http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header(http::header::HOST, authority)
+            .header(http::header::CONTENT_TYPE, content_type)
+            .body(Full::new(body))
+            .map_err(|e| e.to_string())?;
+        let resp = send.send_request(req).await.map_err(|e| format!("{server}: {e}"))?;
+        let status = resp.status().as_u16();
+        let index = resp
+            .headers()
+            .get("x-weft-index")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
+        let bytes = Limited::new(resp.into_body(), MAX_ANSWER)
+            .collect()
+            .await
+            .map_err(|e| format!("{server}: reading the answer: {e}"))?
+            .to_bytes();
+        Ok((status, index, bytes))
+    };
+    tokio::time::timeout(timeout, attempt)
+        .await
+        .map_err(|_| format!("{server}: no answer within {timeout:?}"))?
+}
+
+/// Runs the health check once.
+pub async fn check(app: SocketAddr, check: &HealthCheck) -> bool {
+    let probe = async {
+        match check {
+            HealthCheck::None => true,
+            HealthCheck::Tcp => TcpStream::connect(app).await.is_ok(),
+            HealthCheck::Http(path) => {
+                let (status, _) = match call(&format!("http://{app}"), "GET", path, None).await {
+                    Ok(r) => r,
+                    Err(_) => return false,
+                };
+                (200..300).contains(&status)
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(2), probe).await.unwrap_or(false)
+}
+
+impl Registration {
+    fn instance(&self, passing: bool) -> Value {
+        let metadata: serde_json::Map<String, Value> =
+            self.metadata.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+        json!({
+            "service": self.service,
+            "id": self.id,
+            "address": self.address.ip().to_string(),
+            "port": self.address.port(),
+            "metadata": metadata,
+            "health": if passing { "passing" } else { "critical" },
+            "ttl": format!("{}ms", self.ttl.as_millis()),
+        })
+    }
+
+    /// Keeps the registration for ever (cancel the future to stop; then [`deregister`]).
+    ///
+    /// [`deregister`]: Registration::deregister
+    pub async fn keep(&self) {
+        let mut lease: Option<u64> = None;
+        let mut reported: Option<bool> = None;
+        let mut server = 0usize;
+        let period = self.interval.min(self.ttl / 3);
+        loop {
+            let passing = check(self.app, &self.check).await;
+            if reported.is_some() && reported != Some(passing) {
+                tracing::warn!(passing, "local application health changed");
+            }
+            let base = &self.servers[server % self.servers.len()];
+            let outcome = match lease {
+                None => self.register(base, passing).await.map(|l| {
+                    lease = Some(l);
+                    reported = Some(passing);
+                }),
+                Some(l) => self.refresh(base, l, passing, &mut reported).await.map_err(|e| {
+                    if e.contains("lease-not-found") || e.contains("not-found") {
+                        lease = None; // register again at once
+                    }
+                    e
+                }),
+            };
+            match outcome {
+                Ok(()) => tokio::time::sleep(period).await,
+                Err(e) => {
+                    tracing::warn!(server = %base, error = %e, "catalog update failed");
+                    server += 1;
+                    if lease.is_some() {
+                        tokio::time::sleep(period.min(Duration::from_secs(1))).await;
+                    } else {
+                        tokio::time::sleep(Duration::from_millis(200 + fastrand::u64(0..300))).await;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn register(&self, base: &str, passing: bool) -> Result<u64, String> {
+        let (status, body) = call(base, "POST", "/v1/catalog/register", Some(&self.instance(passing))).await?;
+        if status != 200 {
+            return Err(format!("register: {status} {body}"));
+        }
+        tracing::info!(service = %self.service, id = %self.id, passing, "registered");
+        body.get("lease")
+            .and_then(Value::as_u64)
+            .ok_or_else(|| format!("register: no lease in {body}"))
+    }
+
+    async fn refresh(&self, base: &str, lease: u64, passing: bool, reported: &mut Option<bool>) -> Result<(), String> {
+        let (status, body) = call(base, "PUT", &format!("/v1/catalog/leases/{lease}/renew"), None).await?;
+        if status != 200 {
+            return Err(format!("renew: {status} {body}"));
+        }
+        if *reported != Some(passing) {
+            let path = format!("/v1/catalog/services/{}/instances/{}/health", self.service, self.id);
+            let status_word = if passing { "passing" } else { "critical" };
+            let (status, body) = call(base, "PUT", &path, Some(&json!({"status": status_word}))).await?;
+            if status != 200 {
+                return Err(format!("health: {status} {body}"));
+            }
+            *reported = Some(passing);
+        }
+        Ok(())
+    }
+
+    /// Removes the instance from the catalog (best effort over every server).
+    pub async fn deregister(&self) -> bool {
+        let path = format!("/v1/catalog/services/{}/instances/{}", self.service, self.id);
+        for base in &self.servers {
+            if let Ok((status, _)) = call(base, "DELETE", &path, None).await {
+                if status == 200 || status == 404 {
+                    tracing::info!(service = %self.service, id = %self.id, "deregistered");
+                    return true;
+                }
+            }
+        }
+        false
+    }
+}
