@@ -349,3 +349,37 @@ async fn proxies(AxState(api): AxState<Api>, q: Q) -> ApiResult {
         .collect();
     Ok(with_index(server_revision, Json(json!({"revision": at, "items": items}))))
 }
+
+#[cfg(test)]
+mod tests {
+    /// Every route the router serves, as OpenAPI spells it.
+    const ROUTES: &[&str] = &[
+        "/v1/openapi.json",
+        "/v1/status",
+        "/v1/config",
+        "/v1/config/{kind}",
+        "/v1/config/{kind}/{name}",
+        "/v1/kv",
+        "/v1/kv/{*key}",
+        "/v1/catalog/services",
+        "/v1/catalog/services/{service}",
+        "/v1/catalog/register",
+        "/v1/catalog/leases/{lease}/renew",
+        "/v1/catalog/services/{service}/instances/{id}/health",
+        "/v1/catalog/services/{service}/instances/{id}",
+        "/v1/proxies",
+    ];
+
+    #[test]
+    fn the_openapi_document_covers_every_route() {
+        let doc: serde_json::Value = serde_json::from_str(super::OPENAPI).unwrap();
+        let src = include_str!("api.rs");
+        for route in ROUTES {
+            assert!(src.contains(&format!("\"{route}\"")), "{route} is not in the router");
+            let spelled = route.replace("{*key}", "{key}");
+            assert!(doc["paths"].get(&spelled).is_some(), "{spelled} missing from openapi.json");
+        }
+        let routed = src.matches(".route(").count() - 1; // minus the word in this test
+        assert_eq!(routed, ROUTES.len(), "a route was added without being listed here");
+    }
+}

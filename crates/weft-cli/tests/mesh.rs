@@ -1,0 +1,366 @@
+//! The mesh end to end: `weft server`, sidecars beside `weft echo` apps, the CLI.
+//! Real binaries, real sockets, loopback only.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use weft_testkit::mesh::{api_get, http, server, server_at, sidecar, weft_cli, Server, Sidecar};
+use weft_testkit::{echo, eventually, temp_dir, Echo};
+
+fn weft() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_weft"))
+}
+
+/// Which app answered: the echo's `x-echo-name`, read from its JSON body.
+fn who(addr: SocketAddr) -> Result<String, String> {
+    match http(addr, "GET", "/hello", b"") {
+        Ok((200, body)) => {
+            let v: serde_json::Value = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
+            Ok(v["name"].as_str().unwrap_or("?").to_string())
+        }
+        Ok((status, body)) => Err(format!("{status} {}", String::from_utf8_lossy(&body))),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn tally(addr: SocketAddr, n: usize) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    for _ in 0..n {
+        let k = who(addr).unwrap_or_else(|e| format!("error: {e}"));
+        *out.entry(k).or_default() += 1;
+    }
+    out
+}
+
+fn apply(server: &Server, yaml: &str, extra: &[&str]) -> (bool, String, String) {
+    let path = temp_dir().join("mesh.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let mut args = vec!["apply", "-f", path.to_str().unwrap(), "--server"];
+    let url = server.url();
+    args.push(&url);
+    args.extend_from_slice(extra);
+    weft_cli(&weft(), &args)
+}
+
+struct Instance {
+    app: Echo,
+    sidecar: Sidecar,
+}
+
+fn instance(server: &Server, service: &str, id: &str, extra: &[&str]) -> Instance {
+    let app = echo(&weft(), id, &[]);
+    let sidecar = sidecar(&weft(), &server.url(), service, id, app.addr, extra);
+    sidecar.wait_synced();
+    Instance { app, sidecar }
+}
+
+#[test]
+fn register_discover_route_and_follow_changes() {
+    let s = server(&weft());
+    let _b1 = instance(&s, "b", "b-1", &["--health", "http:/"]);
+    let mut b2 = instance(&s, "b", "b-2", &["--health", "http:/"]);
+    let a = instance(&s, "a", "a-1", &["--upstream", "b=127.0.0.1:0"]);
+    let out = a.sidecar.listener("out-b");
+
+    // A's calls reach both instances of B.
+    eventually("both b instances answer", Duration::from_secs(10), || {
+        let t = tally(out, 20);
+        (t.get("b-1").is_some() && t.get("b-2").is_some() && t.len() == 2).then_some(())
+    });
+
+    // A new instance receives traffic once registered.
+    let b3 = instance(&s, "b", "b-3", &["--health", "http:/"]);
+    eventually("b-3 receives traffic", Duration::from_secs(10), || {
+        tally(out, 30).contains_key("b-3").then_some(())
+    });
+
+    // kill -9 a sidecar: its instance leaves when the lease (2 s) lapses; retries on
+    // connect failure keep callers whole meanwhile.
+    b2.sidecar.proc.child.kill().unwrap();
+    b2.sidecar.proc.child.wait().unwrap();
+    eventually("b-2 leaves the catalog", Duration::from_secs(10), || {
+        let v = api_get(s.addr, "/v1/catalog/services/b");
+        let ids: Vec<String> = v["items"].as_array().unwrap().iter().map(|i| i["id"].as_str().unwrap().to_string()).collect();
+        (!ids.contains(&"b-2".to_string())).then_some(())
+    });
+    // Only live instances answer, and no call fails (the balancer may favour either).
+    let t = tally(out, 30);
+    assert!(t.keys().all(|k| k == "b-1" || k == "b-3"), "{t:?}");
+
+    // A failed health check takes an instance out while its sidecar lives on.
+    drop(b3.app);
+    eventually("b-3 reported critical", Duration::from_secs(10), || {
+        let v = api_get(s.addr, "/v1/catalog/services/b");
+        v["items"].as_array().unwrap().iter()
+            .any(|i| i["id"] == "b-3" && i["health"] == "critical")
+            .then_some(())
+    });
+    eventually("only b-1 answers", Duration::from_secs(10), || {
+        let t = tally(out, 20);
+        (t.len() == 1 && t.contains_key("b-1")).then_some(())
+    });
+    drop(b2);
+
+    // A mesh route moves traffic by weight; --wait returns once every proxy applied it.
+    let _v2 = instance(&s, "b-v2", "b-v2-1", &[]);
+    let (ok, stdout, stderr) = apply(
+        &s,
+        "kind: Service\nmetadata: {name: b}\nspec: {}\n---\nkind: Service\nmetadata: {name: b-v2}\nspec: {}\n---\n\
+         kind: HTTPRoute\nmetadata: {name: b-split}\nspec:\n  parentRefs: [{kind: Service, name: b}]\n  rules:\n    - backendRefs: [{name: b, weight: 0}, {name: b-v2, weight: 1}]\n",
+        &["--wait", "--timeout", "10s"],
+    );
+    assert!(ok, "{stdout}\n{stderr}");
+    assert!(stdout.contains("applied by all"), "{stdout}");
+    let t = tally(out, 20);
+    assert_eq!(t.keys().cloned().collect::<Vec<_>>(), ["b-v2-1"], "{t:?}");
+
+    // `weft status` lists every proxy as current.
+    let (ok, stdout, _) = weft_cli(&weft(), &["status", "--server", &s.url()]);
+    assert!(ok);
+    for id in ["a-1", "b-1", "b-3", "b-v2-1"] {
+        assert!(stdout.lines().any(|l| l.starts_with(id) && l.contains("current")), "{id}: {stdout}");
+    }
+    drop(a);
+}
+
+#[test]
+fn a_refused_update_keeps_the_last_good_configuration_and_is_reported() {
+    let s = server(&weft());
+    let _b = instance(&s, "b", "b-1", &[]);
+    let a = instance(&s, "a", "a-1", &["--upstream", "b=127.0.0.1:0"]);
+    let out = a.sidecar.listener("out-b");
+    eventually("b answers", Duration::from_secs(10), || (who(out).ok()? == "b-1").then_some(()));
+
+    // Valid for the server (the model), refused by the sidecar (the CA file is missing).
+    let (ok, stdout, stderr) = apply(
+        &s,
+        "kind: Service\nmetadata: {name: b}\nspec:\n  tls: {caFile: /nonexistent/ca.pem}\n",
+        &["--wait", "--timeout", "3s"],
+    );
+    assert!(!ok, "{stdout}");
+    assert!(stderr.contains("a-1") && stderr.contains("/nonexistent/ca.pem"), "{stderr}");
+    // The sidecar keeps routing with its last good version.
+    for _ in 0..10 {
+        assert_eq!(who(out).unwrap(), "b-1");
+    }
+    let (_, status, _) = weft_cli(&weft(), &["status", "--server", &s.url()]);
+    assert!(status.lines().any(|l| l.starts_with("a-1") && l.contains("NACK")), "{status}");
+
+    // Fixing the resource brings it back to current.
+    let (ok, stdout, stderr) = apply(&s, "kind: Service\nmetadata: {name: b}\nspec: {}\n", &["--wait", "--timeout", "10s"]);
+    assert!(ok, "{stdout}\n{stderr}");
+}
+
+#[test]
+fn with_the_control_plane_down_for_30_s_no_request_fails() {
+    let weft = weft();
+    let s = server(&weft);
+    let _b1 = instance(&s, "b", "b-1", &[]);
+    let _b2 = instance(&s, "b", "b-2", &[]);
+    let a = instance(&s, "a", "a-1", &["--upstream", "b=127.0.0.1:0"]);
+    let out = a.sidecar.listener("out-b");
+    eventually("both b instances answer", Duration::from_secs(10), || {
+        (tally(out, 20).len() == 2).then_some(())
+    });
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let load = {
+        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+        std::thread::spawn(move || {
+            let mut errors = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                match who(out) {
+                    Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
+                    Err(e) => {
+                        errors.push(e);
+                        failed.fetch_add(1, Ordering::Relaxed)
+                    }
+                };
+            }
+            errors
+        })
+    };
+    // kill -9 the server, stay down 30 s, come back on the same address and store.
+    let (addr, data) = (s.addr, s.data_dir.clone());
+    let mut s = s;
+    s.proc.child.kill().unwrap();
+    s.proc.child.wait().unwrap();
+    let before = ok.load(Ordering::Relaxed);
+    std::thread::sleep(Duration::from_secs(30));
+    let during = ok.load(Ordering::Relaxed) - before;
+    let s = server_at(&weft, &addr.to_string(), &data);
+    // Every sidecar reconnects and is current again; the instances kept their places.
+    eventually("all three proxies current again", Duration::from_secs(20), || {
+        let v = api_get(s.addr, "/v1/proxies");
+        let items = v["items"].as_array()?;
+        (items.len() == 3 && items.iter().all(|p| p["current"] == true)).then_some(())
+    });
+    let v = api_get(s.addr, "/v1/catalog/services/b");
+    assert_eq!(v["items"].as_array().unwrap().len(), 2, "{v}");
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, Ordering::Relaxed);
+    let errors = load.join().unwrap();
+    assert!(during > 100, "load kept running while the server was down: {during} requests");
+    assert_eq!(failed.load(Ordering::Relaxed), 0, "failed requests: {:?}", &errors[..errors.len().min(5)]);
+    eprintln!("{} requests, {during} while the control plane was down, 0 failed", ok.load(Ordering::Relaxed));
+}
+
+#[test]
+fn every_acknowledged_write_survives_kill_9() {
+    let weft = weft();
+    let s = server(&weft);
+    let addr = s.addr;
+    // Writers stream puts; each key acknowledged (200) is recorded.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut acked = Vec::new();
+                for i in 0.. {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let key = format!("crash/w{w}/k{i:06}");
+                    let value = format!("value-{w}-{i}");
+                    match http(addr, "PUT", &format!("/v1/kv/{key}"), value.as_bytes()) {
+                        Ok((200, _)) => acked.push((key, value)),
+                        _ => break, // the server is gone: this write was not acknowledged
+                    }
+                }
+                acked
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut s = s;
+    s.proc.child.kill().unwrap(); // SIGKILL mid-stream
+    s.proc.child.wait().unwrap();
+    stop.store(true, Ordering::Relaxed);
+    let acked: Vec<(String, String)> = writers.into_iter().flat_map(|w| w.join().unwrap()).collect();
+    assert!(acked.len() > 20, "only {} writes acknowledged before the kill", acked.len());
+
+    let s = server_at(&weft, "127.0.0.1:0", &s.data_dir);
+    let mut missing = Vec::new();
+    for (key, value) in &acked {
+        match http(s.addr, "GET", &format!("/v1/kv/{key}?raw=true"), b"") {
+            Ok((200, body)) if body == value.as_bytes() => {}
+            other => missing.push(format!("{key}: {other:?}")),
+        }
+    }
+    assert!(missing.is_empty(), "{} of {} acknowledged writes lost: {:?}", missing.len(), acked.len(), &missing[..missing.len().min(5)]);
+    eprintln!("{} acknowledged writes, all present after kill -9 and restart", acked.len());
+}
+
+#[test]
+fn bad_input_is_refused_whole_and_changes_nothing() {
+    let s = server(&weft());
+    let good = "kind: Service\nmetadata: {name: api}\nspec: {retry: {attempts: 3}}\n";
+    let (ok, _, stderr) = apply(&s, good, &[]);
+    assert!(ok, "{stderr}");
+    let before = api_get(s.addr, "/v1/config");
+
+    let cases: &[(&str, &str)] = &[
+        ("kind: Service\nmetadata: {name: api\n", "YAML syntax"),
+        ("kind: Frobnicator\nmetadata: {name: x}\nspec: {}\n", "unknown kind `Frobnicator`"),
+        // The second document is bad: the first must not be applied either.
+        ("kind: Service\nmetadata: {name: web}\nspec: {}\n---\nkind: HTTPRoute\nmetadata: {name: r}\nspec:\n  parentRefs: [{kind: Service, name: web}]\n  rules: [{backendRefs: [{name: missing}]}]\n", "unknown Service `missing`"),
+        ("kind: Service\nmetadata: {name: api}\nspec: {retry: {attempts: lots}}\n", "mesh.yaml:3"),
+        ("kind: Service\nmetadata: {name: Bad_Name}\nspec: {}\n", "a name is"),
+        ("kind: Service\nmetadata: {name: x}\nspec: {}\n---\nkind: Service\nmetadata: {name: x}\nspec: {}\n", "appears twice"),
+    ];
+    for (yaml, expect) in cases {
+        let (ok, stdout, stderr) = apply(&s, yaml, &[]);
+        assert!(!ok, "accepted:\n{yaml}\n{stdout}");
+        assert!(stderr.contains(expect), "expected `{expect}` in:\n{stderr}");
+        assert!(stderr.contains("nothing was changed") || stderr.contains("YAML"), "{stderr}");
+        assert_eq!(api_get(s.addr, "/v1/config")["items"], before["items"], "state changed after:\n{yaml}");
+    }
+
+    // Deleting a service a route still uses is refused, naming the route.
+    let (ok, _, stderr) = apply(&s, "kind: HTTPRoute\nmetadata: {name: to-api}\nspec:\n  parentRefs: [{kind: Service, name: api}]\n  rules: [{backendRefs: [{name: api}]}]\n", &[]);
+    assert!(ok, "{stderr}");
+    let (ok, _, stderr) = weft_cli(&weft(), &["delete", "service", "api", "--server", &s.url()]);
+    assert!(!ok);
+    assert!(stderr.contains("HTTPRoute/to-api"), "{stderr}");
+
+    // Dry run shows the diff and writes nothing.
+    let (ok, stdout, _) = apply(&s, "kind: Service\nmetadata: {name: api}\nspec: {retry: {attempts: 5}}\n", &["--dry-run"]);
+    assert!(ok);
+    assert!(stdout.contains("Service/api configured (dry run)") && stdout.contains("+") && stdout.contains("5"), "{stdout}");
+    assert_eq!(api_get(s.addr, "/v1/config/service/api")["spec"]["retry"]["attempts"], 3);
+
+    // KV: oversized value, bad key, failed CAS, malformed API bodies — JSON errors.
+    let big = vec![b'x'; 600 * 1024];
+    let (status, body) = http(s.addr, "PUT", "/v1/kv/app/big", &big).unwrap();
+    assert_eq!(status, 413, "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).contains("\"too-large\""));
+    let (status, _) = http(s.addr, "PUT", "/v1/kv/a/../b", b"1").unwrap();
+    assert_eq!(status, 400);
+    let (status, _) = http(s.addr, "PUT", "/v1/kv/flag?cas=0", b"on").unwrap();
+    assert_eq!(status, 200);
+    let (status, body) = http(s.addr, "PUT", "/v1/kv/flag?cas=0", b"off").unwrap();
+    assert_eq!(status, 409, "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).contains("\"cas-failed\""));
+    assert_eq!(api_get(s.addr, "/v1/kv/flag")["value"], "on");
+    let (status, body) = http(s.addr, "POST", "/v1/catalog/register", b"{\"service\": 7").unwrap();
+    assert_eq!(status, 400);
+    assert!(String::from_utf8_lossy(&body).contains("\"invalid-body\""));
+    let (status, _) = http(s.addr, "POST", "/v1/catalog/register", br#"{"service":"x","id":"1","address":"not-an-ip","port":80}"#).unwrap();
+    assert_eq!(status, 400);
+}
+
+#[test]
+fn kv_pages_and_watches() {
+    let s = server(&weft());
+    for i in 0..25 {
+        let (status, _) = http(s.addr, "PUT", &format!("/v1/kv/cfg/k{i:02}"), format!("{i}").as_bytes()).unwrap();
+        assert_eq!(status, 200);
+    }
+    // Pagination: 10 + 10 + 5, in order, with `next` tokens.
+    let mut seen = Vec::new();
+    let mut after = String::new();
+    loop {
+        let path = if after.is_empty() { "/v1/kv?prefix=cfg/&limit=10".to_string() } else { format!("/v1/kv?prefix=cfg/&limit=10&after={after}") };
+        let page = api_get(s.addr, &path);
+        seen.extend(page["items"].as_array().unwrap().iter().map(|e| e["key"].as_str().unwrap().to_string()));
+        match page["next"].as_str() {
+            Some(n) => after = n.to_string(),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 25);
+    assert!(seen.windows(2).all(|w| w[0] < w[1]));
+
+    // A long-poll on a key returns when it changes.
+    let current = api_get(s.addr, "/v1/kv/cfg/k03")["modRevision"].as_u64().unwrap();
+    let addr = s.addr;
+    let waiter = std::thread::spawn(move || http(addr, "GET", &format!("/v1/kv/cfg/k03?index={current}&wait=20s"), b"").unwrap());
+    std::thread::sleep(Duration::from_millis(300));
+    http(s.addr, "PUT", "/v1/kv/cfg/k04", b"other key").unwrap();
+    http(s.addr, "PUT", "/v1/kv/cfg/k03", b"changed").unwrap();
+    let (status, body) = waiter.join().unwrap();
+    assert_eq!(status, 200);
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["value"], "changed");
+
+    // `weft kv watch` prints each change.
+    let mut cmd = std::process::Command::new(weft());
+    cmd.args(["kv", "watch", "cfg/k05", "--server", &s.url()]);
+    let watch = weft_testkit::Proc::spawn(cmd); // first line: the current value
+    assert_eq!(watch.ready["value"], "5");
+    http(s.addr, "PUT", "/v1/kv/cfg/k05", b"five").unwrap();
+    let line = watch.lines.recv_timeout(Duration::from_secs(10)).expect("a change line");
+    assert!(line.contains("\"five\""), "{line}");
+
+    // The OpenAPI document lists every route the server answers.
+    let doc = api_get(s.addr, "/v1/openapi.json");
+    for path in ["/v1/config", "/v1/kv/{key}", "/v1/catalog/register", "/v1/proxies", "/v1/status"] {
+        assert!(doc["paths"].get(path).is_some(), "{path} missing from openapi.json");
+    }
+}
