@@ -44,14 +44,22 @@ pub async fn api(
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
     if !(200..300).contains(&status) {
-        let code = value.pointer("/error/code").and_then(Value::as_str).unwrap_or("");
+        let code = value
+            .pointer("/error/code")
+            .and_then(Value::as_str)
+            .unwrap_or("");
         let message = value
             .pointer("/error/message")
             .and_then(Value::as_str)
             .map(str::to_string)
             .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
         let mut text = format!("{message} ({status} {code})");
-        for d in value.pointer("/error/details").and_then(Value::as_array).into_iter().flatten() {
+        for d in value
+            .pointer("/error/details")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
             text.push_str(&format!("\n  {}", d.as_str().unwrap_or_default()));
         }
         bail!(text);
@@ -60,14 +68,25 @@ pub async fn api(
 }
 
 async fn get_json(server: &str, path: &str) -> anyhow::Result<Value> {
-    Ok(api(server, "GET", path, Bytes::new(), "application/json", Duration::from_secs(10)).await?.0)
+    Ok(api(
+        server,
+        "GET",
+        path,
+        Bytes::new(),
+        "application/json",
+        Duration::from_secs(10),
+    )
+    .await?
+    .0)
 }
 
 /// Percent-encodes a query value or path segment.
 pub fn encode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
             b'/' => "/".to_string(),
             _ => format!("%{b:02X}"),
         })
@@ -75,16 +94,34 @@ pub fn encode(s: &str) -> String {
 }
 
 /// `weft apply -f FILE [--dry-run] [--wait]`.
-pub async fn apply(server: &str, file: &std::path::Path, dry_run: bool, wait: Option<Duration>) -> anyhow::Result<()> {
+pub async fn apply(
+    server: &str,
+    file: &std::path::Path,
+    dry_run: bool,
+    wait: Option<Duration>,
+) -> anyhow::Result<()> {
     let text = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
     let path = format!(
         "/v1/config?dryRun={dry_run}&file={}",
         encode(&file.display().to_string())
     );
-    let (outcome, _) = api(server, "POST", &path, Bytes::from(text), "application/yaml", Duration::from_secs(30)).await?;
+    let (outcome, _) = api(
+        server,
+        "POST",
+        &path,
+        Bytes::from(text),
+        "application/yaml",
+        Duration::from_secs(30),
+    )
+    .await?;
     for c in outcome["changes"].as_array().into_iter().flatten() {
         let suffix = if dry_run { " (dry run)" } else { "" };
-        say!("{}/{} {}{suffix}", c["kind"].as_str().unwrap_or(""), c["name"].as_str().unwrap_or(""), c["action"].as_str().unwrap_or(""));
+        say!(
+            "{}/{} {}{suffix}",
+            c["kind"].as_str().unwrap_or(""),
+            c["name"].as_str().unwrap_or(""),
+            c["action"].as_str().unwrap_or("")
+        );
         if dry_run {
             if let Some(diff) = c["diff"].as_str() {
                 for line in diff.lines() {
@@ -107,22 +144,40 @@ pub async fn wait_for_proxies(server: &str, revision: u64, max: Duration) -> any
     loop {
         let status = get_json(server, &format!("/v1/proxies?revision={revision}")).await?;
         let items = status["items"].as_array().cloned().unwrap_or_default();
-        let behind: Vec<&Value> = items.iter().filter(|p| p["current"] != Value::Bool(true)).collect();
+        let behind: Vec<&Value> = items
+            .iter()
+            .filter(|p| p["current"] != Value::Bool(true))
+            .collect();
         if behind.is_empty() {
-            say!("applied by all {} proxies (revision {revision})", items.len());
+            say!(
+                "applied by all {} proxies (revision {revision})",
+                items.len()
+            );
             return Ok(());
         }
         if tokio::time::Instant::now() >= deadline {
-            let mut text = format!("{} of {} proxies have not applied revision {revision}:", behind.len(), items.len());
+            let mut text = format!(
+                "{} of {} proxies have not applied revision {revision}:",
+                behind.len(),
+                items.len()
+            );
             for p in behind {
                 let why = if let Some(n) = p.get("nack") {
-                    format!("refused version {}: {}", n["version"], n["error"].as_str().unwrap_or(""))
+                    format!(
+                        "refused version {}: {}",
+                        n["version"],
+                        n["error"].as_str().unwrap_or("")
+                    )
                 } else if let Some(v) = p.get("pending") {
                     format!("update {v} sent, not yet acknowledged")
                 } else {
                     format!("current at revision {}", p["currentAt"])
                 };
-                text.push_str(&format!("\n  {} ({}): {why}", p["proxyId"].as_str().unwrap_or(""), p["service"].as_str().unwrap_or("")));
+                text.push_str(&format!(
+                    "\n  {} ({}): {why}",
+                    p["proxyId"].as_str().unwrap_or(""),
+                    p["service"].as_str().unwrap_or("")
+                ));
             }
             bail!(text);
         }
@@ -133,7 +188,13 @@ pub async fn wait_for_proxies(server: &str, revision: u64, max: Duration) -> any
 /// `weft get KIND [NAME] [-o yaml|json]`.
 pub async fn get(server: &str, kind: &str, name: Option<&str>, output: &str) -> anyhow::Result<()> {
     let value = match name {
-        Some(n) => get_json(server, &format!("/v1/config/{}/{}", encode(kind), encode(n))).await?,
+        Some(n) => {
+            get_json(
+                server,
+                &format!("/v1/config/{}/{}", encode(kind), encode(n)),
+            )
+            .await?
+        }
         None => {
             let mut items = Vec::new();
             let mut after: Option<String> = None;
@@ -168,11 +229,27 @@ pub async fn get(server: &str, kind: &str, name: Option<&str>, output: &str) -> 
 
 /// `weft delete KIND NAME [--dry-run]`.
 pub async fn delete(server: &str, kind: &str, name: &str, dry_run: bool) -> anyhow::Result<()> {
-    let path = format!("/v1/config/{}/{}?dryRun={dry_run}", encode(kind), encode(name));
-    let (outcome, _) = api(server, "DELETE", &path, Bytes::new(), "application/json", Duration::from_secs(30)).await?;
+    let path = format!(
+        "/v1/config/{}/{}?dryRun={dry_run}",
+        encode(kind),
+        encode(name)
+    );
+    let (outcome, _) = api(
+        server,
+        "DELETE",
+        &path,
+        Bytes::new(),
+        "application/json",
+        Duration::from_secs(30),
+    )
+    .await?;
     for c in outcome["changes"].as_array().into_iter().flatten() {
         let suffix = if dry_run { " (dry run)" } else { "" };
-        say!("{}/{} deleted{suffix}", c["kind"].as_str().unwrap_or(""), c["name"].as_str().unwrap_or(""));
+        say!(
+            "{}/{} deleted{suffix}",
+            c["kind"].as_str().unwrap_or(""),
+            c["name"].as_str().unwrap_or("")
+        );
     }
     Ok(())
 }
@@ -183,10 +260,28 @@ pub async fn kv(server: &str, cmd: crate::KvCommand) -> anyhow::Result<()> {
     let t = Duration::from_secs(10);
     match cmd {
         K::Get { key } => {
-            let (_, raw) = api(server, "GET", &format!("/v1/kv/{}?raw=true", encode(&key)), Bytes::new(), "application/json", t).await?;
+            let (_, raw) = api(
+                server,
+                "GET",
+                &format!("/v1/kv/{}?raw=true", encode(&key)),
+                Bytes::new(),
+                "application/json",
+                t,
+            )
+            .await?;
             use std::io::Write;
             let mut out = std::io::stdout().lock();
-            if out.write_all(&raw).and_then(|()| if raw.ends_with(b"\n") { Ok(()) } else { out.write_all(b"\n") }).is_err() {
+            if out
+                .write_all(&raw)
+                .and_then(|()| {
+                    if raw.ends_with(b"\n") {
+                        Ok(())
+                    } else {
+                        out.write_all(b"\n")
+                    }
+                })
+                .is_err()
+            {
                 std::process::exit(0);
             }
         }
@@ -195,7 +290,15 @@ pub async fn kv(server: &str, cmd: crate::KvCommand) -> anyhow::Result<()> {
             if let Some(c) = cas {
                 path.push_str(&format!("?cas={c}"));
             }
-            let (v, _) = api(server, "PUT", &path, Bytes::from(value), "application/octet-stream", t).await?;
+            let (v, _) = api(
+                server,
+                "PUT",
+                &path,
+                Bytes::from(value),
+                "application/octet-stream",
+                t,
+            )
+            .await?;
             say!("{key} written (modRevision {})", v["modRevision"]);
         }
         K::Delete { key, recurse, cas } => {
@@ -215,8 +318,14 @@ pub async fn kv(server: &str, cmd: crate::KvCommand) -> anyhow::Result<()> {
                 }
                 let page = get_json(server, &path).await?;
                 for e in page["items"].as_array().into_iter().flatten() {
-                    let value = e["value"].as_str().map_or_else(|| format!("({} bytes)", e["size"]), str::to_string);
-                    say!("{}\t{}\t{value}", e["key"].as_str().unwrap_or(""), e["modRevision"]);
+                    let value = e["value"]
+                        .as_str()
+                        .map_or_else(|| format!("({} bytes)", e["size"]), str::to_string);
+                    say!(
+                        "{}\t{}\t{value}",
+                        e["key"].as_str().unwrap_or(""),
+                        e["modRevision"]
+                    );
                 }
                 match page["next"].as_str() {
                     Some(n) => after = Some(n.to_string()),
@@ -234,13 +343,22 @@ pub async fn kv(server: &str, cmd: crate::KvCommand) -> anyhow::Result<()> {
                 } else {
                     format!("/v1/kv/{}?index={index}&wait=60s", encode(&key))
                 };
-                let (status, at, bytes) = request(server, "GET", &path, Bytes::new(), "application/json", Duration::from_secs(90))
-                    .await
-                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                let (status, at, bytes) = request(
+                    server,
+                    "GET",
+                    &path,
+                    Bytes::new(),
+                    "application/json",
+                    Duration::from_secs(90),
+                )
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
                 let at = match at {
                     Some(at) => at,
                     // A 404 carries no index: take the server's current revision.
-                    None => get_json(server, "/v1/status").await?["revision"].as_u64().unwrap_or(index),
+                    None => get_json(server, "/v1/status").await?["revision"]
+                        .as_u64()
+                        .unwrap_or(index),
                 };
                 let shown = match status {
                     200 => String::from_utf8_lossy(&bytes).into_owned(),
@@ -266,7 +384,12 @@ pub async fn catalog(server: &str, service: Option<&str>) -> anyhow::Result<()> 
             let v = get_json(server, "/v1/catalog/services").await?;
             say!("{:<30} {:>9} {:>8}", "SERVICE", "INSTANCES", "HEALTHY");
             for s in v["items"].as_array().into_iter().flatten() {
-                say!("{:<30} {:>9} {:>8}", s["name"].as_str().unwrap_or(""), s["instances"].to_string(), s["healthy"].to_string());
+                say!(
+                    "{:<30} {:>9} {:>8}",
+                    s["name"].as_str().unwrap_or(""),
+                    s["instances"].to_string(),
+                    s["healthy"].to_string()
+                );
             }
         }
         Some(name) => {
@@ -290,13 +413,31 @@ pub async fn catalog(server: &str, service: Option<&str>) -> anyhow::Result<()> 
 pub async fn status(server: &str) -> anyhow::Result<()> {
     let s = get_json(server, "/v1/status").await?;
     let revision = s["revision"].as_u64().unwrap_or(0);
-    say!("server {server}: store {}, revision {revision}, {} proxies", s["store"].as_str().unwrap_or(""), s["proxies"]);
+    say!(
+        "server {server}: store {}, revision {revision}, {} proxies",
+        s["store"].as_str().unwrap_or(""),
+        s["proxies"]
+    );
     let p = get_json(server, &format!("/v1/proxies?revision={revision}")).await?;
-    say!("{:<40} {:<20} {:<9} {:>10} DETAIL", "PROXY", "SERVICE", "STATE", "CURRENT AT");
+    say!(
+        "{:<40} {:<20} {:<9} {:>10} DETAIL",
+        "PROXY",
+        "SERVICE",
+        "STATE",
+        "CURRENT AT"
+    );
     for i in p["items"].as_array().into_iter().flatten() {
-        let state = if i["current"] == Value::Bool(true) { "current" } else { "behind" };
+        let state = if i["current"] == Value::Bool(true) {
+            "current"
+        } else {
+            "behind"
+        };
         let detail = match (i.get("nack"), i.get("pending")) {
-            (Some(n), _) => format!("NACK {}: {}", n["version"], n["error"].as_str().unwrap_or("")),
+            (Some(n), _) => format!(
+                "NACK {}: {}",
+                n["version"],
+                n["error"].as_str().unwrap_or("")
+            ),
             (None, Some(v)) => format!("update {v} not yet acknowledged"),
             _ => String::new(),
         };

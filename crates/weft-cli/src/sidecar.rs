@@ -101,7 +101,10 @@ pub async fn run(args: SidecarArgs) -> anyhow::Result<()> {
         .collect::<anyhow::Result<Vec<_>>>()?;
     let admin = match args.admin.as_str() {
         "off" => None,
-        a => Some(a.parse::<SocketAddr>().with_context(|| format!("--admin {a}: expected IP:PORT or off"))?),
+        a => Some(
+            a.parse::<SocketAddr>()
+                .with_context(|| format!("--admin {a}: expected IP:PORT or off"))?,
+        ),
     };
     let id = args
         .id
@@ -148,8 +151,10 @@ pub async fn run(args: SidecarArgs) -> anyhow::Result<()> {
         check,
         interval: args.health_interval,
     };
-    let listeners_json: serde_json::Map<String, serde_json::Value> =
-        listeners.iter().map(|(n, a)| (n.clone(), a.to_string().into())).collect();
+    let listeners_json: serde_json::Map<String, serde_json::Value> = listeners
+        .iter()
+        .map(|(n, a)| (n.clone(), a.to_string().into()))
+        .collect();
     println!(
         "{}",
         serde_json::json!({"event": "ready", "id": id, "listeners": listeners_json, "admin": proxy.admin.map(|a| a.to_string())})

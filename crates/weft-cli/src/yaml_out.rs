@@ -76,9 +76,13 @@ fn scalar(v: &Value) -> String {
 
 fn string(s: &str) -> String {
     let plain = !s.is_empty()
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./*".contains(c))
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./*".contains(c))
         && !s.starts_with(['-', '.', '*'])
-        && !matches!(s.to_ascii_lowercase().as_str(), "true" | "false" | "null" | "yes" | "no" | "on" | "off" | "~")
+        && !matches!(
+            s.to_ascii_lowercase().as_str(),
+            "true" | "false" | "null" | "yes" | "no" | "on" | "off" | "~"
+        )
         && s.parse::<f64>().is_err();
     if plain {
         s.to_string()

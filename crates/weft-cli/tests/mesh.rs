@@ -38,8 +38,9 @@ fn tally(addr: SocketAddr, n: usize) -> BTreeMap<String, usize> {
 
 fn apply(server: &Server, yaml: &str, extra: &[&str]) -> (bool, String, String) {
     let path = temp_dir().join("mesh.yaml");
-    std::fs::write(&path, yaml).unwrap();
-    let mut args = vec!["apply", "-f", path.to_str().unwrap(), "--server"];
+    std::fs::write(&path, yaml).expect("write the file");
+    let path = path.display().to_string();
+    let mut args = vec!["apply", "-f", &path, "--server"];
     let url = server.url();
     args.push(&url);
     args.extend_from_slice(extra);
@@ -69,7 +70,7 @@ fn register_discover_route_and_follow_changes() {
     // A's calls reach both instances of B.
     eventually("both b instances answer", Duration::from_secs(10), || {
         let t = tally(out, 20);
-        (t.get("b-1").is_some() && t.get("b-2").is_some() && t.len() == 2).then_some(())
+        (t.contains_key("b-1") && t.contains_key("b-2") && t.len() == 2).then_some(())
     });
 
     // A new instance receives traffic once registered.
@@ -84,7 +85,12 @@ fn register_discover_route_and_follow_changes() {
     b2.sidecar.proc.child.wait().unwrap();
     eventually("b-2 leaves the catalog", Duration::from_secs(10), || {
         let v = api_get(s.addr, "/v1/catalog/services/b");
-        let ids: Vec<String> = v["items"].as_array().unwrap().iter().map(|i| i["id"].as_str().unwrap().to_string()).collect();
+        let ids: Vec<String> = v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["id"].as_str().unwrap().to_string())
+            .collect();
         (!ids.contains(&"b-2".to_string())).then_some(())
     });
     // Only live instances answer, and no call fails (the balancer may favour either).
@@ -95,7 +101,10 @@ fn register_discover_route_and_follow_changes() {
     drop(b3.app);
     eventually("b-3 reported critical", Duration::from_secs(10), || {
         let v = api_get(s.addr, "/v1/catalog/services/b");
-        v["items"].as_array().unwrap().iter()
+        v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
             .any(|i| i["id"] == "b-3" && i["health"] == "critical")
             .then_some(())
     });
@@ -122,7 +131,12 @@ fn register_discover_route_and_follow_changes() {
     let (ok, stdout, _) = weft_cli(&weft(), &["status", "--server", &s.url()]);
     assert!(ok);
     for id in ["a-1", "b-1", "b-3", "b-v2-1"] {
-        assert!(stdout.lines().any(|l| l.starts_with(id) && l.contains("current")), "{id}: {stdout}");
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.starts_with(id) && l.contains("current")),
+            "{id}: {stdout}"
+        );
     }
     drop(a);
 }
@@ -133,7 +147,9 @@ fn a_refused_update_keeps_the_last_good_configuration_and_is_reported() {
     let _b = instance(&s, "b", "b-1", &[]);
     let a = instance(&s, "a", "a-1", &["--upstream", "b=127.0.0.1:0"]);
     let out = a.sidecar.listener("out-b");
-    eventually("b answers", Duration::from_secs(10), || (who(out).ok()? == "b-1").then_some(()));
+    eventually("b answers", Duration::from_secs(10), || {
+        (who(out).ok()? == "b-1").then_some(())
+    });
 
     // Valid for the server (the model), refused by the sidecar (the CA file is missing).
     let (ok, stdout, stderr) = apply(
@@ -142,16 +158,28 @@ fn a_refused_update_keeps_the_last_good_configuration_and_is_reported() {
         &["--wait", "--timeout", "3s"],
     );
     assert!(!ok, "{stdout}");
-    assert!(stderr.contains("a-1") && stderr.contains("/nonexistent/ca.pem"), "{stderr}");
+    assert!(
+        stderr.contains("a-1") && stderr.contains("/nonexistent/ca.pem"),
+        "{stderr}"
+    );
     // The sidecar keeps routing with its last good version.
     for _ in 0..10 {
         assert_eq!(who(out).unwrap(), "b-1");
     }
     let (_, status, _) = weft_cli(&weft(), &["status", "--server", &s.url()]);
-    assert!(status.lines().any(|l| l.starts_with("a-1") && l.contains("NACK")), "{status}");
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("a-1") && l.contains("NACK")),
+        "{status}"
+    );
 
     // Fixing the resource brings it back to current.
-    let (ok, stdout, stderr) = apply(&s, "kind: Service\nmetadata: {name: b}\nspec: {}\n", &["--wait", "--timeout", "10s"]);
+    let (ok, stdout, stderr) = apply(
+        &s,
+        "kind: Service\nmetadata: {name: b}\nspec: {}\n",
+        &["--wait", "--timeout", "10s"],
+    );
     assert!(ok, "{stdout}\n{stderr}");
 }
 
@@ -195,19 +223,34 @@ fn with_the_control_plane_down_for_30_s_no_request_fails() {
     let during = ok.load(Ordering::Relaxed) - before;
     let s = server_at(&weft, &addr.to_string(), &data);
     // Every sidecar reconnects and is current again; the instances kept their places.
-    eventually("all three proxies current again", Duration::from_secs(20), || {
-        let v = api_get(s.addr, "/v1/proxies");
-        let items = v["items"].as_array()?;
-        (items.len() == 3 && items.iter().all(|p| p["current"] == true)).then_some(())
-    });
+    eventually(
+        "all three proxies current again",
+        Duration::from_secs(20),
+        || {
+            let v = api_get(s.addr, "/v1/proxies");
+            let items = v["items"].as_array()?;
+            (items.len() == 3 && items.iter().all(|p| p["current"] == true)).then_some(())
+        },
+    );
     let v = api_get(s.addr, "/v1/catalog/services/b");
     assert_eq!(v["items"].as_array().unwrap().len(), 2, "{v}");
     std::thread::sleep(Duration::from_secs(1));
     stop.store(true, Ordering::Relaxed);
     let errors = load.join().unwrap();
-    assert!(during > 100, "load kept running while the server was down: {during} requests");
-    assert_eq!(failed.load(Ordering::Relaxed), 0, "failed requests: {:?}", &errors[..errors.len().min(5)]);
-    eprintln!("{} requests, {during} while the control plane was down, 0 failed", ok.load(Ordering::Relaxed));
+    assert!(
+        during > 100,
+        "load kept running while the server was down: {during} requests"
+    );
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "failed requests: {:?}",
+        &errors[..errors.len().min(5)]
+    );
+    eprintln!(
+        "{} requests, {during} while the control plane was down, 0 failed",
+        ok.load(Ordering::Relaxed)
+    );
 }
 
 #[test]
@@ -242,8 +285,15 @@ fn every_acknowledged_write_survives_kill_9() {
     s.proc.child.kill().unwrap(); // SIGKILL mid-stream
     s.proc.child.wait().unwrap();
     stop.store(true, Ordering::Relaxed);
-    let acked: Vec<(String, String)> = writers.into_iter().flat_map(|w| w.join().unwrap()).collect();
-    assert!(acked.len() > 20, "only {} writes acknowledged before the kill", acked.len());
+    let acked: Vec<(String, String)> = writers
+        .into_iter()
+        .flat_map(|w| w.join().unwrap())
+        .collect();
+    assert!(
+        acked.len() > 20,
+        "only {} writes acknowledged before the kill",
+        acked.len()
+    );
 
     let s = server_at(&weft, "127.0.0.1:0", &s.data_dir);
     let mut missing = Vec::new();
@@ -253,8 +303,17 @@ fn every_acknowledged_write_survives_kill_9() {
             other => missing.push(format!("{key}: {other:?}")),
         }
     }
-    assert!(missing.is_empty(), "{} of {} acknowledged writes lost: {:?}", missing.len(), acked.len(), &missing[..missing.len().min(5)]);
-    eprintln!("{} acknowledged writes, all present after kill -9 and restart", acked.len());
+    assert!(
+        missing.is_empty(),
+        "{} of {} acknowledged writes lost: {:?}",
+        missing.len(),
+        acked.len(),
+        &missing[..missing.len().min(5)]
+    );
+    eprintln!(
+        "{} acknowledged writes, all present after kill -9 and restart",
+        acked.len()
+    );
 }
 
 #[test]
@@ -278,8 +337,15 @@ fn bad_input_is_refused_whole_and_changes_nothing() {
         let (ok, stdout, stderr) = apply(&s, yaml, &[]);
         assert!(!ok, "accepted:\n{yaml}\n{stdout}");
         assert!(stderr.contains(expect), "expected `{expect}` in:\n{stderr}");
-        assert!(stderr.contains("nothing was changed") || stderr.contains("YAML"), "{stderr}");
-        assert_eq!(api_get(s.addr, "/v1/config")["items"], before["items"], "state changed after:\n{yaml}");
+        assert!(
+            stderr.contains("nothing was changed") || stderr.contains("YAML"),
+            "{stderr}"
+        );
+        assert_eq!(
+            api_get(s.addr, "/v1/config")["items"],
+            before["items"],
+            "state changed after:\n{yaml}"
+        );
     }
 
     // Deleting a service a route still uses is refused, naming the route.
@@ -290,10 +356,22 @@ fn bad_input_is_refused_whole_and_changes_nothing() {
     assert!(stderr.contains("HTTPRoute/to-api"), "{stderr}");
 
     // Dry run shows the diff and writes nothing.
-    let (ok, stdout, _) = apply(&s, "kind: Service\nmetadata: {name: api}\nspec: {retry: {attempts: 5}}\n", &["--dry-run"]);
+    let (ok, stdout, _) = apply(
+        &s,
+        "kind: Service\nmetadata: {name: api}\nspec: {retry: {attempts: 5}}\n",
+        &["--dry-run"],
+    );
     assert!(ok);
-    assert!(stdout.contains("Service/api configured (dry run)") && stdout.contains("+") && stdout.contains("5"), "{stdout}");
-    assert_eq!(api_get(s.addr, "/v1/config/service/api")["spec"]["retry"]["attempts"], 3);
+    assert!(
+        stdout.contains("Service/api configured (dry run)")
+            && stdout.contains("+")
+            && stdout.contains("5"),
+        "{stdout}"
+    );
+    assert_eq!(
+        api_get(s.addr, "/v1/config/service/api")["spec"]["retry"]["attempts"],
+        3
+    );
 
     // KV: oversized value, bad key, failed CAS, malformed API bodies — JSON errors.
     let big = vec![b'x'; 600 * 1024];
@@ -311,7 +389,13 @@ fn bad_input_is_refused_whole_and_changes_nothing() {
     let (status, body) = http(s.addr, "POST", "/v1/catalog/register", b"{\"service\": 7").unwrap();
     assert_eq!(status, 400);
     assert!(String::from_utf8_lossy(&body).contains("\"invalid-body\""));
-    let (status, _) = http(s.addr, "POST", "/v1/catalog/register", br#"{"service":"x","id":"1","address":"not-an-ip","port":80}"#).unwrap();
+    let (status, _) = http(
+        s.addr,
+        "POST",
+        "/v1/catalog/register",
+        br#"{"service":"x","id":"1","address":"not-an-ip","port":80}"#,
+    )
+    .unwrap();
     assert_eq!(status, 400);
 }
 
@@ -319,16 +403,32 @@ fn bad_input_is_refused_whole_and_changes_nothing() {
 fn kv_pages_and_watches() {
     let s = server(&weft());
     for i in 0..25 {
-        let (status, _) = http(s.addr, "PUT", &format!("/v1/kv/cfg/k{i:02}"), format!("{i}").as_bytes()).unwrap();
+        let (status, _) = http(
+            s.addr,
+            "PUT",
+            &format!("/v1/kv/cfg/k{i:02}"),
+            format!("{i}").as_bytes(),
+        )
+        .unwrap();
         assert_eq!(status, 200);
     }
     // Pagination: 10 + 10 + 5, in order, with `next` tokens.
     let mut seen = Vec::new();
     let mut after = String::new();
     loop {
-        let path = if after.is_empty() { "/v1/kv?prefix=cfg/&limit=10".to_string() } else { format!("/v1/kv?prefix=cfg/&limit=10&after={after}") };
+        let path = if after.is_empty() {
+            "/v1/kv?prefix=cfg/&limit=10".to_string()
+        } else {
+            format!("/v1/kv?prefix=cfg/&limit=10&after={after}")
+        };
         let page = api_get(s.addr, &path);
-        seen.extend(page["items"].as_array().unwrap().iter().map(|e| e["key"].as_str().unwrap().to_string()));
+        seen.extend(
+            page["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["key"].as_str().unwrap().to_string()),
+        );
         match page["next"].as_str() {
             Some(n) => after = n.to_string(),
             None => break,
@@ -338,9 +438,19 @@ fn kv_pages_and_watches() {
     assert!(seen.windows(2).all(|w| w[0] < w[1]));
 
     // A long-poll on a key returns when it changes.
-    let current = api_get(s.addr, "/v1/kv/cfg/k03")["modRevision"].as_u64().unwrap();
+    let current = api_get(s.addr, "/v1/kv/cfg/k03")["modRevision"]
+        .as_u64()
+        .unwrap();
     let addr = s.addr;
-    let waiter = std::thread::spawn(move || http(addr, "GET", &format!("/v1/kv/cfg/k03?index={current}&wait=20s"), b"").unwrap());
+    let waiter = std::thread::spawn(move || {
+        http(
+            addr,
+            "GET",
+            &format!("/v1/kv/cfg/k03?index={current}&wait=20s"),
+            b"",
+        )
+        .unwrap()
+    });
     std::thread::sleep(Duration::from_millis(300));
     http(s.addr, "PUT", "/v1/kv/cfg/k04", b"other key").unwrap();
     http(s.addr, "PUT", "/v1/kv/cfg/k03", b"changed").unwrap();
@@ -355,12 +465,24 @@ fn kv_pages_and_watches() {
     let watch = weft_testkit::Proc::spawn(cmd); // first line: the current value
     assert_eq!(watch.ready["value"], "5");
     http(s.addr, "PUT", "/v1/kv/cfg/k05", b"five").unwrap();
-    let line = watch.lines.recv_timeout(Duration::from_secs(10)).expect("a change line");
+    let line = watch
+        .lines
+        .recv_timeout(Duration::from_secs(10))
+        .expect("a change line");
     assert!(line.contains("\"five\""), "{line}");
 
     // The OpenAPI document lists every route the server answers.
     let doc = api_get(s.addr, "/v1/openapi.json");
-    for path in ["/v1/config", "/v1/kv/{key}", "/v1/catalog/register", "/v1/proxies", "/v1/status"] {
-        assert!(doc["paths"].get(path).is_some(), "{path} missing from openapi.json");
+    for path in [
+        "/v1/config",
+        "/v1/kv/{key}",
+        "/v1/catalog/register",
+        "/v1/proxies",
+        "/v1/status",
+    ] {
+        assert!(
+            doc["paths"].get(path).is_some(),
+            "{path} missing from openapi.json"
+        );
     }
 }

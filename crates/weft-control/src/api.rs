@@ -57,7 +57,10 @@ pub fn router(api: Api) -> Router {
         .route("/v1/status", get(status))
         .route("/v1/config", get(config_list).post(config_apply))
         .route("/v1/config/{kind}", get(config_list_kind))
-        .route("/v1/config/{kind}/{name}", get(config_get).delete(config_delete))
+        .route(
+            "/v1/config/{kind}/{name}",
+            get(config_get).delete(config_delete),
+        )
         .route("/v1/kv", get(kv_list))
         .route("/v1/kv/{*key}", get(kv_get).put(kv_put).delete(kv_delete))
         .route("/v1/catalog/services", get(services))
@@ -141,7 +144,12 @@ fn wait(p: &Params) -> Result<Duration, ApiError> {
 }
 
 /// Waits until a change under `prefix` after `index`, or `max`.
-async fn wait_for_change(store: &dyn Store, prefix: &str, index: Revision, max: Duration) -> Result<(), ApiError> {
+async fn wait_for_change(
+    store: &dyn Store,
+    prefix: &str,
+    index: Revision,
+    max: Duration,
+) -> Result<(), ApiError> {
     let mut rx = store.watch(prefix, index).await?;
     let _ = tokio::time::timeout(max, async {
         while let Some(ev) = rx.recv().await {
@@ -194,10 +202,16 @@ async fn config_list_kind(AxState(api): AxState<Api>, Path(kind): Path<String>, 
 async fn list_config(api: &Api, kind: Option<&str>, p: &Params) -> ApiResult {
     let (items, next, revision) =
         config::list(&*api.store, kind, p.after.as_deref(), limit(p)?).await?;
-    Ok(with_index(revision, Json(json!({"items": items, "next": next}))))
+    Ok(with_index(
+        revision,
+        Json(json!({"items": items, "next": next})),
+    ))
 }
 
-async fn config_get(AxState(api): AxState<Api>, Path((kind, name)): Path<(String, String)>) -> ApiResult {
+async fn config_get(
+    AxState(api): AxState<Api>,
+    Path((kind, name)): Path<(String, String)>,
+) -> ApiResult {
     let kind = config::canonical_kind(&kind)?;
     let value = config::get(&*api.store, kind, &name).await?;
     Ok(Json(value).into_response())
@@ -220,11 +234,21 @@ async fn kv_list(AxState(api): AxState<Api>, q: Q) -> ApiResult {
     if let Some(index) = p.index {
         let (_, _, revision) = kv::list(&*api.store, &prefix, None, 1).await?;
         if revision <= index {
-            wait_for_change(&*api.store, &format!("{}{prefix}", kv::PREFIX), index, wait(&p)?).await?;
+            wait_for_change(
+                &*api.store,
+                &format!("{}{prefix}", kv::PREFIX),
+                index,
+                wait(&p)?,
+            )
+            .await?;
         }
     }
-    let (items, next, revision) = kv::list(&*api.store, &prefix, p.after.as_deref(), limit(&p)?).await?;
-    Ok(with_index(revision, Json(json!({"items": items, "next": next}))))
+    let (items, next, revision) =
+        kv::list(&*api.store, &prefix, p.after.as_deref(), limit(&p)?).await?;
+    Ok(with_index(
+        revision,
+        Json(json!({"items": items, "next": next})),
+    ))
 }
 
 async fn kv_get(AxState(api): AxState<Api>, Path(key): Path<String>, q: Q) -> ApiResult {
@@ -237,30 +261,50 @@ async fn kv_get(AxState(api): AxState<Api>, Path(key): Path<String>, q: Q) -> Ap
             Err(e) => return Err(e),
         };
         if current <= index {
-            wait_for_change(&*api.store, &format!("{}{key}", kv::PREFIX), index, wait(&p)?).await?;
+            wait_for_change(
+                &*api.store,
+                &format!("{}{key}", kv::PREFIX),
+                index,
+                wait(&p)?,
+            )
+            .await?;
         }
     }
     let (entry, revision) = kv::get(&*api.store, &key).await?;
     if p.raw.unwrap_or(false) {
         return Ok(with_index(
             revision,
-            ([(header::CONTENT_TYPE, "application/octet-stream")], entry.value),
+            (
+                [(header::CONTENT_TYPE, "application/octet-stream")],
+                entry.value,
+            ),
         ));
     }
     Ok(with_index(revision, Json(kv::Entry::from_kv(&entry))))
 }
 
-async fn kv_put(AxState(api): AxState<Api>, Path(key): Path<String>, q: Q, body: Bytes) -> ApiResult {
+async fn kv_put(
+    AxState(api): AxState<Api>,
+    Path(key): Path<String>,
+    q: Q,
+    body: Bytes,
+) -> ApiResult {
     let p = params(q)?;
     let revision = kv::put(&*api.store, &key, body.to_vec(), p.cas).await?;
-    Ok(with_index(revision, Json(json!({"key": key, "modRevision": revision}))))
+    Ok(with_index(
+        revision,
+        Json(json!({"key": key, "modRevision": revision})),
+    ))
 }
 
 async fn kv_delete(AxState(api): AxState<Api>, Path(key): Path<String>, q: Q) -> ApiResult {
     let p = params(q)?;
     let (revision, deleted) =
         kv::delete(&*api.store, &key, p.recurse.unwrap_or(false), p.cas).await?;
-    Ok(with_index(revision, Json(json!({"deleted": deleted, "revision": revision}))))
+    Ok(with_index(
+        revision,
+        Json(json!({"deleted": deleted, "revision": revision})),
+    ))
 }
 
 async fn services(AxState(api): AxState<Api>) -> ApiResult {
@@ -273,7 +317,11 @@ async fn services(AxState(api): AxState<Api>) -> ApiResult {
     Ok(with_index(view.revision, Json(json!({"items": items}))))
 }
 
-async fn service_instances(AxState(api): AxState<Api>, Path(service): Path<String>, q: Q) -> ApiResult {
+async fn service_instances(
+    AxState(api): AxState<Api>,
+    Path(service): Path<String>,
+    q: Q,
+) -> ApiResult {
     let p = params(q)?;
     if let Some(index) = p.index {
         if api.state.read().revision <= index {
@@ -285,21 +333,31 @@ async fn service_instances(AxState(api): AxState<Api>, Path(service): Path<Strin
     Ok(with_index(revision, Json(json!({"items": items}))))
 }
 
-fn json_body<T: serde::de::DeserializeOwned>(headers: &HeaderMap, body: &Bytes) -> Result<T, ApiError> {
+fn json_body<T: serde::de::DeserializeOwned>(
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<T, ApiError> {
     let is_json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_none_or(|v| v.starts_with("application/json"));
     if !is_json {
-        return Err(ApiError::bad_request("invalid-body", "expected Content-Type: application/json"));
+        return Err(ApiError::bad_request(
+            "invalid-body",
+            "expected Content-Type: application/json",
+        ));
     }
-    serde_json::from_slice(body).map_err(|e| ApiError::bad_request("invalid-body", format!("invalid JSON body: {e}")))
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request("invalid-body", format!("invalid JSON body: {e}")))
 }
 
 async fn register(AxState(api): AxState<Api>, headers: HeaderMap, body: Bytes) -> ApiResult {
     let reg: catalog::Registration = json_body(&headers, &body)?;
     let (lease, revision) = catalog::register(&*api.store, reg).await?;
-    Ok(with_index(revision, Json(json!({"lease": lease, "revision": revision}))))
+    Ok(with_index(
+        revision,
+        Json(json!({"lease": lease, "revision": revision})),
+    ))
 }
 
 async fn renew(AxState(api): AxState<Api>, Path(lease): Path<String>) -> ApiResult {
@@ -327,7 +385,10 @@ async fn set_health(
     Ok(with_index(revision, Json(json!({"revision": revision}))))
 }
 
-async fn deregister(AxState(api): AxState<Api>, Path((service, id)): Path<(String, String)>) -> ApiResult {
+async fn deregister(
+    AxState(api): AxState<Api>,
+    Path((service, id)): Path<(String, String)>,
+) -> ApiResult {
     let revision = catalog::deregister(&*api.store, &service, &id).await?;
     Ok(with_index(revision, Json(json!({"revision": revision}))))
 }
@@ -347,7 +408,10 @@ async fn proxies(AxState(api): AxState<Api>, q: Q) -> ApiResult {
             v
         })
         .collect();
-    Ok(with_index(server_revision, Json(json!({"revision": at, "items": items}))))
+    Ok(with_index(
+        server_revision,
+        Json(json!({"revision": at, "items": items})),
+    ))
 }
 
 #[cfg(test)]
@@ -375,11 +439,21 @@ mod tests {
         let doc: serde_json::Value = serde_json::from_str(super::OPENAPI).unwrap();
         let src = include_str!("api.rs");
         for route in ROUTES {
-            assert!(src.contains(&format!("\"{route}\"")), "{route} is not in the router");
+            assert!(
+                src.contains(&format!("\"{route}\"")),
+                "{route} is not in the router"
+            );
             let spelled = route.replace("{*key}", "{key}");
-            assert!(doc["paths"].get(&spelled).is_some(), "{spelled} missing from openapi.json");
+            assert!(
+                doc["paths"].get(&spelled).is_some(),
+                "{spelled} missing from openapi.json"
+            );
         }
         let routed = src.matches(".route(").count() - 1; // minus the word in this test
-        assert_eq!(routed, ROUTES.len(), "a route was added without being listed here");
+        assert_eq!(
+            routed,
+            ROUTES.len(),
+            "a route was added without being listed here"
+        );
     }
 }

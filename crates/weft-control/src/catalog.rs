@@ -79,7 +79,10 @@ pub fn key(service: &str, id: &str) -> String {
 }
 
 /// Registers (or re-registers) an instance under a new lease; returns the lease.
-pub async fn register(store: &dyn Store, reg: Registration) -> Result<(LeaseId, Revision), ApiError> {
+pub async fn register(
+    store: &dyn Store,
+    reg: Registration,
+) -> Result<(LeaseId, Revision), ApiError> {
     let mut inst = reg.instance;
     let ttl = reg.ttl.map_or(Duration::from_secs(10), |d| d.get());
     if !(MIN_TTL..=MAX_TTL).contains(&ttl) {
@@ -91,12 +94,18 @@ pub async fn register(store: &dyn Store, reg: Registration) -> Result<(LeaseId, 
     if !valid_name(&inst.service) {
         return Err(ApiError::bad_request(
             "invalid-registration",
-            format!("service `{}`: a name is 1-253 characters of a-z, 0-9, `-` and `.`", inst.service),
+            format!(
+                "service `{}`: a name is 1-253 characters of a-z, 0-9, `-` and `.`",
+                inst.service
+            ),
         ));
     }
     if inst.id.is_empty()
         || inst.id.len() > 128
-        || !inst.id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+        || !inst
+            .id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
     {
         return Err(ApiError::bad_request(
             "invalid-registration",
@@ -106,11 +115,17 @@ pub async fn register(store: &dyn Store, reg: Registration) -> Result<(LeaseId, 
     if inst.address.parse::<std::net::IpAddr>().is_err() || inst.port == 0 {
         return Err(ApiError::bad_request(
             "invalid-registration",
-            format!("`{}:{}` is not an IP address and a non-zero port", inst.address, inst.port),
+            format!(
+                "`{}:{}` is not an IP address and a non-zero port",
+                inst.address, inst.port
+            ),
         ));
     }
     if inst.metadata.len() > MAX_METADATA
-        || inst.metadata.iter().any(|(k, v)| k.len() > 128 || v.len() > 512)
+        || inst
+            .metadata
+            .iter()
+            .any(|(k, v)| k.len() > 128 || v.len() > 512)
     {
         return Err(ApiError::bad_request(
             "invalid-registration",
@@ -179,7 +194,10 @@ pub async fn deregister(store: &dyn Store, service: &str, id: &str) -> Result<Re
 }
 
 /// Instances of `service` (all services when `None`).
-pub async fn instances(store: &dyn Store, service: Option<&str>) -> Result<(Vec<Instance>, Revision), ApiError> {
+pub async fn instances(
+    store: &dyn Store,
+    service: Option<&str>,
+) -> Result<(Vec<Instance>, Revision), ApiError> {
     let prefix = match service {
         Some(s) => format!("{PREFIX}{s}/"),
         None => PREFIX.to_string(),

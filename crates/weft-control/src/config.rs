@@ -90,7 +90,11 @@ async fn load(store: &dyn Store) -> Result<Stored, ApiError> {
 
 /// Validates `user_text` (named `file` in errors) together with `others` (stored
 /// resources it does not replace). Errors inside `others` name the stored resource.
-fn validate(file: &str, user_text: &str, others: &[(&(String, String), &Value)]) -> Result<(), ApiError> {
+fn validate(
+    file: &str,
+    user_text: &str,
+    others: &[(&(String, String), &Value)],
+) -> Result<(), ApiError> {
     let mut text = String::from(user_text);
     let user_lines = text.lines().count();
     for (_, value) in others {
@@ -130,11 +134,17 @@ pub async fn apply(
     if text.len() > MAX_APPLY_BYTES {
         return Err(ApiError::bad_request(
             "too-large",
-            format!("configuration of {} bytes is over the limit of {MAX_APPLY_BYTES}", text.len()),
+            format!(
+                "configuration of {} bytes is over the limit of {MAX_APPLY_BYTES}",
+                text.len()
+            ),
         ));
     }
     let docs = weft_model::yaml::parse_documents(text).map_err(|e| {
-        ApiError::invalid_config(vec![format!("{file}:{}: YAML syntax: {}", e.line, e.message)])
+        ApiError::invalid_config(vec![format!(
+            "{file}:{}: YAML syntax: {}",
+            e.line, e.message
+        )])
     })?;
     // Name every document first: validation needs to know which stored ones they replace.
     let mut incoming: BTreeMap<(String, String), Value> = BTreeMap::new();
@@ -143,7 +153,11 @@ pub async fn apply(
         if doc.value.is_null() {
             continue;
         }
-        let kind = doc.value.get("kind").and_then(Value::as_str).unwrap_or_default();
+        let kind = doc
+            .value
+            .get("kind")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
         let name = doc
             .value
             .pointer("/metadata/name")
@@ -162,7 +176,10 @@ pub async fn apply(
             .insert((kind.to_string(), name.to_string()), doc.value.clone())
             .is_some()
         {
-            problems.push(format!("{file}:{}: {kind} `{name}` appears twice", doc.start_line));
+            problems.push(format!(
+                "{file}:{}: {kind} `{name}` appears twice",
+                doc.start_line
+            ));
         }
     }
     if !problems.is_empty() {
@@ -214,7 +231,9 @@ pub async fn apply(
             None => continue, // raced another config write: validate again
         }
     }
-    Err(ApiError::conflict("configuration kept changing during the apply; try again"))
+    Err(ApiError::conflict(
+        "configuration kept changing during the apply; try again",
+    ))
 }
 
 /// Deletes `kind/name`, refused when what remains would not validate (e.g. a route
@@ -233,7 +252,9 @@ pub async fn delete(
         };
         let others: Vec<_> = stored.docs.iter().filter(|(i, _)| **i != id).collect();
         validate("(after delete)", "", &others).map_err(|e| {
-            e.with_message(format!("cannot delete {kind}/{name}: the rest would not be valid"))
+            e.with_message(format!(
+                "cannot delete {kind}/{name}: the rest would not be valid"
+            ))
         })?;
         let change = Change {
             kind: kind.to_string(),
@@ -252,7 +273,9 @@ pub async fn delete(
             });
         }
     }
-    Err(ApiError::conflict("configuration kept changing during the delete; try again"))
+    Err(ApiError::conflict(
+        "configuration kept changing during the delete; try again",
+    ))
 }
 
 /// Writes `ops` guarded on the config guard; `None` when another write came first.
@@ -332,7 +355,10 @@ pub fn canonical_kind(kind: &str) -> Result<&'static str, ApiError> {
         .ok_or_else(|| {
             ApiError::bad_request(
                 "unknown-kind",
-                format!("unknown kind `{kind}` (expected one of {})", KINDS.join(", ")),
+                format!(
+                    "unknown kind `{kind}` (expected one of {})",
+                    KINDS.join(", ")
+                ),
             )
         })
 }

@@ -124,7 +124,9 @@ type UpdateStream =
 
 fn check_hello(h: &Hello) -> Result<(), Status> {
     if h.proxy_id.is_empty() || h.proxy_id.len() > 256 {
-        return Err(Status::invalid_argument("hello: proxy_id must be 1-256 bytes"));
+        return Err(Status::invalid_argument(
+            "hello: proxy_id must be 1-256 bytes",
+        ));
     }
     if !valid_name(&h.service) {
         return Err(Status::invalid_argument(format!(
@@ -154,7 +156,9 @@ impl Discovery for DiscoveryServer {
         request: Request<Streaming<ProxyMessage>>,
     ) -> Result<Response<UpdateStream>, Status> {
         if !self.state.loaded(Duration::from_secs(5)).await {
-            return Err(Status::unavailable("the server has not loaded its state yet"));
+            return Err(Status::unavailable(
+                "the server has not loaded its state yet",
+            ));
         }
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
@@ -162,7 +166,11 @@ impl Discovery for DiscoveryServer {
             .map_err(|_| Status::deadline_exceeded("no hello within 10 s"))??;
         let hello = match first.and_then(|m| m.message) {
             Some(proxy_message::Message::Hello(h)) => h,
-            _ => return Err(Status::invalid_argument("the first message must be a hello")),
+            _ => {
+                return Err(Status::invalid_argument(
+                    "the first message must be a hello",
+                ))
+            }
         };
         check_hello(&hello)?;
         let generation = self
@@ -217,7 +225,8 @@ impl Session {
     ) {
         let id = self.hello.proxy_id.clone();
         // What the proxy holds: key → content version.
-        let mut held: HashMap<String, u64> = std::mem::take(&mut self.hello.known).into_iter().collect();
+        let mut held: HashMap<String, u64> =
+            std::mem::take(&mut self.hello.known).into_iter().collect();
         let mut tick = self.state.subscribe();
         // (version, what the proxy held before it) of the update in flight.
         let mut in_flight: Option<(Revision, HashMap<String, u64>)> = None;
@@ -229,14 +238,18 @@ impl Session {
             if in_flight.is_none() && !hold {
                 let (revision, slice) = {
                     let view = self.state.read();
-                    (view.revision, view.slice(&self.hello.service, &self.hello.upstreams))
+                    (
+                        view.revision,
+                        view.slice(&self.hello.service, &self.hello.upstreams),
+                    )
                 };
                 tick.mark_unchanged();
                 let update = delta(&held, &slice, revision);
                 let was_first = std::mem::take(&mut first);
                 if update.upserts.is_empty() && update.removes.is_empty() && !was_first {
-                    self.sessions
-                        .update(&id, self.generation, |s| s.current_at = s.current_at.max(revision));
+                    self.sessions.update(&id, self.generation, |s| {
+                        s.current_at = s.current_at.max(revision)
+                    });
                 } else {
                     let before = std::mem::replace(
                         &mut held,
@@ -298,13 +311,20 @@ impl Session {
         }
         tracing::info!(proxy = %id, "proxy disconnected");
         let mut map = self.sessions.lock();
-        if map.get(&id).is_some_and(|s| s.generation == self.generation) {
+        if map
+            .get(&id)
+            .is_some_and(|s| s.generation == self.generation)
+        {
             map.remove(&id);
         }
     }
 }
 
-fn delta(held: &HashMap<String, u64>, slice: &BTreeMap<String, crate::state::Rendered>, version: Revision) -> Update {
+fn delta(
+    held: &HashMap<String, u64>,
+    slice: &BTreeMap<String, crate::state::Rendered>,
+    version: Revision,
+) -> Update {
     let upserts = slice
         .iter()
         .filter(|(k, r)| held.get(*k) != Some(&r.version))

@@ -229,7 +229,9 @@ impl Embedded {
             // to it between this read and the commit.
             match lock(&self.inner.leases).get(&id) {
                 Some(l) => txn.ops.extend(
-                    l.keys.iter().map(|key| crate::store::Op::Delete { key: key.clone() }),
+                    l.keys
+                        .iter()
+                        .map(|key| crate::store::Op::Delete { key: key.clone() }),
                 ),
                 None => return Err(StoreError::LeaseNotFound(id)),
             }

@@ -22,10 +22,22 @@ async fn next(rx: &mut tokio::sync::mpsc::Receiver<WatchEvent>) -> WatchEvent {
 async fn revisions_ranges_and_pages() {
     let dir = tempfile::tempdir().unwrap();
     let s = Embedded::open(dir.path()).unwrap();
-    assert_eq!(store::put(&s, "/a/1", b"x".to_vec(), None).await.unwrap(), 1);
-    assert_eq!(store::put(&s, "/a/2", b"y".to_vec(), None).await.unwrap(), 2);
-    assert_eq!(store::put(&s, "/b/1", b"z".to_vec(), None).await.unwrap(), 3);
-    assert_eq!(store::put(&s, "/a/1", b"x2".to_vec(), None).await.unwrap(), 4);
+    assert_eq!(
+        store::put(&s, "/a/1", b"x".to_vec(), None).await.unwrap(),
+        1
+    );
+    assert_eq!(
+        store::put(&s, "/a/2", b"y".to_vec(), None).await.unwrap(),
+        2
+    );
+    assert_eq!(
+        store::put(&s, "/b/1", b"z".to_vec(), None).await.unwrap(),
+        3
+    );
+    assert_eq!(
+        store::put(&s, "/a/1", b"x2".to_vec(), None).await.unwrap(),
+        4
+    );
     let (kv, rev) = store::get(&s, "/a/1").await.unwrap();
     let kv = kv.unwrap();
     assert_eq!((kv.create_revision, kv.mod_revision, rev), (1, 4, 4));
@@ -41,7 +53,9 @@ async fn revisions_ranges_and_pages() {
     let r = s
         .txn(Txn {
             compares: vec![],
-            ops: vec![Op::Delete { key: "/nope".into() }],
+            ops: vec![Op::Delete {
+                key: "/nope".into(),
+            }],
         })
         .await
         .unwrap();
@@ -167,8 +181,12 @@ async fn a_lapsed_lease_deletes_its_keys() {
     let s = Embedded::open(dir.path()).unwrap();
     let short = s.grant(Duration::from_millis(300)).await.unwrap();
     let kept = s.grant(Duration::from_millis(300)).await.unwrap();
-    store::put(&s, "/l/short", b"1".to_vec(), Some(short)).await.unwrap();
-    let rev = store::put(&s, "/l/kept", b"1".to_vec(), Some(kept)).await.unwrap();
+    store::put(&s, "/l/short", b"1".to_vec(), Some(short))
+        .await
+        .unwrap();
+    let rev = store::put(&s, "/l/kept", b"1".to_vec(), Some(kept))
+        .await
+        .unwrap();
     let mut rx = s.watch("/l/", rev).await.unwrap();
     // Keep one lease alive while the other lapses.
     let keeper = {
@@ -209,7 +227,9 @@ async fn leases_and_their_keys_survive_a_restart() {
     {
         let s = Embedded::open(dir.path()).unwrap();
         lease = s.grant(Duration::from_secs(30)).await.unwrap();
-        store::put(&s, "/held", b"1".to_vec(), Some(lease)).await.unwrap();
+        store::put(&s, "/held", b"1".to_vec(), Some(lease))
+            .await
+            .unwrap();
     }
     let s = Embedded::open(dir.path()).unwrap();
     s.keep_alive(lease).await.unwrap();

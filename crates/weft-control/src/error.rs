@@ -75,9 +75,11 @@ impl From<StoreError> for ApiError {
             StoreError::LeaseNotFound(_) => {
                 ApiError::new(StatusCode::NOT_FOUND, "lease-not-found", e.to_string())
             }
-            StoreError::Unavailable(_) => {
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "store-unavailable", e.to_string())
-            }
+            StoreError::Unavailable(_) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store-unavailable",
+                e.to_string(),
+            ),
             StoreError::Invalid(_) => {
                 ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too-large", e.to_string())
             }

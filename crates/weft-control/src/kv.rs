@@ -63,13 +63,21 @@ pub fn check_key(key: &str) -> Result<(), ApiError> {
 }
 
 /// Writes `key`; with `cas`, only if its modify revision is that (0: only if absent).
-pub async fn put(store: &dyn Store, key: &str, value: Vec<u8>, cas: Option<Revision>) -> Result<Revision, ApiError> {
+pub async fn put(
+    store: &dyn Store,
+    key: &str,
+    value: Vec<u8>,
+    cas: Option<Revision>,
+) -> Result<Revision, ApiError> {
     check_key(key)?;
     if value.len() > MAX_VALUE_BYTES {
         return Err(ApiError {
             status: axum::http::StatusCode::PAYLOAD_TOO_LARGE,
             code: "too-large",
-            message: format!("value of {} bytes is over the limit of {MAX_VALUE_BYTES}", value.len()),
+            message: format!(
+                "value of {} bytes is over the limit of {MAX_VALUE_BYTES}",
+                value.len()
+            ),
             details: vec![],
         });
     }
@@ -131,7 +139,12 @@ pub async fn delete(
     check_key(key)?;
     let full = format!("{PREFIX}{key}");
     let keys: Vec<String> = if recurse {
-        store::list_all(store, &full).await?.kvs.into_iter().map(|kv| kv.key).collect()
+        store::list_all(store, &full)
+            .await?
+            .kvs
+            .into_iter()
+            .map(|kv| kv.key)
+            .collect()
     } else {
         vec![full.clone()]
     };
@@ -168,6 +181,9 @@ pub async fn list(
     };
     let page = store.range(&full, &from, limit).await?;
     let entries: Vec<Entry> = page.kvs.iter().map(Entry::from_kv).collect();
-    let next = page.more.then(|| entries.last().map(|e| e.key.clone())).flatten();
+    let next = page
+        .more
+        .then(|| entries.last().map(|e| e.key.clone()))
+        .flatten();
     Ok((entries, next, page.revision))
 }

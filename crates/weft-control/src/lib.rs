@@ -14,14 +14,14 @@
 //! The store is the only source of truth: every replica rebuilds its [`state::State`]
 //! from it and follows its watch, so replicas over one etcd are interchangeable.
 
-pub mod embedded;
-pub mod store;
 pub mod api;
 pub mod catalog;
 pub mod config;
 mod diff;
 pub mod discovery;
+pub mod embedded;
 pub mod error;
 pub mod kv;
 pub mod server;
 pub mod state;
+pub mod store;

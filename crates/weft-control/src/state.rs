@@ -115,7 +115,9 @@ impl View {
     fn apply(&mut self, event: &Event) {
         let key = event.key();
         if let Some(rest) = key.strip_prefix(catalog::PREFIX) {
-            let Some((service, id)) = rest.split_once('/') else { return };
+            let Some((service, id)) = rest.split_once('/') else {
+                return;
+            };
             let set = self.instances.entry(service.to_string()).or_default();
             match event {
                 Event::Put(kv) => match serde_json::from_slice::<Instance>(&kv.value) {
@@ -170,7 +172,12 @@ impl View {
             p.get("kind").and_then(Value::as_str) == Some("Service")
         });
         let mut backends = Vec::new();
-        for rule in v.pointer("/spec/rules").and_then(Value::as_array).into_iter().flatten() {
+        for rule in v
+            .pointer("/spec/rules")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
             backends.extend(strings(rule.get("backendRefs"), &|_| true));
         }
         backends.sort();
@@ -181,7 +188,8 @@ impl View {
                 .or_default()
                 .insert(name.to_string());
         }
-        self.route_refs.insert(name.to_string(), (parents, backends));
+        self.route_refs
+            .insert(name.to_string(), (parents, backends));
     }
 
     fn unindex_route(&mut self, name: &str) {

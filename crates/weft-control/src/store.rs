@@ -157,8 +157,12 @@ pub const MAX_VALUE_BYTES: usize = 1024 * 1024;
 pub trait Store: Send + Sync + 'static {
     /// Keys in `[from, prefix_end(prefix))` in order, at most `limit` (0 = no limit),
     /// starting at `from` (which must start with `prefix`; pass `prefix` for the start).
-    fn range<'a>(&'a self, prefix: &'a str, from: &'a str, limit: usize)
-        -> StoreFuture<'a, RangeResult>;
+    fn range<'a>(
+        &'a self,
+        prefix: &'a str,
+        from: &'a str,
+        limit: usize,
+    ) -> StoreFuture<'a, RangeResult>;
 
     /// Applies a transaction.
     fn txn(&self, txn: Txn) -> StoreFuture<'_, TxnResult>;

@@ -37,7 +37,8 @@ pub fn server(weft: &Path) -> Server {
 /// Starts `weft server` on `addr` with the store in `data_dir` (e.g. a restart).
 pub fn server_at(weft: &Path, addr: &str, data_dir: &Path) -> Server {
     let mut cmd = Command::new(weft);
-    cmd.args(["server", "--listen", addr, "--data-dir"]).arg(data_dir);
+    cmd.args(["server", "--listen", addr, "--data-dir"])
+        .arg(data_dir);
     let proc = Proc::spawn(cmd);
     let addr = proc.ready["address"]
         .as_str()
@@ -88,12 +89,34 @@ impl Sidecar {
 
 /// Starts `weft sidecar` for `service`/`id` in front of `app`, with `extra` arguments
 /// (e.g. `--upstream b=127.0.0.1:0`), an ephemeral inbound port and a short lease.
-pub fn sidecar(weft: &Path, server: &str, service: &str, id: &str, app: SocketAddr, extra: &[&str]) -> Sidecar {
+pub fn sidecar(
+    weft: &Path,
+    server: &str,
+    service: &str,
+    id: &str,
+    app: SocketAddr,
+    extra: &[&str],
+) -> Sidecar {
     let mut cmd = Command::new(weft);
-    cmd.args(["sidecar", "--server", server, "--service", service, "--id", id])
-        .args(["--app", &app.to_string(), "--inbound", "127.0.0.1:0"])
-        .args(["--ttl", "2s", "--health-interval", "300ms", "--deregister-delay", "200ms"])
-        .args(extra);
+    cmd.args([
+        "sidecar",
+        "--server",
+        server,
+        "--service",
+        service,
+        "--id",
+        id,
+    ])
+    .args(["--app", &app.to_string(), "--inbound", "127.0.0.1:0"])
+    .args([
+        "--ttl",
+        "2s",
+        "--health-interval",
+        "300ms",
+        "--deregister-delay",
+        "200ms",
+    ])
+    .args(extra);
     Sidecar {
         proc: Proc::spawn(cmd),
     }
@@ -114,7 +137,12 @@ pub fn weft_cli(weft: &Path, args: &[&str]) -> (bool, String, String) {
 
 /// One HTTP/1.1 request over a fresh connection: (status, body), or the I/O error.
 /// For load loops and crash tests where spawning curl per request is too slow.
-pub fn http(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> std::io::Result<(u16, Vec<u8>)> {
+pub fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> std::io::Result<(u16, Vec<u8>)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
     let head = format!(
@@ -136,7 +164,10 @@ pub fn http(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> std::io:
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| std::io::Error::other(format!("bad status line: {head}")))?;
     let mut body = raw[text_end + 4..].to_vec();
-    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         body = dechunk(&body);
     }
     Ok((status, body))
@@ -161,6 +192,11 @@ fn dechunk(mut raw: &[u8]) -> Vec<u8> {
 /// GET `path` from the server's API as JSON.
 pub fn api_get(server: SocketAddr, path: &str) -> Value {
     let (status, body) = http(server, "GET", path, b"").expect("API reachable");
-    assert_eq!(status, 200, "GET {path}: {}", String::from_utf8_lossy(&body));
+    assert_eq!(
+        status,
+        200,
+        "GET {path}: {}",
+        String::from_utf8_lossy(&body)
+    );
     serde_json::from_slice(&body).expect("JSON")
 }

@@ -81,9 +81,11 @@ async fn session(
     synced: &watch::Sender<Option<u64>>,
 ) -> Result<(), Failure> {
     let mut applied = false;
-    let fail = |applied: bool| move |e: &dyn std::fmt::Display| Failure {
-        message: e.to_string(),
-        applied,
+    let fail = |applied: bool| {
+        move |e: &dyn std::fmt::Display| Failure {
+            message: e.to_string(),
+            applied,
+        }
     };
     let endpoint = tonic::transport::Endpoint::from_shared(server.to_string())
         .map_err(|e| fail(false)(&e))?
@@ -125,15 +127,21 @@ async fn session(
         for r in update.upserts {
             next.insert(r.key, (r.version, r.json));
         }
-        let flat: BTreeMap<String, String> =
-            next.iter().map(|(k, (_, j))| (k.clone(), j.clone())).collect();
+        let flat: BTreeMap<String, String> = next
+            .iter()
+            .map(|(k, (_, j))| (k.clone(), j.clone()))
+            .collect();
         let result = sidecar_config(spec, &flat)
             .and_then(|config| proxy.apply(config).map_err(|e| e.to_string()));
         let error = match result {
             Ok(()) => {
                 *held = next;
                 synced.send_replace(Some(update.version));
-                tracing::info!(version = update.version, resources = held.len(), "applied update");
+                tracing::info!(
+                    version = update.version,
+                    resources = held.len(),
+                    "applied update"
+                );
                 String::new()
             }
             Err(e) => {

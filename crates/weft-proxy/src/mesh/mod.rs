@@ -48,16 +48,22 @@ pub struct SidecarSpec {
 
 /// Builds the sidecar's configuration from the resources the control plane sent
 /// (`Kind/name` → JSON). Errors are the model's validation messages.
-pub fn sidecar_config(spec: &SidecarSpec, resources: &BTreeMap<String, String>) -> Result<Config, String> {
+pub fn sidecar_config(
+    spec: &SidecarSpec,
+    resources: &BTreeMap<String, String>,
+) -> Result<Config, String> {
     let parse = |key: &str, json: &str| -> Result<Value, String> {
         serde_json::from_str(json).map_err(|e| format!("{key}: not JSON: {e}"))
     };
     let mut docs: Vec<Value> = Vec::new();
-    let mut listeners = vec![json!({"name": "inbound", "address": spec.inbound, "protocol": "HTTP"})];
+    let mut listeners =
+        vec![json!({"name": "inbound", "address": spec.inbound, "protocol": "HTTP"})];
     for (name, addr) in &spec.upstreams {
         listeners.push(json!({"name": format!("out-{name}"), "address": addr, "protocol": "HTTP"}));
     }
-    docs.push(json!({"kind": "Gateway", "metadata": {"name": GATEWAY}, "spec": {"listeners": listeners}}));
+    docs.push(
+        json!({"kind": "Gateway", "metadata": {"name": GATEWAY}, "spec": {"listeners": listeners}}),
+    );
     docs.push(json!({
         "kind": "HTTPRoute",
         "metadata": {"name": "weft.inbound"},
@@ -80,7 +86,9 @@ pub fn sidecar_config(spec: &SidecarSpec, resources: &BTreeMap<String, String>) 
         }
     }
     for (key, json) in resources {
-        let Some(name) = key.strip_prefix("Endpoints/") else { continue };
+        let Some(name) = key.strip_prefix("Endpoints/") else {
+            continue;
+        };
         let endpoints: Vec<Value> = parse(key, json)?
             .get("instances")
             .and_then(Value::as_array)
@@ -90,7 +98,11 @@ pub fn sidecar_config(spec: &SidecarSpec, resources: &BTreeMap<String, String>) 
             .filter_map(|i| {
                 let addr = i.get("address")?.as_str()?;
                 let port = i.get("port")?.as_u64()?;
-                let addr = if addr.contains(':') { format!("[{addr}]:{port}") } else { format!("{addr}:{port}") };
+                let addr = if addr.contains(':') {
+                    format!("[{addr}]:{port}")
+                } else {
+                    format!("{addr}:{port}")
+                };
                 Some(json!({"address": addr}))
             })
             .collect();
@@ -127,9 +139,13 @@ pub fn sidecar_config(spec: &SidecarSpec, resources: &BTreeMap<String, String>) 
             if !applies {
                 continue;
             }
-            let route_name = route.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default();
+            let route_name = route
+                .pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
             route["metadata"]["name"] = json!(format!("{route_name}.{name}"));
-            route["spec"]["parentRefs"] = json!([{"name": GATEWAY, "sectionName": format!("out-{name}")}]);
+            route["spec"]["parentRefs"] =
+                json!([{"name": GATEWAY, "sectionName": format!("out-{name}")}]);
             docs.push(route);
             attached = true;
         }
@@ -148,7 +164,11 @@ pub fn sidecar_config(spec: &SidecarSpec, resources: &BTreeMap<String, String>) 
         }
     }
     docs.extend(services.into_values());
-    let text = docs.iter().map(Value::to_string).collect::<Vec<_>>().join("\n---\n");
+    let text = docs
+        .iter()
+        .map(Value::to_string)
+        .collect::<Vec<_>>()
+        .join("\n---\n");
     weft_model::parse("control-plane", &text).map_err(|e| e.to_string())
 }
 

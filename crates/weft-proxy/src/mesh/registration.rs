@@ -49,10 +49,26 @@ const MAX_ANSWER: usize = 1024 * 1024;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// One JSON request to the API; `(status, body)` (body `null` when not JSON).
-pub async fn call(server: &str, method: &str, path: &str, body: Option<&Value>) -> Result<(u16, Value), String> {
+pub async fn call(
+    server: &str,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+) -> Result<(u16, Value), String> {
     let payload = body.map(Value::to_string).unwrap_or_default();
-    let (status, _, bytes) = request(server, method, path, Bytes::from(payload), "application/json", REQUEST_TIMEOUT).await?;
-    Ok((status, serde_json::from_slice(&bytes).unwrap_or(Value::Null)))
+    let (status, _, bytes) = request(
+        server,
+        method,
+        path,
+        Bytes::from(payload),
+        "application/json",
+        REQUEST_TIMEOUT,
+    )
+    .await?;
+    Ok((
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    ))
 }
 
 /// One HTTP/1.1 request to `server` (`http://HOST:PORT`): `(status, X-Weft-Index, body)`,
@@ -70,10 +86,13 @@ pub async fn request(
         .ok_or_else(|| format!("server `{server}`: expected http://HOST:PORT"))?
         .trim_end_matches('/');
     let attempt = async {
-        let stream = TcpStream::connect(authority).await.map_err(|e| format!("{server}: {e}"))?;
-        let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+        let stream = TcpStream::connect(authority)
             .await
             .map_err(|e| format!("{server}: {e}"))?;
+        let (mut send, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .map_err(|e| format!("{server}: {e}"))?;
         tokio::spawn(conn);
         let req = http::Request::builder()
             .method(method)
@@ -82,7 +101,10 @@ pub async fn request(
             .header(http::header::CONTENT_TYPE, content_type)
             .body(Full::new(body))
             .map_err(|e| e.to_string())?;
-        let resp = send.send_request(req).await.map_err(|e| format!("{server}: {e}"))?;
+        let resp = send
+            .send_request(req)
+            .await
+            .map_err(|e| format!("{server}: {e}"))?;
         let status = resp.status().as_u16();
         let index = resp
             .headers()
@@ -116,13 +138,18 @@ pub async fn check(app: SocketAddr, check: &HealthCheck) -> bool {
             }
         }
     };
-    tokio::time::timeout(Duration::from_secs(2), probe).await.unwrap_or(false)
+    tokio::time::timeout(Duration::from_secs(2), probe)
+        .await
+        .unwrap_or(false)
 }
 
 impl Registration {
     fn instance(&self, passing: bool) -> Value {
-        let metadata: serde_json::Map<String, Value> =
-            self.metadata.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+        let metadata: serde_json::Map<String, Value> = self
+            .metadata
+            .iter()
+            .map(|(k, v)| (k.clone(), json!(v)))
+            .collect();
         json!({
             "service": self.service,
             "id": self.id,
@@ -153,12 +180,14 @@ impl Registration {
                     lease = Some(l);
                     reported = Some(passing);
                 }),
-                Some(l) => self.refresh(base, l, passing, &mut reported).await.map_err(|e| {
-                    if e.contains("lease-not-found") || e.contains("not-found") {
-                        lease = None; // register again at once
-                    }
-                    e
-                }),
+                Some(l) => self
+                    .refresh(base, l, passing, &mut reported)
+                    .await
+                    .inspect_err(|e| {
+                        if e.contains("not-found") {
+                            lease = None; // lease or instance gone: register again at once
+                        }
+                    }),
             };
             match outcome {
                 Ok(()) => tokio::time::sleep(period).await,
@@ -168,7 +197,8 @@ impl Registration {
                     if lease.is_some() {
                         tokio::time::sleep(period.min(Duration::from_secs(1))).await;
                     } else {
-                        tokio::time::sleep(Duration::from_millis(200 + fastrand::u64(0..300))).await;
+                        tokio::time::sleep(Duration::from_millis(200 + fastrand::u64(0..300)))
+                            .await;
                     }
                 }
             }
@@ -176,7 +206,13 @@ impl Registration {
     }
 
     async fn register(&self, base: &str, passing: bool) -> Result<u64, String> {
-        let (status, body) = call(base, "POST", "/v1/catalog/register", Some(&self.instance(passing))).await?;
+        let (status, body) = call(
+            base,
+            "POST",
+            "/v1/catalog/register",
+            Some(&self.instance(passing)),
+        )
+        .await?;
         if status != 200 {
             return Err(format!("register: {status} {body}"));
         }
@@ -186,15 +222,31 @@ impl Registration {
             .ok_or_else(|| format!("register: no lease in {body}"))
     }
 
-    async fn refresh(&self, base: &str, lease: u64, passing: bool, reported: &mut Option<bool>) -> Result<(), String> {
-        let (status, body) = call(base, "PUT", &format!("/v1/catalog/leases/{lease}/renew"), None).await?;
+    async fn refresh(
+        &self,
+        base: &str,
+        lease: u64,
+        passing: bool,
+        reported: &mut Option<bool>,
+    ) -> Result<(), String> {
+        let (status, body) = call(
+            base,
+            "PUT",
+            &format!("/v1/catalog/leases/{lease}/renew"),
+            None,
+        )
+        .await?;
         if status != 200 {
             return Err(format!("renew: {status} {body}"));
         }
         if *reported != Some(passing) {
-            let path = format!("/v1/catalog/services/{}/instances/{}/health", self.service, self.id);
+            let path = format!(
+                "/v1/catalog/services/{}/instances/{}/health",
+                self.service, self.id
+            );
             let status_word = if passing { "passing" } else { "critical" };
-            let (status, body) = call(base, "PUT", &path, Some(&json!({"status": status_word}))).await?;
+            let (status, body) =
+                call(base, "PUT", &path, Some(&json!({"status": status_word}))).await?;
             if status != 200 {
                 return Err(format!("health: {status} {body}"));
             }
@@ -205,7 +257,10 @@ impl Registration {
 
     /// Removes the instance from the catalog (best effort over every server).
     pub async fn deregister(&self) -> bool {
-        let path = format!("/v1/catalog/services/{}/instances/{}", self.service, self.id);
+        let path = format!(
+            "/v1/catalog/services/{}/instances/{}",
+            self.service, self.id
+        );
         for base in &self.servers {
             if let Ok((status, _)) = call(base, "DELETE", &path, None).await {
                 if status == 200 || status == 404 {

@@ -25,18 +25,40 @@ fn catalog_instances_become_http2_endpoints_without_the_critical_ones() {
     let mut r = BTreeMap::new();
     r.insert(
         "Endpoints/api".to_string(),
-        endpoints("api", &[("127.0.0.1", 7001, "passing"), ("127.0.0.1", 7002, "critical"), ("::1", 7003, "unknown")]),
+        endpoints(
+            "api",
+            &[
+                ("127.0.0.1", 7001, "passing"),
+                ("127.0.0.1", 7002, "critical"),
+                ("::1", 7003, "unknown"),
+            ],
+        ),
     );
     let c = sidecar_config(&spec(), &r).unwrap();
     let api = c.service("api").unwrap();
-    let addrs: Vec<&str> = api.spec.endpoints.iter().map(|e| e.address.as_str()).collect();
+    let addrs: Vec<&str> = api
+        .spec
+        .endpoints
+        .iter()
+        .map(|e| e.address.as_str())
+        .collect();
     assert_eq!(addrs, ["127.0.0.1:7001", "[::1]:7003"]);
     assert_eq!(api.spec.protocol, ServiceProtocol::Http2);
     // The default route sends the outbound listener's traffic to the service.
-    let route = c.routes.iter().find(|r| r.metadata.name == "weft.default.api").unwrap();
-    assert_eq!(route.spec.parent_refs[0].section_name.as_deref(), Some("out-api"));
+    let route = c
+        .routes
+        .iter()
+        .find(|r| r.metadata.name == "weft.default.api")
+        .unwrap();
+    assert_eq!(
+        route.spec.parent_refs[0].section_name.as_deref(),
+        Some("out-api")
+    );
     // The local app keeps its own protocol.
-    assert_eq!(c.service(LOCAL_APP).unwrap().spec.protocol, ServiceProtocol::Http);
+    assert_eq!(
+        c.service(LOCAL_APP).unwrap().spec.protocol,
+        ServiceProtocol::Http
+    );
 }
 
 #[test]
@@ -51,14 +73,28 @@ fn mesh_routes_attach_to_the_upstream_listener_and_service_settings_are_kept() {
     );
     r.insert(
         "Service/api".to_string(),
-        json!({"kind": "Service", "metadata": {"name": "api"}, "spec": {"retry": {"attempts": 4}}}).to_string(),
+        json!({"kind": "Service", "metadata": {"name": "api"}, "spec": {"retry": {"attempts": 4}}})
+            .to_string(),
     );
-    r.insert("Endpoints/api".to_string(), endpoints("api", &[("127.0.0.1", 7001, "passing")]));
-    r.insert("Endpoints/api-v2".to_string(), endpoints("api-v2", &[("127.0.0.1", 7002, "passing")]));
+    r.insert(
+        "Endpoints/api".to_string(),
+        endpoints("api", &[("127.0.0.1", 7001, "passing")]),
+    );
+    r.insert(
+        "Endpoints/api-v2".to_string(),
+        endpoints("api-v2", &[("127.0.0.1", 7002, "passing")]),
+    );
     let c = sidecar_config(&spec(), &r).unwrap();
-    let route = c.routes.iter().find(|r| r.metadata.name == "split.api").unwrap();
+    let route = c
+        .routes
+        .iter()
+        .find(|r| r.metadata.name == "split.api")
+        .unwrap();
     assert_eq!(route.spec.rules[0].backend_refs.len(), 2);
-    assert!(c.routes.iter().all(|r| r.metadata.name != "weft.default.api"));
+    assert!(c
+        .routes
+        .iter()
+        .all(|r| r.metadata.name != "weft.default.api"));
     assert_eq!(c.service("api").unwrap().spec.retry.attempts, 4);
     assert_eq!(c.service("api-v2").unwrap().spec.endpoints.len(), 1);
 }
@@ -73,5 +109,7 @@ fn a_bad_resource_is_refused_with_the_reason() {
     let err = sidecar_config(&spec(), &r).unwrap_err();
     assert!(err.contains("attempts"), "{err}");
     r.insert("Service/api".to_string(), "{not json".to_string());
-    assert!(sidecar_config(&spec(), &r).unwrap_err().contains("not JSON"));
+    assert!(sidecar_config(&spec(), &r)
+        .unwrap_err()
+        .contains("not JSON"));
 }
