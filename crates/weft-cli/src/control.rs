@@ -19,7 +19,7 @@ pub async fn run_server(listen: std::net::SocketAddr, data_dir: PathBuf) -> anyh
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     let addr = listener.local_addr()?;
-    say!(
+    note!(
         "{}",
         serde_json::json!({"event": "ready", "address": addr.to_string(), "store": "embedded", "dataDir": data_dir.display().to_string()})
     );

@@ -1,6 +1,6 @@
-//! `weft demo`: three echo backends and a proxy in front of them (HTTP, and HTTPS with a
+//! `weft demo`: a local mesh (`demo_mesh.rs`: control plane, four services with sidecars,
+//! a caller) and an edge proxy in front of three echo backends (HTTP, and HTTPS with a
 //! self-signed certificate made at start), all on loopback.
-//! It grows with each feature into the full local mesh.
 
 use std::net::SocketAddr;
 
@@ -83,7 +83,7 @@ async fn bind_or_any(port: u16) -> anyhow::Result<TcpListener> {
 }
 
 /// Runs the demo until Ctrl-C.
-pub async fn run(port: u16, tls_port: u16) -> anyhow::Result<()> {
+pub async fn run(port: u16, tls_port: u16, server_port: u16) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut config = CONFIG.to_string();
     let mut backends = Vec::new();
@@ -129,6 +129,9 @@ pub async fn run(port: u16, tls_port: u16) -> anyhow::Result<()> {
     std::fs::write(&cert_file, cert)?;
     write_private(&dir.join("demo.key"), &key)?;
 
+    let mesh = crate::demo_mesh::start(&dir, server_port)
+        .await
+        .context("starting the demo mesh")?;
     let mut parsed =
         weft_model::parse("demo.yaml", &config).map_err(|e| anyhow::anyhow!("demo config: {e}"))?;
     parsed.base_dir = Some(dir.clone());
@@ -152,7 +155,33 @@ pub async fn run(port: u16, tls_port: u16) -> anyhow::Result<()> {
             "listeners": {"demo/web": listen.to_string(), "demo/https": listen_tls.to_string()},
             "admin": admin.to_string(),
             "ca": cert_file.display().to_string(),
+            "mesh": {
+                "server": mesh.server,
+                "upstreams": mesh.upstreams.iter().map(|(n, a)| (n.clone(), a.to_string())).collect::<std::collections::BTreeMap<_, _>>(),
+            },
         })
+    );
+    let server = &mesh.server;
+    let (pay, inv) = (mesh.upstreams[0].1, mesh.upstreams[1].1);
+    let split = mesh.split_file.display();
+    let logs = dir.display();
+    eprintln!(
+        r#"
+weft demo: a local mesh is running.
+  control plane  {server}   (embedded store; logs and data in {logs})
+  services       frontend, payments, payments-v2, inventory (x2), each an echo app with a sidecar
+  frontend calls payments and inventory through its sidecar every second (lines below).
+
+Watch it work (export WEFT_SERVER={server}):
+  weft status                        # every sidecar, and whether it has the latest config
+  weft catalog; weft catalog inventory
+  curl -s http://{pay}/order         # call payments as frontend does, through its sidecar
+  curl -s http://{inv}/order         # inventory: balanced over two instances
+  weft apply -f {split} --dry-run    # a canary split: 80% payments, 20% payments-v2
+  weft apply -f {split} --wait       # returns when every sidecar has applied it
+  weft kv put features/checkout on && weft kv watch features/checkout
+  weft get httproute -o yaml
+"#
     );
     eprintln!(
         r#"
@@ -172,8 +201,12 @@ Try:
 Access log lines (JSON) follow on stdout. Ctrl-C stops everything.
 "#
     );
-    tokio::signal::ctrl_c().await?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r?,
+        _ = mesh.call_forever() => {}
+    }
     eprintln!("stopping...");
+    mesh.stop().await;
     proxy.shutdown(std::time::Duration::from_secs(5)).await;
     let _ = stop_tx.send(true);
     for b in backends {

@@ -5,8 +5,18 @@ macro_rules! say {
     ($($t:tt)*) => { $crate::say_line(format_args!($($t)*)) };
 }
 
+/// A status line (ready, synced) from a long-running command: a closed stdout must not
+/// stop a proxy, so write errors are ignored.
+macro_rules! note {
+    ($($t:tt)*) => {{
+        use std::io::Write;
+        let _ = writeln!(std::io::stdout().lock(), $($t)*);
+    }};
+}
+
 mod control;
 mod demo;
+mod demo_mesh;
 mod sidecar;
 mod yaml_out;
 
@@ -129,7 +139,8 @@ enum Command {
         #[command(flatten)]
         server: ServerArg,
     },
-    /// Start a local demo: echo backends and a proxy in front of them.
+    /// Start a local demo: a mesh (control plane, services with sidecars, a caller) and an
+    /// edge proxy in front of echo backends.
     Demo {
         /// Proxy port on 127.0.0.1 (falls back to a free port if taken).
         #[arg(long, default_value_t = 8080)]
@@ -137,6 +148,9 @@ enum Command {
         /// HTTPS port on 127.0.0.1 (falls back to a free port if taken).
         #[arg(long, default_value_t = 8443)]
         tls_port: u16,
+        /// Control-plane port on 127.0.0.1 (falls back to a free port if taken).
+        #[arg(long, default_value_t = 8500)]
+        server_port: u16,
     },
 }
 
@@ -277,9 +291,11 @@ fn main() -> std::process::ExitCode {
             client(|| control::catalog(&server.url, service.as_deref()))
         }
         Command::Status { server } => client(|| control::status(&server.url)),
-        Command::Demo { port, tls_port } => {
-            runtime(None).and_then(|rt| rt.block_on(demo::run(port, tls_port)))
-        }
+        Command::Demo {
+            port,
+            tls_port,
+            server_port,
+        } => runtime(None).and_then(|rt| rt.block_on(demo::run(port, tls_port, server_port))),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

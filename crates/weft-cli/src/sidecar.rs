@@ -155,7 +155,7 @@ pub async fn run(args: SidecarArgs) -> anyhow::Result<()> {
         .iter()
         .map(|(n, a)| (n.clone(), a.to_string().into()))
         .collect();
-    println!(
+    note!(
         "{}",
         serde_json::json!({"event": "ready", "id": id, "listeners": listeners_json, "admin": proxy.admin.map(|a| a.to_string())})
     );
@@ -168,7 +168,7 @@ pub async fn run(args: SidecarArgs) -> anyhow::Result<()> {
         // One line when the first update is applied (scripts and tests wait for it).
         if synced_rx.wait_for(Option::is_some).await.is_ok() {
             let v = *synced_rx.borrow();
-            println!("{}", serde_json::json!({"event": "synced", "version": v}));
+            note!("{}", serde_json::json!({"event": "synced", "version": v}));
         }
         std::future::pending::<()>().await
     };

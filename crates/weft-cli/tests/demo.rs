@@ -1,5 +1,6 @@
-//! End to end: `weft demo` serves HTTP and an HTTPS edge whose self-signed certificate is
-//! made at start, and stops cleanly on Ctrl-C (SIGINT).
+//! End to end: `weft demo` runs a local mesh (control plane, sidecars) and serves HTTP and
+//! an HTTPS edge whose self-signed certificate is made at start, and stops cleanly on
+//! Ctrl-C (SIGINT).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -9,7 +10,15 @@ use weft_testkit::{curl, Proc};
 #[test]
 fn demo_serves_http_and_https_and_stops_on_ctrl_c() {
     let mut cmd = std::process::Command::new(PathBuf::from(env!("CARGO_BIN_EXE_weft")));
-    cmd.args(["demo", "--port", "0", "--tls-port", "0"]);
+    cmd.args([
+        "demo",
+        "--port",
+        "0",
+        "--tls-port",
+        "0",
+        "--server-port",
+        "0",
+    ]);
     let mut demo = Proc::spawn(cmd);
     let ready = demo.ready.clone();
     let http = ready["listeners"]["demo/web"]
@@ -32,6 +41,36 @@ fn demo_serves_http_and_https_and_stops_on_ctrl_c() {
     ]);
     assert_eq!(r.status, 200, "{r:?}");
     assert!(r.body.ends_with("\n2"), "HTTP/2 by ALPN: {}", r.body);
+
+    // The mesh: frontend's sidecar reaches payments and inventory, found in the catalog.
+    for (service, instances) in [
+        ("payments", vec!["payments-1"]),
+        ("inventory", vec!["inventory-1", "inventory-2"]),
+    ] {
+        let out = ready["mesh"]["upstreams"][service]
+            .as_str()
+            .expect("outbound listener");
+        // Registration is asynchronous: wait for the first answer.
+        let r = weft_testkit::eventually("the mesh answers", Duration::from_secs(15), || {
+            let r = curl(&[&format!("http://{out}/order")]);
+            (r.status == 200).then_some(r)
+        });
+        let name = r.json()["name"].as_str().unwrap_or_default().to_string();
+        assert!(
+            instances.contains(&name.as_str()),
+            "{service} answered by {name}"
+        );
+    }
+    let server = ready["mesh"]["server"].as_str().expect("server url");
+    let status = weft_testkit::mesh::weft_cli(
+        &PathBuf::from(env!("CARGO_BIN_EXE_weft")),
+        &["status", "--server", server],
+    );
+    assert!(
+        status.0 && status.1.matches("current").count() >= 5,
+        "{}",
+        status.1
+    );
 
     demo.signal("INT");
     let status = demo.wait_exit(Duration::from_secs(20)).expect("demo exits");

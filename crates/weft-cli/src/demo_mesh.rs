@@ -1,0 +1,274 @@
+//! The mesh half of `weft demo`: a control plane (embedded store), four services each
+//! with a sidecar, and a caller — all child processes of this binary, on loopback.
+//!
+//! ```text
+//! caller (this process) ─► frontend's sidecar ─┬─► payments sidecar ─► payments app
+//!                          (out-payments,      ├─► payments-v2 sidecar (after a split)
+//!                           out-inventory)     └─► inventory sidecars ×2 ─► apps
+//! ```
+
+use std::{net::SocketAddr, path::Path, process::Stdio, time::Duration};
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use serde_json::Value;
+use tokio::{
+    io::{AsyncBufReadExt, BufReader, Lines},
+    process::{Child, ChildStdout, Command},
+};
+
+/// The running mesh; dropping it kills every child.
+pub struct Mesh {
+    children: Vec<Child>,
+    /// The control plane's URL.
+    pub server: String,
+    /// Frontend's outbound listeners: service → address.
+    pub upstreams: Vec<(String, SocketAddr)>,
+    /// The split example written for the user.
+    pub split_file: std::path::PathBuf,
+}
+
+/// A split the user can apply: 80% payments, 20% payments-v2.
+const SPLIT: &str = "\
+kind: Service
+metadata: {name: payments}
+spec:
+  retry: {attempts: 3, on: [connect-failure, refused-stream, 503]}
+---
+kind: Service
+metadata: {name: payments-v2}
+spec: {}
+---
+kind: HTTPRoute
+metadata: {name: payments-canary}
+spec:
+  parentRefs: [{kind: Service, name: payments}]
+  rules:
+    - backendRefs: [{name: payments, weight: 80}, {name: payments-v2, weight: 20}]
+";
+
+/// Reads a child's remaining stdout (a closed pipe would kill it at its next line).
+fn drain(mut lines: Lines<BufReader<ChildStdout>>) {
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+}
+
+async fn spawn(
+    dir: &Path,
+    name: &str,
+    args: &[String],
+) -> anyhow::Result<(Child, Value, Lines<BufReader<ChildStdout>>)> {
+    let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
+    let mut child = Command::new(std::env::current_exe()?)
+        .args(args)
+        .env("WEFT_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {name}"))?;
+    let stdout = child.stdout.take().context("child stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let first = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+        .await
+        .with_context(|| {
+            format!(
+                "{name} did not start (see {})",
+                dir.join(format!("{name}.log")).display()
+            )
+        })??
+        .with_context(|| {
+            format!(
+                "{name} exited (see {})",
+                dir.join(format!("{name}.log")).display()
+            )
+        })?;
+    let ready: Value = serde_json::from_str(&first).with_context(|| format!("{name}: {first}"))?;
+    Ok((child, ready, lines))
+}
+
+fn s(v: &str) -> String {
+    v.to_string()
+}
+
+/// Starts the mesh, with its store and logs in `dir`.
+pub async fn start(dir: &Path, server_port: u16) -> anyhow::Result<Mesh> {
+    let mut children = Vec::new();
+    let listen = match std::net::TcpListener::bind(("127.0.0.1", server_port)) {
+        Ok(l) => l.local_addr()?,
+        Err(_) => "127.0.0.1:0".parse()?,
+    };
+    let data = dir.join("data");
+    let (child, ready, lines) = spawn(
+        dir,
+        "server",
+        &[
+            s("server"),
+            s("--listen"),
+            listen.to_string(),
+            s("--data-dir"),
+            data.display().to_string(),
+        ],
+    )
+    .await?;
+    children.push(child);
+    drain(lines);
+    let server = format!(
+        "http://{}",
+        ready["address"].as_str().context("server address")?
+    );
+
+    // Apps (echo backends), each with its sidecar.
+    let apps = [
+        ("payments", "payments-1", "v1"),
+        ("payments-v2", "payments-v2-1", "v2"),
+        ("inventory", "inventory-1", "v1"),
+        ("inventory", "inventory-2", "v1"),
+        ("frontend", "frontend-1", "v1"),
+    ];
+    let mut frontend = None;
+    for (service, id, version) in apps {
+        let (child, ready, lines) = spawn(
+            dir,
+            id,
+            &[
+                s("echo"),
+                s("--listen"),
+                s("127.0.0.1:0"),
+                s("--name"),
+                s(id),
+            ],
+        )
+        .await?;
+        children.push(child);
+        drain(lines);
+        let app = ready["address"]
+            .as_str()
+            .context("app address")?
+            .to_string();
+        let mut args = vec![
+            s("sidecar"),
+            s("--server"),
+            server.clone(),
+            s("--service"),
+            s(service),
+            s("--id"),
+            s(id),
+            s("--app"),
+            app,
+            s("--inbound"),
+            s("127.0.0.1:0"),
+            s("--health"),
+            s("http:/"),
+            s("--metadata"),
+            format!("version={version}"),
+        ];
+        if service == "frontend" {
+            args.extend([
+                s("--upstream"),
+                s("payments=127.0.0.1:0"),
+                s("--upstream"),
+                s("inventory=127.0.0.1:0"),
+            ]);
+        }
+        let (child, ready, lines) = spawn(dir, &format!("{id}.sidecar"), &args).await?;
+        children.push(child);
+        if service == "frontend" {
+            frontend = Some((ready, lines));
+        } else {
+            drain(lines);
+        }
+    }
+    let (ready, mut lines) = frontend.context("frontend sidecar")?;
+    // Wait for frontend's first update from the control plane.
+    let synced = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.contains("\"synced\"") {
+                return true;
+            }
+        }
+        false
+    })
+    .await
+    .unwrap_or(false);
+    drain(lines);
+    if !synced {
+        bail!(
+            "the frontend sidecar did not receive its configuration (see {})",
+            dir.display()
+        );
+    }
+    let mut upstreams = Vec::new();
+    for service in ["payments", "inventory"] {
+        let addr = ready["listeners"][format!("sidecar/out-{service}")]
+            .as_str()
+            .context("outbound listener")?
+            .parse()?;
+        upstreams.push((service.to_string(), addr));
+    }
+    // Wait (a little) for every instance to be in the catalog, so the first calls land.
+    for _ in 0..100 {
+        let listed =
+            weft_proxy::mesh::registration::call(&server, "GET", "/v1/catalog/services", None)
+                .await
+                .ok()
+                .and_then(|(_, v)| {
+                    v["items"].as_array().map(|a| {
+                        a.iter()
+                            .filter_map(|s| s["instances"].as_u64())
+                            .sum::<u64>()
+                    })
+                });
+        if listed == Some(apps.len() as u64) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let split_file = dir.join("payments-split.yaml");
+    std::fs::write(&split_file, SPLIT)?;
+    Ok(Mesh {
+        children,
+        server,
+        upstreams,
+        split_file,
+    })
+}
+
+impl Mesh {
+    /// Plays frontend: calls each upstream once a second through frontend's sidecar and
+    /// prints who answered.
+    pub async fn call_forever(&self) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            let mut parts = Vec::new();
+            for (service, addr) in &self.upstreams {
+                let answer = weft_proxy::mesh::registration::request(
+                    &format!("http://{addr}"),
+                    "GET",
+                    "/order",
+                    Bytes::new(),
+                    "text/plain",
+                    Duration::from_secs(2),
+                )
+                .await;
+                parts.push(match answer {
+                    Ok((200, _, body)) => {
+                        let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                        format!("{service} → {}", v["name"].as_str().unwrap_or("?"))
+                    }
+                    Ok((status, _, _)) => format!("{service} → {status}"),
+                    Err(e) => format!("{service} → error: {e}"),
+                });
+            }
+            eprintln!("frontend calls: {}", parts.join(", "));
+        }
+    }
+
+    /// Stops every child (sidecars first would deregister; the store goes with the demo).
+    pub async fn stop(mut self) {
+        for c in self.children.iter_mut().rev() {
+            let _ = c.kill().await;
+        }
+    }
+}
