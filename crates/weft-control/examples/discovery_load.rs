@@ -1,0 +1,391 @@
+//! Discovery load: N simulated proxies against a running `weft server`.
+//!
+//! ```text
+//! cargo run --release -p weft-control --example discovery_load -- \
+//!     --server 127.0.0.1:8500 --server-pid PID --proxies 10000 [--services N/10] \
+//!     [--upstreams 3] [--writes 50] [--streams-per-connection 100]
+//! ```
+//!
+//! 1. registers one instance per proxy (service `svc-(i mod S)`, lease TTL 300 s);
+//! 2. opens one discovery stream per proxy, each calling `--upstreams` services, and
+//!    ACKs every update at once (a real sidecar's apply time is not measured here);
+//! 3. `--writes` times: registers a new instance of a random service and measures the
+//!    time until the **last** proxy calling that service has received the update;
+//! 4. drops every stream and reconnects them all at once (a reconnect storm), with the
+//!    versions they hold, and measures the time until all are in sync again;
+//! 5. prints one JSON line: convergence p50/p99, storm time, server RSS and CPU seconds.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant},
+};
+
+use tokio::sync::{mpsc, Notify};
+use weft_api::discovery::{
+    discovery_client::DiscoveryClient, proxy_message::Message, Ack, Hello, ProxyMessage,
+};
+
+struct Args {
+    server: SocketAddr,
+    server_pid: Option<u32>,
+    proxies: usize,
+    services: usize,
+    upstreams: usize,
+    writes: usize,
+    per_connection: usize,
+}
+
+fn args() -> Args {
+    let mut a = Args {
+        server: "127.0.0.1:8500".parse().expect("default address"),
+        server_pid: None,
+        proxies: 1000,
+        services: 0,
+        upstreams: 3,
+        writes: 50,
+        per_connection: 100,
+    };
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    for pair in argv.chunks(2) {
+        let v = pair.get(1).map(String::as_str).unwrap_or_default();
+        match pair[0].as_str() {
+            "--server" => a.server = v.parse().expect("--server IP:PORT"),
+            "--server-pid" => a.server_pid = Some(v.parse().expect("--server-pid")),
+            "--proxies" => a.proxies = v.parse().expect("--proxies"),
+            "--services" => a.services = v.parse().expect("--services"),
+            "--upstreams" => a.upstreams = v.parse().expect("--upstreams"),
+            "--writes" => a.writes = v.parse().expect("--writes"),
+            "--streams-per-connection" => {
+                a.per_connection = v.parse().expect("--streams-per-connection")
+            }
+            other => panic!("unknown argument {other}"),
+        }
+    }
+    if a.services == 0 {
+        a.services = (a.proxies / 10).max(1);
+    }
+    a
+}
+
+/// The write being measured: which service, since when, how many proxies still to hear.
+struct Probe {
+    id: usize,
+    key: String,
+    since: Instant,
+    remaining: usize,
+    last: Instant,
+}
+
+struct Shared {
+    probe: Mutex<Option<Probe>>,
+    done: Notify,
+    synced: AtomicUsize,
+    all_synced: Notify,
+}
+
+/// (user CPU + system CPU seconds, RSS bytes) of a process.
+fn usage(pid: u32) -> (f64, u64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let ticks: f64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+        + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let rss_kb: u64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    (ticks / 100.0, rss_kb * 1024)
+}
+
+fn register(server: SocketAddr, service: &str, id: &str, port: u16) {
+    let body = format!(
+        r#"{{"service":"{service}","id":"{id}","address":"10.0.0.1","port":{port},"ttl":"300s","health":"passing"}}"#
+    );
+    let (status, answer) =
+        weft_testkit::mesh::http(server, "POST", "/v1/catalog/register", body.as_bytes())
+            .expect("register");
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&answer));
+}
+
+async fn register_all(server: SocketAddr, items: Vec<(String, String, u16)>) {
+    let queue = Arc::new(Mutex::new(items));
+    let workers: Vec<_> = (0..32)
+        .map(|_| {
+            let queue = queue.clone();
+            tokio::task::spawn_blocking(move || loop {
+                let next = queue.lock().expect("queue").pop();
+                let Some((service, id, port)) = next else {
+                    return;
+                };
+                register(server, &service, &id, port);
+            })
+        })
+        .collect();
+    for w in workers {
+        w.await.expect("registration worker");
+    }
+}
+
+/// One simulated proxy: hello, then ACK every update, noting probe keys.
+async fn proxy(
+    channel: tonic::transport::Channel,
+    i: usize,
+    service: String,
+    upstreams: Vec<String>,
+    known: Arc<Mutex<HashMap<String, u64>>>,
+    shared: Arc<Shared>,
+) {
+    let mut client = DiscoveryClient::new(channel).max_decoding_message_size(64 << 20);
+    let (tx, rx) = mpsc::channel(4);
+    let hello = Hello {
+        proxy_id: format!("load-{i}"),
+        service,
+        upstreams,
+        known: known.lock().expect("known").clone(),
+        build: "discovery_load".into(),
+    };
+    let _ = tx
+        .send(ProxyMessage {
+            message: Some(Message::Hello(hello)),
+        })
+        .await;
+    let Ok(resp) = client
+        .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+    else {
+        return;
+    };
+    let mut updates = resp.into_inner();
+    let mut first = true;
+    let mut seen_probe = usize::MAX;
+    while let Ok(Some(u)) = updates.message().await {
+        let now = Instant::now();
+        {
+            let mut k = known.lock().expect("known");
+            for r in &u.removes {
+                k.remove(r);
+            }
+            for r in &u.upserts {
+                k.insert(r.key.clone(), r.version);
+            }
+        }
+        if first {
+            first = false;
+            shared.synced.fetch_add(1, Ordering::SeqCst);
+            shared.all_synced.notify_waiters();
+        }
+        {
+            let mut probe = shared.probe.lock().expect("probe");
+            if let Some(p) = probe.as_mut() {
+                if p.id != seen_probe && u.upserts.iter().any(|r| r.key == p.key) {
+                    seen_probe = p.id;
+                    p.remaining -= 1;
+                    p.last = now;
+                    if p.remaining == 0 {
+                        shared.done.notify_waiters();
+                    }
+                }
+            }
+        }
+        let ack = ProxyMessage {
+            message: Some(Message::Ack(Ack {
+                version: u.version,
+                error: String::new(),
+            })),
+        };
+        if tx.send(ack).await.is_err() {
+            return;
+        }
+    }
+}
+
+struct Fleet {
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+async fn open_fleet(
+    a: &Args,
+    plan: &[(String, Vec<String>)],
+    known: &[Arc<Mutex<HashMap<String, u64>>>],
+    shared: &Arc<Shared>,
+) -> Fleet {
+    let mut tasks = Vec::new();
+    let mut channel = None;
+    for (i, (service, upstreams)) in plan.iter().enumerate() {
+        if i % a.per_connection == 0 {
+            let ep = tonic::transport::Endpoint::from_shared(format!("http://{}", a.server))
+                .expect("url");
+            channel = Some(ep.connect().await.expect("connect to the server"));
+        }
+        tasks.push(tokio::spawn(proxy(
+            channel.clone().expect("channel"),
+            i,
+            service.clone(),
+            upstreams.clone(),
+            known[i].clone(),
+            shared.clone(),
+        )));
+    }
+    Fleet { tasks }
+}
+
+async fn wait_synced(shared: &Shared, n: usize) {
+    loop {
+        let notified = shared.all_synced.notified();
+        if shared.synced.load(Ordering::SeqCst) >= n {
+            return;
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(50), notified).await;
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
+}
+
+#[tokio::main]
+async fn main() {
+    let a = args();
+    let mut rng = fastrand::Rng::with_seed(7);
+    let services: Vec<String> = (0..a.services).map(|s| format!("svc-{s}")).collect();
+    // 1. One instance per proxy.
+    let t = Instant::now();
+    let items = (0..a.proxies)
+        .map(|i| {
+            (
+                services[i % a.services].clone(),
+                format!("i-{i}"),
+                10_000 + (i % 50_000) as u16,
+            )
+        })
+        .collect();
+    register_all(a.server, items).await;
+    let registration_s = t.elapsed().as_secs_f64();
+
+    // 2. Streams.
+    let plan: Vec<(String, Vec<String>)> = (0..a.proxies)
+        .map(|i| {
+            let own = services[i % a.services].clone();
+            let ups = (0..a.upstreams)
+                .map(|_| services[rng.usize(..a.services)].clone())
+                .collect();
+            (own, ups)
+        })
+        .collect();
+    let mut callers: HashMap<&str, usize> = HashMap::new();
+    for (_, ups) in &plan {
+        let mut ups = ups.clone();
+        ups.sort();
+        ups.dedup();
+        for u in ups {
+            *callers
+                .entry(services.iter().find(|s| **s == u).expect("service"))
+                .or_default() += 1;
+        }
+    }
+    let known: Vec<_> = (0..a.proxies)
+        .map(|_| Arc::new(Mutex::new(HashMap::new())))
+        .collect();
+    let shared = Arc::new(Shared {
+        probe: Mutex::new(None),
+        done: Notify::new(),
+        synced: AtomicUsize::new(0),
+        all_synced: Notify::new(),
+    });
+    let (cpu0, _) = a.server_pid.map_or((0.0, 0), usage);
+    let t = Instant::now();
+    let fleet = open_fleet(&a, &plan, &known, &shared).await;
+    wait_synced(&shared, a.proxies).await;
+    let initial_sync_s = t.elapsed().as_secs_f64();
+
+    // 3. Writes: a new instance of a service some proxies call.
+    let called: Vec<&str> = callers.keys().copied().collect();
+    let mut latencies = Vec::new();
+    for w in 0..a.writes {
+        let svc = called[rng.usize(..called.len())].to_string();
+        let expected = callers[svc.as_str()];
+        let since = Instant::now();
+        *shared.probe.lock().expect("probe") = Some(Probe {
+            id: w,
+            key: format!("Endpoints/{svc}"),
+            since,
+            remaining: expected,
+            last: since,
+        });
+        let server = a.server;
+        let id = format!("w-{w}");
+        let svc2 = svc.clone();
+        tokio::task::spawn_blocking(move || register(server, &svc2, &id, 9000))
+            .await
+            .expect("write");
+        loop {
+            let notified = shared.done.notified();
+            let finished = shared
+                .probe
+                .lock()
+                .expect("probe")
+                .as_ref()
+                .map(|p| (p.remaining == 0).then(|| p.last.duration_since(p.since)));
+            if let Some(Some(d)) = finished {
+                latencies.push(d.as_secs_f64() * 1000.0);
+                break;
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(20), notified).await;
+            if since.elapsed() > Duration::from_secs(60) {
+                panic!("write {w}: not every caller of {svc} heard of it within 60 s");
+            }
+        }
+    }
+    latencies.sort_by(|x, y| x.total_cmp(y));
+    let (cpu1, rss_steady) = a.server_pid.map_or((0.0, 0), usage);
+
+    // 4. Reconnect storm: every stream dropped, all reconnect at once.
+    for t in &fleet.tasks {
+        t.abort();
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    shared.synced.store(0, Ordering::SeqCst);
+    let t = Instant::now();
+    let storm = open_fleet(&a, &plan, &known, &shared).await;
+    wait_synced(&shared, a.proxies).await;
+    let storm_s = t.elapsed().as_secs_f64();
+    let (cpu2, rss_after) = a.server_pid.map_or((0.0, 0), usage);
+    for t in &storm.tasks {
+        t.abort();
+    }
+    println!(
+        "{}",
+        serde_json::json!({
+            "proxies": a.proxies,
+            "instances": a.proxies + a.writes,
+            "services": a.services,
+            "upstreams_per_proxy": a.upstreams,
+            "registration_s": registration_s,
+            "initial_sync_s": initial_sync_s,
+            "writes": a.writes,
+            "convergence_ms_p50": percentile(&latencies, 0.50),
+            "convergence_ms_p99": percentile(&latencies, 0.99),
+            "convergence_ms_max": latencies.last().copied().unwrap_or(0.0),
+            "storm_resync_s": storm_s,
+            "server_rss_mb": rss_steady as f64 / 1e6,
+            "server_rss_after_storm_mb": rss_after as f64 / 1e6,
+            "server_cpu_s_sync_and_writes": cpu1 - cpu0,
+            "server_cpu_s_storm": cpu2 - cpu1,
+        })
+    );
+}
