@@ -12,22 +12,58 @@ use weft_proxy::mesh::registration::request;
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:8500";
 
 /// `weft server`.
-pub async fn run_server(listen: std::net::SocketAddr, data_dir: PathBuf) -> anyhow::Result<()> {
-    let store = weft_control::embedded::Embedded::open(&data_dir)
-        .with_context(|| format!("cannot open the store in {}", data_dir.display()))?;
+pub async fn run_server(
+    listen: std::net::SocketAddr,
+    data_dir: PathBuf,
+    etcd: Vec<String>,
+    advertise: Option<String>,
+) -> anyhow::Result<()> {
+    let (store, store_desc): (Arc<dyn weft_control::store::Store>, String) = if etcd.is_empty() {
+        let store = weft_control::embedded::Embedded::open(&data_dir)
+            .with_context(|| format!("cannot open the store in {}", data_dir.display()))?;
+        (
+            Arc::new(store),
+            format!("embedded ({})", data_dir.display()),
+        )
+    } else {
+        (
+            etcd_store(&etcd).await?,
+            format!("etcd ({})", etcd.join(",")),
+        )
+    };
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     let addr = listener.local_addr()?;
+    let advertise = advertise.unwrap_or_else(|| {
+        if addr.ip().is_unspecified() {
+            format!("127.0.0.1:{}", addr.port())
+        } else {
+            addr.to_string()
+        }
+    });
     note!(
         "{}",
-        serde_json::json!({"event": "ready", "address": addr.to_string(), "store": "embedded", "dataDir": data_dir.display().to_string()})
+        serde_json::json!({"event": "ready", "address": addr.to_string(), "advertise": advertise, "store": store_desc})
     );
-    weft_control::server::serve(listener, Arc::new(store), async {
+    weft_control::server::serve(listener, store, advertise, async {
         let _ = crate::wait_for_signal().await;
     })
     .await?;
     Ok(())
+}
+
+#[cfg(feature = "etcd")]
+async fn etcd_store(endpoints: &[String]) -> anyhow::Result<Arc<dyn weft_control::store::Store>> {
+    let store = weft_control::etcd::Etcd::connect(endpoints)
+        .await
+        .with_context(|| format!("cannot reach etcd at {}", endpoints.join(",")))?;
+    Ok(Arc::new(store))
+}
+
+#[cfg(not(feature = "etcd"))]
+async fn etcd_store(_: &[String]) -> anyhow::Result<Arc<dyn weft_control::store::Store>> {
+    bail!("this weft was built without etcd support: build with `cargo build --release --features etcd` (needs protoc: apt install protobuf-compiler)")
 }
 
 /// One API call; an API error becomes an error naming its code and details.

@@ -76,6 +76,13 @@ enum Command {
         /// Directory of the embedded store.
         #[arg(long, default_value = "weft-data")]
         data_dir: PathBuf,
+        /// Use an etcd cluster instead (comma-separated `http://HOST:PORT` endpoints):
+        /// several servers over one etcd serve the same mesh.
+        #[arg(long, value_delimiter = ',')]
+        etcd: Vec<String>,
+        /// Address other servers reach this one at (default: the bound address).
+        #[arg(long)]
+        advertise: Option<String>,
     },
     /// Run a sidecar beside one service instance (registers it, routes its calls).
     Sidecar(Box<sidecar::SidecarArgs>),
@@ -263,9 +270,13 @@ fn main() -> std::process::ExitCode {
                 },
             ))
         }),
-        Command::Server { listen, data_dir } => {
-            runtime(None).and_then(|rt| rt.block_on(control::run_server(listen, data_dir)))
-        }
+        Command::Server {
+            listen,
+            data_dir,
+            etcd,
+            advertise,
+        } => runtime(None)
+            .and_then(|rt| rt.block_on(control::run_server(listen, data_dir, etcd, advertise))),
         Command::Sidecar(args) => runtime(None).and_then(|rt| rt.block_on(sidecar::run(*args))),
         Command::Apply {
             file,

@@ -27,7 +27,7 @@ use crate::{
     catalog, config,
     discovery::Sessions,
     error::ApiError,
-    kv,
+    kv, peers,
     state::State,
     store::{Revision, Store, WatchEvent},
 };
@@ -41,6 +41,8 @@ pub struct Api {
     pub state: Arc<State>,
     /// Connected proxies.
     pub sessions: Arc<Sessions>,
+    /// This server's API address as its peers reach it.
+    pub advertise: String,
 }
 
 const OPENAPI: &str = include_str!("openapi.json");
@@ -114,6 +116,8 @@ struct Params {
     raw: Option<bool>,
     #[serde(default)]
     revision: Option<Revision>,
+    #[serde(default)]
+    local: Option<bool>,
 }
 
 type Q = Result<Query<Params>, axum::extract::rejection::QueryRejection>;
@@ -397,7 +401,7 @@ async fn proxies(AxState(api): AxState<Api>, q: Q) -> ApiResult {
     let p = params(q)?;
     let server_revision = api.state.read().revision;
     let at = p.revision.unwrap_or(server_revision);
-    let items: Vec<Value> = api
+    let mut items: Vec<Value> = api
         .sessions
         .list()
         .into_iter()
@@ -405,12 +409,41 @@ async fn proxies(AxState(api): AxState<Api>, q: Q) -> ApiResult {
             let current = s.current(at);
             let mut v = serde_json::to_value(&s).unwrap_or_default();
             v["current"] = json!(current);
+            v["server"] = json!(api.advertise);
             v
         })
         .collect();
+    // Every replica knows only its own streams: ask the others (announced in the store).
+    let mut unreachable = Vec::new();
+    if !p.local.unwrap_or(false) {
+        let peers: Vec<String> = peers::list(&*api.store)
+            .await?
+            .into_iter()
+            .filter(|a| *a != api.advertise)
+            .collect();
+        let asks: Vec<_> = peers
+            .iter()
+            .map(|peer| tokio::spawn(peers::proxies_of(peer.clone(), at)))
+            .collect();
+        for (peer, ask) in peers.iter().zip(asks) {
+            match ask.await {
+                Ok(Ok(list)) => items.extend(list),
+                Ok(Err(e)) => unreachable.push(json!({"server": peer, "error": e})),
+                Err(e) => unreachable.push(json!({"server": peer, "error": e.to_string()})),
+            }
+        }
+        // A proxy that just moved may be listed by two replicas: keep the newer stream.
+        items.sort_by(|a, b| {
+            a["proxyId"]
+                .as_str()
+                .cmp(&b["proxyId"].as_str())
+                .then(b["connectedAt"].as_u64().cmp(&a["connectedAt"].as_u64()))
+        });
+        items.dedup_by(|later, first| later["proxyId"] == first["proxyId"]);
+    }
     Ok(with_index(
         server_revision,
-        Json(json!({"revision": at, "items": items})),
+        Json(json!({"revision": at, "items": items, "unreachable": unreachable})),
     ))
 }
 

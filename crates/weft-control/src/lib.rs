@@ -21,7 +21,10 @@ mod diff;
 pub mod discovery;
 pub mod embedded;
 pub mod error;
+#[cfg(feature = "etcd")]
+pub mod etcd;
 pub mod kv;
+pub mod peers;
 pub mod server;
 pub mod state;
 pub mod store;

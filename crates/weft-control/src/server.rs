@@ -16,14 +16,17 @@ use crate::{
 /// Largest discovery message accepted from a proxy (a Hello with its known versions).
 const MAX_PROXY_MESSAGE: usize = 4 * 1024 * 1024;
 
-/// Serves the control plane on `listener` until `shutdown` completes.
+/// Serves the control plane on `listener` until `shutdown` completes. `advertise` is the
+/// address other replicas reach this one at (announced in the store).
 pub async fn serve(
     listener: TcpListener,
     store: Arc<dyn Store>,
+    advertise: String,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let state = State::new();
     let follower = tokio::spawn(state.clone().follow(store.clone()));
+    let announcer = tokio::spawn(crate::peers::announce(store.clone(), advertise.clone()));
     let sessions = Arc::new(Sessions::default());
     let grpc = GrpcDiscovery::new(DiscoveryServer::new(state.clone(), sessions.clone()))
         .max_decoding_message_size(MAX_PROXY_MESSAGE)
@@ -34,6 +37,7 @@ pub async fn serve(
         store,
         state,
         sessions,
+        advertise,
     })
     .route_service("/weft.discovery.v1.Discovery/{*method}", grpc);
     let local: SocketAddr = listener.local_addr()?;
@@ -42,5 +46,6 @@ pub async fn serve(
         .with_graceful_shutdown(shutdown)
         .await;
     follower.abort();
+    announcer.abort();
     result
 }

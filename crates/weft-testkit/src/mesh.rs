@@ -200,3 +200,113 @@ pub fn api_get(server: SocketAddr, path: &str) -> Value {
     );
     serde_json::from_slice(&body).expect("JSON")
 }
+
+/// A local etcd cluster (Debian's `etcd-server`), one process per member, on loopback.
+pub struct EtcdCluster {
+    /// Member processes (killed on drop).
+    pub members: Vec<std::process::Child>,
+    /// Client URLs, one per member.
+    pub client_urls: Vec<String>,
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        for m in &mut self.members {
+            let _ = m.kill();
+            let _ = m.wait();
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// Starts an `n`-member etcd cluster and waits until every member answers.
+pub fn etcd_cluster(n: usize) -> EtcdCluster {
+    let etcd = crate::require("etcd");
+    let dir = temp_dir();
+    let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+    let initial: Vec<String> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, (_, peer))| format!("m{i}=http://127.0.0.1:{peer}"))
+        .collect();
+    let mut members = Vec::new();
+    let mut client_urls = Vec::new();
+    for (i, (client, peer)) in ports.iter().enumerate() {
+        let log = std::fs::File::create(dir.join(format!("etcd-m{i}.log"))).expect("log file");
+        let client_url = format!("http://127.0.0.1:{client}");
+        let peer_url = format!("http://127.0.0.1:{peer}");
+        let child = Command::new(&etcd)
+            .args(["--name", &format!("m{i}"), "--data-dir"])
+            .arg(dir.join(format!("m{i}")))
+            .args([
+                "--listen-client-urls",
+                &client_url,
+                "--advertise-client-urls",
+                &client_url,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer_url,
+                "--initial-advertise-peer-urls",
+                &peer_url,
+            ])
+            .args([
+                "--initial-cluster",
+                &initial.join(","),
+                "--initial-cluster-state",
+                "new",
+            ])
+            .args([
+                "--initial-cluster-token",
+                &format!("weft-test-{}", std::process::id()),
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start etcd");
+        members.push(child);
+        client_urls.push(client_url);
+    }
+    let cluster = EtcdCluster {
+        members,
+        client_urls,
+    };
+    // Ready when every member answers /health with "true" (a leader is elected).
+    for url in &cluster.client_urls {
+        let addr: SocketAddr = url.trim_start_matches("http://").parse().expect("addr");
+        crate::eventually("etcd member healthy", Duration::from_secs(30), || {
+            let (status, body) = http(addr, "GET", "/health", b"").ok()?;
+            (status == 200 && String::from_utf8_lossy(&body).contains("true")).then_some(())
+        });
+    }
+    cluster
+}
+
+/// Starts `weft server` over etcd (the binary must be built with `--features etcd`).
+pub fn server_etcd(weft: &Path, endpoints: &[String]) -> Server {
+    let mut cmd = Command::new(weft);
+    cmd.args([
+        "server",
+        "--listen",
+        "127.0.0.1:0",
+        "--etcd",
+        &endpoints.join(","),
+    ]);
+    let proc = Proc::spawn(cmd);
+    let addr = proc.ready["address"]
+        .as_str()
+        .expect("address")
+        .parse()
+        .expect("addr");
+    Server {
+        proc,
+        addr,
+        data_dir: PathBuf::new(),
+    }
+}

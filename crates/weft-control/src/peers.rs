@@ -1,0 +1,80 @@
+//! Server replicas find each other through the store: each announces its API address
+//! under `/weft/servers/` with a lease, so `GET /v1/proxies` on any replica can show the
+//! proxies connected to every replica (each server knows only its own streams).
+
+use std::{sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Limited};
+use serde_json::Value;
+
+use crate::store::{self, Store};
+
+/// Prefix of the replicas' announcements.
+pub const PREFIX: &str = "/weft/servers/";
+const TTL: Duration = Duration::from_secs(10);
+const RENEW: Duration = Duration::from_secs(3);
+/// How long a peer has to answer `GET /v1/proxies`.
+pub const PEER_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Keeps this replica's announcement in the store for ever (re-announcing after a lapse).
+pub async fn announce(store: Arc<dyn Store>, advertise: String) {
+    let key = format!("{PREFIX}{advertise}");
+    loop {
+        let attempt = async {
+            let lease = store.grant(TTL).await?;
+            let value =
+                serde_json::json!({"address": advertise, "store": store.kind()}).to_string();
+            store::put(&*store, &key, value.into_bytes(), Some(lease)).await?;
+            loop {
+                tokio::time::sleep(RENEW).await;
+                store.keep_alive(lease).await?;
+            }
+            #[allow(unreachable_code)]
+            Ok::<(), store::StoreError>(())
+        };
+        if let Err(e) = attempt.await {
+            tracing::warn!(error = %e, "could not announce this server; retrying");
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// API addresses of every announced replica.
+pub async fn list(store: &dyn Store) -> Result<Vec<String>, store::StoreError> {
+    Ok(store::list_all(store, PREFIX)
+        .await?
+        .kvs
+        .into_iter()
+        .filter_map(|kv| kv.key.strip_prefix(PREFIX).map(str::to_string))
+        .collect())
+}
+
+/// `GET http://PEER/v1/proxies?local=true&revision=R`: that replica's own proxies.
+pub async fn proxies_of(peer: String, revision: u64) -> Result<Vec<Value>, String> {
+    let attempt = async {
+        let stream = tokio::net::TcpStream::connect(peer.as_str())
+            .await
+            .map_err(|e| e.to_string())?;
+        let (mut send, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        let req = hyper::Request::get(format!("/v1/proxies?local=true&revision={revision}"))
+            .header(hyper::header::HOST, peer.as_str())
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| e.to_string())?;
+        let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
+        let body = Limited::new(resp.into_body(), 64 << 20)
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        let v: Value = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
+        Ok(v["items"].as_array().cloned().unwrap_or_default())
+    };
+    tokio::time::timeout(PEER_TIMEOUT, attempt)
+        .await
+        .map_err(|_| format!("no answer within {PEER_TIMEOUT:?}"))?
+}
