@@ -3,7 +3,13 @@
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
-    let files = protox::compile(["weft/discovery/v1/discovery.proto"], ["proto"])?;
+    let files = protox::compile(
+        [
+            "weft/discovery/v1/discovery.proto",
+            "grpc/health/v1/health.proto",
+        ],
+        ["proto"],
+    )?;
     tonic_prost_build::configure().compile_fds(files)?;
     Ok(())
 }

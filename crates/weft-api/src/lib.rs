@@ -9,3 +9,9 @@
 pub mod discovery {
     tonic::include_proto!("weft.discovery.v1");
 }
+
+/// `grpc.health.v1`: the standard gRPC health protocol (the sidecar checks gRPC apps with it).
+#[allow(missing_docs, clippy::all)]
+pub mod health {
+    tonic::include_proto!("grpc.health.v1");
+}

@@ -41,7 +41,8 @@ pub struct SidecarArgs {
     /// An upstream: NAME=IP:PORT opens a local listener that sends to service NAME.
     #[arg(long = "upstream")]
     upstreams: Vec<String>,
-    /// Health check of the app: `http:/PATH`, `tcp` or `none`.
+    /// Health check of the app: `http:/PATH`, `tcp`, `grpc` (the gRPC health protocol;
+    /// `grpc:SERVICE` for one service's status) or `none`.
     #[arg(long, default_value = "tcp")]
     health: String,
     /// How often the app is checked.
@@ -82,9 +83,11 @@ pub async fn run(args: SidecarArgs) -> anyhow::Result<()> {
     let check = match args.health.as_str() {
         "tcp" => HealthCheck::Tcp,
         "none" => HealthCheck::None,
-        h => match h.strip_prefix("http:") {
-            Some(path) if path.starts_with('/') => HealthCheck::Http(path.to_string()),
-            _ => bail!("--health {h}: expected http:/PATH, tcp or none"),
+        "grpc" => HealthCheck::Grpc(String::new()),
+        h => match (h.strip_prefix("http:"), h.strip_prefix("grpc:")) {
+            (Some(path), _) if path.starts_with('/') => HealthCheck::Http(path.to_string()),
+            (_, Some(service)) => HealthCheck::Grpc(service.to_string()),
+            _ => bail!("--health {h}: expected http:/PATH, tcp, grpc, grpc:SERVICE or none"),
         },
     };
     let mut upstreams = Vec::new();

@@ -486,3 +486,79 @@ fn kv_pages_and_watches() {
         );
     }
 }
+
+fn health_of(server: &Server, service: &str, id: &str) -> Option<String> {
+    let v = api_get(server.addr, &format!("/v1/catalog/services/{service}"));
+    v["items"]
+        .as_array()?
+        .iter()
+        .find(|i| i["id"] == id)
+        .and_then(|i| i["health"].as_str().map(str::to_string))
+}
+
+#[test]
+fn grpc_through_the_mesh_grpc_health_checks_and_deregistration_on_sigterm() {
+    let s = server(&weft());
+    let health_file = temp_dir().join("health");
+    let support = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/support/grpc_peer.py");
+    let mut cmd = std::process::Command::new(weft_testkit::python());
+    cmd.arg(&support)
+        .arg("server")
+        .env("HEALTH_FILE", &health_file);
+    let app = weft_testkit::Proc::spawn(cmd);
+    let app_addr: SocketAddr = app.ready["address"].as_str().unwrap().parse().unwrap();
+    let mut g = sidecar(
+        &weft(),
+        &s.url(),
+        "g",
+        "g-1",
+        app_addr,
+        &["--app-protocol", "grpc", "--health", "grpc", "--ttl", "30s"],
+    );
+    g.wait_synced();
+    let caller = instance(&s, "c", "c-1", &["--upstream", "g=127.0.0.1:0"]);
+    eventually("g-1 registered passing", Duration::from_secs(10), || {
+        (health_of(&s, "g", "g-1")? == "passing").then_some(())
+    });
+
+    // Every gRPC call kind, caller sidecar → (HTTP/2) → g's sidecar → app.
+    let target = caller.sidecar.listener("out-g").to_string();
+    let r = eventually("gRPC through the mesh", Duration::from_secs(10), || {
+        let out = std::process::Command::new(weft_testkit::python())
+            .arg(&support)
+            .args(["client", &target])
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| serde_json::from_slice::<serde_json::Value>(&out.stdout).ok())
+            .flatten()
+    });
+    assert_eq!(r["unary"], "echo:hi", "{r}");
+    assert_eq!(r["trailer"], "t1", "{r}");
+    assert_eq!(r["error_code"], "NOT_FOUND", "{r}");
+    assert_eq!(r["bidi"], serde_json::json!(["A", "BC", "DEF"]), "{r}");
+
+    // The gRPC health protocol drives the catalog both ways.
+    std::fs::write(&health_file, "NOT_SERVING").unwrap();
+    eventually("g-1 critical", Duration::from_secs(10), || {
+        (health_of(&s, "g", "g-1")? == "critical").then_some(())
+    });
+    std::fs::write(&health_file, "SERVING").unwrap();
+    eventually("g-1 passing again", Duration::from_secs(10), || {
+        (health_of(&s, "g", "g-1")? == "passing").then_some(())
+    });
+
+    // SIGTERM: deregistered at once (the lease has 30 s left), then a clean exit.
+    g.proc.signal("TERM");
+    let status = g
+        .proc
+        .wait_exit(Duration::from_secs(20))
+        .expect("sidecar exits");
+    assert!(status.success(), "{status:?}\n{}", g.proc.stderr());
+    assert_eq!(
+        health_of(&s, "g", "g-1"),
+        None,
+        "still registered after SIGTERM"
+    );
+}

@@ -108,15 +108,11 @@ pub fn sidecar(
         id,
     ])
     .args(["--app", &app.to_string(), "--inbound", "127.0.0.1:0"])
-    .args([
-        "--ttl",
-        "2s",
-        "--health-interval",
-        "300ms",
-        "--deregister-delay",
-        "200ms",
-    ])
+    .args(["--health-interval", "300ms", "--deregister-delay", "200ms"])
     .args(extra);
+    if !extra.contains(&"--ttl") {
+        cmd.args(["--ttl", "2s"]);
+    }
     Sidecar {
         proc: Proc::spawn(cmd),
     }

@@ -10,6 +10,7 @@ Messages are raw bytes (no protobuf schema needed): unary, server streaming, cli
 streaming and bidirectional streaming, trailing metadata and error statuses.
 """
 import json
+import os
 import sys
 from concurrent import futures
 
@@ -40,6 +41,15 @@ def bidi(request_iterator, context):
         yield r.upper()
 
 
+def health_check(request, context):
+    # grpc.health.v1 HealthCheckResponse{status}: 1 SERVING, 2 NOT_SERVING (raw protobuf).
+    # NOT_SERVING while the file named by $HEALTH_FILE says so.
+    path = os.environ.get("HEALTH_FILE")
+    if path and os.path.exists(path) and open(path).read().strip() == "NOT_SERVING":
+        return b"\x08\x02"
+    return b"\x08\x01"
+
+
 def serve():
     handlers = {
         "Unary": grpc.unary_unary_rpc_method_handler(unary),
@@ -48,7 +58,11 @@ def serve():
         "Bidi": grpc.stream_stream_rpc_method_handler(bidi),
     }
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    server.add_generic_rpc_handlers((
+        grpc.method_handlers_generic_handler(SERVICE, handlers),
+        grpc.method_handlers_generic_handler(
+            "grpc.health.v1.Health", {"Check": grpc.unary_unary_rpc_method_handler(health_check)}),
+    ))
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     print(json.dumps({"event": "ready", "address": f"127.0.0.1:{port}"}), flush=True)

@@ -17,6 +17,9 @@ pub enum HealthCheck {
     Http(String),
     /// A TCP connection must open.
     Tcp,
+    /// The gRPC health protocol (`grpc.health.v1.Health/Check`) must answer SERVING for
+    /// this service name (empty: the server as a whole).
+    Grpc(String),
     /// Not checked: always reported passing.
     None,
 }
@@ -129,6 +132,7 @@ pub async fn check(app: SocketAddr, check: &HealthCheck) -> bool {
         match check {
             HealthCheck::None => true,
             HealthCheck::Tcp => TcpStream::connect(app).await.is_ok(),
+            HealthCheck::Grpc(service) => grpc_serving(app, service).await,
             HealthCheck::Http(path) => {
                 let (status, _) = match call(&format!("http://{app}"), "GET", path, None).await {
                     Ok(r) => r,
@@ -141,6 +145,29 @@ pub async fn check(app: SocketAddr, check: &HealthCheck) -> bool {
     tokio::time::timeout(Duration::from_secs(2), probe)
         .await
         .unwrap_or(false)
+}
+
+async fn grpc_serving(app: SocketAddr, service: &str) -> bool {
+    use weft_api::health::{
+        health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest,
+    };
+    let Ok(endpoint) = tonic::transport::Endpoint::from_shared(format!("http://{app}")) else {
+        return false;
+    };
+    let Ok(channel) = endpoint
+        .connect_timeout(Duration::from_secs(1))
+        .connect()
+        .await
+    else {
+        return false;
+    };
+    let request = HealthCheckRequest {
+        service: service.to_string(),
+    };
+    match HealthClient::new(channel).check(request).await {
+        Ok(r) => r.into_inner().status == ServingStatus::Serving as i32,
+        Err(_) => false,
+    }
 }
 
 impl Registration {
