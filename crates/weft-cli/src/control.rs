@@ -116,6 +116,24 @@ async fn get_json(server: &str, path: &str) -> anyhow::Result<Value> {
     .0)
 }
 
+/// Every item of a paginated list (`path` has its query already), page by page.
+async fn all_pages(server: &str, path: &str) -> anyhow::Result<Vec<Value>> {
+    let mut items = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page_path = match &after {
+            Some(a) => format!("{path}&after={}", encode(a)),
+            None => path.to_string(),
+        };
+        let page = get_json(server, &page_path).await?;
+        items.extend(page["items"].as_array().cloned().unwrap_or_default());
+        match page["next"].as_str() {
+            Some(n) => after = Some(n.to_string()),
+            None => return Ok(items),
+        }
+    }
+}
+
 /// Percent-encodes a query value or path segment.
 pub fn encode(s: &str) -> String {
     s.bytes()
@@ -232,20 +250,8 @@ pub async fn get(server: &str, kind: &str, name: Option<&str>, output: &str) -> 
             .await?
         }
         None => {
-            let mut items = Vec::new();
-            let mut after: Option<String> = None;
-            loop {
-                let mut path = format!("/v1/config/{}?limit=1000", encode(kind));
-                if let Some(a) = &after {
-                    path.push_str(&format!("&after={}", encode(a)));
-                }
-                let page = get_json(server, &path).await?;
-                items.extend(page["items"].as_array().cloned().unwrap_or_default());
-                match page["next"].as_str() {
-                    Some(n) => after = Some(n.to_string()),
-                    None => break,
-                }
-            }
+            let items =
+                all_pages(server, &format!("/v1/config/{}?limit=1000", encode(kind))).await?;
             Value::Array(items)
         }
     };
@@ -346,27 +352,16 @@ pub async fn kv(server: &str, cmd: crate::KvCommand) -> anyhow::Result<()> {
             say!("{} key(s) deleted", v["deleted"]);
         }
         K::List { prefix } => {
-            let mut after: Option<String> = None;
-            loop {
-                let mut path = format!("/v1/kv?prefix={}&limit=1000", encode(&prefix));
-                if let Some(a) = &after {
-                    path.push_str(&format!("&after={}", encode(a)));
-                }
-                let page = get_json(server, &path).await?;
-                for e in page["items"].as_array().into_iter().flatten() {
-                    let value = e["value"]
-                        .as_str()
-                        .map_or_else(|| format!("({} bytes)", e["size"]), str::to_string);
-                    say!(
-                        "{}\t{}\t{value}",
-                        e["key"].as_str().unwrap_or(""),
-                        e["modRevision"]
-                    );
-                }
-                match page["next"].as_str() {
-                    Some(n) => after = Some(n.to_string()),
-                    None => break,
-                }
+            let path = format!("/v1/kv?prefix={}&limit=1000", encode(&prefix));
+            for e in all_pages(server, &path).await? {
+                let value = e["value"]
+                    .as_str()
+                    .map_or_else(|| format!("({} bytes)", e["size"]), str::to_string);
+                say!(
+                    "{}\t{}\t{value}",
+                    e["key"].as_str().unwrap_or(""),
+                    e["modRevision"]
+                );
             }
         }
         K::Watch { key, prefix } => {

@@ -3,26 +3,18 @@
 //! (scripts/test does both); without them this test fails and says so.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use weft_testkit::mesh::{api_get, etcd_cluster, http, server_etcd, sidecar, Sidecar};
+use weft_testkit::mesh::{
+    api_get, assert_kv_kept, echo_name as who, etcd_cluster, http, server_etcd, sidecar, LoadLoop,
+    Sidecar,
+};
 use weft_testkit::{echo, eventually, Echo};
 
 fn weft() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_weft"))
-}
-
-fn who(addr: std::net::SocketAddr) -> Result<String, String> {
-    match http(addr, "GET", "/hello", b"") {
-        Ok((200, body)) => {
-            let v: serde_json::Value = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
-            Ok(v["name"].as_str().unwrap_or("?").to_string())
-        }
-        Ok((status, body)) => Err(format!("{status} {}", String::from_utf8_lossy(&body))),
-        Err(e) => Err(e.to_string()),
-    }
 }
 
 #[test]
@@ -55,26 +47,7 @@ fn losing_a_server_replica_and_an_etcd_member_under_load_loses_nothing() {
 
     let stop = Arc::new(AtomicBool::new(false));
     // Load between sidecars.
-    let failed = Arc::new(AtomicUsize::new(0));
-    let served = Arc::new(AtomicUsize::new(0));
-    let load = {
-        let (stop, failed, served) = (stop.clone(), failed.clone(), served.clone());
-        std::thread::spawn(move || {
-            let mut errors = Vec::new();
-            while !stop.load(Ordering::Relaxed) {
-                match who(out) {
-                    Ok(_) => {
-                        served.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Err(e) => {
-                        failed.fetch_add(1, Ordering::Relaxed);
-                        errors.push(e);
-                    }
-                }
-            }
-            errors
-        })
-    };
+    let load = LoadLoop::start(out);
     // Writes through whichever replica answers; each acknowledged one is recorded.
     let writer = {
         let stop = stop.clone();
@@ -92,7 +65,7 @@ fn losing_a_server_replica_and_an_etcd_member_under_load_loses_nothing() {
                     }
                 }
                 if done {
-                    acked.push(key);
+                    acked.push((key.clone(), key));
                     i += 1;
                 } else {
                     std::thread::sleep(Duration::from_millis(20));
@@ -123,34 +96,21 @@ fn losing_a_server_replica_and_an_etcd_member_under_load_loses_nothing() {
     );
     std::thread::sleep(Duration::from_secs(2));
     stop.store(true, Ordering::Relaxed);
-    let errors = load.join().unwrap();
+    let (served, errors) = load.finish();
     let acked = writer.join().unwrap();
 
-    assert_eq!(
-        failed.load(Ordering::Relaxed),
-        0,
-        "failed requests: {:?}",
+    assert!(
+        errors.is_empty(),
+        "{} failed requests: {:?}",
+        errors.len(),
         &errors[..errors.len().min(5)]
     );
-    assert!(served.load(Ordering::Relaxed) > 100);
+    assert!(served > 100, "only {served} requests");
     assert!(acked.len() > 10, "only {} writes acknowledged", acked.len());
-    let mut lost = Vec::new();
-    for key in &acked {
-        match http(b.addr, "GET", &format!("/v1/kv/{key}?raw=true"), b"") {
-            Ok((200, body)) if body == key.as_bytes() => {}
-            other => lost.push(format!("{key}: {other:?}")),
-        }
-    }
-    assert!(
-        lost.is_empty(),
-        "{} of {} acknowledged writes lost: {:?}",
-        lost.len(),
-        acked.len(),
-        &lost[..lost.len().min(5)]
-    );
+    assert_kv_kept(b.addr, &acked);
     eprintln!(
         "{} requests between sidecars and {} acknowledged writes across the failures: 0 failed, 0 lost",
-        served.load(Ordering::Relaxed),
+        served,
         acked.len()
     );
 }

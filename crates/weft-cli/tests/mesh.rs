@@ -4,27 +4,18 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use weft_testkit::mesh::{api_get, http, server, server_at, sidecar, weft_cli, Server, Sidecar};
+use weft_testkit::mesh::{
+    api_get, assert_kv_kept, echo_name as who, http, server, server_at, sidecar, weft_cli,
+    LoadLoop, Server, Sidecar,
+};
 use weft_testkit::{echo, eventually, temp_dir, Echo};
 
 fn weft() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_weft"))
-}
-
-/// Which app answered: the echo's `x-echo-name`, read from its JSON body.
-fn who(addr: SocketAddr) -> Result<String, String> {
-    match http(addr, "GET", "/hello", b"") {
-        Ok((200, body)) => {
-            let v: serde_json::Value = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
-            Ok(v["name"].as_str().unwrap_or("?").to_string())
-        }
-        Ok((status, body)) => Err(format!("{status} {}", String::from_utf8_lossy(&body))),
-        Err(e) => Err(e.to_string()),
-    }
 }
 
 fn tally(addr: SocketAddr, n: usize) -> BTreeMap<String, usize> {
@@ -195,32 +186,15 @@ fn with_the_control_plane_down_for_30_s_no_request_fails() {
         (tally(out, 20).len() == 2).then_some(())
     });
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let load = {
-        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
-        std::thread::spawn(move || {
-            let mut errors = Vec::new();
-            while !stop.load(Ordering::Relaxed) {
-                match who(out) {
-                    Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
-                    Err(e) => {
-                        errors.push(e);
-                        failed.fetch_add(1, Ordering::Relaxed)
-                    }
-                };
-            }
-            errors
-        })
-    };
+    let load = LoadLoop::start(out);
     // kill -9 the server, stay down 30 s, come back on the same address and store.
     let (addr, data) = (s.addr, s.data_dir.clone());
     let mut s = s;
     s.proc.child.kill().unwrap();
     s.proc.child.wait().unwrap();
-    let before = ok.load(Ordering::Relaxed);
+    let before = load.served();
     std::thread::sleep(Duration::from_secs(30));
-    let during = ok.load(Ordering::Relaxed) - before;
+    let during = load.served() - before;
     let s = server_at(&weft, &addr.to_string(), &data);
     // Every sidecar reconnects and is current again; the instances kept their places.
     eventually(
@@ -235,22 +209,18 @@ fn with_the_control_plane_down_for_30_s_no_request_fails() {
     let v = api_get(s.addr, "/v1/catalog/services/b");
     assert_eq!(v["items"].as_array().unwrap().len(), 2, "{v}");
     std::thread::sleep(Duration::from_secs(1));
-    stop.store(true, Ordering::Relaxed);
-    let errors = load.join().unwrap();
+    let (served, errors) = load.finish();
     assert!(
         during > 100,
         "load kept running while the server was down: {during} requests"
     );
-    assert_eq!(
-        failed.load(Ordering::Relaxed),
-        0,
-        "failed requests: {:?}",
+    assert!(
+        errors.is_empty(),
+        "{} failed requests: {:?}",
+        errors.len(),
         &errors[..errors.len().min(5)]
     );
-    eprintln!(
-        "{} requests, {during} while the control plane was down, 0 failed",
-        ok.load(Ordering::Relaxed)
-    );
+    eprintln!("{served} requests, {during} while the control plane was down, 0 failed");
 }
 
 #[test]
@@ -296,20 +266,7 @@ fn every_acknowledged_write_survives_kill_9() {
     );
 
     let s = server_at(&weft, "127.0.0.1:0", &s.data_dir);
-    let mut missing = Vec::new();
-    for (key, value) in &acked {
-        match http(s.addr, "GET", &format!("/v1/kv/{key}?raw=true"), b"") {
-            Ok((200, body)) if body == value.as_bytes() => {}
-            other => missing.push(format!("{key}: {other:?}")),
-        }
-    }
-    assert!(
-        missing.is_empty(),
-        "{} of {} acknowledged writes lost: {:?}",
-        missing.len(),
-        acked.len(),
-        &missing[..missing.len().min(5)]
-    );
+    assert_kv_kept(s.addr, &acked);
     eprintln!(
         "{} acknowledged writes, all present after kill -9 and restart",
         acked.len()

@@ -23,7 +23,7 @@ use tokio::sync::{broadcast, mpsc};
 
 use crate::store::{
     prefix_end, Event, KeyValue, LeaseId, RangeResult, Revision, Store, StoreError, StoreFuture,
-    Txn, TxnResult, WatchEvent, MAX_VALUE_BYTES,
+    Txn, TxnResult, WatchEvent,
 };
 
 const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
@@ -266,12 +266,7 @@ impl Embedded {
             for op in txn.ops {
                 match op {
                     Op::Put { key, value, lease } => {
-                        if value.len() > MAX_VALUE_BYTES {
-                            return Err(StoreError::Invalid(format!(
-                                "value of {} bytes is over the limit of {MAX_VALUE_BYTES}",
-                                value.len()
-                            )));
-                        }
+                        crate::store::check_value(&value)?;
                         if let Some(id) = lease {
                             if !lock(&self.inner.leases).contains_key(&id) {
                                 return Err(StoreError::LeaseNotFound(id));

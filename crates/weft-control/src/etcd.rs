@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 
 use crate::store::{
     prefix_end, Event, KeyValue, LeaseId, Op, RangeResult, Revision, Store, StoreError,
-    StoreFuture, Txn, TxnResult, WatchEvent, MAX_VALUE_BYTES,
+    StoreFuture, Txn, TxnResult, WatchEvent,
 };
 
 /// Changes a watcher may have queued before the etcd stream is made to wait.
@@ -137,12 +137,7 @@ impl Store for Etcd {
             for op in txn.ops {
                 match op {
                     Op::Put { key, value, lease } => {
-                        if value.len() > MAX_VALUE_BYTES {
-                            return Err(StoreError::Invalid(format!(
-                                "value of {} bytes is over the limit of {MAX_VALUE_BYTES}",
-                                value.len()
-                            )));
-                        }
+                        crate::store::check_value(&value)?;
                         let options = lease.map(|l| {
                             lease_used = Some(l);
                             PutOptions::new().with_lease(l as i64)

@@ -5,7 +5,7 @@ use serde::Serialize;
 
 use crate::{
     error::ApiError,
-    store::{self, Compare, KeyValue, Op, Revision, Store, Txn},
+    store::{self, KeyValue, Op, Revision, Store, Txn},
 };
 
 /// Prefix of application keys in the store.
@@ -82,13 +82,7 @@ pub async fn put(
         });
     }
     let full = format!("{PREFIX}{key}");
-    let compares = cas
-        .map(|rev| Compare {
-            key: full.clone(),
-            mod_revision: rev,
-        })
-        .into_iter()
-        .collect();
+    let compares = store::guard(&full, cas);
     let r = store
         .txn(Txn {
             compares,
@@ -148,13 +142,7 @@ pub async fn delete(
     } else {
         vec![full.clone()]
     };
-    let compares = cas
-        .map(|rev| Compare {
-            key: full,
-            mod_revision: rev,
-        })
-        .into_iter()
-        .collect();
+    let compares = store::guard(&full, cas);
     let r = store
         .txn(Txn {
             compares,

@@ -189,6 +189,27 @@ pub trait Store: Send + Sync + 'static {
     fn kind(&self) -> &'static str;
 }
 
+/// Refuses a value over [`MAX_VALUE_BYTES`] (every implementation applies the same limit).
+pub fn check_value(value: &[u8]) -> Result<(), StoreError> {
+    if value.len() > MAX_VALUE_BYTES {
+        return Err(StoreError::Invalid(format!(
+            "value of {} bytes is over the limit of {MAX_VALUE_BYTES}",
+            value.len()
+        )));
+    }
+    Ok(())
+}
+
+/// The guard "`key` is at `mod_revision`" when a compare-and-swap revision is given.
+pub fn guard(key: &str, cas: Option<Revision>) -> Vec<Compare> {
+    cas.map(|mod_revision| Compare {
+        key: key.to_string(),
+        mod_revision,
+    })
+    .into_iter()
+    .collect()
+}
+
 /// The first key after every key starting with `prefix` (etcd's "range end").
 pub fn prefix_end(prefix: &str) -> String {
     // Keys are UTF-8 paths built by weft; U+10FFFF sorts after every character used.

@@ -39,6 +39,10 @@ pub fn server_at(weft: &Path, addr: &str, data_dir: &Path) -> Server {
     let mut cmd = Command::new(weft);
     cmd.args(["server", "--listen", addr, "--data-dir"])
         .arg(data_dir);
+    spawn_server(cmd, data_dir)
+}
+
+fn spawn_server(cmd: Command, data_dir: &Path) -> Server {
     let proc = Proc::spawn(cmd);
     let addr = proc.ready["address"]
         .as_str()
@@ -294,15 +298,79 @@ pub fn server_etcd(weft: &Path, endpoints: &[String]) -> Server {
         "--etcd",
         &endpoints.join(","),
     ]);
-    let proc = Proc::spawn(cmd);
-    let addr = proc.ready["address"]
-        .as_str()
-        .expect("address")
-        .parse()
-        .expect("addr");
-    Server {
-        proc,
-        addr,
-        data_dir: PathBuf::new(),
+    spawn_server(cmd, Path::new(""))
+}
+
+/// Which `weft echo` answered `GET /hello` at `addr` (its name), or why none did.
+pub fn echo_name(addr: SocketAddr) -> Result<String, String> {
+    match http(addr, "GET", "/hello", b"") {
+        Ok((200, body)) => {
+            let v: Value = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
+            Ok(v["name"].as_str().unwrap_or("?").to_string())
+        }
+        Ok((status, body)) => Err(format!("{status} {}", String::from_utf8_lossy(&body))),
+        Err(e) => Err(e.to_string()),
     }
+}
+
+/// Requests sent one after another to an echo behind `addr` until stopped.
+pub struct LoadLoop {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ok: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    thread: std::thread::JoinHandle<Vec<String>>,
+}
+
+impl LoadLoop {
+    /// Starts the loop.
+    pub fn start(addr: SocketAddr) -> LoadLoop {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let ok = std::sync::Arc::new(AtomicUsize::new(0));
+        let thread = {
+            let (stop, ok) = (stop.clone(), ok.clone());
+            std::thread::spawn(move || {
+                let mut errors = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    match echo_name(addr) {
+                        Ok(_) => {
+                            ok.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => errors.push(e),
+                    }
+                }
+                errors
+            })
+        };
+        LoadLoop { stop, ok, thread }
+    }
+
+    /// Requests answered so far.
+    pub fn served(&self) -> usize {
+        self.ok.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Stops the loop: (answered, the errors of the failed ones).
+    pub fn finish(self) -> (usize, Vec<String>) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let errors = self.thread.join().expect("load thread");
+        (self.ok.load(std::sync::atomic::Ordering::Relaxed), errors)
+    }
+}
+
+/// Asserts that every `(key, value)` acknowledged earlier reads back from the server.
+pub fn assert_kv_kept(server: SocketAddr, acked: &[(String, String)]) {
+    let mut lost = Vec::new();
+    for (key, value) in acked {
+        match http(server, "GET", &format!("/v1/kv/{key}?raw=true"), b"") {
+            Ok((200, body)) if body == value.as_bytes() => {}
+            other => lost.push(format!("{key}: {other:?}")),
+        }
+    }
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged writes lost: {:?}",
+        lost.len(),
+        acked.len(),
+        &lost[..lost.len().min(5)]
+    );
 }
