@@ -65,13 +65,13 @@ def main():
         print(json.dumps(r), flush=True)
         rows.append(r)
     lines = [
-        "| proxies (= instances) | services | convergence p50 | p99 | max | initial sync | reconnect storm | server RSS | server CPU (sync + writes) | server CPU (storm) |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| proxies (= instances) | services | convergence p50 | p99 | max | initial sync | reconnect storm | cold storm | server RSS | server CPU (sync + writes) | server CPU (storm) |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
         lines.append(
             f"| {r['proxies']:,} | {r['services']:,} | {r['convergence_ms_p50']:.1f} ms | {r['convergence_ms_p99']:.1f} ms "
-            f"| {r['convergence_ms_max']:.1f} ms | {r['initial_sync_s']:.2f} s | {r['storm_resync_s']:.2f} s "
+            f"| {r['convergence_ms_max']:.1f} ms | {r['initial_sync_s']:.2f} s | {r['storm_resync_s']:.2f} s | {r['cold_storm_s']:.2f} s "
             f"| {r['server_rss_after_storm_mb']:.0f} MB | {r['server_cpu_s_sync_and_writes']:.1f} s | {r['server_cpu_s_storm']:.1f} s |")
     table = "\n".join(lines)
     print(table)

@@ -12,7 +12,8 @@
 //! 3. `--writes` times: registers a new instance of a random service and measures the
 //!    time until the **last** proxy calling that service has received the update;
 //! 4. drops every stream and reconnects them all at once (a reconnect storm), with the
-//!    versions they hold, and measures the time until all are in sync again;
+//!    versions they hold, and measures the time until all are in sync again; then once
+//!    more holding nothing (a cold storm: every proxy gets its whole slice);
 //! 5. prints one JSON line: convergence p50/p99, storm time, server RSS and CPU seconds.
 
 use std::{
@@ -368,6 +369,20 @@ async fn main() {
     for t in &storm.tasks {
         t.abort();
     }
+    // 5. A cold storm: all reconnect holding nothing (e.g. every sidecar restarted).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for k in &known {
+        k.lock().expect("known").clear();
+    }
+    shared.synced.store(0, Ordering::SeqCst);
+    let t = Instant::now();
+    let cold = open_fleet(&a, &plan, &known, &shared).await;
+    wait_synced(&shared, a.proxies).await;
+    let cold_s = t.elapsed().as_secs_f64();
+    let (cpu3, _) = a.server_pid.map_or((0.0, 0), usage);
+    for t in &cold.tasks {
+        t.abort();
+    }
     println!(
         "{}",
         serde_json::json!({
@@ -382,6 +397,8 @@ async fn main() {
             "convergence_ms_p99": percentile(&latencies, 0.99),
             "convergence_ms_max": latencies.last().copied().unwrap_or(0.0),
             "storm_resync_s": storm_s,
+            "cold_storm_s": cold_s,
+            "server_cpu_s_cold_storm": cpu3 - cpu2,
             "server_rss_mb": rss_steady as f64 / 1e6,
             "server_rss_after_storm_mb": rss_after as f64 / 1e6,
             "server_cpu_s_sync_and_writes": cpu1 - cpu0,
