@@ -519,3 +519,26 @@ fn grpc_through_the_mesh_grpc_health_checks_and_deregistration_on_sigterm() {
         "still registered after SIGTERM"
     );
 }
+
+#[test]
+fn the_api_drops_a_client_that_never_finishes_its_headers() {
+    use std::io::{Read, Write};
+    let s = server(&weft());
+    let mut slow = std::net::TcpStream::connect(s.addr).unwrap();
+    slow.write_all(b"GET /v1/status HTTP/1.1\r\nhost: x\r\nx-slow: 1")
+        .unwrap();
+    // Others are served meanwhile.
+    assert_eq!(api_get(s.addr, "/v1/status")["store"], "embedded");
+    // The slow one is answered 408 or closed once the header read timeout (10 s) passes;
+    // the 60 s read limit only keeps a broken server from hanging the test.
+    slow.set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let mut buf = Vec::new();
+    let ended = slow.read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf);
+    assert!(
+        ended.is_ok(),
+        "the server kept the slow connection open: {ended:?}"
+    );
+    assert!(buf.is_empty() || text.starts_with("HTTP/1.1 408"), "{text}");
+}

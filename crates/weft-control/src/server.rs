@@ -1,7 +1,7 @@
 //! `weft server`: the store, the view that follows it, the HTTP API and the discovery
 //! stream, served on one port (gRPC and JSON share it; HTTP/1.1 and h2c).
 
-use std::{future::Future, net::SocketAddr, sync::Arc};
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use tokio::net::TcpListener;
 use weft_api::discovery::discovery_server::DiscoveryServer as GrpcDiscovery;
@@ -42,10 +42,66 @@ pub async fn serve(
     .route_service("/weft.discovery.v1.Discovery/{*method}", grpc);
     let local: SocketAddr = listener.local_addr()?;
     tracing::info!(%local, "control plane listening (HTTP API and gRPC discovery)");
-    let result = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await;
+    accept_loop(listener, app, shutdown).await;
     follower.abort();
     announcer.abort();
-    result
+    Ok(())
+}
+
+/// Time a client has to send a request's headers (slowloris defence on the API).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest request head on the API.
+const MAX_HEADER_BYTES: usize = 64 * 1024;
+/// Streams per HTTP/2 connection: enough for many proxies multiplexed on one connection.
+const MAX_STREAMS_PER_CONNECTION: u32 = 10_000;
+
+/// Accepts connections and serves each with hyper (HTTP/1.1 or h2c), with the API's limits:
+/// a header read timeout, bounded heads, and HTTP/2 pings so a proxy that vanished
+/// without closing its connection (a partition, a dead host) frees its stream.
+async fn accept_loop(listener: TcpListener, app: axum::Router, shutdown: impl Future<Output = ()>) {
+    use hyper_util::{
+        rt::{TokioExecutor, TokioIo, TokioTimer},
+        server::conn::auto,
+        service::TowerToHyperService,
+    };
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(MAX_HEADER_BYTES);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+        .max_header_list_size(MAX_HEADER_BYTES as u32)
+        .keep_alive_interval(Some(Duration::from_secs(20)))
+        .keep_alive_timeout(Duration::from_secs(10));
+    let builder = Arc::new(builder);
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = &mut shutdown => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(app.clone());
+        let builder = builder.clone();
+        tokio::spawn(async move {
+            if let Err(e) = builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .await
+            {
+                tracing::debug!(error = %e, "API connection ended");
+            }
+        });
+    }
 }
