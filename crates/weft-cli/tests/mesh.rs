@@ -165,6 +165,25 @@ fn a_refused_update_keeps_the_last_good_configuration_and_is_reported() {
         "{status}"
     );
 
+    // The server counts it.
+    let (_, metrics) = http(s.addr, "GET", "/metrics", b"").unwrap();
+    let metrics = String::from_utf8_lossy(&metrics);
+    assert_eq!(
+        weft_testkit::metric_value(&metrics, "weft_control_proxies "),
+        Some(2.0),
+        "{metrics}"
+    );
+    assert!(
+        weft_testkit::metric_value(&metrics, "weft_control_updates_total{result=\"nacked\"}")
+            >= Some(1.0),
+        "{metrics}"
+    );
+    assert!(
+        weft_testkit::metric_value(&metrics, "weft_control_updates_total{result=\"acked\"}")
+            >= Some(2.0),
+        "{metrics}"
+    );
+
     // Fixing the resource brings it back to current.
     let (ok, stdout, stderr) = apply(
         &s,

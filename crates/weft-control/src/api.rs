@@ -78,6 +78,7 @@ pub fn router(api: Api) -> Router {
             axum::routing::delete(deregister),
         )
         .route("/v1/proxies", get(proxies))
+        .route("/metrics", get(metrics))
         .fallback(|| async { ApiError::not_found("no such API endpoint (see /v1/openapi.json)") })
         .layer(DefaultBodyLimit::max(config::MAX_APPLY_BYTES + 1024))
         .with_state(api)
@@ -168,6 +169,22 @@ async fn wait_for_change(
 
 async fn openapi() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
+async fn metrics(AxState(api): AxState<Api>) -> Response {
+    let revision = api.state.read().revision;
+    let text = api
+        .sessions
+        .metrics
+        .encode(api.sessions.list().len(), revision);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
 }
 
 async fn status(AxState(api): AxState<Api>) -> ApiResult {
@@ -465,6 +482,7 @@ mod tests {
         "/v1/catalog/services/{service}/instances/{id}/health",
         "/v1/catalog/services/{service}/instances/{id}",
         "/v1/proxies",
+        "/metrics",
     ];
 
     #[test]

@@ -82,6 +82,8 @@ impl ProxyStatus {
 pub struct Sessions {
     map: Mutex<HashMap<String, ProxyStatus>>,
     generation: std::sync::atomic::AtomicU64,
+    /// Counters of updates sent and answered.
+    pub metrics: crate::metrics::ControlMetrics,
 }
 
 impl Sessions {
@@ -230,6 +232,7 @@ impl Session {
         let mut tick = self.state.subscribe();
         // (version, what the proxy held before it) of the update in flight.
         let mut in_flight: Option<(Revision, HashMap<String, u64>)> = None;
+        let mut sent_at = std::time::Instant::now();
         // After a NACK, wait for the next change before trying again.
         let mut hold = false;
         // The first update is sent even when empty: it tells the proxy it is in sync.
@@ -260,6 +263,8 @@ impl Session {
                         s.pending = Some(revision);
                         s.updates += 1;
                     });
+                    self.sessions.metrics.sent();
+                    sent_at = std::time::Instant::now();
                     if tx.send(Ok(update)).await.is_err() {
                         break;
                     }
@@ -277,6 +282,7 @@ impl Session {
                                 tracing::debug!(proxy = %id, version = ack.version, "ack for no update in flight");
                                 continue;
                             };
+                            self.sessions.metrics.answered(ack.error.is_empty(), sent_at.elapsed().as_secs_f64());
                             if ack.error.is_empty() {
                                 self.sessions.update(&id, self.generation, |s| {
                                     s.pending = None;

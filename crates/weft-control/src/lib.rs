@@ -24,6 +24,7 @@ pub mod error;
 #[cfg(feature = "etcd")]
 pub mod etcd;
 pub mod kv;
+pub mod metrics;
 pub mod peers;
 pub mod server;
 pub mod state;

@@ -1,0 +1,94 @@
+//! The control plane's own metrics, served at `GET /metrics` (OpenMetrics text).
+//!
+//! | metric | what |
+//! | --- | --- |
+//! | `weft_control_proxies` | discovery streams connected to this server |
+//! | `weft_control_revision` | the store revision this server's view reflects |
+//! | `weft_control_updates_total{result}` | updates `sent`, `acked`, `nacked` |
+//! | `weft_control_update_ack_seconds` | from sending an update to its ACK or NACK |
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::{Registry, Unit},
+};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+/// See the module docs.
+pub struct ControlMetrics {
+    registry: Registry,
+    proxies: Gauge,
+    revision: Gauge,
+    updates: Family<ResultLabels, Counter>,
+    ack_seconds: Histogram,
+}
+
+impl Default for ControlMetrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let proxies = Gauge::default();
+        let revision = Gauge::default();
+        let updates = Family::<ResultLabels, Counter>::default();
+        let ack_seconds = Histogram::new([
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ]);
+        registry.register(
+            "weft_control_proxies",
+            "Discovery streams connected to this server",
+            proxies.clone(),
+        );
+        registry.register(
+            "weft_control_revision",
+            "Store revision this server's view reflects",
+            revision.clone(),
+        );
+        registry.register(
+            "weft_control_updates",
+            "Discovery updates by result (sent, acked, nacked)",
+            updates.clone(),
+        );
+        registry.register_with_unit(
+            "weft_control_update_ack",
+            "Time from sending an update to the proxy's ACK or NACK",
+            Unit::Seconds,
+            ack_seconds.clone(),
+        );
+        ControlMetrics {
+            registry,
+            proxies,
+            revision,
+            updates,
+            ack_seconds,
+        }
+    }
+}
+
+impl ControlMetrics {
+    /// An update was sent.
+    pub fn sent(&self) {
+        self.updates
+            .get_or_create(&ResultLabels { result: "sent" })
+            .inc();
+    }
+
+    /// An update was answered after `seconds`; `applied` false for a NACK.
+    pub fn answered(&self, applied: bool, seconds: f64) {
+        let result = if applied { "acked" } else { "nacked" };
+        self.updates.get_or_create(&ResultLabels { result }).inc();
+        self.ack_seconds.observe(seconds);
+    }
+
+    /// The text exposition, with the gauges read now.
+    pub fn encode(&self, proxies: usize, revision: u64) -> String {
+        self.proxies.set(proxies as i64);
+        self.revision.set(revision as i64);
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
