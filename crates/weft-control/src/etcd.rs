@@ -42,20 +42,41 @@ fn never_sent(e: &etcd_client::Error) -> bool {
         || text.contains("connection error")
 }
 
-/// Runs `op` on a client, again (up to 5 times in all) while it fails before reaching etcd.
+/// Whether the cluster is between leaders: a read (or another operation that may be
+/// repeated without changing its outcome) is worth sending again shortly.
+fn between_leaders(e: &etcd_client::Error) -> bool {
+    let text = e.to_string();
+    text.contains("leader changed") || text.contains("no leader")
+}
+
+/// Whether an operation may be sent twice with the same outcome.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Repeat {
+    /// Reads, watches, keep-alives, revokes.
+    Safe,
+    /// Writes: only when the first attempt surely never reached etcd.
+    OnlyIfNeverSent,
+}
+
+/// Runs `op` on a client, again (for up to ~2 s, the time of an etcd leader election)
+/// while it fails in a way `repeat` allows.
 async fn retrying<T, Fut>(
     client: &Client,
+    repeat: Repeat,
     mut op: impl FnMut(Client) -> Fut,
 ) -> Result<T, etcd_client::Error>
 where
     Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
 {
-    let mut attempt = 0;
+    let mut attempt: u32 = 0;
     loop {
         match op(client.clone()).await {
-            Err(e) if never_sent(&e) && attempt < 4 => {
+            Err(e)
+                if attempt < 12
+                    && (never_sent(&e) || (repeat == Repeat::Safe && between_leaders(&e))) =>
+            {
                 attempt += 1;
-                tokio::time::sleep(Duration::from_millis(20 * attempt)).await;
+                tokio::time::sleep(Duration::from_millis((25 * u64::from(attempt)).min(200))).await;
             }
             other => return other,
         }
@@ -116,7 +137,7 @@ impl Store for Etcd {
             if limit != 0 {
                 options = options.with_limit(limit as i64);
             }
-            let resp = retrying(&self.client, |mut c| {
+            let resp = retrying(&self.client, Repeat::Safe, |mut c| {
                 let (from, options) = (from.to_string(), options.clone());
                 async move { c.get(from, Some(options)).await }
             })
@@ -153,7 +174,7 @@ impl Store for Etcd {
                 .map(|c| EtcdCompare::mod_revision(c.key, CompareOp::Equal, c.mod_revision as i64))
                 .collect();
             let txn = EtcdTxn::new().when(compares).and_then(ops);
-            let resp = retrying(&self.client, |mut c| {
+            let resp = retrying(&self.client, Repeat::OnlyIfNeverSent, |mut c| {
                 let txn = txn.clone();
                 async move { c.txn(txn).await }
             })
@@ -178,7 +199,7 @@ impl Store for Etcd {
             let options = WatchOptions::new()
                 .with_prefix()
                 .with_start_revision(after as i64 + 1);
-            let mut stream = retrying(&self.client, |mut c| {
+            let mut stream = retrying(&self.client, Repeat::Safe, |mut c| {
                 let options = options.clone();
                 async move { c.watch(prefix, Some(options)).await }
             })
@@ -248,7 +269,7 @@ impl Store for Etcd {
         Box::pin(async move {
             // etcd leases are whole seconds.
             let secs = ttl.as_secs_f64().ceil().max(1.0) as i64;
-            let resp = retrying(&self.client, |mut c| async move {
+            let resp = retrying(&self.client, Repeat::OnlyIfNeverSent, |mut c| async move {
                 c.lease_grant(secs, None).await
             })
             .await
@@ -259,11 +280,12 @@ impl Store for Etcd {
 
     fn keep_alive(&self, lease: LeaseId) -> StoreFuture<'_, ()> {
         Box::pin(async move {
-            let (mut keeper, mut answers) = retrying(&self.client, |mut c| async move {
-                c.lease_keep_alive(lease as i64).await
-            })
-            .await
-            .map_err(|e| lease_error(lease, e))?;
+            let (mut keeper, mut answers) =
+                retrying(&self.client, Repeat::Safe, |mut c| async move {
+                    c.lease_keep_alive(lease as i64).await
+                })
+                .await
+                .map_err(|e| lease_error(lease, e))?;
             keeper
                 .keep_alive()
                 .await
@@ -277,7 +299,7 @@ impl Store for Etcd {
 
     fn revoke(&self, lease: LeaseId) -> StoreFuture<'_, ()> {
         Box::pin(async move {
-            retrying(&self.client, |mut c| async move {
+            retrying(&self.client, Repeat::Safe, |mut c| async move {
                 c.lease_revoke(lease as i64).await
             })
             .await

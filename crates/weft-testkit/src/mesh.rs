@@ -189,6 +189,15 @@ fn dechunk(mut raw: &[u8]) -> Vec<u8> {
     out
 }
 
+/// GET `path` from the server's API as JSON, or `None` on any failure (for polling while
+/// a cluster recovers).
+pub fn api_try(server: SocketAddr, path: &str) -> Option<Value> {
+    match http(server, "GET", path, b"") {
+        Ok((200, body)) => serde_json::from_slice(&body).ok(),
+        _ => None,
+    }
+}
+
 /// GET `path` from the server's API as JSON.
 pub fn api_get(server: SocketAddr, path: &str) -> Value {
     let (status, body) = http(server, "GET", path, b"").expect("API reachable");
