@@ -227,6 +227,22 @@ impl Drop for EtcdCluster {
     }
 }
 
+impl EtcdCluster {
+    /// Index of the current Raft leader (from each member's `/v3/maintenance/status`).
+    pub fn leader(&self) -> usize {
+        crate::eventually("an etcd leader", Duration::from_secs(10), || {
+            self.client_urls.iter().position(|url| {
+                let addr: SocketAddr = url.trim_start_matches("http://").parse().expect("addr");
+                let Ok((200, body)) = http(addr, "POST", "/v3/maintenance/status", b"{}") else {
+                    return false;
+                };
+                let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                v["leader"].is_string() && v["leader"] == v["header"]["member_id"]
+            })
+        })
+    }
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
