@@ -155,11 +155,36 @@ async fn wait_for_change(
     index: Revision,
     max: Duration,
 ) -> Result<(), ApiError> {
+    wait_for(store, prefix, index, max, |_| true).await
+}
+
+/// Waits until `key` itself changes after `index` (a prefix watch filtered to the key:
+/// `a/b` must not wake for `a/bc`), or `max`.
+async fn wait_for_key(
+    store: &dyn Store,
+    key: &str,
+    index: Revision,
+    max: Duration,
+) -> Result<(), ApiError> {
+    wait_for(store, key, index, max, |k| k == key).await
+}
+
+async fn wait_for(
+    store: &dyn Store,
+    prefix: &str,
+    index: Revision,
+    max: Duration,
+    wanted: impl Fn(&str) -> bool,
+) -> Result<(), ApiError> {
     let mut rx = store.watch(prefix, index).await?;
     let _ = tokio::time::timeout(max, async {
         while let Some(ev) = rx.recv().await {
-            if matches!(ev, WatchEvent::Changes { .. } | WatchEvent::Compacted) {
-                return;
+            match ev {
+                WatchEvent::Changes { events, .. } if events.iter().any(|e| wanted(e.key())) => {
+                    return
+                }
+                WatchEvent::Changes { .. } => {}
+                WatchEvent::Compacted => return,
             }
         }
     })
@@ -282,7 +307,7 @@ async fn kv_get(AxState(api): AxState<Api>, Path(key): Path<String>, q: Q) -> Ap
             Err(e) => return Err(e),
         };
         if current <= index {
-            wait_for_change(
+            wait_for_key(
                 &*api.store,
                 &format!("{}{key}", kv::PREFIX),
                 index,

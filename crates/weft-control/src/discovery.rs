@@ -239,6 +239,9 @@ impl Session {
         let mut first = true;
         loop {
             if in_flight.is_none() && !hold {
+                // Mark the current revision seen *before* reading the view: a change
+                // that lands after this line wakes the select below, so none is lost.
+                tick.mark_unchanged();
                 let (revision, slice) = {
                     let view = self.state.read();
                     (
@@ -246,7 +249,6 @@ impl Session {
                         view.slice(&self.hello.service, &self.hello.upstreams),
                     )
                 };
-                tick.mark_unchanged();
                 let update = delta(&held, &slice, revision);
                 let was_first = std::mem::take(&mut first);
                 if update.upserts.is_empty() && update.removes.is_empty() && !was_first {
