@@ -184,7 +184,24 @@ fn a_refused_update_keeps_the_last_good_configuration_and_is_reported() {
         "{metrics}"
     );
 
-    // Fixing the resource brings it back to current.
+    // Deleting the refused resource puts the proxy back where it was: current again.
+    let (ok, _, stderr) = weft_cli(&weft(), &["delete", "service", "b", "--server", &s.url()]);
+    assert!(ok, "{stderr}");
+    eventually(
+        "a-1 current after the delete",
+        Duration::from_secs(10),
+        || {
+            let v = api_get(s.addr, "/v1/proxies");
+            let a1 = v["items"]
+                .as_array()?
+                .iter()
+                .find(|p| p["proxyId"] == "a-1")?
+                .clone();
+            (a1["current"] == true && a1.get("nack").is_none()).then_some(())
+        },
+    );
+
+    // Fixing the resource is applied and acknowledged.
     let (ok, stdout, stderr) = apply(
         &s,
         "kind: Service\nmetadata: {name: b}\nspec: {}\n",

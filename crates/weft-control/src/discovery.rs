@@ -252,8 +252,11 @@ impl Session {
                 let update = delta(&held, &slice, revision);
                 let was_first = std::mem::take(&mut first);
                 if update.upserts.is_empty() && update.removes.is_empty() && !was_first {
+                    // The proxy holds exactly its slice: current, whatever it refused before
+                    // (e.g. the refused resource was deleted again).
                     self.sessions.update(&id, self.generation, |s| {
-                        s.current_at = s.current_at.max(revision)
+                        s.current_at = s.current_at.max(revision);
+                        s.nack = None;
                     });
                 } else {
                     let before = std::mem::replace(
