@@ -33,7 +33,7 @@ const SPLIT: &str = "\
 kind: Service
 metadata: {name: payments}
 spec:
-  retry: {attempts: 3, on: [connect-failure, refused-stream, 503]}
+  retry: {attempts: 3, on: [connect-failure, reset, unavailable]}
 ---
 kind: Service
 metadata: {name: payments-v2}

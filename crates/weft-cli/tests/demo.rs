@@ -62,6 +62,32 @@ fn demo_serves_http_and_https_and_stops_on_ctrl_c() {
         );
     }
     let server = ready["mesh"]["server"].as_str().expect("server url");
+    // The canary split the demo suggests applies, and sends some payments calls to v2.
+    let split = std::path::Path::new(ca).with_file_name("payments-split.yaml");
+    let weft = PathBuf::from(env!("CARGO_BIN_EXE_weft"));
+    let (ok, stdout, stderr) = weft_testkit::mesh::weft_cli(
+        &weft,
+        &[
+            "apply",
+            "-f",
+            &split.display().to_string(),
+            "--wait",
+            "--server",
+            server,
+        ],
+    );
+    assert!(ok, "{stdout}\n{stderr}");
+    let payments = ready["mesh"]["upstreams"]["payments"]
+        .as_str()
+        .expect("payments");
+    weft_testkit::eventually(
+        "payments-v2 gets canary traffic",
+        Duration::from_secs(10),
+        || {
+            let r = curl(&[&format!("http://{payments}/order")]);
+            (r.json()["name"] == "payments-v2-1").then_some(())
+        },
+    );
     let status = weft_testkit::mesh::weft_cli(
         &PathBuf::from(env!("CARGO_BIN_EXE_weft")),
         &["status", "--server", server],
