@@ -216,11 +216,26 @@ fn with_the_control_plane_down_for_30_s_no_request_fails() {
     let s = server(&weft);
     let _b1 = instance(&s, "b", "b-1", &[]);
     let _b2 = instance(&s, "b", "b-2", &[]);
-    let a = instance(&s, "a", "a-1", &["--upstream", "b=127.0.0.1:0"]);
+    let a = instance(
+        &s,
+        "a",
+        "a-1",
+        &["--upstream", "b=127.0.0.1:0", "--admin", "127.0.0.1:0"],
+    );
     let out = a.sidecar.listener("out-b");
     eventually("both b instances answer", Duration::from_secs(10), || {
         (tally(out, 20).len() == 2).then_some(())
     });
+    let admin: SocketAddr = a.sidecar.proc.ready["admin"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let discovery_connected = || {
+        let (_, m) = http(admin, "GET", "/metrics", b"").ok()?;
+        weft_testkit::metric_value(&String::from_utf8_lossy(&m), "weft_discovery_connected ")
+    };
+    assert_eq!(discovery_connected(), Some(1.0));
 
     let load = LoadLoop::start(out);
     // kill -9 the server, stay down 30 s, come back on the same address and store.
@@ -229,6 +244,12 @@ fn with_the_control_plane_down_for_30_s_no_request_fails() {
     s.proc.child.kill().unwrap();
     s.proc.child.wait().unwrap();
     let before = load.served();
+    // The sidecar says it lost the control plane (and keeps serving).
+    eventually(
+        "sidecar reports the stream lost",
+        Duration::from_secs(10),
+        || (discovery_connected()? == 0.0).then_some(()),
+    );
     std::thread::sleep(Duration::from_secs(30));
     let during = load.served() - before;
     let s = server_at(&weft, &addr.to_string(), &data);
@@ -244,6 +265,7 @@ fn with_the_control_plane_down_for_30_s_no_request_fails() {
     );
     let v = api_get(s.addr, "/v1/catalog/services/b");
     assert_eq!(v["items"].as_array().unwrap().len(), 2, "{v}");
+    assert_eq!(discovery_connected(), Some(1.0));
     std::thread::sleep(Duration::from_secs(1));
     let (served, errors) = load.finish();
     assert!(

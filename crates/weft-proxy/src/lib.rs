@@ -320,6 +320,17 @@ impl RunningProxy {
         Ok((snapshot, fresh))
     }
 
+    /// Mesh mode: records whether the discovery stream is open, and the version of the
+    /// last update applied (`weft_discovery_connected`, `weft_discovery_version`).
+    pub fn discovery_state(&self, connected: bool, applied: Option<u64>) {
+        self.metrics.discovery_connected.set(i64::from(connected));
+        if let Some(v) = applied {
+            self.metrics
+                .discovery_version
+                .set(v.min(i64::MAX as u64) as i64);
+        }
+    }
+
     /// Records a refused version (invalid file, or `apply` refused it): counted in
     /// `weft_config_loads_total{result="failure"}` and shown by `/config`. The running
     /// version is untouched.

@@ -126,6 +126,10 @@ pub struct Metrics {
     config_loads: Family<ResultLabels, Counter>,
     /// Access log lines dropped because the writer fell behind.
     pub access_log_dropped: Counter,
+    /// Mesh mode: 1 while the discovery stream to the control plane is open.
+    pub discovery_connected: Gauge,
+    /// Mesh mode: the version (store revision) of the last update applied.
+    pub discovery_version: Gauge,
 }
 
 impl Default for Metrics {
@@ -159,6 +163,8 @@ impl Metrics {
             config_info: Family::default(),
             config_loads: Family::default(),
             access_log_dropped: Counter::default(),
+            discovery_connected: Gauge::default(),
+            discovery_version: Gauge::default(),
             registry: Registry::default(),
         };
         r.register("requests", "HTTP requests completed", m.requests.clone());
@@ -263,6 +269,16 @@ impl Metrics {
             "access_log_dropped",
             "Access log lines dropped because the writer fell behind",
             m.access_log_dropped.clone(),
+        );
+        r.register(
+            "discovery_connected",
+            "Mesh mode: 1 while the discovery stream to the control plane is open",
+            m.discovery_connected.clone(),
+        );
+        r.register(
+            "discovery_version",
+            "Mesh mode: version (store revision) of the last update applied",
+            m.discovery_version.clone(),
         );
         Metrics { registry: r, ..m }
     }

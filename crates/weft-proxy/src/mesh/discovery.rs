@@ -47,7 +47,9 @@ pub async fn follow(
     loop {
         let server = &servers[next_server % servers.len()];
         next_server += 1;
-        match session(server, who, spec, proxy, &mut held, synced).await {
+        let outcome = session(server, who, spec, proxy, &mut held, synced).await;
+        proxy.discovery_state(false, None);
+        match outcome {
             Ok(()) => {}
             Err(Failure { message, applied }) => {
                 if applied {
@@ -113,6 +115,7 @@ async fn session(
         .map_err(|e| fail(false)(&e))?
         .into_inner();
     tracing::info!(%server, "discovery stream open");
+    proxy.discovery_state(true, None);
     loop {
         let update = match updates.message().await {
             Ok(Some(u)) => u,
@@ -137,6 +140,7 @@ async fn session(
             Ok(()) => {
                 *held = next;
                 synced.send_replace(Some(update.version));
+                proxy.discovery_state(true, Some(update.version));
                 tracing::info!(
                     version = update.version,
                     resources = held.len(),
