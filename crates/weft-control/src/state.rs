@@ -93,14 +93,6 @@ impl View {
         }
     }
 
-    /// Instances of a service (for the API's catalog view).
-    pub fn instances(&self, service: &str) -> Vec<Instance> {
-        self.instances
-            .get(service)
-            .map(|m| m.values().cloned().collect())
-            .unwrap_or_default()
-    }
-
     /// Every service with instances: name → (instances, healthy ones).
     pub fn services(&self) -> BTreeMap<String, (usize, usize)> {
         self.instances
@@ -258,14 +250,6 @@ impl State {
     pub async fn loaded(&self, max: Duration) -> bool {
         let mut rx = self.loaded.subscribe();
         tokio::time::timeout(max, rx.wait_for(|l| *l))
-            .await
-            .is_ok_and(|r| r.is_ok())
-    }
-
-    /// Waits until the view reflects `revision` (or `max` passes).
-    pub async fn caught_up(&self, revision: Revision, max: Duration) -> bool {
-        let mut rx = self.subscribe();
-        tokio::time::timeout(max, rx.wait_for(|r| *r >= revision))
             .await
             .is_ok_and(|r| r.is_ok())
     }
