@@ -373,9 +373,11 @@ fn nginx_requiring_client_certs(dir: &Path, server: &Leaf, client_ca: &Path) -> 
     )
     .expect("write nginx config");
     require("nginx");
-    // nginx prints nothing when ready: a wrapper announces it once the port accepts.
+    // nginx prints nothing when ready: a background subshell announces it once the port
+    // accepts, while the shell itself becomes nginx (exec), so killing the process this
+    // returns kills nginx (a wrapper shell left it running after every test).
     let script = format!(
-        "nginx -c {} & for i in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/{port}) 2>/dev/null && break; sleep 0.05; done; echo '{{\"event\":\"ready\"}}'; wait",
+        "(for i in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/{port}) 2>/dev/null && break; sleep 0.05; done; echo '{{\"event\":\"ready\"}}') & exec nginx -c {}",
         conf.display()
     );
     let mut sh = std::process::Command::new("bash");
