@@ -6,7 +6,7 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 use anyhow::{bail, Context};
 use bytes::Bytes;
 use serde_json::Value;
-use weft_proxy::mesh::registration::request;
+use weft_proxy::mesh::control_api::request;
 
 /// `WEFT_SERVER` or `--server`.
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:8500";
@@ -168,27 +168,30 @@ pub async fn apply(
         Duration::from_secs(30),
     )
     .await?;
+    print_changes(&outcome, dry_run, dry_run);
+    let revision = outcome["revision"].as_u64().unwrap_or(0);
+    if let (Some(max), false) = (wait, dry_run) {
+        wait_for_proxies(server, revision, max).await?;
+    }
+    Ok(())
+}
+
+/// One line per changed resource (`Kind/name action`), and its diff when `diffs`.
+fn print_changes(outcome: &Value, dry_run: bool, diffs: bool) {
+    let suffix = if dry_run { " (dry run)" } else { "" };
     for c in outcome["changes"].as_array().into_iter().flatten() {
-        let suffix = if dry_run { " (dry run)" } else { "" };
         say!(
             "{}/{} {}{suffix}",
             c["kind"].as_str().unwrap_or(""),
             c["name"].as_str().unwrap_or(""),
             c["action"].as_str().unwrap_or("")
         );
-        if dry_run {
-            if let Some(diff) = c["diff"].as_str() {
-                for line in diff.lines() {
-                    say!("    {line}");
-                }
+        if diffs {
+            for line in c["diff"].as_str().unwrap_or("").lines() {
+                say!("    {line}");
             }
         }
     }
-    let revision = outcome["revision"].as_u64().unwrap_or(0);
-    if let (Some(max), false) = (wait, dry_run) {
-        wait_for_proxies(server, revision, max).await?;
-    }
-    Ok(())
 }
 
 /// Waits until every connected proxy is current at `revision`, or names the ones that
@@ -285,14 +288,7 @@ pub async fn delete(server: &str, kind: &str, name: &str, dry_run: bool) -> anyh
         Duration::from_secs(30),
     )
     .await?;
-    for c in outcome["changes"].as_array().into_iter().flatten() {
-        let suffix = if dry_run { " (dry run)" } else { "" };
-        say!(
-            "{}/{} deleted{suffix}",
-            c["kind"].as_str().unwrap_or(""),
-            c["name"].as_str().unwrap_or("")
-        );
-    }
+    print_changes(&outcome, dry_run, false);
     Ok(())
 }
 

@@ -209,7 +209,7 @@ pub async fn start(dir: &Path, server_port: u16) -> anyhow::Result<Mesh> {
     // Wait (a little) for every instance to be in the catalog, so the first calls land.
     for _ in 0..100 {
         let listed =
-            weft_proxy::mesh::registration::call(&server, "GET", "/v1/catalog/services", None)
+            weft_proxy::mesh::control_api::call(&server, "GET", "/v1/catalog/services", None)
                 .await
                 .ok()
                 .and_then(|(_, v)| {
@@ -243,7 +243,7 @@ impl Mesh {
             tick.tick().await;
             let mut parts = Vec::new();
             for (service, addr) in &self.upstreams {
-                let answer = weft_proxy::mesh::registration::request(
+                let answer = weft_proxy::mesh::control_api::request(
                     &format!("http://{addr}"),
                     "GET",
                     "/order",

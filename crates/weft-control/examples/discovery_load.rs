@@ -242,6 +242,32 @@ async fn open_fleet(
     Fleet { tasks }
 }
 
+impl Fleet {
+    fn stop(&self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Drops every stream of `fleet`, then reconnects all at once; seconds until all are in
+/// sync, and the new fleet.
+async fn storm(
+    a: &Args,
+    plan: &[(String, Vec<String>)],
+    known: &[Arc<Mutex<HashMap<String, u64>>>],
+    shared: &Arc<Shared>,
+    fleet: Fleet,
+) -> (f64, Fleet) {
+    fleet.stop();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    shared.synced.store(0, Ordering::SeqCst);
+    let t = Instant::now();
+    let fleet = open_fleet(a, plan, known, shared).await;
+    wait_synced(shared, a.proxies).await;
+    (t.elapsed().as_secs_f64(), fleet)
+}
+
 async fn wait_synced(shared: &Shared, n: usize) {
     loop {
         let notified = shared.all_synced.notified();
@@ -356,33 +382,15 @@ async fn main() {
     let (cpu1, rss_steady) = a.server_pid.map_or((0.0, 0), usage);
 
     // 4. Reconnect storm: every stream dropped, all reconnect at once.
-    for t in &fleet.tasks {
-        t.abort();
-    }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    shared.synced.store(0, Ordering::SeqCst);
-    let t = Instant::now();
-    let storm = open_fleet(&a, &plan, &known, &shared).await;
-    wait_synced(&shared, a.proxies).await;
-    let storm_s = t.elapsed().as_secs_f64();
+    let (storm_s, fleet) = storm(&a, &plan, &known, &shared, fleet).await;
     let (cpu2, rss_after) = a.server_pid.map_or((0.0, 0), usage);
-    for t in &storm.tasks {
-        t.abort();
-    }
     // 5. A cold storm: all reconnect holding nothing (e.g. every sidecar restarted).
-    tokio::time::sleep(Duration::from_millis(500)).await;
     for k in &known {
         k.lock().expect("known").clear();
     }
-    shared.synced.store(0, Ordering::SeqCst);
-    let t = Instant::now();
-    let cold = open_fleet(&a, &plan, &known, &shared).await;
-    wait_synced(&shared, a.proxies).await;
-    let cold_s = t.elapsed().as_secs_f64();
+    let (cold_s, fleet) = storm(&a, &plan, &known, &shared, fleet).await;
     let (cpu3, _) = a.server_pid.map_or((0.0, 0), usage);
-    for t in &cold.tasks {
-        t.abort();
-    }
+    fleet.stop();
     println!(
         "{}",
         serde_json::json!({

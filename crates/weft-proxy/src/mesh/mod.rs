@@ -3,6 +3,7 @@
 //! ```text
 //! discovery.rs  stream from `weft server`: deltas of resources (Service, HTTPRoute,
 //!               Endpoints) ─► sidecar_config (this file) ─► RunningProxy::apply ─► ACK/NACK
+//! control_api.rs  a small client of the control plane's HTTP API
 //! registration.rs  the local instance in the catalog: register, keep the lease alive,
 //!               check the local app's health and report it, deregister on shutdown
 //! ```
@@ -18,6 +19,7 @@
 //!   between sidecars HTTP travels as HTTP/2 (`protocol: http2`, one shared connection
 //!   per peer); the far sidecar speaks the application's own protocol to it.
 
+pub mod control_api;
 pub mod discovery;
 pub mod registration;
 
