@@ -575,9 +575,10 @@ fn h1_load(url: &str, n: usize, c: usize) -> (u64, u64) {
     (count("2xx"), count("5xx"))
 }
 
-fn max_waiting(e: &Echo) -> u64 {
+/// How many requests an arriving one found waiting at the backend, on average.
+fn mean_waiting(e: &Echo) -> f64 {
     let r = curl(&[&format!("http://{}/_echo/stats", e.addr)]);
-    r.json()["max_waiting"].as_u64().expect("echo stats")
+    r.json()["mean_waiting"].as_f64().expect("echo stats")
 }
 
 #[test]
@@ -599,27 +600,27 @@ fn adaptive_concurrency_keeps_a_saturated_backend_from_queueing() {
             &p.admin_get("/metrics"),
             "weft_adaptive_concurrency_limit{service=\"s\"}",
         );
-        (ok, failed, max_waiting(&e), limit)
+        (ok, failed, mean_waiting(&e), limit)
     };
     let (ok_plain, failed_plain, queued_plain, _) = run(false);
     let (ok, failed, queued, limit) = run(true);
     eprintln!(
-        "without: {ok_plain} ok, {failed_plain} failed, backend queue peaked at {queued_plain}; \
-         with: {ok} ok, {failed} failed fast, queue peaked at {queued}, limit {limit:?}"
+        "without: {ok_plain} ok, {failed_plain} failed, mean backend queue {queued_plain:.1}; \
+         with: {ok} ok, {failed} failed fast, mean backend queue {queued:.1}, limit {limit:?}"
     );
     assert_eq!(failed_plain, 0);
     assert!(
-        queued_plain >= 20,
+        queued_plain >= 10.0,
         "32 clients on 4 slots queue: {queued_plain}"
     );
     let limit = limit.expect("the limit is published");
     assert!(limit < 64.0, "the limit came down from 64: {limit}");
     assert!(failed > 0, "excess requests failed fast");
     assert!(ok > 0);
-    // The backend queues less (not by a fixed amount: the limit still moves, see
-    // docs/resilience.md).
+    // The backend queues less on average (not by a fixed amount, and not at every moment:
+    // the limit still moves, see docs/resilience.md).
     assert!(
-        queued < queued_plain,
+        queued < queued_plain * 0.75,
         "the backend queued less under the adaptive limit: {queued} vs {queued_plain}"
     );
 }

@@ -9,7 +9,7 @@
 //! | `/delay/{ms}` | waits (at most 60 s), then echoes |
 //! | `/bytes/{n}` | `n` bytes (at most 64 MiB) |
 //! | `/headers` | the request headers as JSON |
-//! | `/_echo/stats` | `{"requests": n, "failed": f, "max_waiting": w}`: requests so far (this one excluded), those answered 503 on purpose, and the most that ever waited for a slot under `--max-concurrency` (`/_echo/reset` starts that peak over) |
+//! | `/_echo/stats` | `{"requests": n, "failed": f, "max_waiting": w, "mean_waiting": m}`: requests so far (this one excluded), those answered 503 on purpose, and the most that ever waited for a slot under `--max-concurrency` and how many an arriving request found waiting on average (`/_echo/reset` starts both over) |
 //! | anything else | the request as JSON: name, method, authority, path, query, version, headers, body size, client |
 
 use std::collections::BTreeMap;
@@ -61,6 +61,9 @@ struct State {
     started: Option<std::time::Instant>,
     waiting: std::sync::atomic::AtomicU64,
     max_waiting: std::sync::atomic::AtomicU64,
+    /// Requests that asked for a slot, and the sum of how many were waiting as each did.
+    arrivals: std::sync::atomic::AtomicU64,
+    waiting_sum: std::sync::atomic::AtomicU64,
     slots: Option<tokio::sync::Semaphore>,
 }
 
@@ -122,12 +125,16 @@ async fn respond(
         let n = state.requests.load(Ordering::Relaxed);
         let peak = state.max_waiting.load(Ordering::Relaxed);
         let failed = state.failed.load(Ordering::Relaxed);
-        return Ok(json(
-            &serde_json::json!({ "requests": n, "failed": failed, "max_waiting": peak }),
-        ));
+        let arrivals = state.arrivals.load(Ordering::Relaxed);
+        let mean = state.waiting_sum.load(Ordering::Relaxed) as f64 / arrivals.max(1) as f64;
+        return Ok(json(&serde_json::json!({
+            "requests": n, "failed": failed, "max_waiting": peak, "mean_waiting": mean,
+        })));
     }
     if req.uri().path() == "/_echo/reset" {
         state.max_waiting.store(0, Ordering::Relaxed);
+        state.arrivals.store(0, Ordering::Relaxed);
+        state.waiting_sum.store(0, Ordering::Relaxed);
         return Ok(json(&serde_json::json!({ "reset": true })));
     }
     let n = state.requests.fetch_add(1, Ordering::Relaxed);
@@ -135,6 +142,8 @@ async fn respond(
         Some(slots) => {
             let waiting = state.waiting.fetch_add(1, Ordering::Relaxed) + 1;
             state.max_waiting.fetch_max(waiting, Ordering::Relaxed);
+            state.arrivals.fetch_add(1, Ordering::Relaxed);
+            state.waiting_sum.fetch_add(waiting, Ordering::Relaxed);
             let slot = slots.acquire().await.ok();
             state.waiting.fetch_sub(1, Ordering::Relaxed);
             slot

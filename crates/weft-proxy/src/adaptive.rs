@@ -5,7 +5,9 @@
 //! compared with the service's unloaded latency (`min`). `min` is re-measured every 50
 //! windows the way Envoy's gradient controller does it: for one window the limit is pinned
 //! to `minLimit` (excess requests fail fast), so the service is measured nearly idle, and a
-//! service that became slower for good is not throttled forever:
+//! service that became slower for good is not throttled forever. That window counts only
+//! requests sent after the pin: those already in flight were sent at the old limit, and
+//! their queueing would be taken for the unloaded latency.
 //!
 //! ```text
 //! gradient  = clamp(tolerance × min / sample, 0.5, 1.0)
@@ -20,7 +22,7 @@
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use weft_model::AdaptiveConcurrency;
 
@@ -44,8 +46,9 @@ struct State {
     limit: f64,
     min_rtt: Option<f64>,
     windows: u32,
-    /// The limit to return to after a window pinned at `min` for measuring.
-    pinned_from: Option<f64>,
+    /// The limit to return to after a window pinned at `min` for measuring, and when the
+    /// pin began.
+    pinned_from: Option<(f64, Instant)>,
     sum: f64,
     count: u32,
 }
@@ -84,7 +87,17 @@ impl Adaptive {
     /// Feeds one response's latency; returns the new limit when this sample closed a
     /// window.
     pub fn sample(&self, rtt: Duration) -> Option<u32> {
+        self.sample_at(rtt, Instant::now())
+    }
+
+    fn sample_at(&self, rtt: Duration, now: Instant) -> Option<u32> {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, pinned_at)) = s.pinned_from {
+            if now.checked_sub(rtt).is_none_or(|sent| sent < pinned_at) {
+                // Sent before the pin, at the old limit: not an unloaded measurement.
+                return None;
+            }
+        }
         s.sum += rtt.as_secs_f64();
         s.count += 1;
         if s.count < self.window {
@@ -94,7 +107,7 @@ impl Adaptive {
         s.sum = 0.0;
         s.count = 0;
         s.windows = s.windows.wrapping_add(1);
-        if let Some(resume) = s.pinned_from.take() {
+        if let Some((resume, _)) = s.pinned_from.take() {
             // The window measured at the pinned limit: the new unloaded latency.
             s.min_rtt = Some(sample);
             s.limit = resume;
@@ -103,7 +116,7 @@ impl Adaptive {
             return Some(limit);
         }
         if s.windows % 50 == 0 {
-            s.pinned_from = Some(s.limit);
+            s.pinned_from = Some((s.limit, now));
             let limit = self.min.max(1.0) as u32;
             self.limit.store(limit, Ordering::Relaxed);
             return Some(limit);
@@ -135,9 +148,18 @@ mod tests {
         })
     }
 
+    thread_local! {
+        static CLOCK: std::cell::Cell<Instant> = std::cell::Cell::new(Instant::now());
+    }
+
+    /// Ten responses of `ms` each, one after the other (on a simulated clock).
     fn window(a: &Adaptive, ms: u64) -> u32 {
         (0..10)
-            .filter_map(|_| a.sample(Duration::from_millis(ms)))
+            .filter_map(|_| {
+                let now = CLOCK.get() + Duration::from_millis(ms);
+                CLOCK.set(now);
+                a.sample_at(Duration::from_millis(ms), now)
+            })
             .last()
             .expect("a window closed")
     }
@@ -169,6 +191,40 @@ mod tests {
             limit = window(&a, rtt as u64);
         }
         assert!((20..=60).contains(&limit), "settled at {limit}");
+    }
+
+    /// While the limit is pinned to re-measure the unloaded latency, responses to requests
+    /// sent before the pin (they queued at the old limit) are not taken for it.
+    #[test]
+    fn the_pinned_window_ignores_requests_sent_before_the_pin() {
+        let a = adaptive();
+        let mut now = Instant::now();
+        // One response every 20 ms, taking `ms`.
+        let mut feed = |ms: u64| {
+            now += Duration::from_millis(20);
+            let _ = a.sample_at(Duration::from_millis(ms), now);
+        };
+        // 49 windows at 10 ms, then the 50th pins the limit.
+        for _ in 0..500 {
+            feed(10);
+        }
+        assert_eq!(a.limit(), 1, "pinned to min for one window");
+        // Requests that queued before the pin come back slow: ignored.
+        for ms in (0..30).map(|i| 400 + 20 * i) {
+            feed(ms);
+        }
+        assert_eq!(a.limit(), 1, "still measuring");
+        // Ten requests sent after the pin close the window at their latency.
+        for _ in 0..10 {
+            feed(10);
+        }
+        assert!(a.limit() > 1, "resumed: {}", a.limit());
+        let s = a.state.lock().unwrap();
+        let min = s.min_rtt.unwrap();
+        assert!(
+            (0.009..0.011).contains(&min),
+            "unloaded latency measured: {min}"
+        );
     }
 
     #[test]
