@@ -11,13 +11,40 @@ use weft_proxy::mesh::control_api::request;
 /// `WEFT_SERVER` or `--server`.
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:8500";
 
-/// `weft server`.
-pub async fn run_server(
+/// `weft server` options.
+#[derive(clap::Args)]
+pub struct ServerArgs {
+    /// API and discovery address (HTTP/1.1 and gRPC on one port).
+    #[arg(long, default_value = "127.0.0.1:8500")]
     listen: std::net::SocketAddr,
+    /// Directory of the embedded store.
+    #[arg(long, default_value = "weft-data")]
     data_dir: PathBuf,
+    /// Use an etcd cluster instead (comma-separated `http://HOST:PORT` endpoints):
+    /// several servers over one etcd serve the same mesh.
+    #[arg(long, value_delimiter = ',')]
     etcd: Vec<String>,
+    /// Address other servers reach this one at (default: the bound address).
+    #[arg(long)]
     advertise: Option<String>,
-) -> anyhow::Result<()> {
+    /// The mesh's SPIFFE trust domain, fixed at the mesh's first start.
+    #[arg(long, default_value = "weft.local")]
+    trust_domain: String,
+    /// Lifetime of the certificates the CA issues to proxies (at least 10s).
+    #[arg(long, default_value = "24h", value_parser = crate::parse_duration)]
+    cert_ttl: Duration,
+}
+
+/// `weft server`.
+pub async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
+    let ServerArgs {
+        listen,
+        data_dir,
+        etcd,
+        advertise,
+        trust_domain,
+        cert_ttl,
+    } = args;
     let (store, store_desc): (Arc<dyn weft_control::store::Store>, String) = if etcd.is_empty() {
         let store = weft_control::embedded::Embedded::open(&data_dir)
             .with_context(|| format!("cannot open the store in {}", data_dir.display()))?;
@@ -31,6 +58,9 @@ pub async fn run_server(
             format!("etcd ({})", etcd.join(",")),
         )
     };
+    let ca = weft_control::ca::Ca::init(store.clone(), &trust_domain, cert_ttl)
+        .await
+        .map_err(|e| anyhow::anyhow!("certificate authority: {e}"))?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
@@ -46,7 +76,7 @@ pub async fn run_server(
         "{}",
         serde_json::json!({"event": "ready", "address": addr.to_string(), "advertise": advertise, "store": store_desc})
     );
-    weft_control::server::serve(listener, store, advertise, async {
+    weft_control::server::serve(listener, store, Arc::new(ca), advertise, async {
         let _ = crate::wait_for_signal().await;
     })
     .await?;
@@ -103,7 +133,7 @@ pub async fn api(
     Ok((value, bytes))
 }
 
-async fn get_json(server: &str, path: &str) -> anyhow::Result<Value> {
+pub async fn get_json(server: &str, path: &str) -> anyhow::Result<Value> {
     Ok(api(
         server,
         "GET",
@@ -117,7 +147,7 @@ async fn get_json(server: &str, path: &str) -> anyhow::Result<Value> {
 }
 
 /// Every item of a paginated list (`path` has its query already), page by page.
-async fn all_pages(server: &str, path: &str) -> anyhow::Result<Vec<Value>> {
+pub async fn all_pages(server: &str, path: &str) -> anyhow::Result<Vec<Value>> {
     let mut items = Vec::new();
     let mut after: Option<String> = None;
     loop {

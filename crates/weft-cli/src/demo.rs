@@ -139,6 +139,7 @@ pub async fn run(port: u16, tls_port: u16, server_port: u16) -> anyhow::Result<(
         admin: Some(admin),
         access_log: Some(Sink::Stdout),
         source: "weft demo (built in)".into(),
+        mesh: None,
     };
     let proxy = RunningProxy::start(parsed, opts)
         .await

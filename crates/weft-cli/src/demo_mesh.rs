@@ -47,6 +47,26 @@ spec:
     - backendRefs: [{name: payments, weight: 80}, {name: payments-v2, weight: 20}]
 ";
 
+/// Who may call whom: calls between sidecars are denied unless an intention allows them.
+const INTENTIONS: &str = "\
+kind: Intention
+metadata: {name: frontend-to-payments}
+spec: {source: frontend, destination: payments, action: allow}
+---
+kind: Intention
+metadata: {name: frontend-to-payments-v2}
+spec: {source: frontend, destination: payments-v2, action: allow}
+---
+kind: Intention
+metadata: {name: frontend-to-inventory}
+spec:
+  source: frontend
+  destination: inventory
+  permissions:
+    - action: allow
+      http: {methods: [GET]}
+";
+
 /// Reads a child's remaining stdout (a closed pipe would kill it at its next line).
 fn drain(mut lines: Lines<BufReader<ChildStdout>>) {
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
@@ -117,6 +137,26 @@ pub async fn start(dir: &Path, server_port: u16) -> anyhow::Result<Mesh> {
         "http://{}",
         ready["address"].as_str().context("server address")?
     );
+
+    // Intentions first: the mesh denies what they do not allow.
+    let intentions_file = dir.join("intentions.yaml");
+    std::fs::write(&intentions_file, INTENTIONS)?;
+    let (status, _, body) = weft_proxy::mesh::control_api::request(
+        &server,
+        "POST",
+        "/v1/config?file=intentions.yaml",
+        Bytes::from_static(INTENTIONS.as_bytes()),
+        "application/yaml",
+        Duration::from_secs(10),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("applying the demo's intentions: {e}"))?;
+    if status != 200 {
+        bail!(
+            "applying the demo's intentions: {status} {}",
+            String::from_utf8_lossy(&body)
+        );
+    }
 
     // Apps (echo backends), each with its sidecar.
     let apps = [

@@ -17,6 +17,7 @@ macro_rules! note {
 mod control;
 mod demo;
 mod demo_mesh;
+mod intention;
 mod sidecar;
 mod yaml_out;
 
@@ -69,21 +70,7 @@ enum Command {
         fail_for: Duration,
     },
     /// Run the control plane (catalog, configuration, key/value, discovery).
-    Server {
-        /// API and discovery address (HTTP/1.1 and gRPC on one port).
-        #[arg(long, default_value = "127.0.0.1:8500")]
-        listen: SocketAddr,
-        /// Directory of the embedded store.
-        #[arg(long, default_value = "weft-data")]
-        data_dir: PathBuf,
-        /// Use an etcd cluster instead (comma-separated `http://HOST:PORT` endpoints):
-        /// several servers over one etcd serve the same mesh.
-        #[arg(long, value_delimiter = ',')]
-        etcd: Vec<String>,
-        /// Address other servers reach this one at (default: the bound address).
-        #[arg(long)]
-        advertise: Option<String>,
-    },
+    Server(control::ServerArgs),
     /// Run a sidecar beside one service instance (registers it, routes its calls).
     Sidecar(Box<sidecar::SidecarArgs>),
     /// Apply resources from a YAML file (all documents or none).
@@ -134,6 +121,13 @@ enum Command {
         #[command(flatten)]
         server: ServerArg,
     },
+    /// Intentions: which service may call which.
+    Intention {
+        #[command(subcommand)]
+        command: IntentionCommand,
+        #[command(flatten)]
+        server: ServerArg,
+    },
     /// Registered services, or the instances of one.
     Catalog {
         /// A service name.
@@ -167,6 +161,14 @@ struct ServerArg {
     /// Control-plane URL.
     #[arg(long = "server", env = "WEFT_SERVER", default_value = control::DEFAULT_SERVER, global = true)]
     url: String,
+}
+
+/// `weft intention` subcommands.
+#[derive(Subcommand)]
+enum IntentionCommand {
+    /// Whether SOURCE may call DESTINATION (optionally: this request), and which
+    /// intention decides; exits 2 when denied.
+    Check(intention::CheckArgs),
 }
 
 /// `weft kv` subcommands.
@@ -270,13 +272,9 @@ fn main() -> std::process::ExitCode {
                 },
             ))
         }),
-        Command::Server {
-            listen,
-            data_dir,
-            etcd,
-            advertise,
-        } => runtime(None)
-            .and_then(|rt| rt.block_on(control::run_server(listen, data_dir, etcd, advertise))),
+        Command::Server(args) => {
+            runtime(None).and_then(|rt| rt.block_on(control::run_server(args)))
+        }
         Command::Sidecar(args) => runtime(None).and_then(|rt| rt.block_on(sidecar::run(*args))),
         Command::Apply {
             file,
@@ -302,6 +300,17 @@ fn main() -> std::process::ExitCode {
             client(|| control::catalog(&server.url, service.as_deref()))
         }
         Command::Status { server } => client(|| control::status(&server.url)),
+        Command::Intention {
+            command: IntentionCommand::Check(args),
+            server,
+        } => {
+            client(|| async {
+                if !intention::check(&server.url, &args).await? {
+                    std::process::exit(2); // denied: told on stdout already
+                }
+                Ok(())
+            })
+        }
         Command::Demo {
             port,
             tls_port,
@@ -384,6 +393,7 @@ fn run_proxy(args: ProxyArgs) -> anyhow::Result<()> {
         admin,
         access_log,
         source: args.config.display().to_string(),
+        mesh: None,
     };
     runtime(args.workers)?.block_on(async move {
         let mut source = FileSource::new(args.config.clone(), poll)?;

@@ -7,6 +7,7 @@ use weft_model::ServiceProtocol;
 use weft_proxy::{
     mesh::{
         discovery::{self, Identity},
+        identity,
         registration::{HealthCheck, Registration},
         sidecar_config, SidecarSpec,
     },
@@ -113,12 +114,15 @@ pub async fn run(args: SidecarArgs) -> anyhow::Result<()> {
         .id
         .clone()
         .unwrap_or_else(|| format!("{}-{:08x}", args.service, fastrand::u32(..)));
+    // The mesh identity comes first: without it nothing can be served or called.
+    let mesh = identity::bootstrap(&args.server, &args.service).await;
     let spec = SidecarSpec {
         service: args.service.clone(),
         inbound: args.inbound.to_string(),
         app: args.app.to_string(),
         app_protocol,
         upstreams,
+        trust_domain: mesh.trust_domain().to_string(),
     };
     // Start serving at once (upstreams answer 503 until the control plane's first
     // update names their endpoints).
@@ -129,6 +133,7 @@ pub async fn run(args: SidecarArgs) -> anyhow::Result<()> {
             admin,
             access_log: None,
             source: format!("control plane {}", args.server.join(",")),
+            mesh: Some(mesh.clone()),
         },
     )
     .await?;
@@ -178,6 +183,7 @@ pub async fn run(args: SidecarArgs) -> anyhow::Result<()> {
     tokio::select! {
         r = crate::wait_for_signal() => r?,
         _ = registration.keep() => {}
+        _ = identity::keep_renewed(args.server.clone(), args.service.clone(), mesh.clone(), proxy.metrics()) => {}
         _ = discovery::follow(&args.server, &who, &spec, &proxy, &synced) => {}
         _ = announce => {}
     }

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use weft_testkit::mesh::{
-    api_get, api_try, assert_kv_kept, echo_name as who, etcd_cluster, http, server_etcd, sidecar,
-    LoadLoop, Sidecar,
+    allow_all, api_get, api_try, assert_kv_kept, echo_name as who, etcd_cluster, http, server_etcd,
+    sidecar, LoadLoop, Sidecar,
 };
 use weft_testkit::{echo, eventually, Echo};
 
@@ -22,6 +22,7 @@ fn losing_a_server_replica_and_an_etcd_member_under_load_loses_nothing() {
     let mut etcd = etcd_cluster(3);
     let mut a = server_etcd(&weft(), &etcd.client_urls);
     let b = server_etcd(&weft(), &etcd.client_urls);
+    allow_all(&weft(), &b);
     // Every sidecar prefers server A, so killing A moves all of them.
     let servers = format!("{},{}", a.url(), b.url());
     let start = |service: &str, id: &str, extra: &[&str]| -> (Echo, Sidecar) {

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use weft_testkit::mesh::{
-    api_get, assert_kv_kept, echo_name as who, http, server, server_at, sidecar, weft_cli,
-    LoadLoop, Server, Sidecar,
+    allow_all, api_get, assert_kv_kept, echo_name as who, http, server, server_at, sidecar,
+    weft_cli, LoadLoop, Server, Sidecar,
 };
 use weft_testkit::{echo, eventually, temp_dir, Echo};
 
@@ -53,6 +53,7 @@ fn instance(server: &Server, service: &str, id: &str, extra: &[&str]) -> Instanc
 #[test]
 fn register_discover_route_and_follow_changes() {
     let s = server(&weft());
+    allow_all(&weft(), &s);
     let _b1 = instance(&s, "b", "b-1", &["--health", "http:/"]);
     let mut b2 = instance(&s, "b", "b-2", &["--health", "http:/"]);
     let a = instance(&s, "a", "a-1", &["--upstream", "b=127.0.0.1:0"]);
@@ -135,6 +136,7 @@ fn register_discover_route_and_follow_changes() {
 #[test]
 fn a_refused_update_keeps_the_last_good_configuration_and_is_reported() {
     let s = server(&weft());
+    allow_all(&weft(), &s);
     let _b = instance(&s, "b", "b-1", &[]);
     let a = instance(&s, "a", "a-1", &["--upstream", "b=127.0.0.1:0"]);
     let out = a.sidecar.listener("out-b");
@@ -142,7 +144,8 @@ fn a_refused_update_keeps_the_last_good_configuration_and_is_reported() {
         (who(out).ok()? == "b-1").then_some(())
     });
 
-    // Valid for the server (the model), refused by the sidecar (the CA file is missing).
+    // Valid for the server (the model), refused by the calling sidecar (origination TLS
+    // to a mesh service, whose calls use the mesh's mutual TLS).
     let (ok, stdout, stderr) = apply(
         &s,
         "kind: Service\nmetadata: {name: b}\nspec:\n  tls: {caFile: /nonexistent/ca.pem}\n",
@@ -150,7 +153,7 @@ fn a_refused_update_keeps_the_last_good_configuration_and_is_reported() {
     );
     assert!(!ok, "{stdout}");
     assert!(
-        stderr.contains("a-1") && stderr.contains("/nonexistent/ca.pem"),
+        stderr.contains("a-1") && stderr.contains("use the mesh's mutual TLS"),
         "{stderr}"
     );
     // The sidecar keeps routing with its last good version.
@@ -214,6 +217,7 @@ fn a_refused_update_keeps_the_last_good_configuration_and_is_reported() {
 fn with_the_control_plane_down_for_30_s_no_request_fails() {
     let weft = weft();
     let s = server(&weft);
+    allow_all(&weft, &s);
     let _b1 = instance(&s, "b", "b-1", &[]);
     let _b2 = instance(&s, "b", "b-2", &[]);
     let a = instance(
@@ -285,6 +289,7 @@ fn with_the_control_plane_down_for_30_s_no_request_fails() {
 fn every_acknowledged_write_survives_kill_9() {
     let weft = weft();
     let s = server(&weft);
+    allow_all(&weft, &s);
     let addr = s.addr;
     // Writers stream puts; each key acknowledged (200) is recorded.
     let stop = Arc::new(AtomicBool::new(false));
@@ -334,6 +339,7 @@ fn every_acknowledged_write_survives_kill_9() {
 #[test]
 fn bad_input_is_refused_whole_and_changes_nothing() {
     let s = server(&weft());
+    allow_all(&weft(), &s);
     let good = "kind: Service\nmetadata: {name: api}\nspec: {retry: {attempts: 3}}\n";
     let (ok, _, stderr) = apply(&s, good, &[]);
     assert!(ok, "{stderr}");
@@ -417,6 +423,7 @@ fn bad_input_is_refused_whole_and_changes_nothing() {
 #[test]
 fn kv_pages_and_watches() {
     let s = server(&weft());
+    allow_all(&weft(), &s);
     for i in 0..25 {
         let (status, _) = http(
             s.addr,
@@ -516,6 +523,7 @@ fn health_of(server: &Server, service: &str, id: &str) -> Option<String> {
 #[test]
 fn grpc_through_the_mesh_grpc_health_checks_and_deregistration_on_sigterm() {
     let s = server(&weft());
+    allow_all(&weft(), &s);
     let health_file = temp_dir().join("health");
     let support = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/support/grpc_peer.py");
     let mut cmd = std::process::Command::new(weft_testkit::python());
@@ -584,6 +592,7 @@ fn grpc_through_the_mesh_grpc_health_checks_and_deregistration_on_sigterm() {
 fn the_api_drops_a_client_that_never_finishes_its_headers() {
     use std::io::{Read, Write};
     let s = server(&weft());
+    allow_all(&weft(), &s);
     let mut slow = std::net::TcpStream::connect(s.addr).unwrap();
     slow.write_all(b"GET /v1/status HTTP/1.1\r\nhost: x\r\nx-slow: 1")
         .unwrap();

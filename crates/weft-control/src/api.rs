@@ -43,6 +43,8 @@ pub struct Api {
     pub sessions: Arc<Sessions>,
     /// This server's API address as its peers reach it.
     pub advertise: String,
+    /// The mesh CA.
+    pub ca: Arc<crate::ca::Ca>,
 }
 
 const OPENAPI: &str = include_str!("openapi.json");
@@ -78,6 +80,8 @@ pub fn router(api: Api) -> Router {
             axum::routing::delete(deregister),
         )
         .route("/v1/proxies", get(proxies))
+        .route("/v1/ca/roots", get(ca_roots))
+        .route("/v1/ca/sign", post(ca_sign))
         .route("/metrics", get(metrics))
         .fallback(|| async { ApiError::not_found("no such API endpoint (see /v1/openapi.json)") })
         .layer(DefaultBodyLimit::max(config::MAX_APPLY_BYTES + 1024))
@@ -406,6 +410,32 @@ async fn register(AxState(api): AxState<Api>, headers: HeaderMap, body: Bytes) -
     ))
 }
 
+async fn ca_roots(AxState(api): AxState<Api>) -> ApiResult {
+    Ok(Json(api.ca.bundle().await?).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SignBody {
+    /// The service whose identity is asked for.
+    service: String,
+    /// PKCS#10, PEM.
+    csr: String,
+}
+
+async fn ca_sign(AxState(api): AxState<Api>, headers: HeaderMap, body: Bytes) -> ApiResult {
+    let req: SignBody = json_body(&headers, &body)?;
+    if !config::valid_name(&req.service) {
+        return Err(ApiError::bad_request(
+            "invalid-name",
+            format!("`{}` is not a service name", req.service),
+        ));
+    }
+    let signed = api.ca.sign(&req.service, &req.csr).await?;
+    tracing::info!(service = %req.service, spiffe_id = %signed.spiffe_id, "signed a certificate");
+    Ok(Json(signed).into_response())
+}
+
 async fn renew(AxState(api): AxState<Api>, Path(lease): Path<String>) -> ApiResult {
     let lease: u64 = lease
         .parse()
@@ -508,6 +538,8 @@ mod tests {
         "/v1/catalog/services/{service}/instances/{id}",
         "/v1/proxies",
         "/metrics",
+        "/v1/ca/roots",
+        "/v1/ca/sign",
     ];
 
     #[test]

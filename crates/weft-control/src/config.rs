@@ -25,7 +25,15 @@ use crate::{
 pub const PREFIX: &str = "/weft/config/";
 const GUARD: &str = "/weft/meta/config";
 /// The kinds the control plane stores.
-pub const KINDS: &[&str] = &["Gateway", "HTTPRoute", "Service", "TCPRoute", "TLSRoute"];
+pub const KINDS: &[&str] = &[
+    "Gateway",
+    "HTTPRoute",
+    "Service",
+    "TCPRoute",
+    "TLSRoute",
+    "Mesh",
+    "Intention",
+];
 /// Largest configuration text accepted by one apply.
 pub const MAX_APPLY_BYTES: usize = 4 * 1024 * 1024;
 

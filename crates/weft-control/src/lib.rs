@@ -15,6 +15,7 @@
 //! from it and follows its watch, so replicas over one etcd are interchangeable.
 
 pub mod api;
+pub mod ca;
 pub mod catalog;
 pub mod config;
 mod diff;

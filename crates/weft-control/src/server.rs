@@ -21,6 +21,7 @@ const MAX_PROXY_MESSAGE: usize = 4 * 1024 * 1024;
 pub async fn serve(
     listener: TcpListener,
     store: Arc<dyn Store>,
+    ca: Arc<crate::ca::Ca>,
     advertise: String,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
@@ -38,6 +39,7 @@ pub async fn serve(
         state,
         sessions,
         advertise,
+        ca,
     })
     .route_service("/weft.discovery.v1.Discovery/{*method}", grpc);
     let local: SocketAddr = listener.local_addr()?;

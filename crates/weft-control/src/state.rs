@@ -19,6 +19,20 @@ use crate::{
     store::{self, Event, Revision, Store, WatchEvent},
 };
 
+/// The key of the trust bundle in a proxy's slice.
+pub const TRUST_BUNDLE: &str = "TrustBundle/mesh";
+
+/// The stored bundle as proxies get it: the trust domain and the root certificates.
+fn render_trust_bundle(stored: &[u8]) -> Option<Rendered> {
+    let b: crate::ca::Bundle = serde_json::from_slice(stored)
+        .map_err(|e| tracing::warn!(error = %e, "unreadable trust bundle"))
+        .ok()?;
+    let roots: Vec<&str> = b.roots.iter().map(|r| r.certificate.as_str()).collect();
+    Some(Rendered::new(
+        json!({"trustDomain": b.trust_domain, "roots": roots, "active": b.active}).to_string(),
+    ))
+}
+
 /// A resource as sent to proxies: JSON text and its content version.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rendered {
@@ -54,6 +68,12 @@ pub struct View {
     routes_by_parent: HashMap<String, BTreeSet<String>>,
     /// Route → (services it attaches to, services it sends to).
     route_refs: HashMap<String, (Vec<String>, Vec<String>)>,
+    /// Destination (a service or `*`) → intentions about calls to it.
+    intentions_by_dest: HashMap<String, BTreeSet<String>>,
+    /// Intention → its destination.
+    intention_dest: HashMap<String, String>,
+    /// The CA's trust bundle as proxies get it (`TrustBundle/mesh`): roots, no keys.
+    trust_bundle: Option<Rendered>,
 }
 
 impl View {
@@ -61,6 +81,21 @@ impl View {
     pub fn slice(&self, service: &str, upstreams: &[String]) -> BTreeMap<String, Rendered> {
         let mut out = BTreeMap::new();
         self.add_service(&mut out, service, false);
+        // Its inbound policy: the mesh settings and the intentions about calls to it.
+        if let Some(r) = self.config.get("Mesh/mesh") {
+            out.insert("Mesh/mesh".to_string(), r.clone());
+        }
+        for dest in [service, "*"] {
+            for name in self.intentions_by_dest.get(dest).into_iter().flatten() {
+                let key = format!("Intention/{name}");
+                if let Some(r) = self.config.get(&key) {
+                    out.insert(key, r.clone());
+                }
+            }
+        }
+        if let Some(b) = &self.trust_bundle {
+            out.insert(TRUST_BUNDLE.to_string(), b.clone());
+        }
         for u in upstreams {
             self.add_service(&mut out, u, true);
             for route in self.routes_by_parent.get(u).into_iter().flatten() {
@@ -129,10 +164,18 @@ impl View {
                 let r = render_endpoints(service, Some(set));
                 self.endpoints.insert(service.to_string(), r);
             }
+        } else if key == crate::ca::BUNDLE_KEY {
+            self.trust_bundle = match event {
+                Event::Put(kv) => render_trust_bundle(&kv.value),
+                Event::Delete { .. } => None,
+            };
         } else if let Some((kind, name)) = config::id_of(key) {
             let id = format!("{kind}/{name}");
             if kind == "HTTPRoute" {
                 self.unindex_route(name);
+            }
+            if kind == "Intention" {
+                self.unindex_intention(name);
             }
             match event {
                 Event::Put(kv) => {
@@ -140,6 +183,11 @@ impl View {
                     if kind == "HTTPRoute" {
                         if let Ok(v) = serde_json::from_str::<Value>(&text) {
                             self.index_route(name, &v);
+                        }
+                    }
+                    if kind == "Intention" {
+                        if let Ok(v) = serde_json::from_str::<Value>(&text) {
+                            self.index_intention(name, &v);
                         }
                     }
                     self.config.insert(id, Rendered::new(text));
@@ -182,6 +230,29 @@ impl View {
         }
         self.route_refs
             .insert(name.to_string(), (parents, backends));
+    }
+
+    fn index_intention(&mut self, name: &str, v: &Value) {
+        let Some(dest) = v.pointer("/spec/destination").and_then(Value::as_str) else {
+            return;
+        };
+        self.intentions_by_dest
+            .entry(dest.to_string())
+            .or_default()
+            .insert(name.to_string());
+        self.intention_dest
+            .insert(name.to_string(), dest.to_string());
+    }
+
+    fn unindex_intention(&mut self, name: &str) {
+        if let Some(dest) = self.intention_dest.remove(name) {
+            if let Some(set) = self.intentions_by_dest.get_mut(&dest) {
+                set.remove(name);
+                if set.is_empty() {
+                    self.intentions_by_dest.remove(&dest);
+                }
+            }
+        }
     }
 
     fn unindex_route(&mut self, name: &str) {
@@ -273,7 +344,7 @@ impl State {
     async fn sync_once(&self, store: &dyn Store) -> Result<(), store::StoreError> {
         let mut fresh = View::default();
         let mut revision = Revision::MAX;
-        for prefix in [config::PREFIX, catalog::PREFIX] {
+        for prefix in [config::PREFIX, catalog::PREFIX, crate::ca::BUNDLE_KEY] {
             let page = store::list_all(store, prefix).await?;
             revision = revision.min(page.revision);
             for kv in page.kvs {

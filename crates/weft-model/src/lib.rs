@@ -15,7 +15,9 @@
 
 pub mod duration;
 pub mod resources;
+pub mod security;
 mod validate;
+mod validate_security;
 pub mod yaml;
 
 use std::fmt;
@@ -26,6 +28,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 pub use resources::*;
+pub use security::*;
 
 /// Largest configuration file accepted.
 pub const MAX_CONFIG_BYTES: u64 = 16 * 1024 * 1024;
@@ -47,6 +50,12 @@ pub struct Config {
     /// `TLSRoute` resources.
     #[serde(rename = "tlsRoutes")]
     pub tls_routes: Vec<Resource<StreamRouteSpec>>,
+    /// The `Mesh` resource (at most one).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub meshes: Vec<Resource<MeshSpec>>,
+    /// `Intention` resources.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub intentions: Vec<Resource<IntentionSpec>>,
     /// Directory relative file names (certificates, keys) are resolved against: the
     /// configuration file's directory; absent for text parsed without a file.
     #[serde(skip)]
@@ -57,6 +66,22 @@ impl Config {
     /// The service named `name`.
     pub fn service(&self, name: &str) -> Option<&Resource<ServiceSpec>> {
         self.services.iter().find(|s| s.metadata.name == name)
+    }
+
+    /// The mesh settings: the `Mesh` resource's, or the defaults (strict mutual TLS,
+    /// deny what no intention allows).
+    pub fn mesh(&self) -> MeshSpec {
+        self.meshes
+            .first()
+            .map(|m| m.spec.clone())
+            .unwrap_or_default()
+    }
+
+    /// The mutual TLS mode of `service`'s inbound listeners: its own, else the mesh's.
+    pub fn mtls_mode(&self, service: &str) -> MtlsMode {
+        self.service(service)
+            .and_then(|s| s.spec.mtls.as_ref())
+            .map_or(self.mesh().mtls.mode, |m| m.mode)
     }
 
     /// `file` as a path: absolute as is, relative against [`Config::base_dir`].
@@ -186,6 +211,8 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigErrors> {
         services: Vec::new(),
         tcp_routes: Vec::new(),
         tls_routes: Vec::new(),
+        meshes: Vec::new(),
+        intentions: Vec::new(),
         base_dir: None,
     };
     let mut origins = validate::Origins::default();
@@ -213,11 +240,13 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigErrors> {
             "Service" => keep(take(doc, &mut config.services, &mut origins.services)),
             "TCPRoute" => keep(take(doc, &mut config.tcp_routes, &mut origins.tcp_routes)),
             "TLSRoute" => keep(take(doc, &mut config.tls_routes, &mut origins.tls_routes)),
+            "Mesh" => keep(take(doc, &mut config.meshes, &mut origins.meshes)),
+            "Intention" => keep(take(doc, &mut config.intentions, &mut origins.intentions)),
             "" if doc.value.is_null() => {} // empty document, e.g. a trailing `---`
             "" => errors.push(err_at("kind".into(), "missing `kind`".into())),
             other => errors.push(err_at(
                 "kind".into(),
-                format!("unknown kind `{other}` (expected Gateway, HTTPRoute, TCPRoute, TLSRoute or Service)"),
+                format!("unknown kind `{other}` (expected Gateway, HTTPRoute, TCPRoute, TLSRoute, Service, Mesh or Intention)"),
             )),
         }
     }

@@ -64,6 +64,19 @@ pub struct Listener {
     /// Bounds on what clients may do; every field has a safe default.
     #[serde(default)]
     pub limits: ListenerLimits,
+    /// Set by a sidecar on its inbound listener (never from a file): mesh mutual TLS and
+    /// intentions apply to the service named here.
+    #[serde(skip_deserializing, skip_serializing_if = "Option::is_none")]
+    pub mesh: Option<MeshInbound>,
+}
+
+/// A sidecar's inbound listener: whose calls it receives. Its mutual TLS mode is that
+/// service's `mtls`, else the `Mesh`'s.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct MeshInbound {
+    /// The destination service (the sidecar's own).
+    pub service: String,
 }
 
 /// What a listener speaks.
@@ -652,6 +665,13 @@ pub struct ServiceSpec {
     /// A concurrency limit that follows measured latency.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub adaptive_concurrency: Option<AdaptiveConcurrency>,
+    /// Mesh only: this service's inbound mutual TLS mode, overriding `Mesh`'s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtls: Option<crate::MeshMtls>,
+    /// Set by a sidecar for a mesh service (never from a file): the SPIFFE ID its
+    /// endpoints must prove; they are called over mutual TLS.
+    #[serde(skip_deserializing, skip_serializing_if = "Option::is_none")]
+    pub mesh_peer: Option<String>,
 }
 
 /// Gradient-style adaptive concurrency (after Netflix's concurrency-limits "Gradient2"):

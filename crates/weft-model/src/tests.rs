@@ -513,3 +513,112 @@ fn the_examples_parse() {
     }
     assert!(n >= 2, "examples found: {n}");
 }
+
+#[test]
+fn mesh_and_intentions_parse_with_defaults_and_precedence() {
+    let c = parse(
+        "f.yaml",
+        "kind: Mesh\nmetadata: {name: mesh}\nspec: {mtls: {mode: permissive}}\n---\n\
+         kind: Intention\nmetadata: {name: web-db}\nspec: {source: web, destination: db, action: allow}\n---\n\
+         kind: Intention\nmetadata: {name: any-db}\nspec:\n  source: '*'\n  destination: db\n  permissions:\n  \
+         - action: allow\n    http: {path: {type: PathPrefix, value: /public}, methods: [GET]}\n",
+    )
+    .unwrap();
+    let mesh = c.mesh();
+    assert_eq!(mesh.mtls.mode, MtlsMode::Permissive);
+    assert_eq!(mesh.default_action, Action::Deny, "deny by default");
+    assert_eq!(c.intentions[0].spec.precedence(), 3);
+    assert_eq!(c.intentions[1].spec.precedence(), 2);
+    assert!(c.intentions[1].spec.applies(None, "db"));
+    assert!(!c.intentions[0].spec.applies(None, "db"));
+    // No Mesh resource: strict and deny.
+    let c = parse("f.yaml", "").unwrap();
+    assert_eq!(c.mesh().mtls.mode, MtlsMode::Strict);
+    assert_eq!(c.mesh().default_action, Action::Deny);
+}
+
+#[test]
+fn bad_mesh_and_intentions_are_refused_with_their_field() {
+    let errors = errors_of(
+        "kind: Mesh\nmetadata: {name: main}\nspec: {}\n---\n\
+         kind: Intention\nmetadata: {name: a}\nspec: {source: Web, destination: db, action: allow}\n---\n\
+         kind: Intention\nmetadata: {name: b}\nspec: {source: web, destination: db}\n---\n\
+         kind: Intention\nmetadata: {name: c}\nspec:\n  source: web\n  destination: db\n  action: deny\n  \
+         permissions: [{action: allow}]\n---\n\
+         kind: Intention\nmetadata: {name: d}\nspec:\n  source: web\n  destination: db\n  permissions:\n  \
+         - action: allow\n    http: {methods: [get], path: {type: RegularExpression, value: '('}}\n",
+    );
+    let all = errors.join("\n");
+    for expected in [
+        "Mesh/main: metadata.name: the Mesh resource is named `mesh`",
+        "Intention/a: spec.source: `Web` is neither a service name nor `*`",
+        "Intention/b: spec: needs `action` (allow or deny) or `permissions`",
+        "Intention/c: spec.permissions: give either `action`",
+        "Intention/d: spec.permissions[0].http.methods[0]: `get` is not an HTTP method",
+        "Intention/d: spec.permissions[0].http.path.value: invalid regular expression",
+    ] {
+        assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
+    }
+    assert!(
+        errors_of("kind: Mesh\nmetadata: {name: mesh}\nspec: {mtls: {mode: off}}\n")
+            .join("\n")
+            .contains("unknown variant `off`")
+    );
+}
+
+#[test]
+fn intention_precedence_more_specific_wins_and_deny_wins_ties() {
+    let c = parse(
+        "f.yaml",
+        "kind: Intention\nmetadata: {name: all-deny}\nspec: {source: '*', destination: '*', action: deny}\n---\n\
+         kind: Intention\nmetadata: {name: any-db}\nspec: {source: '*', destination: db, action: allow}\n---\n\
+         kind: Intention\nmetadata: {name: web-db}\nspec: {source: web, destination: db, action: deny}\n---\n\
+         kind: Intention\nmetadata: {name: web-db-2}\nspec: {source: web, destination: db, action: allow}\n---\n\
+         kind: Intention\nmetadata: {name: api-db}\nspec:\n  source: api\n  destination: db\n  permissions:\n  \
+         - {action: allow, http: {methods: [GET]}}\n",
+    )
+    .unwrap();
+    let all: Vec<_> = c.intentions.iter().collect();
+    let decide = |src: Option<&str>, dst: &str, m: Option<&dyn Fn(usize, usize) -> bool>| {
+        decide(&all, Action::Allow, src, dst, m).map(|v| (v.action, v.reason))
+    };
+    // web → db: two exact intentions, deny wins the tie.
+    assert_eq!(
+        decide(Some("web"), "db", None),
+        Some((Action::Deny, "intention web-db".into()))
+    );
+    // cache → db: `*` → db (more specific than `*` → `*`).
+    assert_eq!(
+        decide(Some("cache"), "db", None),
+        Some((Action::Allow, "intention any-db".into()))
+    );
+    // No identity: only `*` intentions apply.
+    assert_eq!(decide(None, "db", None).unwrap().0, Action::Allow);
+    assert_eq!(decide(None, "queue", None).unwrap().0, Action::Deny);
+    // api → db is L7: undecided per connection, decided per request; no matching
+    // permission falls to the mesh default (allow here), not to `*` → db.
+    assert_eq!(decide(Some("api"), "db", None), None);
+    let get = |_: usize, _: usize| true;
+    let post = |_: usize, _: usize| false;
+    assert_eq!(
+        decide(Some("api"), "db", Some(&get)),
+        Some((Action::Allow, "intention api-db permission 0".into()))
+    );
+    assert_eq!(
+        decide(Some("api"), "db", Some(&post)),
+        Some((Action::Allow, "no permission matched; mesh default".into()))
+    );
+    let none: Vec<&Resource<IntentionSpec>> = Vec::new();
+    assert_eq!(
+        weft_model_decide_default(&none),
+        (
+            Action::Deny,
+            "no intention applies; mesh default".to_string()
+        )
+    );
+}
+
+fn weft_model_decide_default(none: &[&Resource<IntentionSpec>]) -> (Action, String) {
+    let v = decide(none, Action::Deny, Some("a"), "b", None).unwrap();
+    (v.action, v.reason)
+}

@@ -15,15 +15,24 @@ pub(crate) struct Origins<'a> {
     pub services: Vec<&'a Document>,
     pub tcp_routes: Vec<&'a Document>,
     pub tls_routes: Vec<&'a Document>,
+    pub meshes: Vec<&'a Document>,
+    pub intentions: Vec<&'a Document>,
 }
 
-struct Report<'a> {
+pub(crate) struct Report<'a> {
     file: &'a str,
     errors: &'a mut Vec<ConfigError>,
 }
 
 impl Report<'_> {
-    fn at(&mut self, doc: &Document, kind: &str, name: &str, field: String, message: String) {
+    pub(crate) fn at(
+        &mut self,
+        doc: &Document,
+        kind: &str,
+        name: &str,
+        field: String,
+        message: String,
+    ) {
         self.errors.push(ConfigError {
             file: self.file.to_string(),
             line: doc.lines.line_of(&field).or(Some(doc.start_line)),
@@ -44,6 +53,8 @@ pub(crate) fn validate(file: &str, c: &Config, o: &Origins<'_>, errors: &mut Vec
         ("Service", names(&c.services), &o.services),
         ("TCPRoute", names(&c.tcp_routes), &o.tcp_routes),
         ("TLSRoute", names(&c.tls_routes), &o.tls_routes),
+        ("Mesh", names(&c.meshes), &o.meshes),
+        ("Intention", names(&c.intentions), &o.intentions),
     ] {
         unique_names(&mut r, kind, names.into_iter(), docs);
     }
@@ -108,6 +119,10 @@ pub(crate) fn validate(file: &str, c: &Config, o: &Origins<'_>, errors: &mut Vec
     }
     for (route, doc) in c.tls_routes.iter().zip(&o.tls_routes) {
         stream_route(&mut r, c, "TLSRoute", route, doc);
+    }
+    crate::validate_security::mesh(&mut r, c, &o.meshes);
+    for (i, doc) in c.intentions.iter().zip(&o.intentions) {
+        crate::validate_security::intention(&mut r, i, doc);
     }
 }
 
@@ -399,7 +414,7 @@ fn unique_names<'a>(
     }
 }
 
-fn valid_name(n: &str) -> bool {
+pub(crate) fn valid_name(n: &str) -> bool {
     !n.is_empty()
         && n.len() <= 63
         && n.bytes()
@@ -714,15 +729,8 @@ fn http_route(r: &mut Report<'_>, c: &Config, route: &Resource<HttpRouteSpec>, d
                 }
             }
             for (hi, h) in m.headers.iter().enumerate() {
-                if http::HeaderName::from_bytes(h.name.as_bytes()).is_err() {
-                    err(
-                        r,
-                        format!("{at}.headers[{hi}].name"),
-                        format!("`{}` is not a valid header name", h.name),
-                    );
-                }
-                if let Err(msg) = check_value_match(h) {
-                    err(r, format!("{at}.headers[{hi}].value"), msg);
+                for (field, msg) in header_match_problems(h) {
+                    err(r, format!("{at}.headers[{hi}].{field}"), msg);
                 }
             }
             for (qi, q) in m.query_params.iter().enumerate() {
@@ -737,16 +745,8 @@ fn http_route(r: &mut Report<'_>, c: &Config, route: &Resource<HttpRouteSpec>, d
                     err(r, format!("{at}.queryParams[{qi}].value"), msg);
                 }
             }
-            if let Some(method) = &m.method {
-                if http::Method::from_bytes(method.as_bytes()).is_err()
-                    || method.chars().any(|c| c.is_ascii_lowercase())
-                {
-                    err(
-                        r,
-                        format!("{at}.method"),
-                        format!("`{method}` is not an HTTP method (use upper case, e.g. GET)"),
-                    );
-                }
+            if let Some(msg) = m.method.as_deref().and_then(method_problem) {
+                err(r, format!("{at}.method"), msg);
             }
         }
         let mut redirects = false;
@@ -973,7 +973,7 @@ fn check_hostname(h: &str, wildcard_ok: bool) -> Result<(), String> {
     }
 }
 
-fn check_path_match(p: &PathMatch) -> Result<(), String> {
+pub(crate) fn check_path_match(p: &PathMatch) -> Result<(), String> {
     match p.kind {
         PathMatchType::Exact | PathMatchType::PathPrefix => {
             if !p.value.starts_with('/') {
@@ -993,6 +993,25 @@ fn check_path_match(p: &PathMatch) -> Result<(), String> {
         }
         PathMatchType::RegularExpression => check_regex(&p.value),
     }
+}
+
+/// What is wrong with a header condition: `(field, message)`.
+pub(crate) fn header_match_problems(h: &ValueMatch) -> Vec<(&'static str, String)> {
+    let mut problems = Vec::new();
+    if http::HeaderName::from_bytes(h.name.as_bytes()).is_err() {
+        problems.push(("name", format!("`{}` is not a valid header name", h.name)));
+    }
+    if let Err(msg) = check_value_match(h) {
+        problems.push(("value", msg));
+    }
+    problems
+}
+
+/// What is wrong with an HTTP method name, if anything.
+pub(crate) fn method_problem(method: &str) -> Option<String> {
+    (http::Method::from_bytes(method.as_bytes()).is_err()
+        || method.chars().any(|c| c.is_ascii_lowercase()))
+    .then(|| format!("`{method}` is not an HTTP method (use upper case, e.g. GET)"))
 }
 
 fn check_value_match(m: &ValueMatch) -> Result<(), String> {

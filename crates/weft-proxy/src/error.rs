@@ -22,6 +22,9 @@ pub enum ProxyError {
     /// Host header or authority missing or malformed.
     #[error("missing or invalid host")]
     InvalidHost,
+    /// An intention (or the mesh default) denies this caller this request.
+    #[error("denied by intention")]
+    DeniedByIntention,
     /// The endpoint refused the TCP connection.
     #[error("upstream refused the connection")]
     ConnectRefused,
@@ -78,6 +81,7 @@ impl ProxyError {
     pub fn status(self) -> StatusCode {
         match self {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::DeniedByIntention => StatusCode::FORBIDDEN,
             ProxyError::InvalidHost | ProxyError::BodyMalformed => StatusCode::BAD_REQUEST,
             ProxyError::RequestTimeout | ProxyError::PerTryTimeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
@@ -105,6 +109,7 @@ impl ProxyError {
             ProxyError::NoRoute => "no-route",
             ProxyError::NoHealthyEndpoints => "no-healthy-endpoints",
             ProxyError::InvalidHost => "invalid-host",
+            ProxyError::DeniedByIntention => "denied-by-intention",
             ProxyError::ConnectRefused => "connect-refused",
             ProxyError::ConnectTimeout => "connect-timeout",
             ProxyError::ConnectFailed => "connect-failed",

@@ -44,6 +44,9 @@ pub type ResponseBody = Either<UpstreamBody, Full<Bytes>>;
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+/// The caller's verified SPIFFE ID, set by a sidecar's inbound listener for the
+/// application (any value a caller sent is removed first).
+pub const X_WEFT_SOURCE: HeaderName = HeaderName::from_static("x-weft-source-identity");
 const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
 const X_WEFT_MIRRORED: HeaderName = HeaderName::from_static("x-weft-mirrored");
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
@@ -75,6 +78,9 @@ pub struct Client {
     ip_header: HeaderValue,
     /// Whether the connection is TLS (`x-forwarded-proto`, redirects).
     pub secure: bool,
+    /// The caller's verified SPIFFE ID (mesh mutual TLS), and its service.
+    pub peer: Option<Arc<str>>,
+    peer_service: Option<Arc<str>>,
 }
 
 impl Client {
@@ -86,7 +92,19 @@ impl Client {
             addr,
             ip_header,
             secure,
+            peer: None,
+            peer_service: None,
         }
+    }
+
+    /// The same client, identified by its SPIFFE ID.
+    pub fn with_peer(mut self, peer: Option<Arc<str>>) -> Client {
+        self.peer_service = peer
+            .as_deref()
+            .and_then(weft_tls::spiffe::ServiceId::parse)
+            .map(|id| Arc::from(id.service));
+        self.peer = peer;
+        self
     }
 
     fn scheme(&self) -> &'static str {
@@ -133,6 +151,39 @@ pub async fn handle(
     })
 }
 
+/// Judges one request on a sidecar's inbound listener against the intentions of the
+/// snapshot it is served with (so a change applies to open connections too).
+fn authorize(
+    ctx: &ListenerContext,
+    mesh: &crate::snapshot::MeshListener,
+    client: &Client,
+    req: &Request<Incoming>,
+) -> Result<(), ProxyError> {
+    let source = client.peer_service.as_deref();
+    // The path as routing sees it: `/a/../admin` is judged as `/admin`.
+    let path = normalize_path(req.uri().path());
+    let verdict = mesh.authz.request(
+        source,
+        req.method(),
+        &path,
+        req.uri().query(),
+        req.headers(),
+    );
+    if verdict.action == weft_model::Action::Allow {
+        return Ok(());
+    }
+    tracing::info!(
+        listener = %ctx.name,
+        client = %client.addr,
+        source = source.unwrap_or("(no identity)"),
+        method = %req.method(),
+        path = %path,
+        reason = %verdict.reason,
+        "request denied by intention"
+    );
+    Err(ProxyError::DeniedByIntention)
+}
+
 async fn route_and_forward(
     ctx: &ListenerContext,
     snapshot: &Snapshot,
@@ -142,14 +193,26 @@ async fn route_and_forward(
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let listener = snapshot.listener(&ctx.name).ok_or(ProxyError::NoRoute)?;
     ex.stats = Some(listener.unrouted.clone());
+    if let Some(mesh) = &listener.mesh {
+        authorize(ctx, mesh, client, &req)?;
+        let headers = req.headers_mut();
+        headers.remove(&X_WEFT_SOURCE);
+        if let Some(v) = client
+            .peer
+            .as_deref()
+            .and_then(|p| HeaderValue::from_str(p).ok())
+        {
+            headers.insert(X_WEFT_SOURCE, v);
+        }
+    }
     let host = request_host(&req).ok_or(ProxyError::InvalidHost)?;
+    let path = normalize_path(req.uri().path());
     if let Some(max) = listener.limits.max_request_body_bytes {
         // A declared length over the limit is refused before anything is forwarded.
         if declared_length(req.headers()).is_some_and(|n| n > max) {
             return Err(ProxyError::BodyTooLarge);
         }
     }
-    let path = normalize_path(req.uri().path());
     let (rule, info) = listener
         .table
         .route(&host, req.method(), &path, req.uri().query(), req.headers())

@@ -43,9 +43,8 @@ fn snapshot() -> &'static Snapshot {
     static SNAPSHOT: OnceLock<Snapshot> = OnceLock::new();
     SNAPSHOT.get_or_init(|| {
         let config = weft_model::parse("fuzz.yaml", ROUTES).expect("fuzz routes parse");
-        let resumption = weft_tls::Resumption::new().expect("resumption");
-        Snapshot::build(Arc::new(config), &Metrics::new(), None, &resumption)
-            .expect("fuzz routes compile")
+        let tls = crate::snapshot::TlsContext::new(None).expect("tls context");
+        Snapshot::build(Arc::new(config), &Metrics::new(), None, &tls).expect("fuzz routes compile")
     })
 }
 

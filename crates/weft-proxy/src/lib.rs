@@ -28,6 +28,7 @@
 pub mod access_log;
 pub mod adaptive;
 pub mod admin;
+pub mod authz;
 pub mod balance;
 pub mod body;
 pub mod error;
@@ -72,6 +73,9 @@ pub struct ProxyOptions {
     pub access_log: Option<access_log::Sink>,
     /// Where the configuration came from, shown by `/config`.
     pub source: String,
+    /// A sidecar's mesh identity and trust bundle; configurations with mesh listeners or
+    /// mesh services are refused without one.
+    pub mesh: Option<Arc<weft_tls::mesh::MeshTls>>,
 }
 
 /// Why the proxy could not start.
@@ -104,7 +108,7 @@ pub struct RunningProxy {
     metrics: Arc<Metrics>,
     admin_state: Arc<AdminState>,
     access_log: Option<access_log::AccessLog>,
-    resumption: weft_tls::Resumption,
+    tls: snapshot::TlsContext,
     /// Running listeners; also serializes `apply`.
     listeners: std::sync::Mutex<Vec<listener::Running>>,
     /// Given to every task; dropped at shutdown so `alive` can report "all done".
@@ -151,14 +155,13 @@ impl RunningProxy {
     /// Binds every listener of `config` and starts serving. Must run inside a tokio runtime.
     pub async fn start(config: Config, opts: ProxyOptions) -> Result<RunningProxy, StartError> {
         let metrics = Arc::new(Metrics::new());
-        let resumption = weft_tls::Resumption::new()
-            .map_err(|e| StartError::Build(BuildError::Invalid(e.to_string())))?;
+        let tls = snapshot::TlsContext::new(opts.mesh)?;
         let config = Arc::new(config);
         let snapshot: SnapshotHandle = Arc::new(ArcSwap::from_pointee(Snapshot::build(
             config.clone(),
             &metrics,
             None,
-            &resumption,
+            &tls,
         )?));
         metrics.config_loaded(Ok(&config.version));
         let access_log = match opts.access_log {
@@ -191,7 +194,7 @@ impl RunningProxy {
             metrics,
             admin_state,
             access_log,
-            resumption,
+            tls,
             listeners: std::sync::Mutex::new(Vec::new()),
             alive_tx: std::sync::Mutex::new(Some(alive_tx)),
             shutdown,
@@ -238,6 +241,16 @@ impl RunningProxy {
     fn publish_listeners(&self, running: &[listener::Running]) {
         *lock(&self.admin_state.listeners) =
             running.iter().map(|r| (r.name.clone(), r.local)).collect();
+    }
+
+    /// The proxy's metrics.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
+    }
+
+    /// The mesh identity and trust bundle, for a sidecar.
+    pub fn mesh(&self) -> Option<&Arc<weft_tls::mesh::MeshTls>> {
+        self.tls.mesh.as_ref()
     }
 
     /// Bound listeners now: `gateway/listener` → address (port 0 resolved).
@@ -299,12 +312,8 @@ impl RunningProxy {
         wanted: &[ListenerKey],
     ) -> Result<(Snapshot, Vec<(String, String, std::net::TcpListener)>), BuildError> {
         let previous = self.snapshot.load();
-        let snapshot = Snapshot::build(
-            Arc::new(config),
-            &self.metrics,
-            Some(&previous),
-            &self.resumption,
-        )?;
+        let snapshot =
+            Snapshot::build(Arc::new(config), &self.metrics, Some(&previous), &self.tls)?;
         let mut fresh = Vec::new();
         for (name, address) in wanted {
             if running
@@ -364,8 +373,8 @@ impl RunningProxy {
 /// Compiles `config` as `apply` would (routes, certificates, keys, CA bundles) without
 /// serving it: what `weft validate` runs.
 pub fn check(config: Config) -> Result<(), BuildError> {
-    let resumption = weft_tls::Resumption::new().map_err(|e| BuildError::Invalid(e.to_string()))?;
-    Snapshot::build(Arc::new(config), &Metrics::new(), None, &resumption).map(drop)
+    let tls = snapshot::TlsContext::new(None)?;
+    Snapshot::build(Arc::new(config), &Metrics::new(), None, &tls).map(drop)
 }
 
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -144,6 +144,7 @@ async fn accept_loop(
             client,
             protocol: settings.protocol,
             tls: settings.tls.clone(),
+            mesh: settings.mesh.clone(),
             http: settings.http.clone(),
             limits: settings.limits.clone(),
             progress,
@@ -177,6 +178,7 @@ struct Connection {
     client: SocketAddr,
     protocol: ListenerProtocol,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    mesh: Option<crate::snapshot::MeshListener>,
     http: Arc<HttpBuilder>,
     limits: ListenerLimits,
     progress: Arc<AtomicU64>,
@@ -190,6 +192,9 @@ impl Connection {
     /// state of its own protocol, not the largest of all of them (which with TLS and
     /// HTTP/2 inlined was over 7 KB per connection).
     async fn serve(self, io: CountingIo) {
+        if let (Some(mesh), Some(acceptor)) = (self.mesh.clone(), self.tls.clone()) {
+            return Box::pin(self.serve_mesh(mesh.mode, acceptor, io)).await;
+        }
         match (self.protocol, self.tls.clone()) {
             (ListenerProtocol::HTTP, _) => Box::pin(self.serve_http(io, false)).await,
             (ListenerProtocol::TCP, _) => {
@@ -220,6 +225,36 @@ impl Connection {
         }
     }
 
+    /// A sidecar's inbound connection: mutual TLS (or, in permissive mode, plaintext
+    /// when the first byte is not a TLS handshake record).
+    async fn serve_mesh(
+        self,
+        mode: weft_model::MtlsMode,
+        acceptor: tokio_rustls::TlsAcceptor,
+        io: CountingIo,
+    ) {
+        if mode == weft_model::MtlsMode::Permissive {
+            let mut first = [0u8; 1];
+            let timeout = self.limits.tls_handshake_timeout.get();
+            match tokio::time::timeout(timeout, io.inner.peek(&mut first)).await {
+                Ok(Ok(1)) if first[0] != TLS_HANDSHAKE_RECORD => {
+                    self.serve_http(io, false).await;
+                    return;
+                }
+                Ok(Ok(1)) => {}
+                _ => return, // closed, failed or silent before a byte
+            }
+        }
+        let Some(tls) = self.handshake(&acceptor, io).await else {
+            return;
+        };
+        // Intentions are judged per request (403 `denied-by-intention`), never by
+        // closing the connection: a caller's sidecar would take a closed connection for
+        // a failing endpoint, retry it and eject it.
+        let peer = weft_tls::mesh::peer_identity(tls.get_ref().1).map(Arc::<str>::from);
+        self.serve_http_as(tls, true, peer).await;
+    }
+
     async fn handshake(
         &self,
         acceptor: &tokio_rustls::TlsAcceptor,
@@ -244,12 +279,20 @@ impl Connection {
         }
     }
 
-    async fn serve_http<I>(mut self, io: I, secure: bool)
+    async fn serve_http<I>(self, io: I, secure: bool)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        self.serve_http_as(io, secure, None).await;
+    }
+
+    /// Serves HTTP; `peer` is the caller's verified SPIFFE ID (mesh mutual TLS).
+    async fn serve_http_as<I>(mut self, io: I, secure: bool, peer: Option<Arc<str>>)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let ctx = self.ctx.clone();
-        let client = forward::Client::new(self.client, secure);
+        let client = forward::Client::new(self.client, secure).with_peer(peer);
         let svc = service_fn(move |req| forward::handle(ctx.clone(), client.clone(), req));
         let conn = self
             .http
@@ -283,6 +326,9 @@ impl Connection {
         }
     }
 }
+
+/// The first byte of a TLS connection: a handshake record.
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
 /// Counts bytes in and out; publishes totals when the connection ends (one atomic add per
 /// direction per connection, not per read).

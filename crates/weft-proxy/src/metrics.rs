@@ -130,6 +130,8 @@ pub struct Metrics {
     pub discovery_connected: Gauge,
     /// Mesh mode: the version (store revision) of the last update applied.
     pub discovery_version: Gauge,
+    cert_expiry: Gauge,
+    cert_renewals: Family<ResultLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -165,6 +167,8 @@ impl Metrics {
             access_log_dropped: Counter::default(),
             discovery_connected: Gauge::default(),
             discovery_version: Gauge::default(),
+            cert_expiry: Gauge::default(),
+            cert_renewals: Family::default(),
             registry: Registry::default(),
         };
         r.register("requests", "HTTP requests completed", m.requests.clone());
@@ -280,7 +284,35 @@ impl Metrics {
             "Mesh mode: version (store revision) of the last update applied",
             m.discovery_version.clone(),
         );
+        r.register_with_unit(
+            "mesh_certificate_expiry",
+            "Mesh mode: time left before the proxy's certificate expires",
+            Unit::Seconds,
+            m.cert_expiry.clone(),
+        );
+        r.register(
+            "mesh_certificate_renewals",
+            "Mesh mode: certificate renewals, by result",
+            m.cert_renewals.clone(),
+        );
         Metrics { registry: r, ..m }
+    }
+
+    /// Mesh mode: the current certificate expires at `not_after`.
+    pub fn certificate(&self, not_after: &std::time::SystemTime) {
+        let left = not_after
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or_default();
+        self.cert_expiry.set(left.as_secs() as i64);
+    }
+
+    /// Mesh mode: counts one renewal attempt.
+    pub fn certificate_renewal(&self, ok: bool) {
+        self.cert_renewals
+            .get_or_create(&ResultLabels {
+                result: if ok { "success" } else { "failure" }.into(),
+            })
+            .inc();
     }
 
     /// OpenMetrics text exposition (`application/openmetrics-text`).

@@ -60,6 +60,45 @@ pub struct ListenerRoutes {
     pub streams: StreamTable,
     /// Metrics for requests that matched no route.
     pub unrouted: Arc<RouteStats>,
+    /// A sidecar's inbound listener: mutual TLS and intentions.
+    pub mesh: Option<MeshListener>,
+}
+
+/// How a sidecar's inbound listener admits callers.
+#[derive(Debug, Clone)]
+pub struct MeshListener {
+    /// Whether plaintext is accepted too.
+    pub mode: weft_model::MtlsMode,
+    /// The intentions for calls to the sidecar's service.
+    pub authz: Arc<crate::authz::Authorizer>,
+}
+
+/// TLS state that outlives snapshots: session resumption, and a sidecar's mesh identity.
+#[derive(Debug, Clone)]
+pub struct TlsContext {
+    /// Resumption state shared by every server configuration.
+    pub resumption: weft_tls::Resumption,
+    /// The mesh identity and trust bundle (sidecars only).
+    pub mesh: Option<Arc<weft_tls::mesh::MeshTls>>,
+}
+
+impl TlsContext {
+    /// A context with fresh resumption state.
+    pub fn new(mesh: Option<Arc<weft_tls::mesh::MeshTls>>) -> Result<TlsContext, BuildError> {
+        Ok(TlsContext {
+            resumption: weft_tls::Resumption::new()
+                .map_err(|e| BuildError::Invalid(e.to_string()))?,
+            mesh,
+        })
+    }
+
+    fn mesh(&self, what: &str) -> Result<&Arc<weft_tls::mesh::MeshTls>, BuildError> {
+        self.mesh.as_ref().ok_or_else(|| {
+            BuildError::Invalid(format!(
+                "{what}: mesh mutual TLS needs a mesh identity (only `weft sidecar` has one)"
+            ))
+        })
+    }
 }
 
 impl std::fmt::Debug for ListenerRoutes {
@@ -304,7 +343,7 @@ impl Snapshot {
         config: Arc<Config>,
         metrics: &Metrics,
         previous: Option<&Snapshot>,
-        resumption: &weft_tls::Resumption,
+        tls: &TlsContext,
     ) -> Result<Snapshot, BuildError> {
         let services: HashMap<String, Arc<Service>> = config
             .services
@@ -315,6 +354,7 @@ impl Snapshot {
                     s.metadata.name.clone(),
                     Arc::new(build_service(
                         &config,
+                        tls,
                         &s.metadata.name,
                         &s.spec,
                         before.map(|b| &**b),
@@ -376,7 +416,7 @@ impl Snapshot {
                         .filter(|r| attached(&r.spec.parent_refs)),
                     &services,
                 );
-                let tls = match &l.tls {
+                let acceptor = match &l.tls {
                     Some(t) if t.mode == TlsMode::Terminate => {
                         let certs = t
                             .certificates
@@ -395,11 +435,29 @@ impl Snapshot {
                             &[]
                         };
                         let config =
-                            weft_tls::server_config(&certs, t.strict_sni, alpn, resumption)
+                            weft_tls::server_config(&certs, t.strict_sni, alpn, &tls.resumption)
                                 .map_err(|e| BuildError::Invalid(format!("listener {key}: {e}")))?;
                         Some(tokio_rustls::TlsAcceptor::from(config))
                     }
                     _ => None,
+                };
+                let (acceptor, mesh) = match &l.mesh {
+                    None => (acceptor, None),
+                    Some(m) => {
+                        let what = format!("listener {key}");
+                        let server = tls
+                            .mesh(&what)?
+                            .server_config(
+                                &[weft_tls::ALPN_H2, weft_tls::ALPN_HTTP11],
+                                &tls.resumption,
+                            )
+                            .map_err(|e| BuildError::Invalid(format!("{what}: {e}")))?;
+                        let mesh = MeshListener {
+                            mode: config.mtls_mode(&m.service),
+                            authz: Arc::new(crate::authz::Authorizer::build(&config, &m.service)?),
+                        };
+                        (Some(tokio_rustls::TlsAcceptor::from(server)), Some(mesh))
+                    }
                 };
                 let unrouted = Arc::new(metrics.route_stats(&key, "", ""));
                 listeners.push((
@@ -407,11 +465,12 @@ impl Snapshot {
                     ListenerRoutes {
                         protocol: l.protocol,
                         limits: l.limits.clone(),
-                        tls,
+                        tls: acceptor,
                         http: Arc::new(crate::listener::http_builder(&l.limits)),
                         table,
                         streams,
                         unrouted,
+                        mesh,
                     },
                 ));
             }
@@ -426,16 +485,22 @@ impl Snapshot {
 
 fn build_service(
     config: &Config,
+    tls: &TlsContext,
     name: &str,
     spec: &ServiceSpec,
     previous: Option<&Service>,
 ) -> Result<Service, BuildError> {
-    let tls = spec
-        .tls
-        .as_ref()
-        .map(|t| UpstreamTls::load(config, t, spec.protocol))
-        .transpose()
-        .map_err(|e| BuildError::Invalid(format!("service {name}: {e}")))?;
+    let tls = match &spec.mesh_peer {
+        Some(peer) => {
+            UpstreamTls::mesh(tls.mesh(&format!("service {name}"))?, peer, spec.protocol).map(Some)
+        }
+        None => spec
+            .tls
+            .as_ref()
+            .map(|t| UpstreamTls::load(config, t, spec.protocol))
+            .transpose(),
+    }
+    .map_err(|e| BuildError::Invalid(format!("service {name}: {e}")))?;
     let settings = Settings {
         protocol: spec.protocol,
         connect_timeout: spec.connect_timeout.get(),

@@ -55,11 +55,13 @@ pub struct UpstreamTls {
     digest: u64,
     connector: tokio_rustls::TlsConnector,
     server_name: Option<ServerName<'static>>,
+    /// Mesh mutual TLS: the SPIFFE ID the endpoints must prove.
+    peer: Option<String>,
 }
 
 impl PartialEq for UpstreamTls {
     fn eq(&self, other: &Self) -> bool {
-        self.spec == other.spec && self.digest == other.digest
+        self.spec == other.spec && self.digest == other.digest && self.peer == other.peer
     }
 }
 
@@ -72,6 +74,24 @@ impl std::fmt::Debug for UpstreamTls {
 }
 
 impl UpstreamTls {
+    /// Mesh mutual TLS to the sidecars of the service whose SPIFFE ID is `peer`. The
+    /// configuration follows the proxy's identity and trust bundle as they rotate, so
+    /// pools stay valid across rotations.
+    pub fn mesh(
+        mesh: &Arc<weft_tls::mesh::MeshTls>,
+        peer: &str,
+        protocol: ServiceProtocol,
+    ) -> Result<UpstreamTls, weft_tls::TlsError> {
+        let alpn = alpn_of(protocol);
+        Ok(UpstreamTls {
+            spec: weft_model::UpstreamTls::default(),
+            digest: 0,
+            connector: tokio_rustls::TlsConnector::from(mesh.client_config(peer, alpn)?),
+            server_name: None,
+            peer: Some(peer.to_string()),
+        })
+    }
+
     /// Loads the CA bundle and client certificate named by `spec`; ALPN follows `protocol`.
     pub fn load(
         config: &weft_model::Config,
@@ -86,11 +106,8 @@ impl UpstreamTls {
                 weft_tls::load_cert(&config.resolve(&c.cert_file), &config.resolve(&c.key_file))
             })
             .transpose()?;
-        let alpn: &[&[u8]] = match protocol {
-            ServiceProtocol::Http => &[weft_tls::ALPN_HTTP11],
-            ServiceProtocol::Http2 | ServiceProtocol::Grpc => &[weft_tls::ALPN_H2],
-        };
-        let client_config = weft_tls::client_config(ca.as_deref(), client.as_ref(), alpn)?;
+        let client_config =
+            weft_tls::client_config(ca.as_deref(), client.as_ref(), alpn_of(protocol))?;
         let server_name = spec
             .server_name
             .as_ref()
@@ -119,6 +136,7 @@ impl UpstreamTls {
             digest: std::hash::Hasher::finish(&h),
             connector: tokio_rustls::TlsConnector::from(client_config),
             server_name,
+            peer: None,
         })
     }
 
@@ -137,6 +155,13 @@ impl UpstreamTls {
             tracing::debug!(endpoint = %addr, error = %e, "upstream TLS handshake failed");
             ProxyError::UpstreamTls
         })
+    }
+}
+
+fn alpn_of(protocol: ServiceProtocol) -> &'static [&'static [u8]] {
+    match protocol {
+        ServiceProtocol::Http => &[weft_tls::ALPN_HTTP11],
+        ServiceProtocol::Http2 | ServiceProtocol::Grpc => &[weft_tls::ALPN_H2],
     }
 }
 

@@ -52,6 +52,7 @@ async fn start(endpoint: SocketAddr) -> (RunningProxy, SocketAddr) {
         admin: None,
         access_log: None,
         source: "test".into(),
+        mesh: None,
     };
     let proxy = RunningProxy::start(config("127.0.0.1:0", endpoint), opts)
         .await

@@ -29,9 +29,42 @@ impl Server {
     }
 }
 
+/// Intentions deny by default: a test about something else allows every call first
+/// (an `Intention` from `*` to `*`). Tests about intentions do not call this.
+pub fn allow_all(weft: &Path, server: &Server) {
+    let file = temp_dir().join("allow-all.yaml");
+    std::fs::write(
+        &file,
+        "kind: Intention\nmetadata: {name: test-allow-all}\nspec: {source: '*', destination: '*', action: allow}\n",
+    )
+    .expect("write intention");
+    let (ok, out, err) = weft_cli(
+        weft,
+        &[
+            "apply",
+            "-f",
+            &file.display().to_string(),
+            "--server",
+            &server.url(),
+        ],
+    );
+    assert!(ok, "allow-all intention: {out}{err}");
+}
+
 /// Starts `weft server` on an ephemeral port with a fresh store.
 pub fn server(weft: &Path) -> Server {
     server_at(weft, "127.0.0.1:0", &temp_dir().join("data"))
+}
+
+/// Starts `weft server` on an ephemeral port with a fresh store and `extra` options
+/// (e.g. `--cert-ttl 15s`).
+pub fn server_with(weft: &Path, extra: &[&str]) -> Server {
+    let data_dir = temp_dir().join("data");
+    let mut cmd = Command::new(weft);
+    cmd.args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data_dir)
+        .args(extra);
+    spawn_server(cmd, &data_dir)
 }
 
 /// Starts `weft server` on `addr` with the store in `data_dir` (e.g. a restart).

@@ -20,6 +20,10 @@ use rustls::server::{ClientHello, ResolvesServerCert, ServerSessionMemoryCache};
 use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
+pub mod ca;
+pub mod mesh;
+pub mod spiffe;
+
 pub use rustls;
 
 /// Where the system's trusted roots live on Debian.

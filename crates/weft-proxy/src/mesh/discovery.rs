@@ -134,8 +134,25 @@ async fn session(
             .iter()
             .map(|(k, (_, j))| (k.clone(), j.clone()))
             .collect();
-        let result = sidecar_config(spec, &flat)
-            .and_then(|config| proxy.apply(config).map_err(|e| e.to_string()));
+        // A new trust bundle (root rotation) is checked before the configuration and
+        // installed after it, so a refused update changes neither.
+        let bundle = match flat.get(super::identity::TRUST_BUNDLE) {
+            Some(json) if held.get(super::identity::TRUST_BUNDLE).map(|(_, j)| j) != Some(json) => {
+                Some(super::identity::bundle_of(json))
+            }
+            _ => None,
+        };
+        let result = match &bundle {
+            Some(Err(e)) => Err(e.clone()),
+            _ => sidecar_config(spec, &flat)
+                .and_then(|config| proxy.apply(config).map_err(|e| e.to_string())),
+        };
+        if let (Ok(()), Some(Ok(bundle)), Some(mesh)) = (&result, bundle, proxy.mesh()) {
+            match mesh.update(None, Some(&bundle)) {
+                Ok(()) => tracing::info!(roots = bundle.len(), "trust bundle updated"),
+                Err(e) => tracing::warn!(error = %e, "trust bundle refused"),
+            }
+        }
         let error = match result {
             Ok(()) => {
                 *held = next;

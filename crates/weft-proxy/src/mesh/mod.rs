@@ -21,6 +21,7 @@
 
 pub mod control_api;
 pub mod discovery;
+pub mod identity;
 pub mod registration;
 
 use std::collections::BTreeMap;
@@ -46,6 +47,9 @@ pub struct SidecarSpec {
     pub app_protocol: ServiceProtocol,
     /// Upstreams: service name → local listener address.
     pub upstreams: Vec<(String, String)>,
+    /// The mesh's trust domain (from the CA): mesh services are called over mutual TLS
+    /// and must prove `spiffe://<trust domain>/svc/<service>`.
+    pub trust_domain: String,
 }
 
 /// Builds the sidecar's configuration from the resources the control plane sent
@@ -80,8 +84,15 @@ pub fn sidecar_config(
         "spec": {"endpoints": [{"address": spec.app}], "protocol": spec.app_protocol},
     }));
 
+    // The inbound policy: the mesh settings and the intentions about calls to us.
+    for (key, json) in resources {
+        if key.starts_with("Mesh/") || key.starts_with("Intention/") {
+            docs.push(parse(key, json)?);
+        }
+    }
     // Mesh services: the Service resource (if any) with the catalog's endpoints.
     let mut services: BTreeMap<String, Value> = BTreeMap::new();
+    let mut mesh_services = std::collections::BTreeSet::new();
     for (key, json) in resources {
         if let Some(name) = key.strip_prefix("Service/") {
             services.insert(name.to_string(), parse(key, json)?);
@@ -117,8 +128,9 @@ pub fn sidecar_config(
             .is_some_and(|a| !a.is_empty());
         if !endpoints.is_empty() || !spec_has_static {
             service["spec"]["endpoints"] = Value::Array(endpoints);
-            // Peer sidecars: HTTP/2 over one shared connection.
+            // Peer sidecars: HTTP/2 over one shared connection, mutual TLS.
             service["spec"]["protocol"] = json!("http2");
+            mesh_services.insert(name.to_string());
         }
     }
     // Mesh routes, attached to the outbound listener of each upstream they apply to.
@@ -160,9 +172,10 @@ pub fn sidecar_config(
                     "rules": [{"backendRefs": [{"name": name}]}],
                 },
             }));
-            services
-                .entry(name.clone())
-                .or_insert_with(|| json!({"kind": "Service", "metadata": {"name": name}, "spec": {"protocol": "http2"}}));
+            if !services.contains_key(name) {
+                services.insert(name.clone(), json!({"kind": "Service", "metadata": {"name": name}, "spec": {"protocol": "http2"}}));
+                mesh_services.insert(name.clone());
+            }
         }
     }
     docs.extend(services.into_values());
@@ -171,7 +184,34 @@ pub fn sidecar_config(
         .map(Value::to_string)
         .collect::<Vec<_>>()
         .join("\n---\n");
-    weft_model::parse("control-plane", &text).map_err(|e| e.to_string())
+    let mut config = weft_model::parse("control-plane", &text).map_err(|e| e.to_string())?;
+    // What no file may say: the inbound listener is the mesh's, and peers prove who
+    // they are.
+    for g in &mut config.gateways {
+        for l in &mut g.spec.listeners {
+            if l.name == "inbound" {
+                l.mesh = Some(weft_model::MeshInbound {
+                    service: spec.service.clone(),
+                });
+            }
+        }
+    }
+    for s in &mut config.services {
+        if mesh_services.contains(&s.metadata.name) {
+            if s.spec.tls.is_some() {
+                return Err(format!(
+                    "Service {}: spec.tls: calls between sidecars use the mesh's mutual TLS; \
+                     `tls` is for services outside the mesh (static endpoints)",
+                    s.metadata.name
+                ));
+            }
+            s.spec.mesh_peer = Some(weft_tls::spiffe::service_id(
+                &spec.trust_domain,
+                &s.metadata.name,
+            ));
+        }
+    }
+    Ok(config)
 }
 
 #[cfg(test)]

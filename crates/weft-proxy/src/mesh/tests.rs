@@ -9,6 +9,7 @@ fn spec() -> SidecarSpec {
         app: "127.0.0.1:8080".into(),
         app_protocol: ServiceProtocol::Http,
         upstreams: vec![("api".into(), "127.0.0.1:9001".into())],
+        trust_domain: "weft.local".into(),
     }
 }
 
@@ -112,4 +113,32 @@ fn a_bad_resource_is_refused_with_the_reason() {
     assert!(sidecar_config(&spec(), &r)
         .unwrap_err()
         .contains("not JSON"));
+}
+
+#[test]
+fn the_inbound_listener_and_mesh_services_are_marked_for_mutual_tls() {
+    let mut resources = BTreeMap::new();
+    resources.insert(
+        "Endpoints/api".to_string(),
+        endpoints("api", &[("127.0.0.1", 7001, "passing")]),
+    );
+    resources.insert(
+        "Intention/web-api".to_string(),
+        json!({"kind": "Intention", "metadata": {"name": "web-api"},
+               "spec": {"source": "*", "destination": "web", "action": "allow"}})
+        .to_string(),
+    );
+    let c = sidecar_config(&spec(), &resources).unwrap();
+    let inbound = &c.gateways[0].spec.listeners[0];
+    assert_eq!(inbound.name, "inbound");
+    assert_eq!(
+        inbound.mesh.as_ref().map(|m| m.service.as_str()),
+        Some("web")
+    );
+    assert_eq!(
+        c.service("api").unwrap().spec.mesh_peer.as_deref(),
+        Some("spiffe://weft.local/svc/api")
+    );
+    assert_eq!(c.service(LOCAL_APP).unwrap().spec.mesh_peer, None);
+    assert_eq!(c.intentions.len(), 1);
 }

@@ -1,0 +1,72 @@
+//! `weft intention check SRC DST`: the decision a destination's sidecar would make,
+//! computed from the stored intentions by the same code the sidecar runs.
+
+use anyhow::Context;
+use serde_json::Value;
+
+use crate::control::{all_pages, get_json};
+
+/// What to check.
+#[derive(clap::Args)]
+pub struct CheckArgs {
+    /// The calling service (`-` for a caller without a mesh identity).
+    source: String,
+    /// The called service.
+    destination: String,
+    /// The request path (for L7 intentions).
+    #[arg(long, default_value = "/")]
+    path: String,
+    /// The request method.
+    #[arg(long, default_value = "GET")]
+    method: String,
+    /// A request header NAME:VALUE (repeatable).
+    #[arg(long = "header")]
+    headers: Vec<String>,
+}
+
+/// Prints the verdict and why; Ok(true) when allowed.
+pub async fn check(server: &str, args: &CheckArgs) -> anyhow::Result<bool> {
+    let mut docs: Vec<Value> = all_pages(server, "/v1/config/Intention?limit=1000").await?;
+    if let Ok(mesh) = get_json(server, "/v1/config/Mesh/mesh").await {
+        docs.push(mesh);
+    }
+    let text = docs
+        .iter()
+        .map(Value::to_string)
+        .collect::<Vec<_>>()
+        .join("\n---\n");
+    let config = weft_model::parse("control-plane", &text).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let authz = weft_proxy::authz::Authorizer::build(&config, &args.destination)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let method = http::Method::from_bytes(args.method.as_bytes())
+        .with_context(|| format!("--method {}: not an HTTP method", args.method))?;
+    let mut headers = http::HeaderMap::new();
+    for h in &args.headers {
+        let (k, v) = h
+            .split_once(':')
+            .with_context(|| format!("--header {h}: expected NAME:VALUE"))?;
+        headers.append(
+            http::HeaderName::from_bytes(k.trim().as_bytes())
+                .with_context(|| format!("--header {h}: bad name"))?,
+            http::HeaderValue::from_str(v.trim())
+                .with_context(|| format!("--header {h}: bad value"))?,
+        );
+    }
+    let source = (args.source != "-").then_some(args.source.as_str());
+    let (path, query) = match args.path.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (args.path.as_str(), None),
+    };
+    let verdict = authz.request(source, &method, path, query, &headers);
+    let allowed = verdict.action == weft_model::Action::Allow;
+    say!(
+        "{}: {} → {} {} {}: {}",
+        if allowed { "allowed" } else { "denied" },
+        source.unwrap_or("(no identity)"),
+        args.destination,
+        args.method,
+        args.path,
+        verdict.reason
+    );
+    Ok(allowed)
+}

@@ -1,0 +1,281 @@
+//! Zero trust between sidecars: mutual TLS with SPIFFE identities from the control
+//! plane's CA, intentions, certificate rotation. Real binaries, real sockets, curl.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use weft_testkit::mesh::{
+    allow_all, echo_name as who, server, server_with, sidecar, weft_cli, LoadLoop, Server, Sidecar,
+};
+use weft_testkit::{curl, echo, eventually, metric_value, temp_dir, Echo};
+
+fn weft() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_weft"))
+}
+
+struct Instance {
+    _app: Echo,
+    sidecar: Sidecar,
+}
+
+fn instance(server: &Server, service: &str, id: &str, extra: &[&str]) -> Instance {
+    let app = echo(&weft(), id, &[]);
+    let sidecar = sidecar(&weft(), &server.url(), service, id, app.addr, extra);
+    sidecar.wait_synced();
+    Instance { _app: app, sidecar }
+}
+
+fn apply(s: &Server, yaml: &str) {
+    let file = temp_dir().join("apply.yaml");
+    std::fs::write(&file, yaml).expect("write");
+    let (ok, out, err) = weft_cli(
+        &weft(),
+        &[
+            "apply",
+            "-f",
+            &file.display().to_string(),
+            "--server",
+            &s.url(),
+            "--wait",
+        ],
+    );
+    assert!(ok, "apply: {out}{err}");
+}
+
+/// A certificate for `service` from the mesh CA, obtained as a sidecar would (own key,
+/// CSR): PEM files (cert, key).
+fn mesh_cert(s: &Server, service: &str) -> (PathBuf, PathBuf) {
+    let (csr, key) = weft_tls::ca::new_csr(service).expect("csr");
+    let body = serde_json::json!({"service": service, "csr": csr}).to_string();
+    let r = curl(&[
+        "-X",
+        "POST",
+        "-H",
+        "content-type: application/json",
+        "--data-binary",
+        &body,
+        &format!("{}/v1/ca/sign", s.url()),
+    ]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v: serde_json::Value = serde_json::from_str(&r.body).expect("json");
+    assert!(
+        !r.body.contains("PRIVATE KEY"),
+        "the CA never returns a private key"
+    );
+    write_pair(
+        service,
+        v["certificate"].as_str().expect("certificate"),
+        &key,
+    )
+}
+
+fn write_pair(name: &str, cert: &str, key: &str) -> (PathBuf, PathBuf) {
+    let dir = temp_dir();
+    let (c, k) = (
+        dir.join(format!("{name}.crt")),
+        dir.join(format!("{name}.key")),
+    );
+    std::fs::write(&c, cert).expect("write");
+    std::fs::write(&k, key).expect("write");
+    (c, k)
+}
+
+/// curl to a sidecar's inbound listener presenting `cert` (or none); the server's own
+/// certificate is not checked here (-k): what is tested is what the sidecar accepts.
+fn call_inbound(
+    inbound: std::net::SocketAddr,
+    cert: Option<&(PathBuf, PathBuf)>,
+) -> weft_testkit::CurlOut {
+    let url = format!("https://{inbound}/headers");
+    let mut args = vec!["-k".to_string(), "--max-time".into(), "5".into()];
+    if let Some((c, k)) = cert {
+        args.extend([
+            "--cert".into(),
+            c.display().to_string(),
+            "--key".into(),
+            k.display().to_string(),
+        ]);
+    }
+    args.push(url);
+    curl(&args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+#[test]
+fn a_strict_inbound_takes_only_mesh_certificates_and_tells_the_app_who_called() {
+    let s = server_with(&weft(), &["--cert-ttl", "10s"]);
+    allow_all(&weft(), &s);
+    let b = instance(&s, "b", "b-1", &[]);
+    let inbound = b.sidecar.listener("inbound");
+
+    // The control: a certificate from the mesh CA for service `a` is accepted, and the
+    // app learns the caller's verified identity (a spoofed header is replaced).
+    let a_cert = mesh_cert(&s, "a");
+    let ok = curl(&[
+        "-k",
+        "--cert",
+        &a_cert.0.display().to_string(),
+        "--key",
+        &a_cert.1.display().to_string(),
+        "-H",
+        "x-weft-source-identity: spiffe://weft.local/svc/admin",
+        &format!("https://{inbound}/headers"),
+    ]);
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    let seen: serde_json::Value = serde_json::from_str(&ok.body).expect("json");
+    assert_eq!(
+        seen["headers"]["x-weft-source-identity"], "spiffe://weft.local/svc/a",
+        "{}",
+        ok.body
+    );
+
+    // Plaintext is refused.
+    let plain = curl(&["--max-time", "5", &format!("http://{inbound}/headers")]);
+    assert_eq!(plain.status, 0, "plaintext answered: {}", plain.body);
+    // TLS without a client certificate is refused.
+    assert_eq!(call_inbound(inbound, None).status, 0);
+    // A certificate for the right identity from another CA is refused.
+    let (root, root_key) =
+        weft_tls::ca::new_root("weft.local", Duration::from_secs(3600)).expect("root");
+    let other = weft_tls::ca::Signer::new(&root, &root_key).expect("signer");
+    let (csr, key) = weft_tls::ca::new_csr("a").expect("csr");
+    let forged = other
+        .sign(&csr, "spiffe://weft.local/svc/a", Duration::from_secs(600))
+        .expect("sign");
+    let forged = write_pair("forged", &forged, &key);
+    assert_eq!(call_inbound(inbound, Some(&forged)).status, 0);
+    // A certificate from another trust domain (its own CA) is refused.
+    let (root, root_key) =
+        weft_tls::ca::new_root("other.example", Duration::from_secs(3600)).expect("root");
+    let foreign = weft_tls::ca::Signer::new(&root, &root_key)
+        .expect("signer")
+        .sign(
+            &csr,
+            "spiffe://other.example/svc/a",
+            Duration::from_secs(600),
+        )
+        .expect("sign");
+    let foreign = write_pair("foreign", &foreign, &key);
+    assert_eq!(call_inbound(inbound, Some(&foreign)).status, 0);
+    // Our CA's certificate, once expired (TTL 10 s), is refused.
+    std::thread::sleep(Duration::from_secs(11));
+    assert_eq!(call_inbound(inbound, Some(&a_cert)).status, 0);
+    let fresh = mesh_cert(&s, "a");
+    assert_eq!(call_inbound(inbound, Some(&fresh)).status, 200);
+
+    // Nothing of this printed a private key.
+    let log = b.sidecar.proc.stderr();
+    assert!(!log.contains("PRIVATE KEY"), "a key in the sidecar's log");
+}
+
+#[test]
+fn intentions_decide_who_may_call_with_precedence_and_apply_to_open_connections() {
+    let s = server(&weft());
+    let _b = instance(&s, "b", "b-1", &[]);
+    let a = instance(&s, "a", "a-1", &["--upstream", "b=127.0.0.1:0"]);
+    let c = instance(&s, "c", "c-1", &["--upstream", "b=127.0.0.1:0"]);
+    let (a_out, c_out) = (a.sidecar.listener("out-b"), c.sidecar.listener("out-b"));
+    let denied = |addr: std::net::SocketAddr| {
+        let r = curl(&[&format!("http://{addr}/hello")]);
+        r.status == 403 && r.header("x-weft-error") == Some("denied-by-intention")
+    };
+    // Nothing allows a → b: denied by default, with a valid certificate.
+    assert!(denied(a_out));
+    let check = |src: &str, extra: &[&str]| {
+        let mut args = vec!["intention", "check", src, "b", "--server"];
+        let url = s.url();
+        args.push(&url);
+        args.extend(extra);
+        weft_cli(&weft(), &args)
+    };
+    let (ok, out, _) = check("a", &[]);
+    assert!(
+        !ok && out.contains("denied") && out.contains("mesh default"),
+        "{out}"
+    );
+
+    // `*` → b allows everyone; the open connection a → b follows.
+    apply(&s, "kind: Intention\nmetadata: {name: any-b}\nspec: {source: '*', destination: b, action: allow}\n");
+    eventually("a → b allowed", Duration::from_secs(10), || {
+        (who(a_out).ok()? == "b-1").then_some(())
+    });
+    assert_eq!(who(c_out).unwrap(), "b-1");
+    // A more specific deny for c wins over `*`.
+    apply(
+        &s,
+        "kind: Intention\nmetadata: {name: c-b}\nspec: {source: c, destination: b, action: deny}\n",
+    );
+    eventually("c → b denied", Duration::from_secs(10), || {
+        denied(c_out).then_some(())
+    });
+    assert_eq!(who(a_out).unwrap(), "b-1");
+    let (ok, out, _) = check("c", &[]);
+    assert!(!ok && out.contains("intention c-b"), "{out}");
+
+    // L7: a may only GET /hello; an equally specific deny beats an allow.
+    apply(
+        &s,
+        "kind: Intention\nmetadata: {name: a-b}\nspec:\n  source: a\n  destination: b\n  permissions:\n  \
+         - {action: allow, http: {path: {type: Exact, value: /hello}, methods: [GET]}}\n  \
+         - {action: deny, http: {}}\n",
+    );
+    eventually("a → b POST denied", Duration::from_secs(10), || {
+        let r = curl(&["-X", "POST", &format!("http://{a_out}/hello")]);
+        (r.status == 403).then_some(())
+    });
+    assert_eq!(who(a_out).unwrap(), "b-1", "GET /hello still allowed");
+    assert!(denied_path(a_out, "/other"));
+    let (ok, out, _) = check("a", &["--path", "/hello", "--method", "GET"]);
+    assert!(ok && out.contains("intention a-b permission 0"), "{out}");
+    let (ok, out, _) = check("a", &["--path", "/x/../other", "--method", "GET"]);
+    assert!(!ok && out.contains("permission 1"), "{out}");
+    apply(&s, "kind: Intention\nmetadata: {name: a-b-2}\nspec: {source: a, destination: b, action: deny}\n");
+    eventually("a → b denied by the tie", Duration::from_secs(10), || {
+        denied(a_out).then_some(())
+    });
+}
+
+fn denied_path(addr: std::net::SocketAddr, path: &str) -> bool {
+    curl(&[&format!("http://{addr}{path}")]).status == 403
+}
+
+#[test]
+fn certificates_rotating_every_10s_under_load_fail_no_request() {
+    let s = server_with(&weft(), &["--cert-ttl", "15s"]);
+    allow_all(&weft(), &s);
+    let b = instance(&s, "b", "b-1", &["--admin", "127.0.0.1:0"]);
+    let a = instance(
+        &s,
+        "a",
+        "a-1",
+        &["--upstream", "b=127.0.0.1:0", "--admin", "127.0.0.1:0"],
+    );
+    let out = a.sidecar.listener("out-b");
+    eventually("b answers", Duration::from_secs(10), || {
+        (who(out).ok()? == "b-1").then_some(())
+    });
+    let load = LoadLoop::start(out);
+    // A 15 s certificate is renewed at about 10 s: two renewals each in 25 s.
+    std::thread::sleep(Duration::from_secs(25));
+    let (ok, failures) = load.finish();
+    assert!(ok > 100, "load ran: {ok}");
+    assert!(
+        failures.is_empty(),
+        "{} failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    for side in [&a, &b] {
+        let admin = side.sidecar.proc.ready["admin"]
+            .as_str()
+            .expect("admin address");
+        let metrics = curl(&[&format!("http://{admin}/metrics")]).body;
+        let renewed = metric_value(
+            &metrics,
+            "weft_mesh_certificate_renewals_total{result=\"success\"}",
+        )
+        .unwrap_or(0.0);
+        assert!(renewed >= 2.0, "renewals: {renewed}\n{metrics}");
+        let left = metric_value(&metrics, "weft_mesh_certificate_expiry_seconds").expect("expiry");
+        assert!(left > 0.0 && left <= 15.0, "{left}");
+    }
+}

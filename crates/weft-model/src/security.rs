@@ -1,0 +1,209 @@
+//! Mesh security resources: `Mesh` (mutual TLS mode, default authorization) and
+//! `Intention` (which service may call which, optionally per HTTP request).
+
+use serde::{Deserialize, Serialize};
+
+use crate::{PathMatch, ValueMatch};
+
+/// Whether a mesh inbound listener insists on mutual TLS.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum MtlsMode {
+    /// Only mutual TLS with a mesh identity; plaintext is refused (the default).
+    #[default]
+    Strict,
+    /// Mutual TLS and plaintext both accepted, for moving services into the mesh.
+    /// Plaintext callers have no identity: only intentions for `*` apply to them.
+    Permissive,
+}
+
+/// Allow or deny.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// Let the call through.
+    Allow,
+    /// Refuse it: L4 closes the connection, L7 answers 403.
+    #[default]
+    Deny,
+}
+
+/// `Mesh`: settings for the whole mesh. At most one, named `mesh`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct MeshSpec {
+    /// Mutual TLS between proxies.
+    #[serde(default)]
+    pub mtls: MeshMtls,
+    /// What happens to a call no intention decides (default `deny`).
+    #[serde(default)]
+    pub default_action: Action,
+}
+
+/// `Mesh.spec.mtls`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct MeshMtls {
+    /// `strict` (default) or `permissive`; a `Service` may override it for its own
+    /// inbound listeners.
+    #[serde(default)]
+    pub mode: MtlsMode,
+}
+
+/// `Intention`: whether `source` may call `destination`.
+///
+/// Either `action` (L4: the whole connection) or `permissions` (L7: per HTTP request,
+/// first match wins) — not both.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct IntentionSpec {
+    /// The calling service, or `*` for any (including callers without an identity).
+    pub source: String,
+    /// The called service, or `*` for any.
+    pub destination: String,
+    /// L4 decision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<Action>,
+    /// L7 decisions, tried in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub permissions: Vec<Permission>,
+}
+
+/// One L7 permission: an action for the requests it matches.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Permission {
+    /// What to do with a matching request.
+    pub action: Action,
+    /// Which requests.
+    #[serde(default)]
+    pub http: PermissionMatch,
+}
+
+/// The requests a [`Permission`] covers; every condition given must hold.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PermissionMatch {
+    /// Path condition (`Exact`, `PathPrefix`, `RegularExpression`); default any path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathMatch>,
+    /// Methods, any of which matches; default any method.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub methods: Vec<String>,
+    /// Header conditions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<ValueMatch>,
+}
+
+impl IntentionSpec {
+    /// Precedence: exact source and destination (3) > any source, exact destination
+    /// (2) > exact source, any destination (1) > any to any (0). Higher wins.
+    pub fn precedence(&self) -> u8 {
+        match (self.source == "*", self.destination == "*") {
+            (false, false) => 3,
+            (true, false) => 2,
+            (false, true) => 1,
+            (true, true) => 0,
+        }
+    }
+
+    /// Whether it concerns a call from `source` (None: a caller without an identity) to
+    /// `destination`.
+    pub fn applies(&self, source: Option<&str>, destination: &str) -> bool {
+        let src = self.source == "*" || Some(self.source.as_str()) == source;
+        let dst = self.destination == "*" || self.destination == destination;
+        src && dst
+    }
+}
+
+/// An authorization decision and why it was made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    /// Allow or deny.
+    pub action: Action,
+    /// Which intention (and permission) decided, or that the mesh default did.
+    pub reason: String,
+}
+
+/// Decides a call from `source` (None: no identity) to `destination`.
+///
+/// Precedence: only the intentions of the highest [`IntentionSpec::precedence`] that
+/// apply to the pair count. Each of them says allow, deny or nothing (an L7 intention
+/// none of whose permissions matches the request); any deny wins, then any allow; if
+/// none says anything, `default` decides.
+///
+/// `permission(i, p)` tells whether permission `p` of `intentions[i]` matches the
+/// request; without it (a connection, before any request), a decision that depends on
+/// the request is None.
+pub fn decide(
+    intentions: &[&crate::Resource<IntentionSpec>],
+    default: Action,
+    source: Option<&str>,
+    destination: &str,
+    permission: Option<&dyn Fn(usize, usize) -> bool>,
+) -> Option<Verdict> {
+    let applying: Vec<usize> = (0..intentions.len())
+        .filter(|&i| intentions[i].spec.applies(source, destination))
+        .collect();
+    let top = applying
+        .iter()
+        .map(|&i| intentions[i].spec.precedence())
+        .max();
+    let mut allow = None;
+    let mut depends = false;
+    for &i in applying
+        .iter()
+        .filter(|&&i| Some(intentions[i].spec.precedence()) == top)
+    {
+        let it = intentions[i];
+        let said = match it.spec.action {
+            Some(action) => Some((action, format!("intention {}", it.metadata.name))),
+            None => match permission {
+                None => {
+                    depends = true;
+                    None
+                }
+                Some(matches) => it
+                    .spec
+                    .permissions
+                    .iter()
+                    .enumerate()
+                    .find(|(p, _)| matches(i, *p))
+                    .map(|(p, perm)| {
+                        (
+                            perm.action,
+                            format!("intention {} permission {p}", it.metadata.name),
+                        )
+                    }),
+            },
+        };
+        match said {
+            Some((Action::Deny, reason)) => {
+                return Some(Verdict {
+                    action: Action::Deny,
+                    reason,
+                })
+            }
+            Some((Action::Allow, reason)) => {
+                allow.get_or_insert(reason);
+            }
+            None => {}
+        }
+    }
+    if depends {
+        return None;
+    }
+    Some(match allow {
+        Some(reason) => Verdict {
+            action: Action::Allow,
+            reason,
+        },
+        None => Verdict {
+            action: default,
+            reason: match top {
+                None => "no intention applies; mesh default".to_string(),
+                Some(_) => "no permission matched; mesh default".to_string(),
+            },
+        },
+    })
+}

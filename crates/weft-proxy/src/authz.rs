@@ -1,0 +1,102 @@
+//! Intentions enforced by a sidecar for calls to its own service, with no call to the
+//! control plane: the intentions that can concern the service are compiled with the
+//! snapshot, and [`weft_model::decide`] (shared with `weft intention check`) picks the
+//! verdict.
+//!
+//! Sidecar inbound traffic is HTTP, so every call is judged per request, against the
+//! snapshot current when it arrives (a changed intention applies to connections already
+//! open), and a denied one is answered 403 `denied-by-intention`. An L4 intention
+//! (`action`) decides every request of its caller alike.
+
+use http::{HeaderMap, Method};
+use weft_model::{decide, Action, Config, HttpRouteMatch, IntentionSpec, Resource, Verdict};
+
+use crate::router::{MatchError, Matcher};
+
+/// The compiled intentions for calls to one service.
+#[derive(Debug)]
+pub struct Authorizer {
+    destination: String,
+    default: Action,
+    intentions: Vec<Resource<IntentionSpec>>,
+    /// `[intention][permission]`: alternatives (one per listed method), any of which
+    /// matches.
+    matchers: Vec<Vec<Vec<Matcher>>>,
+}
+
+impl Authorizer {
+    /// The intentions of `config` that can apply to calls to `destination`.
+    pub fn build(config: &Config, destination: &str) -> Result<Authorizer, MatchError> {
+        let intentions: Vec<_> = config
+            .intentions
+            .iter()
+            .filter(|i| i.spec.destination == "*" || i.spec.destination == destination)
+            .cloned()
+            .collect();
+        let matchers = intentions
+            .iter()
+            .map(|i| {
+                i.spec
+                    .permissions
+                    .iter()
+                    .map(|p| {
+                        let methods: Vec<Option<String>> = if p.http.methods.is_empty() {
+                            vec![None]
+                        } else {
+                            p.http.methods.iter().cloned().map(Some).collect()
+                        };
+                        methods
+                            .into_iter()
+                            .map(|method| {
+                                Matcher::compile(&HttpRouteMatch {
+                                    path: p.http.path.clone(),
+                                    headers: p.http.headers.clone(),
+                                    query_params: Vec::new(),
+                                    method,
+                                })
+                            })
+                            .collect::<Result<Vec<_>, _>>()
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Authorizer {
+            destination: destination.to_string(),
+            default: config.mesh().default_action,
+            intentions,
+            matchers,
+        })
+    }
+
+    fn refs(&self) -> Vec<&Resource<IntentionSpec>> {
+        self.intentions.iter().collect()
+    }
+
+    /// The verdict for one request from `source`.
+    pub fn request(
+        &self,
+        source: Option<&str>,
+        method: &Method,
+        path: &str,
+        query: Option<&str>,
+        headers: &HeaderMap,
+    ) -> Verdict {
+        let matches = |i: usize, p: usize| {
+            self.matchers[i][p]
+                .iter()
+                .any(|m| m.matches(method, path, query, headers).is_some())
+        };
+        decide(
+            &self.refs(),
+            self.default,
+            source,
+            &self.destination,
+            Some(&matches),
+        )
+        .unwrap_or_else(|| Verdict {
+            // `decide` only leaves a verdict open when given no request.
+            action: Action::Deny,
+            reason: "undecided".into(),
+        })
+    }
+}

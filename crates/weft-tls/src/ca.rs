@@ -1,0 +1,228 @@
+//! Issuing for the mesh CA: roots, certificate signing requests, SPIFFE leaf certificates.
+//!
+//! The control plane decides *who* may have which identity; this module only turns that
+//! decision into certificates. A leaf never carries what the CSR asked for: only the key
+//! (the CSR's signature proves its holder has the private half) and the identity the
+//! caller was entitled to.
+
+use std::time::{Duration, SystemTime};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
+use time::OffsetDateTime;
+
+/// Why a certificate could not be issued.
+#[derive(Debug, thiserror::Error)]
+pub enum IssueError {
+    /// The CSR is not a valid, correctly signed PKCS#10 request.
+    #[error("invalid certificate signing request: {0}")]
+    Csr(String),
+    /// The CA's own material is unusable.
+    #[error("CA: {0}")]
+    Ca(String),
+}
+
+fn offset(t: SystemTime) -> OffsetDateTime {
+    OffsetDateTime::from(t)
+}
+
+fn random_serial() -> SerialNumber {
+    let mut bytes = [0u8; 16];
+    // ring's system random; failure here means no OS randomness at all.
+    let _ = ring_fill(&mut bytes);
+    bytes[0] &= 0x7f; // positive
+    SerialNumber::from_slice(&bytes)
+}
+
+fn ring_fill(bytes: &mut [u8]) -> Result<(), ()> {
+    use rustls::crypto::ring::default_provider;
+    default_provider().secure_random.fill(bytes).map_err(|_| ())
+}
+
+/// A new self-signed root for `trust_domain`, valid for `validity`: PEM `(cert, key)`.
+pub fn new_root(trust_domain: &str, validity: Duration) -> Result<(String, String), IssueError> {
+    let key = KeyPair::generate().map_err(|e| IssueError::Ca(e.to_string()))?;
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, "weft");
+    dn.push(
+        DnType::CommonName,
+        format!("weft mesh root CA {trust_domain}"),
+    );
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let td = format!("spiffe://{trust_domain}");
+    params.subject_alt_names = vec![SanType::URI(
+        td.try_into()
+            .map_err(|e| IssueError::Ca(format!("trust domain: {e}")))?,
+    )];
+    let now = SystemTime::now();
+    params.not_before = offset(now - Duration::from_secs(3600));
+    params.not_after = offset(now + validity);
+    params.serial_number = Some(random_serial());
+    let cert = params
+        .self_signed(&key)
+        .map_err(|e| IssueError::Ca(e.to_string()))?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+/// A CA able to sign: its certificate and key (PEM).
+pub struct Signer {
+    issuer: Issuer<'static, KeyPair>,
+    cert: CertificateDer<'static>,
+}
+
+impl std::fmt::Debug for Signer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Signer") // never the key
+    }
+}
+
+impl Signer {
+    /// From the CA certificate and its private key, both PEM.
+    pub fn new(cert_pem: &str, key_pem: &str) -> Result<Signer, IssueError> {
+        let key = KeyPair::from_pem(key_pem)
+            .map_err(|e| IssueError::Ca(format!("unusable CA key: {e}")))?;
+        let cert = CertificateDer::from_pem_slice(cert_pem.as_bytes())
+            .map_err(|e| IssueError::Ca(format!("unusable CA certificate: {e}")))?;
+        let issuer = Issuer::from_ca_cert_der(&cert, key)
+            .map_err(|e| IssueError::Ca(format!("unusable CA certificate: {e}")))?;
+        Ok(Signer { issuer, cert })
+    }
+
+    /// The CA certificate.
+    pub fn cert(&self) -> &CertificateDer<'static> {
+        &self.cert
+    }
+
+    /// A leaf for `spiffe_id`, valid from a minute ago (clock skew) for `ttl`, for the key
+    /// that signed `csr_pem`; the request's own names and extensions are ignored. PEM.
+    pub fn sign(
+        &self,
+        csr_pem: &str,
+        spiffe_id: &str,
+        ttl: Duration,
+    ) -> Result<String, IssueError> {
+        let now = SystemTime::now();
+        self.sign_valid(csr_pem, spiffe_id, now - Duration::from_secs(60), now + ttl)
+    }
+
+    /// As [`Signer::sign`], with the validity given (tests make expired certificates).
+    pub fn sign_valid(
+        &self,
+        csr_pem: &str,
+        spiffe_id: &str,
+        not_before: SystemTime,
+        not_after: SystemTime,
+    ) -> Result<String, IssueError> {
+        let csr = CertificateSigningRequestParams::from_pem(csr_pem)
+            .map_err(|e| IssueError::Csr(e.to_string()))?;
+        let mut params = CertificateParams::default();
+        params.subject_alt_names = vec![SanType::URI(
+            spiffe_id
+                .to_string()
+                .try_into()
+                .map_err(|e| IssueError::Ca(format!("identity: {e}")))?,
+        )];
+        params.not_before = offset(not_before);
+        params.not_after = offset(not_after);
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        params.serial_number = Some(random_serial());
+        params.use_authority_key_identifier_extension = true;
+        let request = CertificateSigningRequestParams {
+            params,
+            public_key: csr.public_key,
+        };
+        let cert = request
+            .signed_by(&self.issuer)
+            .map_err(|e| IssueError::Ca(e.to_string()))?;
+        Ok(cert.pem())
+    }
+}
+
+/// A fresh key and a CSR for it, PEM `(csr, key)`. The CSR's subject is `name` (the
+/// CA decides the identity anyway).
+pub fn new_csr(name: &str) -> Result<(String, String), IssueError> {
+    let key = KeyPair::generate().map_err(|e| IssueError::Ca(e.to_string()))?;
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, name);
+    params.distinguished_name = dn;
+    let csr = params
+        .serialize_request(&key)
+        .map_err(|e| IssueError::Csr(e.to_string()))?;
+    let pem = csr.pem().map_err(|e| IssueError::Csr(e.to_string()))?;
+    Ok((pem, key.serialize_pem()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spiffe;
+
+    #[test]
+    fn a_leaf_carries_the_entitled_identity_not_the_requested_one() {
+        let (root, key) = new_root("weft.local", Duration::from_secs(3600)).unwrap();
+        let signer = Signer::new(&root, &key).unwrap();
+        let (csr, _key) = new_csr("spiffe://weft.local/svc/admin").unwrap();
+        let leaf = signer
+            .sign(
+                &csr,
+                "spiffe://weft.local/svc/web",
+                Duration::from_secs(600),
+            )
+            .unwrap();
+        let der = CertificateDer::from_pem_slice(leaf.as_bytes()).unwrap();
+        let info = spiffe::cert_info(&der).unwrap();
+        assert_eq!(info.spiffe_id(), Some("spiffe://weft.local/svc/web"));
+        let left = info
+            .not_after
+            .duration_since(SystemTime::now())
+            .unwrap()
+            .as_secs();
+        assert!((590..=600).contains(&left), "{left}");
+    }
+
+    #[test]
+    fn a_tampered_csr_is_refused() {
+        let (root, key) = new_root("weft.local", Duration::from_secs(3600)).unwrap();
+        let signer = Signer::new(&root, &key).unwrap();
+        assert!(matches!(
+            signer.sign(
+                "not a csr",
+                "spiffe://weft.local/svc/web",
+                Duration::from_secs(60)
+            ),
+            Err(IssueError::Csr(_))
+        ));
+        let (csr, _) = new_csr("spiffe://weft.local/svc/web").unwrap();
+        let der = rustls::pki_types::pem::PemObject::from_pem_slice(csr.as_bytes());
+        let mut der: Vec<u8> = der
+            .map(|d: rustls::pki_types::CertificateSigningRequestDer<'_>| d.as_ref().to_vec())
+            .unwrap();
+        let n = der.len();
+        der[n - 5] ^= 0x55; // inside the signature
+        let pem = pem::encode(&pem::Pem::new("CERTIFICATE REQUEST", der));
+        assert!(matches!(
+            signer.sign(&pem, "spiffe://weft.local/svc/web", Duration::from_secs(60)),
+            Err(IssueError::Csr(_))
+        ));
+    }
+}
