@@ -279,3 +279,85 @@ fn certificates_rotating_every_10s_under_load_fail_no_request() {
         assert!(left > 0.0 && left <= 15.0, "{left}");
     }
 }
+
+#[test]
+fn a_tls_scan_of_a_sidecar_inbound_finds_only_tls_1_2_and_1_3_with_strong_suites() {
+    let testssl = weft_testkit::require("testssl");
+    let s = server(&weft());
+    let b = instance(&s, "b", "b-1", &[]);
+    let inbound = b.sidecar.listener("inbound");
+    let report = temp_dir().join("scan.json");
+    let out = std::process::Command::new(testssl)
+        .args(["--quiet", "--warnings", "off", "-p", "-E", "--jsonfile"])
+        .arg(&report)
+        .arg(inbound.to_string())
+        .output()
+        .expect("run testssl");
+    let text = std::fs::read_to_string(&report)
+        .unwrap_or_else(|e| panic!("no report ({e}): {}", String::from_utf8_lossy(&out.stdout)));
+    let findings: Vec<serde_json::Value> = serde_json::from_str(&text).expect("report JSON");
+    let finding = |id: &str| {
+        findings
+            .iter()
+            .find(|f| f["id"] == id)
+            .and_then(|f| f["finding"].as_str())
+            .unwrap_or_else(|| panic!("{id} not in the report:\n{text}"))
+            .to_string()
+    };
+    for old in ["SSLv2", "SSLv3", "TLS1", "TLS1_1"] {
+        assert_eq!(finding(old), "not offered", "{old}");
+    }
+    assert!(finding("TLS1_2").starts_with("offered"));
+    assert!(finding("TLS1_3").starts_with("offered"));
+    let suites: Vec<String> = findings
+        .iter()
+        .filter(|f| f["id"].as_str().is_some_and(|id| id.starts_with("cipher-")))
+        .filter_map(|f| f["finding"].as_str().map(str::to_string))
+        .collect();
+    assert!(suites.len() >= 3, "the scan listed the suites: {suites:?}");
+    for s in &suites {
+        let aead = s.contains("GCM") || s.contains("CHACHA20");
+        let forward_secret = s.contains("ECDHE") || s.starts_with("TLS 1.3");
+        let weak = ["CBC", "RC4", "3DES", "NULL", "EXPORT", "SHA1"]
+            .iter()
+            .any(|w| s.contains(w));
+        assert!(aead && forward_secret && !weak, "weak suite offered: {s}");
+    }
+}
+
+#[test]
+fn permissive_mode_takes_plaintext_without_an_identity_and_a_service_can_insist() {
+    let s = server(&weft());
+    let b = instance(&s, "b", "b-1", &[]);
+    let inbound = b.sidecar.listener("inbound");
+    let plain = || curl(&["--max-time", "5", &format!("http://{inbound}/headers")]);
+    assert_eq!(plain().status, 0, "strict by default");
+    apply(
+        &s,
+        "kind: Mesh\nmetadata: {name: mesh}\nspec: {mtls: {mode: permissive}}\n",
+    );
+    // A plaintext caller has no identity: only `*` intentions apply, and none exists yet.
+    eventually(
+        "plaintext served (and denied)",
+        Duration::from_secs(10),
+        || (plain().status == 403).then_some(()),
+    );
+    apply(&s, "kind: Intention\nmetadata: {name: any-b}\nspec: {source: '*', destination: b, action: allow}\n");
+    eventually("plaintext allowed", Duration::from_secs(10), || {
+        let r = plain();
+        (r.status == 200).then_some(r)
+    });
+    let r = plain();
+    assert!(!r.body.contains("x-weft-source-identity"), "{}", r.body);
+    // Mutual TLS still works beside it.
+    let cert = mesh_cert(&s, "a");
+    assert_eq!(call_inbound(inbound, Some(&cert)).status, 200);
+    // The service insists on strict for itself.
+    apply(
+        &s,
+        "kind: Service\nmetadata: {name: b}\nspec: {mtls: {mode: strict}}\n",
+    );
+    eventually("plaintext refused again", Duration::from_secs(10), || {
+        (plain().status == 0).then_some(())
+    });
+}
