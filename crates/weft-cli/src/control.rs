@@ -33,6 +33,10 @@ pub struct ServerArgs {
     /// Lifetime of the certificates the CA issues to proxies (at least 10s).
     #[arg(long, default_value = "24h", value_parser = crate::parse_duration)]
     cert_ttl: Duration,
+    /// ACL tokens required on the API and discovery stream (`on`), or not (`off`: anyone
+    /// who reaches the server may change the mesh and obtain any identity).
+    #[arg(long, default_value = "on", value_parser = ["on", "off"])]
+    acl: String,
 }
 
 /// `weft server`.
@@ -44,7 +48,12 @@ pub async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
         advertise,
         trust_domain,
         cert_ttl,
+        acl,
     } = args;
+    let acl = acl == "on";
+    if !acl {
+        tracing::warn!("ACLs are OFF (--acl off): anyone who can reach this server may change the mesh, read the KV store and obtain any service's certificate");
+    }
     let (store, store_desc): (Arc<dyn weft_control::store::Store>, String) = if etcd.is_empty() {
         let store = weft_control::embedded::Embedded::open(&data_dir)
             .with_context(|| format!("cannot open the store in {}", data_dir.display()))?;
@@ -74,9 +83,9 @@ pub async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
     });
     note!(
         "{}",
-        serde_json::json!({"event": "ready", "address": addr.to_string(), "advertise": advertise, "store": store_desc})
+        serde_json::json!({"event": "ready", "address": addr.to_string(), "advertise": advertise, "store": store_desc, "acl": acl})
     );
-    weft_control::server::serve(listener, store, Arc::new(ca), advertise, async {
+    weft_control::server::serve(listener, store, Arc::new(ca), advertise, acl, async {
         let _ = crate::wait_for_signal().await;
     })
     .await?;
@@ -133,6 +142,7 @@ pub async fn api(
     Ok((value, bytes))
 }
 
+/// GET a JSON answer.
 pub async fn get_json(server: &str, path: &str) -> anyhow::Result<Value> {
     Ok(api(
         server,

@@ -158,11 +158,13 @@ pub async fn run(port: u16, tls_port: u16, server_port: u16) -> anyhow::Result<(
             "ca": cert_file.display().to_string(),
             "mesh": {
                 "server": mesh.server,
+                "token": mesh.token,
                 "upstreams": mesh.upstreams.iter().map(|(n, a)| (n.clone(), a.to_string())).collect::<std::collections::BTreeMap<_, _>>(),
             },
         })
     );
     let server = &mesh.server;
+    let token = &mesh.token;
     let (pay, inv) = (mesh.upstreams[0].1, mesh.upstreams[1].1);
     let split = mesh.split_file.display();
     let logs = dir.display();
@@ -173,7 +175,8 @@ weft demo: a local mesh is running.
   services       frontend, payments, payments-v2, inventory (x2), each an echo app with a sidecar
   frontend calls payments and inventory through its sidecar every second (lines below).
 
-Watch it work (export WEFT_SERVER={server}):
+Watch it work (ACLs are on; this is the management token, each sidecar has its own):
+  export WEFT_SERVER={server} WEFT_TOKEN={token}
   weft status                        # every sidecar, and whether it has the latest config
   weft catalog; weft catalog inventory
   curl -s http://{pay}/order         # call payments as frontend does, through its sidecar
@@ -182,6 +185,8 @@ Watch it work (export WEFT_SERVER={server}):
   weft apply -f {split} --wait       # returns when every sidecar has applied it
   weft kv put features/checkout on && weft kv watch features/checkout
   weft get httproute -o yaml
+  weft intention check frontend inventory --method POST   # denied: frontend may only GET
+  weft acl list                      # the demo's tokens (secrets are never shown again)
 "#
     );
     eprintln!(

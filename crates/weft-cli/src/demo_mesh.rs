@@ -26,6 +26,8 @@ pub struct Mesh {
     pub upstreams: Vec<(String, SocketAddr)>,
     /// The split example written for the user.
     pub split_file: std::path::PathBuf,
+    /// The management token (ACLs are on, as in production).
+    pub token: String,
 }
 
 /// A split the user can apply: 80% payments, 20% payments-v2.
@@ -67,6 +69,31 @@ spec:
       http: {methods: [GET]}
 ";
 
+/// `POST /v1/acl/bootstrap`: the management token's secret.
+async fn bootstrap(server: &str) -> anyhow::Result<String> {
+    let (status, v) =
+        weft_proxy::mesh::control_api::call(server, "POST", "/v1/acl/bootstrap", None)
+            .await
+            .map_err(|e| anyhow::anyhow!("ACL bootstrap: {e}"))?;
+    match v["secretId"].as_str() {
+        Some(s) if status == 200 => Ok(s.to_string()),
+        _ => bail!("ACL bootstrap: {status} {v}"),
+    }
+}
+
+/// A sidecar's token for `service` (write its own service, read the others).
+async fn service_token(server: &str, service: &str) -> anyhow::Result<String> {
+    let body = serde_json::json!({"service": service, "description": format!("demo sidecar of {service}")});
+    let (status, v) =
+        weft_proxy::mesh::control_api::call(server, "POST", "/v1/acl/tokens", Some(&body))
+            .await
+            .map_err(|e| anyhow::anyhow!("token for {service}: {e}"))?;
+    match v["secretId"].as_str() {
+        Some(s) if status == 200 => Ok(s.to_string()),
+        _ => bail!("token for {service}: {status} {v}"),
+    }
+}
+
 /// Reads a child's remaining stdout (a closed pipe would kill it at its next line).
 fn drain(mut lines: Lines<BufReader<ChildStdout>>) {
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
@@ -76,9 +103,14 @@ async fn spawn(
     dir: &Path,
     name: &str,
     args: &[String],
+    token: Option<&str>,
 ) -> anyhow::Result<(Child, Value, Lines<BufReader<ChildStdout>>)> {
     let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
-    let mut child = Command::new(std::env::current_exe()?)
+    let mut cmd = Command::new(std::env::current_exe()?);
+    if let Some(t) = token {
+        cmd.env("WEFT_TOKEN", t);
+    }
+    let mut child = cmd
         .args(args)
         .env("WEFT_LOG", "warn")
         .stdin(Stdio::null())
@@ -129,6 +161,7 @@ pub async fn start(dir: &Path, server_port: u16) -> anyhow::Result<Mesh> {
             s("--data-dir"),
             data.display().to_string(),
         ],
+        None,
     )
     .await?;
     children.push(child);
@@ -137,6 +170,10 @@ pub async fn start(dir: &Path, server_port: u16) -> anyhow::Result<Mesh> {
         "http://{}",
         ready["address"].as_str().context("server address")?
     );
+
+    // ACLs: the first management token (the demo's own), then intentions.
+    let token = bootstrap(&server).await?;
+    weft_proxy::mesh::control_api::set_token(token.clone());
 
     // Intentions first: the mesh denies what they do not allow.
     let intentions_file = dir.join("intentions.yaml");
@@ -178,6 +215,7 @@ pub async fn start(dir: &Path, server_port: u16) -> anyhow::Result<Mesh> {
                 s("--name"),
                 s(id),
             ],
+            None,
         )
         .await?;
         children.push(child);
@@ -211,7 +249,10 @@ pub async fn start(dir: &Path, server_port: u16) -> anyhow::Result<Mesh> {
                 s("inventory=127.0.0.1:0"),
             ]);
         }
-        let (child, ready, lines) = spawn(dir, &format!("{id}.sidecar"), &args).await?;
+        // Each sidecar holds a token for its own service only.
+        let token = service_token(&server, service).await?;
+        let (child, ready, lines) =
+            spawn(dir, &format!("{id}.sidecar"), &args, Some(&token)).await?;
         children.push(child);
         if service == "frontend" {
             frontend = Some((ready, lines));
@@ -271,6 +312,7 @@ pub async fn start(dir: &Path, server_port: u16) -> anyhow::Result<Mesh> {
         server,
         upstreams,
         split_file,
+        token,
     })
 }
 
@@ -283,13 +325,14 @@ impl Mesh {
             tick.tick().await;
             let mut parts = Vec::new();
             for (service, addr) in &self.upstreams {
-                let answer = weft_proxy::mesh::control_api::request(
+                let answer = weft_proxy::mesh::control_api::send(
                     &format!("http://{addr}"),
                     "GET",
                     "/order",
                     Bytes::new(),
                     "text/plain",
                     Duration::from_secs(2),
+                    None, // an app's call: the control plane's token stays home
                 )
                 .await;
                 parts.push(match answer {

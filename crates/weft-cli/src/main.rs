@@ -14,6 +14,7 @@ macro_rules! note {
     }};
 }
 
+mod acl;
 mod control;
 mod demo;
 mod demo_mesh;
@@ -35,6 +36,9 @@ struct Cli {
     /// Log filter (tracing syntax), e.g. `info` or `weft_proxy=debug`.
     #[arg(long, global = true, default_value = "info", env = "WEFT_LOG")]
     log: String,
+    /// ACL token for the control plane (API and discovery stream).
+    #[arg(long, global = true, env = "WEFT_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -118,6 +122,13 @@ enum Command {
     Kv {
         #[command(subcommand)]
         command: KvCommand,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// ACL tokens: `bootstrap` once, then `create`, `list`, `revoke`.
+    Acl {
+        #[command(subcommand)]
+        command: acl::AclCommand,
         #[command(flatten)]
         server: ServerArg,
     },
@@ -250,6 +261,9 @@ fn main() -> std::process::ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    if let Some(t) = cli.token.clone() {
+        weft_proxy::mesh::control_api::set_token(t);
+    }
     let result = match cli.command {
         Command::Proxy(args) => run_proxy(args),
         Command::Validate { config } => validate(&config),
@@ -300,6 +314,7 @@ fn main() -> std::process::ExitCode {
             client(|| control::catalog(&server.url, service.as_deref()))
         }
         Command::Status { server } => client(|| control::status(&server.url)),
+        Command::Acl { command, server } => client(|| acl::run(&server.url, command)),
         Command::Intention {
             command: IntentionCommand::Check(args),
             server,

@@ -62,6 +62,7 @@ fn demo_serves_http_and_https_and_stops_on_ctrl_c() {
         );
     }
     let server = ready["mesh"]["server"].as_str().expect("server url");
+    let token = ready["mesh"]["token"].as_str().expect("management token");
     // The canary split the demo suggests applies, and sends some payments calls to v2.
     let split = std::path::Path::new(ca).with_file_name("payments-split.yaml");
     let weft = PathBuf::from(env!("CARGO_BIN_EXE_weft"));
@@ -74,6 +75,8 @@ fn demo_serves_http_and_https_and_stops_on_ctrl_c() {
             "--wait",
             "--server",
             server,
+            "--token",
+            token,
         ],
     );
     assert!(ok, "{stdout}\n{stderr}");
@@ -90,7 +93,7 @@ fn demo_serves_http_and_https_and_stops_on_ctrl_c() {
     );
     let status = weft_testkit::mesh::weft_cli(
         &PathBuf::from(env!("CARGO_BIN_EXE_weft")),
-        &["status", "--server", server],
+        &["status", "--server", server, "--token", token],
     );
     assert!(
         status.0 && status.1.matches("current").count() >= 5,

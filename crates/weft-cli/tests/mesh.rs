@@ -486,6 +486,9 @@ fn kv_pages_and_watches() {
     // `weft kv watch` prints each change.
     let mut cmd = std::process::Command::new(weft());
     cmd.args(["kv", "watch", "cfg/k05", "--server", &s.url()]);
+    if let Some(t) = weft_testkit::mesh::token_for(&s.url()) {
+        cmd.env("WEFT_TOKEN", t);
+    }
     let watch = weft_testkit::Proc::spawn(cmd); // first line: the current value
     assert_eq!(watch.ready["value"], "5");
     http(s.addr, "PUT", "/v1/kv/cfg/k05", b"five").unwrap();

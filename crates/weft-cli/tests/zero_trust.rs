@@ -47,9 +47,12 @@ fn apply(s: &Server, yaml: &str) {
 fn mesh_cert(s: &Server, service: &str) -> (PathBuf, PathBuf) {
     let (csr, key) = weft_tls::ca::new_csr(service).expect("csr");
     let body = serde_json::json!({"service": service, "csr": csr}).to_string();
+    let token = weft_testkit::mesh::token_for(&s.addr.to_string()).unwrap_or_default();
     let r = curl(&[
         "-X",
         "POST",
+        "-H",
+        &format!("x-weft-token: {token}"),
         "-H",
         "content-type: application/json",
         "--data-binary",

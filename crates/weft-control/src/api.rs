@@ -24,12 +24,13 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::{
+    acl::{self, Access, Caller, Need},
     catalog, config,
     discovery::Sessions,
     error::ApiError,
     kv, peers,
     state::State,
-    store::{Revision, Store, WatchEvent},
+    store::{self, Revision, Store, WatchEvent},
 };
 
 /// Everything a handler needs.
@@ -45,6 +46,15 @@ pub struct Api {
     pub advertise: String,
     /// The mesh CA.
     pub ca: Arc<crate::ca::Ca>,
+    /// Whether ACL tokens are required (`weft server --acl`).
+    pub acl: bool,
+}
+
+impl Api {
+    /// Who sent `headers` (see [`acl::caller`]).
+    pub async fn caller(&self, headers: &HeaderMap) -> Caller {
+        acl::caller(self.acl, &self.state, &*self.store, acl::secret_of(headers)).await
+    }
 }
 
 const OPENAPI: &str = include_str!("openapi.json");
@@ -52,7 +62,8 @@ const MAX_WAIT: Duration = Duration::from_secs(300);
 const DEFAULT_LIMIT: usize = 100;
 const MAX_LIMIT: usize = 1000;
 
-type ApiResult = Result<Response, ApiError>;
+/// What a handler answers.
+pub(crate) type ApiResult = Result<Response, ApiError>;
 
 /// The API's routes.
 pub fn router(api: Api) -> Router {
@@ -82,6 +93,7 @@ pub fn router(api: Api) -> Router {
         .route("/v1/proxies", get(proxies))
         .route("/v1/ca/roots", get(ca_roots))
         .route("/v1/ca/sign", post(ca_sign))
+        .merge(crate::api_acl::routes())
         .route("/metrics", get(metrics))
         .fallback(|| async { ApiError::not_found("no such API endpoint (see /v1/openapi.json)") })
         .layer(DefaultBodyLimit::max(config::MAX_APPLY_BYTES + 1024))
@@ -123,6 +135,8 @@ struct Params {
     revision: Option<Revision>,
     #[serde(default)]
     local: Option<bool>,
+    #[serde(default)]
+    service: Option<String>,
 }
 
 type Q = Result<Query<Params>, axum::extract::rejection::QueryRejection>;
@@ -216,7 +230,10 @@ async fn metrics(AxState(api): AxState<Api>) -> Response {
         .into_response()
 }
 
-async fn status(AxState(api): AxState<Api>) -> ApiResult {
+async fn status(AxState(api): AxState<Api>, headers: HeaderMap) -> ApiResult {
+    api.caller(&headers)
+        .await
+        .require(&Need::Operator(Access::Read))?;
     let revision = api.state.read().revision;
     Ok(with_index(
         revision,
@@ -229,23 +246,42 @@ async fn status(AxState(api): AxState<Api>) -> ApiResult {
     ))
 }
 
-async fn config_apply(AxState(api): AxState<Api>, q: Q, body: Bytes) -> ApiResult {
+async fn config_apply(
+    AxState(api): AxState<Api>,
+    headers: HeaderMap,
+    q: Q,
+    body: Bytes,
+) -> ApiResult {
     let p = params(q)?;
     let text = std::str::from_utf8(&body)
         .map_err(|_| ApiError::bad_request("invalid-body", "configuration must be UTF-8 text"))?;
+    api.caller(&headers)
+        .await
+        .require(&config_need(&kinds_of(text), Access::Write))?;
     let file = p.file.as_deref().unwrap_or("(request)");
     let outcome = config::apply(&*api.store, file, text, p.dry_run.unwrap_or(false)).await?;
     Ok(with_index(outcome.revision, Json(outcome)))
 }
 
-async fn config_list(AxState(api): AxState<Api>, q: Q) -> ApiResult {
+async fn config_list(AxState(api): AxState<Api>, headers: HeaderMap, q: Q) -> ApiResult {
+    api.caller(&headers)
+        .await
+        .require(&Need::Operator(Access::Read))?;
     let p = params(q)?;
     list_config(&api, None, &p).await
 }
 
-async fn config_list_kind(AxState(api): AxState<Api>, Path(kind): Path<String>, q: Q) -> ApiResult {
+async fn config_list_kind(
+    AxState(api): AxState<Api>,
+    headers: HeaderMap,
+    Path(kind): Path<String>,
+    q: Q,
+) -> ApiResult {
     let p = params(q)?;
     let kind = config::canonical_kind(&kind)?;
+    api.caller(&headers)
+        .await
+        .require(&config_need(&[kind], Access::Read))?;
     list_config(&api, Some(kind), &p).await
 }
 
@@ -260,27 +296,38 @@ async fn list_config(api: &Api, kind: Option<&str>, p: &Params) -> ApiResult {
 
 async fn config_get(
     AxState(api): AxState<Api>,
+    headers: HeaderMap,
     Path((kind, name)): Path<(String, String)>,
 ) -> ApiResult {
     let kind = config::canonical_kind(&kind)?;
+    api.caller(&headers)
+        .await
+        .require(&config_need(&[kind], Access::Read))?;
     let value = config::get(&*api.store, kind, &name).await?;
     Ok(Json(value).into_response())
 }
 
 async fn config_delete(
     AxState(api): AxState<Api>,
+    headers: HeaderMap,
     Path((kind, name)): Path<(String, String)>,
     q: Q,
 ) -> ApiResult {
     let p = params(q)?;
     let kind = config::canonical_kind(&kind)?;
+    api.caller(&headers)
+        .await
+        .require(&config_need(&[kind], Access::Write))?;
     let outcome = config::delete(&*api.store, kind, &name, p.dry_run.unwrap_or(false)).await?;
     Ok(with_index(outcome.revision, Json(outcome)))
 }
 
-async fn kv_list(AxState(api): AxState<Api>, q: Q) -> ApiResult {
+async fn kv_list(AxState(api): AxState<Api>, headers: HeaderMap, q: Q) -> ApiResult {
     let p = params(q)?;
     let prefix = p.prefix.clone().unwrap_or_default();
+    api.caller(&headers)
+        .await
+        .require(&Need::Kv(prefix.clone(), Access::Read))?;
     if let Some(index) = p.index {
         let (_, _, revision) = kv::list(&*api.store, &prefix, None, 1).await?;
         if revision <= index {
@@ -301,9 +348,17 @@ async fn kv_list(AxState(api): AxState<Api>, q: Q) -> ApiResult {
     ))
 }
 
-async fn kv_get(AxState(api): AxState<Api>, Path(key): Path<String>, q: Q) -> ApiResult {
+async fn kv_get(
+    AxState(api): AxState<Api>,
+    headers: HeaderMap,
+    Path(key): Path<String>,
+    q: Q,
+) -> ApiResult {
     let p = params(q)?;
     kv::check_key(&key)?;
+    api.caller(&headers)
+        .await
+        .require(&Need::Kv(key.clone(), Access::Read))?;
     if let Some(index) = p.index {
         let current = match kv::get(&*api.store, &key).await {
             Ok((kv, _)) => kv.mod_revision,
@@ -335,11 +390,15 @@ async fn kv_get(AxState(api): AxState<Api>, Path(key): Path<String>, q: Q) -> Ap
 
 async fn kv_put(
     AxState(api): AxState<Api>,
+    headers: HeaderMap,
     Path(key): Path<String>,
     q: Q,
     body: Bytes,
 ) -> ApiResult {
     let p = params(q)?;
+    api.caller(&headers)
+        .await
+        .require(&Need::Kv(key.clone(), Access::Write))?;
     let revision = kv::put(&*api.store, &key, body.to_vec(), p.cas).await?;
     Ok(with_index(
         revision,
@@ -347,8 +406,16 @@ async fn kv_put(
     ))
 }
 
-async fn kv_delete(AxState(api): AxState<Api>, Path(key): Path<String>, q: Q) -> ApiResult {
+async fn kv_delete(
+    AxState(api): AxState<Api>,
+    headers: HeaderMap,
+    Path(key): Path<String>,
+    q: Q,
+) -> ApiResult {
     let p = params(q)?;
+    api.caller(&headers)
+        .await
+        .require(&Need::Kv(key.clone(), Access::Write))?;
     let (revision, deleted) =
         kv::delete(&*api.store, &key, p.recurse.unwrap_or(false), p.cas).await?;
     Ok(with_index(
@@ -357,7 +424,10 @@ async fn kv_delete(AxState(api): AxState<Api>, Path(key): Path<String>, q: Q) ->
     ))
 }
 
-async fn services(AxState(api): AxState<Api>) -> ApiResult {
+async fn services(AxState(api): AxState<Api>, headers: HeaderMap) -> ApiResult {
+    api.caller(&headers)
+        .await
+        .require(&Need::Service("*".into(), Access::Read))?;
     let view = api.state.read();
     let items: Vec<Value> = view
         .services()
@@ -369,10 +439,14 @@ async fn services(AxState(api): AxState<Api>) -> ApiResult {
 
 async fn service_instances(
     AxState(api): AxState<Api>,
+    headers: HeaderMap,
     Path(service): Path<String>,
     q: Q,
 ) -> ApiResult {
     let p = params(q)?;
+    api.caller(&headers)
+        .await
+        .require(&Need::Service(service.clone(), Access::Read))?;
     if let Some(index) = p.index {
         if api.state.read().revision <= index {
             let prefix = format!("{}{service}/", catalog::PREFIX);
@@ -383,7 +457,30 @@ async fn service_instances(
     Ok(with_index(revision, Json(json!({"items": items}))))
 }
 
-fn json_body<T: serde::de::DeserializeOwned>(
+/// The kinds of the documents of a configuration text (unparsable text: none).
+fn kinds_of(text: &str) -> Vec<&'static str> {
+    weft_model::yaml::parse_documents(text)
+        .map(|docs| {
+            docs.iter()
+                .filter_map(|d| d.value.get("kind").and_then(Value::as_str))
+                .map(|k| config::canonical_kind(k).unwrap_or("Gateway"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// What touching resources of `kinds` needs: intentions alone need `intentions:`,
+/// anything else `operator:`.
+fn config_need(kinds: &[&str], access: Access) -> Need {
+    if !kinds.is_empty() && kinds.iter().all(|k| *k == "Intention") {
+        Need::Intentions(access)
+    } else {
+        Need::Operator(access)
+    }
+}
+
+/// Parses a JSON body (Content-Type must be JSON when given).
+pub(crate) fn json_body<T: serde::de::DeserializeOwned>(
     headers: &HeaderMap,
     body: &Bytes,
 ) -> Result<T, ApiError> {
@@ -403,6 +500,9 @@ fn json_body<T: serde::de::DeserializeOwned>(
 
 async fn register(AxState(api): AxState<Api>, headers: HeaderMap, body: Bytes) -> ApiResult {
     let reg: catalog::Registration = json_body(&headers, &body)?;
+    api.caller(&headers)
+        .await
+        .require(&Need::Service(reg.instance.service.clone(), Access::Write))?;
     let (lease, revision) = catalog::register(&*api.store, reg).await?;
     Ok(with_index(
         revision,
@@ -431,15 +531,40 @@ async fn ca_sign(AxState(api): AxState<Api>, headers: HeaderMap, body: Bytes) ->
             format!("`{}` is not a service name", req.service),
         ));
     }
+    // The identity a token entitles its holder to, and no other.
+    api.caller(&headers)
+        .await
+        .require(&Need::Service(req.service.clone(), Access::Write))?;
     let signed = api.ca.sign(&req.service, &req.csr).await?;
     tracing::info!(service = %req.service, spiffe_id = %signed.spiffe_id, "signed a certificate");
     Ok(Json(signed).into_response())
 }
 
-async fn renew(AxState(api): AxState<Api>, Path(lease): Path<String>) -> ApiResult {
+async fn renew(
+    AxState(api): AxState<Api>,
+    headers: HeaderMap,
+    Path(lease): Path<String>,
+    q: Q,
+) -> ApiResult {
+    let p = params(q)?;
     let lease: u64 = lease
         .parse()
         .map_err(|_| ApiError::bad_request("invalid-lease", "a lease is a number"))?;
+    let caller = api.caller(&headers).await;
+    if !matches!(caller, Caller::Anyone) {
+        // With ACLs, a renewal names its service, and the lease must hold one of that
+        // service's instances: a token for A cannot keep B's instances alive.
+        let service = p.service.ok_or_else(|| {
+            ApiError::bad_request("invalid-query", "with ACLs, a renewal needs ?service=NAME")
+        })?;
+        caller.require(&Need::Service(service.clone(), Access::Write))?;
+        let page = store::list_all(&*api.store, &format!("{}{service}/", catalog::PREFIX)).await?;
+        if !page.kvs.iter().any(|kv| kv.lease == Some(lease)) {
+            return Err(ApiError::forbidden(format!(
+                "lease {lease} holds no instance of {service}"
+            )));
+        }
+    }
     api.store.keep_alive(lease).await?;
     Ok(Json(json!({"lease": lease})).into_response())
 }
@@ -457,20 +582,30 @@ async fn set_health(
     body: Bytes,
 ) -> ApiResult {
     let h: HealthBody = json_body(&headers, &body)?;
+    api.caller(&headers)
+        .await
+        .require(&Need::Service(service.clone(), Access::Write))?;
     let revision = catalog::set_health(&*api.store, &service, &id, h.status).await?;
     Ok(with_index(revision, Json(json!({"revision": revision}))))
 }
 
 async fn deregister(
     AxState(api): AxState<Api>,
+    headers: HeaderMap,
     Path((service, id)): Path<(String, String)>,
 ) -> ApiResult {
+    api.caller(&headers)
+        .await
+        .require(&Need::Service(service.clone(), Access::Write))?;
     let revision = catalog::deregister(&*api.store, &service, &id).await?;
     Ok(with_index(revision, Json(json!({"revision": revision}))))
 }
 
-async fn proxies(AxState(api): AxState<Api>, q: Q) -> ApiResult {
+async fn proxies(AxState(api): AxState<Api>, headers: HeaderMap, q: Q) -> ApiResult {
     let p = params(q)?;
+    api.caller(&headers)
+        .await
+        .require(&Need::Operator(Access::Read))?;
     let server_revision = api.state.read().revision;
     let at = p.revision.unwrap_or(server_revision);
     let mut items: Vec<Value> = api
@@ -495,7 +630,10 @@ async fn proxies(AxState(api): AxState<Api>, q: Q) -> ApiResult {
             .collect();
         let asks: Vec<_> = peers
             .iter()
-            .map(|peer| tokio::spawn(peers::proxies_of(peer.clone(), at)))
+            .map(|peer| {
+                let token = acl::secret_of(&headers).map(str::to_string);
+                tokio::spawn(peers::proxies_of(peer.clone(), at, token))
+            })
             .collect();
         for (peer, ask) in peers.iter().zip(asks) {
             match ask.await {
@@ -541,6 +679,12 @@ mod tests {
         "/v1/ca/roots",
         "/v1/ca/sign",
     ];
+    const ACL_ROUTES: &[&str] = &[
+        "/v1/acl/bootstrap",
+        "/v1/acl/tokens",
+        "/v1/acl/tokens/{accessor}",
+        "/v1/acl/token/self",
+    ];
 
     #[test]
     fn the_openapi_document_covers_every_route() {
@@ -557,11 +701,23 @@ mod tests {
                 "{spelled} missing from openapi.json"
             );
         }
-        let routed = src.matches(".route(").count() - 1; // minus the word in this test
+        let routed = src.matches(".route(").count() - 2; // minus the two in this test
         assert_eq!(
             routed,
             ROUTES.len(),
             "a route was added without being listed here"
         );
+        let acl_src = include_str!("api_acl.rs");
+        for route in ACL_ROUTES {
+            assert!(
+                acl_src.contains(&format!("\"{route}\"")),
+                "{route} not routed"
+            );
+            assert!(
+                doc["paths"].get(*route).is_some(),
+                "{route} missing from openapi.json"
+            );
+        }
+        assert_eq!(acl_src.matches(".route(").count(), ACL_ROUTES.len());
     }
 }

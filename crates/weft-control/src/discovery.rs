@@ -25,7 +25,12 @@ use weft_api::discovery::{
     discovery_server::Discovery, proxy_message, Hello, ProxyMessage, Resource, Update,
 };
 
-use crate::{config::valid_name, state::State, store::Revision};
+use crate::{
+    acl::{Access, Caller, Need},
+    config::valid_name,
+    state::State,
+    store::Revision,
+};
 
 /// Upstreams one proxy may subscribe to.
 pub const MAX_UPSTREAMS: usize = 256;
@@ -112,13 +117,48 @@ impl Sessions {
 pub struct DiscoveryServer {
     state: Arc<State>,
     sessions: Arc<Sessions>,
+    /// ACL tokens required (with the store, to look up a token newer than the view).
+    acl: Option<Arc<dyn crate::store::Store>>,
 }
 
 impl DiscoveryServer {
     /// A server over `state`, recording sessions in `sessions`.
     pub fn new(state: Arc<State>, sessions: Arc<Sessions>) -> DiscoveryServer {
-        DiscoveryServer { state, sessions }
+        DiscoveryServer {
+            state,
+            sessions,
+            acl: None,
+        }
     }
+
+    /// The same, requiring ACL tokens: a stream needs `service:SERVICE:write` for its
+    /// own service and `service:UPSTREAM:read` for each upstream, and ends when its token
+    /// is revoked.
+    pub fn with_acl(mut self, store: Arc<dyn crate::store::Store>) -> DiscoveryServer {
+        self.acl = Some(store);
+        self
+    }
+}
+
+/// Whether `caller` may follow `hello`.
+fn permitted(caller: &Caller, hello: &Hello) -> Result<(), Status> {
+    let mut needs = vec![Need::Service(hello.service.clone(), Access::Write)];
+    needs.extend(
+        hello
+            .upstreams
+            .iter()
+            .map(|u| Need::Service(u.clone(), Access::Read)),
+    );
+    for need in &needs {
+        if let Err(e) = caller.require(need) {
+            return Err(if e.status == http::StatusCode::FORBIDDEN {
+                Status::permission_denied(e.message)
+            } else {
+                Status::unauthenticated(e.message)
+            });
+        }
+    }
+    Ok(())
 }
 
 type UpdateStream =
@@ -162,6 +202,15 @@ impl Discovery for DiscoveryServer {
                 "the server has not loaded its state yet",
             ));
         }
+        let secret = request
+            .metadata()
+            .get("x-weft-token")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let caller = match &self.acl {
+            None => Caller::Anyone,
+            Some(store) => crate::acl::caller(true, &self.state, &**store, secret.as_deref()).await,
+        };
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
             .await
@@ -175,6 +224,7 @@ impl Discovery for DiscoveryServer {
             }
         };
         check_hello(&hello)?;
+        permitted(&caller, &hello)?;
         let generation = self
             .sessions
             .generation
@@ -204,6 +254,7 @@ impl Discovery for DiscoveryServer {
             sessions: self.sessions.clone(),
             generation,
             hello,
+            caller,
         };
         tokio::spawn(session.run(inbound, tx));
         Ok(Response::new(Box::pin(
@@ -217,6 +268,22 @@ struct Session {
     sessions: Arc<Sessions>,
     generation: u64,
     hello: Hello,
+    /// Who opened the stream: checked again at every change (a revoked token ends it).
+    caller: Caller,
+}
+
+impl Session {
+    /// The stream's token, if revoked since (or no longer granting what the stream
+    /// follows): the status to end the stream with.
+    fn revoked(&self) -> Option<Status> {
+        let Caller::Token(token) = &self.caller else {
+            return None;
+        };
+        match self.state.read().token(&token.secret_hash) {
+            None => Some(Status::unauthenticated("ACL token revoked")),
+            Some(current) => permitted(&Caller::Token(current), &self.hello).err(),
+        }
+    }
 }
 
 impl Session {
@@ -278,6 +345,11 @@ impl Session {
             tokio::select! {
                 changed = tick.changed() => {
                     if changed.is_err() { break }
+                    if let Some(status) = self.revoked() {
+                        tracing::info!(proxy = %id, "ending the stream: {}", status.message());
+                        let _ = tx.send(Err(status)).await;
+                        break;
+                    }
                     hold = false;
                 }
                 message = inbound.message() => match message {
@@ -306,7 +378,7 @@ impl Session {
                             }
                         }
                         proxy_message::Message::Hello(h) => {
-                            if let Err(status) = check_hello(&h) {
+                            if let Err(status) = check_hello(&h).and_then(|()| permitted(&self.caller, &h)) {
                                 let _ = tx.send(Err(status)).await;
                                 break;
                             }

@@ -14,7 +14,9 @@
 //! The store is the only source of truth: every replica rebuilds its [`state::State`]
 //! from it and follows its watch, so replicas over one etcd are interchangeable.
 
+pub mod acl;
 pub mod api;
+mod api_acl;
 pub mod ca;
 pub mod catalog;
 pub mod config;

@@ -51,7 +51,12 @@ pub async fn list(store: &dyn Store) -> Result<Vec<String>, store::StoreError> {
 }
 
 /// `GET http://PEER/v1/proxies?local=true&revision=R`: that replica's own proxies.
-pub async fn proxies_of(peer: String, revision: u64) -> Result<Vec<Value>, String> {
+/// `token`: the caller's own ACL token, passed on (a peer grants what the caller may).
+pub async fn proxies_of(
+    peer: String,
+    revision: u64,
+    token: Option<String>,
+) -> Result<Vec<Value>, String> {
     let attempt = async {
         let stream = tokio::net::TcpStream::connect(peer.as_str())
             .await
@@ -61,10 +66,12 @@ pub async fn proxies_of(peer: String, revision: u64) -> Result<Vec<Value>, Strin
                 .await
                 .map_err(|e| e.to_string())?;
         tokio::spawn(conn);
-        let req = hyper::Request::get(format!("/v1/proxies?local=true&revision={revision}"))
-            .header(hyper::header::HOST, peer.as_str())
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| e.to_string())?;
+        let mut req = hyper::Request::get(format!("/v1/proxies?local=true&revision={revision}"))
+            .header(hyper::header::HOST, peer.as_str());
+        if let Some(t) = &token {
+            req = req.header("x-weft-token", t.as_str());
+        }
+        let req = req.body(Empty::<Bytes>::new()).map_err(|e| e.to_string())?;
         let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
         let body = Limited::new(resp.into_body(), 64 << 20)
             .collect()
@@ -72,6 +79,9 @@ pub async fn proxies_of(peer: String, revision: u64) -> Result<Vec<Value>, Strin
             .map_err(|e| e.to_string())?
             .to_bytes();
         let v: Value = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
+        if let Some(e) = v.pointer("/error/message").and_then(Value::as_str) {
+            return Err(e.to_string());
+        }
         Ok(v["items"].as_array().cloned().unwrap_or_default())
     };
     tokio::time::timeout(PEER_TIMEOUT, attempt)

@@ -23,13 +23,18 @@ pub async fn serve(
     store: Arc<dyn Store>,
     ca: Arc<crate::ca::Ca>,
     advertise: String,
+    acl: bool,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let state = State::new();
     let follower = tokio::spawn(state.clone().follow(store.clone()));
     let announcer = tokio::spawn(crate::peers::announce(store.clone(), advertise.clone()));
     let sessions = Arc::new(Sessions::default());
-    let grpc = GrpcDiscovery::new(DiscoveryServer::new(state.clone(), sessions.clone()))
+    let mut discovery = DiscoveryServer::new(state.clone(), sessions.clone());
+    if acl {
+        discovery = discovery.with_acl(store.clone());
+    }
+    let grpc = GrpcDiscovery::new(discovery)
         .max_decoding_message_size(MAX_PROXY_MESSAGE)
         .max_encoding_message_size(usize::MAX);
     // gRPC requests are HTTP/2 POSTs to /weft.discovery.v1.Discovery/METHOD; everything
@@ -40,6 +45,7 @@ pub async fn serve(
         sessions,
         advertise,
         ca,
+        acl,
     })
     .route_service("/weft.discovery.v1.Discovery/{*method}", grpc);
     let local: SocketAddr = listener.local_addr()?;

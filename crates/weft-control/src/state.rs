@@ -74,6 +74,8 @@ pub struct View {
     intention_dest: HashMap<String, String>,
     /// The CA's trust bundle as proxies get it (`TrustBundle/mesh`): roots, no keys.
     trust_bundle: Option<Rendered>,
+    /// ACL tokens by secret hash.
+    tokens: crate::acl::Tokens,
 }
 
 impl View {
@@ -128,6 +130,11 @@ impl View {
         }
     }
 
+    /// The token whose secret hashes to `hash`.
+    pub fn token(&self, hash: &str) -> Option<Arc<crate::acl::Token>> {
+        self.tokens.get(hash).cloned()
+    }
+
     /// Every service with instances: name → (instances, healthy ones).
     pub fn services(&self) -> BTreeMap<String, (usize, usize)> {
         self.instances
@@ -163,6 +170,18 @@ impl View {
             } else {
                 let r = render_endpoints(service, Some(set));
                 self.endpoints.insert(service.to_string(), r);
+            }
+        } else if let Some(hash) = key.strip_prefix(crate::acl::TOKENS) {
+            match event {
+                Event::Put(kv) => match serde_json::from_slice::<crate::acl::Token>(&kv.value) {
+                    Ok(t) => {
+                        self.tokens.insert(hash.to_string(), Arc::new(t));
+                    }
+                    Err(e) => tracing::warn!(key, error = %e, "ignoring unreadable token"),
+                },
+                Event::Delete { .. } => {
+                    self.tokens.remove(hash);
+                }
             }
         } else if key == crate::ca::BUNDLE_KEY {
             self.trust_bundle = match event {
@@ -344,7 +363,12 @@ impl State {
     async fn sync_once(&self, store: &dyn Store) -> Result<(), store::StoreError> {
         let mut fresh = View::default();
         let mut revision = Revision::MAX;
-        for prefix in [config::PREFIX, catalog::PREFIX, crate::ca::BUNDLE_KEY] {
+        for prefix in [
+            config::PREFIX,
+            catalog::PREFIX,
+            crate::ca::BUNDLE_KEY,
+            crate::acl::TOKENS,
+        ] {
             let page = store::list_all(store, prefix).await?;
             revision = revision.min(page.revision);
             for kv in page.kvs {

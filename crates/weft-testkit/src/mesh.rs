@@ -12,6 +12,37 @@ use serde_json::Value;
 
 use crate::{temp_dir, Proc};
 
+/// ACL tokens of the servers tests started: by store (a restarted server, or a second
+/// replica over the same etcd, keeps the mesh's token) and by API address (so the CLI,
+/// sidecars and [`http`] present it to the server they talk to).
+static TOKENS: std::sync::Mutex<Vec<(String, String)>> = std::sync::Mutex::new(Vec::new());
+
+fn remember(key: String, token: &str) {
+    TOKENS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push((key, token.to_string()));
+}
+
+/// The management token of the server at `key` (an address, a URL or a store).
+pub fn token_for(key: &str) -> Option<String> {
+    let key = key.trim_start_matches("http://");
+    TOKENS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .rev()
+        .find(|(k, _)| k == key)
+        .map(|(_, t)| t.clone())
+}
+
+/// `WEFT_TOKEN` for a weft command that talks to `server` (first of a comma list).
+fn with_token(cmd: &mut Command, server: &str) {
+    if let Some(t) = server.split(',').next().and_then(token_for) {
+        cmd.env("WEFT_TOKEN", t);
+    }
+}
+
 /// A running `weft server`.
 pub struct Server {
     /// Its process.
@@ -75,18 +106,44 @@ pub fn server_at(weft: &Path, addr: &str, data_dir: &Path) -> Server {
     spawn_server(cmd, data_dir)
 }
 
-fn spawn_server(cmd: Command, data_dir: &Path) -> Server {
+/// Starts a server; with ACLs on, the mesh's management token is bootstrapped once per
+/// store (`store`) and remembered for the server's address.
+fn spawn_server_of(cmd: Command, data_dir: &Path, store: &str) -> Server {
+    let program = cmd.get_program().to_owned();
     let proc = Proc::spawn(cmd);
-    let addr = proc.ready["address"]
+    let addr: SocketAddr = proc.ready["address"]
         .as_str()
         .expect("address")
         .parse()
         .expect("addr");
+    if proc.ready["acl"] == true {
+        let token = token_for(store).unwrap_or_else(|| {
+            let out = Command::new(&program)
+                .args(["acl", "bootstrap", "--server", &format!("http://{addr}")])
+                .output()
+                .expect("weft acl bootstrap");
+            let text = String::from_utf8_lossy(&out.stdout);
+            let secret = text
+                .lines()
+                .find_map(|l| l.strip_prefix("secret:"))
+                .map(|s| s.trim().to_string())
+                .unwrap_or_else(|| {
+                    panic!("bootstrap: {text}{}", String::from_utf8_lossy(&out.stderr))
+                });
+            remember(store.to_string(), &secret);
+            secret
+        });
+        remember(addr.to_string(), &token);
+    }
     Server {
         proc,
         addr,
         data_dir: data_dir.to_path_buf(),
     }
+}
+
+fn spawn_server(cmd: Command, data_dir: &Path) -> Server {
+    spawn_server_of(cmd, data_dir, &format!("embedded:{}", data_dir.display()))
 }
 
 /// A running `weft sidecar`.
@@ -147,6 +204,7 @@ pub fn sidecar(
     .args(["--app", &app.to_string(), "--inbound", "127.0.0.1:0"])
     .args(["--health-interval", "300ms", "--deregister-delay", "200ms"])
     .args(extra);
+    with_token(&mut cmd, server);
     if !extra.contains(&"--ttl") {
         cmd.args(["--ttl", "2s"]);
     }
@@ -157,8 +215,14 @@ pub fn sidecar(
 
 /// Runs `weft ARGS` to completion: (success, stdout, stderr).
 pub fn weft_cli(weft: &Path, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(weft)
-        .args(args)
+    let mut cmd = Command::new(weft);
+    cmd.args(args);
+    if let Some(i) = args.iter().position(|a| *a == "--server") {
+        if let Some(server) = args.get(i + 1) {
+            with_token(&mut cmd, server);
+        }
+    }
+    let out = cmd
         .output()
         .unwrap_or_else(|e| panic!("run weft {args:?}: {e}"));
     (
@@ -178,8 +242,12 @@ pub fn http(
 ) -> std::io::Result<(u16, Vec<u8>)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    // A server started by these helpers gets its management token.
+    let token = token_for(&addr.to_string())
+        .map(|t| format!("x-weft-token: {t}\r\n"))
+        .unwrap_or_default();
     let head = format!(
-        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-length: {}\r\ncontent-type: application/json\r\nconnection: close\r\n\r\n",
+        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-length: {}\r\ncontent-type: application/json\r\n{token}connection: close\r\n\r\n",
         body.len()
     );
     s.write_all(head.as_bytes())?;
@@ -356,7 +424,7 @@ pub fn server_etcd(weft: &Path, endpoints: &[String]) -> Server {
         "--etcd",
         &endpoints.join(","),
     ]);
-    spawn_server(cmd, Path::new(""))
+    spawn_server_of(cmd, Path::new(""), &format!("etcd:{}", endpoints.join(",")))
 }
 
 /// Which `weft echo` answered `GET /hello` at `addr` (its name), or why none did.

@@ -35,8 +35,22 @@ pub async fn call(
     ))
 }
 
-/// One HTTP/1.1 request to `server` (`http://HOST:PORT`): `(status, X-Weft-Index, body)`,
-/// the body read up to 1 MiB, the whole exchange bounded by `timeout`.
+/// The ACL token sent with every request (`--token` / `WEFT_TOKEN`), once set.
+static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Sets the ACL token this process sends to the control plane (API and discovery).
+pub fn set_token(token: String) {
+    let _ = TOKEN.set(token);
+}
+
+/// The ACL token, if one was set.
+pub fn token() -> Option<&'static str> {
+    TOKEN.get().map(String::as_str)
+}
+
+/// One HTTP/1.1 request to the control plane at `server` (`http://HOST:PORT`), with the
+/// ACL token if set: `(status, X-Weft-Index, body)`, the body read up to 1 MiB, the whole
+/// exchange bounded by `timeout`.
 pub async fn request(
     server: &str,
     method: &str,
@@ -44,6 +58,20 @@ pub async fn request(
     body: Bytes,
     content_type: &str,
     timeout: Duration,
+) -> Result<(u16, Option<u64>, Bytes), String> {
+    send(server, method, path, body, content_type, timeout, token()).await
+}
+
+/// As [`request`], to any HTTP server, with `token` only if given (never send the
+/// control plane's token elsewhere).
+pub async fn send(
+    server: &str,
+    method: &str,
+    path: &str,
+    body: Bytes,
+    content_type: &str,
+    timeout: Duration,
+    token: Option<&str>,
 ) -> Result<(u16, Option<u64>, Bytes), String> {
     let authority = server
         .strip_prefix("http://")
@@ -58,13 +86,15 @@ pub async fn request(
                 .await
                 .map_err(|e| format!("{server}: {e}"))?;
         tokio::spawn(conn);
-        let req = http::Request::builder()
+        let mut req = http::Request::builder()
             .method(method)
             .uri(path)
             .header(http::header::HOST, authority)
-            .header(http::header::CONTENT_TYPE, content_type)
-            .body(Full::new(body))
-            .map_err(|e| e.to_string())?;
+            .header(http::header::CONTENT_TYPE, content_type);
+        if let Some(t) = token {
+            req = req.header("x-weft-token", t);
+        }
+        let req = req.body(Full::new(body)).map_err(|e| e.to_string())?;
         let resp = send
             .send_request(req)
             .await

@@ -109,8 +109,12 @@ async fn session(
             message: Some(Message::Hello(hello)),
         })
         .await;
+    let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    if let Some(t) = super::control_api::token().and_then(|t| t.parse().ok()) {
+        request.metadata_mut().insert("x-weft-token", t);
+    }
     let mut updates = client
-        .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .stream(request)
         .await
         .map_err(|e| fail(false)(&e))?
         .into_inner();

@@ -180,7 +180,7 @@ impl Registration {
         let (status, body) = call(
             base,
             "PUT",
-            &format!("/v1/catalog/leases/{lease}/renew"),
+            &format!("/v1/catalog/leases/{lease}/renew?service={}", self.service),
             None,
         )
         .await?;
