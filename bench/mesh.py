@@ -1,0 +1,190 @@
+#!/usr/bin/env python3
+"""Mesh hop benchmark: client -> sidecar A -> mutual TLS (HTTP/2) -> sidecar B -> app,
+beside the same client calling the app directly, in one run.
+
+The app is an nginx backend (one worker, 17-byte body). The load generator, the app and
+the control plane share core 0; both sidecars share core 1 (`taskset`), so their CPU is
+what they use and nothing else. Direct and mesh runs are interleaved and repeated; the
+report gives medians with min-max.
+
+Measured:
+  * latency p50/p99 at a fixed rate (wrk, 10 connections paced by bench/paced.lua, about
+    4-5k req/s), direct and through the hop; the added latency is the difference
+  * CPU of both sidecars together per 1,000 requests/s (vCPU), from that fixed-rate run
+  * RSS of each sidecar, idle and after the runs
+  * maximum throughput through the hop (wrk, 50 connections, unpaced), for reference
+  * mutual TLS handshakes per second on sidecar B's inbound port with a mesh certificate
+    (`openssl s_time`): new sessions every time, and with session resumption
+
+Usage: bench/mesh.py [--duration 10] [--reps 3] [--write docs/benchmarks.md]
+Needs: nginx, wrk, openssl, taskset (scripts/install-test-deps) and target/release/weft.
+"""
+import argparse
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import run  # noqa: E402  (ports, CPU/RSS sampling, wrk parsing, markdown blocks)
+
+CORE_LOAD, CORE_MESH = "0", "1"
+
+
+def spawn(work, name, cmd, core, env=None):
+    log = open(os.path.join(work, f"{name}.log"), "w")
+    proc = subprocess.Popen(["taskset", "-c", core] + cmd, stdout=subprocess.PIPE, stderr=log,
+                            text=True, env=env)
+    ready = json.loads(proc.stdout.readline())
+    return proc, ready
+
+
+def api(server, token, method, path, body=None):
+    req = urllib.request.Request(f"{server}{path}", method=method,
+                                 data=json.dumps(body).encode() if body is not None else None,
+                                 headers={"x-weft-token": token, "content-type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.loads(r.read() or b"{}")
+
+
+def mesh_cert(work, server, token, service):
+    """A certificate for `service` from the mesh CA: own key and CSR (openssl), like a sidecar."""
+    key, csr = os.path.join(work, f"{service}.key"), os.path.join(work, f"{service}.csr")
+    subprocess.run(["openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                    "-nodes", "-keyout", key, "-out", csr, "-subj", f"/CN={service}"],
+                   check=True, capture_output=True)
+    signed = api(server, token, "POST", "/v1/ca/sign", {"service": service, "csr": open(csr).read()})
+    crt = os.path.join(work, f"{service}.crt")
+    open(crt, "w").write(signed["certificate"])
+    return crt, key
+
+
+def s_time(addr, crt, key, seconds, reuse):
+    out = subprocess.run(["taskset", "-c", CORE_LOAD, "openssl", "s_time", "-connect", addr,
+                          "-cert", crt, "-key", key, "-time", str(seconds),
+                          "-reuse" if reuse else "-new"],
+                         capture_output=True, text=True, timeout=seconds + 60).stdout
+    m = re.search(r"(\d+) connections in ([\d.]+) real seconds", out)
+    return int(m.group(1)) / float(m.group(2)) if m else None
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--duration", type=int, default=10)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--write")
+    args = ap.parse_args()
+    weft = os.path.join(run.ROOT, "target/release/weft")
+    run.check_tools(["nginx", "wrk", "openssl", "taskset"], weft)
+    work = tempfile.mkdtemp(prefix="weft-bench-mesh-")
+    procs = []
+    try:
+        app_port = run.free_port()
+        conf = run.nginx_conf(work, "app", f"""  server {{
+    listen 127.0.0.1:{app_port};
+    location / {{ return 200 "hello from nginx\\n"; }}
+  }}""")
+        procs.append(subprocess.Popen(["taskset", "-c", CORE_LOAD, "nginx", "-c", conf],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        run.wait_port(app_port)
+        server_proc, ready = spawn(work, "server", [weft, "server", "--listen", "127.0.0.1:0",
+                                                    "--data-dir", os.path.join(work, "data")], CORE_LOAD)
+        procs.append(server_proc)
+        server = f"http://{ready['address']}"
+        boot = subprocess.run([weft, "acl", "bootstrap", "--server", server], capture_output=True, text=True)
+        token = re.search(r"^secret:\s+(\S+)", boot.stdout, re.M).group(1)
+        intention = os.path.join(work, "allow.yaml")
+        open(intention, "w").write("kind: Intention\nmetadata: {name: client-to-app}\n"
+                                   "spec: {source: client, destination: app, action: allow}\n")
+        subprocess.run([weft, "apply", "-f", intention, "--server", server, "--token", token], check=True,
+                       capture_output=True)
+        env = dict(os.environ, WEFT_LOG="warn")
+        sidecars = {}
+        for service, extra in (("app", []), ("client", ["--upstream", "app=127.0.0.1:0"])):
+            env["WEFT_TOKEN"] = api(server, token, "POST", "/v1/acl/tokens", {"service": service})["secretId"]
+            p, r = spawn(work, f"sidecar-{service}",
+                         [weft, "sidecar", "--server", server, "--service", service,
+                          "--app", f"127.0.0.1:{app_port}", "--inbound", "127.0.0.1:0",
+                          "--health", "tcp"] + extra, CORE_MESH, env)
+            procs.append(p)
+            sidecars[service] = (p, r)
+        out_addr = sidecars["client"][1]["listeners"]["sidecar/out-app"]
+        inbound = sidecars["app"][1]["listeners"]["sidecar/inbound"]
+        # Wait until the hop answers.
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(f"http://{out_addr}/", timeout=2).read()
+                break
+            except Exception:
+                time.sleep(0.2)
+        sidecar_pids = [p.pid for p, _ in sidecars.values()]
+        idle_rss = {s: run.rss_kb(run.pids_of(p.pid)) for s, (p, _) in sidecars.items()}
+
+        paced = os.path.join(run.ROOT, "bench/paced.lua")
+        results = {"direct": [], "mesh": []}
+        for _ in range(args.reps):
+            for name, addr in (("direct", f"127.0.0.1:{app_port}"), ("mesh", out_addr)):
+                pids = [q for p in sidecar_pids for q in run.pids_of(p)] if name == "mesh" else []
+                before = run.cpu_ticks(pids)
+                text = run.run_load(["wrk", "-t1", "-c10", f"-d{args.duration}s", "--latency",
+                                     "-s", paced, f"http://{addr}/"])
+                cpu = (run.cpu_ticks(pids) - before) / run.TICK
+                reqs, rps, errors = run.parse_wrk(text)
+                p50, p99 = run.parse_latency(text)
+                results[name].append({"p50": p50, "p99": p99, "rps": rps, "errors": errors,
+                                      "vcpu_per_krps": (cpu / args.duration) / (rps / 1000) if name == "mesh" else None})
+        max_rps = [run.parse_wrk(run.run_load(["wrk", "-t1", "-c50", f"-d{args.duration}s",
+                                               f"http://{out_addr}/"]))[1] for _ in range(args.reps)]
+        after_rss = {s: run.rss_kb(run.pids_of(p.pid)) for s, (p, _) in sidecars.items()}
+
+        crt, key = mesh_cert(work, server, token, "client")
+        hs_new = [s_time(inbound, crt, key, args.duration, False) for _ in range(args.reps)]
+        hs_reuse = [s_time(inbound, crt, key, args.duration, True) for _ in range(args.reps)]
+
+        med = lambda xs: statistics.median(xs)
+        rng = lambda xs, f="{:.0f}": run.fmt_range(xs, f)
+        d, m = results["direct"], results["mesh"]
+        added50 = [b["p50"] - a["p50"] for a, b in zip(d, m)]
+        added99 = [b["p99"] - a["p99"] for a, b in zip(d, m)]
+        vcpu = [r["vcpu_per_krps"] for r in m]
+        errors = sum(r["errors"] for r in d + m)
+        block = "\n".join([
+            f"`bench/mesh.py --duration {args.duration} --reps {args.reps}` "
+            f"({time.strftime('%Y-%m-%d')}, 2 cores: load, app and control plane on core 0, both sidecars on core 1):",
+            "",
+            "| | direct | through the mesh hop | added |",
+            "| --- | ---: | ---: | ---: |",
+            f"| p50 latency at ~{med([r['rps'] for r in m]):.0f} req/s (µs) | {rng([r['p50'] for r in d])} | {rng([r['p50'] for r in m])} | **{med(added50):.0f}** |",
+            f"| p99 latency (µs) | {rng([r['p99'] for r in d])} | {rng([r['p99'] for r in m])} | **{med(added99):.0f}** |",
+            "",
+            f"* CPU of both sidecars together: **{med(vcpu):.3f} vCPU per 1,000 req/s** ({rng(vcpu, '{:.3f}')}); "
+            f"target < 0.1 (Istio publishes ~0.2 vCPU for one sidecar per 1,000 req/s).",
+            f"* Memory (RSS): client sidecar {idle_rss['client']/1024:.1f} MB idle, {after_rss['client']/1024:.1f} MB after the runs; "
+            f"app sidecar {idle_rss['app']/1024:.1f} MB idle, {after_rss['app']/1024:.1f} MB after (Istio: ~60 MB per sidecar).",
+            f"* Throughput through the hop, 50 connections unpaced: {rng(max_rps)} req/s (both sidecars on one core).",
+            f"* Mutual TLS handshakes per second on the app sidecar's inbound port (`openssl s_time`, mesh certificate): "
+            f"{rng(hs_new)} new sessions, {rng(hs_reuse)} with session resumption.",
+            f"* Errors: {errors}.",
+        ])
+        print(block)
+        if args.write:
+            run.write_block(args.write, "mesh-bench", block)
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
