@@ -15,6 +15,7 @@ macro_rules! note {
 }
 
 mod acl;
+mod ca;
 mod control;
 mod demo;
 mod demo_mesh;
@@ -129,6 +130,13 @@ enum Command {
     Acl {
         #[command(subcommand)]
         command: acl::AclCommand,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// The mesh CA: its roots, and root rotation.
+    Ca {
+        #[command(subcommand)]
+        command: ca::CaCommand,
         #[command(flatten)]
         server: ServerArg,
     },
@@ -315,6 +323,7 @@ fn main() -> std::process::ExitCode {
         }
         Command::Status { server } => client(|| control::status(&server.url)),
         Command::Acl { command, server } => client(|| acl::run(&server.url, command)),
+        Command::Ca { command, server } => client(|| ca::run(&server.url, command)),
         Command::Intention {
             command: IntentionCommand::Check(args),
             server,

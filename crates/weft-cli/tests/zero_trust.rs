@@ -242,7 +242,7 @@ fn denied_path(addr: std::net::SocketAddr, path: &str) -> bool {
 }
 
 #[test]
-fn certificates_rotating_every_10s_under_load_fail_no_request() {
+fn leaf_rotation_every_10s_and_a_root_rotation_under_load_fail_no_request() {
     let s = server_with(&weft(), &["--cert-ttl", "15s"]);
     allow_all(&weft(), &s);
     let b = instance(&s, "b", "b-1", &["--admin", "127.0.0.1:0"]);
@@ -257,8 +257,31 @@ fn certificates_rotating_every_10s_under_load_fail_no_request() {
         (who(out).ok()? == "b-1").then_some(())
     });
     let load = LoadLoop::start(out);
-    // A 15 s certificate is renewed at about 10 s: two renewals each in 25 s.
-    std::thread::sleep(Duration::from_secs(25));
+    // A 15 s certificate is renewed at about 10 s.
+    std::thread::sleep(Duration::from_secs(12));
+    // The root rotates: both roots are trusted, leaves are reissued under the new one,
+    // and the old root leaves the bundle once its last leaf has expired (TTL + 10 s).
+    let roots = |s: &Server| -> serde_json::Value {
+        serde_json::from_str(&curl(&[&format!("{}/v1/ca/roots", s.url())]).body).expect("roots")
+    };
+    let old = roots(&s)["active"].as_str().expect("active").to_string();
+    let (ok, out_text, err) = weft_cli(&weft(), &["ca", "rotate", "--server", &s.url()]);
+    assert!(ok, "{out_text}{err}");
+    let after = roots(&s);
+    assert_eq!(after["roots"].as_array().map(Vec::len), Some(2), "{after}");
+    let new = after["active"].as_str().expect("active").to_string();
+    assert_ne!(new, old);
+    eventually(
+        "the old root left the bundle",
+        Duration::from_secs(60),
+        || {
+            let r = roots(&s);
+            (r["roots"].as_array().map(Vec::len) == Some(1)).then_some(())
+        },
+    );
+    assert_eq!(roots(&s)["roots"][0]["id"], new.as_str());
+    // Traffic goes on under the new root alone.
+    std::thread::sleep(Duration::from_secs(3));
     let (ok, failures) = load.finish();
     assert!(ok > 100, "load ran: {ok}");
     assert!(

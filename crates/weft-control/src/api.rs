@@ -93,6 +93,7 @@ pub fn router(api: Api) -> Router {
         .route("/v1/proxies", get(proxies))
         .route("/v1/ca/roots", get(ca_roots))
         .route("/v1/ca/sign", post(ca_sign))
+        .route("/v1/ca/rotate", post(ca_rotate))
         .merge(crate::api_acl::routes())
         .route("/metrics", get(metrics))
         .fallback(|| async { ApiError::not_found("no such API endpoint (see /v1/openapi.json)") })
@@ -514,6 +515,13 @@ async fn ca_roots(AxState(api): AxState<Api>) -> ApiResult {
     Ok(Json(api.ca.bundle().await?).into_response())
 }
 
+async fn ca_rotate(AxState(api): AxState<Api>, headers: HeaderMap) -> ApiResult {
+    api.caller(&headers)
+        .await
+        .require(&Need::Operator(Access::Write))?;
+    Ok(Json(api.ca.rotate().await?).into_response())
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SignBody {
@@ -678,6 +686,7 @@ mod tests {
         "/metrics",
         "/v1/ca/roots",
         "/v1/ca/sign",
+        "/v1/ca/rotate",
     ];
     const ACL_ROUTES: &[&str] = &[
         "/v1/acl/bootstrap",

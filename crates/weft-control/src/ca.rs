@@ -54,6 +54,10 @@ pub struct Root {
     pub id: String,
     /// PEM.
     pub certificate: String,
+    /// Unix seconds when a rotation replaced it: it stays trusted until every leaf it
+    /// signed has expired, then leaves the bundle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retired: Option<u64>,
 }
 
 /// A signed leaf, as the API returns it.
@@ -70,6 +74,8 @@ pub struct Signed {
     pub trust_domain: String,
     /// Every trusted root, PEM.
     pub roots: Vec<String>,
+    /// The id of the root that signed it.
+    pub root_id: String,
 }
 
 /// The CA of one server.
@@ -84,6 +90,13 @@ impl std::fmt::Debug for Ca {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Ca").field("ttl", &self.ttl).finish()
     }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
 }
 
 fn bad(e: impl std::fmt::Display) -> ApiError {
@@ -144,6 +157,7 @@ impl Ca {
                 roots: vec![Root {
                     id: id.clone(),
                     certificate: cert,
+                    retired: None,
                 }],
                 active: id.clone(),
             };
@@ -205,7 +219,103 @@ impl Ca {
                 .as_secs(),
             trust_domain: bundle.trust_domain,
             roots: bundle.roots.into_iter().map(|r| r.certificate).collect(),
+            root_id: bundle.active,
         })
+    }
+
+    /// Root rotation: a new root joins the bundle and signs from now on; the old one is
+    /// marked retired (still trusted). Sidecars install the two-root bundle from their
+    /// discovery stream, then get new leaves from the new root; [`Ca::prune`] removes the
+    /// old root once every leaf it signed has expired.
+    pub async fn rotate(&self) -> Result<Bundle, ApiError> {
+        loop {
+            let (kv, _) = store::get(&*self.store, BUNDLE_KEY).await?;
+            let kv = kv.ok_or_else(|| bad("no trust bundle in the store"))?;
+            let mut bundle: Bundle = serde_json::from_slice(&kv.value).map_err(bad)?;
+            let (cert, key) =
+                weft_tls::ca::new_root(&bundle.trust_domain, ROOT_VALIDITY).map_err(bad)?;
+            let now = unix_now();
+            let id = format!("root-{now}-{}", bundle.roots.len());
+            for r in &mut bundle.roots {
+                r.retired.get_or_insert(now);
+            }
+            bundle.roots.push(Root {
+                id: id.clone(),
+                certificate: cert,
+                retired: None,
+            });
+            bundle.active = id.clone();
+            let done = self
+                .store
+                .txn(Txn {
+                    compares: vec![Compare {
+                        key: BUNDLE_KEY.into(),
+                        mod_revision: kv.mod_revision,
+                    }],
+                    ops: vec![
+                        Op::Put {
+                            key: format!("{KEY_PREFIX}{id}"),
+                            value: key.into_bytes(),
+                            lease: None,
+                        },
+                        Op::Put {
+                            key: BUNDLE_KEY.into(),
+                            value: serde_json::to_vec(&bundle).map_err(bad)?,
+                            lease: None,
+                        },
+                    ],
+                })
+                .await?;
+            if done.succeeded {
+                tracing::info!(root = %id, "CA root rotated; the old root stays trusted until its leaves expire");
+                return Ok(bundle);
+            }
+        }
+    }
+
+    /// Removes retired roots (and their keys) whose every leaf has expired: retired more
+    /// than the leaf TTL and 10 s (clock skew between replicas) ago. Safe on every replica
+    /// at once (compare-and-swap).
+    pub async fn prune(&self) -> Result<(), ApiError> {
+        let (kv, _) = store::get(&*self.store, BUNDLE_KEY).await?;
+        let Some(kv) = kv else { return Ok(()) };
+        let mut bundle: Bundle = serde_json::from_slice(&kv.value).map_err(bad)?;
+        let deadline = unix_now().saturating_sub(self.ttl.as_secs() + 10);
+        let (gone, kept): (Vec<Root>, Vec<Root>) = bundle
+            .roots
+            .into_iter()
+            .partition(|r| r.id != bundle.active && r.retired.is_some_and(|t| t < deadline));
+        if gone.is_empty() {
+            return Ok(());
+        }
+        bundle.roots = kept;
+        let mut ops: Vec<Op> = gone
+            .iter()
+            .map(|r| Op::Delete {
+                key: format!("{KEY_PREFIX}{}", r.id),
+            })
+            .collect();
+        ops.push(Op::Put {
+            key: BUNDLE_KEY.into(),
+            value: serde_json::to_vec(&bundle).map_err(bad)?,
+            lease: None,
+        });
+        let done = self
+            .store
+            .txn(Txn {
+                compares: vec![Compare {
+                    key: BUNDLE_KEY.into(),
+                    mod_revision: kv.mod_revision,
+                }],
+                ops,
+            })
+            .await?;
+        if done.succeeded {
+            for r in gone {
+                tracing::info!(root = %r.id, "retired CA root removed from the trust bundle");
+            }
+        }
+        Ok(())
     }
 
     async fn signer(

@@ -29,6 +29,17 @@ pub async fn serve(
     let state = State::new();
     let follower = tokio::spawn(state.clone().follow(store.clone()));
     let announcer = tokio::spawn(crate::peers::announce(store.clone(), advertise.clone()));
+    let pruner = {
+        let ca = ca.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                if let Err(e) = ca.prune().await {
+                    tracing::warn!(error = %e.message, "pruning retired CA roots failed");
+                }
+            }
+        })
+    };
     let sessions = Arc::new(Sessions::default());
     let mut discovery = DiscoveryServer::new(state.clone(), sessions.clone());
     if acl {
@@ -53,6 +64,7 @@ pub async fn serve(
     accept_loop(listener, app, shutdown).await;
     follower.abort();
     announcer.abort();
+    pruner.abort();
     Ok(())
 }
 

@@ -115,6 +115,10 @@ pub struct MeshTls {
     /// Client configurations by peer and ALPN, kept so that their session caches
     /// survive configuration changes (one per upstream service).
     clients: Mutex<HashMap<ClientKey, Arc<ClientConfig>>>,
+    /// The id of the root now signing (as the control plane names it), and of the root
+    /// that signed the current identity: when they differ, a root rotation is under way
+    /// and the identity should be reissued.
+    roots: Mutex<(String, String)>,
 }
 
 /// A client configuration's peer SPIFFE ID and ALPN protocols.
@@ -143,6 +147,7 @@ impl MeshTls {
             provider,
             current: RwLock::new(Arc::new(current)),
             clients: Mutex::default(),
+            roots: Mutex::default(),
         }))
     }
 
@@ -175,6 +180,22 @@ impl MeshTls {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// Records the root now signing (from the trust bundle).
+    pub fn set_active_root(&self, id: &str) {
+        self.roots.lock().unwrap_or_else(|p| p.into_inner()).0 = id.to_string();
+    }
+
+    /// Records the root that signed the current identity.
+    pub fn set_issuing_root(&self, id: &str) {
+        self.roots.lock().unwrap_or_else(|p| p.into_inner()).1 = id.to_string();
+    }
+
+    /// Whether the identity was signed by a root that no longer signs (a rotation).
+    pub fn issued_by_old_root(&self) -> bool {
+        let r = self.roots.lock().unwrap_or_else(|p| p.into_inner());
+        !r.0.is_empty() && !r.1.is_empty() && r.0 != r.1
     }
 
     /// The trust domain.

@@ -152,8 +152,11 @@ async fn session(
                 .and_then(|config| proxy.apply(config).map_err(|e| e.to_string())),
         };
         if let (Ok(()), Some(Ok(bundle)), Some(mesh)) = (&result, bundle, proxy.mesh()) {
-            match mesh.update(None, Some(&bundle)) {
-                Ok(()) => tracing::info!(roots = bundle.len(), "trust bundle updated"),
+            match mesh.update(None, Some(&bundle.0)) {
+                Ok(()) => {
+                    mesh.set_active_root(&bundle.1);
+                    tracing::info!(roots = bundle.0.len(), "trust bundle updated");
+                }
                 Err(e) => tracing::warn!(error = %e, "trust bundle refused"),
             }
         }

@@ -26,6 +26,8 @@ pub struct Issued {
     pub trust_domain: String,
     /// The roots, DER.
     pub bundle: Vec<weft_tls::rustls::pki_types::CertificateDer<'static>>,
+    /// The root that signed it (the CA's id).
+    pub root_id: String,
 }
 
 /// Asks the servers in turn for a certificate for `service`.
@@ -70,6 +72,11 @@ fn issued(v: &Value, key: &str, service: &str) -> Result<Issued, String> {
         identity,
         trust_domain,
         bundle,
+        root_id: v
+            .get("rootId")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string(),
     })
 }
 
@@ -81,6 +88,8 @@ pub async fn bootstrap(servers: &[String], service: &str) -> Arc<MeshTls> {
         match obtain(servers, service).await {
             Ok(i) => match MeshTls::new(&i.trust_domain, i.identity, &i.bundle) {
                 Ok(mesh) => {
+                    mesh.set_issuing_root(&i.root_id);
+                    mesh.set_active_root(&i.root_id);
                     tracing::info!(identity = %mesh.identity().spiffe_id, "mesh certificate obtained");
                     return mesh;
                 }
@@ -106,7 +115,8 @@ pub fn renew_in(not_before: SystemTime, not_after: SystemTime, now: SystemTime) 
     at.duration_since(now).unwrap_or_default()
 }
 
-/// Keeps the identity renewed, for ever.
+/// Keeps the identity renewed, for ever: at about two thirds of its lifetime, and within
+/// a few seconds of learning that a root rotation made a new root the signing one.
 pub async fn keep_renewed(
     servers: Vec<String>,
     service: String,
@@ -117,16 +127,25 @@ pub async fn keep_renewed(
         let current = mesh.identity();
         metrics.certificate(&current.not_after);
         let wait = renew_in(current.not_before, current.not_after, SystemTime::now());
-        // Wake at least every 10 s to keep the expiry gauge current.
-        tokio::time::sleep(wait.min(Duration::from_secs(10))).await;
-        if wait > Duration::from_secs(10) {
+        // Wake every second: the expiry gauge stays current, and a rotation is noticed
+        // quickly.
+        tokio::time::sleep(wait.min(Duration::from_secs(1))).await;
+        let rotated = mesh.issued_by_old_root();
+        if wait > Duration::from_secs(1) && !rotated {
             continue;
+        }
+        if rotated {
+            // Give every sidecar time to install the new bundle before presenting a
+            // certificate only it validates.
+            tokio::time::sleep(Duration::from_millis(1000 + fastrand::u64(..2000))).await;
+            tracing::info!("root rotation: reissuing the mesh certificate under the new root");
         }
         let mut delay = Duration::from_millis(200);
         loop {
             let result = match obtain(&servers, &service).await {
                 Ok(i) => mesh
                     .update(Some(i.identity), Some(&i.bundle))
+                    .map(|()| mesh.set_issuing_root(&i.root_id))
                     .map_err(|e| e.to_string()),
                 Err(e) => Err(e),
             };
@@ -163,13 +182,21 @@ pub async fn keep_renewed(
 /// The key of the trust bundle in the discovery stream.
 pub const TRUST_BUNDLE: &str = "TrustBundle/mesh";
 
-/// The roots of a `TrustBundle/mesh` resource from the discovery stream.
-pub fn bundle_of(
-    json: &str,
-) -> Result<Vec<weft_tls::rustls::pki_types::CertificateDer<'static>>, String> {
+/// The roots of a `TrustBundle/mesh` resource from the discovery stream, and the id of
+/// the root now signing.
+pub fn bundle_of(json: &str) -> Result<(Roots, String), String> {
     let v: Value = serde_json::from_str(json).map_err(|e| format!("{TRUST_BUNDLE}: {e}"))?;
-    bundle_from_pem(&pem_roots(&v)).map_err(|e| format!("{TRUST_BUNDLE}: {e}"))
+    let roots = bundle_from_pem(&pem_roots(&v)).map_err(|e| format!("{TRUST_BUNDLE}: {e}"))?;
+    let active = v
+        .get("active")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    Ok((roots, active))
 }
+
+/// Trusted root certificates, DER.
+pub type Roots = Vec<weft_tls::rustls::pki_types::CertificateDer<'static>>;
 
 /// The `roots` array of PEM strings, concatenated.
 fn pem_roots(v: &Value) -> String {
