@@ -297,7 +297,9 @@ fn main() -> std::process::ExitCode {
         Command::Server(args) => {
             runtime(None).and_then(|rt| rt.block_on(control::run_server(args)))
         }
-        Command::Sidecar(args) => runtime(None).and_then(|rt| rt.block_on(sidecar::run(*args))),
+        Command::Sidecar(args) => {
+            runtime(Some(args.workers)).and_then(|rt| rt.block_on(sidecar::run(*args)))
+        }
         Command::Apply {
             file,
             dry_run,

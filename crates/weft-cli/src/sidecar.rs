@@ -64,6 +64,10 @@ pub struct SidecarArgs {
     /// Then how long in-flight requests get to finish.
     #[arg(long, default_value = "10s", value_parser = crate::parse_duration)]
     drain_timeout: Duration,
+    /// Worker threads. One instance's traffic rarely needs more than one core, and one
+    /// thread spends no CPU on cross-thread wake-ups (bench/mesh.py).
+    #[arg(long, default_value_t = 1)]
+    pub workers: usize,
 }
 
 fn pair(s: &str, what: &str) -> anyhow::Result<(String, String)> {
