@@ -9,7 +9,7 @@ use serde_json::Value;
 use weft_proxy::mesh::control_api::request;
 
 /// `WEFT_SERVER` or `--server`.
-pub const DEFAULT_SERVER: &str = "http://127.0.0.1:8500";
+pub const DEFAULT_SERVER: &str = "https://127.0.0.1:8500";
 
 /// `weft server` options.
 #[derive(clap::Args)]
@@ -37,6 +37,14 @@ pub struct ServerArgs {
     /// who reaches the server may change the mesh and obtain any identity).
     #[arg(long, default_value = "on", value_parser = ["on", "off"])]
     acl: String,
+    /// TLS on the API and discovery stream, with a certificate from the mesh CA (`on`),
+    /// or plaintext (`off`).
+    #[arg(long, default_value = "on", value_parser = ["on", "off"])]
+    tls: String,
+    /// A DNS name or IP address clients use to reach this server (repeatable); the
+    /// certificate always covers localhost, 127.0.0.1, the listen IP and the advertise host.
+    #[arg(long = "tls-name")]
+    tls_names: Vec<String>,
 }
 
 /// `weft server`.
@@ -49,6 +57,8 @@ pub async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
         trust_domain,
         cert_ttl,
         acl,
+        tls,
+        tls_names,
     } = args;
     let acl = acl == "on";
     if !acl {
@@ -73,6 +83,23 @@ pub async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
+    // Clients on this machine verify the API with the CA's roots, written beside the store.
+    let ca_file = if etcd.is_empty() {
+        let bundle = ca
+            .bundle()
+            .await
+            .map_err(|e| anyhow::anyhow!("certificate authority: {}", e.message))?;
+        let pem: String = bundle
+            .roots
+            .iter()
+            .map(|r| r.certificate.as_str())
+            .collect();
+        let path = data_dir.join("ca.pem");
+        std::fs::write(&path, pem).with_context(|| format!("writing {}", path.display()))?;
+        Some(path)
+    } else {
+        None
+    };
     let addr = listener.local_addr()?;
     let advertise = advertise.unwrap_or_else(|| {
         if addr.ip().is_unspecified() {
@@ -83,9 +110,34 @@ pub async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
     });
     note!(
         "{}",
-        serde_json::json!({"event": "ready", "address": addr.to_string(), "advertise": advertise, "store": store_desc, "acl": acl})
+        serde_json::json!({"event": "ready", "address": addr.to_string(), "advertise": advertise,
+            "store": store_desc, "acl": acl, "tls": tls == "on", "caFile": ca_file})
     );
-    weft_control::server::serve(listener, store, Arc::new(ca), advertise, acl, async {
+    let tls = (tls == "on").then(|| {
+        let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+        if !addr.ip().is_unspecified() {
+            names.push(addr.ip().to_string());
+        }
+        let advertised_host = advertise
+            .rsplit_once(':')
+            .map_or(advertise.as_str(), |(h, _)| h);
+        names.push(advertised_host.trim_matches(['[', ']']).to_string());
+        names.extend(tls_names);
+        names.sort();
+        names.dedup();
+        names
+    });
+    if tls.is_none() {
+        tracing::warn!(
+            "TLS is OFF (--tls off): ACL tokens and certificates cross the network in the clear"
+        );
+    }
+    let opts = weft_control::server::Options {
+        advertise,
+        acl,
+        tls,
+    };
+    weft_control::server::serve(listener, store, Arc::new(ca), opts, async {
         let _ = crate::wait_for_signal().await;
     })
     .await?;

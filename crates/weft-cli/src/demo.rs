@@ -159,12 +159,14 @@ pub async fn run(port: u16, tls_port: u16, server_port: u16) -> anyhow::Result<(
             "mesh": {
                 "server": mesh.server,
                 "token": mesh.token,
+                "caFile": mesh.ca_file.display().to_string(),
                 "upstreams": mesh.upstreams.iter().map(|(n, a)| (n.clone(), a.to_string())).collect::<std::collections::BTreeMap<_, _>>(),
             },
         })
     );
     let server = &mesh.server;
     let token = &mesh.token;
+    let ca_file = mesh.ca_file.display();
     let (pay, inv) = (mesh.upstreams[0].1, mesh.upstreams[1].1);
     let split = mesh.split_file.display();
     let logs = dir.display();
@@ -175,8 +177,8 @@ weft demo: a local mesh is running.
   services       frontend, payments, payments-v2, inventory (x2), each an echo app with a sidecar
   frontend calls payments and inventory through its sidecar every second (lines below).
 
-Watch it work (ACLs are on; this is the management token, each sidecar has its own):
-  export WEFT_SERVER={server} WEFT_TOKEN={token}
+Watch it work (TLS and ACLs are on; this is the management token, each sidecar has its own):
+  export WEFT_SERVER={server} WEFT_TOKEN={token} WEFT_CA_FILE={ca_file}
   weft status                        # every sidecar, and whether it has the latest config
   weft catalog; weft catalog inventory
   curl -s http://{pay}/order         # call payments as frontend does, through its sidecar

@@ -28,6 +28,8 @@ pub struct Mesh {
     pub split_file: std::path::PathBuf,
     /// The management token (ACLs are on, as in production).
     pub token: String,
+    /// The CA bundle that verifies the control plane's TLS.
+    pub ca_file: std::path::PathBuf,
 }
 
 /// A split the user can apply: 80% payments, 20% payments-v2.
@@ -109,6 +111,7 @@ async fn spawn(
     let mut cmd = Command::new(std::env::current_exe()?);
     if let Some(t) = token {
         cmd.env("WEFT_TOKEN", t);
+        cmd.env("WEFT_CA_FILE", dir.join("data").join("ca.pem"));
     }
     let mut child = cmd
         .args(args)
@@ -166,10 +169,14 @@ pub async fn start(dir: &Path, server_port: u16) -> anyhow::Result<Mesh> {
     .await?;
     children.push(child);
     drain(lines);
-    let server = format!(
-        "http://{}",
-        ready["address"].as_str().context("server address")?
-    );
+    // The API is TLS with a certificate from the mesh CA; its roots are beside the store.
+    let address: SocketAddr = ready["address"]
+        .as_str()
+        .context("server address")?
+        .parse()?;
+    let server = format!("https://localhost:{}", address.port());
+    let ca_file = std::path::PathBuf::from(ready["caFile"].as_str().context("server CA file")?);
+    weft_proxy::mesh::control_api::set_ca_file(ca_file.clone());
 
     // ACLs: the first management token (the demo's own), then intentions.
     let token = bootstrap(&server).await?;
@@ -313,6 +320,7 @@ pub async fn start(dir: &Path, server_port: u16) -> anyhow::Result<Mesh> {
         upstreams,
         split_file,
         token,
+        ca_file,
     })
 }
 

@@ -40,6 +40,9 @@ struct Cli {
     /// ACL token for the control plane (API and discovery stream).
     #[arg(long, global = true, env = "WEFT_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// The mesh CA's roots (PEM), to verify an `https://` control plane.
+    #[arg(long, global = true, env = "WEFT_CA_FILE")]
+    ca_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -271,6 +274,9 @@ fn main() -> std::process::ExitCode {
         .init();
     if let Some(t) = cli.token.clone() {
         weft_proxy::mesh::control_api::set_token(t);
+    }
+    if let Some(f) = cli.ca_file.clone() {
+        weft_proxy::mesh::control_api::set_ca_file(f);
     }
     let result = match cli.command {
         Command::Proxy(args) => run_proxy(args),

@@ -63,6 +63,11 @@ fn demo_serves_http_and_https_and_stops_on_ctrl_c() {
     }
     let server = ready["mesh"]["server"].as_str().expect("server url");
     let token = ready["mesh"]["token"].as_str().expect("management token");
+    let mesh_ca = ready["mesh"]["caFile"].as_str().expect("CA file");
+    assert!(
+        server.starts_with("https://"),
+        "the demo's API is TLS: {server}"
+    );
     // The canary split the demo suggests applies, and sends some payments calls to v2.
     let split = std::path::Path::new(ca).with_file_name("payments-split.yaml");
     let weft = PathBuf::from(env!("CARGO_BIN_EXE_weft"));
@@ -77,6 +82,8 @@ fn demo_serves_http_and_https_and_stops_on_ctrl_c() {
             server,
             "--token",
             token,
+            "--ca-file",
+            mesh_ca,
         ],
     );
     assert!(ok, "{stdout}\n{stderr}");
@@ -93,7 +100,15 @@ fn demo_serves_http_and_https_and_stops_on_ctrl_c() {
     );
     let status = weft_testkit::mesh::weft_cli(
         &PathBuf::from(env!("CARGO_BIN_EXE_weft")),
-        &["status", "--server", server, "--token", token],
+        &[
+            "status",
+            "--server",
+            server,
+            "--token",
+            token,
+            "--ca-file",
+            mesh_ca,
+        ],
     );
     assert!(
         status.0 && status.1.matches("current").count() >= 5,

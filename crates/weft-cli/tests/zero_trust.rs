@@ -387,3 +387,71 @@ fn permissive_mode_takes_plaintext_without_an_identity_and_a_service_can_insist(
         (plain().status == 0).then_some(())
     });
 }
+
+#[test]
+fn the_api_and_the_discovery_stream_run_over_tls_verified_by_the_mesh_ca() {
+    let s = server_with(&weft(), &["--tls", "on"]);
+    let url = s.url();
+    assert!(url.starts_with("https://"), "{url}");
+    let ca = s.ca_file.clone().expect("the server wrote its CA file");
+    let port = s.addr.port();
+
+    // curl verifies the API's certificate with the mesh CA.
+    let r = curl(&[
+        "--cacert",
+        &ca.display().to_string(),
+        &format!("https://localhost:{port}/v1/ca/roots"),
+    ]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = curl(&[
+        "--cacert",
+        &ca.display().to_string(),
+        &format!("https://127.0.0.1:{port}/v1/openapi.json"),
+    ]);
+    assert_eq!(r.status, 200, "the certificate covers 127.0.0.1 too");
+    // Plaintext to the TLS port gets nothing.
+    let r = curl(&[
+        "--max-time",
+        "5",
+        &format!("http://127.0.0.1:{port}/v1/status"),
+    ]);
+    assert_ne!(r.status, 200);
+    // The CLI needs the CA, and says so; a wrong CA fails the handshake.
+    let out = std::process::Command::new(weft())
+        .args(["status", "--server", &url])
+        .env_remove("WEFT_CA_FILE")
+        .env(
+            "WEFT_TOKEN",
+            weft_testkit::mesh::token_for(&url).expect("token"),
+        )
+        .output()
+        .expect("weft status");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("--ca-file"), "{err}");
+    let (root, _) = weft_tls::ca::new_root("weft.local", Duration::from_secs(3600)).expect("root");
+    let wrong = temp_dir().join("wrong-ca.pem");
+    std::fs::write(&wrong, root).expect("write");
+    let out = std::process::Command::new(weft())
+        .args([
+            "status",
+            "--server",
+            &url,
+            "--ca-file",
+            &wrong.display().to_string(),
+        ])
+        .output()
+        .expect("weft status");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("TLS"), "{err}");
+    let (ok, out, err) = weft_cli(&weft(), &["status", "--server", &url]);
+    assert!(ok, "{out}{err}");
+
+    // Sidecars register, get certificates and follow the discovery stream over TLS.
+    allow_all(&weft(), &s);
+    let _b = instance(&s, "b", "b-1", &[]);
+    let a = instance(&s, "a", "a-1", &["--upstream", "b=127.0.0.1:0"]);
+    let out_b = a.sidecar.listener("out-b");
+    eventually("a → b over the mesh", Duration::from_secs(10), || {
+        (who(out_b).ok()? == "b-1").then_some(())
+    });
+}

@@ -223,6 +223,24 @@ impl Ca {
         })
     }
 
+    /// A certificate for this server's API (TLS): a key made here, signed by the active
+    /// root, for `spiffe://<td>/server` and `names` (DNS names and IP addresses), valid
+    /// for `validity`. PEM `(chain, key)`.
+    pub async fn server_certificate(
+        &self,
+        names: &[String],
+        validity: Duration,
+    ) -> Result<(String, String), ApiError> {
+        let bundle = self.bundle().await?;
+        let signer = self.signer(&bundle).await?;
+        let (csr, key) = weft_tls::ca::new_csr("weft-server").map_err(bad)?;
+        let id = format!("spiffe://{}/server", bundle.trust_domain);
+        let cert = signer
+            .sign_server(&csr, &id, names, validity)
+            .map_err(bad)?;
+        Ok((cert, key))
+    }
+
     /// Root rotation: a new root joins the bundle and signs from now on; the old one is
     /// marked retired (still trusted). Sidecars install the two-root bundle from their
     /// discovery stream, then get new leaves from the new root; [`Ca::prune`] removes the

@@ -1,5 +1,6 @@
 //! `weft server`: the store, the view that follows it, the HTTP API and the discovery
-//! stream, served on one port (gRPC and JSON share it; HTTP/1.1 and h2c).
+//! stream, served on one port (gRPC and JSON share it; HTTP/1.1 and HTTP/2, over TLS
+//! with a certificate from the mesh CA unless TLS is turned off).
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
@@ -16,16 +17,75 @@ use crate::{
 /// Largest discovery message accepted from a proxy (a Hello with its known versions).
 const MAX_PROXY_MESSAGE: usize = 4 * 1024 * 1024;
 
-/// Serves the control plane on `listener` until `shutdown` completes. `advertise` is the
-/// address other replicas reach this one at (announced in the store).
+/// How a server serves.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The address other replicas reach this one at (announced in the store).
+    pub advertise: String,
+    /// Whether ACL tokens are required.
+    pub acl: bool,
+    /// TLS on the API and discovery stream: the DNS names and IP addresses of the
+    /// server's certificate (from the mesh CA). None: plaintext.
+    pub tls: Option<Vec<String>>,
+}
+
+/// Validity of the API's certificate; it is renewed every day.
+const SERVER_CERT_VALIDITY: Duration = Duration::from_secs(7 * 24 * 3600);
+const SERVER_CERT_RENEWAL: Duration = Duration::from_secs(24 * 3600);
+
+/// The API's TLS acceptor, with a certificate from the mesh CA renewed in the background.
+async fn tls_acceptor(
+    ca: &Arc<crate::ca::Ca>,
+    names: Vec<String>,
+) -> std::io::Result<(tokio_rustls::TlsAcceptor, tokio::task::JoinHandle<()>)> {
+    let issue = |ca: Arc<crate::ca::Ca>, names: Vec<String>| async move {
+        let (chain, key) = ca
+            .server_certificate(&names, SERVER_CERT_VALIDITY)
+            .await
+            .map_err(|e| std::io::Error::other(e.message))?;
+        weft_tls::mesh::Identity::from_pem(&chain, &key)
+            .map(|i| i.key)
+            .map_err(|e| std::io::Error::other(e.to_string()))
+    };
+    let cert = weft_tls::SwappableCert::new(issue(ca.clone(), names.clone()).await?);
+    let config = cert
+        .server_config(&[weft_tls::ALPN_H2, weft_tls::ALPN_HTTP11])
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let renewer = {
+        let ca = ca.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(SERVER_CERT_RENEWAL).await;
+                match issue(ca.clone(), names.clone()).await {
+                    Ok(key) => cert.set(key),
+                    Err(e) => tracing::warn!(error = %e, "renewing the API's certificate failed"),
+                }
+            }
+        })
+    };
+    Ok((tokio_rustls::TlsAcceptor::from(config), renewer))
+}
+
+/// Serves the control plane on `listener` until `shutdown` completes.
 pub async fn serve(
     listener: TcpListener,
     store: Arc<dyn Store>,
     ca: Arc<crate::ca::Ca>,
-    advertise: String,
-    acl: bool,
+    opts: Options,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let Options {
+        advertise,
+        acl,
+        tls,
+    } = opts;
+    let (acceptor, renewer) = match tls {
+        Some(names) => {
+            let (a, r) = tls_acceptor(&ca, names).await?;
+            (Some(a), Some(r))
+        }
+        None => (None, None),
+    };
     let state = State::new();
     let follower = tokio::spawn(state.clone().follow(store.clone()));
     let announcer = tokio::spawn(crate::peers::announce(store.clone(), advertise.clone()));
@@ -60,11 +120,14 @@ pub async fn serve(
     })
     .route_service("/weft.discovery.v1.Discovery/{*method}", grpc);
     let local: SocketAddr = listener.local_addr()?;
-    tracing::info!(%local, "control plane listening (HTTP API and gRPC discovery)");
-    accept_loop(listener, app, shutdown).await;
+    tracing::info!(%local, tls = acceptor.is_some(), "control plane listening (HTTP API and gRPC discovery)");
+    accept_loop(listener, app, acceptor, shutdown).await;
     follower.abort();
     announcer.abort();
     pruner.abort();
+    if let Some(r) = renewer {
+        r.abort();
+    }
     Ok(())
 }
 
@@ -78,7 +141,12 @@ const MAX_STREAMS_PER_CONNECTION: u32 = 10_000;
 /// Accepts connections and serves each with hyper (HTTP/1.1 or h2c), with the API's limits:
 /// a header read timeout, bounded heads, and HTTP/2 pings so a proxy that vanished
 /// without closing its connection (a partition, a dead host) frees its stream.
-async fn accept_loop(listener: TcpListener, app: axum::Router, shutdown: impl Future<Output = ()>) {
+async fn accept_loop(
+    listener: TcpListener,
+    app: axum::Router,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    shutdown: impl Future<Output = ()>,
+) {
     use hyper_util::{
         rt::{TokioExecutor, TokioIo, TokioTimer},
         server::conn::auto,
@@ -115,11 +183,33 @@ async fn accept_loop(listener: TcpListener, app: axum::Router, shutdown: impl Fu
         let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(app.clone());
         let builder = builder.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            if let Err(e) = builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                .await
-            {
+            let result = match tls {
+                None => {
+                    builder
+                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                        .await
+                }
+                Some(acceptor) => {
+                    // The handshake gets the same deadline as a request's headers.
+                    let tls =
+                        match tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(stream))
+                            .await
+                        {
+                            Ok(Ok(tls)) => tls,
+                            Ok(Err(e)) => {
+                                tracing::debug!(error = %e, "API TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => return,
+                        };
+                    builder
+                        .serve_connection_with_upgrades(TokioIo::new(tls), service)
+                        .await
+                }
+            };
+            if let Err(e) = result {
                 tracing::debug!(error = %e, "API connection ended");
             }
         });

@@ -26,7 +26,9 @@ fn remember(key: String, token: &str) {
 
 /// The management token of the server at `key` (an address, a URL or a store).
 pub fn token_for(key: &str) -> Option<String> {
-    let key = key.trim_start_matches("http://");
+    let key = key
+        .trim_start_matches("https://")
+        .trim_start_matches("http://");
     TOKENS
         .lock()
         .unwrap_or_else(|p| p.into_inner())
@@ -36,10 +38,24 @@ pub fn token_for(key: &str) -> Option<String> {
         .map(|(_, t)| t.clone())
 }
 
-/// `WEFT_TOKEN` for a weft command that talks to `server` (first of a comma list).
+/// The CA files of servers started with TLS, by URL.
+static CA_FILES: std::sync::Mutex<Vec<(String, String)>> = std::sync::Mutex::new(Vec::new());
+
+/// `WEFT_TOKEN` (and `WEFT_CA_FILE` for a TLS server) for a weft command that talks to
+/// `server` (first of a comma list).
 fn with_token(cmd: &mut Command, server: &str) {
-    if let Some(t) = server.split(',').next().and_then(token_for) {
+    let first = server.split(',').next().unwrap_or_default();
+    if let Some(t) = token_for(first) {
         cmd.env("WEFT_TOKEN", t);
+    }
+    let ca = CA_FILES
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .find(|(url, _)| url == first)
+        .map(|(_, f)| f.clone());
+    if let Some(f) = ca {
+        cmd.env("WEFT_CA_FILE", f);
     }
 }
 
@@ -51,12 +67,17 @@ pub struct Server {
     pub addr: SocketAddr,
     /// Its store directory.
     pub data_dir: PathBuf,
+    /// The CA file clients verify its TLS with (None: plaintext API).
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Server {
-    /// `http://ADDR`.
+    /// `http://ADDR`, or `https://localhost:PORT` with TLS.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        match self.ca_file {
+            Some(_) => format!("https://localhost:{}", self.addr.port()),
+            None => format!("http://{}", self.addr),
+        }
     }
 }
 
@@ -87,6 +108,11 @@ pub fn server(weft: &Path) -> Server {
     server_at(weft, "127.0.0.1:0", &temp_dir().join("data"))
 }
 
+/// Test servers serve their API in plaintext unless a test asks for TLS (`--tls on`):
+/// [`http`] and curl-based checks then reach it directly. The TLS tests are in
+/// `tests/zero_trust.rs`; `weft demo` (and its test) runs with TLS.
+const PLAINTEXT: [&str; 2] = ["--tls", "off"];
+
 /// Starts `weft server` on an ephemeral port with a fresh store and `extra` options
 /// (e.g. `--cert-ttl 15s`).
 pub fn server_with(weft: &Path, extra: &[&str]) -> Server {
@@ -95,6 +121,9 @@ pub fn server_with(weft: &Path, extra: &[&str]) -> Server {
     cmd.args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(&data_dir)
         .args(extra);
+    if !extra.contains(&"--tls") {
+        cmd.args(PLAINTEXT);
+    }
     spawn_server(cmd, &data_dir)
 }
 
@@ -102,7 +131,8 @@ pub fn server_with(weft: &Path, extra: &[&str]) -> Server {
 pub fn server_at(weft: &Path, addr: &str, data_dir: &Path) -> Server {
     let mut cmd = Command::new(weft);
     cmd.args(["server", "--listen", addr, "--data-dir"])
-        .arg(data_dir);
+        .arg(data_dir)
+        .args(PLAINTEXT);
     spawn_server(cmd, data_dir)
 }
 
@@ -116,12 +146,29 @@ fn spawn_server_of(cmd: Command, data_dir: &Path, store: &str) -> Server {
         .expect("address")
         .parse()
         .expect("addr");
-    if proc.ready["acl"] == true {
+    let ca_file = (proc.ready["tls"] == true)
+        .then(|| proc.ready["caFile"].as_str().map(PathBuf::from))
+        .flatten();
+    let server = Server {
+        proc,
+        addr,
+        data_dir: data_dir.to_path_buf(),
+        ca_file,
+    };
+    if let Some(f) = &server.ca_file {
+        CA_FILES
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((server.url(), f.display().to_string()));
+    }
+    if server.proc.ready["acl"] == true {
         let token = token_for(store).unwrap_or_else(|| {
-            let out = Command::new(&program)
-                .args(["acl", "bootstrap", "--server", &format!("http://{addr}")])
-                .output()
-                .expect("weft acl bootstrap");
+            let mut cmd = Command::new(&program);
+            cmd.args(["acl", "bootstrap", "--server", &server.url()]);
+            if let Some(f) = &server.ca_file {
+                cmd.env("WEFT_CA_FILE", f);
+            }
+            let out = cmd.output().expect("weft acl bootstrap");
             let text = String::from_utf8_lossy(&out.stdout);
             let secret = text
                 .lines()
@@ -134,12 +181,9 @@ fn spawn_server_of(cmd: Command, data_dir: &Path, store: &str) -> Server {
             secret
         });
         remember(addr.to_string(), &token);
+        remember(format!("localhost:{}", addr.port()), &token);
     }
-    Server {
-        proc,
-        addr,
-        data_dir: data_dir.to_path_buf(),
-    }
+    server
 }
 
 fn spawn_server(cmd: Command, data_dir: &Path) -> Server {
@@ -423,7 +467,8 @@ pub fn server_etcd(weft: &Path, endpoints: &[String]) -> Server {
         "127.0.0.1:0",
         "--etcd",
         &endpoints.join(","),
-    ]);
+    ])
+    .args(PLAINTEXT);
     spawn_server_of(cmd, Path::new(""), &format!("etcd:{}", endpoints.join(",")))
 }
 

@@ -124,6 +124,36 @@ impl Signer {
         not_before: SystemTime,
         not_after: SystemTime,
     ) -> Result<String, IssueError> {
+        self.sign_names(csr_pem, spiffe_id, &[], not_before, not_after)
+    }
+
+    /// A certificate for the control plane's own API: `spiffe_id` plus DNS names and IP
+    /// addresses (`names`), so that ordinary TLS clients can check the server they reach.
+    pub fn sign_server(
+        &self,
+        csr_pem: &str,
+        spiffe_id: &str,
+        names: &[String],
+        ttl: Duration,
+    ) -> Result<String, IssueError> {
+        let now = SystemTime::now();
+        self.sign_names(
+            csr_pem,
+            spiffe_id,
+            names,
+            now - Duration::from_secs(60),
+            now + ttl,
+        )
+    }
+
+    fn sign_names(
+        &self,
+        csr_pem: &str,
+        spiffe_id: &str,
+        names: &[String],
+        not_before: SystemTime,
+        not_after: SystemTime,
+    ) -> Result<String, IssueError> {
         let csr = CertificateSigningRequestParams::from_pem(csr_pem)
             .map_err(|e| IssueError::Csr(e.to_string()))?;
         let mut params = CertificateParams::default();
@@ -133,6 +163,18 @@ impl Signer {
                 .try_into()
                 .map_err(|e| IssueError::Ca(format!("identity: {e}")))?,
         )];
+        for n in names {
+            params
+                .subject_alt_names
+                .push(match n.parse::<std::net::IpAddr>() {
+                    Ok(ip) => SanType::IpAddress(ip),
+                    Err(_) => SanType::DnsName(
+                        n.clone()
+                            .try_into()
+                            .map_err(|e| IssueError::Ca(format!("name `{n}`: {e}")))?,
+                    ),
+                });
+        }
         params.not_before = offset(not_before);
         params.not_after = offset(not_after);
         params.is_ca = IsCa::ExplicitNoCa;

@@ -216,6 +216,39 @@ impl ResolvesServerCert for SniResolver {
     }
 }
 
+/// One certificate that can be replaced while serving (a renewal): new handshakes get
+/// the new one.
+#[derive(Debug)]
+pub struct SwappableCert(std::sync::RwLock<Arc<CertifiedKey>>);
+
+impl SwappableCert {
+    /// Starts with `key`.
+    pub fn new(key: Arc<CertifiedKey>) -> Arc<SwappableCert> {
+        Arc::new(SwappableCert(std::sync::RwLock::new(key)))
+    }
+
+    /// Replaces the certificate.
+    pub fn set(&self, key: Arc<CertifiedKey>) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = key;
+    }
+
+    /// A server configuration presenting it: TLS 1.3/1.2, the given ALPN protocols.
+    pub fn server_config(self: &Arc<Self>, alpn: &[&[u8]]) -> Result<Arc<ServerConfig>, TlsError> {
+        let mut config = ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+            .with_no_client_auth()
+            .with_cert_resolver(self.clone());
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Ok(Arc::new(config))
+    }
+}
+
+impl ResolvesServerCert for SwappableCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.read().unwrap_or_else(|p| p.into_inner()).clone())
+    }
+}
+
 /// A server configuration: certificates by SNI, TLS 1.3/1.2, the given ALPN protocols in
 /// order of preference, shared resumption state.
 pub fn server_config(

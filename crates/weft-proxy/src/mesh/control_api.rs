@@ -2,6 +2,7 @@
 //! used by the sidecar's registration, and by the CLI and the demo.
 
 use std::time::Duration;
+use tokio_rustls::rustls::pki_types::ServerName;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -33,6 +34,36 @@ pub async fn call(
         status,
         serde_json::from_slice(&bytes).unwrap_or(Value::Null),
     ))
+}
+
+/// The mesh CA's roots, for `https://` control-plane URLs (`--ca-file` / `WEFT_CA_FILE`).
+static CA_FILE: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+
+/// Sets the CA bundle this process verifies the control plane with.
+pub fn set_ca_file(path: std::path::PathBuf) {
+    let _ = CA_FILE.set(path);
+}
+
+/// The CA bundle's PEM, for `https://` servers; the error says how to provide it.
+pub fn ca_pem(server: &str) -> Result<String, String> {
+    let path = CA_FILE.get().ok_or_else(|| {
+        format!("{server} uses TLS: give the mesh CA with --ca-file or WEFT_CA_FILE (`weft server` writes it to DATA-DIR/ca.pem; `weft ca roots --pem` prints it)")
+    })?;
+    std::fs::read_to_string(path).map_err(|e| format!("--ca-file {}: {e}", path.display()))
+}
+
+fn tls_connector(server: &str) -> Result<tokio_rustls::TlsConnector, String> {
+    static CONNECTOR: std::sync::OnceLock<tokio_rustls::TlsConnector> = std::sync::OnceLock::new();
+    if let Some(c) = CONNECTOR.get() {
+        return Ok(c.clone());
+    }
+    ca_pem(server)?;
+    let path = CA_FILE.get().ok_or("no CA file")?;
+    let config = weft_tls::client_config(Some(path), None, &[weft_tls::ALPN_HTTP11])
+        .map_err(|e| e.to_string())?;
+    Ok(CONNECTOR
+        .get_or_init(|| tokio_rustls::TlsConnector::from(config))
+        .clone())
 }
 
 /// The ACL token sent with every request (`--token` / `WEFT_TOKEN`), once set.
@@ -73,19 +104,51 @@ pub async fn send(
     timeout: Duration,
     token: Option<&str>,
 ) -> Result<(u16, Option<u64>, Bytes), String> {
-    let authority = server
-        .strip_prefix("http://")
-        .ok_or_else(|| format!("server `{server}`: expected http://HOST:PORT"))?
-        .trim_end_matches('/');
+    let (tls, authority) = match (
+        server.strip_prefix("https://"),
+        server.strip_prefix("http://"),
+    ) {
+        (Some(a), _) => (Some(tls_connector(server)?), a),
+        (None, Some(a)) => (None, a),
+        _ => {
+            return Err(format!(
+                "server `{server}`: expected https://HOST:PORT or http://HOST:PORT"
+            ))
+        }
+    };
+    let authority = authority.trim_end_matches('/');
     let attempt = async {
         let stream = TcpStream::connect(authority)
             .await
             .map_err(|e| format!("{server}: {e}"))?;
-        let (mut send, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                .await
-                .map_err(|e| format!("{server}: {e}"))?;
-        tokio::spawn(conn);
+        let mut send = match tls {
+            None => {
+                let (send, conn) =
+                    hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                        .await
+                        .map_err(|e| format!("{server}: {e}"))?;
+                tokio::spawn(conn);
+                send
+            }
+            Some(connector) => {
+                let host = authority
+                    .rsplit_once(':')
+                    .map_or(authority, |(h, _)| h)
+                    .trim_matches(['[', ']']);
+                let name =
+                    ServerName::try_from(host.to_string()).map_err(|e| format!("{server}: {e}"))?;
+                let stream = connector
+                    .connect(name, stream)
+                    .await
+                    .map_err(|e| format!("{server}: TLS: {e}"))?;
+                let (send, conn) =
+                    hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                        .await
+                        .map_err(|e| format!("{server}: {e}"))?;
+                tokio::spawn(conn);
+                send
+            }
+        };
         let mut req = http::Request::builder()
             .method(method)
             .uri(path)

@@ -89,11 +89,17 @@ async fn session(
             applied,
         }
     };
-    let endpoint = tonic::transport::Endpoint::from_shared(server.to_string())
+    let mut endpoint = tonic::transport::Endpoint::from_shared(server.to_string())
         .map_err(|e| fail(false)(&e))?
         .connect_timeout(Duration::from_secs(2))
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_timeout(Duration::from_secs(5));
+    if server.starts_with("https://") {
+        let pem = super::control_api::ca_pem(server).map_err(|e| fail(false)(&e))?;
+        let tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(pem));
+        endpoint = endpoint.tls_config(tls).map_err(|e| fail(false)(&e))?;
+    }
     let channel = endpoint.connect().await.map_err(|e| fail(false)(&e))?;
     let mut client = DiscoveryClient::new(channel).max_decoding_message_size(MAX_UPDATE_BYTES);
     let (tx, rx) = mpsc::channel(4);
