@@ -26,9 +26,14 @@ pub struct SidecarArgs {
     /// Instance id (default: SERVICE-<random>).
     #[arg(long)]
     id: Option<String>,
-    /// The local application, IP:PORT.
+    /// The local application, IP:PORT (not with --gateway).
+    #[arg(long, required_unless_present = "gateway", conflicts_with = "gateway")]
+    app: Option<SocketAddr>,
+    /// Edge gateway mode: serve this file's Gateway listeners and HTTPRoutes, calling the
+    /// mesh services its routes name over mutual TLS as SERVICE (no inbound listener, no
+    /// registration).
     #[arg(long)]
-    app: SocketAddr,
+    gateway: Option<std::path::PathBuf>,
     /// The application's protocol: http, http2 or grpc.
     #[arg(long, default_value = "http")]
     app_protocol: String,
@@ -77,6 +82,35 @@ fn pair(s: &str, what: &str) -> anyhow::Result<(String, String)> {
     Ok((k.to_string(), v.to_string()))
 }
 
+/// The Gateway, HTTPRoute and Service documents of an edge gateway's file, as JSON.
+fn gateway_docs(path: &std::path::Path) -> anyhow::Result<Vec<serde_json::Value>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("--gateway {}", path.display()))?;
+    let docs = weft_model::yaml::parse_documents(&text).map_err(|e| {
+        anyhow::anyhow!("{}:{}: YAML syntax: {}", path.display(), e.line, e.message)
+    })?;
+    let mut out = Vec::new();
+    for d in docs {
+        match d.value.get("kind").and_then(serde_json::Value::as_str) {
+            Some("Gateway" | "HTTPRoute" | "Service") => out.push(d.value),
+            None if d.value.is_null() => {}
+            other => bail!(
+                "{}:{}: an edge gateway file holds Gateway, HTTPRoute and Service documents, not {}",
+                path.display(),
+                d.start_line,
+                other.unwrap_or("a document without kind")
+            ),
+        }
+    }
+    if !out
+        .iter()
+        .any(|d| d.get("kind").and_then(serde_json::Value::as_str) == Some("Gateway"))
+    {
+        bail!("{}: no Gateway (listeners) in the file", path.display());
+    }
+    Ok(out)
+}
+
 /// Runs the sidecar until SIGTERM/SIGINT.
 pub async fn run(args: SidecarArgs) -> anyhow::Result<()> {
     let app_protocol = match args.app_protocol.as_str() {
@@ -95,7 +129,14 @@ pub async fn run(args: SidecarArgs) -> anyhow::Result<()> {
             _ => bail!("--health {h}: expected http:/PATH, tcp, grpc, grpc:SERVICE or none"),
         },
     };
-    let mut upstreams = Vec::new();
+    let gateway = match &args.gateway {
+        Some(path) => gateway_docs(path)?,
+        None => Vec::new(),
+    };
+    let mut upstreams: Vec<(String, String)> = weft_proxy::mesh::gateway_upstreams(&gateway)
+        .into_iter()
+        .map(|n| (n, String::new()))
+        .collect();
     for u in &args.upstreams {
         let (name, addr) = pair(u, "--upstream")?;
         addr.parse::<SocketAddr>()
@@ -123,10 +164,11 @@ pub async fn run(args: SidecarArgs) -> anyhow::Result<()> {
     let spec = SidecarSpec {
         service: args.service.clone(),
         inbound: args.inbound.to_string(),
-        app: args.app.to_string(),
+        app: args.app.map(|a| a.to_string()).unwrap_or_default(),
         app_protocol,
         upstreams,
         trust_domain: mesh.trust_domain().to_string(),
+        gateway,
     };
     // Start serving at once (upstreams answer 503 until the control plane's first
     // update names their endpoints).
@@ -142,26 +184,38 @@ pub async fn run(args: SidecarArgs) -> anyhow::Result<()> {
     )
     .await?;
     let listeners = proxy.listeners();
-    let inbound = listeners
-        .iter()
-        .find(|(n, _)| n == "sidecar/inbound")
-        .map(|(_, a)| *a)
-        .context("no inbound listener")?;
-    let advertise = args.advertise.unwrap_or(if inbound.ip().is_unspecified() {
-        std::net::Ipv4Addr::LOCALHOST.into()
-    } else {
-        inbound.ip()
-    });
-    let registration = Registration {
-        servers: args.server.clone(),
-        service: args.service.clone(),
-        id: id.clone(),
-        address: SocketAddr::new(advertise, inbound.port()),
-        metadata,
-        ttl: args.ttl,
-        app: args.app,
-        check,
-        interval: args.health_interval,
+    // A sidecar registers its instance; an edge gateway is not called through the mesh.
+    let registration = match args.app {
+        None => None,
+        Some(app) => {
+            let inbound = listeners
+                .iter()
+                .find(|(n, _)| n == "sidecar/inbound")
+                .map(|(_, a)| *a)
+                .context("no inbound listener")?;
+            let advertise = args.advertise.unwrap_or(if inbound.ip().is_unspecified() {
+                std::net::Ipv4Addr::LOCALHOST.into()
+            } else {
+                inbound.ip()
+            });
+            Some(Registration {
+                servers: args.server.clone(),
+                service: args.service.clone(),
+                id: id.clone(),
+                address: SocketAddr::new(advertise, inbound.port()),
+                metadata,
+                ttl: args.ttl,
+                app,
+                check,
+                interval: args.health_interval,
+            })
+        }
+    };
+    let keep_registered = async {
+        match &registration {
+            Some(r) => r.keep().await,
+            None => std::future::pending().await,
+        }
     };
     let listeners_json: serde_json::Map<String, serde_json::Value> = listeners
         .iter()
@@ -186,14 +240,16 @@ pub async fn run(args: SidecarArgs) -> anyhow::Result<()> {
     };
     tokio::select! {
         r = crate::wait_for_signal() => r?,
-        _ = registration.keep() => {}
+        _ = keep_registered => {}
         _ = identity::keep_renewed(args.server.clone(), args.service.clone(), mesh.clone(), proxy.metrics()) => {}
         _ = discovery::follow(&args.server, &who, &spec, &proxy, &synced) => {}
         _ = announce => {}
     }
     tracing::info!("stopping: deregistering, then draining");
-    registration.deregister().await;
-    tokio::time::sleep(args.deregister_delay).await;
+    if let Some(r) = &registration {
+        r.deregister().await;
+        tokio::time::sleep(args.deregister_delay).await;
+    }
     let drained = proxy.shutdown(args.drain_timeout).await;
     tracing::info!(drained, "stopped");
     Ok(())

@@ -165,15 +165,31 @@ fn a_strict_inbound_takes_only_mesh_certificates_and_tells_the_app_who_called() 
     let fresh = mesh_cert(&s, "a");
     assert_eq!(call_inbound(inbound, Some(&fresh)).status, 200);
 
-    // Nothing of this printed a private key.
-    let log = b.sidecar.proc.stderr();
-    assert!(!log.contains("PRIVATE KEY"), "a key in the sidecar's log");
+    // Nothing of this printed or served a private key (the CA's stays in the store).
+    for log in [b.sidecar.proc.stderr(), s.proc.stderr()] {
+        assert!(!log.contains("PRIVATE KEY"), "a key in a log:\n{log}");
+    }
+    for path in [
+        "/v1/ca/roots",
+        "/v1/config",
+        "/v1/kv?prefix=",
+        "/v1/catalog/services/b",
+    ] {
+        let token = weft_testkit::mesh::token_for(&s.url()).unwrap_or_default();
+        let r = curl(&[
+            "-H",
+            &format!("x-weft-token: {token}"),
+            &format!("{}{path}", s.url()),
+        ]);
+        assert_eq!(r.status, 200, "{path}: {}", r.body);
+        assert!(!r.body.contains("PRIVATE KEY"), "{path} served a key");
+    }
 }
 
 #[test]
 fn intentions_decide_who_may_call_with_precedence_and_apply_to_open_connections() {
     let s = server(&weft());
-    let _b = instance(&s, "b", "b-1", &[]);
+    let b = instance(&s, "b", "b-1", &["--admin", "127.0.0.1:0"]);
     let a = instance(&s, "a", "a-1", &["--upstream", "b=127.0.0.1:0"]);
     let c = instance(&s, "c", "c-1", &["--upstream", "b=127.0.0.1:0"]);
     let (a_out, c_out) = (a.sidecar.listener("out-b"), c.sidecar.listener("out-b"));
@@ -195,6 +211,21 @@ fn intentions_decide_who_may_call_with_precedence_and_apply_to_open_connections(
         !ok && out.contains("denied") && out.contains("mesh default"),
         "{out}"
     );
+    // Counted and logged by b's sidecar.
+    let admin = b.sidecar.proc.ready["admin"]
+        .as_str()
+        .expect("admin")
+        .to_string();
+    let metrics = curl(&[&format!("http://{admin}/metrics")]).body;
+    let denials = metric_value(
+        &metrics,
+        "weft_local_replies_total{listener=\"sidecar/inbound\",reason=\"denied-by-intention\"}",
+    );
+    assert!(denials.is_some_and(|n| n >= 1.0), "{metrics}");
+    eventually("the denial is logged", Duration::from_secs(5), || {
+        let log = b.sidecar.proc.stderr();
+        (log.contains("request denied by intention") && log.contains("source=a")).then_some(())
+    });
 
     // `*` → b allows everyone; the open connection a → b follows.
     apply(&s, "kind: Intention\nmetadata: {name: any-b}\nspec: {source: '*', destination: b, action: allow}\n");
@@ -454,4 +485,62 @@ fn the_api_and_the_discovery_stream_run_over_tls_verified_by_the_mesh_ca() {
     eventually("a → b over the mesh", Duration::from_secs(10), || {
         (who(out_b).ok()? == "b-1").then_some(())
     });
+}
+
+#[test]
+fn an_edge_gateway_calls_mesh_services_as_itself_over_mutual_tls() {
+    let s = server(&weft());
+    let _b = instance(&s, "b", "b-1", &[]);
+    let file = temp_dir().join("edge.yaml");
+    std::fs::write(
+        &file,
+        "kind: Gateway\nmetadata: {name: edge}\nspec:\n  listeners: [{name: web, address: 127.0.0.1:0, protocol: HTTP}]\n\
+         ---\nkind: HTTPRoute\nmetadata: {name: shop}\nspec:\n  parentRefs: [{name: edge}]\n  rules: [{backendRefs: [{name: b}]}]\n",
+    )
+    .expect("write");
+    let mut cmd = std::process::Command::new(weft());
+    cmd.args([
+        "sidecar",
+        "--server",
+        &s.url(),
+        "--service",
+        "edge",
+        "--gateway",
+    ])
+    .arg(&file)
+    .env(
+        "WEFT_TOKEN",
+        weft_testkit::mesh::token_for(&s.url()).expect("token"),
+    );
+    let edge = Sidecar {
+        proc: weft_testkit::Proc::spawn(cmd),
+    };
+    edge.wait_synced();
+    let web: std::net::SocketAddr = edge.proc.ready["listeners"]["edge/web"]
+        .as_str()
+        .expect("edge listener")
+        .parse()
+        .expect("addr");
+    // The gateway is a caller like any other: no intention, no entry.
+    eventually("edge → b denied", Duration::from_secs(10), || {
+        let r = curl(&[&format!("http://{web}/hello")]);
+        (r.status == 403 && r.header("x-weft-error") == Some("denied-by-intention")).then_some(())
+    });
+    apply(
+        &s,
+        "kind: Intention\nmetadata: {name: edge-b}\nspec: {source: edge, destination: b, action: allow}\n",
+    );
+    eventually("edge → b allowed", Duration::from_secs(10), || {
+        (who(web).ok()? == "b-1").then_some(())
+    });
+    let r = curl(&[&format!("http://{web}/headers")]);
+    let seen: serde_json::Value = serde_json::from_str(&r.body).expect("json");
+    assert_eq!(
+        seen["headers"]["x-weft-source-identity"], "spiffe://weft.local/svc/edge",
+        "b's app sees the gateway's verified identity: {}",
+        r.body
+    );
+    // It registered nothing: it is not a destination.
+    let (ok, out, _) = weft_cli(&weft(), &["catalog", "--server", &s.url()]);
+    assert!(ok && !out.contains("edge"), "{out}");
 }

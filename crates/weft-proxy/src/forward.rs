@@ -175,7 +175,7 @@ fn authorize(
     tracing::info!(
         listener = %ctx.name,
         client = %client.addr,
-        source = source.unwrap_or("(no identity)"),
+        source = %source.unwrap_or("(no identity)"),
         method = %req.method(),
         path = %path,
         reason = %verdict.reason,

@@ -17,7 +17,15 @@
 //!   route sends everything to the service;
 //! * each mesh service's endpoints are the catalog instances that are not critical, and
 //!   between sidecars HTTP travels as HTTP/2 (`protocol: http2`, one shared connection
-//!   per peer); the far sidecar speaks the application's own protocol to it.
+//!   per peer) over mutual TLS (`mesh_peer`: the SPIFFE ID the far sidecar must prove);
+//!   the far sidecar speaks the application's own protocol to it;
+//! * the inbound listener is marked `mesh` (mutual TLS, intentions from the slice).
+//!
+//! An edge gateway (`weft sidecar --gateway FILE`) has no inbound or outbound listeners:
+//! its file's Gateway and HTTPRoutes are served instead, and the route backends the file
+//! does not define are mesh services, called like a sidecar calls them.
+//!
+//! `identity.rs`: the sidecar's certificate (CSR to the control plane's CA, renewal).
 
 pub mod control_api;
 pub mod discovery;
@@ -50,6 +58,42 @@ pub struct SidecarSpec {
     /// The mesh's trust domain (from the CA): mesh services are called over mutual TLS
     /// and must prove `spiffe://<trust domain>/svc/<service>`.
     pub trust_domain: String,
+    /// Edge gateway mode (`weft sidecar --gateway FILE`): the file's Gateway, HTTPRoute
+    /// and Service documents replace the inbound and outbound listeners, and `upstreams`
+    /// name the mesh services its routes reach (their listener addresses are unused).
+    pub gateway: Vec<Value>,
+}
+
+/// The mesh services a gateway file's routes send to: backends it does not define as
+/// Services of its own (those, with static endpoints, are outside the mesh).
+pub fn gateway_upstreams(docs: &[Value]) -> Vec<String> {
+    let defined: std::collections::BTreeSet<&str> = docs
+        .iter()
+        .filter(|d| d.get("kind").and_then(Value::as_str) == Some("Service"))
+        .filter_map(|d| d.pointer("/metadata/name").and_then(Value::as_str))
+        .collect();
+    let mut out: Vec<String> = docs
+        .iter()
+        .filter(|d| d.get("kind").and_then(Value::as_str) == Some("HTTPRoute"))
+        .flat_map(|d| {
+            d.pointer("/spec/rules")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .flat_map(|r| {
+                    r.get("backendRefs")
+                        .and_then(Value::as_array)
+                        .into_iter()
+                        .flatten()
+                })
+                .filter_map(|b| b.get("name").and_then(Value::as_str))
+        })
+        .filter(|n| !defined.contains(n))
+        .map(str::to_string)
+        .collect();
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// Builds the sidecar's configuration from the resources the control plane sent
@@ -62,27 +106,33 @@ pub fn sidecar_config(
         serde_json::from_str(json).map_err(|e| format!("{key}: not JSON: {e}"))
     };
     let mut docs: Vec<Value> = Vec::new();
-    let mut listeners =
-        vec![json!({"name": "inbound", "address": spec.inbound, "protocol": "HTTP"})];
-    for (name, addr) in &spec.upstreams {
-        listeners.push(json!({"name": format!("out-{name}"), "address": addr, "protocol": "HTTP"}));
+    let edge = !spec.gateway.is_empty();
+    if edge {
+        docs.extend(spec.gateway.iter().cloned());
+    } else {
+        let mut listeners =
+            vec![json!({"name": "inbound", "address": spec.inbound, "protocol": "HTTP"})];
+        for (name, addr) in &spec.upstreams {
+            listeners
+                .push(json!({"name": format!("out-{name}"), "address": addr, "protocol": "HTTP"}));
+        }
+        docs.push(
+            json!({"kind": "Gateway", "metadata": {"name": GATEWAY}, "spec": {"listeners": listeners}}),
+        );
+        docs.push(json!({
+            "kind": "HTTPRoute",
+            "metadata": {"name": "weft.inbound"},
+            "spec": {
+                "parentRefs": [{"name": GATEWAY, "sectionName": "inbound"}],
+                "rules": [{"backendRefs": [{"name": LOCAL_APP}]}],
+            },
+        }));
+        docs.push(json!({
+            "kind": "Service",
+            "metadata": {"name": LOCAL_APP},
+            "spec": {"endpoints": [{"address": spec.app}], "protocol": spec.app_protocol},
+        }));
     }
-    docs.push(
-        json!({"kind": "Gateway", "metadata": {"name": GATEWAY}, "spec": {"listeners": listeners}}),
-    );
-    docs.push(json!({
-        "kind": "HTTPRoute",
-        "metadata": {"name": "weft.inbound"},
-        "spec": {
-            "parentRefs": [{"name": GATEWAY, "sectionName": "inbound"}],
-            "rules": [{"backendRefs": [{"name": LOCAL_APP}]}],
-        },
-    }));
-    docs.push(json!({
-        "kind": "Service",
-        "metadata": {"name": LOCAL_APP},
-        "spec": {"endpoints": [{"address": spec.app}], "protocol": spec.app_protocol},
-    }));
 
     // The inbound policy: the mesh settings and the intentions about calls to us.
     for (key, json) in resources {
@@ -133,8 +183,17 @@ pub fn sidecar_config(
             mesh_services.insert(name.to_string());
         }
     }
+    // An edge gateway's own routes reach the mesh services directly.
+    if edge {
+        for (name, _) in &spec.upstreams {
+            if !services.contains_key(name) {
+                services.insert(name.clone(), json!({"kind": "Service", "metadata": {"name": name}, "spec": {"protocol": "http2"}}));
+                mesh_services.insert(name.clone());
+            }
+        }
+    }
     // Mesh routes, attached to the outbound listener of each upstream they apply to.
-    for (name, _) in &spec.upstreams {
+    for (name, _) in spec.upstreams.iter().filter(|_| !edge) {
         let mut attached = false;
         for (key, json) in resources {
             if !key.starts_with("HTTPRoute/") {

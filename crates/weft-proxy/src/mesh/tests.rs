@@ -10,6 +10,7 @@ fn spec() -> SidecarSpec {
         app_protocol: ServiceProtocol::Http,
         upstreams: vec![("api".into(), "127.0.0.1:9001".into())],
         trust_domain: "weft.local".into(),
+        gateway: Vec::new(),
     }
 }
 
@@ -141,4 +142,45 @@ fn the_inbound_listener_and_mesh_services_are_marked_for_mutual_tls() {
     );
     assert_eq!(c.service(LOCAL_APP).unwrap().spec.mesh_peer, None);
     assert_eq!(c.intentions.len(), 1);
+}
+
+#[test]
+fn an_edge_gateway_serves_its_file_and_calls_the_mesh_services_its_routes_name() {
+    let gateway = vec![
+        json!({"kind": "Gateway", "metadata": {"name": "edge"},
+               "spec": {"listeners": [{"name": "web", "address": "127.0.0.1:0", "protocol": "HTTP"}]}}),
+        json!({"kind": "HTTPRoute", "metadata": {"name": "shop"},
+               "spec": {"parentRefs": [{"name": "edge"}],
+                        "rules": [{"backendRefs": [{"name": "api"}, {"name": "legacy"}]}]}}),
+        json!({"kind": "Service", "metadata": {"name": "legacy"},
+               "spec": {"endpoints": [{"address": "10.0.0.9:80"}]}}),
+    ];
+    assert_eq!(gateway_upstreams(&gateway), vec!["api".to_string()]);
+    let spec = SidecarSpec {
+        service: "edge".into(),
+        inbound: String::new(),
+        app: String::new(),
+        app_protocol: ServiceProtocol::Http,
+        upstreams: vec![("api".into(), String::new())],
+        trust_domain: "weft.local".into(),
+        gateway,
+    };
+    let c = sidecar_config(&spec, &BTreeMap::new()).unwrap();
+    assert_eq!(c.gateways.len(), 1);
+    assert_eq!(c.gateways[0].metadata.name, "edge");
+    assert!(c.gateways[0]
+        .spec
+        .listeners
+        .iter()
+        .all(|l| l.mesh.is_none()));
+    assert_eq!(
+        c.service("api").unwrap().spec.mesh_peer.as_deref(),
+        Some("spiffe://weft.local/svc/api")
+    );
+    assert_eq!(
+        c.service("legacy").unwrap().spec.mesh_peer,
+        None,
+        "outside the mesh"
+    );
+    assert!(c.service(LOCAL_APP).is_none());
 }
