@@ -45,6 +45,47 @@ pub struct ServerArgs {
     /// certificate always covers localhost, 127.0.0.1, the listen IP and the advertise host.
     #[arg(long = "tls-name")]
     tls_names: Vec<String>,
+    /// At the mesh's first start: use this CA certificate (a root, or an intermediate with
+    /// --ca-roots) instead of generating a root. PEM.
+    #[arg(long, requires = "ca_key")]
+    ca_cert: Option<PathBuf>,
+    /// Its private key (PEM; must not be readable by group or others).
+    #[arg(long, requires = "ca_cert")]
+    ca_key: Option<PathBuf>,
+    /// The root(s) above an intermediate --ca-cert, to put in the trust bundle. PEM.
+    #[arg(long, requires = "ca_cert")]
+    ca_roots: Option<PathBuf>,
+}
+
+/// Reads operator-provided CA material; a key others can read is refused.
+fn provided_ca(
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    roots: Option<PathBuf>,
+) -> anyhow::Result<Option<weft_control::ca::Provided>> {
+    let (Some(cert), Some(key)) = (cert, key) else {
+        return Ok(None);
+    };
+    let read = |p: &PathBuf| std::fs::read_to_string(p).with_context(|| format!("{}", p.display()));
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&key)
+            .with_context(|| format!("{}", key.display()))?
+            .permissions()
+            .mode();
+        if mode & 0o077 != 0 {
+            bail!(
+                "--ca-key {}: readable by group or others (mode {:o}); chmod 600 it",
+                key.display(),
+                mode & 0o777
+            );
+        }
+    }
+    Ok(Some(weft_control::ca::Provided {
+        cert: read(&cert)?,
+        key: read(&key)?,
+        roots: roots.as_ref().map(read).transpose()?,
+    }))
 }
 
 /// `weft server`.
@@ -59,7 +100,11 @@ pub async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
         acl,
         tls,
         tls_names,
+        ca_cert,
+        ca_key,
+        ca_roots,
     } = args;
+    let provided = provided_ca(ca_cert, ca_key, ca_roots)?;
     let acl = acl == "on";
     if !acl {
         tracing::warn!("ACLs are OFF (--acl off): anyone who can reach this server may change the mesh, read the KV store and obtain any service's certificate");
@@ -77,7 +122,7 @@ pub async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
             format!("etcd ({})", etcd.join(",")),
         )
     };
-    let ca = weft_control::ca::Ca::init(store.clone(), &trust_domain, cert_ttl)
+    let ca = weft_control::ca::Ca::init(store.clone(), &trust_domain, cert_ttl, provided)
         .await
         .map_err(|e| anyhow::anyhow!("certificate authority: {e}"))?;
     let listener = tokio::net::TcpListener::bind(listen)

@@ -544,3 +544,73 @@ fn an_edge_gateway_calls_mesh_services_as_itself_over_mutual_tls() {
     let (ok, out, _) = weft_cli(&weft(), &["catalog", "--server", &s.url()]);
     assert!(ok && !out.contains("edge"), "{out}");
 }
+
+#[test]
+fn an_operator_provided_intermediate_signs_under_the_operators_root() {
+    let dir = temp_dir();
+    let root = weft_testkit::pki::Pki::new(&dir, "operator");
+    let inter = root.intermediate("mesh-intermediate");
+    let (cert, key, roots) = (
+        inter.cert.display().to_string(),
+        inter.key.display().to_string(),
+        root.ca_file.display().to_string(),
+    );
+    // Refused: a key others can read, and a certificate that is not a CA.
+    let loose = dir.join("loose.key");
+    std::fs::copy(&inter.key, &loose).expect("copy");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    }
+    let start = |cert: &str, key: &str| {
+        std::process::Command::new(weft())
+            .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(temp_dir().join("data"))
+            .args(["--ca-cert", cert, "--ca-key", key, "--ca-roots", &roots])
+            .output()
+            .expect("weft server")
+    };
+    let out = start(&cert, &loose.display().to_string());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("chmod 600"), "{err}");
+    let leaf = root.leaf("not-a-ca", &["x.example"]);
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&leaf.key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    }
+    let out = start(
+        &leaf.cert.display().to_string(),
+        &leaf.key.display().to_string(),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("not a CA"), "{err}");
+
+    // Accepted: leaves are signed by the intermediate and trusted through the operator's root.
+    let s = server_with(
+        &weft(),
+        &["--ca-cert", &cert, "--ca-key", &key, "--ca-roots", &roots],
+    );
+    let bundle = curl(&[&format!("{}/v1/ca/roots", s.url())]).json();
+    let operator_root = std::fs::read_to_string(&root.ca_file).expect("root");
+    assert_eq!(bundle["roots"].as_array().map(Vec::len), Some(1));
+    assert_eq!(
+        bundle["roots"][0]["certificate"].as_str(),
+        Some(operator_root.as_str())
+    );
+    let (leaf_cert, _) = mesh_cert(&s, "a");
+    let chain = std::fs::read_to_string(leaf_cert).expect("chain");
+    assert_eq!(
+        chain.matches("BEGIN CERTIFICATE").count(),
+        2,
+        "leaf + intermediate"
+    );
+    allow_all(&weft(), &s);
+    let _b = instance(&s, "b", "b-1", &[]);
+    let a = instance(&s, "a", "a-1", &["--upstream", "b=127.0.0.1:0"]);
+    let out_b = a.sidecar.listener("out-b");
+    eventually(
+        "a → b through the intermediate",
+        Duration::from_secs(10),
+        || (who(out_b).ok()? == "b-1").then_some(()),
+    );
+}

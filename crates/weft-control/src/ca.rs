@@ -58,6 +58,27 @@ pub struct Root {
     /// signed has expired, then leaves the bundle.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retired: Option<u64>,
+    /// With an operator-provided intermediate: the certificate that signs (PEM), sent
+    /// after each leaf in its chain; `certificate` is then the operator's root(s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signer: Option<String>,
+}
+
+/// Operator-provided CA material for the mesh's first start.
+#[derive(Clone)]
+pub struct Provided {
+    /// The signing CA certificate (a root, or an intermediate), PEM.
+    pub cert: String,
+    /// Its private key, PEM.
+    pub key: String,
+    /// The root(s) to trust when `cert` is an intermediate, PEM.
+    pub roots: Option<String>,
+}
+
+impl std::fmt::Debug for Provided {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Provided") // never the key
+    }
 }
 
 /// A signed leaf, as the API returns it.
@@ -78,12 +99,20 @@ pub struct Signed {
     pub root_id: String,
 }
 
+/// The active root's signer, and the intermediate certificate(s) sent after each leaf
+/// (empty when the root signs itself).
+#[derive(Clone)]
+struct ActiveSigner {
+    signer: std::sync::Arc<weft_tls::ca::Signer>,
+    chain: String,
+}
+
 /// The CA of one server.
 pub struct Ca {
     store: std::sync::Arc<dyn Store>,
     ttl: Duration,
     /// The active root's signer, by id (re-read when the bundle names another).
-    signer: Mutex<Option<(String, std::sync::Arc<weft_tls::ca::Signer>)>>,
+    signer: Mutex<Option<(String, ActiveSigner)>>,
 }
 
 impl std::fmt::Debug for Ca {
@@ -110,7 +139,11 @@ impl Ca {
         store: std::sync::Arc<dyn Store>,
         trust_domain: &str,
         ttl: Duration,
+        provided: Option<Provided>,
     ) -> Result<Ca, String> {
+        if let Some(p) = &provided {
+            weft_tls::ca::check_ca(&p.cert, &p.key).map_err(|e| e.to_string())?;
+        }
         if ttl < MIN_TTL {
             return Err(format!(
                 "certificate TTL {ttl:?} is under the minimum {MIN_TTL:?}"
@@ -137,27 +170,34 @@ impl Ca {
                         bundle.trust_domain
                     ));
                 }
+                if provided.is_some() {
+                    tracing::warn!("--ca-cert applies at the mesh's first start; this mesh has its CA already (see `weft ca roots`)");
+                }
                 return Ok(Ca {
                     store,
                     ttl,
                     signer: Mutex::new(None),
                 });
             }
-            let (cert, key) =
-                weft_tls::ca::new_root(trust_domain, ROOT_VALIDITY).map_err(|e| e.to_string())?;
-            let id = format!(
-                "root-{}",
-                SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .unwrap_or_default()
-                    .as_secs()
-            );
+            let (certificate, key, signer) = match &provided {
+                None => {
+                    let (cert, key) = weft_tls::ca::new_root(trust_domain, ROOT_VALIDITY)
+                        .map_err(|e| e.to_string())?;
+                    (cert, key, None)
+                }
+                Some(p) => match &p.roots {
+                    None => (p.cert.clone(), p.key.clone(), None),
+                    Some(roots) => (roots.clone(), p.key.clone(), Some(p.cert.clone())),
+                },
+            };
+            let id = format!("root-{}", unix_now());
             let bundle = Bundle {
                 trust_domain: trust_domain.to_string(),
                 roots: vec![Root {
                     id: id.clone(),
-                    certificate: cert,
+                    certificate,
                     retired: None,
+                    signer,
                 }],
                 active: id.clone(),
             };
@@ -203,12 +243,15 @@ impl Ca {
         let bundle = self.bundle().await?;
         let signer = self.signer(&bundle).await?;
         let spiffe_id = weft_tls::spiffe::service_id(&bundle.trust_domain, service);
-        let certificate = signer
-            .sign(csr_pem, &spiffe_id, self.ttl)
-            .map_err(|e| match e {
-                weft_tls::ca::IssueError::Csr(m) => ApiError::bad_request("invalid-csr", m),
-                other => bad(other),
-            })?;
+        let certificate =
+            signer
+                .signer
+                .sign(csr_pem, &spiffe_id, self.ttl)
+                .map_err(|e| match e {
+                    weft_tls::ca::IssueError::Csr(m) => ApiError::bad_request("invalid-csr", m),
+                    other => bad(other),
+                })?
+                + &signer.chain;
         let not_after = SystemTime::now() + self.ttl;
         Ok(Signed {
             spiffe_id,
@@ -236,8 +279,10 @@ impl Ca {
         let (csr, key) = weft_tls::ca::new_csr("weft-server").map_err(bad)?;
         let id = format!("spiffe://{}/server", bundle.trust_domain);
         let cert = signer
+            .signer
             .sign_server(&csr, &id, names, validity)
-            .map_err(bad)?;
+            .map_err(bad)?
+            + &signer.chain;
         Ok((cert, key))
     }
 
@@ -261,6 +306,7 @@ impl Ca {
                 id: id.clone(),
                 certificate: cert,
                 retired: None,
+                signer: None,
             });
             bundle.active = id.clone();
             let done = self
@@ -336,10 +382,8 @@ impl Ca {
         Ok(())
     }
 
-    async fn signer(
-        &self,
-        bundle: &Bundle,
-    ) -> Result<std::sync::Arc<weft_tls::ca::Signer>, ApiError> {
+    /// The active root's signer, and the intermediate (PEM) leaves carry after them.
+    async fn signer(&self, bundle: &Bundle) -> Result<ActiveSigner, ApiError> {
         if let Some((id, s)) = &*self.signer.lock().unwrap_or_else(|p| p.into_inner()) {
             if *id == bundle.active {
                 return Ok(s.clone());
@@ -353,8 +397,13 @@ impl Ca {
         let (kv, _) = store::get(&*self.store, &format!("{KEY_PREFIX}{}", root.id)).await?;
         let key = kv.ok_or_else(|| bad(format!("no key for root {}", root.id)))?;
         let key = String::from_utf8(key.value).map_err(bad)?;
-        let signer =
-            std::sync::Arc::new(weft_tls::ca::Signer::new(&root.certificate, &key).map_err(bad)?);
+        let signing_cert = root.signer.as_deref().unwrap_or(&root.certificate);
+        let signer = ActiveSigner {
+            signer: std::sync::Arc::new(
+                weft_tls::ca::Signer::new(signing_cert, &key).map_err(bad)?,
+            ),
+            chain: root.signer.clone().unwrap_or_default(),
+        };
         *self.signer.lock().unwrap_or_else(|p| p.into_inner()) =
             Some((bundle.active.clone(), signer.clone()));
         Ok(signer)

@@ -108,6 +108,15 @@ impl Embedded {
         let path = dir.join("weft.redb");
         let db = Database::create(&path)
             .map_err(|e| unavailable(format!("cannot open {}: {e}", path.display())))?;
+        // The store holds the mesh CA's key and the ACL token hashes: the server's user
+        // only (the directory's other files, like ca.pem, are public anyway).
+        {
+            use std::os::unix::fs::PermissionsExt;
+            for (p, mode) in [(dir, 0o700), (path.as_path(), 0o600)] {
+                std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
+                    .map_err(|e| unavailable(format!("cannot restrict {}: {e}", p.display())))?;
+            }
+        }
         // Create the tables, and find the leases and the keys they hold.
         let mut leases = HashMap::new();
         {

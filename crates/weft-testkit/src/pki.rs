@@ -46,6 +46,30 @@ impl Pki {
         self.issue(stem, names, false)
     }
 
+    /// An intermediate CA signed by this one; its key file is readable by its owner only.
+    pub fn intermediate(&self, stem: &str) -> Leaf {
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.distinguished_name.push(
+            rcgen::DnType::CommonName,
+            format!("weft test intermediate {stem}"),
+        );
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        let key = KeyPair::generate().expect("intermediate key");
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .expect("sign intermediate");
+        let leaf = Leaf {
+            cert: self.dir.join(format!("{stem}.crt")),
+            key: self.dir.join(format!("{stem}.key")),
+        };
+        std::fs::write(&leaf.cert, cert.pem()).expect("write cert");
+        std::fs::write(&leaf.key, key.serialize_pem()).expect("write key");
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&leaf.key, std::fs::Permissions::from_mode(0o600))
+            .expect("chmod key");
+        leaf
+    }
+
     /// A leaf for `names` that expired in 2001.
     pub fn expired_leaf(&self, stem: &str, names: &[&str]) -> Leaf {
         self.issue(stem, names, true)

@@ -75,6 +75,36 @@ pub fn new_root(trust_domain: &str, validity: Duration) -> Result<(String, Strin
     Ok((cert.pem(), key.serialize_pem()))
 }
 
+/// Checks operator-provided CA material: `cert_pem` is a CA certificate (basic
+/// constraints say so), currently valid, and `key_pem` is its private key.
+pub fn check_ca(cert_pem: &str, key_pem: &str) -> Result<(), IssueError> {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let der = CertificateDer::from_pem_slice(cert_pem.as_bytes())
+        .map_err(|e| IssueError::Ca(format!("CA certificate: {e}")))?;
+    let (_, cert) = X509Certificate::from_der(&der)
+        .map_err(|e| IssueError::Ca(format!("CA certificate: {e}")))?;
+    let is_ca = cert
+        .basic_constraints()
+        .ok()
+        .flatten()
+        .is_some_and(|bc| bc.value.ca);
+    if !is_ca {
+        return Err(IssueError::Ca(
+            "the certificate is not a CA (basicConstraints CA:TRUE)".into(),
+        ));
+    }
+    if !cert.validity().is_valid() {
+        return Err(IssueError::Ca("the CA certificate is not valid now".into()));
+    }
+    let key = KeyPair::from_pem(key_pem).map_err(|e| IssueError::Ca(format!("CA key: {e}")))?;
+    if key.public_key_raw() != &*cert.tbs_certificate.subject_pki.subject_public_key.data {
+        return Err(IssueError::Ca(
+            "the key does not belong to the CA certificate".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// A CA able to sign: its certificate and key (PEM).
 pub struct Signer {
     issuer: Issuer<'static, KeyPair>,
