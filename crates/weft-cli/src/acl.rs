@@ -54,19 +54,25 @@ pub enum AclCommand {
     },
 }
 
+/// A token's rules, comma-separated.
+fn rules_of(v: &Value) -> String {
+    v["rules"]
+        .as_array()
+        .map(|r| {
+            r.iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_default()
+}
+
 fn print_token(v: &Value) {
     say!(
         "accessor: {}\nsecret:   {}\nrules:    {}\n",
         v["accessorId"].as_str().unwrap_or("?"),
         v["secretId"].as_str().unwrap_or("(not shown)"),
-        v["rules"]
-            .as_array()
-            .map(|r| r
-                .iter()
-                .filter_map(Value::as_str)
-                .collect::<Vec<_>>()
-                .join(", "))
-            .unwrap_or_default()
+        rules_of(v)
     );
 }
 
@@ -94,14 +100,7 @@ pub async fn run(server: &str, command: AclCommand) -> anyhow::Result<()> {
                     "{}  {}  [{}]",
                     t["accessorId"].as_str().unwrap_or("?"),
                     t["description"].as_str().unwrap_or(""),
-                    t["rules"]
-                        .as_array()
-                        .map(|r| r
-                            .iter()
-                            .filter_map(Value::as_str)
-                            .collect::<Vec<_>>()
-                            .join(", "))
-                        .unwrap_or_default()
+                    rules_of(t)
                 );
             }
         }

@@ -169,6 +169,17 @@ pub async fn run(args: SidecarArgs) -> anyhow::Result<()> {
         upstreams,
         trust_domain: mesh.trust_domain().to_string(),
         gateway,
+        gateway_dir: args
+            .gateway
+            .as_deref()
+            .and_then(std::path::Path::parent)
+            .map(|p| {
+                if p.as_os_str().is_empty() {
+                    std::path::PathBuf::from(".")
+                } else {
+                    p.to_path_buf()
+                }
+            }),
     };
     // Start serving at once (upstreams answer 503 until the control plane's first
     // update names their endpoints).

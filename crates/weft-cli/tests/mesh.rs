@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use weft_testkit::mesh::{
     allow_all, api_get, assert_kv_kept, echo_name as who, http, server, server_at, sidecar,
-    weft_cli, LoadLoop, Server, Sidecar,
+    weft_cli, Instance, LoadLoop, Server,
 };
-use weft_testkit::{echo, eventually, temp_dir, Echo};
+use weft_testkit::{eventually, temp_dir};
 
 fn weft() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_weft"))
@@ -38,16 +38,8 @@ fn apply(server: &Server, yaml: &str, extra: &[&str]) -> (bool, String, String) 
     weft_cli(&weft(), &args)
 }
 
-struct Instance {
-    app: Echo,
-    sidecar: Sidecar,
-}
-
 fn instance(server: &Server, service: &str, id: &str, extra: &[&str]) -> Instance {
-    let app = echo(&weft(), id, &[]);
-    let sidecar = sidecar(&weft(), &server.url(), service, id, app.addr, extra);
-    sidecar.wait_synced();
-    Instance { app, sidecar }
+    weft_testkit::mesh::instance(&weft(), server, service, id, extra)
 }
 
 #[test]

@@ -5,24 +5,16 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use weft_testkit::mesh::{
-    allow_all, echo_name as who, server, server_with, sidecar, weft_cli, LoadLoop, Server, Sidecar,
+    allow_all, echo_name as who, server, server_with, weft_cli, Instance, LoadLoop, Server, Sidecar,
 };
-use weft_testkit::{curl, echo, eventually, metric_value, temp_dir, Echo};
+use weft_testkit::{curl, eventually, metric_value, temp_dir};
 
 fn weft() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_weft"))
 }
 
-struct Instance {
-    _app: Echo,
-    sidecar: Sidecar,
-}
-
 fn instance(server: &Server, service: &str, id: &str, extra: &[&str]) -> Instance {
-    let app = echo(&weft(), id, &[]);
-    let sidecar = sidecar(&weft(), &server.url(), service, id, app.addr, extra);
-    sidecar.wait_synced();
-    Instance { _app: app, sidecar }
+    weft_testkit::mesh::instance(&weft(), server, service, id, extra)
 }
 
 fn apply(s: &Server, yaml: &str) {

@@ -121,6 +121,29 @@ impl std::fmt::Debug for Ca {
     }
 }
 
+/// Stores root `id`'s key and the new bundle, if the bundle is still at `revision` (0:
+/// absent).
+fn add_root(revision: u64, id: &str, key: String, bundle: Vec<u8>) -> Txn {
+    Txn {
+        compares: vec![Compare {
+            key: BUNDLE_KEY.into(),
+            mod_revision: revision,
+        }],
+        ops: vec![
+            Op::Put {
+                key: format!("{KEY_PREFIX}{id}"),
+                value: key.into_bytes(),
+                lease: None,
+            },
+            Op::Put {
+                key: BUNDLE_KEY.into(),
+                value: bundle,
+                lease: None,
+            },
+        ],
+    }
+}
+
 fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -203,24 +226,7 @@ impl Ca {
             };
             let value = serde_json::to_vec(&bundle).map_err(|e| e.to_string())?;
             let created = store
-                .txn(Txn {
-                    compares: vec![Compare {
-                        key: BUNDLE_KEY.into(),
-                        mod_revision: 0,
-                    }],
-                    ops: vec![
-                        Op::Put {
-                            key: format!("{KEY_PREFIX}{id}"),
-                            value: key.into_bytes(),
-                            lease: None,
-                        },
-                        Op::Put {
-                            key: BUNDLE_KEY.into(),
-                            value,
-                            lease: None,
-                        },
-                    ],
-                })
+                .txn(add_root(0, &id, key, value))
                 .await
                 .map_err(|e| e.to_string())?;
             if created.succeeded {
@@ -309,26 +315,10 @@ impl Ca {
                 signer: None,
             });
             bundle.active = id.clone();
+            let value = serde_json::to_vec(&bundle).map_err(bad)?;
             let done = self
                 .store
-                .txn(Txn {
-                    compares: vec![Compare {
-                        key: BUNDLE_KEY.into(),
-                        mod_revision: kv.mod_revision,
-                    }],
-                    ops: vec![
-                        Op::Put {
-                            key: format!("{KEY_PREFIX}{id}"),
-                            value: key.into_bytes(),
-                            lease: None,
-                        },
-                        Op::Put {
-                            key: BUNDLE_KEY.into(),
-                            value: serde_json::to_vec(&bundle).map_err(bad)?,
-                            lease: None,
-                        },
-                    ],
-                })
+                .txn(add_root(kv.mod_revision, &id, key, value))
                 .await?;
             if done.succeeded {
                 tracing::info!(root = %id, "CA root rotated; the old root stays trusted until its leaves expire");

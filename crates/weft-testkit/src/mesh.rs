@@ -257,6 +257,23 @@ pub fn sidecar(
     }
 }
 
+/// An instance of a mesh service: an echo app and its sidecar.
+pub struct Instance {
+    /// The app (`weft echo` named after the instance id).
+    pub app: crate::Echo,
+    /// Its sidecar, synced.
+    pub sidecar: Sidecar,
+}
+
+/// Starts instance `id` of `service` (an echo app and a sidecar with `extra` arguments)
+/// and waits for the sidecar's first update.
+pub fn instance(weft: &Path, server: &Server, service: &str, id: &str, extra: &[&str]) -> Instance {
+    let app = crate::echo(weft, id, &[]);
+    let sidecar = sidecar(weft, &server.url(), service, id, app.addr, extra);
+    sidecar.wait_synced();
+    Instance { app, sidecar }
+}
+
 /// Runs `weft ARGS` to completion: (success, stdout, stderr).
 pub fn weft_cli(weft: &Path, args: &[&str]) -> (bool, String, String) {
     let mut cmd = Command::new(weft);

@@ -148,6 +148,16 @@ impl fmt::Debug for Resumption {
 }
 
 impl Resumption {
+    /// Sets ALPN and the shared resumption state on a server configuration.
+    fn finish(&self, mut config: ServerConfig, alpn: &[&[u8]]) -> Arc<ServerConfig> {
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        config.session_storage = self.cache.clone();
+        config.ticketer = self.ticketer.clone();
+        // TLS 1.3 hands out tickets after the handshake; two is what browsers use.
+        config.send_tls13_tickets = 2;
+        Arc::new(config)
+    }
+
     /// A session cache of 4096 entries and a rotating ticket key.
     pub fn new() -> Result<Resumption, TlsError> {
         Ok(Resumption {
@@ -257,16 +267,11 @@ pub fn server_config(
     alpn: &[&[u8]],
     resumption: &Resumption,
 ) -> Result<Arc<ServerConfig>, TlsError> {
-    let mut config = ServerConfig::builder_with_provider(provider())
+    let config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(SniResolver::new(certs, strict_sni)));
-    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    config.session_storage = resumption.cache.clone();
-    config.ticketer = resumption.ticketer.clone();
-    // TLS 1.3 hands out tickets after the handshake; two is what browsers use.
-    config.send_tls13_tickets = 2;
-    Ok(Arc::new(config))
+    Ok(resumption.finish(config, alpn))
 }
 
 /// A client configuration that verifies servers against `ca_file` (default: the system

@@ -236,15 +236,11 @@ impl MeshTls {
         alpn: &[&[u8]],
         resumption: &Resumption,
     ) -> Result<Arc<ServerConfig>, TlsError> {
-        let mut config = ServerConfig::builder_with_provider(self.provider.clone())
+        let config = ServerConfig::builder_with_provider(self.provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
             .with_client_cert_verifier(Arc::new(ClientVerifier(self.clone())))
             .with_cert_resolver(Arc::new(Resolver(self.clone())));
-        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-        config.session_storage = resumption.cache.clone();
-        config.ticketer = resumption.ticketer.clone();
-        config.send_tls13_tickets = 2;
-        Ok(Arc::new(config))
+        Ok(resumption.finish(config, alpn))
     }
 
     /// A client configuration for calling `peer` (a SPIFFE ID): the server must prove

@@ -66,6 +66,21 @@ fn tls_connector(server: &str) -> Result<tokio_rustls::TlsConnector, String> {
         .clone())
 }
 
+/// An HTTP/1.1 client connection over `io` (its driver spawned).
+async fn http1<I>(
+    server: &str,
+    io: I,
+) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>, String>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io))
+        .await
+        .map_err(|e| format!("{server}: {e}"))?;
+    tokio::spawn(conn);
+    Ok(send)
+}
+
 /// The ACL token sent with every request (`--token` / `WEFT_TOKEN`), once set.
 static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
@@ -122,14 +137,7 @@ pub async fn send(
             .await
             .map_err(|e| format!("{server}: {e}"))?;
         let mut send = match tls {
-            None => {
-                let (send, conn) =
-                    hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                        .await
-                        .map_err(|e| format!("{server}: {e}"))?;
-                tokio::spawn(conn);
-                send
-            }
+            None => http1(server, stream).await?,
             Some(connector) => {
                 let host = authority
                     .rsplit_once(':')
@@ -141,12 +149,7 @@ pub async fn send(
                     .connect(name, stream)
                     .await
                     .map_err(|e| format!("{server}: TLS: {e}"))?;
-                let (send, conn) =
-                    hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                        .await
-                        .map_err(|e| format!("{server}: {e}"))?;
-                tokio::spawn(conn);
-                send
+                http1(server, stream).await?
             }
         };
         let mut req = http::Request::builder()

@@ -62,6 +62,8 @@ pub struct SidecarSpec {
     /// and Service documents replace the inbound and outbound listeners, and `upstreams`
     /// name the mesh services its routes reach (their listener addresses are unused).
     pub gateway: Vec<Value>,
+    /// The gateway file's directory: its relative certificate paths resolve there.
+    pub gateway_dir: Option<std::path::PathBuf>,
 }
 
 /// The mesh services a gateway file's routes send to: backends it does not define as
@@ -244,6 +246,7 @@ pub fn sidecar_config(
         .collect::<Vec<_>>()
         .join("\n---\n");
     let mut config = weft_model::parse("control-plane", &text).map_err(|e| e.to_string())?;
+    config.base_dir = spec.gateway_dir.clone();
     // What no file may say: the inbound listener is the mesh's, and peers prove who
     // they are.
     for g in &mut config.gateways {

@@ -11,6 +11,7 @@ fn spec() -> SidecarSpec {
         upstreams: vec![("api".into(), "127.0.0.1:9001".into())],
         trust_domain: "weft.local".into(),
         gateway: Vec::new(),
+        gateway_dir: None,
     }
 }
 
@@ -164,6 +165,7 @@ fn an_edge_gateway_serves_its_file_and_calls_the_mesh_services_its_routes_name()
         upstreams: vec![("api".into(), String::new())],
         trust_domain: "weft.local".into(),
         gateway,
+        gateway_dir: None,
     };
     let c = sidecar_config(&spec, &BTreeMap::new()).unwrap();
     assert_eq!(c.gateways.len(), 1);
