@@ -17,7 +17,7 @@ use axum::{
     extract::{DefaultBodyLimit, Path, Query, State as AxState},
     http::{header, HeaderMap, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
-    routing::{get, post, put},
+    routing::get,
     Json, Router,
 };
 use serde::Deserialize;
@@ -25,12 +25,12 @@ use serde_json::{json, Value};
 
 use crate::{
     acl::{self, Access, Caller, Need},
-    catalog, config,
+    config,
     discovery::Sessions,
     error::ApiError,
     kv, peers,
     state::State,
-    store::{self, Revision, Store, WatchEvent},
+    store::{Revision, Store, WatchEvent},
 };
 
 /// Everything a handler needs.
@@ -78,22 +78,8 @@ pub fn router(api: Api) -> Router {
         )
         .route("/v1/kv", get(kv_list))
         .route("/v1/kv/{*key}", get(kv_get).put(kv_put).delete(kv_delete))
-        .route("/v1/catalog/services", get(services))
-        .route("/v1/catalog/services/{service}", get(service_instances))
-        .route("/v1/catalog/register", post(register))
-        .route("/v1/catalog/leases/{lease}/renew", put(renew))
-        .route(
-            "/v1/catalog/services/{service}/instances/{id}/health",
-            put(set_health),
-        )
-        .route(
-            "/v1/catalog/services/{service}/instances/{id}",
-            axum::routing::delete(deregister),
-        )
         .route("/v1/proxies", get(proxies))
-        .route("/v1/ca/roots", get(ca_roots))
-        .route("/v1/ca/sign", post(ca_sign))
-        .route("/v1/ca/rotate", post(ca_rotate))
+        .merge(crate::api_catalog::routes())
         .merge(crate::api_acl::routes())
         .route("/metrics", get(metrics))
         .fallback(|| async { ApiError::not_found("no such API endpoint (see /v1/openapi.json)") })
@@ -101,7 +87,7 @@ pub fn router(api: Api) -> Router {
         .with_state(api)
 }
 
-fn with_index(revision: Revision, body: impl IntoResponse) -> Response {
+pub(crate) fn with_index(revision: Revision, body: impl IntoResponse) -> Response {
     let mut r = body.into_response();
     if let Ok(v) = HeaderValue::from_str(&revision.to_string()) {
         r.headers_mut().insert("x-weft-index", v);
@@ -111,7 +97,7 @@ fn with_index(revision: Revision, body: impl IntoResponse) -> Response {
 
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
-struct Params {
+pub(crate) struct Params {
     #[serde(default)]
     dry_run: Option<bool>,
     #[serde(default)]
@@ -123,7 +109,7 @@ struct Params {
     #[serde(default)]
     prefix: Option<String>,
     #[serde(default)]
-    index: Option<Revision>,
+    pub(crate) index: Option<Revision>,
     #[serde(default)]
     wait: Option<String>,
     #[serde(default)]
@@ -137,12 +123,12 @@ struct Params {
     #[serde(default)]
     local: Option<bool>,
     #[serde(default)]
-    service: Option<String>,
+    pub(crate) service: Option<String>,
 }
 
-type Q = Result<Query<Params>, axum::extract::rejection::QueryRejection>;
+pub(crate) type Q = Result<Query<Params>, axum::extract::rejection::QueryRejection>;
 
-fn params(q: Q) -> Result<Params, ApiError> {
+pub(crate) fn params(q: Q) -> Result<Params, ApiError> {
     q.map(|Query(p)| p)
         .map_err(|e| ApiError::bad_request("invalid-query", e.body_text()))
 }
@@ -158,7 +144,7 @@ fn limit(p: &Params) -> Result<usize, ApiError> {
     }
 }
 
-fn wait(p: &Params) -> Result<Duration, ApiError> {
+pub(crate) fn wait(p: &Params) -> Result<Duration, ApiError> {
     match &p.wait {
         None => Ok(Duration::from_secs(30)),
         Some(w) => weft_model::duration::parse(w)
@@ -168,7 +154,7 @@ fn wait(p: &Params) -> Result<Duration, ApiError> {
 }
 
 /// Waits until a change under `prefix` after `index`, or `max`.
-async fn wait_for_change(
+pub(crate) async fn wait_for_change(
     store: &dyn Store,
     prefix: &str,
     index: Revision,
@@ -425,39 +411,6 @@ async fn kv_delete(
     ))
 }
 
-async fn services(AxState(api): AxState<Api>, headers: HeaderMap) -> ApiResult {
-    api.caller(&headers)
-        .await
-        .require(&Need::Service("*".into(), Access::Read))?;
-    let view = api.state.read();
-    let items: Vec<Value> = view
-        .services()
-        .into_iter()
-        .map(|(name, (instances, healthy))| json!({"name": name, "instances": instances, "healthy": healthy}))
-        .collect();
-    Ok(with_index(view.revision, Json(json!({"items": items}))))
-}
-
-async fn service_instances(
-    AxState(api): AxState<Api>,
-    headers: HeaderMap,
-    Path(service): Path<String>,
-    q: Q,
-) -> ApiResult {
-    let p = params(q)?;
-    api.caller(&headers)
-        .await
-        .require(&Need::Service(service.clone(), Access::Read))?;
-    if let Some(index) = p.index {
-        if api.state.read().revision <= index {
-            let prefix = format!("{}{service}/", catalog::PREFIX);
-            wait_for_change(&*api.store, &prefix, index, wait(&p)?).await?;
-        }
-    }
-    let (items, revision) = catalog::instances(&*api.store, Some(&service)).await?;
-    Ok(with_index(revision, Json(json!({"items": items}))))
-}
-
 /// The kinds of the documents of a configuration text (unparsable text: none).
 fn kinds_of(text: &str) -> Vec<&'static str> {
     weft_model::yaml::parse_documents(text)
@@ -497,116 +450,6 @@ pub(crate) fn json_body<T: serde::de::DeserializeOwned>(
     }
     serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request("invalid-body", format!("invalid JSON body: {e}")))
-}
-
-async fn register(AxState(api): AxState<Api>, headers: HeaderMap, body: Bytes) -> ApiResult {
-    let reg: catalog::Registration = json_body(&headers, &body)?;
-    api.caller(&headers)
-        .await
-        .require(&Need::Service(reg.instance.service.clone(), Access::Write))?;
-    let (lease, revision) = catalog::register(&*api.store, reg).await?;
-    Ok(with_index(
-        revision,
-        Json(json!({"lease": lease, "revision": revision})),
-    ))
-}
-
-async fn ca_roots(AxState(api): AxState<Api>) -> ApiResult {
-    Ok(Json(api.ca.bundle().await?).into_response())
-}
-
-async fn ca_rotate(AxState(api): AxState<Api>, headers: HeaderMap) -> ApiResult {
-    api.caller(&headers)
-        .await
-        .require(&Need::Operator(Access::Write))?;
-    Ok(Json(api.ca.rotate().await?).into_response())
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SignBody {
-    /// The service whose identity is asked for.
-    service: String,
-    /// PKCS#10, PEM.
-    csr: String,
-}
-
-async fn ca_sign(AxState(api): AxState<Api>, headers: HeaderMap, body: Bytes) -> ApiResult {
-    let req: SignBody = json_body(&headers, &body)?;
-    if !config::valid_name(&req.service) {
-        return Err(ApiError::bad_request(
-            "invalid-name",
-            format!("`{}` is not a service name", req.service),
-        ));
-    }
-    // The identity a token entitles its holder to, and no other.
-    api.caller(&headers)
-        .await
-        .require(&Need::Service(req.service.clone(), Access::Write))?;
-    let signed = api.ca.sign(&req.service, &req.csr).await?;
-    tracing::info!(service = %req.service, spiffe_id = %signed.spiffe_id, "signed a certificate");
-    Ok(Json(signed).into_response())
-}
-
-async fn renew(
-    AxState(api): AxState<Api>,
-    headers: HeaderMap,
-    Path(lease): Path<String>,
-    q: Q,
-) -> ApiResult {
-    let p = params(q)?;
-    let lease: u64 = lease
-        .parse()
-        .map_err(|_| ApiError::bad_request("invalid-lease", "a lease is a number"))?;
-    let caller = api.caller(&headers).await;
-    if !matches!(caller, Caller::Anyone) {
-        // With ACLs, a renewal names its service, and the lease must hold one of that
-        // service's instances: a token for A cannot keep B's instances alive.
-        let service = p.service.ok_or_else(|| {
-            ApiError::bad_request("invalid-query", "with ACLs, a renewal needs ?service=NAME")
-        })?;
-        caller.require(&Need::Service(service.clone(), Access::Write))?;
-        let page = store::list_all(&*api.store, &format!("{}{service}/", catalog::PREFIX)).await?;
-        if !page.kvs.iter().any(|kv| kv.lease == Some(lease)) {
-            return Err(ApiError::forbidden(format!(
-                "lease {lease} holds no instance of {service}"
-            )));
-        }
-    }
-    api.store.keep_alive(lease).await?;
-    Ok(Json(json!({"lease": lease})).into_response())
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct HealthBody {
-    status: catalog::Health,
-}
-
-async fn set_health(
-    AxState(api): AxState<Api>,
-    Path((service, id)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> ApiResult {
-    let h: HealthBody = json_body(&headers, &body)?;
-    api.caller(&headers)
-        .await
-        .require(&Need::Service(service.clone(), Access::Write))?;
-    let revision = catalog::set_health(&*api.store, &service, &id, h.status).await?;
-    Ok(with_index(revision, Json(json!({"revision": revision}))))
-}
-
-async fn deregister(
-    AxState(api): AxState<Api>,
-    headers: HeaderMap,
-    Path((service, id)): Path<(String, String)>,
-) -> ApiResult {
-    api.caller(&headers)
-        .await
-        .require(&Need::Service(service.clone(), Access::Write))?;
-    let revision = catalog::deregister(&*api.store, &service, &id).await?;
-    Ok(with_index(revision, Json(json!({"revision": revision}))))
 }
 
 async fn proxies(AxState(api): AxState<Api>, headers: HeaderMap, q: Q) -> ApiResult {
@@ -667,66 +510,80 @@ async fn proxies(AxState(api): AxState<Api>, headers: HeaderMap, q: Q) -> ApiRes
 
 #[cfg(test)]
 mod tests {
-    /// Every route the router serves, as OpenAPI spells it.
-    const ROUTES: &[&str] = &[
-        "/v1/openapi.json",
-        "/v1/status",
-        "/v1/config",
-        "/v1/config/{kind}",
-        "/v1/config/{kind}/{name}",
-        "/v1/kv",
-        "/v1/kv/{*key}",
-        "/v1/catalog/services",
-        "/v1/catalog/services/{service}",
-        "/v1/catalog/register",
-        "/v1/catalog/leases/{lease}/renew",
-        "/v1/catalog/services/{service}/instances/{id}/health",
-        "/v1/catalog/services/{service}/instances/{id}",
-        "/v1/proxies",
-        "/metrics",
-        "/v1/ca/roots",
-        "/v1/ca/sign",
-        "/v1/ca/rotate",
-    ];
-    const ACL_ROUTES: &[&str] = &[
-        "/v1/acl/bootstrap",
-        "/v1/acl/tokens",
-        "/v1/acl/tokens/{accessor}",
-        "/v1/acl/token/self",
+    /// Every route each router file serves, as OpenAPI spells it.
+    const ROUTES: &[(&str, &str, &[&str])] = &[
+        (
+            "api.rs",
+            include_str!("api.rs"),
+            &[
+                "/v1/openapi.json",
+                "/v1/status",
+                "/v1/config",
+                "/v1/config/{kind}",
+                "/v1/config/{kind}/{name}",
+                "/v1/kv",
+                "/v1/kv/{*key}",
+                "/v1/proxies",
+                "/metrics",
+            ],
+        ),
+        (
+            "api_catalog.rs",
+            include_str!("api_catalog.rs"),
+            &[
+                "/v1/catalog/services",
+                "/v1/catalog/services/{service}",
+                "/v1/catalog/register",
+                "/v1/catalog/leases/{lease}/renew",
+                "/v1/catalog/services/{service}/instances/{id}/health",
+                "/v1/catalog/services/{service}/instances/{id}",
+                "/v1/ca/roots",
+                "/v1/ca/sign",
+                "/v1/ca/rotate",
+            ],
+        ),
+        (
+            "api_acl.rs",
+            include_str!("api_acl.rs"),
+            &[
+                "/v1/acl/bootstrap",
+                "/v1/acl/tokens",
+                "/v1/acl/tokens/{accessor}",
+                "/v1/acl/token/self",
+            ],
+        ),
     ];
 
     #[test]
     fn the_openapi_document_covers_every_route() {
         let doc: serde_json::Value = serde_json::from_str(super::OPENAPI).unwrap();
-        let src = include_str!("api.rs");
-        for route in ROUTES {
-            assert!(
-                src.contains(&format!("\"{route}\"")),
-                "{route} is not in the router"
+        let mut documented = 0;
+        for (file, src, routes) in ROUTES {
+            // Only the code, not this test, which names every route too.
+            let src = src.split("#[cfg(test)]").next().unwrap();
+            for route in *routes {
+                assert!(
+                    src.contains(&format!("\"{route}\"")),
+                    "{route} is not routed in {file}"
+                );
+                let spelled = route.replace("{*key}", "{key}");
+                assert!(
+                    doc["paths"].get(&spelled).is_some(),
+                    "{spelled} missing from openapi.json"
+                );
+            }
+            let routed = src.matches(".route(").count();
+            assert_eq!(
+                routed,
+                routes.len(),
+                "{file}: a route was added without being listed here"
             );
-            let spelled = route.replace("{*key}", "{key}");
-            assert!(
-                doc["paths"].get(&spelled).is_some(),
-                "{spelled} missing from openapi.json"
-            );
+            documented += routes.len();
         }
-        let routed = src.matches(".route(").count() - 2; // minus the two in this test
+        let paths = doc["paths"].as_object().unwrap().len();
         assert_eq!(
-            routed,
-            ROUTES.len(),
-            "a route was added without being listed here"
+            paths, documented,
+            "openapi.json documents a path nobody serves"
         );
-        let acl_src = include_str!("api_acl.rs");
-        for route in ACL_ROUTES {
-            assert!(
-                acl_src.contains(&format!("\"{route}\"")),
-                "{route} not routed"
-            );
-            assert!(
-                doc["paths"].get(*route).is_some(),
-                "{route} missing from openapi.json"
-            );
-        }
-        assert_eq!(acl_src.matches(".route(").count(), ACL_ROUTES.len());
     }
 }

@@ -17,6 +17,7 @@
 pub mod acl;
 pub mod api;
 mod api_acl;
+mod api_catalog;
 pub mod ca;
 pub mod catalog;
 pub mod config;

@@ -1,0 +1,185 @@
+//! The catalog and CA endpoints: instances (register, renew, health, deregister, list),
+//! and the mesh CA (roots, signing, rotation). Every handler checks the caller's ACL token
+//! first ([`crate::acl`]).
+
+use axum::{
+    body::Bytes,
+    extract::{Path, State as AxState},
+    http::HeaderMap,
+    response::IntoResponse,
+    routing::{delete, get, post, put},
+    Json, Router,
+};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::{
+    acl::{Access, Caller, Need},
+    api::{json_body, params, wait, wait_for_change, with_index, Api, ApiResult, Q},
+    catalog, config,
+    error::ApiError,
+    store,
+};
+
+/// The catalog and CA routes.
+pub fn routes() -> Router<Api> {
+    Router::new()
+        .route("/v1/catalog/services", get(services))
+        .route("/v1/catalog/services/{service}", get(service_instances))
+        .route("/v1/catalog/register", post(register))
+        .route("/v1/catalog/leases/{lease}/renew", put(renew))
+        .route(
+            "/v1/catalog/services/{service}/instances/{id}/health",
+            put(set_health),
+        )
+        .route(
+            "/v1/catalog/services/{service}/instances/{id}",
+            delete(deregister),
+        )
+        .route("/v1/ca/roots", get(ca_roots))
+        .route("/v1/ca/sign", post(ca_sign))
+        .route("/v1/ca/rotate", post(ca_rotate))
+}
+
+async fn services(AxState(api): AxState<Api>, headers: HeaderMap) -> ApiResult {
+    api.caller(&headers)
+        .await
+        .require(&Need::Service("*".into(), Access::Read))?;
+    let view = api.state.read();
+    let items: Vec<Value> = view
+        .services()
+        .into_iter()
+        .map(|(name, (instances, healthy))| json!({"name": name, "instances": instances, "healthy": healthy}))
+        .collect();
+    Ok(with_index(view.revision, Json(json!({"items": items}))))
+}
+
+async fn service_instances(
+    AxState(api): AxState<Api>,
+    headers: HeaderMap,
+    Path(service): Path<String>,
+    q: Q,
+) -> ApiResult {
+    let p = params(q)?;
+    api.caller(&headers)
+        .await
+        .require(&Need::Service(service.clone(), Access::Read))?;
+    if let Some(index) = p.index {
+        if api.state.read().revision <= index {
+            let prefix = format!("{}{service}/", catalog::PREFIX);
+            wait_for_change(&*api.store, &prefix, index, wait(&p)?).await?;
+        }
+    }
+    let (items, revision) = catalog::instances(&*api.store, Some(&service)).await?;
+    Ok(with_index(revision, Json(json!({"items": items}))))
+}
+
+async fn register(AxState(api): AxState<Api>, headers: HeaderMap, body: Bytes) -> ApiResult {
+    let reg: catalog::Registration = json_body(&headers, &body)?;
+    api.caller(&headers)
+        .await
+        .require(&Need::Service(reg.instance.service.clone(), Access::Write))?;
+    let (lease, revision) = catalog::register(&*api.store, reg).await?;
+    Ok(with_index(
+        revision,
+        Json(json!({"lease": lease, "revision": revision})),
+    ))
+}
+
+async fn ca_roots(AxState(api): AxState<Api>) -> ApiResult {
+    Ok(Json(api.ca.bundle().await?).into_response())
+}
+
+async fn ca_rotate(AxState(api): AxState<Api>, headers: HeaderMap) -> ApiResult {
+    api.caller(&headers)
+        .await
+        .require(&Need::Operator(Access::Write))?;
+    Ok(Json(api.ca.rotate().await?).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SignBody {
+    /// The service whose identity is asked for.
+    service: String,
+    /// PKCS#10, PEM.
+    csr: String,
+}
+
+async fn ca_sign(AxState(api): AxState<Api>, headers: HeaderMap, body: Bytes) -> ApiResult {
+    let req: SignBody = json_body(&headers, &body)?;
+    if !config::valid_name(&req.service) {
+        return Err(ApiError::bad_request(
+            "invalid-name",
+            format!("`{}` is not a service name", req.service),
+        ));
+    }
+    // The identity a token entitles its holder to, and no other.
+    api.caller(&headers)
+        .await
+        .require(&Need::Service(req.service.clone(), Access::Write))?;
+    let signed = api.ca.sign(&req.service, &req.csr).await?;
+    tracing::info!(service = %req.service, spiffe_id = %signed.spiffe_id, "signed a certificate");
+    Ok(Json(signed).into_response())
+}
+
+async fn renew(
+    AxState(api): AxState<Api>,
+    headers: HeaderMap,
+    Path(lease): Path<String>,
+    q: Q,
+) -> ApiResult {
+    let p = params(q)?;
+    let lease: u64 = lease
+        .parse()
+        .map_err(|_| ApiError::bad_request("invalid-lease", "a lease is a number"))?;
+    let caller = api.caller(&headers).await;
+    if !matches!(caller, Caller::Anyone) {
+        // With ACLs, a renewal names its service, and the lease must hold one of that
+        // service's instances: a token for A cannot keep B's instances alive.
+        let service = p.service.ok_or_else(|| {
+            ApiError::bad_request("invalid-query", "with ACLs, a renewal needs ?service=NAME")
+        })?;
+        caller.require(&Need::Service(service.clone(), Access::Write))?;
+        let page = store::list_all(&*api.store, &format!("{}{service}/", catalog::PREFIX)).await?;
+        if !page.kvs.iter().any(|kv| kv.lease == Some(lease)) {
+            return Err(ApiError::forbidden(format!(
+                "lease {lease} holds no instance of {service}"
+            )));
+        }
+    }
+    api.store.keep_alive(lease).await?;
+    Ok(Json(json!({"lease": lease})).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HealthBody {
+    status: catalog::Health,
+}
+
+async fn set_health(
+    AxState(api): AxState<Api>,
+    Path((service, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
+    let h: HealthBody = json_body(&headers, &body)?;
+    api.caller(&headers)
+        .await
+        .require(&Need::Service(service.clone(), Access::Write))?;
+    let revision = catalog::set_health(&*api.store, &service, &id, h.status).await?;
+    Ok(with_index(revision, Json(json!({"revision": revision}))))
+}
+
+async fn deregister(
+    AxState(api): AxState<Api>,
+    headers: HeaderMap,
+    Path((service, id)): Path<(String, String)>,
+) -> ApiResult {
+    api.caller(&headers)
+        .await
+        .require(&Need::Service(service.clone(), Access::Write))?;
+    let revision = catalog::deregister(&*api.store, &service, &id).await?;
+    Ok(with_index(revision, Json(json!({"revision": revision}))))
+}
