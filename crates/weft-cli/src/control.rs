@@ -17,9 +17,10 @@ pub struct ServerArgs {
     /// API and discovery address (HTTP/1.1 and gRPC on one port).
     #[arg(long, default_value = "127.0.0.1:8500")]
     listen: std::net::SocketAddr,
-    /// Directory of the embedded store.
-    #[arg(long, default_value = "weft-data")]
-    data_dir: PathBuf,
+    /// Directory of the embedded store (default `weft-data`) and of `ca.pem`, the CA's
+    /// roots for local clients. With --etcd it holds only `ca.pem`, and only if given.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
     /// Use an etcd cluster instead (comma-separated `http://HOST:PORT` endpoints):
     /// several servers over one etcd serve the same mesh.
     #[arg(long, value_delimiter = ',')]
@@ -109,27 +110,36 @@ pub async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
     if !acl {
         tracing::warn!("ACLs are OFF (--acl off): anyone who can reach this server may change the mesh, read the KV store and obtain any service's certificate");
     }
-    let (store, store_desc): (Arc<dyn weft_control::store::Store>, String) = if etcd.is_empty() {
-        let store = weft_control::embedded::Embedded::open(&data_dir)
-            .with_context(|| format!("cannot open the store in {}", data_dir.display()))?;
-        (
-            Arc::new(store),
-            format!("embedded ({})", data_dir.display()),
-        )
-    } else {
-        (
-            etcd_store(&etcd).await?,
-            format!("etcd ({})", etcd.join(",")),
-        )
+    let data_dir = match (data_dir, etcd.is_empty()) {
+        (Some(d), _) => Some(d),
+        (None, true) => Some(PathBuf::from("weft-data")),
+        (None, false) => None,
     };
+    let (store, store_desc): (Arc<dyn weft_control::store::Store>, String) =
+        if let (true, Some(data_dir)) = (etcd.is_empty(), &data_dir) {
+            let store = weft_control::embedded::Embedded::open(data_dir)
+                .with_context(|| format!("cannot open the store in {}", data_dir.display()))?;
+            (
+                Arc::new(store),
+                format!("embedded ({})", data_dir.display()),
+            )
+        } else {
+            (
+                etcd_store(&etcd).await?,
+                format!("etcd ({})", etcd.join(",")),
+            )
+        };
     let ca = weft_control::ca::Ca::init(store.clone(), &trust_domain, cert_ttl, provided)
         .await
         .map_err(|e| anyhow::anyhow!("certificate authority: {e}"))?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
-    // Clients on this machine verify the API with the CA's roots, written beside the store.
-    let ca_file = if etcd.is_empty() {
+    // Clients on this machine verify the API with the CA's roots, written beside the store
+    // (and rewritten as roots rotate).
+    let ca_file = if let Some(data_dir) = &data_dir {
+        std::fs::create_dir_all(data_dir)
+            .with_context(|| format!("cannot create {}", data_dir.display()))?;
         let bundle = ca
             .bundle()
             .await
@@ -181,6 +191,7 @@ pub async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
         advertise,
         acl,
         tls,
+        ca_file: ca_file.clone(),
     };
     weft_control::server::serve(listener, store, Arc::new(ca), opts, async {
         let _ = crate::wait_for_signal().await;
@@ -582,7 +593,19 @@ pub async fn status(server: &str) -> anyhow::Result<()> {
         s["store"].as_str().unwrap_or(""),
         s["proxies"]
     );
+    match (s["leader"].as_str(), s["server"].as_str()) {
+        (Some(l), Some(me)) if l == me => say!("leader: this server ({me})"),
+        (Some(l), _) => say!("leader: {l}"),
+        (None, _) => say!("leader: none elected (is the store reachable?)"),
+    }
     let p = get_json(server, &format!("/v1/proxies?revision={revision}")).await?;
+    for u in p["unreachable"].as_array().into_iter().flatten() {
+        say!(
+            "replica {} unreachable, its proxies are not listed: {}",
+            u["server"].as_str().unwrap_or("?"),
+            u["error"].as_str().unwrap_or("")
+        );
+    }
     say!(
         "{:<40} {:<20} {:<9} {:>10} DETAIL",
         "PROXY",

@@ -419,10 +419,7 @@ fn run_proxy(args: ProxyArgs) -> anyhow::Result<()> {
         "-" => Some(Sink::Stdout),
         p => Some(Sink::File(p.into())),
     };
-    let poll = match args.watch_interval.as_str() {
-        "off" => None,
-        d => Some(parse_duration(d).map_err(|e| anyhow::anyhow!("--watch-interval: {e}"))?),
-    };
+    let poll = watch_interval(&args.watch_interval)?;
     let opts = ProxyOptions {
         admin,
         access_log,
@@ -447,6 +444,16 @@ fn run_proxy(args: ProxyArgs) -> anyhow::Result<()> {
         tracing::info!(drained, "stopped");
         Ok(())
     })
+}
+
+/// `--watch-interval`: how often a followed file is checked (`off`: on SIGHUP only).
+fn watch_interval(arg: &str) -> anyhow::Result<Option<Duration>> {
+    match arg {
+        "off" => Ok(None),
+        d => Ok(Some(
+            parse_duration(d).map_err(|e| anyhow::anyhow!("--watch-interval: {e}"))?,
+        )),
+    }
 }
 
 /// One JSON line on stdout that tests and scripts read to learn the bound addresses.

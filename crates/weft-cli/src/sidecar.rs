@@ -11,6 +11,7 @@ use weft_proxy::{
         registration::{HealthCheck, Registration},
         sidecar_config, SidecarSpec,
     },
+    source::FileSource,
     ProxyOptions, RunningProxy,
 };
 
@@ -31,9 +32,13 @@ pub struct SidecarArgs {
     app: Option<SocketAddr>,
     /// Edge gateway mode: serve this file's Gateway listeners and HTTPRoutes, calling the
     /// mesh services its routes name over mutual TLS as SERVICE (no inbound listener, no
-    /// registration).
+    /// registration). The file and the certificates it names are followed like a
+    /// standalone proxy's (`--watch-interval`, SIGHUP).
     #[arg(long)]
     gateway: Option<std::path::PathBuf>,
+    /// With --gateway: how often its file is checked for changes (`off`: SIGHUP only).
+    #[arg(long, default_value = "1s")]
+    watch_interval: String,
     /// The application's protocol: http, http2 or grpc.
     #[arg(long, default_value = "http")]
     app_protocol: String,
@@ -111,6 +116,39 @@ fn gateway_docs(path: &std::path::Path) -> anyhow::Result<Vec<serde_json::Value>
     Ok(out)
 }
 
+/// An edge gateway follows its file: each version that reads is handed to the discovery
+/// loop, which builds and applies it (or refuses it whole). Never returns for a sidecar.
+async fn follow_gateway_file(
+    source: Option<FileSource>,
+    proxy: &RunningProxy,
+    specs: &tokio::sync::watch::Sender<SidecarSpec>,
+    declared: &[(String, String)],
+) {
+    let Some(source) = source else {
+        return std::future::pending().await;
+    };
+    let path = source.path().to_path_buf();
+    let (_keep, never) = tokio::sync::watch::channel(false);
+    let followed = source.follow(proxy, never, |force| match gateway_docs(&path) {
+        Err(e) => {
+            tracing::error!("gateway file refused, the previous version keeps serving: {e:#}");
+            proxy.reject(&format!("{e:#}"));
+        }
+        Ok(docs) if !force && docs == specs.borrow().gateway => {
+            tracing::debug!("gateway file unchanged");
+        }
+        Ok(docs) => {
+            tracing::info!(file = %path.display(), "gateway file changed");
+            let next = specs.borrow().clone().with_gateway(docs, declared);
+            specs.send_replace(next);
+        }
+    });
+    if let Err(e) = followed.await {
+        tracing::error!(error = %e, "cannot follow the gateway file any more");
+    }
+    std::future::pending().await
+}
+
 /// Runs the sidecar until SIGTERM/SIGINT.
 pub async fn run(args: SidecarArgs) -> anyhow::Result<()> {
     let app_protocol = match args.app_protocol.as_str() {
@@ -129,19 +167,21 @@ pub async fn run(args: SidecarArgs) -> anyhow::Result<()> {
             _ => bail!("--health {h}: expected http:/PATH, tcp, grpc, grpc:SERVICE or none"),
         },
     };
-    let gateway = match &args.gateway {
-        Some(path) => gateway_docs(path)?,
-        None => Vec::new(),
+    let poll = crate::watch_interval(&args.watch_interval)?;
+    let (source, gateway) = match &args.gateway {
+        Some(path) => {
+            let mut source = FileSource::new(path.clone(), poll)?;
+            source.reading();
+            (Some(source), gateway_docs(path)?)
+        }
+        None => (None, Vec::new()),
     };
-    let mut upstreams: Vec<(String, String)> = weft_proxy::mesh::gateway_upstreams(&gateway)
-        .into_iter()
-        .map(|n| (n, String::new()))
-        .collect();
+    let mut declared = Vec::new();
     for u in &args.upstreams {
         let (name, addr) = pair(u, "--upstream")?;
         addr.parse::<SocketAddr>()
             .with_context(|| format!("--upstream {u}: `{addr}` is not IP:PORT"))?;
-        upstreams.push((name, addr));
+        declared.push((name, addr));
     }
     let metadata = args
         .metadata
@@ -166,9 +206,9 @@ pub async fn run(args: SidecarArgs) -> anyhow::Result<()> {
         inbound: args.inbound.to_string(),
         app: args.app.map(|a| a.to_string()).unwrap_or_default(),
         app_protocol,
-        upstreams,
+        upstreams: Vec::new(),
         trust_domain: mesh.trust_domain().to_string(),
-        gateway,
+        gateway: Vec::new(),
         gateway_dir: args
             .gateway
             .as_deref()
@@ -180,7 +220,8 @@ pub async fn run(args: SidecarArgs) -> anyhow::Result<()> {
                     p.to_path_buf()
                 }
             }),
-    };
+    }
+    .with_gateway(gateway, &declared);
     // Start serving at once (upstreams answer 503 until the control plane's first
     // update names their endpoints).
     let initial = sidecar_config(&spec, &Default::default()).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -241,6 +282,7 @@ pub async fn run(args: SidecarArgs) -> anyhow::Result<()> {
         build: format!("weft {}", env!("CARGO_PKG_VERSION")),
     };
     let (synced, mut synced_rx) = tokio::sync::watch::channel(None);
+    let specs = tokio::sync::watch::Sender::new(spec);
     let announce = async {
         // One line when the first update is applied (scripts and tests wait for it).
         if synced_rx.wait_for(Option::is_some).await.is_ok() {
@@ -253,7 +295,8 @@ pub async fn run(args: SidecarArgs) -> anyhow::Result<()> {
         r = crate::wait_for_signal() => r?,
         _ = keep_registered => {}
         _ = identity::keep_renewed(args.server.clone(), args.service.clone(), mesh.clone(), proxy.metrics()) => {}
-        _ = discovery::follow(&args.server, &who, &spec, &proxy, &synced) => {}
+        _ = follow_gateway_file(source, &proxy, &specs, &declared) => {}
+        _ = discovery::follow(&args.server, &who, specs.subscribe(), &proxy, &synced) => {}
         _ = announce => {}
     }
     tracing::info!("stopping: deregistering, then draining");

@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use weft_testkit::mesh::{
     allow_all, api_get, api_try, assert_kv_kept, echo_name as who, etcd_cluster, http, server_etcd,
-    sidecar, LoadLoop, Sidecar,
+    server_etcd_with, sidecar, token_for, weft_cli, LoadLoop, Server, Sidecar,
 };
-use weft_testkit::{echo, eventually, Echo};
+use weft_testkit::{curl, echo, eventually, Echo};
 
 fn weft() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_weft"))
@@ -113,5 +113,167 @@ fn losing_a_server_replica_and_an_etcd_member_under_load_loses_nothing() {
         "{} requests between sidecars and {} acknowledged writes across the failures: 0 failed, 0 lost",
         served,
         acked.len()
+    );
+}
+
+/// `GET path` on a TLS server with its management token, as JSON (None while it fails).
+fn api_tls(s: &Server, path: &str) -> Option<serde_json::Value> {
+    let ca = s
+        .ca_file
+        .as_ref()
+        .expect("a TLS server")
+        .display()
+        .to_string();
+    let token = format!("x-weft-token: {}", token_for(&s.url()).expect("token"));
+    let r = curl(&["--cacert", &ca, "-H", &token, &format!("{}{path}", s.url())]);
+    (r.status == 200).then(|| serde_json::from_str(&r.body).ok())?
+}
+
+fn advertise(s: &Server) -> String {
+    s.proc.ready["advertise"]
+        .as_str()
+        .expect("advertise")
+        .to_string()
+}
+
+#[test]
+fn replicas_over_tls_elect_one_leader_see_each_others_proxies_and_follow_a_root_rotation() {
+    let etcd = etcd_cluster(1);
+    // TLS and ACLs on, as they are by default.
+    let tls = ["--tls", "on"];
+    let mut a = server_etcd_with(&weft(), &etcd.client_urls, &tls);
+    let mut b = server_etcd_with(&weft(), &etcd.client_urls, &tls);
+    allow_all(&weft(), &a);
+    let (app1, app2) = (echo(&weft(), "b-1", &[]), echo(&weft(), "b-2", &[]));
+    let on_a = format!("{},{}", a.url(), b.url());
+    let on_b = format!("{},{}", b.url(), a.url());
+    // The sidecars' CA file is a copy, as on another machine: nothing rewrites it.
+    let copy = weft_testkit::temp_dir().join("ca.pem");
+    std::fs::copy(a.ca_file.as_ref().expect("ca file"), &copy).expect("copy ca.pem");
+    let copy = copy.display().to_string();
+    let extra = ["--ca-file", copy.as_str()];
+    let s1 = sidecar(&weft(), &on_a, "b", "b-1", app1.addr, &extra);
+    let s2 = sidecar(&weft(), &on_b, "b", "b-2", app2.addr, &extra);
+    s1.wait_synced();
+    s2.wait_synced();
+
+    // One leader, the same for both replicas.
+    let leader = eventually(
+        "both replicas name one leader",
+        Duration::from_secs(20),
+        || {
+            let (la, lb) = (api_tls(&a, "/v1/status")?, api_tls(&b, "/v1/status")?);
+            let l = la["leader"].as_str()?.to_string();
+            (lb["leader"].as_str() == Some(l.as_str())).then_some(l)
+        },
+    );
+    assert!(
+        leader == advertise(&a) || leader == advertise(&b),
+        "{leader}"
+    );
+    let metric = |s: &Server| {
+        let ca = s.ca_file.as_ref().expect("tls").display().to_string();
+        let token = format!("x-weft-token: {}", token_for(&s.url()).expect("token"));
+        let r = curl(&[
+            "--cacert",
+            &ca,
+            "-H",
+            &token,
+            &format!("{}/metrics", s.url()),
+        ]);
+        weft_testkit::metric_value(&r.body, "weft_control_leader")
+    };
+    let (a_leads, b_leads) = (metric(&a), metric(&b));
+    assert_eq!(
+        (a_leads, b_leads),
+        if leader == advertise(&a) {
+            (Some(1.0), Some(0.0))
+        } else {
+            (Some(0.0), Some(1.0))
+        }
+    );
+
+    // Each replica lists the other's proxies, asking it over TLS.
+    for s in [&a, &b] {
+        let (ok, out, err) = weft_cli(&weft(), &["status", "--server", &s.url()]);
+        assert!(ok, "{out}{err}");
+        assert!(
+            out.contains("b-1") && out.contains("b-2") && !out.contains("unreachable"),
+            "{out}"
+        );
+        assert!(out.contains("leader: "), "{out}");
+    }
+
+    // A root rotation: each replica's ca.pem gains the new root, the replicas' API
+    // certificates move to it, and the sidecars, whose CA file knows only the old root,
+    // trust the bundle the discovery stream sent: they keep renewing their 2 s leases
+    // (new connections, new handshakes) and stay registered.
+    let (ok, out, err) = weft_cli(&weft(), &["ca", "rotate", "--server", &a.url()]);
+    assert!(ok, "{out}{err}");
+    for s in [&a, &b] {
+        let file = s.ca_file.clone().expect("ca file");
+        eventually("ca.pem holds both roots", Duration::from_secs(15), || {
+            let pem = std::fs::read_to_string(&file).ok()?;
+            (pem.matches("BEGIN CERTIFICATE").count() == 2).then_some(())
+        });
+    }
+    std::thread::sleep(Duration::from_secs(8));
+    for s in [&a, &b] {
+        let v = api_tls(s, "/v1/catalog/services/b").expect("catalog");
+        let healthy = v["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|i| i["health"] == "passing")
+            .count();
+        assert_eq!(healthy, 2, "{v}");
+    }
+    for sc in [&s1, &s2] {
+        assert!(
+            !sc.proc.stderr().contains("certificate verify failed")
+                && !sc.proc.stderr().contains("UnknownIssuer"),
+            "{}",
+            sc.proc.stderr()
+        );
+    }
+
+    // kill -9 the leader: the other replica takes over once the lease lapses.
+    let (dead, survivor) = if leader == advertise(&a) {
+        (&mut a, &b)
+    } else {
+        (&mut b, &a)
+    };
+    dead.proc.child.kill().expect("kill");
+    dead.proc.child.wait().expect("wait");
+    let me = advertise(survivor);
+    eventually("the survivor leads", Duration::from_secs(30), || {
+        (api_tls(survivor, "/v1/status")?["leader"].as_str()? == me).then_some(())
+    });
+    assert_eq!(metric(survivor), Some(1.0));
+    let (ok, out, err) = weft_cli(&weft(), &["status", "--server", &survivor.url()]);
+    assert!(ok && out.contains("leader: this server"), "{out}{err}");
+    // The sidecars that used the dead replica connect to the survivor: new handshakes
+    // with a certificate from the new root, which their CA file does not hold. Both
+    // instances stay registered (2 s leases renewed through the survivor).
+    let passing = || {
+        let v = api_tls(survivor, "/v1/catalog/services/b")?;
+        let n = v["items"]
+            .as_array()?
+            .iter()
+            .filter(|i| i["health"] == "passing")
+            .count();
+        Some(n)
+    };
+    eventually("both instances registered", Duration::from_secs(15), || {
+        (passing()? == 2).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(passing(), Some(2));
+    let (ok, out, err) = weft_cli(&weft(), &["status", "--server", &survivor.url()]);
+    assert!(ok, "{out}{err}");
+    assert_eq!(
+        out.lines().filter(|l| l.contains(" current ")).count(),
+        2,
+        "both proxies follow the survivor: {out}"
     );
 }

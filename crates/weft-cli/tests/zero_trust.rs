@@ -535,6 +535,51 @@ fn an_edge_gateway_calls_mesh_services_as_itself_over_mutual_tls() {
     // It registered nothing: it is not a destination.
     let (ok, out, _) = weft_cli(&weft(), &["catalog", "--server", &s.url()]);
     assert!(ok && !out.contains("edge"), "{out}");
+
+    // The file is followed: a new route to a service the gateway did not call before
+    // (it subscribes to it anew); the listener, unchanged, stays open where it is.
+    let _c = instance(&s, "c", "c-1", &[]);
+    apply(
+        &s,
+        "kind: Intention\nmetadata: {name: edge-c}\nspec: {source: edge, destination: c, action: allow}\n",
+    );
+    let two_routes = "kind: Gateway\nmetadata: {name: edge}\nspec:\n  listeners: [{name: web, address: 127.0.0.1:0, protocol: HTTP}]\n\
+         ---\nkind: HTTPRoute\nmetadata: {name: shop}\nspec:\n  parentRefs: [{name: edge}]\n  rules:\n\
+         \x20 - {matches: [{path: {type: PathPrefix, value: /c}}], backendRefs: [{name: c}]}\n\
+         \x20 - {backendRefs: [{name: b}]}\n";
+    weft_testkit::replace_file(&file, two_routes);
+    // The echo's name, or the status and body when something else answered.
+    let name_at = |path: &str| {
+        let r = curl(&[&format!("http://{web}{path}")]);
+        serde_json::from_str::<serde_json::Value>(&r.body)
+            .ok()
+            .and_then(|v| v["name"].as_str().map(str::to_string))
+            .unwrap_or_else(|| format!("{} {}", r.status, r.body))
+    };
+    eventually("the new route reaches c", Duration::from_secs(15), || {
+        (name_at("/c/x") == "c-1").then_some(())
+    });
+    assert_eq!(name_at("/other"), "b-1");
+    // A file that does not build is refused whole; the running version keeps serving.
+    weft_testkit::replace_file(
+        &file,
+        &two_routes.replace("name: c}", "name: c, weight: -1}"),
+    );
+    eventually("refusal logged", Duration::from_secs(15), || {
+        edge.proc
+            .stderr()
+            .contains("gateway file refused")
+            .then_some(())
+    });
+    assert_eq!(name_at("/c/x"), "c-1");
+    assert_eq!(name_at("/other"), "b-1");
+    // So is one that does not parse.
+    weft_testkit::replace_file(&file, "kind: [Gateway\n");
+    eventually("second refusal logged", Duration::from_secs(15), || {
+        (edge.proc.stderr().matches("gateway file refused").count() == 2).then_some(())
+    });
+    assert!(edge.proc.stderr().contains("YAML syntax"));
+    assert_eq!(name_at("/c/x"), "c-1");
 }
 
 #[test]

@@ -48,6 +48,10 @@ pub struct Api {
     pub ca: Arc<crate::ca::Ca>,
     /// Whether ACL tokens are required (`weft server --acl`).
     pub acl: bool,
+    /// Whether the API is served over TLS (peers are reached the same way).
+    pub tls: bool,
+    /// The replicas' election.
+    pub leadership: crate::leader::Leadership,
 }
 
 impl Api {
@@ -203,10 +207,11 @@ async fn openapi() -> Response {
 
 async fn metrics(AxState(api): AxState<Api>) -> Response {
     let revision = api.state.read().revision;
-    let text = api
-        .sessions
-        .metrics
-        .encode(api.sessions.list().len(), revision);
+    let text = api.sessions.metrics.encode(
+        api.sessions.list().len(),
+        revision,
+        api.leadership.is_leader(),
+    );
     (
         [(
             header::CONTENT_TYPE,
@@ -229,6 +234,8 @@ async fn status(AxState(api): AxState<Api>, headers: HeaderMap) -> ApiResult {
             "revision": revision,
             "proxies": api.sessions.list().len(),
             "build": env!("CARGO_PKG_VERSION"),
+            "server": api.advertise,
+            "leader": api.leadership.leader(),
         })),
     ))
 }
@@ -479,11 +486,15 @@ async fn proxies(AxState(api): AxState<Api>, headers: HeaderMap, q: Q) -> ApiRes
             .into_iter()
             .filter(|a| *a != api.advertise)
             .collect();
+        let tls = match api.tls {
+            false => None,
+            true => Some(api.ca.peer_tls().await?),
+        };
         let asks: Vec<_> = peers
             .iter()
             .map(|peer| {
                 let token = acl::secret_of(&headers).map(str::to_string);
-                tokio::spawn(peers::proxies_of(peer.clone(), at, token))
+                tokio::spawn(peers::proxies_of(peer.clone(), at, token, tls.clone()))
             })
             .collect();
         for (peer, ask) in peers.iter().zip(asks) {

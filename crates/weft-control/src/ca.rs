@@ -243,6 +243,21 @@ impl Ca {
         serde_json::from_slice(&kv.value).map_err(bad)
     }
 
+    /// A TLS client configuration trusting the bundle's roots: how one replica reaches
+    /// another's API.
+    pub async fn peer_tls(
+        &self,
+    ) -> Result<std::sync::Arc<tokio_rustls::rustls::ClientConfig>, ApiError> {
+        let pem: String = self
+            .bundle()
+            .await?
+            .roots
+            .iter()
+            .map(|r| r.certificate.as_str())
+            .collect();
+        weft_tls::client_config_pem(&pem, "the trust bundle", &[weft_tls::ALPN_HTTP11]).map_err(bad)
+    }
+
     /// Signs `csr_pem` for `service`. The caller has already been checked to be
     /// entitled to that service.
     pub async fn sign(&self, service: &str, csr_pem: &str) -> Result<Signed, ApiError> {

@@ -28,6 +28,7 @@ pub mod error;
 #[cfg(feature = "etcd")]
 pub mod etcd;
 pub mod kv;
+pub mod leader;
 pub mod metrics;
 pub mod peers;
 pub mod server;

@@ -4,6 +4,7 @@
 //! | --- | --- |
 //! | `weft_control_proxies` | discovery streams connected to this server |
 //! | `weft_control_revision` | the store revision this server's view reflects |
+//! | `weft_control_leader` | 1 while this replica is the elected leader, else 0 |
 //! | `weft_control_updates_total{result}` | updates `sent`, `acked`, `nacked` |
 //! | `weft_control_update_ack_seconds` | from sending an update to its ACK or NACK |
 
@@ -23,6 +24,7 @@ pub struct ControlMetrics {
     registry: Registry,
     proxies: Gauge,
     revision: Gauge,
+    leader: Gauge,
     updates: Family<ResultLabels, Counter>,
     ack_seconds: Histogram,
 }
@@ -32,6 +34,7 @@ impl Default for ControlMetrics {
         let mut registry = Registry::default();
         let proxies = Gauge::default();
         let revision = Gauge::default();
+        let leader = Gauge::default();
         let updates = Family::<ResultLabels, Counter>::default();
         let ack_seconds = Histogram::new([
             0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -45,6 +48,11 @@ impl Default for ControlMetrics {
             "weft_control_revision",
             "Store revision this server's view reflects",
             revision.clone(),
+        );
+        registry.register(
+            "weft_control_leader",
+            "1 while this replica is the elected leader (run-once work runs there)",
+            leader.clone(),
         );
         registry.register(
             "weft_control_updates",
@@ -61,6 +69,7 @@ impl Default for ControlMetrics {
             registry,
             proxies,
             revision,
+            leader,
             updates,
             ack_seconds,
         }
@@ -83,9 +92,10 @@ impl ControlMetrics {
     }
 
     /// The text exposition, with the gauges read now.
-    pub fn encode(&self, proxies: usize, revision: u64) -> String {
+    pub fn encode(&self, proxies: usize, revision: u64, leader: bool) -> String {
         self.proxies.set(proxies as i64);
         self.revision.set(revision as i64);
+        self.leader.set(i64::from(leader));
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);

@@ -40,6 +40,10 @@ pub async fn announce(store: Arc<dyn Store>, advertise: String) {
     }
 }
 
+/// A connection to a peer, plain or TLS.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> Io for T {}
+
 /// API addresses of every announced replica.
 pub async fn list(store: &dyn Store) -> Result<Vec<String>, store::StoreError> {
     Ok(store::list_all(store, PREFIX)
@@ -50,17 +54,38 @@ pub async fn list(store: &dyn Store) -> Result<Vec<String>, store::StoreError> {
         .collect())
 }
 
-/// `GET http://PEER/v1/proxies?local=true&revision=R`: that replica's own proxies.
+/// How replicas reach each other: like clients do, over TLS verified by the mesh CA's
+/// roots (a replica's certificate names its advertised host), or in plaintext when the
+/// API is.
+pub type PeerTls = Option<Arc<tokio_rustls::rustls::ClientConfig>>;
+
+/// `GET PEER/v1/proxies?local=true&revision=R`: that replica's own proxies.
 /// `token`: the caller's own ACL token, passed on (a peer grants what the caller may).
 pub async fn proxies_of(
     peer: String,
     revision: u64,
     token: Option<String>,
+    tls: PeerTls,
 ) -> Result<Vec<Value>, String> {
     let attempt = async {
         let stream = tokio::net::TcpStream::connect(peer.as_str())
             .await
             .map_err(|e| e.to_string())?;
+        let stream: Box<dyn Io> = match tls {
+            None => Box::new(stream),
+            Some(config) => {
+                let host = peer.rsplit_once(':').map_or(peer.as_str(), |(h, _)| h);
+                let name = tokio_rustls::rustls::pki_types::ServerName::try_from(
+                    host.trim_matches(['[', ']']).to_string(),
+                )
+                .map_err(|e| format!("{host}: {e}"))?;
+                let tls = tokio_rustls::TlsConnector::from(config)
+                    .connect(name, stream)
+                    .await
+                    .map_err(|e| format!("TLS: {e}"))?;
+                Box::new(tls)
+            }
+        };
         let (mut send, conn) =
             hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
                 .await

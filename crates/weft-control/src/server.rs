@@ -27,43 +27,98 @@ pub struct Options {
     /// TLS on the API and discovery stream: the DNS names and IP addresses of the
     /// server's certificate (from the mesh CA). None: plaintext.
     pub tls: Option<Vec<String>>,
+    /// Where the trust bundle's roots are written for local clients (`DATA-DIR/ca.pem`),
+    /// kept current as roots are rotated in and pruned out.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
-/// Validity of the API's certificate; it is renewed every day.
+/// Validity of the API's certificate; it is renewed every day, and at once when the CA's
+/// active root changes (a rotation), so it never outlives the root that signed it.
 const SERVER_CERT_VALIDITY: Duration = Duration::from_secs(7 * 24 * 3600);
 const SERVER_CERT_RENEWAL: Duration = Duration::from_secs(24 * 3600);
+/// How often the trust bundle is checked for a rotation.
+const BUNDLE_CHECK: Duration = Duration::from_secs(5);
 
 /// The API's TLS acceptor, with a certificate from the mesh CA renewed in the background.
 async fn tls_acceptor(
     ca: &Arc<crate::ca::Ca>,
     names: Vec<String>,
 ) -> std::io::Result<(tokio_rustls::TlsAcceptor, tokio::task::JoinHandle<()>)> {
+    // The certificate, and the root that was active when it was issued.
     let issue = |ca: Arc<crate::ca::Ca>, names: Vec<String>| async move {
+        let active = ca.bundle().await.map(|b| b.active).unwrap_or_default();
         let (chain, key) = ca
             .server_certificate(&names, SERVER_CERT_VALIDITY)
             .await
             .map_err(|e| std::io::Error::other(e.message))?;
         weft_tls::mesh::Identity::from_pem(&chain, &key)
-            .map(|i| i.key)
+            .map(|i| (i.key, active))
             .map_err(|e| std::io::Error::other(e.to_string()))
     };
-    let cert = weft_tls::SwappableCert::new(issue(ca.clone(), names.clone()).await?);
+    let (key, mut under) = issue(ca.clone(), names.clone()).await?;
+    let cert = weft_tls::SwappableCert::new(key);
     let config = cert
         .server_config(&[weft_tls::ALPN_H2, weft_tls::ALPN_HTTP11])
         .map_err(|e| std::io::Error::other(e.to_string()))?;
     let renewer = {
         let ca = ca.clone();
         tokio::spawn(async move {
+            let mut issued = tokio::time::Instant::now();
             loop {
-                tokio::time::sleep(SERVER_CERT_RENEWAL).await;
+                tokio::time::sleep(BUNDLE_CHECK).await;
+                let rotated = match ca.bundle().await {
+                    Ok(b) => b.active != under,
+                    Err(_) => false,
+                };
+                if !rotated && issued.elapsed() < SERVER_CERT_RENEWAL {
+                    continue;
+                }
                 match issue(ca.clone(), names.clone()).await {
-                    Ok(key) => cert.set(key),
+                    Ok((key, active)) => {
+                        cert.set(key);
+                        tracing::info!(root = %active, rotated, "renewed the API's certificate");
+                        under = active;
+                        issued = tokio::time::Instant::now();
+                    }
                     Err(e) => tracing::warn!(error = %e, "renewing the API's certificate failed"),
                 }
             }
         })
     };
     Ok((tokio_rustls::TlsAcceptor::from(config), renewer))
+}
+
+/// Keeps `path` holding the trust bundle's roots (PEM), replaced atomically when they
+/// change, so local clients (`--ca-file DATA-DIR/ca.pem`) follow rotations.
+async fn write_roots(ca: Arc<crate::ca::Ca>, path: std::path::PathBuf) {
+    let mut written = String::new();
+    loop {
+        match ca.bundle().await {
+            Ok(bundle) => {
+                let pem: String = bundle
+                    .roots
+                    .iter()
+                    .map(|r| r.certificate.as_str())
+                    .collect();
+                if pem != written {
+                    let tmp = path.with_extension("pem.tmp");
+                    let result =
+                        std::fs::write(&tmp, &pem).and_then(|()| std::fs::rename(&tmp, &path));
+                    match result {
+                        Ok(()) => {
+                            tracing::info!(file = %path.display(), roots = bundle.roots.len(), "wrote the CA roots");
+                            written = pem;
+                        }
+                        Err(e) => {
+                            tracing::warn!(file = %path.display(), error = %e, "cannot write the CA roots")
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e.message, "cannot read the trust bundle"),
+        }
+        tokio::time::sleep(BUNDLE_CHECK).await;
+    }
 }
 
 /// Serves the control plane on `listener` until `shutdown` completes.
@@ -78,7 +133,9 @@ pub async fn serve(
         advertise,
         acl,
         tls,
+        ca_file,
     } = opts;
+    let roots_writer = ca_file.map(|path| tokio::spawn(write_roots(ca.clone(), path)));
     let (acceptor, renewer) = match tls {
         Some(names) => {
             let (a, r) = tls_acceptor(&ca, names).await?;
@@ -89,11 +146,16 @@ pub async fn serve(
     let state = State::new();
     let follower = tokio::spawn(state.clone().follow(store.clone()));
     let announcer = tokio::spawn(crate::peers::announce(store.clone(), advertise.clone()));
+    let (leadership, campaign) = crate::leader::campaign(store.clone(), advertise.clone());
+    // Run-once work, on the leader.
     let pruner = {
-        let ca = ca.clone();
+        let (ca, leadership) = (ca.clone(), leadership.clone());
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_secs(5)).await;
+                if !leadership.is_leader() {
+                    continue;
+                }
                 if let Err(e) = ca.prune().await {
                     tracing::warn!(error = %e.message, "pruning retired CA roots failed");
                 }
@@ -111,12 +173,14 @@ pub async fn serve(
     // gRPC requests are HTTP/2 POSTs to /weft.discovery.v1.Discovery/METHOD; everything
     // else is the JSON API.
     let app = api::router(Api {
-        store,
+        store: store.clone(),
         state,
         sessions,
         advertise,
         ca,
         acl,
+        tls: acceptor.is_some(),
+        leadership: leadership.clone(),
     })
     .route_service("/weft.discovery.v1.Discovery/{*method}", grpc);
     let local: SocketAddr = listener.local_addr()?;
@@ -125,8 +189,10 @@ pub async fn serve(
     follower.abort();
     announcer.abort();
     pruner.abort();
-    if let Some(r) = renewer {
-        r.abort();
+    campaign.abort();
+    leadership.resign(&*store).await;
+    for task in [renewer, roots_writer].into_iter().flatten() {
+        task.abort();
     }
     Ok(())
 }

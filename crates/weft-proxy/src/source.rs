@@ -1,5 +1,6 @@
 //! Configuration sources. Today: a YAML file, re-read when it (or a certificate, key or CA
-//! file it names) changes, and on SIGHUP.
+//! file it names) changes, and on SIGHUP. An edge gateway in the mesh follows its file the
+//! same way ([`FileSource::follow`]), with its own way of reading and applying it.
 //!
 //! Each new version is validated in full by `weft-model` and then applied all or nothing
 //! through [`RunningProxy::apply`]; an invalid one is refused with every error in the log
@@ -23,6 +24,8 @@ pub struct FileSource {
     hangup: Signal,
     /// Files and fingerprints as of the first load, taken before reading them.
     loaded: Option<(Vec<PathBuf>, Fingerprint)>,
+    /// The file's fingerprint before a caller read it itself ([`FileSource::reading`]).
+    first: Option<Fingerprint>,
 }
 
 /// What a change check compares, per watched file: a hash of its content. Modification
@@ -53,7 +56,19 @@ impl FileSource {
             poll,
             hangup: signal(SignalKind::hangup())?,
             loaded: None,
+            first: None,
         })
+    }
+
+    /// For a caller that reads the file itself: call just before that first read, so a
+    /// change landing between it and [`FileSource::follow`] is seen, not lost.
+    pub fn reading(&mut self) {
+        self.first = Some(fingerprint(std::slice::from_ref(&self.path)));
+    }
+
+    /// The file followed.
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
     }
 
     /// Reads and validates the file for the proxy's start. The fingerprints that `run`
@@ -70,17 +85,35 @@ impl FileSource {
         Ok(config)
     }
 
-    /// Follows the file until `stop` turns true.
+    /// Follows the file until `stop` turns true, applying each valid version.
     pub async fn run(
+        self,
+        proxy: &RunningProxy,
+        stop: watch::Receiver<bool>,
+    ) -> std::io::Result<()> {
+        let path = self.path.clone();
+        self.follow(proxy, stop, |force| reload(&path, proxy, force))
+            .await
+    }
+
+    /// Follows the file and the files the running configuration names until `stop`
+    /// turns true, calling `reload(force)` when one changed or on SIGHUP (`force`: apply
+    /// even if the file's own text is unchanged, since a certificate, key or CA changed or
+    /// the operator asked).
+    pub async fn follow(
         mut self,
         proxy: &RunningProxy,
         mut stop: watch::Receiver<bool>,
+        mut reload: impl FnMut(bool),
     ) -> std::io::Result<()> {
         let (mut watched, mut seen) = match self.loaded.take() {
             Some(loaded) => loaded,
             None => {
                 let files = self.watched(proxy);
-                let print = fingerprint(&files);
+                let mut print = fingerprint(&files);
+                if let Some(first) = self.first.take() {
+                    print[0] = first[0];
+                }
                 (files, print)
             }
         };
@@ -98,7 +131,7 @@ impl FileSource {
                 _ = self.hangup.recv() => {
                     tracing::info!(file = %self.path.display(), "SIGHUP: reloading configuration");
                     let now = fingerprint(&watched);
-                    self.reload(proxy, true);
+                    reload(true);
                     now
                 }
                 _ = poll => {
@@ -119,7 +152,7 @@ impl FileSource {
                     }
                     // A certificate or key replaced on disk re-applies the same version.
                     let referenced_changed = now.get(1..) != seen.get(1..);
-                    self.reload(proxy, referenced_changed);
+                    reload(referenced_changed);
                     now
                 }
             };
@@ -139,27 +172,25 @@ impl FileSource {
         files.extend(proxy.snapshot().config.referenced_files());
         files
     }
+}
 
-    /// Reads, validates and applies the file once; `force` applies it even when its text
-    /// is unchanged (SIGHUP, or a referenced certificate changed).
-    pub fn reload(&self, proxy: &RunningProxy, force: bool) {
-        match weft_model::load_file(&self.path) {
-            Err(errors) => {
-                tracing::error!(
-                    "configuration refused, the previous version keeps serving:\n{errors}"
-                );
-                proxy.reject(&errors.to_string());
-            }
-            Ok(config) if !force && config.version == proxy.snapshot().config.version => {
-                tracing::debug!("configuration unchanged");
-            }
-            Ok(config) => {
-                let version = config.version.clone();
-                match proxy.apply(config) {
-                    Ok(()) => tracing::info!(%version, "configuration applied"),
-                    Err(e) => {
-                        tracing::error!(error = %e, "configuration refused, the previous version keeps serving")
-                    }
+/// Reads, validates and applies the file once; `force` applies it even when its text is
+/// unchanged (SIGHUP, or a referenced certificate changed).
+fn reload(path: &std::path::Path, proxy: &RunningProxy, force: bool) {
+    match weft_model::load_file(path) {
+        Err(errors) => {
+            tracing::error!("configuration refused, the previous version keeps serving:\n{errors}");
+            proxy.reject(&errors.to_string());
+        }
+        Ok(config) if !force && config.version == proxy.snapshot().config.version => {
+            tracing::debug!("configuration unchanged");
+        }
+        Ok(config) => {
+            let version = config.version.clone();
+            match proxy.apply(config) {
+                Ok(()) => tracing::info!(%version, "configuration applied"),
+                Err(e) => {
+                    tracing::error!(error = %e, "configuration refused, the previous version keeps serving")
                 }
             }
         }

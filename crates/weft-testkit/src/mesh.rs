@@ -477,6 +477,13 @@ pub fn etcd_cluster(n: usize) -> EtcdCluster {
 
 /// Starts `weft server` over etcd (the binary must be built with `--features etcd`).
 pub fn server_etcd(weft: &Path, endpoints: &[String]) -> Server {
+    server_etcd_with(weft, endpoints, &[])
+}
+
+/// [`server_etcd`] with `extra` options; with `--tls on`, its `ca.pem` goes to a fresh
+/// data directory.
+pub fn server_etcd_with(weft: &Path, endpoints: &[String], extra: &[&str]) -> Server {
+    let data_dir = temp_dir().join("data");
     let mut cmd = Command::new(weft);
     cmd.args([
         "server",
@@ -485,8 +492,13 @@ pub fn server_etcd(weft: &Path, endpoints: &[String]) -> Server {
         "--etcd",
         &endpoints.join(","),
     ])
-    .args(PLAINTEXT);
-    spawn_server_of(cmd, Path::new(""), &format!("etcd:{}", endpoints.join(",")))
+    .args(extra);
+    if extra.contains(&"--tls") {
+        cmd.arg("--data-dir").arg(&data_dir);
+    } else {
+        cmd.args(PLAINTEXT);
+    }
+    spawn_server_of(cmd, &data_dir, &format!("etcd:{}", endpoints.join(",")))
 }
 
 /// Which `weft echo` answered `GET /hello` at `addr` (its name), or why none did.

@@ -282,8 +282,30 @@ pub fn client_config(
     alpn: &[&[u8]],
 ) -> Result<Arc<ClientConfig>, TlsError> {
     let ca_file = ca_file.unwrap_or(Path::new(SYSTEM_CA_BUNDLE));
+    verifying_client(read_certs(ca_file)?, ca_file, client_cert, alpn)
+}
+
+/// A client configuration that verifies servers against the roots in `pem` (the mesh
+/// CA's trust bundle, say); `what` names them in errors.
+pub fn client_config_pem(
+    pem: &str,
+    what: &str,
+    alpn: &[&[u8]],
+) -> Result<Arc<ClientConfig>, TlsError> {
+    let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| file_err(Path::new(what), format!("malformed PEM: {e}")))?;
+    verifying_client(certs, Path::new(what), None, alpn)
+}
+
+fn verifying_client(
+    certs: Vec<CertificateDer<'static>>,
+    ca_file: &Path,
+    client_cert: Option<&LoadedCert>,
+    alpn: &[&[u8]],
+) -> Result<Arc<ClientConfig>, TlsError> {
     let mut roots = RootCertStore::empty();
-    let (added, _ignored) = roots.add_parsable_certificates(read_certs(ca_file)?);
+    let (added, _ignored) = roots.add_parsable_certificates(certs);
     if added == 0 {
         return Err(file_err(ca_file, "no usable CA certificate"));
     }

@@ -44,26 +44,49 @@ pub fn set_ca_file(path: std::path::PathBuf) {
     let _ = CA_FILE.set(path);
 }
 
-/// The CA bundle's PEM, for `https://` servers; the error says how to provide it.
+/// The roots of the trust bundle the discovery stream delivered (PEM). The control
+/// plane's own certificate comes from the mesh CA, so after a root rotation it moves to
+/// the new root: a long-running sidecar must trust it without a new `--ca-file`.
+static BUNDLE_ROOTS: std::sync::Mutex<String> = std::sync::Mutex::new(String::new());
+
+/// Trusts the roots of the latest trust bundle (PEM) for the control plane too.
+pub fn trust_bundle_roots(pem: String) {
+    *BUNDLE_ROOTS.lock().unwrap_or_else(|p| p.into_inner()) = pem;
+}
+
+/// The roots `https://` servers are verified with: the CA file, read anew each time
+/// (it may be rewritten), and the trust bundle's roots once one arrived. The error says
+/// how to provide the file.
 pub fn ca_pem(server: &str) -> Result<String, String> {
     let path = CA_FILE.get().ok_or_else(|| {
         format!("{server} uses TLS: give the mesh CA with --ca-file or WEFT_CA_FILE (`weft server` writes it to DATA-DIR/ca.pem; `weft ca roots --pem` prints it)")
     })?;
-    std::fs::read_to_string(path).map_err(|e| format!("--ca-file {}: {e}", path.display()))
+    let file =
+        std::fs::read_to_string(path).map_err(|e| format!("--ca-file {}: {e}", path.display()))?;
+    let bundle = BUNDLE_ROOTS.lock().unwrap_or_else(|p| p.into_inner());
+    Ok(file + "\n" + &bundle)
 }
 
+/// A connector trusting [`ca_pem`], rebuilt only when those roots change.
 fn tls_connector(server: &str) -> Result<tokio_rustls::TlsConnector, String> {
-    static CONNECTOR: std::sync::OnceLock<tokio_rustls::TlsConnector> = std::sync::OnceLock::new();
-    if let Some(c) = CONNECTOR.get() {
-        return Ok(c.clone());
+    type Cached = Option<(String, tokio_rustls::TlsConnector)>;
+    static CONNECTOR: std::sync::Mutex<Cached> = std::sync::Mutex::new(None);
+    let pem = ca_pem(server)?;
+    let mut cached = CONNECTOR.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((p, c)) = cached.as_ref() {
+        if *p == pem {
+            return Ok(c.clone());
+        }
     }
-    ca_pem(server)?;
-    let path = CA_FILE.get().ok_or("no CA file")?;
-    let config = weft_tls::client_config(Some(path), None, &[weft_tls::ALPN_HTTP11])
-        .map_err(|e| e.to_string())?;
-    Ok(CONNECTOR
-        .get_or_init(|| tokio_rustls::TlsConnector::from(config))
-        .clone())
+    let config = weft_tls::client_config_pem(
+        &pem,
+        "--ca-file and the trust bundle",
+        &[weft_tls::ALPN_HTTP11],
+    )
+    .map_err(|e| e.to_string())?;
+    let connector = tokio_rustls::TlsConnector::from(config);
+    *cached = Some((pem, connector.clone()));
+    Ok(connector)
 }
 
 /// An HTTP/1.1 client connection over `io` (its driver spawned).

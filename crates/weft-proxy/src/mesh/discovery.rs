@@ -5,6 +5,11 @@
 //! Static stability: when the stream breaks, nothing changes in the running proxy; the
 //! client retries the servers in turn with jittered exponential backoff, and on
 //! reconnecting lists the versions it holds, so the server sends only the difference.
+//!
+//! An edge gateway's spec changes when its file does: the new spec is built with the
+//! resources held and applied all or nothing (a refused one leaves the running spec in
+//! place), and when the mesh services it calls changed, the stream is reopened at once
+//! to subscribe to the new set.
 
 use std::{collections::BTreeMap, time::Duration};
 
@@ -31,26 +36,43 @@ pub struct Identity {
     pub build: String,
 }
 
-/// Follows the control plane for ever, applying updates to `proxy`. `synced` receives
-/// the version of every applied update.
+/// What the proxy runs: resource key → (version, JSON).
+type Held = BTreeMap<String, (u64, String)>;
+
+/// Follows the control plane for ever, applying updates to `proxy`. `specs` holds the
+/// sidecar's spec (it changes only for an edge gateway whose file changed); `synced`
+/// receives the version of every applied update.
 pub async fn follow(
     servers: &[String],
     who: &Identity,
-    spec: &SidecarSpec,
+    mut specs: watch::Receiver<SidecarSpec>,
     proxy: &RunningProxy,
     synced: &watch::Sender<Option<u64>>,
 ) {
-    // What the proxy runs: key → (version, JSON).
-    let mut held: BTreeMap<String, (u64, String)> = BTreeMap::new();
+    let mut spec = specs.borrow_and_update().clone();
+    let mut held = Held::new();
     let mut failures: u32 = 0;
     let mut next_server = 0;
     loop {
         let server = &servers[next_server % servers.len()];
         next_server += 1;
-        let outcome = session(server, who, spec, proxy, &mut held, synced).await;
+        let outcome = session(
+            server,
+            who,
+            (&mut spec, &mut specs),
+            proxy,
+            &mut held,
+            synced,
+        )
+        .await;
         proxy.discovery_state(false, None);
         match outcome {
-            Ok(()) => {}
+            // Resubscribing: at once, to the same server.
+            Ok(()) => {
+                next_server -= 1;
+                failures = 0;
+                continue;
+            }
             Err(Failure { message, applied }) => {
                 if applied {
                     failures = 0;
@@ -64,7 +86,60 @@ pub async fn follow(
             .min(BACKOFF_MAX);
         // Full jitter over the upper half: reconnect storms spread out.
         let delay = ceiling.mul_f64(0.5 + fastrand::f64() * 0.5);
-        tokio::time::sleep(delay).await;
+        let backoff = tokio::time::sleep(delay);
+        tokio::pin!(backoff);
+        // A new spec is applied while the control plane is away, too.
+        loop {
+            tokio::select! {
+                _ = &mut backoff => break,
+                Ok(()) = specs.changed() => {
+                    let next = specs.borrow_and_update().clone();
+                    adopt(next, &mut spec, &held, proxy);
+                }
+            }
+        }
+    }
+}
+
+/// Builds the configuration from `spec` and the resources held, and applies it; every
+/// refusal is recorded (a failed load, the reason in `/config`).
+fn build_and_apply(spec: &SidecarSpec, held: &Held, proxy: &RunningProxy) -> Result<(), String> {
+    let flat: BTreeMap<String, String> = held
+        .iter()
+        .map(|(k, (_, j))| (k.clone(), j.clone()))
+        .collect();
+    match sidecar_config(spec, &flat) {
+        // `apply` records its own refusals.
+        Ok(config) => proxy.apply(config).map_err(|e| e.to_string()),
+        Err(e) => {
+            proxy.reject(&e);
+            Err(e)
+        }
+    }
+}
+
+/// Applies a new spec (an edge gateway's file changed) with the resources held; refused
+/// whole, the running spec stays. Returns whether the mesh services to subscribe to
+/// changed.
+fn adopt(next: SidecarSpec, spec: &mut SidecarSpec, held: &Held, proxy: &RunningProxy) -> bool {
+    match build_and_apply(&next, held, proxy) {
+        Ok(()) => {
+            let names = |s: &SidecarSpec| -> Vec<String> {
+                s.upstreams.iter().map(|(n, _)| n.clone()).collect()
+            };
+            let resubscribe = names(&next) != names(spec);
+            tracing::info!(
+                upstreams = ?names(&next),
+                resubscribe,
+                "gateway file applied"
+            );
+            *spec = next;
+            resubscribe
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "gateway file refused, the previous version keeps serving");
+            false
+        }
     }
 }
 
@@ -74,12 +149,13 @@ struct Failure {
     applied: bool,
 }
 
+/// One stream, until it fails (`Err`) or must be reopened to subscribe anew (`Ok`).
 async fn session(
     server: &str,
     who: &Identity,
-    spec: &SidecarSpec,
+    (spec, specs): (&mut SidecarSpec, &mut watch::Receiver<SidecarSpec>),
     proxy: &RunningProxy,
-    held: &mut BTreeMap<String, (u64, String)>,
+    held: &mut Held,
     synced: &watch::Sender<Option<u64>>,
 ) -> Result<(), Failure> {
     let mut applied = false;
@@ -127,7 +203,17 @@ async fn session(
     tracing::info!(%server, "discovery stream open");
     proxy.discovery_state(true, None);
     loop {
-        let update = match updates.message().await {
+        let message = tokio::select! {
+            m = updates.message() => m,
+            Ok(()) = specs.changed() => {
+                let next = specs.borrow_and_update().clone();
+                if adopt(next, spec, held, proxy) {
+                    return Ok(());
+                }
+                continue;
+            }
+        };
+        let update = match message {
             Ok(Some(u)) => u,
             Ok(None) => return Err(fail(applied)(&"server closed the stream")),
             Err(e) => return Err(fail(applied)(&e)),
@@ -140,27 +226,28 @@ async fn session(
         for r in update.upserts {
             next.insert(r.key, (r.version, r.json));
         }
-        let flat: BTreeMap<String, String> = next
-            .iter()
-            .map(|(k, (_, j))| (k.clone(), j.clone()))
-            .collect();
         // A new trust bundle (root rotation) is checked before the configuration and
         // installed after it, so a refused update changes neither.
-        let bundle = match flat.get(super::identity::TRUST_BUNDLE) {
-            Some(json) if held.get(super::identity::TRUST_BUNDLE).map(|(_, j)| j) != Some(json) => {
+        let bundle = match next.get(super::identity::TRUST_BUNDLE) {
+            Some((_, json))
+                if held.get(super::identity::TRUST_BUNDLE).map(|(_, j)| j) != Some(json) =>
+            {
                 Some(super::identity::bundle_of(json))
             }
             _ => None,
         };
         let result = match &bundle {
-            Some(Err(e)) => Err(e.clone()),
-            _ => sidecar_config(spec, &flat)
-                .and_then(|config| proxy.apply(config).map_err(|e| e.to_string())),
+            Some(Err(e)) => {
+                proxy.reject(e);
+                Err(e.clone())
+            }
+            _ => build_and_apply(spec, &next, proxy),
         };
         if let (Ok(()), Some(Ok(bundle)), Some(mesh)) = (&result, bundle, proxy.mesh()) {
             match mesh.update(None, Some(&bundle.0)) {
                 Ok(()) => {
                     mesh.set_active_root(&bundle.1);
+                    super::control_api::trust_bundle_roots(bundle.2);
                     tracing::info!(roots = bundle.0.len(), "trust bundle updated");
                 }
                 Err(e) => tracing::warn!(error = %e, "trust bundle refused"),
@@ -180,7 +267,6 @@ async fn session(
             }
             Err(e) => {
                 tracing::warn!(version = update.version, error = %e, "refused update; keeping the last good configuration");
-                proxy.reject(&e);
                 e
             }
         };

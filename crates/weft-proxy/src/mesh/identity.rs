@@ -184,15 +184,16 @@ pub const TRUST_BUNDLE: &str = "TrustBundle/mesh";
 
 /// The roots of a `TrustBundle/mesh` resource from the discovery stream, and the id of
 /// the root now signing.
-pub fn bundle_of(json: &str) -> Result<(Roots, String), String> {
+pub fn bundle_of(json: &str) -> Result<(Roots, String, String), String> {
     let v: Value = serde_json::from_str(json).map_err(|e| format!("{TRUST_BUNDLE}: {e}"))?;
-    let roots = bundle_from_pem(&pem_roots(&v)).map_err(|e| format!("{TRUST_BUNDLE}: {e}"))?;
+    let pem = pem_roots(&v);
+    let roots = bundle_from_pem(&pem).map_err(|e| format!("{TRUST_BUNDLE}: {e}"))?;
     let active = v
         .get("active")
         .and_then(Value::as_str)
         .unwrap_or_default()
         .to_string();
-    Ok((roots, active))
+    Ok((roots, active, pem))
 }
 
 /// Trusted root certificates, DER.

@@ -66,6 +66,20 @@ pub struct SidecarSpec {
     pub gateway_dir: Option<std::path::PathBuf>,
 }
 
+impl SidecarSpec {
+    /// This spec with an edge gateway file's documents (none for a sidecar): the mesh
+    /// services to subscribe to are those its routes reach, then the `declared` upstreams.
+    pub fn with_gateway(mut self, gateway: Vec<Value>, declared: &[(String, String)]) -> Self {
+        self.upstreams = gateway_upstreams(&gateway)
+            .into_iter()
+            .map(|n| (n, String::new()))
+            .chain(declared.iter().cloned())
+            .collect();
+        self.gateway = gateway;
+        self
+    }
+}
+
 /// The mesh services a gateway file's routes send to: backends it does not define as
 /// Services of its own (those, with static endpoints, are outside the mesh).
 pub fn gateway_upstreams(docs: &[Value]) -> Vec<String> {
