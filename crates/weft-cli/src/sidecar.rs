@@ -3,13 +3,12 @@
 use std::{net::SocketAddr, time::Duration};
 
 use anyhow::{bail, Context};
-use weft_model::ServiceProtocol;
 use weft_proxy::{
     mesh::{
         discovery::{self, Identity},
         identity,
         registration::{HealthCheck, Registration},
-        sidecar_config, SidecarSpec,
+        sidecar_config, AppProtocol, SidecarSpec,
     },
     source::FileSource,
     ProxyOptions, RunningProxy,
@@ -39,7 +38,8 @@ pub struct SidecarArgs {
     /// With --gateway: how often its file is checked for changes (`off`: SIGHUP only).
     #[arg(long, default_value = "1s")]
     watch_interval: String,
-    /// The application's protocol: http, http2 or grpc.
+    /// The application's protocol: http, http2, grpc, or tcp (opaque bytes: callers get
+    /// a TCP listener, intentions judge connections and close denied ones).
     #[arg(long, default_value = "http")]
     app_protocol: String,
     /// Inbound listener (mesh traffic for this instance), IP:PORT; port 0 picks one.
@@ -151,11 +151,11 @@ async fn follow_gateway_file(
 
 /// Runs the sidecar until SIGTERM/SIGINT.
 pub async fn run(args: SidecarArgs) -> anyhow::Result<()> {
-    let app_protocol = match args.app_protocol.as_str() {
-        "http" => ServiceProtocol::Http,
-        "http2" => ServiceProtocol::Http2,
-        "grpc" => ServiceProtocol::Grpc,
-        other => bail!("--app-protocol {other}: expected http, http2 or grpc"),
+    let Some(app_protocol) = AppProtocol::parse(&args.app_protocol) else {
+        bail!(
+            "--app-protocol {}: expected http, http2, grpc or tcp",
+            args.app_protocol
+        );
     };
     let check = match args.health.as_str() {
         "tcp" => HealthCheck::Tcp,
@@ -256,6 +256,7 @@ pub async fn run(args: SidecarArgs) -> anyhow::Result<()> {
                 id: id.clone(),
                 address: SocketAddr::new(advertise, inbound.port()),
                 metadata,
+                protocol: app_protocol.name(),
                 ttl: args.ttl,
                 app,
                 check,

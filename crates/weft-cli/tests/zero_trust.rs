@@ -651,3 +651,119 @@ fn an_operator_provided_intermediate_signs_under_the_operators_root() {
         || (who(out_b).ok()? == "b-1").then_some(()),
     );
 }
+
+/// A TCP echo server (opaque bytes, no HTTP), on a thread per connection.
+fn tcp_echo() -> std::net::SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { break };
+            std::thread::spawn(move || {
+                use std::io::{Read, Write};
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = conn.read(&mut buf) {
+                    if n == 0 || conn.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Sends `msg` on `conn` and reads until as many bytes came back, the peer closed, or
+/// 3 s passed: what came back.
+fn exchange(conn: &mut std::net::TcpStream, msg: &[u8]) -> Vec<u8> {
+    use std::io::{Read, Write};
+    conn.set_read_timeout(Some(Duration::from_secs(3)))
+        .expect("timeout");
+    if conn.write_all(msg).is_err() {
+        return Vec::new();
+    }
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while got.len() < msg.len() {
+        match conn.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    got
+}
+
+#[test]
+fn a_tcp_service_is_called_over_mutual_tls_and_denied_connections_are_closed() {
+    use weft_testkit::mesh::sidecar;
+    let s = server(&weft());
+    let db_app = tcp_echo();
+    let db = sidecar(
+        &weft(),
+        &s.url(),
+        "db",
+        "db-1",
+        db_app,
+        &["--app-protocol", "tcp", "--admin", "127.0.0.1:0"],
+    );
+    db.wait_synced();
+    let web_app = weft_testkit::echo(&weft(), "web-1", &[]);
+    let web = sidecar(
+        &weft(),
+        &s.url(),
+        "web",
+        "web-1",
+        web_app.addr,
+        &["--upstream", "db=127.0.0.1:0"],
+    );
+    web.wait_synced();
+    let out = web.listener("out-db");
+    let connect = || std::net::TcpStream::connect(out).expect("connect out-db");
+
+    // No intention: the mesh default (deny) closes the connection at db's sidecar, after
+    // the mutual TLS handshake, without a byte reaching the app.
+    eventually("web → db denied", Duration::from_secs(15), || {
+        let got = exchange(&mut connect(), b"ping\n");
+        (got.is_empty() && db.proc.stderr().contains("connection denied by intention"))
+            .then_some(())
+    });
+    let admin = db.proc.ready["admin"].as_str().expect("admin").to_string();
+    let metrics = curl(&[&format!("http://{admin}/metrics")]).body;
+    let denied = metric_value(
+        &metrics,
+        "weft_downstream_connections_refused_total{listener=\"sidecar/inbound\",reason=\"denied-by-intention\"}",
+    );
+    assert!(denied.is_some_and(|n| n >= 1.0), "{metrics}");
+    // Plaintext straight to db's inbound listener (strict mode) does not reach the app
+    // either (at most a TLS alert comes back).
+    let inbound = db.listener("inbound");
+    let mut plain = std::net::TcpStream::connect(inbound).expect("connect inbound");
+    let got = exchange(&mut plain, b"ping\n");
+    assert!(!got.starts_with(b"ping"), "{got:?}");
+
+    // Allowed: bytes go through, both ways.
+    apply(
+        &s,
+        "kind: Intention\nmetadata: {name: web-db}\nspec: {source: web, destination: db, action: allow}\n",
+    );
+    let mut held = eventually("web → db allowed", Duration::from_secs(15), || {
+        let mut c = connect();
+        (exchange(&mut c, b"ping\n") == b"ping\n").then_some(c)
+    });
+    assert_eq!(exchange(&mut held, b"second\n"), b"second\n");
+    // A deny applies to the connection already open: it is closed.
+    apply(
+        &s,
+        "kind: Intention\nmetadata: {name: web-db}\nspec: {source: web, destination: db, action: deny}\n",
+    );
+    eventually(
+        "the open connection is closed",
+        Duration::from_secs(15),
+        || exchange(&mut held, b"third\n").is_empty().then_some(()),
+    );
+    assert!(
+        db.proc.stderr().contains("open=true"),
+        "{}",
+        db.proc.stderr()
+    );
+}

@@ -298,6 +298,7 @@ fn render_endpoints(service: &str, set: Option<&BTreeMap<String, Instance>>) -> 
                 "address": i.address,
                 "port": i.port,
                 "metadata": i.metadata,
+                "protocol": i.protocol,
                 "health": i.health,
             })
         })

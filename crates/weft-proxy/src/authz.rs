@@ -3,10 +3,13 @@
 //! snapshot, and [`weft_model::decide`] (shared with `weft intention check`) picks the
 //! verdict.
 //!
-//! Sidecar inbound traffic is HTTP, so every call is judged per request, against the
-//! snapshot current when it arrives (a changed intention applies to connections already
-//! open), and a denied one is answered 403 `denied-by-intention`. An L4 intention
-//! (`action`) decides every request of its caller alike.
+//! HTTP is judged per request, against the snapshot current when it arrives (a changed
+//! intention applies to connections already open), and a denied request is answered 403
+//! `denied-by-intention`; an L4 intention (`action`) decides every request of its caller
+//! alike. An opaque TCP connection (an app run with `--app-protocol tcp`) is judged when
+//! it is accepted and again while it stays open: denied, it is closed. L7 permissions
+//! say nothing about a TCP connection (there is no request to match), so an intention
+//! made only of permissions leaves it to the other intentions or the mesh default.
 
 use http::{HeaderMap, Method};
 use weft_model::{decide, Action, Config, HttpRouteMatch, IntentionSpec, Resource, Verdict};
@@ -70,6 +73,21 @@ impl Authorizer {
 
     fn refs(&self) -> Vec<&Resource<IntentionSpec>> {
         self.intentions.iter().collect()
+    }
+
+    /// The verdict for an opaque TCP connection from `source`.
+    pub fn connection(&self, source: Option<&str>) -> Verdict {
+        decide(
+            &self.refs(),
+            self.default,
+            source,
+            &self.destination,
+            Some(&|_, _| false),
+        )
+        .unwrap_or_else(|| Verdict {
+            action: Action::Deny,
+            reason: "undecided".into(),
+        })
     }
 
     /// The verdict for one request from `source`.

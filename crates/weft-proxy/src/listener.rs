@@ -238,7 +238,11 @@ impl Connection {
             let timeout = self.limits.tls_handshake_timeout.get();
             match tokio::time::timeout(timeout, io.inner.peek(&mut first)).await {
                 Ok(Ok(1)) if first[0] != TLS_HANDSHAKE_RECORD => {
-                    self.serve_http(io, false).await;
+                    if self.protocol == ListenerProtocol::TCP {
+                        self.serve_mesh_tcp(io, None).await;
+                    } else {
+                        self.serve_http(io, false).await;
+                    }
                     return;
                 }
                 Ok(Ok(1)) => {}
@@ -248,11 +252,76 @@ impl Connection {
         let Some(tls) = self.handshake(&acceptor, io).await else {
             return;
         };
-        // Intentions are judged per request (403 `denied-by-intention`), never by
+        let peer = weft_tls::mesh::peer_identity(tls.get_ref().1).map(Arc::<str>::from);
+        if self.protocol == ListenerProtocol::TCP {
+            let source = peer
+                .as_deref()
+                .and_then(weft_tls::spiffe::ServiceId::parse)
+                .map(|id| id.service.to_string());
+            return self.serve_mesh_tcp(tls, source).await;
+        }
+        // HTTP: intentions are judged per request (403 `denied-by-intention`), never by
         // closing the connection: a caller's sidecar would take a closed connection for
         // a failing endpoint, retry it and eject it.
-        let peer = weft_tls::mesh::peer_identity(tls.get_ref().1).map(Arc::<str>::from);
         self.serve_http_as(tls, true, peer).await;
+    }
+
+    /// An opaque TCP connection to a sidecar's app from `source` (None: no identity,
+    /// permissive mode): judged by the intentions when accepted, and again whenever the
+    /// snapshot changes while it is open; denied, it is closed (counted as refused
+    /// `denied-by-intention`, and logged).
+    async fn serve_mesh_tcp<I>(self, io: I, source: Option<String>)
+    where
+        I: AsyncRead + AsyncWrite + Unpin,
+    {
+        let judged = |snapshot: &crate::snapshot::Snapshot| -> Result<(), String> {
+            let verdict = snapshot
+                .listener(&self.ctx.name)
+                .and_then(|l| l.mesh.as_ref())
+                .map(|m| m.authz.connection(source.as_deref()));
+            match verdict {
+                Some(v) if v.action == weft_model::Action::Allow => Ok(()),
+                Some(v) => Err(v.reason),
+                None => Err("the listener no longer serves the mesh".to_string()),
+            }
+        };
+        let deny = |reason: &str, open: bool| {
+            self.ctx
+                .metrics
+                .connection_refused(&self.ctx.name, "denied-by-intention");
+            tracing::info!(
+                listener = %self.ctx.name,
+                client = %self.client,
+                source = %source.as_deref().unwrap_or("(no identity)"),
+                reason = %reason,
+                open,
+                "connection denied by intention"
+            );
+        };
+        let mut seen = self.ctx.snapshot.load_full();
+        if let Err(reason) = judged(&seen) {
+            deny(&reason, false);
+            return;
+        }
+        let serve = stream::serve_terminated(&self.ctx, io, None, self.client);
+        tokio::pin!(serve);
+        let mut recheck = tokio::time::interval(TCP_RECHECK);
+        loop {
+            tokio::select! {
+                _ = &mut serve => return,
+                _ = recheck.tick() => {
+                    let now = self.ctx.snapshot.load_full();
+                    if Arc::ptr_eq(&now, &seen) {
+                        continue;
+                    }
+                    if let Err(reason) = judged(&now) {
+                        deny(&reason, true);
+                        return;
+                    }
+                    seen = now;
+                }
+            }
+        }
     }
 
     async fn handshake(
@@ -329,6 +398,8 @@ impl Connection {
 
 /// The first byte of a TLS connection: a handshake record.
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+/// How often an open mesh TCP connection looks for a new snapshot to be judged against.
+const TCP_RECHECK: Duration = Duration::from_millis(500);
 
 /// Counts bytes in and out; publishes totals when the connection ends (one atomic add per
 /// direction per connection, not per read).

@@ -42,6 +42,57 @@ pub const LOCAL_APP: &str = "weft.local-app";
 /// The sidecar's gateway.
 pub const GATEWAY: &str = "sidecar";
 
+/// What the local application speaks (`weft sidecar --app-protocol`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppProtocol {
+    /// HTTP of this kind (between sidecars it travels as HTTP/2 either way).
+    Http(ServiceProtocol),
+    /// Opaque TCP: the inbound listener splices bytes to the app, and intentions judge
+    /// connections (a denied one is closed); callers get a TCP outbound listener.
+    Tcp,
+}
+
+impl AppProtocol {
+    /// `http`, `http2`, `grpc` or `tcp`.
+    pub fn parse(s: &str) -> Option<AppProtocol> {
+        Some(match s {
+            "http" => AppProtocol::Http(ServiceProtocol::Http),
+            "http2" => AppProtocol::Http(ServiceProtocol::Http2),
+            "grpc" => AppProtocol::Http(ServiceProtocol::Grpc),
+            "tcp" => AppProtocol::Tcp,
+            _ => return None,
+        })
+    }
+
+    /// Its name, as registered in the catalog.
+    pub fn name(self) -> &'static str {
+        match self {
+            AppProtocol::Http(ServiceProtocol::Http) => "http",
+            AppProtocol::Http(ServiceProtocol::Http2) => "http2",
+            AppProtocol::Http(ServiceProtocol::Grpc) => "grpc",
+            AppProtocol::Tcp => "tcp",
+        }
+    }
+}
+
+/// The mesh services whose every registered instance speaks opaque TCP (from the
+/// `Endpoints` resources): a sidecar calls them through a TCP listener.
+fn tcp_services(resources: &BTreeMap<String, String>) -> std::collections::BTreeSet<String> {
+    resources
+        .iter()
+        .filter_map(|(key, json)| {
+            let name = key.strip_prefix("Endpoints/")?;
+            let v: Value = serde_json::from_str(json).ok()?;
+            let instances = v.get("instances")?.as_array()?;
+            let tcp = !instances.is_empty()
+                && instances
+                    .iter()
+                    .all(|i| i.get("protocol").and_then(Value::as_str) == Some("tcp"));
+            tcp.then(|| name.to_string())
+        })
+        .collect()
+}
+
 /// What a sidecar is told on its command line.
 #[derive(Debug, Clone)]
 pub struct SidecarSpec {
@@ -52,7 +103,7 @@ pub struct SidecarSpec {
     /// The local application (`IP:PORT`).
     pub app: String,
     /// The application's protocol.
-    pub app_protocol: ServiceProtocol,
+    pub app_protocol: AppProtocol,
     /// Upstreams: service name → local listener address.
     pub upstreams: Vec<(String, String)>,
     /// The mesh's trust domain (from the CA): mesh services are called over mutual TLS
@@ -123,31 +174,38 @@ pub fn sidecar_config(
     };
     let mut docs: Vec<Value> = Vec::new();
     let edge = !spec.gateway.is_empty();
+    let tcp = tcp_services(resources);
+    let protocol_of = |is_tcp: bool| if is_tcp { "TCP" } else { "HTTP" };
     if edge {
         docs.extend(spec.gateway.iter().cloned());
     } else {
-        let mut listeners =
-            vec![json!({"name": "inbound", "address": spec.inbound, "protocol": "HTTP"})];
+        let app_tcp = spec.app_protocol == AppProtocol::Tcp;
+        let mut listeners = vec![
+            json!({"name": "inbound", "address": spec.inbound, "protocol": protocol_of(app_tcp)}),
+        ];
         for (name, addr) in &spec.upstreams {
-            listeners
-                .push(json!({"name": format!("out-{name}"), "address": addr, "protocol": "HTTP"}));
+            listeners.push(json!({
+                "name": format!("out-{name}"),
+                "address": addr,
+                "protocol": protocol_of(tcp.contains(name)),
+            }));
         }
         docs.push(
             json!({"kind": "Gateway", "metadata": {"name": GATEWAY}, "spec": {"listeners": listeners}}),
         );
         docs.push(json!({
-            "kind": "HTTPRoute",
+            "kind": if app_tcp { "TCPRoute" } else { "HTTPRoute" },
             "metadata": {"name": "weft.inbound"},
             "spec": {
                 "parentRefs": [{"name": GATEWAY, "sectionName": "inbound"}],
                 "rules": [{"backendRefs": [{"name": LOCAL_APP}]}],
             },
         }));
-        docs.push(json!({
-            "kind": "Service",
-            "metadata": {"name": LOCAL_APP},
-            "spec": {"endpoints": [{"address": spec.app}], "protocol": spec.app_protocol},
-        }));
+        let mut app = json!({"endpoints": [{"address": spec.app}]});
+        if let AppProtocol::Http(p) = spec.app_protocol {
+            app["protocol"] = json!(p);
+        }
+        docs.push(json!({"kind": "Service", "metadata": {"name": LOCAL_APP}, "spec": app}));
     }
 
     // The inbound policy: the mesh settings and the intentions about calls to us.
@@ -208,8 +266,28 @@ pub fn sidecar_config(
             }
         }
     }
-    // Mesh routes, attached to the outbound listener of each upstream they apply to.
-    for (name, _) in spec.upstreams.iter().filter(|_| !edge) {
+    // A TCP upstream: its listener sends every connection to the service (HTTP routes
+    // cannot apply to opaque bytes).
+    for (name, _) in spec
+        .upstreams
+        .iter()
+        .filter(|(n, _)| !edge && tcp.contains(n))
+    {
+        docs.push(json!({
+            "kind": "TCPRoute",
+            "metadata": {"name": format!("weft.default.{name}")},
+            "spec": {
+                "parentRefs": [{"name": GATEWAY, "sectionName": format!("out-{name}")}],
+                "rules": [{"backendRefs": [{"name": name}]}],
+            },
+        }));
+    }
+    // Mesh routes, attached to the outbound listener of each HTTP upstream they apply to.
+    for (name, _) in spec
+        .upstreams
+        .iter()
+        .filter(|(n, _)| !edge && !tcp.contains(n))
+    {
         let mut attached = false;
         for (key, json) in resources {
             if !key.starts_with("HTTPRoute/") {

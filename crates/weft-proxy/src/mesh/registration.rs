@@ -37,6 +37,9 @@ pub struct Registration {
     pub address: SocketAddr,
     /// Metadata (version, zone, ...).
     pub metadata: Vec<(String, String)>,
+    /// What the app speaks (`http`, `http2`, `grpc`, `tcp`): callers' sidecars open a
+    /// TCP listener for a `tcp` service.
+    pub protocol: &'static str,
     /// Lease TTL.
     pub ttl: Duration,
     /// The local application.
@@ -104,6 +107,7 @@ impl Registration {
             "address": self.address.ip().to_string(),
             "port": self.address.port(),
             "metadata": metadata,
+            "protocol": self.protocol,
             "health": if passing { "passing" } else { "critical" },
             "ttl": format!("{}ms", self.ttl.as_millis()),
         })

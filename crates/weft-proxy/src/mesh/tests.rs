@@ -7,7 +7,7 @@ fn spec() -> SidecarSpec {
         service: "web".into(),
         inbound: "127.0.0.1:0".into(),
         app: "127.0.0.1:8080".into(),
-        app_protocol: ServiceProtocol::Http,
+        app_protocol: AppProtocol::Http(ServiceProtocol::Http),
         upstreams: vec![("api".into(), "127.0.0.1:9001".into())],
         trust_domain: "weft.local".into(),
         gateway: Vec::new(),
@@ -161,7 +161,7 @@ fn an_edge_gateway_serves_its_file_and_calls_the_mesh_services_its_routes_name()
         service: "edge".into(),
         inbound: String::new(),
         app: String::new(),
-        app_protocol: ServiceProtocol::Http,
+        app_protocol: AppProtocol::Http(ServiceProtocol::Http),
         upstreams: vec![("api".into(), String::new())],
         trust_domain: "weft.local".into(),
         gateway,
@@ -185,4 +185,45 @@ fn an_edge_gateway_serves_its_file_and_calls_the_mesh_services_its_routes_name()
         "outside the mesh"
     );
     assert!(c.service(LOCAL_APP).is_none());
+}
+
+#[test]
+fn a_tcp_app_gets_a_tcp_inbound_and_tcp_services_get_tcp_outbound_listeners() {
+    let mut s = spec();
+    s.app_protocol = AppProtocol::Tcp;
+    s.upstreams.push(("db".into(), "127.0.0.1:9002".into()));
+    let mut r = BTreeMap::new();
+    r.insert(
+        "Endpoints/api".to_string(),
+        endpoints("api", &[("127.0.0.1", 7001, "passing")]),
+    );
+    let db = json!({"service": "db", "instances": [
+        {"id": "db-1", "address": "127.0.0.1", "port": 7002, "health": "passing", "protocol": "tcp"}
+    ]});
+    r.insert("Endpoints/db".to_string(), db.to_string());
+    let c = sidecar_config(&s, &r).unwrap();
+    let protocol = |name: &str| {
+        c.gateways[0]
+            .spec
+            .listeners
+            .iter()
+            .find(|l| l.name == name)
+            .map(|l| l.protocol)
+            .unwrap()
+    };
+    assert_eq!(protocol("inbound"), weft_model::ListenerProtocol::TCP);
+    assert_eq!(protocol("out-db"), weft_model::ListenerProtocol::TCP);
+    assert_eq!(protocol("out-api"), weft_model::ListenerProtocol::HTTP);
+    let tcp_routes: Vec<&str> = c
+        .tcp_routes
+        .iter()
+        .map(|r| r.metadata.name.as_str())
+        .collect();
+    assert_eq!(tcp_routes, ["weft.inbound", "weft.default.db"]);
+    // db is still a mesh peer: mutual TLS, its SPIFFE ID checked.
+    assert_eq!(
+        c.service("db").unwrap().spec.mesh_peer.as_deref(),
+        Some("spiffe://weft.local/svc/db")
+    );
+    assert!(!c.routes.iter().any(|r| r.metadata.name.ends_with(".db")));
 }
