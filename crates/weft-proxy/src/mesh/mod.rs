@@ -93,6 +93,19 @@ fn tcp_services(resources: &BTreeMap<String, String>) -> std::collections::BTree
         .collect()
 }
 
+/// A route of `kind` named `name` sending everything that reaches the sidecar's listener
+/// `listener` to service `to`.
+fn catch_all(kind: &str, name: &str, listener: &str, to: &str) -> Value {
+    json!({
+        "kind": kind,
+        "metadata": {"name": name},
+        "spec": {
+            "parentRefs": [{"name": GATEWAY, "sectionName": listener}],
+            "rules": [{"backendRefs": [{"name": to}]}],
+        },
+    })
+}
+
 /// What a sidecar is told on its command line.
 #[derive(Debug, Clone)]
 pub struct SidecarSpec {
@@ -193,14 +206,8 @@ pub fn sidecar_config(
         docs.push(
             json!({"kind": "Gateway", "metadata": {"name": GATEWAY}, "spec": {"listeners": listeners}}),
         );
-        docs.push(json!({
-            "kind": if app_tcp { "TCPRoute" } else { "HTTPRoute" },
-            "metadata": {"name": "weft.inbound"},
-            "spec": {
-                "parentRefs": [{"name": GATEWAY, "sectionName": "inbound"}],
-                "rules": [{"backendRefs": [{"name": LOCAL_APP}]}],
-            },
-        }));
+        let kind = if app_tcp { "TCPRoute" } else { "HTTPRoute" };
+        docs.push(catch_all(kind, "weft.inbound", "inbound", LOCAL_APP));
         let mut app = json!({"endpoints": [{"address": spec.app}]});
         if let AppProtocol::Http(p) = spec.app_protocol {
             app["protocol"] = json!(p);
@@ -273,14 +280,12 @@ pub fn sidecar_config(
         .iter()
         .filter(|(n, _)| !edge && tcp.contains(n))
     {
-        docs.push(json!({
-            "kind": "TCPRoute",
-            "metadata": {"name": format!("weft.default.{name}")},
-            "spec": {
-                "parentRefs": [{"name": GATEWAY, "sectionName": format!("out-{name}")}],
-                "rules": [{"backendRefs": [{"name": name}]}],
-            },
-        }));
+        docs.push(catch_all(
+            "TCPRoute",
+            &format!("weft.default.{name}"),
+            &format!("out-{name}"),
+            name,
+        ));
     }
     // Mesh routes, attached to the outbound listener of each HTTP upstream they apply to.
     for (name, _) in spec
@@ -317,14 +322,12 @@ pub fn sidecar_config(
             attached = true;
         }
         if !attached {
-            docs.push(json!({
-                "kind": "HTTPRoute",
-                "metadata": {"name": format!("weft.default.{name}")},
-                "spec": {
-                    "parentRefs": [{"name": GATEWAY, "sectionName": format!("out-{name}")}],
-                    "rules": [{"backendRefs": [{"name": name}]}],
-                },
-            }));
+            docs.push(catch_all(
+                "HTTPRoute",
+                &format!("weft.default.{name}"),
+                &format!("out-{name}"),
+                name,
+            ));
             if !services.contains_key(name) {
                 services.insert(name.clone(), json!({"kind": "Service", "metadata": {"name": name}, "spec": {"protocol": "http2"}}));
                 mesh_services.insert(name.clone());
