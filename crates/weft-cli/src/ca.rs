@@ -12,8 +12,22 @@ pub enum CaCommand {
         pem: bool,
     },
     /// Rotate the root: a new root signs from now on; the old one stays trusted until
-    /// the certificates it signed have expired, then leaves the bundle.
-    Rotate,
+    /// the certificates it signed have expired, then leaves the bundle. The new root is
+    /// generated, or the operator's (--ca-cert/--ca-key, with --ca-roots above an
+    /// intermediate).
+    Rotate {
+        /// Rotate to this CA certificate (a root, or an intermediate with --ca-roots). PEM.
+        #[arg(long, requires = "ca_key")]
+        ca_cert: Option<std::path::PathBuf>,
+        /// Its private key (PEM; must not be readable by group or others). It is sent to
+        /// the control plane over its TLS connection and stored there like a generated
+        /// root's key.
+        #[arg(long, requires = "ca_cert")]
+        ca_key: Option<std::path::PathBuf>,
+        /// The root(s) above an intermediate --ca-cert. PEM.
+        #[arg(long, requires = "ca_cert")]
+        ca_roots: Option<std::path::PathBuf>,
+    },
 }
 
 fn print_bundle(v: &Value) {
@@ -45,12 +59,24 @@ pub async fn run(server: &str, command: CaCommand) -> anyhow::Result<()> {
                 print_bundle(&v);
             }
         }
-        CaCommand::Rotate => {
+        CaCommand::Rotate {
+            ca_cert,
+            ca_key,
+            ca_roots,
+        } => {
+            let body = match crate::control::provided_ca(ca_cert, ca_key, ca_roots)? {
+                None => bytes::Bytes::new(),
+                Some(p) => {
+                    serde_json::json!({"certificate": p.cert, "key": p.key, "roots": p.roots})
+                        .to_string()
+                        .into()
+                }
+            };
             let (v, _) = crate::control::api(
                 server,
                 "POST",
                 "/v1/ca/rotate",
-                bytes::Bytes::new(),
+                body,
                 "application/json",
                 std::time::Duration::from_secs(30),
             )

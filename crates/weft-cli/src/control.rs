@@ -59,7 +59,7 @@ pub struct ServerArgs {
 }
 
 /// Reads operator-provided CA material; a key others can read is refused.
-fn provided_ca(
+pub(crate) fn provided_ca(
     cert: Option<PathBuf>,
     key: Option<PathBuf>,
     roots: Option<PathBuf>,

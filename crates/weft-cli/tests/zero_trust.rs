@@ -767,3 +767,84 @@ fn a_tcp_service_is_called_over_mutual_tls_and_denied_connections_are_closed() {
         db.proc.stderr()
     );
 }
+
+#[test]
+fn a_root_rotation_can_move_the_mesh_to_an_operators_ca_and_bad_material_changes_nothing() {
+    let s = server(&weft());
+    let dir = temp_dir();
+    let operator = weft_testkit::pki::Pki::new(&dir, "operator");
+    let inter = operator.intermediate("mesh-intermediate");
+    let stranger = weft_testkit::pki::Pki::new(&dir, "stranger");
+    let private = |p: &std::path::Path| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        p.display().to_string()
+    };
+    let (cert, key) = (inter.cert.display().to_string(), private(&inter.key));
+    let (roots, wrong_roots) = (
+        operator.ca_file.display().to_string(),
+        stranger.ca_file.display().to_string(),
+    );
+    let other_key = private(&operator.intermediate("other").key);
+    let rotate = |args: &[&str]| {
+        let mut all = vec!["ca", "rotate", "--server"];
+        let url = s.url();
+        all.push(&url);
+        all.extend_from_slice(args);
+        weft_cli(&weft(), &all)
+    };
+    let root_count = || {
+        curl(&[&format!("{}/v1/ca/roots", s.url())]).json()["roots"]
+            .as_array()
+            .map(Vec::len)
+    };
+    // Refused, and nothing changes: a key that is not the certificate's, an
+    // intermediate that does not chain to the roots given with it.
+    let (ok, _, err) = rotate(&[
+        "--ca-cert",
+        &cert,
+        "--ca-key",
+        &other_key,
+        "--ca-roots",
+        &roots,
+    ]);
+    assert!(!ok && err.contains("the key does not belong"), "{err}");
+    let (ok, _, err) = rotate(&[
+        "--ca-cert",
+        &cert,
+        "--ca-key",
+        &key,
+        "--ca-roots",
+        &wrong_roots,
+    ]);
+    assert!(
+        !ok && err.contains("do not verify under the given roots"),
+        "{err}"
+    );
+    assert_eq!(root_count(), Some(1));
+
+    // Accepted: the operator's root joins the bundle and signs (through the
+    // intermediate) from now on; the generated root stays trusted until it is pruned.
+    let (ok, out, err) = rotate(&["--ca-cert", &cert, "--ca-key", &key, "--ca-roots", &roots]);
+    assert!(ok, "{out}{err}");
+    let bundle = curl(&[&format!("{}/v1/ca/roots", s.url())]).json();
+    assert!(!bundle.to_string().contains("PRIVATE KEY"));
+    let active = bundle["active"].as_str().expect("active");
+    let operator_root = std::fs::read_to_string(&operator.ca_file).expect("root");
+    let signing = bundle["roots"]
+        .as_array()
+        .expect("roots")
+        .iter()
+        .find(|r| r["id"] == active)
+        .expect("active root");
+    assert_eq!(
+        signing["certificate"].as_str(),
+        Some(operator_root.as_str())
+    );
+    assert_eq!(root_count(), Some(2));
+    let (leaf, _) = mesh_cert(&s, "a");
+    let chain = std::fs::read_to_string(leaf).expect("chain");
+    let intermediate = std::fs::read_to_string(&inter.cert).expect("intermediate");
+    assert_eq!(chain.matches("BEGIN CERTIFICATE").count(), 2, "{chain}");
+    assert!(chain.ends_with(&intermediate) || chain.trim_end().ends_with(intermediate.trim_end()));
+}

@@ -90,11 +90,28 @@ async fn ca_roots(AxState(api): AxState<Api>) -> ApiResult {
     Ok(Json(api.ca.bundle().await?).into_response())
 }
 
-async fn ca_rotate(AxState(api): AxState<Api>, headers: HeaderMap) -> ApiResult {
+/// `POST /v1/ca/rotate`: an empty body generates the new root; `{certificate, key,
+/// roots?}` rotates to the operator's root or intermediate.
+async fn ca_rotate(
+    AxState(api): AxState<Api>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> ApiResult {
     api.caller(&headers)
         .await
         .require(&Need::Operator(Access::Write))?;
-    Ok(Json(api.ca.rotate().await?).into_response())
+    let provided = match body.iter().all(u8::is_ascii_whitespace) {
+        true => None,
+        false => Some(
+            serde_json::from_slice::<crate::ca::Provided>(&body).map_err(|e| {
+                ApiError::bad_request(
+                    "invalid-body",
+                    format!("expected {{certificate, key, roots?}} (PEM strings): {e}"),
+                )
+            })?,
+        ),
+    };
+    Ok(Json(api.ca.rotate(provided).await?).into_response())
 }
 
 #[derive(Deserialize)]

@@ -64,15 +64,52 @@ pub struct Root {
     pub signer: Option<String>,
 }
 
-/// Operator-provided CA material for the mesh's first start.
-#[derive(Clone)]
+/// Operator-provided CA material: for the mesh's first start, or to rotate to.
+#[derive(Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Provided {
     /// The signing CA certificate (a root, or an intermediate), PEM.
+    #[serde(rename = "certificate")]
     pub cert: String,
     /// Its private key, PEM.
     pub key: String,
     /// The root(s) to trust when `cert` is an intermediate, PEM.
+    #[serde(default)]
     pub roots: Option<String>,
+}
+
+impl Provided {
+    /// Checks the material: a CA certificate matching its key and, with roots, whose
+    /// certificates verify under them.
+    pub fn check(&self) -> Result<(), String> {
+        weft_tls::ca::check_ca(&self.cert, &self.key).map_err(|e| e.to_string())?;
+        match &self.roots {
+            Some(roots) => {
+                weft_tls::ca::check_chain(&self.cert, &self.key, roots).map_err(|e| e.to_string())
+            }
+            None => Ok(()),
+        }
+    }
+}
+
+/// A new root entry's material: (trusted certificate(s), signing key, the signing
+/// intermediate if it is not the trusted certificate itself). Generated unless the
+/// operator provided it.
+fn root_material(
+    trust_domain: &str,
+    provided: Option<&Provided>,
+) -> Result<(String, String, Option<String>), String> {
+    Ok(match provided {
+        None => {
+            let (cert, key) =
+                weft_tls::ca::new_root(trust_domain, ROOT_VALIDITY).map_err(|e| e.to_string())?;
+            (cert, key, None)
+        }
+        Some(p) => match &p.roots {
+            None => (p.cert.clone(), p.key.clone(), None),
+            Some(roots) => (roots.clone(), p.key.clone(), Some(p.cert.clone())),
+        },
+    })
 }
 
 impl std::fmt::Debug for Provided {
@@ -165,7 +202,7 @@ impl Ca {
         provided: Option<Provided>,
     ) -> Result<Ca, String> {
         if let Some(p) = &provided {
-            weft_tls::ca::check_ca(&p.cert, &p.key).map_err(|e| e.to_string())?;
+            p.check()?;
         }
         if ttl < MIN_TTL {
             return Err(format!(
@@ -202,17 +239,7 @@ impl Ca {
                     signer: Mutex::new(None),
                 });
             }
-            let (certificate, key, signer) = match &provided {
-                None => {
-                    let (cert, key) = weft_tls::ca::new_root(trust_domain, ROOT_VALIDITY)
-                        .map_err(|e| e.to_string())?;
-                    (cert, key, None)
-                }
-                Some(p) => match &p.roots {
-                    None => (p.cert.clone(), p.key.clone(), None),
-                    Some(roots) => (roots.clone(), p.key.clone(), Some(p.cert.clone())),
-                },
-            };
+            let (certificate, key, signer) = root_material(trust_domain, provided.as_ref())?;
             let id = format!("root-{}", unix_now());
             let bundle = Bundle {
                 trust_domain: trust_domain.to_string(),
@@ -307,17 +334,22 @@ impl Ca {
         Ok((cert, key))
     }
 
-    /// Root rotation: a new root joins the bundle and signs from now on; the old one is
-    /// marked retired (still trusted). Sidecars install the two-root bundle from their
-    /// discovery stream, then get new leaves from the new root; [`Ca::prune`] removes the
-    /// old root once every leaf it signed has expired.
-    pub async fn rotate(&self) -> Result<Bundle, ApiError> {
+    /// Root rotation: a new root (generated, or the operator's `provided` root or
+    /// intermediate) joins the bundle and signs from now on; the old one is marked
+    /// retired (still trusted). Sidecars install the two-root bundle from their discovery
+    /// stream, then get new leaves from the new root; [`Ca::prune`] removes the old root
+    /// once every leaf it signed has expired. Invalid material changes nothing.
+    pub async fn rotate(&self, provided: Option<Provided>) -> Result<Bundle, ApiError> {
+        if let Some(p) = &provided {
+            p.check()
+                .map_err(|e| ApiError::bad_request("invalid-ca", e))?;
+        }
         loop {
             let (kv, _) = store::get(&*self.store, BUNDLE_KEY).await?;
             let kv = kv.ok_or_else(|| bad("no trust bundle in the store"))?;
             let mut bundle: Bundle = serde_json::from_slice(&kv.value).map_err(bad)?;
-            let (cert, key) =
-                weft_tls::ca::new_root(&bundle.trust_domain, ROOT_VALIDITY).map_err(bad)?;
+            let (cert, key, signer) =
+                root_material(&bundle.trust_domain, provided.as_ref()).map_err(bad)?;
             let now = unix_now();
             let id = format!("root-{now}-{}", bundle.roots.len());
             for r in &mut bundle.roots {
@@ -327,7 +359,7 @@ impl Ca {
                 id: id.clone(),
                 certificate: cert,
                 retired: None,
-                signer: None,
+                signer,
             });
             bundle.active = id.clone();
             let value = serde_json::to_vec(&bundle).map_err(bad)?;

@@ -105,6 +105,46 @@ pub fn check_ca(cert_pem: &str, key_pem: &str) -> Result<(), IssueError> {
     Ok(())
 }
 
+/// Checks that the leaves an intermediate CA (`cert_pem`, `key_pem`) signs verify under
+/// `roots_pem`, the way a sidecar will check them: a throwaway leaf is signed and its
+/// chain verified. An intermediate that does not chain to the roots given with it would
+/// make every new certificate in the mesh untrusted.
+pub fn check_chain(cert_pem: &str, key_pem: &str, roots_pem: &str) -> Result<(), IssueError> {
+    let signer = Signer::new(cert_pem, key_pem)?;
+    let (csr, _) = new_csr("weft-chain-check")?;
+    let leaf = signer.sign(
+        &csr,
+        "spiffe://chain.check/svc/check",
+        Duration::from_secs(60),
+    )?;
+    let der = |pem: &str, what: &str| {
+        CertificateDer::from_pem_slice(pem.as_bytes())
+            .map_err(|e| IssueError::Ca(format!("{what}: {e}")))
+    };
+    let (leaf, intermediate) = (der(&leaf, "leaf")?, der(cert_pem, "CA certificate")?);
+    let roots = crate::mesh::bundle_from_pem(roots_pem)
+        .map_err(|e| IssueError::Ca(format!("roots: {e}")))?;
+    let mut store = rustls::RootCertStore::empty();
+    let (added, _) = store.add_parsable_certificates(roots);
+    if added == 0 {
+        return Err(IssueError::Ca("roots: no usable certificate".into()));
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        std::sync::Arc::new(store),
+        crate::provider(),
+    )
+    .build()
+    .map_err(|e| IssueError::Ca(format!("roots: {e}")))?;
+    verifier
+        .verify_client_cert(&leaf, &[intermediate], rustls::pki_types::UnixTime::now())
+        .map_err(|e| {
+            IssueError::Ca(format!(
+                "certificates signed by the CA certificate do not verify under the given roots: {e}"
+            ))
+        })?;
+    Ok(())
+}
+
 /// A CA able to sign: its certificate and key (PEM).
 pub struct Signer {
     issuer: Issuer<'static, KeyPair>,
