@@ -33,23 +33,27 @@ const RENEW: Duration = Duration::from_secs(3);
 /// Pause after a failed attempt (store unreachable).
 const RETRY: Duration = Duration::from_secs(1);
 
+/// The key's holder as last seen: its address, and whether it holds the key with this
+/// replica's own lease (a restarted replica with the same address does not lead until
+/// its predecessor's lease has lapsed).
+type Holder = Option<(String, bool)>;
+
 /// This replica's view of the election.
 #[derive(Clone)]
 pub struct Leadership {
-    me: String,
-    holder: watch::Receiver<Option<String>>,
+    holder: watch::Receiver<Holder>,
     lease: Arc<AtomicU64>,
 }
 
 impl Leadership {
     /// Whether this replica leads now.
     pub fn is_leader(&self) -> bool {
-        self.holder.borrow().as_deref() == Some(self.me.as_str())
+        self.holder.borrow().as_ref().is_some_and(|(_, ours)| *ours)
     }
 
     /// The leader's advertised address, if one is known.
     pub fn leader(&self) -> Option<String> {
-        self.holder.borrow().clone()
+        self.holder.borrow().as_ref().map(|(a, _)| a.clone())
     }
 
     /// Gives up leadership (and candidacy) at once: the lease is revoked, so another
@@ -70,7 +74,6 @@ pub fn campaign(store: Arc<dyn Store>, me: String) -> (Leadership, tokio::task::
     let (tx, rx) = watch::channel(None);
     let lease = Arc::new(AtomicU64::new(0));
     let leadership = Leadership {
-        me: me.clone(),
         holder: rx,
         lease: lease.clone(),
     };
@@ -79,7 +82,7 @@ pub fn campaign(store: Arc<dyn Store>, me: String) -> (Leadership, tokio::task::
             if let Err(e) = stand(&*store, &me, &tx, &lease).await {
                 tracing::warn!(error = %e, "leader election: store unreachable; retrying");
             }
-            if tx.send_replace(None).as_deref() == Some(me.as_str()) {
+            if tx.send_replace(None).is_some_and(|(_, ours)| ours) {
                 tracing::warn!("no longer the leader");
             }
             tokio::time::sleep(RETRY).await;
@@ -93,7 +96,7 @@ pub fn campaign(store: Arc<dyn Store>, me: String) -> (Leadership, tokio::task::
 async fn stand(
     store: &dyn Store,
     me: &str,
-    holder: &watch::Sender<Option<String>>,
+    holder: &watch::Sender<Holder>,
     lease_slot: &AtomicU64,
 ) -> Result<(), StoreError> {
     let lease = store.grant(TTL).await?;
@@ -113,12 +116,15 @@ async fn stand(
             })
             .await?;
         let (current, revision) = store::get(store, KEY).await?;
-        let now = current.map(|kv| String::from_utf8_lossy(&kv.value).into_owned());
+        let now = current.map(|kv| {
+            let ours = kv.lease == Some(lease);
+            (String::from_utf8_lossy(&kv.value).into_owned(), ours)
+        });
         let before = holder.send_replace(now.clone());
         if before != now {
-            match now.as_deref() {
-                Some(l) if l == me => tracing::info!("this server is the leader"),
-                Some(l) => tracing::info!(leader = l, "following the leader"),
+            match &now {
+                Some((_, true)) => tracing::info!(server = me, "this server is the leader"),
+                Some((l, false)) => tracing::info!(leader = %l, "following the leader"),
                 None => {}
             }
         }
@@ -152,7 +158,7 @@ mod tests {
         let until = |l: Leadership, want: &'static str| async move {
             let mut holder = l.holder.clone();
             holder
-                .wait_for(|h| h.as_deref() == Some(want))
+                .wait_for(|h| h.as_ref().is_some_and(|(a, _)| a == want))
                 .await
                 .expect("campaign running");
         };
