@@ -201,7 +201,8 @@ impl Metrics {
         r.register(
             "downstream_connections_refused",
             "Client connections closed before serving them, by reason (max-connections, \
-             tls-handshake, tls-handshake-timeout, not-tls, no-route)",
+             tls-handshake, tls-handshake-timeout, not-tls, no-route), or closed because \
+             an intention denies them (denied-by-intention, mesh TCP)",
             m.conns_refused.clone(),
         );
         r.register(
