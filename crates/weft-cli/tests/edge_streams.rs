@@ -203,3 +203,80 @@ fn listeners_open_and_close_with_the_config_file() {
     });
     assert_eq!(curl(&[&format!("http://{two}/")]).status, 200);
 }
+
+/// A backend that answers each connection's first byte with `n` bytes (a counting
+/// pattern) and keeps the connection open.
+fn generator(n: usize) -> std::net::SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { break };
+            std::thread::spawn(move || {
+                let mut one = [0u8; 1];
+                if conn.read_exact(&mut one).is_err() {
+                    return;
+                }
+                let data: Vec<u8> = (0..n).map(|i| (i % 251) as u8).collect();
+                let _ = conn.write_all(&data);
+                // Held open: the client, not the backend, ends the exchange.
+                std::thread::sleep(Duration::from_secs(30));
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn a_terminated_tls_stream_delivers_every_byte_to_a_slow_reader() {
+    // The last bytes of a response written while the client's socket was full must not
+    // stay in the proxy's TLS buffer waiting for more traffic.
+    const SIZE: usize = 16 << 20;
+    let dir = temp_dir();
+    let pki = Pki::new(&dir, "slow");
+    let leaf = pki.leaf("t", &["t.example.test"]);
+    let backend = generator(SIZE);
+    let p = start(&format!(
+        "kind: Gateway\nmetadata: {{name: gw}}\nspec:\n  listeners:\n\
+         \x20 - name: term\n    address: \"127.0.0.1:0\"\n    protocol: TLS\n    tls: {{certificates: [{{certFile: \"{}\", keyFile: \"{}\"}}]}}\n---\n\
+         kind: TLSRoute\nmetadata: {{name: r}}\nspec:\n  rules: [{{backendRefs: [{{name: gen}}]}}]\n---\n{}",
+        leaf.cert.display(),
+        leaf.key.display(),
+        service("gen", &[backend.to_string()]),
+    ));
+    let mut roots = weft_tls::rustls::RootCertStore::empty();
+    roots.add_parsable_certificates(weft_tls::read_certs(&pki.ca_file).expect("ca"));
+    let config = weft_tls::rustls::ClientConfig::builder_with_provider(weft_tls::provider())
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = weft_tls::rustls::pki_types::ServerName::try_from("t.example.test").expect("name");
+    let conn =
+        weft_tls::rustls::ClientConnection::new(std::sync::Arc::new(config), name).expect("client");
+    let sock = std::net::TcpStream::connect(p.listener("gw/term")).expect("connect");
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut tls = weft_tls::rustls::StreamOwned::new(conn, sock);
+    tls.write_all(b"!").expect("ask");
+    // Read slowly, so the proxy keeps finding the socket full.
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut wrong = None;
+    while got < SIZE {
+        match tls.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                if let Some(i) = (0..n).find(|&i| buf[i] != ((got + i) % 251) as u8) {
+                    wrong = Some(got + i);
+                    break;
+                }
+                got += n;
+                std::thread::sleep(Duration::from_micros(300));
+            }
+            Err(e) => panic!("after {got} of {SIZE} bytes: {e}"),
+        }
+    }
+    assert_eq!(wrong, None, "corrupted at byte {wrong:?}");
+    assert_eq!(got, SIZE);
+}

@@ -251,13 +251,22 @@ where
     while a_open || b_open {
         let step = async {
             tokio::select! {
+                // Flushed after each write: a TLS stream may keep encrypted bytes it
+                // could not write yet, and nothing else would push them out before the
+                // peer's next message (which may wait for these).
                 r = ar.read(&mut buf_a), if a_open => match r {
                     Ok(0) | Err(_) => { a_open = false; let _ = bw.shutdown().await; Ok(()) }
-                    Ok(n) => bw.write_all(&buf_a[..n]).await,
+                    Ok(n) => match bw.write_all(&buf_a[..n]).await {
+                        Ok(()) => bw.flush().await,
+                        Err(e) => Err(e),
+                    },
                 },
                 r = br.read(&mut buf_b), if b_open => match r {
                     Ok(0) | Err(_) => { b_open = false; let _ = aw.shutdown().await; Ok(()) }
-                    Ok(n) => aw.write_all(&buf_b[..n]).await,
+                    Ok(n) => match aw.write_all(&buf_b[..n]).await {
+                        Ok(()) => aw.flush().await,
+                        Err(e) => Err(e),
+                    },
                 },
             }
         };
