@@ -15,6 +15,10 @@ Measured:
   * maximum throughput through the hop (wrk, 50 connections, unpaced), for reference
   * mutual TLS handshakes per second on sidecar B's inbound port with a mesh certificate
     (`openssl s_time`): new sessions every time, and with session resumption
+  * the same hop for an opaque TCP app (`--app-protocol tcp`, the same nginx behind it:
+    HTTP is just bytes to the mesh): paced latency and CPU with long-lived connections,
+    and new connections per second (`Connection: close`: each request is a new TCP
+    connection, so a new mutual TLS handshake between the sidecars), beside direct
 
 Usage: bench/mesh.py [--duration 10] [--reps 3] [--write docs/benchmarks.md]
 Needs: nginx, wrk, openssl, taskset (scripts/install-test-deps) and target/release/weft.
@@ -24,6 +28,7 @@ import json
 import os
 import re
 import shutil
+import ssl
 import statistics
 import subprocess
 import sys
@@ -45,11 +50,14 @@ def spawn(work, name, cmd, core, env=None):
     return proc, ready
 
 
+TLS = None  # the control plane's CA (it serves TLS, as by default), set once it starts
+
+
 def api(server, token, method, path, body=None):
     req = urllib.request.Request(f"{server}{path}", method=method,
                                  data=json.dumps(body).encode() if body is not None else None,
                                  headers={"x-weft-token": token, "content-type": "application/json"})
-    with urllib.request.urlopen(req, timeout=10) as r:
+    with urllib.request.urlopen(req, timeout=10, context=TLS) as r:
         return json.loads(r.read() or b"{}")
 
 
@@ -96,17 +104,25 @@ def main():
         server_proc, ready = spawn(work, "server", [weft, "server", "--listen", "127.0.0.1:0",
                                                     "--data-dir", os.path.join(work, "data")], CORE_LOAD)
         procs.append(server_proc)
-        server = f"http://{ready['address']}"
+        # The control plane as it runs by default: TLS (verified with its CA) and ACLs.
+        global TLS
+        TLS = ssl.create_default_context(cafile=ready["caFile"])
+        server = f"https://localhost:{ready['address'].rsplit(':', 1)[1]}"
+        os.environ["WEFT_CA_FILE"] = ready["caFile"]
         boot = subprocess.run([weft, "acl", "bootstrap", "--server", server], capture_output=True, text=True)
         token = re.search(r"^secret:\s+(\S+)", boot.stdout, re.M).group(1)
         intention = os.path.join(work, "allow.yaml")
         open(intention, "w").write("kind: Intention\nmetadata: {name: client-to-app}\n"
-                                   "spec: {source: client, destination: app, action: allow}\n")
+                                   "spec: {source: client, destination: app, action: allow}\n"
+                                   "---\nkind: Intention\nmetadata: {name: client-to-tcpapp}\n"
+                                   "spec: {source: client, destination: tcpapp, action: allow}\n")
         subprocess.run([weft, "apply", "-f", intention, "--server", server, "--token", token], check=True,
                        capture_output=True)
         env = dict(os.environ, WEFT_LOG="warn")
         sidecars = {}
-        for service, extra in (("app", []), ("client", ["--upstream", "app=127.0.0.1:0"])):
+        for service, extra in (("app", []), ("tcpapp", ["--app-protocol", "tcp"]),
+                               ("client", ["--upstream", "app=127.0.0.1:0",
+                                           "--upstream", "tcpapp=127.0.0.1:0"])):
             env["WEFT_TOKEN"] = api(server, token, "POST", "/v1/acl/tokens", {"service": service})["secretId"]
             p, r = spawn(work, f"sidecar-{service}",
                          [weft, "sidecar", "--server", server, "--service", service,
@@ -115,15 +131,19 @@ def main():
             procs.append(p)
             sidecars[service] = (p, r)
         out_addr = sidecars["client"][1]["listeners"]["sidecar/out-app"]
+        tcp_addr = sidecars["client"][1]["listeners"]["sidecar/out-tcpapp"]
         inbound = sidecars["app"][1]["listeners"]["sidecar/inbound"]
-        # Wait until the hop answers.
-        for _ in range(100):
-            try:
-                urllib.request.urlopen(f"http://{out_addr}/", timeout=2).read()
-                break
-            except Exception:
-                time.sleep(0.2)
-        sidecar_pids = [p.pid for p, _ in sidecars.values()]
+        # Wait until both hops answer (the TCP one only once the client's sidecar knows
+        # tcpapp is TCP: before that its HTTP/2 reaches nginx as bytes and fails).
+        for addr in (out_addr, tcp_addr):
+            for _ in range(100):
+                try:
+                    urllib.request.urlopen(f"http://{addr}/", timeout=2).read()
+                    break
+                except Exception:
+                    time.sleep(0.2)
+        sidecar_pids = [p.pid for s, (p, _) in sidecars.items() if s != "tcpapp"]
+        tcp_pids = [p.pid for s, (p, _) in sidecars.items() if s != "app"]
         idle_rss = {s: run.rss_kb(run.pids_of(p.pid)) for s, (p, _) in sidecars.items()}
 
         paced = os.path.join(run.ROOT, "bench/paced.lua")
@@ -139,6 +159,24 @@ def main():
                 p50, p99 = run.parse_latency(text)
                 results[name].append({"p50": p50, "p99": p99, "rps": rps, "errors": errors,
                                       "vcpu_per_krps": (cpu / args.duration) / (rps / 1000) if name == "mesh" else None})
+        # The TCP hop: long-lived connections (paced), then a new connection per request.
+        tcp = []
+        for _ in range(args.reps):
+            pids = [q for p in tcp_pids for q in run.pids_of(p)]
+            before = run.cpu_ticks(pids)
+            text = run.run_load(["wrk", "-t1", "-c10", f"-d{args.duration}s", "--latency",
+                                 "-s", paced, f"http://{tcp_addr}/"])
+            cpu = (run.cpu_ticks(pids) - before) / run.TICK
+            _, rps, errs = run.parse_wrk(text)
+            p50, p99 = run.parse_latency(text)
+            tcp.append({"p50": p50, "p99": p99, "rps": rps, "errors": errs,
+                        "vcpu_per_krps": (cpu / args.duration) / (rps / 1000)})
+        conn_rate = {"direct": [], "mesh": []}
+        for _ in range(args.reps):
+            for name, addr in (("direct", f"127.0.0.1:{app_port}"), ("mesh", tcp_addr)):
+                text = run.run_load(["wrk", "-t1", "-c10", f"-d{args.duration}s",
+                                     "-H", "Connection: close", f"http://{addr}/"])
+                conn_rate[name].append(run.parse_wrk(text)[1])
         max_rps = [run.parse_wrk(run.run_load(["wrk", "-t1", "-c50", f"-d{args.duration}s",
                                                f"http://{out_addr}/"]))[1] for _ in range(args.reps)]
         after_rss = {s: run.rss_kb(run.pids_of(p.pid)) for s, (p, _) in sidecars.items()}
@@ -155,7 +193,9 @@ def main():
         added50 = [b["p50"] - a["p50"] for a, b in zip(d, m)]
         added99 = [b["p99"] - a["p99"] for a, b in zip(d, m)]
         vcpu = [r["vcpu_per_krps"] for r in m]
-        errors = sum(r["errors"] for r in d + m)
+        errors = sum(r["errors"] for r in d + m + tcp)
+        tcp_added50 = [b["p50"] - a["p50"] for a, b in zip(d, tcp)]
+        tcp_added99 = [b["p99"] - a["p99"] for a, b in zip(d, tcp)]
         block = "\n".join([
             f"`bench/mesh.py --duration {args.duration} --reps {args.reps}` "
             f"({time.strftime('%Y-%m-%d')}, 2 cores: load, app and control plane on core 0, both sidecars on core 1):",
@@ -173,6 +213,12 @@ def main():
             f"* Mutual TLS handshakes per second on the app sidecar's inbound port (`openssl s_time`, mesh certificate, "
             f"client on core 0): TLS 1.3 {rng(hs_new)} new, {rng(hs_reuse)} asking for resumption; "
             f"TLS 1.2 {rng(hs_new12)} new, {rng(hs_reuse12)} resumed.",
+            f"* Opaque TCP app (`--app-protocol tcp`, the same nginx; one mutual TLS connection per client "
+            f"connection): added p50 **{med(tcp_added50):.0f} µs**, p99 **{med(tcp_added99):.0f} µs** "
+            f"(p50 {rng([r['p50'] for r in tcp])}, p99 {rng([r['p99'] for r in tcp])}); both sidecars "
+            f"{med([r['vcpu_per_krps'] for r in tcp]):.3f} vCPU per 1,000 req/s; new connections per second "
+            f"(`Connection: close`, 10 at a time): direct {rng(conn_rate['direct'])}, through the TCP hop "
+            f"{rng(conn_rate['mesh'])} (each a new mutual TLS handshake between the sidecars).",
             f"* Errors: {errors}.",
         ])
         print(block)
