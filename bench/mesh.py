@@ -147,30 +147,24 @@ def main():
         idle_rss = {s: run.rss_kb(run.pids_of(p.pid)) for s, (p, _) in sidecars.items()}
 
         paced = os.path.join(run.ROOT, "bench/paced.lua")
-        results = {"direct": [], "mesh": []}
-        for _ in range(args.reps):
-            for name, addr in (("direct", f"127.0.0.1:{app_port}"), ("mesh", out_addr)):
-                pids = [q for p in sidecar_pids for q in run.pids_of(p)] if name == "mesh" else []
-                before = run.cpu_ticks(pids)
-                text = run.run_load(["wrk", "-t1", "-c10", f"-d{args.duration}s", "--latency",
-                                     "-s", paced, f"http://{addr}/"])
-                cpu = (run.cpu_ticks(pids) - before) / run.TICK
-                reqs, rps, errors = run.parse_wrk(text)
-                p50, p99 = run.parse_latency(text)
-                results[name].append({"p50": p50, "p99": p99, "rps": rps, "errors": errors,
-                                      "vcpu_per_krps": (cpu / args.duration) / (rps / 1000) if name == "mesh" else None})
-        # The TCP hop: long-lived connections (paced), then a new connection per request.
-        tcp = []
-        for _ in range(args.reps):
-            pids = [q for p in tcp_pids for q in run.pids_of(p)]
+        def paced_run(addr, sidecars_of):
+            """wrk at a fixed rate: latency, and the CPU of `sidecars_of` per 1,000 req/s."""
+            pids = [q for p in sidecars_of for q in run.pids_of(p)]
             before = run.cpu_ticks(pids)
             text = run.run_load(["wrk", "-t1", "-c10", f"-d{args.duration}s", "--latency",
-                                 "-s", paced, f"http://{tcp_addr}/"])
+                                 "-s", paced, f"http://{addr}/"])
             cpu = (run.cpu_ticks(pids) - before) / run.TICK
-            _, rps, errs = run.parse_wrk(text)
+            _, rps, errors = run.parse_wrk(text)
             p50, p99 = run.parse_latency(text)
-            tcp.append({"p50": p50, "p99": p99, "rps": rps, "errors": errs,
-                        "vcpu_per_krps": (cpu / args.duration) / (rps / 1000)})
+            return {"p50": p50, "p99": p99, "rps": rps, "errors": errors,
+                    "vcpu_per_krps": (cpu / args.duration) / (rps / 1000) if pids else None}
+
+        results = {"direct": [], "mesh": []}
+        for _ in range(args.reps):
+            results["direct"].append(paced_run(f"127.0.0.1:{app_port}", []))
+            results["mesh"].append(paced_run(out_addr, sidecar_pids))
+        # The TCP hop: long-lived connections (paced), then a new connection per request.
+        tcp = [paced_run(tcp_addr, tcp_pids) for _ in range(args.reps)]
         conn_rate = {"direct": [], "mesh": []}
         for _ in range(args.reps):
             for name, addr in (("direct", f"127.0.0.1:{app_port}"), ("mesh", tcp_addr)):

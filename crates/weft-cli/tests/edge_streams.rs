@@ -207,24 +207,16 @@ fn listeners_open_and_close_with_the_config_file() {
 /// A backend that answers each connection's first byte with `n` bytes (a counting
 /// pattern) and keeps the connection open.
 fn generator(n: usize) -> std::net::SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { break };
-            std::thread::spawn(move || {
-                let mut one = [0u8; 1];
-                if conn.read_exact(&mut one).is_err() {
-                    return;
-                }
-                let data: Vec<u8> = (0..n).map(|i| (i % 251) as u8).collect();
-                let _ = conn.write_all(&data);
-                // Held open: the client, not the backend, ends the exchange.
-                std::thread::sleep(Duration::from_secs(30));
-            });
+    weft_testkit::tcp_server(move |mut conn| {
+        let mut one = [0u8; 1];
+        if conn.read_exact(&mut one).is_err() {
+            return;
         }
-    });
-    addr
+        let data: Vec<u8> = (0..n).map(|i| (i % 251) as u8).collect();
+        let _ = conn.write_all(&data);
+        // Held open: the client, not the backend, ends the exchange.
+        std::thread::sleep(Duration::from_secs(30));
+    })
 }
 
 #[test]

@@ -652,25 +652,17 @@ fn an_operator_provided_intermediate_signs_under_the_operators_root() {
     );
 }
 
-/// A TCP echo server (opaque bytes, no HTTP), on a thread per connection.
+/// A TCP echo server (opaque bytes, no HTTP).
 fn tcp_echo() -> std::net::SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { break };
-            std::thread::spawn(move || {
-                use std::io::{Read, Write};
-                let mut buf = [0u8; 4096];
-                while let Ok(n) = conn.read(&mut buf) {
-                    if n == 0 || conn.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
-            });
+    weft_testkit::tcp_server(|mut conn| {
+        use std::io::{Read, Write};
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = conn.read(&mut buf) {
+            if n == 0 || conn.write_all(&buf[..n]).is_err() {
+                break;
+            }
         }
-    });
-    addr
+    })
 }
 
 /// Sends `msg` on `conn` and reads until as many bytes came back, the peer closed, or

@@ -380,6 +380,24 @@ pub fn replace_file(path: &Path, text: &str) {
     std::fs::rename(&tmp, path).expect("move it into place");
 }
 
+/// A plain TCP server on an ephemeral loopback port: each accepted connection is handed
+/// to `serve` on a thread of its own.
+pub fn tcp_server(
+    serve: impl Fn(std::net::TcpStream) + Send + Sync + 'static,
+) -> std::net::SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let serve = std::sync::Arc::new(serve);
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { break };
+            let serve = serve.clone();
+            std::thread::spawn(move || serve(conn));
+        }
+    });
+    addr
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
