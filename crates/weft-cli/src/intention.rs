@@ -22,6 +22,10 @@ pub struct CheckArgs {
     /// A request header NAME:VALUE (repeatable).
     #[arg(long = "header")]
     headers: Vec<String>,
+    /// Judge an opaque TCP connection (a service run with `--app-protocol tcp`) instead
+    /// of an HTTP request: L7 permissions do not apply.
+    #[arg(long, conflicts_with_all = ["path", "method", "headers"])]
+    tcp: bool,
 }
 
 /// Prints the verdict and why; Ok(true) when allowed.
@@ -53,6 +57,18 @@ pub async fn check(server: &str, args: &CheckArgs) -> anyhow::Result<bool> {
         );
     }
     let source = (args.source != "-").then_some(args.source.as_str());
+    if args.tcp {
+        let verdict = authz.connection(source);
+        let allowed = verdict.action == weft_model::Action::Allow;
+        say!(
+            "{}: {} → {} (TCP connection): {}",
+            if allowed { "allowed" } else { "denied" },
+            source.unwrap_or("(no identity)"),
+            args.destination,
+            verdict.reason
+        );
+        return Ok(allowed);
+    }
     let (path, query) = match args.path.split_once('?') {
         Some((p, q)) => (p, Some(q)),
         None => (args.path.as_str(), None),

@@ -726,6 +726,25 @@ fn a_tcp_service_is_called_over_mutual_tls_and_denied_connections_are_closed() {
         "weft_downstream_connections_refused_total{listener=\"sidecar/inbound\",reason=\"denied-by-intention\"}",
     );
     assert!(denied.is_some_and(|n| n >= 1.0), "{metrics}");
+    let check = || {
+        weft_cli(
+            &weft(),
+            &[
+                "intention",
+                "check",
+                "web",
+                "db",
+                "--tcp",
+                "--server",
+                &s.url(),
+            ],
+        )
+    };
+    let (ok, out, _) = check();
+    assert!(
+        !ok && out.contains("denied: web → db (TCP connection)"),
+        "{out}"
+    );
     // Plaintext straight to db's inbound listener (strict mode) does not reach the app
     // either (at most a TLS alert comes back).
     let inbound = db.listener("inbound");
@@ -743,6 +762,8 @@ fn a_tcp_service_is_called_over_mutual_tls_and_denied_connections_are_closed() {
         (exchange(&mut c, b"ping\n") == b"ping\n").then_some(c)
     });
     assert_eq!(exchange(&mut held, b"second\n"), b"second\n");
+    let (ok, out, _) = check();
+    assert!(ok && out.contains("intention web-db"), "{out}");
     // A deny applies to the connection already open: it is closed.
     apply(
         &s,
