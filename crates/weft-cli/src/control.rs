@@ -144,13 +144,9 @@ pub async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
             .bundle()
             .await
             .map_err(|e| anyhow::anyhow!("certificate authority: {}", e.message))?;
-        let pem: String = bundle
-            .roots
-            .iter()
-            .map(|r| r.certificate.as_str())
-            .collect();
         let path = data_dir.join("ca.pem");
-        std::fs::write(&path, pem).with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(&path, bundle.roots_pem())
+            .with_context(|| format!("writing {}", path.display()))?;
         Some(path)
     } else {
         None

@@ -8,7 +8,7 @@ use weft_proxy::{
         discovery::{self, Identity},
         identity,
         registration::{HealthCheck, Registration},
-        sidecar_config, AppProtocol, SidecarSpec,
+        sidecar_config, SidecarSpec,
     },
     source::FileSource,
     ProxyOptions, RunningProxy,
@@ -151,7 +151,7 @@ async fn follow_gateway_file(
 
 /// Runs the sidecar until SIGTERM/SIGINT.
 pub async fn run(args: SidecarArgs) -> anyhow::Result<()> {
-    let Some(app_protocol) = AppProtocol::parse(&args.app_protocol) else {
+    let Some(app_protocol) = weft_model::AppProtocol::parse(&args.app_protocol) else {
         bail!(
             "--app-protocol {}: expected http, http2, grpc or tcp",
             args.app_protocol
@@ -256,7 +256,7 @@ pub async fn run(args: SidecarArgs) -> anyhow::Result<()> {
                 id: id.clone(),
                 address: SocketAddr::new(advertise, inbound.port()),
                 metadata,
-                protocol: app_protocol.name(),
+                protocol: app_protocol,
                 ttl: args.ttl,
                 app,
                 check,

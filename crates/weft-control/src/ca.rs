@@ -46,6 +46,13 @@ pub struct Bundle {
     pub active: String,
 }
 
+impl Bundle {
+    /// The trusted roots, PEM, one after the other (what clients verify with).
+    pub fn roots_pem(&self) -> String {
+        self.roots.iter().map(|r| r.certificate.as_str()).collect()
+    }
+}
+
 /// One root certificate.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -275,13 +282,7 @@ impl Ca {
     pub async fn peer_tls(
         &self,
     ) -> Result<std::sync::Arc<tokio_rustls::rustls::ClientConfig>, ApiError> {
-        let pem: String = self
-            .bundle()
-            .await?
-            .roots
-            .iter()
-            .map(|r| r.certificate.as_str())
-            .collect();
+        let pem = self.bundle().await?.roots_pem();
         weft_tls::client_config_pem(&pem, "the trust bundle", &[weft_tls::ALPN_HTTP11]).map_err(bad)
     }
 

@@ -38,23 +38,6 @@ pub enum Health {
     Critical,
 }
 
-/// What an instance's application speaks, as its sidecar was told (`--app-protocol`).
-/// Between sidecars HTTP of every kind travels as HTTP/2; `tcp` is carried as opaque
-/// bytes, so callers open a TCP listener for it.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum AppProtocol {
-    /// HTTP/1.1.
-    #[default]
-    Http,
-    /// HTTP/2 (h2c).
-    Http2,
-    /// gRPC.
-    Grpc,
-    /// Opaque TCP.
-    Tcp,
-}
-
 /// One registered instance.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -72,7 +55,7 @@ pub struct Instance {
     pub metadata: BTreeMap<String, String>,
     /// What the application speaks (default `http`).
     #[serde(default)]
-    pub protocol: AppProtocol,
+    pub protocol: weft_model::AppProtocol,
     /// Current health.
     #[serde(default)]
     pub health: Health,

@@ -39,80 +39,100 @@ const SERVER_CERT_RENEWAL: Duration = Duration::from_secs(24 * 3600);
 /// How often the trust bundle is checked for a rotation.
 const BUNDLE_CHECK: Duration = Duration::from_secs(5);
 
-/// The API's TLS acceptor, with a certificate from the mesh CA renewed in the background.
-async fn tls_acceptor(
-    ca: &Arc<crate::ca::Ca>,
+/// The API's TLS certificate (from the mesh CA), swapped in place when renewed.
+struct ApiCert {
+    cert: Arc<weft_tls::SwappableCert>,
     names: Vec<String>,
-) -> std::io::Result<(tokio_rustls::TlsAcceptor, tokio::task::JoinHandle<()>)> {
-    // The certificate, and the root that was active when it was issued.
-    let issue = |ca: Arc<crate::ca::Ca>, names: Vec<String>| async move {
+    /// The root that was active when it was issued.
+    under: String,
+    issued: tokio::time::Instant,
+}
+
+impl ApiCert {
+    /// A certificate for `names`, and the TLS acceptor serving it.
+    async fn new(
+        ca: &crate::ca::Ca,
+        names: Vec<String>,
+    ) -> std::io::Result<(tokio_rustls::TlsAcceptor, ApiCert)> {
+        let (key, under) = Self::issue(ca, &names).await?;
+        let cert = weft_tls::SwappableCert::new(key);
+        let config = cert
+            .server_config(&[weft_tls::ALPN_H2, weft_tls::ALPN_HTTP11])
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let api_cert = ApiCert {
+            cert,
+            names,
+            under,
+            issued: tokio::time::Instant::now(),
+        };
+        Ok((tokio_rustls::TlsAcceptor::from(config), api_cert))
+    }
+
+    async fn issue(
+        ca: &crate::ca::Ca,
+        names: &[String],
+    ) -> std::io::Result<(Arc<tokio_rustls::rustls::sign::CertifiedKey>, String)> {
         let active = ca.bundle().await.map(|b| b.active).unwrap_or_default();
         let (chain, key) = ca
-            .server_certificate(&names, SERVER_CERT_VALIDITY)
+            .server_certificate(names, SERVER_CERT_VALIDITY)
             .await
             .map_err(|e| std::io::Error::other(e.message))?;
         weft_tls::mesh::Identity::from_pem(&chain, &key)
             .map(|i| (i.key, active))
             .map_err(|e| std::io::Error::other(e.to_string()))
-    };
-    let (key, mut under) = issue(ca.clone(), names.clone()).await?;
-    let cert = weft_tls::SwappableCert::new(key);
-    let config = cert
-        .server_config(&[weft_tls::ALPN_H2, weft_tls::ALPN_HTTP11])
-        .map_err(|e| std::io::Error::other(e.to_string()))?;
-    let renewer = {
-        let ca = ca.clone();
-        tokio::spawn(async move {
-            let mut issued = tokio::time::Instant::now();
-            loop {
-                tokio::time::sleep(BUNDLE_CHECK).await;
-                let rotated = match ca.bundle().await {
-                    Ok(b) => b.active != under,
-                    Err(_) => false,
-                };
-                if !rotated && issued.elapsed() < SERVER_CERT_RENEWAL {
-                    continue;
-                }
-                match issue(ca.clone(), names.clone()).await {
-                    Ok((key, active)) => {
-                        cert.set(key);
-                        tracing::info!(root = %active, rotated, "renewed the API's certificate");
-                        under = active;
-                        issued = tokio::time::Instant::now();
-                    }
-                    Err(e) => tracing::warn!(error = %e, "renewing the API's certificate failed"),
-                }
+    }
+
+    /// Renews at once when `bundle` names another signing root (a rotation), else daily.
+    async fn renew_if_due(&mut self, ca: &crate::ca::Ca, bundle: &crate::ca::Bundle) {
+        let rotated = bundle.active != self.under;
+        if !rotated && self.issued.elapsed() < SERVER_CERT_RENEWAL {
+            return;
+        }
+        match Self::issue(ca, &self.names).await {
+            Ok((key, active)) => {
+                self.cert.set(key);
+                tracing::info!(root = %active, rotated, "renewed the API's certificate");
+                self.under = active;
+                self.issued = tokio::time::Instant::now();
             }
-        })
-    };
-    Ok((tokio_rustls::TlsAcceptor::from(config), renewer))
+            Err(e) => tracing::warn!(error = %e, "renewing the API's certificate failed"),
+        }
+    }
 }
 
-/// Keeps `path` holding the trust bundle's roots (PEM), replaced atomically when they
-/// change, so local clients (`--ca-file DATA-DIR/ca.pem`) follow rotations.
-async fn write_roots(ca: Arc<crate::ca::Ca>, path: std::path::PathBuf) {
-    let mut written = String::new();
+/// Follows the trust bundle every [`BUNDLE_CHECK`]: keeps `ca_file` holding its roots
+/// (replaced atomically when they change, so local clients using `--ca-file
+/// DATA-DIR/ca.pem` follow rotations), and renews the API's certificate.
+async fn follow_bundle(
+    ca: Arc<crate::ca::Ca>,
+    mut api_cert: Option<ApiCert>,
+    ca_file: Option<std::path::PathBuf>,
+) {
+    let mut written = ca_file
+        .as_ref()
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .unwrap_or_default();
     loop {
         match ca.bundle().await {
             Ok(bundle) => {
-                let pem: String = bundle
-                    .roots
-                    .iter()
-                    .map(|r| r.certificate.as_str())
-                    .collect();
-                if pem != written {
-                    let tmp = path.with_extension("pem.tmp");
-                    let result =
-                        std::fs::write(&tmp, &pem).and_then(|()| std::fs::rename(&tmp, &path));
-                    match result {
-                        Ok(()) => {
-                            tracing::info!(file = %path.display(), roots = bundle.roots.len(), "wrote the CA roots");
-                            written = pem;
-                        }
-                        Err(e) => {
-                            tracing::warn!(file = %path.display(), error = %e, "cannot write the CA roots")
+                if let Some(path) = &ca_file {
+                    let pem = bundle.roots_pem();
+                    if pem != written {
+                        let tmp = path.with_extension("pem.tmp");
+                        match std::fs::write(&tmp, &pem).and_then(|()| std::fs::rename(&tmp, path))
+                        {
+                            Ok(()) => {
+                                tracing::info!(file = %path.display(), roots = bundle.roots.len(), "wrote the CA roots");
+                                written = pem;
+                            }
+                            Err(e) => {
+                                tracing::warn!(file = %path.display(), error = %e, "cannot write the CA roots")
+                            }
                         }
                     }
+                }
+                if let Some(c) = &mut api_cert {
+                    c.renew_if_due(&ca, &bundle).await;
                 }
             }
             Err(e) => tracing::warn!(error = %e.message, "cannot read the trust bundle"),
@@ -135,14 +155,14 @@ pub async fn serve(
         tls,
         ca_file,
     } = opts;
-    let roots_writer = ca_file.map(|path| tokio::spawn(write_roots(ca.clone(), path)));
-    let (acceptor, renewer) = match tls {
+    let (acceptor, api_cert) = match tls {
         Some(names) => {
-            let (a, r) = tls_acceptor(&ca, names).await?;
-            (Some(a), Some(r))
+            let (a, c) = ApiCert::new(&ca, names).await?;
+            (Some(a), Some(c))
         }
         None => (None, None),
     };
+    let bundle_follower = tokio::spawn(follow_bundle(ca.clone(), api_cert, ca_file));
     let state = State::new();
     let follower = tokio::spawn(state.clone().follow(store.clone()));
     let announcer = tokio::spawn(crate::peers::announce(store.clone(), advertise.clone()));
@@ -191,9 +211,7 @@ pub async fn serve(
     pruner.abort();
     campaign.abort();
     leadership.resign(&*store).await;
-    for task in [renewer, roots_writer].into_iter().flatten() {
-        task.abort();
-    }
+    bundle_follower.abort();
     Ok(())
 }
 

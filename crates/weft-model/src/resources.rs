@@ -1055,6 +1055,46 @@ pub enum ServiceProtocol {
     Grpc,
 }
 
+/// What a mesh instance's application speaks (`weft sidecar --app-protocol`), as the
+/// catalog records it. Between sidecars HTTP of every kind travels as HTTP/2; `tcp` is
+/// carried as opaque bytes, so callers open a TCP listener for it.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum AppProtocol {
+    /// HTTP/1.1.
+    #[default]
+    Http,
+    /// HTTP/2 (h2c).
+    Http2,
+    /// gRPC.
+    Grpc,
+    /// Opaque TCP.
+    Tcp,
+}
+
+impl AppProtocol {
+    /// `http`, `http2`, `grpc` or `tcp`.
+    pub fn parse(s: &str) -> Option<AppProtocol> {
+        Some(match s {
+            "http" => AppProtocol::Http,
+            "http2" => AppProtocol::Http2,
+            "grpc" => AppProtocol::Grpc,
+            "tcp" => AppProtocol::Tcp,
+            _ => return None,
+        })
+    }
+
+    /// The HTTP protocol to speak to the app, or None for opaque TCP.
+    pub fn http(self) -> Option<ServiceProtocol> {
+        match self {
+            AppProtocol::Http => Some(ServiceProtocol::Http),
+            AppProtocol::Http2 => Some(ServiceProtocol::Http2),
+            AppProtocol::Grpc => Some(ServiceProtocol::Grpc),
+            AppProtocol::Tcp => None,
+        }
+    }
+}
+
 /// One endpoint.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]

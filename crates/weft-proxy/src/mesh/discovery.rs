@@ -244,11 +244,11 @@ async fn session(
             _ => build_and_apply(spec, &next, proxy),
         };
         if let (Ok(()), Some(Ok(bundle)), Some(mesh)) = (&result, bundle, proxy.mesh()) {
-            match mesh.update(None, Some(&bundle.0)) {
+            match mesh.update(None, Some(&bundle.roots)) {
                 Ok(()) => {
-                    mesh.set_active_root(&bundle.1);
-                    super::control_api::trust_bundle_roots(bundle.2);
-                    tracing::info!(roots = bundle.0.len(), "trust bundle updated");
+                    mesh.set_active_root(&bundle.active);
+                    tracing::info!(roots = bundle.roots.len(), "trust bundle updated");
+                    super::control_api::trust_bundle_roots(bundle.pem);
                 }
                 Err(e) => tracing::warn!(error = %e, "trust bundle refused"),
             }

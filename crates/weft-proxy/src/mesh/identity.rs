@@ -182,9 +182,18 @@ pub async fn keep_renewed(
 /// The key of the trust bundle in the discovery stream.
 pub const TRUST_BUNDLE: &str = "TrustBundle/mesh";
 
-/// The roots of a `TrustBundle/mesh` resource from the discovery stream, and the id of
-/// the root now signing.
-pub fn bundle_of(json: &str) -> Result<(Roots, String, String), String> {
+/// A `TrustBundle/mesh` resource from the discovery stream.
+pub struct TrustBundle {
+    /// The trusted roots.
+    pub roots: Roots,
+    /// The same roots, PEM.
+    pub pem: String,
+    /// The id of the root now signing.
+    pub active: String,
+}
+
+/// Parses a `TrustBundle/mesh` resource.
+pub fn bundle_of(json: &str) -> Result<TrustBundle, String> {
     let v: Value = serde_json::from_str(json).map_err(|e| format!("{TRUST_BUNDLE}: {e}"))?;
     let pem = pem_roots(&v);
     let roots = bundle_from_pem(&pem).map_err(|e| format!("{TRUST_BUNDLE}: {e}"))?;
@@ -193,7 +202,7 @@ pub fn bundle_of(json: &str) -> Result<(Roots, String, String), String> {
         .and_then(Value::as_str)
         .unwrap_or_default()
         .to_string();
-    Ok((roots, active, pem))
+    Ok(TrustBundle { roots, pem, active })
 }
 
 /// Trusted root certificates, DER.

@@ -35,45 +35,12 @@ pub mod registration;
 use std::collections::BTreeMap;
 
 use serde_json::{json, Value};
-use weft_model::{Config, ServiceProtocol};
+use weft_model::{AppProtocol, Config};
 
 /// The name of the local application's service inside a sidecar's configuration.
 pub const LOCAL_APP: &str = "weft.local-app";
 /// The sidecar's gateway.
 pub const GATEWAY: &str = "sidecar";
-
-/// What the local application speaks (`weft sidecar --app-protocol`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AppProtocol {
-    /// HTTP of this kind (between sidecars it travels as HTTP/2 either way).
-    Http(ServiceProtocol),
-    /// Opaque TCP: the inbound listener splices bytes to the app, and intentions judge
-    /// connections (a denied one is closed); callers get a TCP outbound listener.
-    Tcp,
-}
-
-impl AppProtocol {
-    /// `http`, `http2`, `grpc` or `tcp`.
-    pub fn parse(s: &str) -> Option<AppProtocol> {
-        Some(match s {
-            "http" => AppProtocol::Http(ServiceProtocol::Http),
-            "http2" => AppProtocol::Http(ServiceProtocol::Http2),
-            "grpc" => AppProtocol::Http(ServiceProtocol::Grpc),
-            "tcp" => AppProtocol::Tcp,
-            _ => return None,
-        })
-    }
-
-    /// Its name, as registered in the catalog.
-    pub fn name(self) -> &'static str {
-        match self {
-            AppProtocol::Http(ServiceProtocol::Http) => "http",
-            AppProtocol::Http(ServiceProtocol::Http2) => "http2",
-            AppProtocol::Http(ServiceProtocol::Grpc) => "grpc",
-            AppProtocol::Tcp => "tcp",
-        }
-    }
-}
 
 /// The mesh services whose every registered instance speaks opaque TCP (from the
 /// `Endpoints` resources): a sidecar calls them through a TCP listener.
@@ -209,7 +176,7 @@ pub fn sidecar_config(
         let kind = if app_tcp { "TCPRoute" } else { "HTTPRoute" };
         docs.push(catch_all(kind, "weft.inbound", "inbound", LOCAL_APP));
         let mut app = json!({"endpoints": [{"address": spec.app}]});
-        if let AppProtocol::Http(p) = spec.app_protocol {
+        if let Some(p) = spec.app_protocol.http() {
             app["protocol"] = json!(p);
         }
         docs.push(json!({"kind": "Service", "metadata": {"name": LOCAL_APP}, "spec": app}));
@@ -273,26 +240,15 @@ pub fn sidecar_config(
             }
         }
     }
-    // A TCP upstream: its listener sends every connection to the service (HTTP routes
-    // cannot apply to opaque bytes).
-    for (name, _) in spec
-        .upstreams
-        .iter()
-        .filter(|(n, _)| !edge && tcp.contains(n))
-    {
-        docs.push(catch_all(
-            "TCPRoute",
-            &format!("weft.default.{name}"),
-            &format!("out-{name}"),
-            name,
-        ));
-    }
-    // Mesh routes, attached to the outbound listener of each HTTP upstream they apply to.
-    for (name, _) in spec
-        .upstreams
-        .iter()
-        .filter(|(n, _)| !edge && !tcp.contains(n))
-    {
+    // Mesh routes, attached to the outbound listener of each upstream they apply to.
+    for (name, _) in spec.upstreams.iter().filter(|_| !edge) {
+        let (default_route, listener) = (format!("weft.default.{name}"), format!("out-{name}"));
+        // A TCP upstream: its listener sends every connection to the service (HTTP
+        // routes cannot apply to opaque bytes).
+        if tcp.contains(name) {
+            docs.push(catch_all("TCPRoute", &default_route, &listener, name));
+            continue;
+        }
         let mut attached = false;
         for (key, json) in resources {
             if !key.starts_with("HTTPRoute/") {
@@ -316,18 +272,12 @@ pub fn sidecar_config(
                 .and_then(Value::as_str)
                 .unwrap_or_default();
             route["metadata"]["name"] = json!(format!("{route_name}.{name}"));
-            route["spec"]["parentRefs"] =
-                json!([{"name": GATEWAY, "sectionName": format!("out-{name}")}]);
+            route["spec"]["parentRefs"] = json!([{"name": GATEWAY, "sectionName": listener}]);
             docs.push(route);
             attached = true;
         }
         if !attached {
-            docs.push(catch_all(
-                "HTTPRoute",
-                &format!("weft.default.{name}"),
-                &format!("out-{name}"),
-                name,
-            ));
+            docs.push(catch_all("HTTPRoute", &default_route, &listener, name));
             if !services.contains_key(name) {
                 services.insert(name.clone(), json!({"kind": "Service", "metadata": {"name": name}, "spec": {"protocol": "http2"}}));
                 mesh_services.insert(name.clone());

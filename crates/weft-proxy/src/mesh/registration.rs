@@ -39,7 +39,7 @@ pub struct Registration {
     pub metadata: Vec<(String, String)>,
     /// What the app speaks (`http`, `http2`, `grpc`, `tcp`): callers' sidecars open a
     /// TCP listener for a `tcp` service.
-    pub protocol: &'static str,
+    pub protocol: weft_model::AppProtocol,
     /// Lease TTL.
     pub ttl: Duration,
     /// The local application.

@@ -1,13 +1,14 @@
 use std::collections::BTreeMap;
 
 use super::*;
+use weft_model::ServiceProtocol;
 
 fn spec() -> SidecarSpec {
     SidecarSpec {
         service: "web".into(),
         inbound: "127.0.0.1:0".into(),
         app: "127.0.0.1:8080".into(),
-        app_protocol: AppProtocol::Http(ServiceProtocol::Http),
+        app_protocol: AppProtocol::Http,
         upstreams: vec![("api".into(), "127.0.0.1:9001".into())],
         trust_domain: "weft.local".into(),
         gateway: Vec::new(),
@@ -161,7 +162,7 @@ fn an_edge_gateway_serves_its_file_and_calls_the_mesh_services_its_routes_name()
         service: "edge".into(),
         inbound: String::new(),
         app: String::new(),
-        app_protocol: AppProtocol::Http(ServiceProtocol::Http),
+        app_protocol: AppProtocol::Http,
         upstreams: vec![("api".into(), String::new())],
         trust_domain: "weft.local".into(),
         gateway,
