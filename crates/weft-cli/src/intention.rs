@@ -57,31 +57,22 @@ pub async fn check(server: &str, args: &CheckArgs) -> anyhow::Result<bool> {
         );
     }
     let source = (args.source != "-").then_some(args.source.as_str());
-    if args.tcp {
-        let verdict = authz.connection(source);
-        let allowed = verdict.action == weft_model::Action::Allow;
-        say!(
-            "{}: {} → {} (TCP connection): {}",
-            if allowed { "allowed" } else { "denied" },
-            source.unwrap_or("(no identity)"),
-            args.destination,
-            verdict.reason
-        );
-        return Ok(allowed);
-    }
-    let (path, query) = match args.path.split_once('?') {
-        Some((p, q)) => (p, Some(q)),
-        None => (args.path.as_str(), None),
+    let (verdict, what) = if args.tcp {
+        (authz.connection(source), "(TCP connection)".to_string())
+    } else {
+        let (path, query) = match args.path.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (args.path.as_str(), None),
+        };
+        let verdict = authz.request(source, &method, path, query, &headers);
+        (verdict, format!("{} {}", args.method, args.path))
     };
-    let verdict = authz.request(source, &method, path, query, &headers);
     let allowed = verdict.action == weft_model::Action::Allow;
     say!(
-        "{}: {} → {} {} {}: {}",
+        "{}: {} → {} {what}: {}",
         if allowed { "allowed" } else { "denied" },
         source.unwrap_or("(no identity)"),
         args.destination,
-        args.method,
-        args.path,
         verdict.reason
     );
     Ok(allowed)
