@@ -34,6 +34,11 @@ pub async fn check(server: &str, args: &CheckArgs) -> anyhow::Result<bool> {
     if let Ok(mesh) = get_json(server, "/v1/config/Mesh/mesh").await {
         docs.push(mesh);
     }
+    // The destination's path policy, if it has one.
+    if let Ok(service) = get_json(server, &format!("/v1/config/Service/{}", args.destination)).await
+    {
+        docs.push(service);
+    }
     let text = docs
         .iter()
         .map(Value::to_string)
@@ -64,7 +69,26 @@ pub async fn check(server: &str, args: &CheckArgs) -> anyhow::Result<bool> {
             Some((p, q)) => (p, Some(q)),
             None => (args.path.as_str(), None),
         };
-        let verdict = authz.request(source, &method, path, query, &headers);
+        // Judged as the sidecar judges it: in its normal form, under the destination's
+        // path policy (its Service's, else the Mesh's).
+        let policy = config
+            .service(&args.destination)
+            .and_then(|s| s.spec.paths)
+            .unwrap_or(config.mesh().paths);
+        let path = match weft_proxy::path::normalize(path, &policy) {
+            Ok(p) => p,
+            Err(e) => {
+                say!(
+                    "refused: {} → {} {} {}: 400 invalid-path before any intention: {e}",
+                    source.unwrap_or("(no identity)"),
+                    args.destination,
+                    args.method,
+                    args.path
+                );
+                return Ok(false);
+            }
+        };
+        let verdict = authz.request(source, &method, &path, query, &headers);
         (verdict, format!("{} {}", args.method, args.path))
     };
     let allowed = verdict.action == weft_model::Action::Allow;

@@ -64,6 +64,10 @@ pub struct Listener {
     /// Bounds on what clients may do; every field has a safe default.
     #[serde(default)]
     pub limits: ListenerLimits,
+    /// How request paths are normalised before routing, intentions and rate limits (HTTP
+    /// listeners); the defaults refuse what could be read two ways.
+    #[serde(default, skip_serializing_if = "PathPolicy::is_default")]
+    pub paths: PathPolicy,
     /// Set by a sidecar on its inbound listener (never from a file): mesh mutual TLS and
     /// intentions apply to the service named here.
     #[serde(skip_deserializing, skip_serializing_if = "Option::is_none")]
@@ -220,6 +224,72 @@ fn default_h2_resets() -> u32 {
 }
 fn default_conn_idle_timeout() -> Duration {
     Duration::from_millis(600_000)
+}
+
+/// How a listener normalises request paths (docs/security.md, "Request paths"). Every
+/// request's path is put in one normal form — unreserved characters decoded, other escapes
+/// upper-cased, dot segments removed — which routing, intentions and rate limits judge and
+/// which is forwarded, so the application sees exactly what was judged. These fields choose
+/// what happens to the spellings that applications read in different ways.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PathPolicy {
+    /// Encoded slashes and backslashes (`%2F`, `%5C`) and raw backslashes: `reject` (400,
+    /// the default) or `keep` (forwarded escaped, `\` as `%5C`, and never a separator when
+    /// matching: only for applications that do not decode them into separators either).
+    #[serde(default)]
+    pub escaped_slashes: EscapedSlashes,
+    /// Merge repeated slashes (`//a` is `/a`); default true.
+    #[serde(default = "yes")]
+    pub merge_slashes: bool,
+    /// Path parameters (`;` inside a segment, which servers such as Tomcat strip before
+    /// routing): `reject` (400, the default) or `strip` (removed before judging and
+    /// forwarding).
+    #[serde(default)]
+    pub path_parameters: PathParameters,
+}
+
+impl Default for PathPolicy {
+    fn default() -> Self {
+        PathPolicy {
+            escaped_slashes: EscapedSlashes::default(),
+            merge_slashes: true,
+            path_parameters: PathParameters::default(),
+        }
+    }
+}
+
+impl PathPolicy {
+    /// Whether every field has its default (not written out).
+    pub fn is_default(&self) -> bool {
+        *self == PathPolicy::default()
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// What a listener does with `%2F`, `%5C` and `\` in a path.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum EscapedSlashes {
+    /// 400 `invalid-path`.
+    #[default]
+    Reject,
+    /// Kept escaped (upper-cased), never decoded into a separator.
+    Keep,
+}
+
+/// What a listener does with `;` path parameters.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum PathParameters {
+    /// 400 `invalid-path`.
+    #[default]
+    Reject,
+    /// Each segment loses everything from its first `;`.
+    Strip,
 }
 
 // ---------------------------------------------------------------- TCPRoute / TLSRoute
@@ -668,6 +738,10 @@ pub struct ServiceSpec {
     /// Mesh only: this service's inbound mutual TLS mode, overriding `Mesh`'s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtls: Option<crate::MeshMtls>,
+    /// Mesh only: how paths of calls to this service are normalised (by its sidecars'
+    /// inbound listeners and its callers' outbound ones), overriding `Mesh`'s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paths: Option<PathPolicy>,
     /// Set by a sidecar for a mesh service (never from a file): the SPIFFE ID its
     /// endpoints must prove; they are called over mutual TLS.
     #[serde(skip_deserializing, skip_serializing_if = "Option::is_none")]

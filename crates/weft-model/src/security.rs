@@ -38,6 +38,9 @@ pub struct MeshSpec {
     /// What happens to a call no intention decides (default `deny`).
     #[serde(default)]
     pub default_action: Action,
+    /// How sidecars normalise request paths, unless a `Service` says otherwise.
+    #[serde(default, skip_serializing_if = "crate::PathPolicy::is_default")]
+    pub paths: crate::PathPolicy,
 }
 
 /// `Mesh.spec.mtls`.

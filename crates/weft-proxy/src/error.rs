@@ -22,6 +22,9 @@ pub enum ProxyError {
     /// Host header or authority missing or malformed.
     #[error("missing or invalid host")]
     InvalidHost,
+    /// The path has a spelling its listener refuses (see [`crate::path`]).
+    #[error("invalid path: {0}")]
+    InvalidPath(crate::path::PathError),
     /// An intention (or the mesh default) denies this caller this request.
     #[error("denied by intention")]
     DeniedByIntention,
@@ -82,7 +85,9 @@ impl ProxyError {
         match self {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::DeniedByIntention => StatusCode::FORBIDDEN,
-            ProxyError::InvalidHost | ProxyError::BodyMalformed => StatusCode::BAD_REQUEST,
+            ProxyError::InvalidHost | ProxyError::InvalidPath(_) | ProxyError::BodyMalformed => {
+                StatusCode::BAD_REQUEST
+            }
             ProxyError::RequestTimeout | ProxyError::PerTryTimeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::FaultInjected(s) => {
@@ -109,6 +114,7 @@ impl ProxyError {
             ProxyError::NoRoute => "no-route",
             ProxyError::NoHealthyEndpoints => "no-healthy-endpoints",
             ProxyError::InvalidHost => "invalid-host",
+            ProxyError::InvalidPath(_) => "invalid-path",
             ProxyError::DeniedByIntention => "denied-by-intention",
             ProxyError::ConnectRefused => "connect-refused",
             ProxyError::ConnectTimeout => "connect-timeout",

@@ -152,23 +152,19 @@ pub async fn handle(
 }
 
 /// Judges one request on a sidecar's inbound listener against the intentions of the
-/// snapshot it is served with (so a change applies to open connections too).
+/// snapshot it is served with (so a change applies to open connections too), by its
+/// normalised `path` (the one that is forwarded).
 fn authorize(
     ctx: &ListenerContext,
     mesh: &crate::snapshot::MeshListener,
     client: &Client,
     req: &Request<Incoming>,
+    path: &str,
 ) -> Result<(), ProxyError> {
     let source = client.peer_service.as_deref();
-    // The path as routing sees it: `/a/../admin` is judged as `/admin`.
-    let path = normalize_path(req.uri().path());
-    let verdict = mesh.authz.request(
-        source,
-        req.method(),
-        &path,
-        req.uri().query(),
-        req.headers(),
-    );
+    let verdict = mesh
+        .authz
+        .request(source, req.method(), path, req.uri().query(), req.headers());
     if verdict.action == weft_model::Action::Allow {
         return Ok(());
     }
@@ -193,8 +189,15 @@ async fn route_and_forward(
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let listener = snapshot.listener(&ctx.name).ok_or(ProxyError::NoRoute)?;
     ex.stats = Some(listener.unrouted.clone());
+    // One normal form for everything that judges the path, and for the app: what is
+    // judged is what is forwarded.
+    // (A clone of the URI is a few reference counts: it lets `req` be edited below while
+    // a path that was already normal is borrowed, not copied.)
+    let target = req.uri().clone();
+    let path =
+        crate::path::normalize(target.path(), &listener.paths).map_err(ProxyError::InvalidPath)?;
     if let Some(mesh) = &listener.mesh {
-        authorize(ctx, mesh, client, &req)?;
+        authorize(ctx, mesh, client, &req, &path)?;
         let headers = req.headers_mut();
         headers.remove(&X_WEFT_SOURCE);
         if let Some(v) = client
@@ -206,7 +209,6 @@ async fn route_and_forward(
         }
     }
     let host = request_host(&req).ok_or(ProxyError::InvalidHost)?;
-    let path = normalize_path(req.uri().path());
     if let Some(max) = listener.limits.max_request_body_bytes {
         // A declared length over the limit is refused before anything is forwarded.
         if declared_length(req.headers()).is_some_and(|n| n > max) {
@@ -726,34 +728,6 @@ fn host_of(authority: &str) -> Option<&str> {
     valid.then_some(host)
 }
 
-/// Removes `.` and `..` segments (RFC 3986 §5.2.4) so `/public/../admin` cannot slip past a
-/// route meant for `/public`. Paths without dot segments are returned as they are.
-pub(crate) fn normalize_path(path: &str) -> Cow<'_, str> {
-    if !path.split('/').any(|s| s == "." || s == "..") {
-        return Cow::Borrowed(path);
-    }
-    let mut out: Vec<&str> = Vec::new();
-    let segments: Vec<&str> = path.split('/').skip(1).collect();
-    let last = segments.len().saturating_sub(1);
-    for (i, s) in segments.iter().enumerate() {
-        match *s {
-            "." => {
-                if i == last {
-                    out.push("");
-                }
-            }
-            ".." => {
-                out.pop();
-                if i == last {
-                    out.push("");
-                }
-            }
-            s => out.push(s),
-        }
-    }
-    Cow::Owned(format!("/{}", out.join("/")))
-}
-
 /// Whether the request asks to switch protocols (WebSocket and the like). `h2c` is not
 /// honoured: HTTP/2 by upgrade is deprecated (RFC 9113 §3.1), and tunnelling it would let
 /// every later request on the connection bypass routing; the request is served as plain
@@ -1163,15 +1137,6 @@ impl Template {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn dot_segments_are_removed() {
-        assert_eq!(normalize_path("/a/b"), "/a/b");
-        assert_eq!(normalize_path("/public/../admin"), "/admin");
-        assert_eq!(normalize_path("/../../etc/passwd"), "/etc/passwd");
-        assert_eq!(normalize_path("/a/./b/."), "/a/b/");
-        assert_eq!(normalize_path("/a/b/.."), "/a/");
-    }
 
     #[test]
     fn websocket_is_an_upgrade_h2c_is_not() {

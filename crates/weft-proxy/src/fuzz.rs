@@ -50,7 +50,7 @@ fn snapshot() -> &'static Snapshot {
 
 /// A request head as lines: method, request target, then `name: value` headers. Runs
 /// everything the proxy parses itself before forwarding: host and authority checks, dot
-/// segment removal, routing (regex, query percent-decoding, headers), hop-by-hop removal,
+/// path normalisation, routing (regex, query percent-decoding, headers), hop-by-hop removal,
 /// and the upstream target.
 pub fn request_head(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
@@ -70,11 +70,9 @@ pub fn request_head(data: &[u8]) {
     let Ok(mut req) = builder.body(()) else {
         return;
     };
-    let path = crate::forward::normalize_path(req.uri().path()).into_owned();
-    assert!(
-        !path.split('/').any(|s| s == ".." || s == "."),
-        "dot segment survived normalization: {path:?}"
-    );
+    let Ok(path) = normalized_path(req.uri().path(), &weft_model::PathPolicy::default()) else {
+        return;
+    };
     if let Some(host) = crate::forward::request_host(&req) {
         let table = &snapshot().listeners[0].1.table;
         let _ = table.route(&host, req.method(), &path, req.uri().query(), req.headers());
@@ -82,6 +80,74 @@ pub fn request_head(data: &[u8]) {
     crate::forward::strip_hop_by_hop(req.headers_mut(), true);
     assert!(!req.headers().contains_key(http::header::CONNECTION));
     let _ = crate::forward::upstream_uri(req.uri(), None, Some(path));
+}
+
+/// A path, under every path policy: normalisation refuses it or gives a path that is
+/// idempotent, holds no dot segment and no escaped unreserved character.
+pub fn normalized_paths(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let path = format!("/{text}");
+    for escaped_slashes in [
+        weft_model::EscapedSlashes::Reject,
+        weft_model::EscapedSlashes::Keep,
+    ] {
+        for path_parameters in [
+            weft_model::PathParameters::Reject,
+            weft_model::PathParameters::Strip,
+        ] {
+            for merge_slashes in [true, false] {
+                let policy = weft_model::PathPolicy {
+                    escaped_slashes,
+                    merge_slashes,
+                    path_parameters,
+                };
+                let _ = normalized_path(&path, &policy);
+            }
+        }
+    }
+}
+
+/// Normalises `path` and checks the invariants of its normal form.
+fn normalized_path(
+    path: &str,
+    policy: &weft_model::PathPolicy,
+) -> Result<String, crate::path::PathError> {
+    let once = crate::path::normalize(path, policy)?.into_owned();
+    if !path.starts_with('/') {
+        return Ok(once);
+    }
+    assert!(
+        !once.split('/').any(|s| s == ".." || s == "."),
+        "dot segment survived normalization: {path:?} -> {once:?}"
+    );
+    let bytes = once.as_bytes();
+    for (i, _) in once.match_indices('%') {
+        let escaped = std::str::from_utf8(&bytes[i + 1..i + 3])
+            .ok()
+            .and_then(|h| u8::from_str_radix(h, 16).ok())
+            .unwrap_or_else(|| panic!("bad escape in the normal form: {path:?} -> {once:?}"));
+        assert!(
+            !(escaped.is_ascii_alphanumeric() || b"-._~".contains(&escaped)),
+            "escaped unreserved character in the normal form: {path:?} -> {once:?}"
+        );
+        assert!(
+            bytes[i + 1..i + 3].iter().all(|b| !b.is_ascii_lowercase()),
+            "lower-case escape in the normal form: {path:?} -> {once:?}"
+        );
+    }
+    assert!(
+        http::uri::PathAndQuery::try_from(once.as_str()).is_ok(),
+        "the normal form is not a valid request target: {path:?} -> {once:?}"
+    );
+    let twice = crate::path::normalize(&once, policy);
+    assert_eq!(
+        twice.as_deref(),
+        Ok(once.as_str()),
+        "not idempotent: {path:?}"
+    );
+    Ok(once)
 }
 
 /// Bytes as the first flight of a TLS client, as TLS passthrough reads it.
@@ -99,6 +165,7 @@ mod tests {
         for (dir, run) in [
             ("request_head", super::request_head as fn(&[u8])),
             ("client_hello", super::client_hello),
+            ("normalized_paths", super::normalized_paths),
         ] {
             for entry in std::fs::read_dir(root.join(dir)).expect("seed directory") {
                 let bytes = std::fs::read(entry.expect("entry").path()).expect("seed");

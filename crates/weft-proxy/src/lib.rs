@@ -6,7 +6,8 @@
 //! listener  accept (maxConnections), TLS (weft-tls, SNI), HTTP/1.1 or HTTP/2 per
 //!    │      connection, limits (body, headers, pauses, idle), graceful drain;
 //!    │      TCP / TLS listeners go to `stream` instead (TCPRoute, TLSRoute by SNI)
-//! forward   host + path ─► router (Gateway API HTTPRoute precedence)
+//! forward   path ─► one normal form (`path`: refused, or judged and forwarded as is)
+//!    │      host + path ─► intentions (sidecar inbound) ─► router (Gateway API precedence)
 //!    │      rate limit, fault injection, filters (redirect, rewrite, header edits, mirror),
 //!    │      hop-by-hop, x-forwarded-*, x-request-id
 //!    │      backend by weight ─► circuit breaker, adaptive limit, deadline (`retry`,
@@ -39,6 +40,7 @@ pub mod listener;
 pub mod mesh;
 pub mod metrics;
 pub mod outlier;
+pub mod path;
 pub mod ratelimit;
 pub mod retry;
 pub mod router;

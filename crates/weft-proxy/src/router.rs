@@ -79,11 +79,17 @@ impl Matcher {
     pub fn compile(m: &HttpRouteMatch) -> Result<Matcher, MatchError> {
         let path = match &m.path {
             None => PathMatcher::Prefix(String::new()),
+            // Requests are matched by their normal form (`crate::path`), so the values
+            // written in configuration take it too: `/caf%c3%a9` matches `/café`.
             Some(p) => match p.kind {
-                PathMatchType::Exact => PathMatcher::Exact(p.value.clone()),
-                PathMatchType::PathPrefix => {
-                    PathMatcher::Prefix(p.value.trim_end_matches('/').to_string())
+                PathMatchType::Exact => {
+                    PathMatcher::Exact(crate::path::normalize_match_value(&p.value))
                 }
+                PathMatchType::PathPrefix => PathMatcher::Prefix(
+                    crate::path::normalize_match_value(&p.value)
+                        .trim_end_matches('/')
+                        .to_string(),
+                ),
                 PathMatchType::RegularExpression => PathMatcher::Regex(anchored(&p.value)?),
             },
         };

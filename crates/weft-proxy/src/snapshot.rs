@@ -50,6 +50,8 @@ pub struct ListenerRoutes {
     pub protocol: ListenerProtocol,
     /// Bounds on clients.
     pub limits: ListenerLimits,
+    /// How request paths are normalised before anything judges them.
+    pub paths: weft_model::PathPolicy,
     /// TLS to terminate (`HTTPS`, and `TLS` in `Terminate` mode), certificates loaded.
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     /// The HTTP connection settings derived from `limits`.
@@ -465,6 +467,7 @@ impl Snapshot {
                     ListenerRoutes {
                         protocol: l.protocol,
                         limits: l.limits.clone(),
+                        paths: l.paths,
                         tls: acceptor,
                         http: Arc::new(crate::listener::http_builder(&l.limits)),
                         table,

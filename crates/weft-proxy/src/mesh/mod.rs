@@ -60,6 +60,17 @@ fn tcp_services(resources: &BTreeMap<String, String>) -> std::collections::BTree
         .collect()
 }
 
+/// How paths of calls to `service` are normalised: its `Service`'s `paths`, else the
+/// `Mesh`'s (None: the defaults). The callee's inbound listener and its callers' outbound
+/// ones use the same policy, so a caller's sidecar never refuses what the callee admits.
+fn path_policy(resources: &BTreeMap<String, String>, service: &str) -> Option<Value> {
+    let spec_paths = |key: &str| -> Option<Value> {
+        let v: Value = serde_json::from_str(resources.get(key)?).ok()?;
+        v.pointer("/spec/paths").filter(|p| !p.is_null()).cloned()
+    };
+    spec_paths(&format!("Service/{service}")).or_else(|| spec_paths("Mesh/mesh"))
+}
+
 /// A route of `kind` named `name` sending everything that reaches the sidecar's listener
 /// `listener` to service `to`.
 fn catch_all(kind: &str, name: &str, listener: &str, to: &str) -> Value {
@@ -160,15 +171,22 @@ pub fn sidecar_config(
         docs.extend(spec.gateway.iter().cloned());
     } else {
         let app_tcp = spec.app_protocol == AppProtocol::Tcp;
-        let mut listeners = vec![
-            json!({"name": "inbound", "address": spec.inbound, "protocol": protocol_of(app_tcp)}),
-        ];
+        let mut inbound =
+            json!({"name": "inbound", "address": spec.inbound, "protocol": protocol_of(app_tcp)});
+        if let Some(p) = path_policy(resources, &spec.service) {
+            inbound["paths"] = p;
+        }
+        let mut listeners = vec![inbound];
         for (name, addr) in &spec.upstreams {
-            listeners.push(json!({
+            let mut out = json!({
                 "name": format!("out-{name}"),
                 "address": addr,
                 "protocol": protocol_of(tcp.contains(name)),
-            }));
+            });
+            if let Some(p) = path_policy(resources, name) {
+                out["paths"] = p;
+            }
+            listeners.push(out);
         }
         docs.push(
             json!({"kind": "Gateway", "metadata": {"name": GATEWAY}, "spec": {"listeners": listeners}}),

@@ -228,3 +228,59 @@ fn a_tcp_app_gets_a_tcp_inbound_and_tcp_services_get_tcp_outbound_listeners() {
     );
     assert!(!c.routes.iter().any(|r| r.metadata.name.ends_with(".db")));
 }
+
+#[test]
+fn path_policies_come_from_the_called_service_else_the_mesh() {
+    use weft_model::{EscapedSlashes, PathParameters, PathPolicy};
+    let two = SidecarSpec {
+        upstreams: vec![
+            ("api".into(), "127.0.0.1:9001".into()),
+            ("files".into(), "127.0.0.1:9002".into()),
+        ],
+        ..spec()
+    };
+    let mut resources = BTreeMap::new();
+    resources.insert(
+        "Mesh/mesh".to_string(),
+        json!({"kind": "Mesh", "metadata": {"name": "mesh"},
+               "spec": {"paths": {"pathParameters": "strip"}}})
+        .to_string(),
+    );
+    resources.insert(
+        "Service/files".to_string(),
+        json!({"kind": "Service", "metadata": {"name": "files"},
+               "spec": {"paths": {"escapedSlashes": "keep", "mergeSlashes": false}}})
+        .to_string(),
+    );
+    let c = sidecar_config(&two, &resources).unwrap();
+    let paths = |name: &str| {
+        c.gateways[0]
+            .spec
+            .listeners
+            .iter()
+            .find(|l| l.name == name)
+            .unwrap()
+            .paths
+    };
+    let mesh = PathPolicy {
+        path_parameters: PathParameters::Strip,
+        ..PathPolicy::default()
+    };
+    assert_eq!(paths("inbound"), mesh, "web has no Service: the mesh's");
+    assert_eq!(paths("out-api"), mesh);
+    assert_eq!(
+        paths("out-files"),
+        PathPolicy {
+            escaped_slashes: EscapedSlashes::Keep,
+            merge_slashes: false,
+            path_parameters: PathParameters::Reject,
+        },
+        "a Service's own policy replaces the mesh's whole"
+    );
+    let plain = sidecar_config(&spec(), &BTreeMap::new()).unwrap();
+    assert!(plain.gateways[0]
+        .spec
+        .listeners
+        .iter()
+        .all(|l| l.paths.is_default()));
+}
