@@ -56,6 +56,19 @@ pub struct ServerArgs {
     /// The root(s) above an intermediate --ca-cert, to put in the trust bundle. PEM.
     #[arg(long, requires = "ca_cert")]
     ca_roots: Option<PathBuf>,
+    /// `/metrics` needs a token granting `operator:read` (`token`, with ACLs on), or
+    /// answers anyone who reaches the port (`public`).
+    #[arg(long, default_value = "token", value_parser = ["token", "public"])]
+    metrics: String,
+    /// Open connections at once (API and discovery); beyond, new ones are closed at once.
+    #[arg(long, default_value_t = weft_control::server::Limits::default().max_connections)]
+    max_connections: usize,
+    /// Registered instances one service may have.
+    #[arg(long, default_value_t = weft_control::server::Limits::default().instances_per_service)]
+    max_instances_per_service: usize,
+    /// Discovery streams open at once under one ACL token.
+    #[arg(long, default_value_t = weft_control::server::Limits::default().streams_per_token)]
+    max_streams_per_token: usize,
 }
 
 /// Reads operator-provided CA material; a key others can read is refused.
@@ -104,6 +117,10 @@ pub async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
         ca_cert,
         ca_key,
         ca_roots,
+        metrics,
+        max_connections,
+        max_instances_per_service,
+        max_streams_per_token,
     } = args;
     let provided = provided_ca(ca_cert, ca_key, ca_roots)?;
     let acl = acl == "on";
@@ -188,6 +205,12 @@ pub async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
         acl,
         tls,
         ca_file: ca_file.clone(),
+        metrics_public: metrics == "public",
+        limits: weft_control::server::Limits {
+            max_connections: max_connections.max(1),
+            instances_per_service: max_instances_per_service,
+            streams_per_token: max_streams_per_token,
+        },
     };
     weft_control::server::serve(listener, store, Arc::new(ca), opts, async {
         let _ = crate::wait_for_signal().await;

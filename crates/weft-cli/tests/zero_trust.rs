@@ -391,7 +391,30 @@ fn permissive_mode_takes_plaintext_without_an_identity_and_a_service_can_insist(
         Duration::from_secs(10),
         || (plain().status == 403).then_some(()),
     );
+    // `*` means any caller with a mesh identity: an allow from `*` does not admit a
+    // caller without one (a mesh certificate is accepted at once, plaintext stays denied)...
     apply(&s, "kind: Intention\nmetadata: {name: any-b}\nspec: {source: '*', destination: b, action: allow}\n");
+    let cert = mesh_cert(&s, "a");
+    eventually(
+        "a certificate holder allowed",
+        Duration::from_secs(10),
+        || (call_inbound(inbound, Some(&cert)).status == 200).then_some(()),
+    );
+    assert_eq!(
+        plain().status,
+        403,
+        "a `*` allow admitted a caller without an identity"
+    );
+    let (ok, out, _) = weft_cli(
+        &weft(),
+        &["intention", "check", "-", "b", "--server", &s.url()],
+    );
+    assert!(
+        !ok && out.contains("allows only callers with a mesh identity"),
+        "{out}"
+    );
+    // ...unless it says so.
+    apply(&s, "kind: Intention\nmetadata: {name: any-b}\nspec: {source: '*', destination: b, action: allow, unauthenticated: true}\n");
     eventually("plaintext allowed", Duration::from_secs(10), || {
         let r = plain();
         (r.status == 200).then_some(r)
@@ -399,7 +422,6 @@ fn permissive_mode_takes_plaintext_without_an_identity_and_a_service_can_insist(
     let r = plain();
     assert!(!r.body.contains("x-weft-source-identity"), "{}", r.body);
     // Mutual TLS still works beside it.
-    let cert = mesh_cert(&s, "a");
     assert_eq!(call_inbound(inbound, Some(&cert)).status, 200);
     // The service insists on strict for itself.
     apply(

@@ -13,8 +13,8 @@
 use std::{sync::Arc, time::Duration};
 
 use axum::{
-    body::Bytes,
-    extract::{DefaultBodyLimit, Path, Query, State as AxState},
+    body::{Body, Bytes},
+    extract::{Path, Query, State as AxState},
     http::{header, HeaderMap, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
     routing::get,
@@ -46,19 +46,16 @@ pub struct Api {
     pub advertise: String,
     /// The mesh CA.
     pub ca: Arc<crate::ca::Ca>,
-    /// Whether ACL tokens are required (`weft server --acl`).
-    pub acl: bool,
+    /// Who a request's token belongs to (ACLs on or off).
+    pub auth: Arc<acl::Authenticator>,
+    /// `/metrics` answers without a token (`weft server --metrics public`).
+    pub metrics_public: bool,
+    /// Registered instances one service may have (`--max-instances-per-service`).
+    pub instances_per_service: usize,
     /// Whether the API is served over TLS (peers are reached the same way).
     pub tls: bool,
     /// The replicas' election.
     pub leadership: crate::leader::Leadership,
-}
-
-impl Api {
-    /// Who sent `headers` (see [`acl::caller`]).
-    pub async fn caller(&self, headers: &HeaderMap) -> Caller {
-        acl::caller(self.acl, &self.state, &*self.store, acl::secret_of(headers)).await
-    }
 }
 
 const OPENAPI: &str = include_str!("openapi.json");
@@ -87,7 +84,10 @@ pub fn router(api: Api) -> Router {
         .merge(crate::api_acl::routes())
         .route("/metrics", get(metrics))
         .fallback(|| async { ApiError::not_found("no such API endpoint (see /v1/openapi.json)") })
-        .layer(DefaultBodyLimit::max(config::MAX_APPLY_BYTES + 1024))
+        .layer(axum::middleware::from_fn_with_state(
+            api.clone(),
+            crate::api_request::authenticate,
+        ))
         .with_state(api)
 }
 
@@ -205,27 +205,30 @@ async fn openapi() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
 }
 
-async fn metrics(AxState(api): AxState<Api>) -> Response {
+/// The control plane's metrics: `operator:read`, unless the server made them public
+/// (the middleware lets a tokenless scrape through only then).
+async fn metrics(AxState(api): AxState<Api>, caller: Caller) -> ApiResult {
+    if !api.metrics_public {
+        caller.require(&Need::Operator(Access::Read))?;
+    }
     let revision = api.state.read().revision;
     let text = api.sessions.metrics.encode(
         api.sessions.list().len(),
         revision,
         api.leadership.is_leader(),
     );
-    (
+    Ok((
         [(
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
         text,
     )
-        .into_response()
+        .into_response())
 }
 
-async fn status(AxState(api): AxState<Api>, headers: HeaderMap) -> ApiResult {
-    api.caller(&headers)
-        .await
-        .require(&Need::Operator(Access::Read))?;
+async fn status(AxState(api): AxState<Api>, caller: Caller) -> ApiResult {
+    caller.require(&Need::Operator(Access::Read))?;
     let revision = api.state.read().revision;
     Ok(with_index(
         revision,
@@ -242,40 +245,36 @@ async fn status(AxState(api): AxState<Api>, headers: HeaderMap) -> ApiResult {
 
 async fn config_apply(
     AxState(api): AxState<Api>,
+    caller: Caller,
     headers: HeaderMap,
     q: Q,
-    body: Bytes,
+    body: Body,
 ) -> ApiResult {
     let p = params(q)?;
+    let body = crate::api_request::read_body(body, &headers, config::MAX_APPLY_BYTES).await?;
     let text = std::str::from_utf8(&body)
         .map_err(|_| ApiError::bad_request("invalid-body", "configuration must be UTF-8 text"))?;
-    api.caller(&headers)
-        .await
-        .require(&config_need(&kinds_of(text), Access::Write))?;
+    caller.require(&config_need(&kinds_of(text), Access::Write))?;
     let file = p.file.as_deref().unwrap_or("(request)");
     let outcome = config::apply(&*api.store, file, text, p.dry_run.unwrap_or(false)).await?;
     Ok(with_index(outcome.revision, Json(outcome)))
 }
 
-async fn config_list(AxState(api): AxState<Api>, headers: HeaderMap, q: Q) -> ApiResult {
-    api.caller(&headers)
-        .await
-        .require(&Need::Operator(Access::Read))?;
+async fn config_list(AxState(api): AxState<Api>, caller: Caller, q: Q) -> ApiResult {
+    caller.require(&Need::Operator(Access::Read))?;
     let p = params(q)?;
     list_config(&api, None, &p).await
 }
 
 async fn config_list_kind(
     AxState(api): AxState<Api>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(kind): Path<String>,
     q: Q,
 ) -> ApiResult {
     let p = params(q)?;
     let kind = config::canonical_kind(&kind)?;
-    api.caller(&headers)
-        .await
-        .require(&config_need(&[kind], Access::Read))?;
+    caller.require(&config_need(&[kind], Access::Read))?;
     list_config(&api, Some(kind), &p).await
 }
 
@@ -290,38 +289,32 @@ async fn list_config(api: &Api, kind: Option<&str>, p: &Params) -> ApiResult {
 
 async fn config_get(
     AxState(api): AxState<Api>,
-    headers: HeaderMap,
+    caller: Caller,
     Path((kind, name)): Path<(String, String)>,
 ) -> ApiResult {
     let kind = config::canonical_kind(&kind)?;
-    api.caller(&headers)
-        .await
-        .require(&config_need(&[kind], Access::Read))?;
+    caller.require(&config_need(&[kind], Access::Read))?;
     let value = config::get(&*api.store, kind, &name).await?;
     Ok(Json(value).into_response())
 }
 
 async fn config_delete(
     AxState(api): AxState<Api>,
-    headers: HeaderMap,
+    caller: Caller,
     Path((kind, name)): Path<(String, String)>,
     q: Q,
 ) -> ApiResult {
     let p = params(q)?;
     let kind = config::canonical_kind(&kind)?;
-    api.caller(&headers)
-        .await
-        .require(&config_need(&[kind], Access::Write))?;
+    caller.require(&config_need(&[kind], Access::Write))?;
     let outcome = config::delete(&*api.store, kind, &name, p.dry_run.unwrap_or(false)).await?;
     Ok(with_index(outcome.revision, Json(outcome)))
 }
 
-async fn kv_list(AxState(api): AxState<Api>, headers: HeaderMap, q: Q) -> ApiResult {
+async fn kv_list(AxState(api): AxState<Api>, caller: Caller, q: Q) -> ApiResult {
     let p = params(q)?;
     let prefix = p.prefix.clone().unwrap_or_default();
-    api.caller(&headers)
-        .await
-        .require(&Need::Kv(prefix.clone(), Access::Read))?;
+    caller.require(&Need::Kv(prefix.clone(), Access::Read))?;
     if let Some(index) = p.index {
         let (_, _, revision) = kv::list(&*api.store, &prefix, None, 1).await?;
         if revision <= index {
@@ -344,15 +337,13 @@ async fn kv_list(AxState(api): AxState<Api>, headers: HeaderMap, q: Q) -> ApiRes
 
 async fn kv_get(
     AxState(api): AxState<Api>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(key): Path<String>,
     q: Q,
 ) -> ApiResult {
     let p = params(q)?;
     kv::check_key(&key)?;
-    api.caller(&headers)
-        .await
-        .require(&Need::Kv(key.clone(), Access::Read))?;
+    caller.require(&Need::Kv(key.clone(), Access::Read))?;
     if let Some(index) = p.index {
         let current = match kv::get(&*api.store, &key).await {
             Ok((kv, _)) => kv.mod_revision,
@@ -384,15 +375,15 @@ async fn kv_get(
 
 async fn kv_put(
     AxState(api): AxState<Api>,
+    caller: Caller,
     headers: HeaderMap,
     Path(key): Path<String>,
     q: Q,
-    body: Bytes,
+    body: Body,
 ) -> ApiResult {
     let p = params(q)?;
-    api.caller(&headers)
-        .await
-        .require(&Need::Kv(key.clone(), Access::Write))?;
+    caller.require(&Need::Kv(key.clone(), Access::Write))?;
+    let body = crate::api_request::read_body(body, &headers, kv::MAX_VALUE_BYTES).await?;
     let revision = kv::put(&*api.store, &key, body.to_vec(), p.cas).await?;
     Ok(with_index(
         revision,
@@ -402,14 +393,12 @@ async fn kv_put(
 
 async fn kv_delete(
     AxState(api): AxState<Api>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(key): Path<String>,
     q: Q,
 ) -> ApiResult {
     let p = params(q)?;
-    api.caller(&headers)
-        .await
-        .require(&Need::Kv(key.clone(), Access::Write))?;
+    caller.require(&Need::Kv(key.clone(), Access::Write))?;
     let (revision, deleted) =
         kv::delete(&*api.store, &key, p.recurse.unwrap_or(false), p.cas).await?;
     Ok(with_index(
@@ -459,11 +448,14 @@ pub(crate) fn json_body<T: serde::de::DeserializeOwned>(
         .map_err(|e| ApiError::bad_request("invalid-body", format!("invalid JSON body: {e}")))
 }
 
-async fn proxies(AxState(api): AxState<Api>, headers: HeaderMap, q: Q) -> ApiResult {
+async fn proxies(
+    AxState(api): AxState<Api>,
+    caller: Caller,
+    headers: HeaderMap,
+    q: Q,
+) -> ApiResult {
     let p = params(q)?;
-    api.caller(&headers)
-        .await
-        .require(&Need::Operator(Access::Read))?;
+    caller.require(&Need::Operator(Access::Read))?;
     let server_revision = api.state.read().revision;
     let at = p.revision.unwrap_or(server_revision);
     let mut items: Vec<Value> = api

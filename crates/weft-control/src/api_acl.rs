@@ -1,7 +1,7 @@
 //! The ACL endpoints: bootstrap once, then create, list and revoke tokens.
 
 use axum::{
-    body::Bytes,
+    body::Body,
     extract::{Path, State as AxState},
     http::HeaderMap,
     response::IntoResponse,
@@ -14,6 +14,7 @@ use serde_json::json;
 use crate::{
     acl::{self, Access, Caller, Need, Rule, Token},
     api::{json_body, Api, ApiResult},
+    api_request::{read_body, SMALL_BODY},
     error::ApiError,
     store::{self, Compare, Op, Txn},
 };
@@ -62,7 +63,7 @@ fn put_token(token: &Token) -> Result<Op, ApiError> {
 }
 
 async fn bootstrap(AxState(api): AxState<Api>) -> ApiResult {
-    if !api.acl {
+    if !api.auth.enabled() {
         return Err(ApiError::bad_request(
             "acl-disabled",
             "this server runs without ACLs (--acl off)",
@@ -113,10 +114,14 @@ struct CreateBody {
     service: Option<String>,
 }
 
-async fn create(AxState(api): AxState<Api>, headers: HeaderMap, body: Bytes) -> ApiResult {
-    api.caller(&headers)
-        .await
-        .require(&Need::Operator(Access::Write))?;
+async fn create(
+    AxState(api): AxState<Api>,
+    caller: Caller,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult {
+    caller.require(&Need::Operator(Access::Write))?;
+    let body = read_body(body, &headers, SMALL_BODY).await?;
     let req: CreateBody = json_body(&headers, &body)?;
     let mut rules = req.rules;
     if let Some(s) = &req.service {
@@ -159,22 +164,18 @@ async fn all_tokens(api: &Api) -> Result<Vec<Token>, ApiError> {
         .collect())
 }
 
-async fn list(AxState(api): AxState<Api>, headers: HeaderMap) -> ApiResult {
-    api.caller(&headers)
-        .await
-        .require(&Need::Operator(Access::Write))?;
+async fn list(AxState(api): AxState<Api>, caller: Caller) -> ApiResult {
+    caller.require(&Need::Operator(Access::Write))?;
     let items: Vec<_> = all_tokens(&api).await?.iter().map(Token::public).collect();
     Ok(Json(json!({"items": items})).into_response())
 }
 
 async fn revoke(
     AxState(api): AxState<Api>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(accessor): Path<String>,
 ) -> ApiResult {
-    api.caller(&headers)
-        .await
-        .require(&Need::Operator(Access::Write))?;
+    caller.require(&Need::Operator(Access::Write))?;
     let token = all_tokens(&api)
         .await?
         .into_iter()
@@ -192,8 +193,8 @@ async fn revoke(
     Ok(Json(json!({"revoked": accessor})).into_response())
 }
 
-async fn whoami(AxState(api): AxState<Api>, headers: HeaderMap) -> ApiResult {
-    match api.caller(&headers).await {
+async fn whoami(caller: Caller) -> ApiResult {
+    match caller.clone() {
         Caller::Token(t) => Ok(Json(t.public()).into_response()),
         Caller::Anyone => Ok(Json(json!({"acl": "off"})).into_response()),
         other => other

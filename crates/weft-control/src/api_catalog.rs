@@ -3,9 +3,9 @@
 //! first ([`crate::acl`]).
 
 use axum::{
-    body::Bytes,
+    body::Body,
     extract::{Path, State as AxState},
-    http::HeaderMap,
+    http::{HeaderMap, StatusCode},
     response::IntoResponse,
     routing::{delete, get, post, put},
     Json, Router,
@@ -16,10 +16,14 @@ use serde_json::{json, Value};
 use crate::{
     acl::{Access, Caller, Need},
     api::{json_body, params, wait, wait_for_change, with_index, Api, ApiResult, Q},
+    api_request::{read_body, SMALL_BODY},
     catalog, config,
     error::ApiError,
     store,
 };
+
+/// Largest body of a rotation to an operator's CA (PEM certificates and a key).
+const ROTATE_BODY: usize = 1024 * 1024;
 
 /// The catalog and CA routes.
 pub fn routes() -> Router<Api> {
@@ -41,10 +45,8 @@ pub fn routes() -> Router<Api> {
         .route("/v1/ca/rotate", post(ca_rotate))
 }
 
-async fn services(AxState(api): AxState<Api>, headers: HeaderMap) -> ApiResult {
-    api.caller(&headers)
-        .await
-        .require(&Need::Service("*".into(), Access::Read))?;
+async fn services(AxState(api): AxState<Api>, caller: Caller) -> ApiResult {
+    caller.require(&Need::Service("*".into(), Access::Read))?;
     let view = api.state.read();
     let items: Vec<Value> = view
         .services()
@@ -56,14 +58,12 @@ async fn services(AxState(api): AxState<Api>, headers: HeaderMap) -> ApiResult {
 
 async fn service_instances(
     AxState(api): AxState<Api>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(service): Path<String>,
     q: Q,
 ) -> ApiResult {
     let p = params(q)?;
-    api.caller(&headers)
-        .await
-        .require(&Need::Service(service.clone(), Access::Read))?;
+    caller.require(&Need::Service(service.clone(), Access::Read))?;
     if let Some(index) = p.index {
         if api.state.read().revision <= index {
             let prefix = format!("{}{service}/", catalog::PREFIX);
@@ -74,11 +74,29 @@ async fn service_instances(
     Ok(with_index(revision, Json(json!({"items": items}))))
 }
 
-async fn register(AxState(api): AxState<Api>, headers: HeaderMap, body: Bytes) -> ApiResult {
+async fn register(
+    AxState(api): AxState<Api>,
+    caller: Caller,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult {
+    let body = read_body(body, &headers, SMALL_BODY).await?;
     let reg: catalog::Registration = json_body(&headers, &body)?;
-    api.caller(&headers)
-        .await
-        .require(&Need::Service(reg.instance.service.clone(), Access::Write))?;
+    caller.require(&Need::Service(reg.instance.service.clone(), Access::Write))?;
+    let (count, known) = api
+        .state
+        .read()
+        .instance_count(&reg.instance.service, &reg.instance.id);
+    if !known && count >= api.instances_per_service {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "limit-reached",
+            format!(
+                "service {} has {count} instances, the limit (weft server --max-instances-per-service {})",
+                reg.instance.service, api.instances_per_service
+            ),
+        ));
+    }
     let (lease, revision) = catalog::register(&*api.store, reg).await?;
     Ok(with_index(
         revision,
@@ -94,12 +112,12 @@ async fn ca_roots(AxState(api): AxState<Api>) -> ApiResult {
 /// roots?}` rotates to the operator's root or intermediate.
 async fn ca_rotate(
     AxState(api): AxState<Api>,
+    caller: Caller,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    body: Body,
 ) -> ApiResult {
-    api.caller(&headers)
-        .await
-        .require(&Need::Operator(Access::Write))?;
+    caller.require(&Need::Operator(Access::Write))?;
+    let body = read_body(body, &headers, ROTATE_BODY).await?;
     let provided = match body.iter().all(u8::is_ascii_whitespace) {
         true => None,
         false => Some(
@@ -123,7 +141,13 @@ struct SignBody {
     csr: String,
 }
 
-async fn ca_sign(AxState(api): AxState<Api>, headers: HeaderMap, body: Bytes) -> ApiResult {
+async fn ca_sign(
+    AxState(api): AxState<Api>,
+    caller: Caller,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult {
+    let body = read_body(body, &headers, SMALL_BODY).await?;
     let req: SignBody = json_body(&headers, &body)?;
     if !config::valid_name(&req.service) {
         return Err(ApiError::bad_request(
@@ -132,9 +156,7 @@ async fn ca_sign(AxState(api): AxState<Api>, headers: HeaderMap, body: Bytes) ->
         ));
     }
     // The identity a token entitles its holder to, and no other.
-    api.caller(&headers)
-        .await
-        .require(&Need::Service(req.service.clone(), Access::Write))?;
+    caller.require(&Need::Service(req.service.clone(), Access::Write))?;
     let signed = api.ca.sign(&req.service, &req.csr).await?;
     tracing::info!(service = %req.service, spiffe_id = %signed.spiffe_id, "signed a certificate");
     Ok(Json(signed).into_response())
@@ -142,7 +164,7 @@ async fn ca_sign(AxState(api): AxState<Api>, headers: HeaderMap, body: Bytes) ->
 
 async fn renew(
     AxState(api): AxState<Api>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(lease): Path<String>,
     q: Q,
 ) -> ApiResult {
@@ -150,7 +172,7 @@ async fn renew(
     let lease: u64 = lease
         .parse()
         .map_err(|_| ApiError::bad_request("invalid-lease", "a lease is a number"))?;
-    let caller = api.caller(&headers).await;
+    let caller = caller.clone();
     if !matches!(caller, Caller::Anyone) {
         // With ACLs, a renewal names its service, and the lease must hold one of that
         // service's instances: a token for A cannot keep B's instances alive.
@@ -177,26 +199,24 @@ struct HealthBody {
 
 async fn set_health(
     AxState(api): AxState<Api>,
+    caller: Caller,
     Path((service, id)): Path<(String, String)>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> ApiResult {
+    let body = read_body(body, &headers, SMALL_BODY).await?;
     let h: HealthBody = json_body(&headers, &body)?;
-    api.caller(&headers)
-        .await
-        .require(&Need::Service(service.clone(), Access::Write))?;
+    caller.require(&Need::Service(service.clone(), Access::Write))?;
     let revision = catalog::set_health(&*api.store, &service, &id, h.status).await?;
     Ok(with_index(revision, Json(json!({"revision": revision}))))
 }
 
 async fn deregister(
     AxState(api): AxState<Api>,
-    headers: HeaderMap,
+    caller: Caller,
     Path((service, id)): Path<(String, String)>,
 ) -> ApiResult {
-    api.caller(&headers)
-        .await
-        .require(&Need::Service(service.clone(), Access::Write))?;
+    caller.require(&Need::Service(service.clone(), Access::Write))?;
     let revision = catalog::deregister(&*api.store, &service, &id).await?;
     Ok(with_index(revision, Json(json!({"revision": revision}))))
 }

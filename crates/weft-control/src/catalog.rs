@@ -135,10 +135,23 @@ pub async fn register(
             format!("metadata: at most {MAX_METADATA} entries, keys ≤ 128 and values ≤ 512 bytes"),
         ));
     }
+    let key = key(&inst.service, &inst.id);
+    let previous = store::get(store, &key).await?.0.and_then(|kv| kv.lease);
     let lease = store.grant(ttl).await?;
     inst.lease = lease;
     let value = serde_json::to_vec(&inst).map_err(|e| ApiError::internal(e.to_string()))?;
-    let revision = store::put(store, &key(&inst.service, &inst.id), value, Some(lease)).await?;
+    let revision = match store::put(store, &key, value, Some(lease)).await {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = store.revoke(lease).await;
+            return Err(e.into());
+        }
+    };
+    // A re-registration ends the lease it replaces: a service holds at most one live
+    // lease per instance, however often its sidecars register.
+    if let Some(old) = previous.filter(|&old| old != lease) {
+        let _ = store.revoke(old).await;
+    }
     Ok((lease, revision))
 }
 

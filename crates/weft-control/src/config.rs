@@ -140,7 +140,8 @@ pub async fn apply(
     dry_run: bool,
 ) -> Result<Outcome, ApiError> {
     if text.len() > MAX_APPLY_BYTES {
-        return Err(ApiError::bad_request(
+        return Err(ApiError::new(
+            axum::http::StatusCode::PAYLOAD_TOO_LARGE,
             "too-large",
             format!(
                 "configuration of {} bytes is over the limit of {MAX_APPLY_BYTES}",

@@ -34,8 +34,34 @@ use crate::{
 
 /// Upstreams one proxy may subscribe to.
 pub const MAX_UPSTREAMS: usize = 256;
+/// Longest `hello.build`.
+pub const MAX_BUILD_LEN: usize = 128;
 /// How long a new stream has to say `Hello`.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Streams whose `Hello` is being read at once, server-wide (each may hold a message of up
+/// to the server's message limit); more wait for a turn within [`HELLO_TIMEOUT`].
+pub const MAX_PENDING_HELLOS: usize = 64;
+/// A proxy's full resyncs (a stream opened again, or a `Hello` that asks for its slice
+/// after a refused update) are served at most once per this interval; a faster loop waits.
+pub const RESYNC_INTERVAL: Duration = Duration::from_secs(1);
+/// Proxy ids whose last resync is remembered for [`RESYNC_INTERVAL`].
+const MAX_RECENT: usize = 4096;
+
+/// Bounds on what proxies may hold (`weft server --max-streams-per-token`).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Discovery streams open at once under one ACL token (all the sidecars of a service
+    /// usually share its token).
+    pub streams_per_token: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            streams_per_token: 4096,
+        }
+    }
+}
 
 /// What the server knows of one connected proxy.
 #[derive(Debug, Clone, Serialize)]
@@ -63,6 +89,9 @@ pub struct ProxyStatus {
     pub updates: u64,
     #[serde(skip)]
     generation: u64,
+    /// The accessor of the token the stream was opened with (ACLs on).
+    #[serde(skip)]
+    token: Option<String>,
 }
 
 /// A refused update.
@@ -87,6 +116,8 @@ impl ProxyStatus {
 pub struct Sessions {
     map: Mutex<HashMap<String, ProxyStatus>>,
     generation: std::sync::atomic::AtomicU64,
+    /// When each proxy id may resync next (see [`RESYNC_INTERVAL`]).
+    recent: Mutex<HashMap<String, tokio::time::Instant>>,
     /// Counters of updates sent and answered.
     pub metrics: crate::metrics::ControlMetrics,
 }
@@ -104,6 +135,53 @@ impl Sessions {
         self.map.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// When a resync of proxy `id` may be served (now, or up to a few intervals ahead
+    /// for a proxy that loops), reserving that turn.
+    fn resync_turn(&self, id: &str) -> tokio::time::Instant {
+        let now = tokio::time::Instant::now();
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        if recent.len() >= MAX_RECENT {
+            recent.retain(|_, at| *at > now);
+        }
+        let turn = match recent.get(id) {
+            Some(&next) if next > now => next,
+            _ => now,
+        };
+        if recent.len() < MAX_RECENT || recent.contains_key(id) {
+            recent.insert(id.to_string(), turn + RESYNC_INTERVAL);
+        }
+        turn
+    }
+
+    /// Records a new session for `status.proxy_id`, unless the id is held by another
+    /// service's proxy (a takeover) or the token holds `limit` streams already.
+    fn open(&self, status: ProxyStatus, limit: &Limits) -> Result<(), Status> {
+        let mut map = self.lock();
+        if let Some(held) = map.get(&status.proxy_id) {
+            if held.service != status.service {
+                return Err(Status::permission_denied(format!(
+                    "proxy id `{}` is held by a proxy of service {}; a proxy of {} cannot take it over",
+                    status.proxy_id, held.service, status.service
+                )));
+            }
+        }
+        if let Some(token) = &status.token {
+            let open = map
+                .values()
+                .filter(|s| s.token.as_ref() == Some(token) && s.proxy_id != status.proxy_id)
+                .count();
+            if open >= limit.streams_per_token {
+                return Err(Status::resource_exhausted(format!(
+                    "token {token} holds {open} discovery streams, the limit \
+                     (weft server --max-streams-per-token {})",
+                    limit.streams_per_token
+                )));
+            }
+        }
+        map.insert(status.proxy_id.clone(), status);
+        Ok(())
+    }
+
     fn update(&self, id: &str, generation: u64, f: impl FnOnce(&mut ProxyStatus)) {
         if let Some(s) = self.lock().get_mut(id) {
             if s.generation == generation {
@@ -117,26 +195,29 @@ impl Sessions {
 pub struct DiscoveryServer {
     state: Arc<State>,
     sessions: Arc<Sessions>,
-    /// ACL tokens required (with the store, to look up a token newer than the view).
-    acl: Option<Arc<dyn crate::store::Store>>,
+    auth: Arc<crate::acl::Authenticator>,
+    limits: Limits,
+    pending_hellos: Arc<tokio::sync::Semaphore>,
 }
 
 impl DiscoveryServer {
-    /// A server over `state`, recording sessions in `sessions`.
-    pub fn new(state: Arc<State>, sessions: Arc<Sessions>) -> DiscoveryServer {
+    /// A server over `state`, recording sessions in `sessions`. With ACLs on (`auth`), a
+    /// stream needs a valid token before its first message is read, then
+    /// `service:SERVICE:write` for its own service and `service:UPSTREAM:read` for each
+    /// upstream, and it ends when its token is revoked.
+    pub fn new(
+        state: Arc<State>,
+        sessions: Arc<Sessions>,
+        auth: Arc<crate::acl::Authenticator>,
+        limits: Limits,
+    ) -> DiscoveryServer {
         DiscoveryServer {
             state,
             sessions,
-            acl: None,
+            auth,
+            limits,
+            pending_hellos: Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_HELLOS)),
         }
-    }
-
-    /// The same, requiring ACL tokens: a stream needs `service:SERVICE:write` for its
-    /// own service and `service:UPSTREAM:read` for each upstream, and ends when its token
-    /// is revoked.
-    pub fn with_acl(mut self, store: Arc<dyn crate::store::Store>) -> DiscoveryServer {
-        self.acl = Some(store);
-        self
     }
 }
 
@@ -176,6 +257,11 @@ fn check_hello(h: &Hello) -> Result<(), Status> {
             h.service
         )));
     }
+    if h.build.len() > MAX_BUILD_LEN {
+        return Err(Status::invalid_argument(format!(
+            "hello: build is at most {MAX_BUILD_LEN} bytes"
+        )));
+    }
     if h.upstreams.len() > MAX_UPSTREAMS {
         return Err(Status::invalid_argument(format!(
             "hello: at most {MAX_UPSTREAMS} upstreams"
@@ -202,15 +288,22 @@ impl Discovery for DiscoveryServer {
                 "the server has not loaded its state yet",
             ));
         }
+        // Who is calling, from the stream's metadata: refused before any message is read.
         let secret = request
             .metadata()
             .get("x-weft-token")
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        let caller = match &self.acl {
-            None => Caller::Anyone,
-            Some(store) => crate::acl::caller(true, &self.state, &**store, secret.as_deref()).await,
-        };
+        let caller = self.auth.caller(secret.as_deref()).await;
+        if let Err(e) = caller.authenticated() {
+            return Err(Status::unauthenticated(e.message));
+        }
+        // A bounded number of Hellos are read at once.
+        let permit =
+            tokio::time::timeout(HELLO_TIMEOUT, self.pending_hellos.clone().acquire_owned())
+                .await
+                .map_err(|_| Status::unavailable("too many streams are starting; try again"))?
+                .map_err(|_| Status::unavailable("the server is stopping"))?;
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
             .await
@@ -225,6 +318,16 @@ impl Discovery for DiscoveryServer {
         };
         check_hello(&hello)?;
         permitted(&caller, &hello)?;
+        // A proxy that reconnects in a loop gets one full slice per interval.
+        let turn = self.sessions.resync_turn(&hello.proxy_id);
+        if turn > tokio::time::Instant::now() + HELLO_TIMEOUT {
+            return Err(Status::resource_exhausted(format!(
+                "proxy {} reconnects too fast",
+                hello.proxy_id
+            )));
+        }
+        tokio::time::sleep_until(turn).await;
+        drop(permit);
         let generation = self
             .sessions
             .generation
@@ -232,8 +335,11 @@ impl Discovery for DiscoveryServer {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        self.sessions.lock().insert(
-            hello.proxy_id.clone(),
+        let token = match &caller {
+            Caller::Token(t) => Some(t.accessor_id.clone()),
+            _ => None,
+        };
+        self.sessions.open(
             ProxyStatus {
                 proxy_id: hello.proxy_id.clone(),
                 service: hello.service.clone(),
@@ -245,8 +351,10 @@ impl Discovery for DiscoveryServer {
                 nack: None,
                 updates: 0,
                 generation,
+                token,
             },
-        );
+            &self.limits,
+        )?;
         tracing::info!(proxy = %hello.proxy_id, service = %hello.service, "proxy connected");
         let (tx, rx) = mpsc::channel(1);
         let session = Session {
@@ -304,7 +412,17 @@ impl Session {
         let mut hold = false;
         // The first update is sent even when empty: it tells the proxy it is in sync.
         let mut first = true;
+        // A resync asked for after a NACK waits for its turn.
+        let mut resync_at: Option<tokio::time::Instant> = None;
         loop {
+            if let Some(at) = resync_at.take() {
+                if at > tokio::time::Instant::now() {
+                    tokio::select! {
+                        () = tokio::time::sleep_until(at) => {}
+                        () = tx.closed() => break,
+                    }
+                }
+            }
             if in_flight.is_none() && !hold {
                 // Mark the current revision seen *before* reading the view: a change
                 // that lands after this line wakes the select below, so none is lost.
@@ -378,12 +496,21 @@ impl Session {
                             }
                         }
                         proxy_message::Message::Hello(h) => {
-                            if let Err(status) = check_hello(&h).and_then(|()| permitted(&self.caller, &h)) {
+                            let same = h.proxy_id == self.hello.proxy_id && h.service == self.hello.service;
+                            let checked = if same {
+                                check_hello(&h).and_then(|()| permitted(&self.caller, &h))
+                            } else {
+                                Err(Status::invalid_argument("a later hello may change the upstreams only, not the proxy id or service"))
+                            };
+                            if let Err(status) = checked {
                                 let _ = tx.send(Err(status)).await;
                                 break;
                             }
                             self.sessions.update(&id, self.generation, |s| s.upstreams = h.upstreams.clone());
                             self.hello.upstreams = h.upstreams;
+                            // Served at the proxy's next resync turn: a Hello → NACK → Hello
+                            // loop costs one slice per interval.
+                            resync_at = Some(self.sessions.resync_turn(&id));
                             hold = false;
                         }
                     },

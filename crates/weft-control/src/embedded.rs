@@ -63,6 +63,34 @@ struct LeaseState {
     keys: BTreeSet<String>,
 }
 
+/// Creates the store's directory (0700) and file (0600) with those modes from the start —
+/// the file holds the mesh CA's key and the ACL token hashes, and is never readable by
+/// others, not even for an instant — and restricts ones made by an older version.
+fn create_private(dir: &Path, file: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+    let fail = |what: &Path, e: std::io::Error| {
+        unavailable(format!("cannot create {}: {e}", what.display()))
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| fail(dir, e))?;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(file)
+        .map_err(|e| fail(file, e))?;
+    for (p, mode) in [(dir, 0o700), (file, 0o600)] {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| unavailable(format!("cannot restrict {}: {e}", p.display())))?;
+    }
+    Ok(())
+}
+
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
@@ -103,20 +131,10 @@ fn decode(key: &str, raw: &[u8]) -> Result<KeyValue, StoreError> {
 impl Embedded {
     /// Opens (or creates) the store in `dir` (file `weft.redb`) and starts lease expiry.
     pub fn open(dir: &Path) -> Result<Embedded, StoreError> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| unavailable(format!("cannot create {}: {e}", dir.display())))?;
         let path = dir.join("weft.redb");
+        create_private(dir, &path)?;
         let db = Database::create(&path)
             .map_err(|e| unavailable(format!("cannot open {}: {e}", path.display())))?;
-        // The store holds the mesh CA's key and the ACL token hashes: the server's user
-        // only (the directory's other files, like ca.pem, are public anyway).
-        {
-            use std::os::unix::fs::PermissionsExt;
-            for (p, mode) in [(dir, 0o700), (path.as_path(), 0o600)] {
-                std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
-                    .map_err(|e| unavailable(format!("cannot restrict {}: {e}", p.display())))?;
-            }
-        }
         // Create the tables, and find the leases and the keys they hold.
         let mut leases = HashMap::new();
         {

@@ -236,3 +236,24 @@ async fn leases_and_their_keys_survive_a_restart() {
     s.revoke(lease).await.unwrap();
     assert!(store::get(&s, "/held").await.unwrap().0.is_none());
 }
+
+#[tokio::test]
+async fn the_store_is_private_to_the_server_user() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let _store = Embedded::open(&data).unwrap();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&data), 0o700);
+    assert_eq!(mode(&data.join("weft.redb")), 0o600);
+    // A store made by an older version with looser modes is restricted on open.
+    drop(_store);
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(
+        data.join("weft.redb"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let _store = Embedded::open(&data).unwrap();
+    assert_eq!((mode(&data), mode(&data.join("weft.redb"))), (0o700, 0o600));
+}

@@ -21,6 +21,8 @@ pub struct ApiError {
     pub message: String,
     /// One line per problem (e.g. every invalid field of an apply).
     pub details: Vec<String>,
+    /// Answer with `Connection: close` (the request's body was not read to its end).
+    pub close: bool,
 }
 
 impl ApiError {
@@ -31,6 +33,7 @@ impl ApiError {
             code,
             message: message.into(),
             details: Vec::new(),
+            close: false,
         }
     }
     /// 400 with the given code.
@@ -104,6 +107,13 @@ impl IntoResponse for ApiError {
         if !self.details.is_empty() {
             body["error"]["details"] = json!(self.details);
         }
-        (self.status, Json(body)).into_response()
+        let mut resp = (self.status, Json(body)).into_response();
+        if self.close {
+            resp.headers_mut().insert(
+                axum::http::header::CONNECTION,
+                axum::http::HeaderValue::from_static("close"),
+            );
+        }
+        resp
     }
 }

@@ -71,15 +71,14 @@ pub async fn put(
 ) -> Result<Revision, ApiError> {
     check_key(key)?;
     if value.len() > MAX_VALUE_BYTES {
-        return Err(ApiError {
-            status: axum::http::StatusCode::PAYLOAD_TOO_LARGE,
-            code: "too-large",
-            message: format!(
+        return Err(ApiError::new(
+            axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+            "too-large",
+            format!(
                 "value of {} bytes is over the limit of {MAX_VALUE_BYTES}",
                 value.len()
             ),
-            details: vec![],
-        });
+        ));
     }
     let full = format!("{PREFIX}{key}");
     let compares = store::guard(&full, cas);

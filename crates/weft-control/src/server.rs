@@ -14,8 +14,9 @@ use crate::{
     store::Store,
 };
 
-/// Largest discovery message accepted from a proxy (a Hello with its known versions).
-const MAX_PROXY_MESSAGE: usize = 4 * 1024 * 1024;
+/// Largest discovery message accepted from a proxy (a Hello with its known versions: a
+/// slice of 256 upstreams holds a few thousand keys, well under this).
+const MAX_PROXY_MESSAGE: usize = 1024 * 1024;
 
 /// How a server serves.
 #[derive(Debug, Clone)]
@@ -30,6 +31,31 @@ pub struct Options {
     /// Where the trust bundle's roots are written for local clients (`DATA-DIR/ca.pem`),
     /// kept current as roots are rotated in and pruned out.
     pub ca_file: Option<std::path::PathBuf>,
+    /// `/metrics` without a token (`--metrics public`); otherwise it needs `operator:read`.
+    pub metrics_public: bool,
+    /// Bounds on clients.
+    pub limits: Limits,
+}
+
+/// Bounds on what clients may hold (each a `weft server` flag; docs/operations.md).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Open connections at once; beyond, new ones are closed at once (`--max-connections`).
+    pub max_connections: usize,
+    /// Registered instances per service (`--max-instances-per-service`).
+    pub instances_per_service: usize,
+    /// Discovery streams per ACL token (`--max-streams-per-token`).
+    pub streams_per_token: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 16_384,
+            instances_per_service: 4096,
+            streams_per_token: crate::discovery::Limits::default().streams_per_token,
+        }
+    }
 }
 
 /// Validity of the API's certificate; it is renewed every day, and at once when the CA's
@@ -154,6 +180,8 @@ pub async fn serve(
         acl,
         tls,
         ca_file,
+        metrics_public,
+        limits,
     } = opts;
     let (acceptor, api_cert) = match tls {
         Some(names) => {
@@ -183,10 +211,19 @@ pub async fn serve(
         })
     };
     let sessions = Arc::new(Sessions::default());
-    let mut discovery = DiscoveryServer::new(state.clone(), sessions.clone());
-    if acl {
-        discovery = discovery.with_acl(store.clone());
-    }
+    let auth = Arc::new(crate::acl::Authenticator::new(
+        acl,
+        state.clone(),
+        store.clone(),
+    ));
+    let discovery = DiscoveryServer::new(
+        state.clone(),
+        sessions.clone(),
+        auth.clone(),
+        crate::discovery::Limits {
+            streams_per_token: limits.streams_per_token,
+        },
+    );
     let grpc = GrpcDiscovery::new(discovery)
         .max_decoding_message_size(MAX_PROXY_MESSAGE)
         .max_encoding_message_size(usize::MAX);
@@ -198,14 +235,16 @@ pub async fn serve(
         sessions,
         advertise,
         ca,
-        acl,
+        auth,
+        metrics_public,
+        instances_per_service: limits.instances_per_service,
         tls: acceptor.is_some(),
         leadership: leadership.clone(),
     })
     .route_service("/weft.discovery.v1.Discovery/{*method}", grpc);
     let local: SocketAddr = listener.local_addr()?;
     tracing::info!(%local, tls = acceptor.is_some(), "control plane listening (HTTP API and gRPC discovery)");
-    accept_loop(listener, app, acceptor, shutdown).await;
+    accept_loop(listener, app, acceptor, limits.max_connections, shutdown).await;
     follower.abort();
     announcer.abort();
     pruner.abort();
@@ -219,8 +258,9 @@ pub async fn serve(
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest request head on the API.
 const MAX_HEADER_BYTES: usize = 64 * 1024;
-/// Streams per HTTP/2 connection: enough for many proxies multiplexed on one connection.
-const MAX_STREAMS_PER_CONNECTION: u32 = 10_000;
+/// Streams per HTTP/2 connection: a sidecar needs a few (its discovery stream and API
+/// calls); a relay or load generator multiplexing many proxies gets a thousand.
+const MAX_STREAMS_PER_CONNECTION: u32 = 1000;
 
 /// Accepts connections and serves each with hyper (HTTP/1.1 or h2c), with the API's limits:
 /// a header read timeout, bounded heads, and HTTP/2 pings so a proxy that vanished
@@ -229,6 +269,7 @@ async fn accept_loop(
     listener: TcpListener,
     app: axum::Router,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    max_connections: usize,
     shutdown: impl Future<Output = ()>,
 ) {
     use hyper_util::{
@@ -250,6 +291,8 @@ async fn accept_loop(
         .keep_alive_interval(Some(Duration::from_secs(20)))
         .keep_alive_timeout(Duration::from_secs(10));
     let builder = Arc::new(builder);
+    let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
+    let mut refused_logged: Option<tokio::time::Instant> = None;
     tokio::pin!(shutdown);
     loop {
         let (stream, _) = tokio::select! {
@@ -264,11 +307,21 @@ async fn accept_loop(
                 }
             },
         };
+        // Over the limit a connection is closed at once (logged at most every 10 s).
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            drop(stream);
+            if refused_logged.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                tracing::warn!(max_connections, "connection limit reached: closing new connections (weft server --max-connections)");
+                refused_logged = Some(tokio::time::Instant::now());
+            }
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(app.clone());
         let builder = builder.clone();
         let tls = tls.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let result = match tls {
                 None => {
                     builder

@@ -135,6 +135,13 @@ impl View {
         self.tokens.get(hash).cloned()
     }
 
+    /// How many instances `service` has, and whether `id` is one of them.
+    pub fn instance_count(&self, service: &str, id: &str) -> (usize, bool) {
+        self.instances
+            .get(service)
+            .map_or((0, false), |m| (m.len(), m.contains_key(id)))
+    }
+
     /// Every service with instances: name → (instances, healthy ones).
     pub fn services(&self) -> BTreeMap<String, (usize, usize)> {
         self.instances

@@ -60,7 +60,9 @@ pub struct MeshMtls {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct IntentionSpec {
-    /// The calling service, or `*` for any (including callers without an identity).
+    /// The calling service, or `*` for any caller with a mesh identity. A `*` deny
+    /// covers callers without an identity too (plaintext, in permissive mode); a `*`
+    /// allow admits them only with `unauthenticated: true`.
     pub source: String,
     /// The called service, or `*` for any.
     pub destination: String,
@@ -70,6 +72,10 @@ pub struct IntentionSpec {
     /// L7 decisions, tried in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub permissions: Vec<Permission>,
+    /// With `source: "*"`: its allows admit callers without a mesh identity too
+    /// (plaintext callers of a permissive inbound). Default false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unauthenticated: bool,
 }
 
 /// One L7 permission: an action for the requests it matches.
@@ -133,7 +139,9 @@ pub struct Verdict {
 /// Precedence: only the intentions of the highest [`IntentionSpec::precedence`] that
 /// apply to the pair count. Each of them says allow, deny or nothing (an L7 intention
 /// none of whose permissions matches the request); any deny wins, then any allow; if
-/// none says anything, `default` decides.
+/// none says anything, `default` decides. For a caller without an identity, only `*`
+/// intentions apply, and an allow counts only from one marked `unauthenticated` (its
+/// denies always count).
 ///
 /// `permission(i, p)` tells whether permission `p` of `intentions[i]` matches the
 /// request; without it (a connection, before any request), a decision that depends on
@@ -154,6 +162,8 @@ pub fn decide(
         .max();
     let mut allow = None;
     let mut depends = false;
+    // An allow not given to a caller without an identity (for the reason).
+    let mut passed_over: Option<&str> = None;
     for &i in applying
         .iter()
         .filter(|&&i| Some(intentions[i].spec.precedence()) == top)
@@ -180,6 +190,14 @@ pub fn decide(
                     }),
             },
         };
+        // `*` means any authenticated caller; an anonymous one is let in only on purpose.
+        let said = match said {
+            Some((Action::Allow, _)) if source.is_none() && !it.spec.unauthenticated => {
+                passed_over.get_or_insert(it.metadata.name.as_str());
+                None
+            }
+            said => said,
+        };
         match said {
             Some((Action::Deny, reason)) => {
                 return Some(Verdict {
@@ -203,9 +221,13 @@ pub fn decide(
         },
         None => Verdict {
             action: default,
-            reason: match top {
-                None => "no intention applies; mesh default".to_string(),
-                Some(_) => "no permission matched; mesh default".to_string(),
+            reason: match (top, passed_over) {
+                (_, Some(name)) => format!(
+                    "intention {name} allows only callers with a mesh identity \
+                     (unauthenticated: true admits the others); mesh default"
+                ),
+                (None, _) => "no intention applies; mesh default".to_string(),
+                (Some(_), _) => "no permission matched; mesh default".to_string(),
             },
         },
     })

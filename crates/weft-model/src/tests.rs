@@ -370,7 +370,11 @@ fn rate_limits_and_faults_are_checked() {
     for (extra, want) in [
         (
             "      rateLimit: {requestsPerSecond: 0}\n",
-            "must be greater than 0",
+            "must be between 0.001",
+        ),
+        (
+            "      rateLimit: {requestsPerSecond: 1e-20}\n",
+            "must be between 0.001",
         ),
         (
             "      rateLimit: {requestsPerSecond: 1, key: {}}\n",
@@ -592,8 +596,14 @@ fn intention_precedence_more_specific_wins_and_deny_wins_ties() {
         decide(Some("cache"), "db", None),
         Some((Action::Allow, "intention any-db".into()))
     );
-    // No identity: only `*` intentions apply.
-    assert_eq!(decide(None, "db", None).unwrap().0, Action::Allow);
+    // No identity: only `*` intentions apply; their denies count, their allows not
+    // (any-db is not `unauthenticated`): the default decides.
+    let (action, reason) = decide(None, "db", None).unwrap();
+    assert_eq!(action, Action::Allow);
+    assert!(
+        reason.starts_with("intention any-db allows only callers with a mesh identity"),
+        "{reason}"
+    );
     assert_eq!(decide(None, "queue", None).unwrap().0, Action::Deny);
     // api → db is L7: undecided per connection, decided per request; no matching
     // permission falls to the mesh default (allow here), not to `*` → db.
@@ -621,4 +631,37 @@ fn intention_precedence_more_specific_wins_and_deny_wins_ties() {
 fn weft_model_decide_default(none: &[&Resource<IntentionSpec>]) -> (Action, String) {
     let v = decide(none, Action::Deny, Some("a"), "b", None).unwrap();
     (v.action, v.reason)
+}
+
+#[test]
+fn a_star_allow_admits_callers_without_identity_only_when_it_says_so() {
+    let config = |unauth: &str| {
+        parse(
+            "f.yaml",
+            &format!(
+                "kind: Intention\nmetadata: {{name: any-db}}\nspec: {{source: '*', destination: db, action: allow{unauth}}}\n"
+            ),
+        )
+        .unwrap()
+    };
+    let strict = config("");
+    let all: Vec<_> = strict.intentions.iter().collect();
+    let v = decide(&all, Action::Deny, None, "db", None).unwrap();
+    assert_eq!(v.action, Action::Deny, "{v:?}");
+    assert_eq!(
+        decide(&all, Action::Deny, Some("web"), "db", None)
+            .unwrap()
+            .action,
+        Action::Allow
+    );
+    let open = config(", unauthenticated: true");
+    let all: Vec<_> = open.intentions.iter().collect();
+    assert_eq!(
+        decide(&all, Action::Deny, None, "db", None).unwrap().action,
+        Action::Allow
+    );
+    let errs = errors_of(
+        "kind: Intention\nmetadata: {name: x}\nspec: {source: web, destination: db, action: allow, unauthenticated: true}\n",
+    );
+    assert!(errs.join("\n").contains("spec.unauthenticated"), "{errs:?}");
 }

@@ -277,11 +277,18 @@ fn listener(r: &mut Report<'_>, doc: &Document, gateway: &str, at: &str, l: &Lis
     }
 }
 
+/// The slowest rate a limit may have: below it a token would be minutes of arithmetic
+/// away from overflowing the wait it announces.
+pub const MIN_RATE: f64 = 0.001;
+
 /// What is wrong with a rate limit, as (field below `rateLimit`, message) pairs.
 fn rate_limit_problems(l: &RateLimit) -> Vec<(&'static str, String)> {
     let mut out = Vec::new();
-    if !(l.requests_per_second > 0.0 && l.requests_per_second <= 1e9) {
-        out.push(("requestsPerSecond", "must be greater than 0".to_string()));
+    if !(MIN_RATE..=1e9).contains(&l.requests_per_second) {
+        out.push((
+            "requestsPerSecond",
+            format!("must be between {MIN_RATE} (one request per 1000 s) and 1e9"),
+        ));
     }
     if l.burst == Some(0) {
         out.push(("burst", "must be at least 1".to_string()));

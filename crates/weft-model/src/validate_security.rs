@@ -46,6 +46,13 @@ pub(crate) fn intention(r: &mut Report<'_>, i: &Resource<IntentionSpec>, doc: &D
             );
         }
     }
+    if i.spec.unauthenticated && i.spec.source != "*" {
+        err(
+            r,
+            "spec.unauthenticated".into(),
+            "only an intention from `*` can admit callers without an identity".into(),
+        );
+    }
     match (&i.spec.action, i.spec.permissions.is_empty()) {
         (Some(_), false) => err(
             r,

@@ -1,0 +1,148 @@
+//! What every API request goes through before its handler reads it: the caller is
+//! authenticated from its headers **before any byte of its body is read** (a request
+//! without a valid token is answered 401 at once and costs no buffer), and bodies are read
+//! under a limit per endpoint and a deadline.
+
+use std::time::Duration;
+
+use axum::{
+    body::{Body, Bytes},
+    extract::{FromRequestParts, Request, State},
+    http::{header, request::Parts, HeaderMap, HeaderValue, Method, StatusCode},
+    middleware::Next,
+    response::{IntoResponse, Response},
+};
+use http_body_util::BodyExt;
+
+use crate::{
+    acl::{self, Caller},
+    api::Api,
+    error::ApiError,
+};
+
+/// Largest body of the small JSON endpoints (registration, health, signing, tokens).
+pub const SMALL_BODY: usize = 64 * 1024;
+/// A whole request body must arrive within this.
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// An authenticated client's body over its endpoint's limit is read and discarded up to
+/// this many bytes past the limit, so the client reads the 413 instead of losing its
+/// connection mid-upload; a larger one is answered at once and the connection closed.
+pub const DRAIN_BYTES: u64 = 8 * 1024 * 1024;
+
+/// Endpoints that answer without a token: the API's description, the CA's public roots,
+/// the one-time bootstrap, and `/metrics` when the server makes it public.
+fn open(method: &Method, path: &str, metrics_public: bool) -> bool {
+    match (method, path) {
+        (&Method::GET, "/v1/openapi.json" | "/v1/ca/roots") => true,
+        (&Method::POST, "/v1/acl/bootstrap") => true,
+        (&Method::GET, "/metrics") => metrics_public,
+        _ => false,
+    }
+}
+
+/// Middleware: resolves the caller once, refuses an unauthenticated one before its body
+/// is read (closing an HTTP/1.1 connection whose body was not read), and hands the
+/// caller to the handler ([`Caller`] extractor).
+pub(crate) async fn authenticate(State(api): State<Api>, mut req: Request, next: Next) -> Response {
+    let caller = api.auth.caller(acl::secret_of(req.headers())).await;
+    if !open(req.method(), req.uri().path(), api.metrics_public) {
+        if let Err(e) = caller.authenticated() {
+            let pending_body = declared_length(req.headers()).is_some_and(|n| n > 0)
+                || req.headers().contains_key(header::TRANSFER_ENCODING);
+            let mut resp = e.into_response();
+            if pending_body {
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            return resp;
+        }
+    }
+    req.extensions_mut().insert(caller);
+    next.run(req).await
+}
+
+impl FromRequestParts<Api> for Caller {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, api: &Api) -> Result<Caller, Self::Rejection> {
+        match parts.extensions.get::<Caller>() {
+            Some(c) => Ok(c.clone()),
+            None => Ok(api.auth.caller(acl::secret_of(&parts.headers)).await),
+        }
+    }
+}
+
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// 413 `too-large`.
+fn too_large(what: String, limit: usize) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "too-large",
+        format!("{what} is over this endpoint's limit of {limit} bytes"),
+    )
+}
+
+/// Reads a request body of at most `limit` bytes within [`BODY_READ_TIMEOUT`]. Over the
+/// limit: 413 `too-large` — after reading and discarding up to [`DRAIN_BYTES`] more, so
+/// the connection stays usable and the client sees the answer; beyond that the answer
+/// closes the connection.
+pub(crate) async fn read_body(
+    body: Body,
+    headers: &HeaderMap,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
+    let declared = declared_length(headers);
+    let read = async {
+        let mut body = body;
+        let mut buf: Vec<u8> = Vec::new();
+        let mut seen: u64 = 0;
+        let drain_to = limit as u64 + DRAIN_BYTES;
+        if declared.is_some_and(|n| n > drain_to) {
+            return Err(close(too_large(
+                format!("a body of {} bytes", declared.unwrap_or_default()),
+                limit,
+            )));
+        }
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| {
+                ApiError::bad_request("invalid-body", format!("reading the body failed: {e}"))
+            })?;
+            let Ok(data) = frame.into_data() else {
+                continue; // trailers
+            };
+            seen += data.len() as u64;
+            if seen <= limit as u64 {
+                buf.extend_from_slice(&data);
+            } else if seen > drain_to {
+                return Err(close(too_large(
+                    format!("a body of over {seen} bytes"),
+                    limit,
+                )));
+            }
+        }
+        if seen > limit as u64 {
+            return Err(too_large(format!("a body of {seen} bytes"), limit));
+        }
+        Ok(Bytes::from(buf))
+    };
+    match tokio::time::timeout(BODY_READ_TIMEOUT, read).await {
+        Ok(r) => r,
+        Err(_) => Err(close(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body-timeout",
+            format!("the request body did not arrive within {BODY_READ_TIMEOUT:?}"),
+        ))),
+    }
+}
+
+/// The error, answered with `Connection: close` (its body was not read to the end).
+fn close(mut e: ApiError) -> ApiError {
+    e.close = true;
+    e
+}
