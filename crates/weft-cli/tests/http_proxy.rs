@@ -750,3 +750,68 @@ fn malformed_requests_get_a_precise_400() {
     // And the proxy keeps serving.
     assert_eq!(curl(&[&format!("http://{addr}/")]).status, 200);
 }
+
+/// Reads one HTTP/1.1 request head from `conn` (enough for a test backend).
+fn read_head(conn: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match conn.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+#[test]
+fn http1_trailers_reach_a_client_that_asks_for_them() {
+    // A backend that answers chunked with a trailer, telling whether it was asked for one.
+    let backend = weft_testkit::tcp_server(|mut conn| {
+        let head = read_head(&mut conn).to_ascii_lowercase();
+        let asked = head.contains("te: trailers");
+        let _ = conn.write_all(
+            format!(
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntrailer: x-checksum\r\nx-asked: {asked}\r\nconnection: close\r\n\r\n\
+                 5\r\nhello\r\n0\r\nx-checksum: abc123\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+    });
+    let p = proxy(
+        &weft(),
+        &format!(
+            "{}---\nkind: HTTPRoute\nmetadata: {{name: r}}\nspec: {{rules: [{{backendRefs: [{{name: b}}]}}]}}\n{}",
+            gateway(),
+            service("b", "", &[backend])
+        ),
+        &[],
+    );
+    let get = |te: &str| {
+        let mut c = TcpStream::connect(p.listener("gw/web")).expect("connect");
+        c.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        c.write_all(
+            format!("GET / HTTP/1.1\r\nhost: x\r\n{te}connection: close\r\n\r\n").as_bytes(),
+        )
+        .expect("write");
+        let mut out = Vec::new();
+        let _ = c.read_to_end(&mut out);
+        String::from_utf8_lossy(&out).to_ascii_lowercase()
+    };
+    let with = get("te: trailers\r\n");
+    assert!(
+        with.contains("x-asked: true"),
+        "te: trailers is forwarded: {with}"
+    );
+    assert!(with.contains("trailer: x-checksum"), "{with}");
+    assert!(
+        with.contains("0\r\nx-checksum: abc123\r\n\r\n"),
+        "the trailer arrives: {with}"
+    );
+    let without = get("");
+    assert!(
+        without.contains("hello") && !without.contains("x-checksum"),
+        "{without}"
+    );
+}

@@ -88,7 +88,20 @@ pub fn router(api: Api) -> Router {
             api.clone(),
             crate::api_request::authenticate,
         ))
+        .layer(axum::middleware::from_fn_with_state(
+            api.clone(),
+            crate::api_request::finish,
+        ))
         .with_state(api)
+}
+
+/// A page of a list: `{"items": [...], "next": TOKEN}`, `next` absent on the last page.
+fn page(items: impl serde::Serialize, next: Option<String>) -> Value {
+    let mut v = json!({ "items": items });
+    if let Some(n) = next {
+        v["next"] = json!(n);
+    }
+    v
 }
 
 pub(crate) fn with_index(revision: Revision, body: impl IntoResponse) -> Response {
@@ -281,10 +294,7 @@ async fn config_list_kind(
 async fn list_config(api: &Api, kind: Option<&str>, p: &Params) -> ApiResult {
     let (items, next, revision) =
         config::list(&*api.store, kind, p.after.as_deref(), limit(p)?).await?;
-    Ok(with_index(
-        revision,
-        Json(json!({"items": items, "next": next})),
-    ))
+    Ok(with_index(revision, Json(page(items, next))))
 }
 
 async fn config_get(
@@ -329,10 +339,7 @@ async fn kv_list(AxState(api): AxState<Api>, caller: Caller, q: Q) -> ApiResult 
     }
     let (items, next, revision) =
         kv::list(&*api.store, &prefix, p.after.as_deref(), limit(&p)?).await?;
-    Ok(with_index(
-        revision,
-        Json(json!({"items": items, "next": next})),
-    ))
+    Ok(with_index(revision, Json(page(items, next))))
 }
 
 async fn kv_get(

@@ -174,11 +174,22 @@ async fn renew(
         .map_err(|_| ApiError::bad_request("invalid-lease", "a lease is a number"))?;
     let caller = caller.clone();
     if !matches!(caller, Caller::Anyone) {
-        // With ACLs, a renewal names its service, and the lease must hold one of that
-        // service's instances: a token for A cannot keep B's instances alive.
-        let service = p.service.ok_or_else(|| {
-            ApiError::bad_request("invalid-query", "with ACLs, a renewal needs ?service=NAME")
-        })?;
+        // With ACLs, the lease must hold an instance of a service the token may write: a
+        // token for A cannot keep B's instances alive. `?service=` names it; without it,
+        // it is the service of the instance the lease holds.
+        let service = match p.service {
+            Some(s) => s,
+            None => match api.state.read().lease_service(lease) {
+                Some(s) => s,
+                None => {
+                    return Err(ApiError::new(
+                        StatusCode::NOT_FOUND,
+                        "lease-not-found",
+                        format!("lease {lease} holds no instance"),
+                    ))
+                }
+            },
+        };
         caller.require(&Need::Service(service.clone(), Access::Write))?;
         let page = store::list_all(&*api.store, &format!("{}{service}/", catalog::PREFIX)).await?;
         if !page.kvs.iter().any(|kv| kv.lease == Some(lease)) {

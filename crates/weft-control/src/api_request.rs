@@ -1,7 +1,9 @@
-//! What every API request goes through before its handler reads it: the caller is
-//! authenticated from its headers **before any byte of its body is read** (a request
-//! without a valid token is answered 401 at once and costs no buffer), and bodies are read
-//! under a limit per endpoint and a deadline.
+//! What every API request goes through around its handler: the caller is authenticated
+//! from its headers **before any byte of its body is read** (a request without a valid
+//! token is answered 401 at once and costs no buffer), bodies are read under a limit per
+//! endpoint and a deadline, and every answer leaves in the documented shape — errors as
+//! JSON with a stable code (those axum makes itself too: 405, a bad path parameter), and
+//! `X-Weft-Index` on all of them.
 
 use std::time::Duration;
 
@@ -28,6 +30,81 @@ pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// this many bytes past the limit, so the client reads the 413 instead of losing its
 /// connection mid-upload; a larger one is answered at once and the connection closed.
 pub const DRAIN_BYTES: u64 = 8 * 1024 * 1024;
+
+/// Longest message kept from an error axum wrote as text.
+const MAX_TEXT_ERROR: usize = 512;
+
+/// Middleware, outermost: errors that are not JSON yet (axum's own 405 and extractor
+/// rejections) become the API's JSON errors, keeping their headers (`Allow`); every
+/// answer gets `X-Weft-Index` (the revision of this server's view) unless its handler set
+/// the revision it reflects.
+pub(crate) async fn finish(State(api): State<Api>, req: Request, next: Next) -> Response {
+    let resp = next.run(req).await;
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    let mut resp = if (status.is_client_error() || status.is_server_error()) && !is_json {
+        as_json_error(resp).await
+    } else {
+        resp
+    };
+    if !resp.headers().contains_key(INDEX) {
+        let revision = api.state.read().revision;
+        if let Ok(v) = HeaderValue::from_str(&revision.to_string()) {
+            resp.headers_mut().insert(INDEX, v);
+        }
+    }
+    resp
+}
+
+/// An error response axum wrote as text, as the API's JSON error (headers kept).
+async fn as_json_error(resp: Response) -> Response {
+    let status = resp.status();
+    let (parts, body) = resp.into_parts();
+    let text: String = axum::body::to_bytes(body, MAX_TEXT_ERROR * 4)
+        .await
+        .map(|b| {
+            String::from_utf8_lossy(&b)
+                .trim()
+                .chars()
+                .take(MAX_TEXT_ERROR)
+                .collect()
+        })
+        .unwrap_or_default();
+    let code = match status {
+        StatusCode::NOT_FOUND => "not-found",
+        StatusCode::METHOD_NOT_ALLOWED => "method-not-allowed",
+        StatusCode::PAYLOAD_TOO_LARGE => "too-large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "invalid-body",
+        s if s.is_server_error() => "internal",
+        _ => "invalid-request",
+    };
+    let message = if status == StatusCode::METHOD_NOT_ALLOWED {
+        let allow = parts
+            .headers
+            .get(header::ALLOW)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        format!("this endpoint does not take that method (it takes: {allow})")
+    } else if text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_string()
+    } else {
+        text
+    };
+    let mut json = ApiError::new(status, code, message).into_response();
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            json.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    json
+}
+
+/// The store revision an answer reflects.
+const INDEX: &str = "x-weft-index";
 
 /// Endpoints that answer without a token: the API's description, the CA's public roots,
 /// the one-time bootstrap, and `/metrics` when the server makes it public.

@@ -135,6 +135,14 @@ impl View {
         self.tokens.get(hash).cloned()
     }
 
+    /// The service of the instance `lease` holds.
+    pub fn lease_service(&self, lease: crate::store::LeaseId) -> Option<String> {
+        self.instances
+            .iter()
+            .find(|(_, m)| m.values().any(|i| i.lease == lease))
+            .map(|(s, _)| s.clone())
+    }
+
     /// How many instances `service` has, and whether `id` is one of them.
     pub fn instance_count(&self, service: &str, id: &str) -> (usize, bool) {
         self.instances

@@ -269,8 +269,9 @@ async fn route_and_forward(
         None
     };
     let authority = req.uri().authority().cloned();
+    let trailers = accepts_trailers(req.headers());
     let headers = req.headers_mut();
-    strip_hop_by_hop(headers, true);
+    strip_hop_by_hop(headers, Hop::Request);
     if let Some(proto) = upgrade_proto {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, proto);
@@ -550,7 +551,7 @@ async fn route_and_forward(
             });
         }
     } else {
-        strip_hop_by_hop(resp.headers_mut(), false);
+        strip_hop_by_hop(resp.headers_mut(), Hop::Response { trailers });
     }
     if let Some(ops) = &rule.filters.response_headers {
         ops.apply(resp.headers_mut());
@@ -747,9 +748,37 @@ fn is_upgrade<B>(req: &Request<B>) -> bool {
             .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
 }
 
+/// Which message hop-by-hop fields are removed from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Hop {
+    /// A request: `te: trailers` is kept (gRPC and HTTP/1.1 trailers need it end to end).
+    Request,
+    /// A response; `trailers`: whether the client asked for trailers (`te: trailers`), in
+    /// which case the `Trailer` header that announces them is kept, so an HTTP/1.1 client
+    /// gets them after a chunked body.
+    Response {
+        /// The client sent `te: trailers`.
+        trailers: bool,
+    },
+}
+
+/// Whether a request's `TE` header accepts trailers.
+fn accepts_trailers(h: &HeaderMap) -> bool {
+    h.get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| {
+            t.split(';')
+                .next()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        })
+}
+
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1), including those the `Connection` header
-/// names. `te: trailers` is kept on requests: gRPC needs it end to end.
-pub(crate) fn strip_hop_by_hop(h: &mut HeaderMap, is_request: bool) {
+/// names. `te: trailers` is kept on requests; `Trailer` is kept on requests and on the
+/// responses of clients that accept trailers (see [`Hop`]).
+pub(crate) fn strip_hop_by_hop(h: &mut HeaderMap, hop: Hop) {
     // One pass over the names (standard names compare as enum tags, no hashing); most
     // messages carry none or only `connection: keep-alive`.
     let mut found: Vec<HeaderName> = Vec::new();
@@ -786,11 +815,12 @@ pub(crate) fn strip_hop_by_hop(h: &mut HeaderMap, is_request: bool) {
             }
         }
     }
-    let keep_te = is_request
+    let keep_te = hop == Hop::Request
         && h.get(header::TE)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    let keep_trailer = matches!(hop, Hop::Request | Hop::Response { trailers: true });
     for n in found {
-        if !(keep_te && n == header::TE) {
+        if !(keep_te && n == header::TE || keep_trailer && n == header::TRAILER) {
             h.remove(n);
         }
     }
@@ -1165,16 +1195,27 @@ mod tests {
         h.insert("keep-alive", "timeout=5".parse().unwrap());
         h.insert("te", "trailers".parse().unwrap());
         h.insert("x-kept", "1".parse().unwrap());
-        strip_hop_by_hop(&mut h, true);
+        h.insert("trailer", "x-checksum".parse().unwrap());
+        strip_hop_by_hop(&mut h, Hop::Request);
         assert!(
             h.get("x-secret").is_none()
                 && h.get("keep-alive").is_none()
                 && h.get("connection").is_none()
         );
         assert_eq!(h.get("te").unwrap(), "trailers");
-        assert!(h.get("x-kept").is_some());
-        strip_hop_by_hop(&mut h, false);
-        assert!(h.get("te").is_none());
+        assert!(h.get("x-kept").is_some() && h.get("trailer").is_some());
+        let mut r = h.clone();
+        strip_hop_by_hop(&mut r, Hop::Response { trailers: true });
+        assert!(r.get("te").is_none());
+        assert_eq!(r.get("trailer").unwrap(), "x-checksum");
+        strip_hop_by_hop(&mut h, Hop::Response { trailers: false });
+        assert!(h.get("te").is_none() && h.get("trailer").is_none());
+        let te = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert("te", v.parse().unwrap());
+            accepts_trailers(&h)
+        };
+        assert!(te("trailers") && te("gzip, Trailers") && te("trailers;q=1") && !te("gzip"));
     }
 
     #[test]

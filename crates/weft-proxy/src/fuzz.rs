@@ -77,7 +77,7 @@ pub fn request_head(data: &[u8]) {
         let table = &snapshot().listeners[0].1.table;
         let _ = table.route(&host, req.method(), &path, req.uri().query(), req.headers());
     }
-    crate::forward::strip_hop_by_hop(req.headers_mut(), true);
+    crate::forward::strip_hop_by_hop(req.headers_mut(), crate::forward::Hop::Request);
     assert!(!req.headers().contains_key(http::header::CONNECTION));
     let _ = crate::forward::upstream_uri(req.uri(), None, Some(path));
 }
