@@ -815,3 +815,41 @@ fn http1_trailers_reach_a_client_that_asks_for_them() {
         "{without}"
     );
 }
+
+#[test]
+fn an_upstream_that_refuses_an_upload_early_is_heard() {
+    // The backend answers 413 as soon as it has the head and closes with the upload
+    // unread (its kernel resets the connection): weft's writes fail while the answer waits
+    // in its socket. The client must get the 413, not a 502.
+    let backend = weft_testkit::tcp_server(|mut conn| {
+        let _ = read_head(&mut conn);
+        let _ = conn.write_all(
+            b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 9\r\nconnection: close\r\n\r\ntoo large",
+        );
+    });
+    let p = proxy(
+        &weft(),
+        &format!(
+            "{}---\nkind: HTTPRoute\nmetadata: {{name: r}}\nspec: {{rules: [{{backendRefs: [{{name: b}}]}}]}}\n{}",
+            gateway(),
+            service("b", "", &[backend])
+        ),
+        &[],
+    );
+    let upload = weft_testkit::temp_dir().join("upload.bin");
+    std::fs::write(&upload, vec![0u8; 20 * 1024 * 1024]).expect("write upload");
+    let data = format!("@{}", upload.display());
+    let statuses: Vec<u16> = (0..10)
+        .map(|_| {
+            curl(&[
+                "-H",
+                "Expect:",
+                "--data-binary",
+                &data,
+                &format!("{}/upload", p.url("gw/web")),
+            ])
+            .status
+        })
+        .collect();
+    assert!(statuses.iter().all(|&s| s == 413), "{statuses:?}");
+}

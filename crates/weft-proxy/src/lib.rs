@@ -36,6 +36,7 @@ pub mod error;
 pub mod forward;
 pub mod fuzz;
 pub mod health;
+pub mod keep_reading;
 pub mod listener;
 pub mod mesh;
 pub mod metrics;

@@ -8,12 +8,16 @@
 //! half-read stream is never reused. [`reap`], run periodically by the proxy over the
 //! current snapshot, closes connections idle for longer than their service's `idleTimeout`.
 //!
+//! An HTTP/1.1 connection's writes may die before its reads (a server answering an upload
+//! early): [`KeepReading`] lets the answer be read, and such a connection is not pooled.
+//!
 //! Built directly on `hyper::client::conn` so that the request path decides everything
 //! itself: which endpoint (the balancer already chose), the connect timeout, the HTTP/2
 //! `:authority`, and why a failure happened (connect refused/timed out vs. reset), which
 //! retries need (a connect failure hands the request back unsent, see [`SendError`]).
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -30,6 +34,7 @@ use weft_model::ServiceProtocol;
 use crate::balance::Endpoint;
 use crate::body::RequestBody;
 use crate::error::ProxyError;
+use crate::keep_reading::KeepReading;
 
 /// How a service connects to its endpoints.
 #[derive(Debug, Clone, PartialEq)]
@@ -252,6 +257,8 @@ pub struct Pool {
 struct Idle {
     sender: http1::SendRequest<RequestBody>,
     since: Instant,
+    /// Set when the connection's writes found the peer gone ([`KeepReading`]).
+    dead_writes: Arc<AtomicBool>,
 }
 
 #[derive(Debug)]
@@ -261,18 +268,26 @@ struct Shared {
 }
 
 impl Pool {
-    fn take_idle(&self, idle_timeout: Duration) -> Option<http1::SendRequest<RequestBody>> {
+    fn take_idle(
+        &self,
+        idle_timeout: Duration,
+    ) -> Option<(http1::SendRequest<RequestBody>, Arc<AtomicBool>)> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         while let Some(c) = idle.pop() {
             if !c.sender.is_closed() && c.since.elapsed() < idle_timeout {
-                return Some(c.sender);
+                return Some((c.sender, c.dead_writes));
             }
         }
         None
     }
 
-    fn put_idle(&self, sender: http1::SendRequest<RequestBody>, max_idle: usize) {
-        if sender.is_closed() {
+    fn put_idle(
+        &self,
+        sender: http1::SendRequest<RequestBody>,
+        dead_writes: Arc<AtomicBool>,
+        max_idle: usize,
+    ) {
+        if sender.is_closed() || dead_writes.load(Ordering::Relaxed) {
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
@@ -280,6 +295,7 @@ impl Pool {
             idle.push(Idle {
                 sender,
                 since: Instant::now(),
+                dead_writes,
             });
         }
     }
@@ -314,12 +330,15 @@ pub struct Lease {
     sender: http1::SendRequest<RequestBody>,
     endpoint: Arc<Endpoint>,
     max_idle: usize,
+    dead_writes: Arc<AtomicBool>,
 }
 
 impl Lease {
-    /// Puts the connection back for reuse.
+    /// Puts the connection back for reuse (unless its writes found the peer gone).
     pub fn release(self) {
-        self.endpoint.pool.put_idle(self.sender, self.max_idle);
+        self.endpoint
+            .pool
+            .put_idle(self.sender, self.dead_writes, self.max_idle);
     }
 }
 
@@ -386,12 +405,12 @@ impl Upstream {
     ) -> Result<(Response<Incoming>, Option<Lease>), SendError> {
         // Pooled connections first. One that turns out closed hands the request back
         // unsent, so trying the next is safe.
-        while let Some(mut sender) = endpoint.pool.take_idle(self.settings.idle_timeout) {
+        while let Some((mut sender, dead)) = endpoint.pool.take_idle(self.settings.idle_timeout) {
             if sender.ready().await.is_err() {
                 continue;
             }
             match sender.try_send_request(req).await {
-                Ok(resp) => return Ok((resp, Some(self.lease(sender, endpoint)))),
+                Ok(resp) => return Ok((resp, Some(self.lease(sender, dead, endpoint)))),
                 Err(mut e) => match e.take_message() {
                     Some(unsent) => req = unsent,
                     None => return Err(SendError::sent(ProxyError::from_hyper(e.error()))),
@@ -402,6 +421,9 @@ impl Upstream {
             Ok(c) => c,
             Err(e) => return Err(SendError::unsent(e, req)),
         };
+        // The answer of a server that stops reading the body is still read (KeepReading).
+        let stream = KeepReading::new(stream);
+        let dead = stream.dead_writes();
         let (mut sender, conn) = match http1::Builder::new()
             .handshake::<_, RequestBody>(TokioIo::new(stream))
             .await
@@ -416,7 +438,7 @@ impl Upstream {
             }
         });
         match sender.try_send_request(req).await {
-            Ok(resp) => Ok((resp, Some(self.lease(sender, endpoint)))),
+            Ok(resp) => Ok((resp, Some(self.lease(sender, dead, endpoint)))),
             Err(mut e) => {
                 let error = ProxyError::from_hyper(e.error());
                 Err(SendError {
@@ -427,11 +449,17 @@ impl Upstream {
         }
     }
 
-    fn lease(&self, sender: http1::SendRequest<RequestBody>, endpoint: &Arc<Endpoint>) -> Lease {
+    fn lease(
+        &self,
+        sender: http1::SendRequest<RequestBody>,
+        dead_writes: Arc<AtomicBool>,
+        endpoint: &Arc<Endpoint>,
+    ) -> Lease {
         Lease {
             sender,
             endpoint: endpoint.clone(),
             max_idle: self.settings.max_idle,
+            dead_writes,
         }
     }
 
