@@ -520,80 +520,137 @@ async fn proxies(
 
 #[cfg(test)]
 mod tests {
-    /// Every route each router file serves, as OpenAPI spells it.
-    const ROUTES: &[(&str, &str, &[&str])] = &[
-        (
-            "api.rs",
-            include_str!("api.rs"),
-            &[
-                "/v1/openapi.json",
-                "/v1/status",
-                "/v1/config",
-                "/v1/config/{kind}",
-                "/v1/config/{kind}/{name}",
-                "/v1/kv",
-                "/v1/kv/{*key}",
-                "/v1/proxies",
-                "/metrics",
-            ],
-        ),
-        (
-            "api_catalog.rs",
-            include_str!("api_catalog.rs"),
-            &[
-                "/v1/catalog/services",
-                "/v1/catalog/services/{service}",
-                "/v1/catalog/register",
-                "/v1/catalog/leases/{lease}/renew",
-                "/v1/catalog/services/{service}/instances/{id}/health",
-                "/v1/catalog/services/{service}/instances/{id}",
-                "/v1/ca/roots",
-                "/v1/ca/sign",
-                "/v1/ca/rotate",
-            ],
-        ),
-        (
-            "api_acl.rs",
-            include_str!("api_acl.rs"),
-            &[
-                "/v1/acl/bootstrap",
-                "/v1/acl/tokens",
-                "/v1/acl/tokens/{accessor}",
-                "/v1/acl/token/self",
-            ],
-        ),
+    /// The router files, read as source: their `.route(PATH, METHODS)` calls are what the
+    /// server serves.
+    const ROUTER_FILES: &[(&str, &str)] = &[
+        ("api.rs", include_str!("api.rs")),
+        ("api_catalog.rs", include_str!("api_catalog.rs")),
+        ("api_acl.rs", include_str!("api_acl.rs")),
     ];
 
+    /// `(path as OpenAPI spells it, method)` for every `.route(...)` call in `src` (before
+    /// its tests).
+    fn routed(src: &str) -> Vec<(String, String)> {
+        let code = src.split("#[cfg(test)]").next().unwrap_or_default();
+        let mut out = Vec::new();
+        for (at, _) in code.match_indices(".route(") {
+            let rest = &code[at + ".route(".len()..];
+            let mut depth = 1;
+            let end = rest
+                .char_indices()
+                .find(|&(_, c)| {
+                    depth += match c {
+                        '(' => 1,
+                        ')' => -1,
+                        _ => 0,
+                    };
+                    depth == 0
+                })
+                .map_or(rest.len(), |(i, _)| i);
+            let call = &rest[..end];
+            let path = call.split('"').nth(1).expect("a route path literal");
+            let spelled = path.replace("{*key}", "{key}");
+            for method in ["get", "post", "put", "delete", "patch"] {
+                let calls = call.match_indices(&format!("{method}(")).any(|(i, _)| {
+                    i == 0
+                        || !call.as_bytes()[i - 1].is_ascii_alphanumeric()
+                            && call.as_bytes()[i - 1] != b'_'
+                });
+                if calls {
+                    out.push((spelled.clone(), method.to_string()));
+                }
+            }
+        }
+        out
+    }
+
     #[test]
-    fn the_openapi_document_covers_every_route() {
+    fn the_openapi_document_describes_exactly_the_routes_with_their_path_parameters() {
         let doc: serde_json::Value = serde_json::from_str(super::OPENAPI).unwrap();
-        let mut documented = 0;
-        for (file, src, routes) in ROUTES {
-            // Only the code, not this test, which names every route too.
-            let src = src.split("#[cfg(test)]").next().unwrap();
-            for route in *routes {
+        let resolve = |p: &serde_json::Value| -> serde_json::Value {
+            match p.get("$ref").and_then(|r| r.as_str()) {
+                Some(r) => doc
+                    .pointer(r.trim_start_matches('#'))
+                    .cloned()
+                    .unwrap_or_default(),
+                None => p.clone(),
+            }
+        };
+        let mut served = std::collections::BTreeSet::new();
+        for (file, src) in ROUTER_FILES {
+            let routes = routed(src);
+            assert!(!routes.is_empty(), "{file}: no routes found");
+            for (path, method) in routes {
+                let op = doc["paths"][&path][&method].clone();
                 assert!(
-                    src.contains(&format!("\"{route}\"")),
-                    "{route} is not routed in {file}"
+                    op.is_object(),
+                    "{method} {path} ({file}) is not in openapi.json"
                 );
-                let spelled = route.replace("{*key}", "{key}");
+                let declared: Vec<String> = op["parameters"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(resolve)
+                    .filter(|p| p["in"] == "path")
+                    .map(|p| p["name"].as_str().unwrap_or_default().to_string())
+                    .collect();
+                let wanted: Vec<String> = path
+                    .split('/')
+                    .filter_map(|s| s.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+                    .map(str::to_string)
+                    .collect();
+                assert_eq!(declared, wanted, "{method} {path}: path parameters");
                 assert!(
-                    doc["paths"].get(&spelled).is_some(),
-                    "{spelled} missing from openapi.json"
+                    op["responses"]
+                        .as_object()
+                        .is_some_and(|r| r.contains_key("400")),
+                    "{method} {path}: the 400 every operation can answer"
+                );
+                served.insert((path, method));
+            }
+        }
+        for (path, ops) in doc["paths"].as_object().unwrap() {
+            for method in ops.as_object().unwrap().keys() {
+                assert!(
+                    served.contains(&(path.clone(), method.clone())),
+                    "openapi.json documents {method} {path}, which nobody serves"
                 );
             }
-            let routed = src.matches(".route(").count();
-            assert_eq!(
-                routed,
-                routes.len(),
-                "{file}: a route was added without being listed here"
-            );
-            documented += routes.len();
         }
-        let paths = doc["paths"].as_object().unwrap().len();
-        assert_eq!(
-            paths, documented,
-            "openapi.json documents a path nobody serves"
-        );
+        // Every query parameter the document names is one the server parses.
+        let params_struct = include_str!("api.rs")
+            .split("pub(crate) struct Params {")
+            .nth(1)
+            .and_then(|s| s.split('}').next())
+            .unwrap_or_default()
+            .to_string();
+        for ops in doc["paths"].as_object().unwrap().values() {
+            for op in ops.as_object().unwrap().values() {
+                for p in op["parameters"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(resolve)
+                {
+                    if p["in"] == "query" {
+                        let name = p["name"].as_str().unwrap_or_default();
+                        let field = name
+                            .chars()
+                            .flat_map(|c| {
+                                if c.is_ascii_uppercase() {
+                                    vec!['_', c.to_ascii_lowercase()]
+                                } else {
+                                    vec![c]
+                                }
+                            })
+                            .collect::<String>();
+                        assert!(
+                            params_struct.contains(&format!(" {field}:")),
+                            "query parameter {name} is not parsed by the server"
+                        );
+                    }
+                }
+            }
+        }
     }
 }

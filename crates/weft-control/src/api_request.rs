@@ -14,6 +14,7 @@ use axum::{
     middleware::Next,
     response::{IntoResponse, Response},
 };
+use http_body::Body as _;
 use http_body_util::BodyExt;
 
 use crate::{
@@ -135,7 +136,119 @@ pub(crate) async fn authenticate(State(api): State<Api>, mut req: Request, next:
         }
     }
     req.extensions_mut().insert(caller);
-    next.run(req).await
+    let pending_body = declared_length(req.headers()).is_some_and(|n| n > 0)
+        || req.headers().contains_key(header::TRANSFER_ENCODING);
+    if !pending_body {
+        return next.run(req).await;
+    }
+    // An authenticated request with a body: whatever its handler answers, the rest of the
+    // body is read and discarded (bounded) before the answer goes out, so a client still
+    // uploading reads the answer on a connection that stays open.
+    let expects_continue = req
+        .headers()
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let (parts, body) = req.into_parts();
+    let shared = SharedBody::new(body, expects_continue);
+    let mut resp = next
+        .run(Request::from_parts(parts, Body::new(shared.clone())))
+        .await;
+    if !shared.drain().await {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
+}
+
+/// A request body the handler reads and the middleware can finish reading afterwards.
+#[derive(Clone)]
+struct SharedBody {
+    inner: std::sync::Arc<std::sync::Mutex<SharedState>>,
+}
+
+struct SharedState {
+    body: Body,
+    /// The handler polled it (so the client was told to send it: `100 Continue`).
+    polled: bool,
+    /// The client waits for `100 Continue` before sending it.
+    expects_continue: bool,
+    done: bool,
+}
+
+impl SharedBody {
+    fn new(body: Body, expects_continue: bool) -> SharedBody {
+        SharedBody {
+            inner: std::sync::Arc::new(std::sync::Mutex::new(SharedState {
+                body,
+                polled: false,
+                expects_continue,
+                done: false,
+            })),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, SharedState> {
+        // Only this request's tasks touch it; a poisoned lock holds a usable body.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Reads what the handler left of the body, discarding it: at most [`DRAIN_BYTES`]
+    /// within 5 s. False when the body could not be finished (the answer then closes the
+    /// connection). A body never polled under `Expect: 100-continue` was never sent: no
+    /// need to read it, but the connection's framing is unknown, so false too.
+    async fn drain(&self) -> bool {
+        {
+            let s = self.lock();
+            if s.done || http_body::Body::is_end_stream(&s.body) {
+                return true;
+            }
+            if s.expects_continue && !s.polled {
+                return false;
+            }
+        }
+        let this = self.clone();
+        let read = async move {
+            let mut seen: u64 = 0;
+            loop {
+                let frame = std::future::poll_fn(|cx| {
+                    let mut s = this.lock();
+                    std::pin::Pin::new(&mut s.body).poll_frame(cx)
+                })
+                .await;
+                match frame {
+                    None => return true,
+                    Some(Err(_)) => return false,
+                    Some(Ok(f)) => {
+                        seen += f.data_ref().map_or(0, |d| d.len() as u64);
+                        if seen > DRAIN_BYTES {
+                            return false;
+                        }
+                    }
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), read)
+            .await
+            .unwrap_or(false)
+    }
+}
+
+impl http_body::Body for SharedBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
+        let mut s = self.lock();
+        s.polled = true;
+        let r = std::pin::Pin::new(&mut s.body).poll_frame(cx);
+        if let std::task::Poll::Ready(None) = r {
+            s.done = true;
+        }
+        r
+    }
 }
 
 impl FromRequestParts<Api> for Caller {

@@ -148,3 +148,44 @@ async fn a_lease_renews_with_acls_without_naming_its_service() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_early_answer_to_an_authenticated_upload_keeps_the_connection() {
+    use std::io::{Read, Write};
+    let s = start(Limits::default(), false).await;
+    let addr = s.addr;
+    blocking(move || {
+        let (root, _, _) = tokens(addr);
+        // A path axum refuses before the handler runs (a key that is not UTF-8), with a
+        // body of 200 KiB sent in full: the client reads the 400, and the same connection
+        // serves the next request (the rest of the body was read and discarded).
+        let mut conn = std::net::TcpStream::connect(addr).expect("connect");
+        conn.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .expect("timeout");
+        let body = vec![b'v'; 200 * 1024];
+        let (head, _) = request("PUT", "/v1/kv/%FF%FE", Some(&root), &body);
+        conn.write_all(head.as_bytes()).expect("head");
+        conn.write_all(&body).expect("body");
+        let (head2, _) = request("GET", "/v1/status", Some(&root), b"");
+        let read_one = |conn: &mut std::net::TcpStream| {
+            let mut raw = Vec::new();
+            let mut buf = [0u8; 65536];
+            while support::find_end(&raw).is_none() {
+                let n = conn.read(&mut buf).expect("read");
+                assert!(n > 0, "closed before answering");
+                raw.extend_from_slice(&buf[..n]);
+            }
+            String::from_utf8_lossy(&raw).into_owned()
+        };
+        let first = read_one(&mut conn);
+        assert!(first.starts_with("HTTP/1.1 400"), "{first}");
+        assert!(
+            first.contains("\"code\"") && !first.to_ascii_lowercase().contains("connection: close"),
+            "{first}"
+        );
+        conn.write_all(head2.as_bytes()).expect("second request");
+        let second = read_one(&mut conn);
+        assert!(second.starts_with("HTTP/1.1 200"), "{second}");
+    })
+    .await;
+}

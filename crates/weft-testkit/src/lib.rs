@@ -36,6 +36,23 @@ pub fn require(tool: &str) -> PathBuf {
     panic!("`{tool}` is not installed: run scripts/install-test-deps (or see README.md, 'Running the tests')");
 }
 
+/// A tool from the test virtual environment that `scripts/install-test-deps` fills from
+/// PyPI (`$WEFT_VENV`, default `~/.cache/weft/venv`), or a failure saying how to get it.
+pub fn venv_tool(tool: &str) -> PathBuf {
+    let venv = std::env::var_os("WEFT_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/weft/venv")
+        });
+    let p = venv.join("bin").join(tool);
+    assert!(
+        p.is_file(),
+        "`{tool}` is not in {}: run scripts/install-test-deps (it makes the virtual environment with pip)",
+        venv.display()
+    );
+    p
+}
+
 /// The Python interpreter with grpcio and websockets (Debian's python3 by default).
 pub fn python() -> PathBuf {
     let py = std::env::var_os("WEFT_TEST_PYTHON")
