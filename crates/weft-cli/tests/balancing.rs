@@ -3,8 +3,9 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
-use weft_testkit::{curl_many, echo, one_service_config, proxy, Echo};
+use weft_testkit::{curl_many, echo, eventually, one_service_config, proxy, Echo};
 
 fn weft() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_weft"))
@@ -214,4 +215,61 @@ fn ring_hash_on_cookie_and_client_address() {
         ));
         assert_eq!(t.len(), 1, "session s{s} was spread: {t:?}");
     }
+}
+
+#[test]
+fn p2c_shares_sequential_traffic_among_equals_and_tries_a_new_endpoint_at_once() {
+    let b = backends(&[("a", &[]), ("b", &[]), ("c", &[]), ("d", &[])]);
+    let three = [(b[0].addr, 1), (b[1].addr, 1), (b[2].addr, 1)];
+    let p = proxy(
+        &weft(),
+        &config("{}", &three),
+        &["--watch-interval", "50ms"],
+    );
+    let url = format!("{}/", p.url("gw/web"));
+    // 300 sequential requests (one connection, one at a time), three times over.
+    for round in 0..3 {
+        let t = tally(&curl_many(&url, 300, "x-echo-name", &[]));
+        for name in ["a", "b", "c"] {
+            let n = t.get(name).copied().unwrap_or(0);
+            assert!(
+                (60..=141).contains(&n),
+                "round {round}: {name} got {n}/300 (20%-47% expected): {t:?}"
+            );
+        }
+    }
+    // A fourth endpoint joins: it is tried within its first requests.
+    let four = [three[0], three[1], three[2], (b[3].addr, 1)];
+    weft_testkit::replace_file(&p.config, &config("{}", &four));
+    eventually(
+        "the fourth endpoint in the configuration",
+        Duration::from_secs(10),
+        || {
+            p.admin_get("/config")
+                .contains(&b[3].addr.to_string())
+                .then_some(())
+        },
+    );
+    let t = tally(&curl_many(&url, 10, "x-echo-name", &[]));
+    assert!(
+        t.contains_key("d"),
+        "the new endpoint got none of 10: {t:?}"
+    );
+}
+
+#[test]
+fn p2c_sends_under_5_percent_to_an_endpoint_500ms_slower() {
+    let b = backends(&[
+        ("fast1", &[]),
+        ("fast2", &[]),
+        ("slow", &["--delay", "500ms"]),
+    ]);
+    let eps = [(b[0].addr, 1), (b[1].addr, 1), (b[2].addr, 1)];
+    let p = proxy(&weft(), &config("{}", &eps), &[]);
+    let url = format!("{}/", p.url("gw/web"));
+    // Warm-up: every endpoint is tried (new ones first) and measured.
+    let _ = curl_many(&url, 20, "x-echo-name", &[]);
+    let t = tally(&curl_many(&url, 200, "x-echo-name", &[]));
+    let slow = t.get("slow").copied().unwrap_or(0);
+    assert!(slow < 10, "the slow endpoint got {slow}/200: {t:?}");
 }

@@ -1,11 +1,14 @@
 //! Load balancing over a service's endpoints.
 //!
 //! * `P2CPeakEwma` (default): draw two endpoints at random in proportion to their weights,
-//!   send to the one with the lower cost = peak-EWMA latency × (outstanding + 1). Fast
-//!   endpoints win, slow ones drain, and the randomness avoids the herd behaviour of "always
-//!   the least loaded". At equal cost, traffic follows the weights.
-//!   Estimates drift back toward a neutral default when an endpoint goes unobserved, so a
-//!   recovered endpoint is probed again instead of being starved forever.
+//!   and pick between them by cost = (peak-EWMA latency + 1 ms) × (outstanding + 1) ÷
+//!   weight — the cheaper one with probability `other / (both)`. A much cheaper endpoint
+//!   all but always wins (1 ms against 500 ms: 99.8%); near-equal ones split evenly, so
+//!   equal endpoints share even sequential traffic instead of the one measured fastest by
+//!   a few microseconds taking it all. The 1 ms floor keeps sub-millisecond noise (a local
+//!   network's) from looking like a difference. Estimates of an endpoint that goes
+//!   unobserved decay toward zero, and a new endpoint starts at zero, so new and
+//!   recovered endpoints are tried at once rather than starved.
 //! * `RoundRobin`: smooth weighted round robin (nginx's algorithm), precomputed per snapshot.
 //! * `LeastRequest`: fewest outstanding requests relative to weight; ties (e.g. all idle)
 //!   are broken at random in proportion to weight (full scan up to 8 endpoints, weighted
@@ -24,9 +27,10 @@ use std::time::{Duration, Instant};
 use http::HeaderMap;
 use weft_model::{HashOn, LbPolicy};
 
-/// Latency assumed for an endpoint never measured: low, so new endpoints get tried.
-const DEFAULT_RTT: Duration = Duration::from_millis(1);
-/// Decay time constant of the EWMA.
+/// Added to every latency estimate in the P2C cost: below about a millisecond,
+/// latency differences are measurement noise, not a reason to prefer an endpoint.
+const COST_FLOOR: Duration = Duration::from_millis(1);
+/// Decay time constant of the EWMA (and of an unobserved estimate toward zero).
 const DECAY: Duration = Duration::from_secs(10);
 /// Virtual nodes on the hash ring per unit of weight share (about 160 per endpoint).
 const RING_POINTS_PER_ENDPOINT: usize = 160;
@@ -71,8 +75,9 @@ impl Endpoint {
             pool: crate::upstream::Pool::default(),
             health: crate::outlier::Health::default(),
             inflight: AtomicU32::new(0),
+            // Never measured: zero, so a new endpoint is tried first.
             ewma: Mutex::new(PeakEwma {
-                nanos: DEFAULT_RTT.as_nanos() as f64,
+                nanos: 0.0,
                 stamp: Instant::now(),
             }),
         }
@@ -92,30 +97,30 @@ impl Endpoint {
         }
     }
 
-    /// Current latency estimate in nanoseconds (decayed toward the default while unobserved).
+    /// Current latency estimate in nanoseconds: decayed toward zero while unobserved, so
+    /// an endpoint left alone becomes worth trying again.
     pub fn latency_estimate(&self) -> f64 {
         let now = Instant::now();
         let e = self.ewma.lock().unwrap_or_else(|p| p.into_inner());
-        let w = decay_weight(now.saturating_duration_since(e.stamp));
-        let default = DEFAULT_RTT.as_nanos() as f64;
-        default + (e.nanos - default) * w
+        e.nanos * decay_weight(now.saturating_duration_since(e.stamp))
     }
 
     fn observe(&self, rtt: Duration) {
         let now = Instant::now();
         let sample = rtt.as_nanos() as f64;
         let mut e = self.ewma.lock().unwrap_or_else(|p| p.into_inner());
-        if sample > e.nanos {
-            e.nanos = sample; // peak: jump up at once
+        let w = decay_weight(now.saturating_duration_since(e.stamp));
+        e.nanos = if sample > e.nanos * w {
+            sample // peak: jump up at once
         } else {
-            let w = decay_weight(now.saturating_duration_since(e.stamp));
-            e.nanos = e.nanos * w + sample * (1.0 - w);
-        }
+            e.nanos * w + sample * (1.0 - w)
+        };
         e.stamp = now;
     }
 
     fn p2c_cost(&self) -> f64 {
-        self.latency_estimate() * f64::from(self.inflight() + 1)
+        (self.latency_estimate() + COST_FLOOR.as_nanos() as f64) * f64::from(self.inflight() + 1)
+            / f64::from(self.weight)
     }
 
     fn load_cost(&self) -> f64 {
@@ -267,6 +272,7 @@ impl Balancer {
         (a, (a + 1) % self.endpoints.len())
     }
 
+    /// Two endpoints drawn by weight; the lower `cost` wins (ties: the first drawn).
     fn p2c(&self, cost: fn(&Endpoint) -> f64) -> &Arc<Endpoint> {
         let (a, b) = self.two_by_weight();
         let eps = &self.endpoints;
@@ -274,6 +280,19 @@ impl Balancer {
             &eps[b]
         } else {
             &eps[a]
+        }
+    }
+
+    /// Two endpoints drawn by weight; each wins with probability inverse to its
+    /// [`Endpoint::p2c_cost`] (see the module docs).
+    fn p2c_peak_ewma(&self) -> &Arc<Endpoint> {
+        let (a, b) = self.two_by_weight();
+        let eps = &self.endpoints;
+        let (ca, cb) = (eps[a].p2c_cost(), eps[b].p2c_cost());
+        if fastrand::f64() * (ca + cb) < cb {
+            &eps[a]
+        } else {
+            &eps[b]
         }
     }
 
@@ -356,7 +375,7 @@ impl Balancer {
             _ => {}
         }
         match &self.policy {
-            Policy::P2c => Some(self.p2c(Endpoint::p2c_cost)),
+            Policy::P2c => Some(self.p2c_peak_ewma()),
             Policy::LeastRequest if eps.len() <= 8 => Some(self.least_loaded()),
             Policy::LeastRequest => Some(self.p2c(Endpoint::load_cost)),
             Policy::RoundRobin { schedule, next } => {
@@ -369,7 +388,7 @@ impl Balancer {
                     let (_, idx) = ring[i % ring.len()];
                     eps.get(idx as usize)
                 }
-                None => Some(self.p2c(Endpoint::p2c_cost)),
+                None => Some(self.p2c_peak_ewma()),
             },
         }
     }
@@ -491,7 +510,8 @@ mod tests {
         e[1].observe(Duration::from_millis(2));
         let b = Balancer::new(e, LbPolicy::P2CPeakEwma, None);
         let c = counts(&b, 3000, |_| None);
-        assert!(c.get(&9002).copied().unwrap_or(0) < 30, "{c:?}");
+        // Drawn into 2 pairs in 3, it wins one in 67 (3 ms against 201 ms): about 1%.
+        assert!(c.get(&9002).copied().unwrap_or(0) < 75, "{c:?}");
     }
 
     #[test]
@@ -511,10 +531,50 @@ mod tests {
         for policy in [LbPolicy::P2CPeakEwma, LbPolicy::LeastRequest] {
             let b = Balancer::new(eps(&[1, 4]), policy, None);
             let c = counts(&b, 5000, |_| None);
-            // Equal cost: the first weighted draw wins, so about 80% / 20%.
+            // Equal load: about 20% / 80%.
             let light = c.get(&9000).copied().unwrap_or(0);
             assert!((800..=1200).contains(&light), "{policy:?}: {c:?}");
         }
+    }
+
+    #[test]
+    fn p2c_splits_near_equal_endpoints_evenly_and_tries_a_new_one_at_once() {
+        // Measured a few hundred microseconds apart (loopback noise): no favourite.
+        let e = eps(&[1, 1, 1]);
+        e[0].observe(Duration::from_micros(200));
+        e[1].observe(Duration::from_micros(350));
+        e[2].observe(Duration::from_micros(600));
+        let b = Balancer::new(e.clone(), LbPolicy::P2CPeakEwma, None);
+        let c = counts(&b, 3000, |_| None);
+        for port in [9000, 9001, 9002] {
+            let n = c.get(&port).copied().unwrap_or(0);
+            assert!((750..=1300).contains(&n), "{c:?}");
+        }
+        // A new endpoint (never measured) beside them is drawn within its first requests.
+        let mut with_new = e;
+        with_new.push(Arc::new(Endpoint::new(
+            "127.0.0.1:9003".parse().unwrap(),
+            1,
+        )));
+        let b = Balancer::new(with_new, LbPolicy::P2CPeakEwma, None);
+        let first = (0..10).position(|_| b.pick(None).is_some_and(|e| e.addr.port() == 9003));
+        assert!(
+            first.is_some(),
+            "the new endpoint was not tried in 10 requests"
+        );
+    }
+
+    #[test]
+    fn an_unobserved_estimate_decays_toward_zero() {
+        let e = eps(&[1]);
+        e[0].observe(Duration::from_millis(500));
+        {
+            let mut ewma = e[0].ewma.lock().unwrap();
+            ewma.stamp -= Duration::from_secs(30);
+        }
+        // 500 ms × e^-3 ≈ 25 ms after 30 s unobserved.
+        let est = e[0].latency_estimate() / 1e6;
+        assert!((20.0..30.0).contains(&est), "{est} ms");
     }
 
     #[test]
