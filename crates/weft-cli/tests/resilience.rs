@@ -687,3 +687,127 @@ fn a_mirrored_post_is_still_sent_once() {
         (served(&shadow) == 1).then_some(())
     });
 }
+
+/// Reads one request head (a GET, no body) from `conn`; false at end of stream.
+fn next_head(conn: &mut std::net::TcpStream) -> bool {
+    use std::io::Read;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match conn.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => return false,
+        }
+    }
+    true
+}
+
+#[test]
+fn the_retry_budget_is_spread_over_time_and_never_exceeds_its_per_second_bound() {
+    use std::io::{Read, Write};
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+    // A backend in a full outage: every request answered 503, each arrival timed.
+    let arrivals: Arc<Mutex<Vec<Instant>>> = Arc::default();
+    let seen = arrivals.clone();
+    let backend = weft_testkit::tcp_server(move |mut conn| {
+        while next_head(&mut conn) {
+            seen.lock().expect("arrivals").push(Instant::now());
+            if conn
+                .write_all(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n")
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    let config = format!(
+        "kind: Gateway\nmetadata: {{name: gw}}\nspec:\n  listeners: [{{name: web, address: \"127.0.0.1:0\"}}]\n---\n\
+         kind: HTTPRoute\nmetadata: {{name: r}}\nspec:\n  rules:\n  - backendRefs: [{{name: s}}]\n---\n\
+         kind: Service\nmetadata: {{name: s}}\nspec:\n  endpoints: [{{address: \"{backend}\"}}]\n  \
+         outlierDetection: {{consecutive5xx: 0}}\n  \
+         retry: {{attempts: 3, on: [unavailable], backoff: {{base: 1ms, max: 2ms}}, budget: {{ratio: 0.2, minPerSecond: 10}}}}\n"
+    );
+    let p = start(&config);
+    let web = p.listener("gw/web");
+    // 300 requests a second for 12 s (past one slide of the 10 s window), from 4 paced
+    // clients on keep-alive connections.
+    let (rate, seconds, clients) = (300u32, 12u32, 4u32);
+    let t0 = Instant::now() + Duration::from_millis(200);
+    let sent: Vec<Instant> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..clients)
+            .map(|k| {
+                scope.spawn(move || {
+                    let mut conn = std::net::TcpStream::connect(web).expect("connect");
+                    conn.set_read_timeout(Some(Duration::from_secs(5)))
+                        .expect("timeout");
+                    let mut times = Vec::new();
+                    let mut i = 0u32;
+                    loop {
+                        let at = t0
+                            + Duration::from_secs_f64(f64::from(i * clients + k) / f64::from(rate));
+                        if at >= t0 + Duration::from_secs(u64::from(seconds)) {
+                            return times;
+                        }
+                        if let Some(wait) = at.checked_duration_since(Instant::now()) {
+                            std::thread::sleep(wait);
+                        }
+                        times.push(Instant::now());
+                        conn.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+                            .expect("send");
+                        // The 503 (weft's answer after the retries, or the backend's).
+                        let mut head = Vec::new();
+                        let mut byte = [0u8; 1];
+                        while !head.ends_with(b"\r\n\r\n") {
+                            conn.read_exact(&mut byte).expect("answer");
+                            head.push(byte[0]);
+                        }
+                        let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
+                        let len: usize = text
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse().ok())
+                            .unwrap_or(0);
+                        let mut body = vec![0u8; len];
+                        conn.read_exact(&mut body).expect("body");
+                        i += 1;
+                    }
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("client"))
+            .collect()
+    });
+    let arrivals = arrivals.lock().expect("arrivals").clone();
+    let per_second = |times: &[Instant]| {
+        let mut counts = vec![0u32; seconds as usize];
+        for t in times {
+            if let Some(d) = t.checked_duration_since(t0) {
+                if let Some(c) = counts.get_mut(d.as_secs() as usize) {
+                    *c += 1;
+                }
+            }
+        }
+        counts
+    };
+    let (requests, received) = (per_second(&sent), per_second(&arrivals));
+    // Every second: at most the requests plus 20% of them plus 10 per second of the
+    // proxy's budget; the test's seconds straddle two of the proxy's, whose 10 each may
+    // both fall in one of ours (and 5 for the clocks' edges).
+    for s in 0..seconds as usize {
+        let bound = f64::from(requests[s]) * 1.2 + 2.0 * 10.0 + 5.0;
+        assert!(
+            f64::from(received[s]) <= bound,
+            "second {s}: the backend received {} for {} requests (bound {bound:.0})\nrequests {requests:?}\nreceived {received:?}",
+            received[s],
+            requests[s]
+        );
+    }
+    let (total_sent, total_received): (u32, u32) = (requests.iter().sum(), received.iter().sum());
+    let extra = f64::from(total_received - total_sent.min(total_received)) / f64::from(total_sent);
+    assert!(extra > 0.1, "the budget was not used: {extra:.3}");
+    eprintln!("retry budget: {total_sent} requests, {total_received} reached the backend (+{:.1}%); per second {received:?}", extra * 100.0);
+    assert!(retries(&p, "budget-exhausted") > 0.0);
+}

@@ -135,12 +135,16 @@ impl Retry {
 /// Slots of the sliding window, one per second.
 const SLOTS: usize = 10;
 
-/// A retry budget over a 10-second sliding window: retries may be at most `ratio` ×
-/// requests + `min_per_second` × 10. Approximate by design (per-second slots updated with
-/// relaxed atomics): a budget needs to bound the load, not to count exactly.
+/// A retry budget: in every second, retries may be at most `ratio` × that second's
+/// requests + `min_per_second`, and over the sliding 10-second window at most `ratio` ×
+/// its requests + `min_per_second` × 10. The per-second bound spreads retries with the
+/// traffic: the window's allowance cannot be spent in a burst when a failure starts (or
+/// when an old second leaves the window). Approximate by design (per-second slots updated
+/// with relaxed atomics): a budget needs to bound the load, not to count exactly.
 #[derive(Debug)]
 pub struct Budget {
     ratio: f64,
+    per_second: f64,
     floor: f64,
     unlimited: bool,
     epoch: Instant,
@@ -159,6 +163,7 @@ impl Budget {
     pub fn new(b: &weft_model::RetryBudget) -> Budget {
         Budget {
             ratio: b.ratio,
+            per_second: f64::from(b.min_per_second),
             floor: f64::from(b.min_per_second) * SLOTS as f64,
             unlimited: b.unlimited,
             epoch: Instant::now(),
@@ -216,7 +221,15 @@ impl Budget {
         if (retries + 1) as f64 > self.ratio * requests as f64 + self.floor {
             return false;
         }
-        self.slot().retries.fetch_add(1, Ordering::Relaxed);
+        let slot = self.slot();
+        let (now_requests, now_retries) = (
+            slot.requests.load(Ordering::Relaxed),
+            slot.retries.load(Ordering::Relaxed),
+        );
+        if (now_retries + 1) as f64 > self.ratio * now_requests as f64 + self.per_second {
+            return false;
+        }
+        slot.retries.fetch_add(1, Ordering::Relaxed);
         true
     }
 }
@@ -345,7 +358,27 @@ mod tests {
             min_per_second: 1,
             unlimited: false,
         });
-        assert_eq!((0..100).filter(|_| floor.withdraw()).count(), 10);
+        // The floor is per second: 1 now, not the window's 10 at once.
+        assert_eq!((0..100).filter(|_| floor.withdraw()).count(), 1);
+    }
+
+    #[test]
+    fn a_failure_that_starts_cannot_spend_the_window_at_once() {
+        // 300 requests in the first second of an outage, every one failing and retried
+        // as often as allowed: at most 0.2 × 300 + 10 retries, not the window's
+        // 0.2 × 300 + 100.
+        let b = Budget::new(&weft_model::RetryBudget {
+            ratio: 0.2,
+            min_per_second: 10,
+            unlimited: false,
+        });
+        let mut allowed = 0;
+        for _ in 0..300 {
+            b.deposit();
+            allowed += (0..3).filter(|_| b.withdraw()).count();
+        }
+        assert!(allowed <= 70, "{allowed} retries in one second");
+        assert!(allowed >= 60, "{allowed}: the budget is there to be used");
     }
 
     #[test]
