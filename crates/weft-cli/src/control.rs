@@ -527,16 +527,13 @@ pub async fn kv(server: &str, cmd: crate::KvCommand) -> anyhow::Result<()> {
                 );
             }
         }
-        K::Watch { key, prefix } => {
+        K::Watch { key, prefix: true } => watch_prefix(server, &key).await?,
+        K::Watch { key, prefix: false } => {
             // Long-poll: each answer's X-Weft-Index is the revision to wait from next.
             let mut index: u64 = 0;
             let mut last: Option<String> = None;
             loop {
-                let path = if prefix {
-                    format!("/v1/kv?prefix={}&index={index}&wait=60s", encode(&key))
-                } else {
-                    format!("/v1/kv/{}?index={index}&wait=60s", encode(&key))
-                };
+                let path = format!("/v1/kv/{}?index={index}&wait=60s", encode(&key));
                 let (status, at, bytes) = request(
                     server,
                     "GET",
@@ -569,6 +566,53 @@ pub async fn kv(server: &str, cmd: crate::KvCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `weft kv watch PREFIX --prefix`: the entries under PREFIX, then one JSON line per
+/// change — an entry written (as `weft kv get` shows it) or `{"key", "deleted": true}`.
+async fn watch_prefix(server: &str, prefix: &str) -> anyhow::Result<()> {
+    let mut index: u64 = 0;
+    let mut last: std::collections::BTreeMap<String, Value> = Default::default();
+    loop {
+        // Wait (long-poll) for a change under the prefix after `index`...
+        let path = format!(
+            "/v1/kv?prefix={}&index={index}&wait=60s&limit=1",
+            encode(prefix)
+        );
+        let (status, at, bytes) = request(
+            server,
+            "GET",
+            &path,
+            Bytes::new(),
+            "application/json",
+            Duration::from_secs(90),
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        if status != 200 {
+            bail!("watch: {status} {}", String::from_utf8_lossy(&bytes));
+        }
+        // ...then read every entry, and print what differs from what was printed.
+        let list = all_pages(
+            server,
+            &format!("/v1/kv?prefix={}&limit=1000", encode(prefix)),
+        )
+        .await?;
+        let now: std::collections::BTreeMap<String, Value> = list
+            .into_iter()
+            .filter_map(|e| Some((e["key"].as_str()?.to_string(), e)))
+            .collect();
+        for (k, e) in &now {
+            if last.get(k) != Some(e) {
+                say!("{e}");
+            }
+        }
+        for k in last.keys().filter(|k| !now.contains_key(*k)) {
+            say!("{}", serde_json::json!({"key": k, "deleted": true}));
+        }
+        last = now;
+        index = index.max(at.unwrap_or(index));
+    }
 }
 
 /// `weft catalog [SERVICE]`.

@@ -37,12 +37,6 @@ struct Cli {
     /// Log filter (tracing syntax), e.g. `info` or `weft_proxy=debug`.
     #[arg(long, global = true, default_value = "info", env = "WEFT_LOG")]
     log: String,
-    /// ACL token for the control plane (API and discovery stream).
-    #[arg(long, global = true, env = "WEFT_TOKEN", hide_env_values = true)]
-    token: Option<String>,
-    /// The mesh CA's roots (PEM), to verify an `https://` control plane.
-    #[arg(long, global = true, env = "WEFT_CA_FILE")]
-    ca_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -183,6 +177,33 @@ struct ServerArg {
     /// Control-plane URL.
     #[arg(long = "server", env = "WEFT_SERVER", default_value = control::DEFAULT_SERVER, global = true)]
     url: String,
+    #[command(flatten)]
+    auth: ControlAuth,
+}
+
+/// How a client of the control plane proves who it is and checks whom it talks to (only
+/// on the commands that talk to one).
+#[derive(clap::Args)]
+pub(crate) struct ControlAuth {
+    /// ACL token for the control plane (API and discovery stream).
+    #[arg(long, global = true, env = "WEFT_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// The mesh CA's roots (PEM), to verify an `https://` control plane. A relative path
+    /// is relative to the directory the command runs in.
+    #[arg(long, global = true, env = "WEFT_CA_FILE")]
+    ca_file: Option<PathBuf>,
+}
+
+impl ControlAuth {
+    /// Makes this process use them.
+    pub(crate) fn install(&self) {
+        if let Some(t) = self.token.clone() {
+            weft_proxy::mesh::control_api::set_token(t);
+        }
+        if let Some(f) = self.ca_file.clone() {
+            weft_proxy::mesh::control_api::set_ca_file(f);
+        }
+    }
 }
 
 /// `weft intention` subcommands.
@@ -274,11 +295,22 @@ fn main() -> std::process::ExitCode {
         // Colours only for a person at a terminal: log files and collectors get plain text.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    if let Some(t) = cli.token.clone() {
-        weft_proxy::mesh::control_api::set_token(t);
-    }
-    if let Some(f) = cli.ca_file.clone() {
-        weft_proxy::mesh::control_api::set_ca_file(f);
+    match &cli.command {
+        Command::Apply { server, .. }
+        | Command::Get { server, .. }
+        | Command::Delete { server, .. }
+        | Command::Kv { server, .. }
+        | Command::Acl { server, .. }
+        | Command::Ca { server, .. }
+        | Command::Intention { server, .. }
+        | Command::Catalog { server, .. }
+        | Command::Status { server } => server.auth.install(),
+        Command::Sidecar(args) => args.auth.install(),
+        Command::Proxy(_)
+        | Command::Validate { .. }
+        | Command::Echo { .. }
+        | Command::Server(_)
+        | Command::Demo { .. } => {}
     }
     let result = match cli.command {
         Command::Proxy(args) => run_proxy(args),

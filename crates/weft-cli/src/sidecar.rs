@@ -20,6 +20,8 @@ pub struct SidecarArgs {
     /// Control-plane URL(s), tried in turn (comma-separated or repeated).
     #[arg(long, env = "WEFT_SERVER", value_delimiter = ',', default_value = crate::control::DEFAULT_SERVER)]
     server: Vec<String>,
+    #[command(flatten)]
+    pub(crate) auth: crate::ControlAuth,
     /// The service this instance belongs to.
     #[arg(long)]
     service: String,

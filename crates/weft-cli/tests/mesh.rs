@@ -490,6 +490,41 @@ fn kv_pages_and_watches() {
         .expect("a change line");
     assert!(line.contains("\"five\""), "{line}");
 
+    // `weft kv watch PREFIX --prefix`: the entries, then one JSON line per change.
+    for (k, v) in [("app/a", "1"), ("app/b", "2")] {
+        http(s.addr, "PUT", &format!("/v1/kv/{k}"), v.as_bytes()).unwrap();
+    }
+    let mut cmd = std::process::Command::new(weft());
+    cmd.args(["kv", "watch", "app/", "--prefix", "--server", &s.url()]);
+    if let Some(t) = weft_testkit::mesh::token_for(&s.url()) {
+        cmd.env("WEFT_TOKEN", t);
+    }
+    let watch = weft_testkit::Proc::spawn(cmd); // first line: the first entry
+    assert_eq!(watch.ready["key"], "app/a");
+    let next = || {
+        let line = watch
+            .lines
+            .recv_timeout(Duration::from_secs(10))
+            .expect("a line");
+        serde_json::from_str::<serde_json::Value>(&line).expect("one JSON object per line")
+    };
+    assert_eq!(next()["key"], "app/b");
+    http(s.addr, "PUT", "/v1/kv/app/b", b"two").unwrap();
+    let changed = next();
+    assert_eq!(
+        (changed["key"].as_str(), changed["value"].as_str()),
+        (Some("app/b"), Some("two"))
+    );
+    http(s.addr, "DELETE", "/v1/kv/app/a", b"").unwrap();
+    let deleted = next();
+    assert_eq!(
+        (deleted["key"].as_str(), deleted["deleted"].as_bool()),
+        (Some("app/a"), Some(true))
+    );
+    http(s.addr, "PUT", "/v1/kv/other/x", b"elsewhere").unwrap();
+    http(s.addr, "PUT", "/v1/kv/app/c", b"3").unwrap();
+    assert_eq!(next()["key"], "app/c", "a change elsewhere prints nothing");
+
     // The OpenAPI document lists every route the server answers.
     let doc = api_get(s.addr, "/v1/openapi.json");
     for path in [

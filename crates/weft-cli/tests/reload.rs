@@ -83,7 +83,22 @@ fn a_changed_file_is_applied_and_an_invalid_one_refused() {
     );
     assert_eq!(served_by(&p), "b");
 
-    // A valid version again clears the refusal.
+    // Going back to the version that serves clears the refusal too (it is the newest
+    // attempt, and it is good)...
+    replace_file(&p.config, &to(&b));
+    eventually(
+        "the refusal cleared by the serving version",
+        Duration::from_secs(10),
+        || {
+            let cfg: serde_json::Value = serde_json::from_str(&p.admin_get("/config")).ok()?;
+            cfg["last_rejected"].is_null().then_some(())
+        },
+    );
+    // ...and a new valid version, of course.
+    replace_file(&p.config, &moved);
+    eventually("refused again", Duration::from_secs(10), || {
+        (failures(&p) >= 3.0).then_some(())
+    });
     replace_file(&p.config, &to(&a));
     eventually("recovery", Duration::from_secs(10), || {
         (served_by(&p) == "a").then_some(())

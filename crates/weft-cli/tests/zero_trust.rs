@@ -200,7 +200,7 @@ fn intentions_decide_who_may_call_with_precedence_and_apply_to_open_connections(
     };
     let (ok, out, _) = check("a", &[]);
     assert!(
-        !ok && out.contains("denied") && out.contains("mesh default"),
+        !ok && out.contains("denied") && out.contains("Mesh/mesh spec.defaultAction: deny"),
         "{out}"
     );
     // Counted and logged by b's sidecar.
@@ -882,4 +882,10 @@ fn a_root_rotation_can_move_the_mesh_to_an_operators_ca_and_bad_material_changes
     let intermediate = std::fs::read_to_string(&inter.cert).expect("intermediate");
     assert_eq!(chain.matches("BEGIN CERTIFICATE").count(), 2, "{chain}");
     assert!(chain.ends_with(&intermediate) || chain.trim_end().ends_with(intermediate.trim_end()));
+    // The same CA again changes nothing: its root is not listed twice.
+    let (ok, out, err) = rotate(&["--ca-cert", &cert, "--ca-key", &key, "--ca-roots", &roots]);
+    assert!(ok, "{out}{err}");
+    assert_eq!(root_count(), Some(2));
+    let again = curl(&[&format!("{}/v1/ca/roots", s.url())]).json();
+    assert_eq!(again["active"].as_str(), Some(active));
 }

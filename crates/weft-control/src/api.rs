@@ -269,7 +269,15 @@ async fn config_apply(
         .map_err(|_| ApiError::bad_request("invalid-body", "configuration must be UTF-8 text"))?;
     caller.require(&config_need(&kinds_of(text), Access::Write))?;
     let file = p.file.as_deref().unwrap_or("(request)");
-    let outcome = config::apply(&*api.store, file, text, p.dry_run.unwrap_or(false)).await?;
+    let registered = api.state.read().services().into_keys().collect();
+    let outcome = config::apply(
+        &*api.store,
+        file,
+        text,
+        p.dry_run.unwrap_or(false),
+        &registered,
+    )
+    .await?;
     Ok(with_index(outcome.revision, Json(outcome)))
 }
 
@@ -317,7 +325,15 @@ async fn config_delete(
     let p = params(q)?;
     let kind = config::canonical_kind(&kind)?;
     caller.require(&config_need(&[kind], Access::Write))?;
-    let outcome = config::delete(&*api.store, kind, &name, p.dry_run.unwrap_or(false)).await?;
+    let registered = api.state.read().services().into_keys().collect();
+    let outcome = config::delete(
+        &*api.store,
+        kind,
+        &name,
+        p.dry_run.unwrap_or(false),
+        &registered,
+    )
+    .await?;
     Ok(with_index(outcome.revision, Json(outcome)))
 }
 

@@ -352,16 +352,32 @@ impl Ca {
             let (cert, key, signer) =
                 root_material(&bundle.trust_domain, provided.as_ref()).map_err(bad)?;
             let now = unix_now();
-            let id = format!("root-{now}-{}", bundle.roots.len());
+            // The operator's CA again: a root already in the bundle is not added twice.
+            // Already signing: nothing to do; retired (and not pruned yet): it signs again.
+            let existing = bundle
+                .roots
+                .iter()
+                .find(|r| r.certificate == cert && r.signer == signer)
+                .map(|r| r.id.clone());
+            if existing.as_deref() == Some(bundle.active.as_str()) {
+                tracing::info!(root = %bundle.active, "CA rotation to the root that already signs: nothing changed");
+                return Ok(bundle);
+            }
+            let id = existing
+                .clone()
+                .unwrap_or_else(|| format!("root-{now}-{}", bundle.roots.len()));
             for r in &mut bundle.roots {
                 r.retired.get_or_insert(now);
             }
-            bundle.roots.push(Root {
-                id: id.clone(),
-                certificate: cert,
-                retired: None,
-                signer,
-            });
+            match bundle.roots.iter_mut().find(|r| r.id == id) {
+                Some(r) => r.retired = None,
+                None => bundle.roots.push(Root {
+                    id: id.clone(),
+                    certificate: cert,
+                    retired: None,
+                    signer,
+                }),
+            }
             bundle.active = id.clone();
             let value = serde_json::to_vec(&bundle).map_err(bad)?;
             let done = self

@@ -11,7 +11,7 @@
 //! guarded on that key's revision as read before validating; a write that raced another
 //! is validated again from the new state.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 use serde_json::Value;
@@ -98,16 +98,45 @@ async fn load(store: &dyn Store) -> Result<Stored, ApiError> {
 
 /// Validates `user_text` (named `file` in errors) together with `others` (stored
 /// resources it does not replace). Errors inside `others` name the stored resource.
+///
+/// A service registered in the catalog (`registered`) may be named by a route without a
+/// `Service` document of its own: it gets the defaults, as docs/mesh.md promises. So
+/// each such service is validated as if it had an empty `Service` document.
 fn validate(
     file: &str,
     user_text: &str,
     others: &[(&(String, String), &Value)],
+    registered: &BTreeSet<String>,
 ) -> Result<(), ApiError> {
     let mut text = String::from(user_text);
     let user_lines = text.lines().count();
     for (_, value) in others {
         text.push_str("\n---\n");
         text.push_str(&value.to_string());
+    }
+    let defined: BTreeSet<&str> = others
+        .iter()
+        .filter(|((kind, _), _)| kind == "Service")
+        .map(|((_, name), _)| name.as_str())
+        .collect();
+    let defined_here = |name: &str| {
+        weft_model::yaml::parse_documents(user_text)
+            .map(|docs| {
+                docs.iter().any(|d| {
+                    d.value.get("kind").and_then(Value::as_str) == Some("Service")
+                        && d.value.pointer("/metadata/name").and_then(Value::as_str) == Some(name)
+                })
+            })
+            .unwrap_or(false)
+    };
+    for name in registered {
+        if !defined.contains(name.as_str()) && !defined_here(name) {
+            text.push_str("\n---\n");
+            text.push_str(
+                &serde_json::json!({"kind": "Service", "metadata": {"name": name}, "spec": {}})
+                    .to_string(),
+            );
+        }
     }
     match weft_model::parse(file, &text) {
         Ok(_) => Ok(()),
@@ -124,7 +153,13 @@ fn validate(
                         }
                         _ => {}
                     }
-                    e.to_string()
+                    let text = e.to_string();
+                    if text.contains("unknown Service") {
+                        // In the mesh, registering an instance names a service too.
+                        format!("{text} (no Service document and no registered instance)")
+                    } else {
+                        text
+                    }
                 })
                 .collect::<Vec<_>>();
             Err(ApiError::invalid_config(details))
@@ -138,6 +173,7 @@ pub async fn apply(
     file: &str,
     text: &str,
     dry_run: bool,
+    registered: &BTreeSet<String>,
 ) -> Result<Outcome, ApiError> {
     if text.len() > MAX_APPLY_BYTES {
         return Err(ApiError::new(
@@ -201,7 +237,7 @@ pub async fn apply(
             .iter()
             .filter(|(id, _)| !incoming.contains_key(*id))
             .collect();
-        validate(file, text, &others)?;
+        validate(file, text, &others, registered)?;
         let mut changes = Vec::new();
         let mut ops = Vec::new();
         for (id, value) in &incoming {
@@ -252,6 +288,7 @@ pub async fn delete(
     kind: &str,
     name: &str,
     dry_run: bool,
+    registered: &BTreeSet<String>,
 ) -> Result<Outcome, ApiError> {
     for _attempt in 0..5 {
         let stored = load(store).await?;
@@ -260,7 +297,7 @@ pub async fn delete(
             return Err(ApiError::not_found(format!("no {kind} named `{name}`")));
         };
         let others: Vec<_> = stored.docs.iter().filter(|(i, _)| **i != id).collect();
-        validate("(after delete)", "", &others).map_err(|e| {
+        validate("(after delete)", "", &others, registered).map_err(|e| {
             e.with_message(format!(
                 "cannot delete {kind}/{name}: the rest would not be valid"
             ))

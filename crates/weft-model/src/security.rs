@@ -28,6 +28,16 @@ pub enum Action {
     Deny,
 }
 
+impl Action {
+    /// As written in YAML.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Allow => "allow",
+            Action::Deny => "deny",
+        }
+    }
+}
+
 /// `Mesh`: settings for the whole mesh. At most one, named `mesh`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -221,13 +231,16 @@ pub fn decide(
         },
         None => Verdict {
             action: default,
-            reason: match (top, passed_over) {
-                (_, Some(name)) => format!(
-                    "intention {name} allows only callers with a mesh identity \
-                     (unauthenticated: true admits the others); mesh default"
-                ),
-                (None, _) => "no intention applies; mesh default".to_string(),
-                (Some(_), _) => "no permission matched; mesh default".to_string(),
+            reason: {
+                let default = format!("Mesh/mesh spec.defaultAction: {}", default.as_str());
+                match (top, passed_over) {
+                    (_, Some(name)) => format!(
+                        "intention {name} allows only callers with a mesh identity \
+                         (unauthenticated: true admits the others); {default}"
+                    ),
+                    (None, _) => format!("no intention applies; {default}"),
+                    (Some(_), _) => format!("no permission matched; {default}"),
+                }
             },
         },
     })

@@ -616,14 +616,17 @@ fn intention_precedence_more_specific_wins_and_deny_wins_ties() {
     );
     assert_eq!(
         decide(Some("api"), "db", Some(&post)),
-        Some((Action::Allow, "no permission matched; mesh default".into()))
+        Some((
+            Action::Allow,
+            "no permission matched; Mesh/mesh spec.defaultAction: allow".into()
+        ))
     );
     let none: Vec<&Resource<IntentionSpec>> = Vec::new();
     assert_eq!(
         weft_model_decide_default(&none),
         (
             Action::Deny,
-            "no intention applies; mesh default".to_string()
+            "no intention applies; Mesh/mesh spec.defaultAction: deny".to_string()
         )
     );
 }

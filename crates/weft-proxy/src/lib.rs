@@ -343,6 +343,11 @@ impl RunningProxy {
         }
     }
 
+    /// Forgets the last refusal: the newest version offered is the one serving.
+    pub fn clear_rejection(&self) {
+        *lock(&self.admin_state.rejected) = None;
+    }
+
     /// Records a refused version (invalid file, or `apply` refused it): counted in
     /// `weft_config_loads_total{result="failure"}` and shown by `/config`. The running
     /// version is untouched.

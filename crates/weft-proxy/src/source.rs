@@ -183,6 +183,9 @@ fn reload(path: &std::path::Path, proxy: &RunningProxy, force: bool) {
             proxy.reject(&errors.to_string());
         }
         Ok(config) if !force && config.version == proxy.snapshot().config.version => {
+            // Back to the version that serves (after a refused one): the newest attempt
+            // is good, so no refusal is current any more.
+            proxy.clear_rejection();
             tracing::debug!("configuration unchanged");
         }
         Ok(config) => {

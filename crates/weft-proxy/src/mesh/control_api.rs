@@ -12,6 +12,9 @@ use tokio::net::TcpStream;
 /// Largest API answer read.
 const MAX_ANSWER: usize = 1024 * 1024;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a refused connection (or a CA file not written yet) is retried: a server
+/// started an instant before the command is given time to come up.
+const STARTUP_GRACE: Duration = Duration::from_secs(3);
 
 /// One JSON request to the API; `(status, body)` (body `null` when not JSON).
 pub async fn call(
@@ -142,12 +145,12 @@ pub async fn send(
     timeout: Duration,
     token: Option<&str>,
 ) -> Result<(u16, Option<u64>, Bytes), String> {
-    let (tls, authority) = match (
+    let (secure, authority) = match (
         server.strip_prefix("https://"),
         server.strip_prefix("http://"),
     ) {
-        (Some(a), _) => (Some(tls_connector(server)?), a),
-        (None, Some(a)) => (None, a),
+        (Some(a), _) => (true, a),
+        (None, Some(a)) => (false, a),
         _ => {
             return Err(format!(
                 "server `{server}`: expected https://HOST:PORT or http://HOST:PORT"
@@ -156,9 +159,33 @@ pub async fn send(
     };
     let authority = authority.trim_end_matches('/');
     let attempt = async {
-        let stream = TcpStream::connect(authority)
-            .await
-            .map_err(|e| format!("{server}: {e}"))?;
+        // A server started an instant ago (`weft server … &` then a command) may not
+        // listen yet, nor have written its CA file: both are waited for, briefly.
+        let started = tokio::time::Instant::now();
+        let (tls, stream) = loop {
+            let tls = if secure {
+                match tls_connector(server) {
+                    Ok(c) => Some(c),
+                    Err(e) if started.elapsed() < STARTUP_GRACE && e.contains("No such file") => {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                }
+            } else {
+                None
+            };
+            match TcpStream::connect(authority).await {
+                Ok(s) => break (tls, s),
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::ConnectionRefused
+                        && started.elapsed() < STARTUP_GRACE =>
+                {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(format!("{server}: {e}")),
+            }
+        };
         let mut send = match tls {
             None => http1(server, stream).await?,
             Some(connector) => {
