@@ -534,16 +534,7 @@ pub async fn kv(server: &str, cmd: crate::KvCommand) -> anyhow::Result<()> {
             let mut last: Option<String> = None;
             loop {
                 let path = format!("/v1/kv/{}?index={index}&wait=60s", encode(&key));
-                let (status, at, bytes) = request(
-                    server,
-                    "GET",
-                    &path,
-                    Bytes::new(),
-                    "application/json",
-                    Duration::from_secs(90),
-                )
-                .await
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
+                let (status, at, bytes) = long_poll(server, &path).await?;
                 let at = match at {
                     Some(at) => at,
                     // A 404 carries no index: take the server's current revision.
@@ -568,6 +559,20 @@ pub async fn kv(server: &str, cmd: crate::KvCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One long-poll GET (`index` and `wait=60s` in `path`): `(status, X-Weft-Index, body)`.
+async fn long_poll(server: &str, path: &str) -> anyhow::Result<(u16, Option<u64>, Bytes)> {
+    request(
+        server,
+        "GET",
+        path,
+        Bytes::new(),
+        "application/json",
+        Duration::from_secs(90),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}"))
+}
+
 /// `weft kv watch PREFIX --prefix`: the entries under PREFIX, then one JSON line per
 /// change — an entry written (as `weft kv get` shows it) or `{"key", "deleted": true}`.
 async fn watch_prefix(server: &str, prefix: &str) -> anyhow::Result<()> {
@@ -579,16 +584,7 @@ async fn watch_prefix(server: &str, prefix: &str) -> anyhow::Result<()> {
             "/v1/kv?prefix={}&index={index}&wait=60s&limit=1",
             encode(prefix)
         );
-        let (status, at, bytes) = request(
-            server,
-            "GET",
-            &path,
-            Bytes::new(),
-            "application/json",
-            Duration::from_secs(90),
-        )
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let (status, at, bytes) = long_poll(server, &path).await?;
         if status != 200 {
             bail!("watch: {status} {}", String::from_utf8_lossy(&bytes));
         }

@@ -751,6 +751,19 @@ fn malformed_requests_get_a_precise_400() {
     assert_eq!(curl(&[&format!("http://{addr}/")]).status, 200);
 }
 
+/// `weft proxy` with one catch-all route to `backend`.
+fn proxy_to(backend: SocketAddr) -> weft_testkit::Proxy {
+    proxy(
+        &weft(),
+        &format!(
+            "{}---\nkind: HTTPRoute\nmetadata: {{name: r}}\nspec: {{rules: [{{backendRefs: [{{name: b}}]}}]}}\n{}",
+            gateway(),
+            service("b", "", &[backend])
+        ),
+        &[],
+    )
+}
+
 /// Reads one HTTP/1.1 request head from `conn` (enough for a test backend).
 fn read_head(conn: &mut TcpStream) -> String {
     let mut head = Vec::new();
@@ -778,15 +791,7 @@ fn http1_trailers_reach_a_client_that_asks_for_them() {
             .as_bytes(),
         );
     });
-    let p = proxy(
-        &weft(),
-        &format!(
-            "{}---\nkind: HTTPRoute\nmetadata: {{name: r}}\nspec: {{rules: [{{backendRefs: [{{name: b}}]}}]}}\n{}",
-            gateway(),
-            service("b", "", &[backend])
-        ),
-        &[],
-    );
+    let p = proxy_to(backend);
     let get = |te: &str| {
         let mut c = TcpStream::connect(p.listener("gw/web")).expect("connect");
         c.set_read_timeout(Some(Duration::from_secs(5)))
@@ -827,15 +832,7 @@ fn an_upstream_that_refuses_an_upload_early_is_heard() {
             b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 9\r\nconnection: close\r\n\r\ntoo large",
         );
     });
-    let p = proxy(
-        &weft(),
-        &format!(
-            "{}---\nkind: HTTPRoute\nmetadata: {{name: r}}\nspec: {{rules: [{{backendRefs: [{{name: b}}]}}]}}\n{}",
-            gateway(),
-            service("b", "", &[backend])
-        ),
-        &[],
-    );
+    let p = proxy_to(backend);
     let upload = weft_testkit::temp_dir().join("upload.bin");
     std::fs::write(&upload, vec![0u8; 20 * 1024 * 1024]).expect("write upload");
     let data = format!("@{}", upload.display());

@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use weft_testkit::mesh::{http, server, weft_cli, Server};
-use weft_testkit::{curl, echo, eventually, proxy, temp_dir};
+use weft_testkit::{curl, echo, eventually, proxy};
 
 fn weft() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_weft"))
@@ -189,51 +189,6 @@ fn app_path(body: &str) -> String {
     v["path"].as_str().expect("path").to_string()
 }
 
-fn apply(s: &Server, yaml: &str) {
-    let file = temp_dir().join("apply.yaml");
-    std::fs::write(&file, yaml).expect("write");
-    let (ok, out, err) = weft_cli(
-        &weft(),
-        &[
-            "apply",
-            "-f",
-            &file.display().to_string(),
-            "--server",
-            &s.url(),
-            "--wait",
-        ],
-    );
-    assert!(ok, "apply: {out}{err}");
-}
-
-/// A certificate for `service` from the mesh CA (own key, CSR), as PEM files.
-fn mesh_cert(s: &Server, service: &str) -> (PathBuf, PathBuf) {
-    let (csr, key) = weft_tls::ca::new_csr(service).expect("csr");
-    let body = serde_json::json!({"service": service, "csr": csr}).to_string();
-    let token = weft_testkit::mesh::token_for(&s.addr.to_string()).unwrap_or_default();
-    let r = curl(&[
-        "-X",
-        "POST",
-        "-H",
-        &format!("x-weft-token: {token}"),
-        "-H",
-        "content-type: application/json",
-        "--data-binary",
-        &body,
-        &format!("{}/v1/ca/sign", s.url()),
-    ]);
-    assert_eq!(r.status, 200, "{}", r.body);
-    let v: serde_json::Value = serde_json::from_str(&r.body).expect("json");
-    let dir = temp_dir();
-    let (c, k) = (
-        dir.join(format!("{service}.crt")),
-        dir.join(format!("{service}.key")),
-    );
-    std::fs::write(&c, v["certificate"].as_str().expect("certificate")).expect("write");
-    std::fs::write(&k, key).expect("write");
-    (c, k)
-}
-
 /// Checks one answer: refused, or allowed with the app seeing a path that is not under
 /// `/admin` however it reads it — and exactly the normal form weft judged.
 fn judge(via: &str, target: &str, status: u16, body: &str) -> &'static str {
@@ -396,4 +351,12 @@ fn encoded_paths_cannot_reach_a_route_they_would_not_match() {
         (status, name(&body), app_path(&body)),
         (200, "admin".into(), "/admin/x".into())
     );
+}
+
+fn apply(s: &Server, yaml: &str) {
+    weft_testkit::mesh::apply_wait(&weft(), s, yaml);
+}
+
+fn mesh_cert(s: &Server, service: &str) -> (PathBuf, PathBuf) {
+    weft_testkit::mesh::mesh_cert(s, service)
 }

@@ -17,53 +17,6 @@ fn instance(server: &Server, service: &str, id: &str, extra: &[&str]) -> Instanc
     weft_testkit::mesh::instance(&weft(), server, service, id, extra)
 }
 
-fn apply(s: &Server, yaml: &str) {
-    let file = temp_dir().join("apply.yaml");
-    std::fs::write(&file, yaml).expect("write");
-    let (ok, out, err) = weft_cli(
-        &weft(),
-        &[
-            "apply",
-            "-f",
-            &file.display().to_string(),
-            "--server",
-            &s.url(),
-            "--wait",
-        ],
-    );
-    assert!(ok, "apply: {out}{err}");
-}
-
-/// A certificate for `service` from the mesh CA, obtained as a sidecar would (own key,
-/// CSR): PEM files (cert, key).
-fn mesh_cert(s: &Server, service: &str) -> (PathBuf, PathBuf) {
-    let (csr, key) = weft_tls::ca::new_csr(service).expect("csr");
-    let body = serde_json::json!({"service": service, "csr": csr}).to_string();
-    let token = weft_testkit::mesh::token_for(&s.addr.to_string()).unwrap_or_default();
-    let r = curl(&[
-        "-X",
-        "POST",
-        "-H",
-        &format!("x-weft-token: {token}"),
-        "-H",
-        "content-type: application/json",
-        "--data-binary",
-        &body,
-        &format!("{}/v1/ca/sign", s.url()),
-    ]);
-    assert_eq!(r.status, 200, "{}", r.body);
-    let v: serde_json::Value = serde_json::from_str(&r.body).expect("json");
-    assert!(
-        !r.body.contains("PRIVATE KEY"),
-        "the CA never returns a private key"
-    );
-    write_pair(
-        service,
-        v["certificate"].as_str().expect("certificate"),
-        &key,
-    )
-}
-
 fn write_pair(name: &str, cert: &str, key: &str) -> (PathBuf, PathBuf) {
     let dir = temp_dir();
     let (c, k) = (
@@ -888,4 +841,12 @@ fn a_root_rotation_can_move_the_mesh_to_an_operators_ca_and_bad_material_changes
     assert_eq!(root_count(), Some(2));
     let again = curl(&[&format!("{}/v1/ca/roots", s.url())]).json();
     assert_eq!(again["active"].as_str(), Some(active));
+}
+
+fn apply(s: &Server, yaml: &str) {
+    weft_testkit::mesh::apply_wait(&weft(), s, yaml);
+}
+
+fn mesh_cert(s: &Server, service: &str) -> (PathBuf, PathBuf) {
+    weft_testkit::mesh::mesh_cert(s, service)
 }

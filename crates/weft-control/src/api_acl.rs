@@ -13,8 +13,8 @@ use serde_json::json;
 
 use crate::{
     acl::{self, Access, Caller, Need, Rule, Token},
-    api::{json_body, Api, ApiResult},
-    api_request::{read_body, SMALL_BODY},
+    api::{Api, ApiResult},
+    api_request::{read_json, SMALL_BODY},
     error::ApiError,
     store::{self, Compare, Op, Txn},
 };
@@ -121,8 +121,7 @@ async fn create(
     body: Body,
 ) -> ApiResult {
     caller.require(&Need::Operator(Access::Write))?;
-    let body = read_body(body, &headers, SMALL_BODY).await?;
-    let req: CreateBody = json_body(&headers, &body)?;
+    let req: CreateBody = read_json(body, &headers, SMALL_BODY).await?;
     let mut rules = req.rules;
     if let Some(s) = &req.service {
         rules.push(format!("service:{s}:write"));

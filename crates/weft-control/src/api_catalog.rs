@@ -15,8 +15,8 @@ use serde_json::{json, Value};
 
 use crate::{
     acl::{Access, Caller, Need},
-    api::{json_body, params, wait, wait_for_change, with_index, Api, ApiResult, Q},
-    api_request::{read_body, SMALL_BODY},
+    api::{params, wait, wait_for_change, with_index, Api, ApiResult, Q},
+    api_request::{read_body, read_json, SMALL_BODY},
     catalog, config,
     error::ApiError,
     store,
@@ -80,8 +80,7 @@ async fn register(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult {
-    let body = read_body(body, &headers, SMALL_BODY).await?;
-    let reg: catalog::Registration = json_body(&headers, &body)?;
+    let reg: catalog::Registration = read_json(body, &headers, SMALL_BODY).await?;
     caller.require(&Need::Service(reg.instance.service.clone(), Access::Write))?;
     let (count, known) = api
         .state
@@ -147,8 +146,7 @@ async fn ca_sign(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult {
-    let body = read_body(body, &headers, SMALL_BODY).await?;
-    let req: SignBody = json_body(&headers, &body)?;
+    let req: SignBody = read_json(body, &headers, SMALL_BODY).await?;
     if !config::valid_name(&req.service) {
         return Err(ApiError::bad_request(
             "invalid-name",
@@ -215,8 +213,7 @@ async fn set_health(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult {
-    let body = read_body(body, &headers, SMALL_BODY).await?;
-    let h: HealthBody = json_body(&headers, &body)?;
+    let h: HealthBody = read_json(body, &headers, SMALL_BODY).await?;
     caller.require(&Need::Service(service.clone(), Access::Write))?;
     let revision = catalog::set_health(&*api.store, &service, &id, h.status).await?;
     Ok(with_index(revision, Json(json!({"revision": revision}))))

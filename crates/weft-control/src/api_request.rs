@@ -331,6 +331,16 @@ pub(crate) async fn read_body(
     }
 }
 
+/// [`read_body`], then the body as JSON (see [`crate::api::json_body`]).
+pub(crate) async fn read_json<T: serde::de::DeserializeOwned>(
+    body: Body,
+    headers: &HeaderMap,
+    limit: usize,
+) -> Result<T, ApiError> {
+    let bytes = read_body(body, headers, limit).await?;
+    crate::api::json_body(headers, &bytes)
+}
+
 /// The error, answered with `Connection: close` (its body was not read to the end).
 fn close(mut e: ApiError) -> ApiError {
     e.close = true;

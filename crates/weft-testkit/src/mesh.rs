@@ -84,23 +84,24 @@ impl Server {
 /// Intentions deny by default: a test about something else allows every call first
 /// (an `Intention` from `*` to `*`). Tests about intentions do not call this.
 pub fn allow_all(weft: &Path, server: &Server) {
-    let file = temp_dir().join("allow-all.yaml");
-    std::fs::write(
-        &file,
-        "kind: Intention\nmetadata: {name: test-allow-all}\nspec: {source: '*', destination: '*', action: allow}\n",
-    )
-    .expect("write intention");
-    let (ok, out, err) = weft_cli(
+    apply_file(
         weft,
-        &[
-            "apply",
-            "-f",
-            &file.display().to_string(),
-            "--server",
-            &server.url(),
-        ],
+        server,
+        "kind: Intention\nmetadata: {name: test-allow-all}\nspec: {source: '*', destination: '*', action: allow}\n",
+        &[],
     );
-    assert!(ok, "allow-all intention: {out}{err}");
+}
+
+/// `weft apply -f` of `yaml` to `server` with `extra` arguments; fails the test when
+/// refused.
+pub fn apply_file(weft: &Path, server: &Server, yaml: &str, extra: &[&str]) {
+    let file = temp_dir().join("apply.yaml");
+    std::fs::write(&file, yaml).expect("write");
+    let (file, url) = (file.display().to_string(), server.url());
+    let mut args = vec!["apply", "-f", &file, "--server", &url];
+    args.extend_from_slice(extra);
+    let (ok, out, err) = weft_cli(weft, &args);
+    assert!(ok, "apply: {out}{err}");
 }
 
 /// Starts `weft server` on an ephemeral port with a fresh store.
@@ -573,4 +574,33 @@ pub fn assert_kv_kept(server: SocketAddr, acked: &[(String, String)]) {
         acked.len(),
         &lost[..lost.len().min(5)]
     );
+}
+
+/// `weft apply -f` of `yaml` to `server`, waiting until every connected proxy applied it;
+/// fails the test when refused.
+pub fn apply_wait(weft: &Path, server: &Server, yaml: &str) {
+    apply_file(weft, server, yaml, &["--wait"]);
+}
+
+/// A certificate for `service` from the mesh CA, obtained as a sidecar would (its own
+/// key, a CSR to `POST /v1/ca/sign`): PEM files (certificate chain, key).
+pub fn mesh_cert(server: &Server, service: &str) -> (PathBuf, PathBuf) {
+    let (csr, key) = weft_tls::ca::new_csr(service).expect("csr");
+    let body = serde_json::json!({"service": service, "csr": csr}).to_string();
+    let (status, answer) = http(server.addr, "POST", "/v1/ca/sign", body.as_bytes()).expect("sign");
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    assert_eq!(status, 200, "{text}");
+    assert!(
+        !text.contains("PRIVATE KEY"),
+        "the CA never returns a private key"
+    );
+    let v: Value = serde_json::from_str(&text).expect("json");
+    let dir = temp_dir();
+    let (c, k) = (
+        dir.join(format!("{service}.crt")),
+        dir.join(format!("{service}.key")),
+    );
+    std::fs::write(&c, v["certificate"].as_str().expect("certificate")).expect("write");
+    std::fs::write(&k, key).expect("write");
+    (c, k)
 }
