@@ -10,7 +10,6 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use weft_testkit::mesh::{server, weft_cli};
 use weft_testkit::temp_dir;
@@ -98,7 +97,10 @@ fn script(doc: &str, ports: &mut BTreeMap<u16, u16>) -> String {
     let md = std::fs::read_to_string(repo().join("docs").join(doc)).expect("read the doc");
     let mut s = String::from(
         r#"set -euo pipefail
-trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null' EXIT
+# Whatever the doc starts in the background ends with the script, however it ends.
+cleanup() { kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; }
+trap cleanup EXIT
+trap 'exit 124' TERM INT
 # `want OUTPUT EXPECTED WHERE`: OUTPUT matches EXPECTED, where … stands for anything.
 want() {
   local out="$1" rest="$2" pat=""
@@ -189,8 +191,10 @@ fn run_doc(doc: &str) {
         bin.parent().expect("bin dir").display(),
         std::env::var("PATH").unwrap_or_default()
     );
-    let mut cmd = Command::new("bash");
-    cmd.arg("run.sh")
+    // `timeout` bounds the run; the script's trap stops what it started in the
+    // background, on success, failure or timeout alike.
+    let status = Command::new("timeout")
+        .args(["--kill-after=10", "180", "bash", "run.sh"])
         .current_dir(&dir)
         .env("PATH", path)
         .env("LC_ALL", "C.UTF-8")
@@ -199,30 +203,14 @@ fn run_doc(doc: &str) {
         .env_remove("WEFT_CA_FILE")
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(dir.join("out.txt")).expect("out"))
-        .stderr(std::fs::File::create(dir.join("err.txt")).expect("err"));
-    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-    let mut child = cmd.spawn().expect("bash");
-    let started = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("wait") {
-            break Some(s);
-        }
-        if started.elapsed() > Duration::from_secs(180) {
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    // Whatever the script left running (it kills its jobs, but a failure may leave some).
-    let _ = Command::new("kill")
-        .args(["-KILL", &format!("-{}", child.id())])
-        .stderr(Stdio::null())
-        .status();
-    let _ = child.wait();
+        .stderr(std::fs::File::create(dir.join("err.txt")).expect("err"))
+        .status()
+        .expect("timeout bash run.sh");
     let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
     assert!(
-        status.is_some_and(|s| s.success()),
+        status.success(),
         "docs/{doc} does not run as written ({}):\n--- stderr\n{}\n--- stdout\n{}\n--- script\n{text}",
-        if status.is_none() { "timed out" } else { "failed" },
+        if status.code() == Some(124) { "timed out".to_string() } else { format!("{status}") },
         read("err.txt"),
         read("out.txt"),
     );
