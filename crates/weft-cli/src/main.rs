@@ -304,7 +304,12 @@ fn main() -> std::process::ExitCode {
         | Command::Ca { server, .. }
         | Command::Intention { server, .. }
         | Command::Catalog { server, .. }
-        | Command::Status { server } => server.auth.install(),
+        | Command::Status { server } => {
+            server.auth.install();
+            // A command typed (or scripted) right after `weft server … &` waits for it
+            // (a sidecar does not: it has other servers to try).
+            weft_proxy::mesh::control_api::set_startup_grace(Duration::from_secs(3));
+        }
         Command::Sidecar(args) => args.auth.install(),
         Command::Proxy(_)
         | Command::Validate { .. }

@@ -12,9 +12,15 @@ use tokio::net::TcpStream;
 /// Largest API answer read.
 const MAX_ANSWER: usize = 1024 * 1024;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
-/// How long a refused connection (or a CA file not written yet) is retried: a server
-/// started an instant before the command is given time to come up.
-const STARTUP_GRACE: Duration = Duration::from_secs(3);
+/// How long a refused connection (or a CA file not written yet) is retried, for a
+/// command run an instant after the server was started; zero unless set (a sidecar with
+/// several servers must move on to the next one at once).
+static STARTUP_GRACE: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+
+/// Waits up to `grace` for a server that refuses connections (one starting up).
+pub fn set_startup_grace(grace: Duration) {
+    let _ = STARTUP_GRACE.set(grace);
+}
 
 /// One JSON request to the API; `(status, body)` (body `null` when not JSON).
 pub async fn call(
@@ -162,11 +168,12 @@ pub async fn send(
         // A server started an instant ago (`weft server … &` then a command) may not
         // listen yet, nor have written its CA file: both are waited for, briefly.
         let started = tokio::time::Instant::now();
+        let grace = STARTUP_GRACE.get().copied().unwrap_or_default();
         let (tls, stream) = loop {
             let tls = if secure {
                 match tls_connector(server) {
                     Ok(c) => Some(c),
-                    Err(e) if started.elapsed() < STARTUP_GRACE && e.contains("No such file") => {
+                    Err(e) if started.elapsed() < grace && e.contains("No such file") => {
                         tokio::time::sleep(Duration::from_millis(100)).await;
                         continue;
                     }
@@ -179,7 +186,7 @@ pub async fn send(
                 Ok(s) => break (tls, s),
                 Err(e)
                     if e.kind() == std::io::ErrorKind::ConnectionRefused
-                        && started.elapsed() < STARTUP_GRACE =>
+                        && started.elapsed() < grace =>
                 {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
