@@ -511,6 +511,12 @@ fn the_examples_parse() {
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "yaml") {
+            // Mesh resources are checked against a control plane, with the services they
+            // name registered (crates/weft-cli/tests/docs.rs).
+            let text = std::fs::read_to_string(&path).unwrap();
+            if text.contains("kind: Intention") || text.contains("kind: Service, name:") {
+                continue;
+            }
             load_file(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             n += 1;
         }
