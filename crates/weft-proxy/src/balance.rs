@@ -32,6 +32,8 @@ use weft_model::{HashOn, LbPolicy};
 const COST_FLOOR: Duration = Duration::from_millis(1);
 /// Decay time constant of the EWMA (and of an unobserved estimate toward zero).
 const DECAY: Duration = Duration::from_secs(10);
+/// The least share of the way to a lower sample an estimate moves per answer.
+const MIN_STEP_DOWN: f64 = 0.1;
 /// Virtual nodes on the hash ring per unit of weight share (about 160 per endpoint).
 const RING_POINTS_PER_ENDPOINT: usize = 160;
 /// Cap on the ring's size.
@@ -113,7 +115,11 @@ impl Endpoint {
         e.nanos = if sample > e.nanos * w {
             sample // peak: jump up at once
         } else {
-            e.nanos * w + sample * (1.0 - w)
+            // Down: by the time since the last answer, but at least a tenth of the way
+            // per answer, so a one-off spike (a pause of the machine) is forgotten after a
+            // few dozen normal answers instead of holding an endpoint back for seconds.
+            let keep = w.min(1.0 - MIN_STEP_DOWN);
+            e.nanos * keep + sample * (1.0 - keep)
         };
         e.stamp = now;
     }
@@ -562,6 +568,18 @@ mod tests {
             first.is_some(),
             "the new endpoint was not tried in 10 requests"
         );
+    }
+
+    #[test]
+    fn a_one_off_spike_is_forgotten_after_some_normal_answers() {
+        let e = eps(&[1]);
+        e[0].observe(Duration::from_millis(20));
+        for _ in 0..40 {
+            e[0].observe(Duration::from_micros(300));
+        }
+        // 0.3 ms + 19.7 ms × 0.9^40 ≈ 0.6 ms (without the floor on the step: still ~20 ms).
+        let est = e[0].latency_estimate() / 1e6;
+        assert!(est < 1.0, "{est} ms after 40 normal answers");
     }
 
     #[test]
