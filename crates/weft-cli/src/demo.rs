@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use weft_proxy::{access_log::Sink, ProxyOptions, RunningProxy};
+use weft_proxy::{telemetry::access_log::Sink, ProxyOptions, RunningProxy};
 
 const BACKENDS: [&str; 3] = ["echo-1", "echo-2", "echo-3"];
 

@@ -45,7 +45,7 @@ pub async fn check(server: &str, args: &CheckArgs) -> anyhow::Result<bool> {
         .collect::<Vec<_>>()
         .join("\n---\n");
     let config = weft_model::parse("control-plane", &text).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let authz = weft_proxy::authz::Authorizer::build(&config, &args.destination)
+    let authz = weft_proxy::http::authz::Authorizer::build(&config, &args.destination)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let method = http::Method::from_bytes(args.method.as_bytes())
         .with_context(|| format!("--method {}: not an HTTP method", args.method))?;
@@ -75,7 +75,7 @@ pub async fn check(server: &str, args: &CheckArgs) -> anyhow::Result<bool> {
             .service(&args.destination)
             .and_then(|s| s.spec.paths)
             .unwrap_or(config.mesh().paths);
-        let path = match weft_proxy::path::normalize(path, &policy) {
+        let path = match weft_proxy::http::path::normalize(path, &policy) {
             Ok(p) => p,
             Err(e) => {
                 say!(

@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use weft_proxy::{access_log::Sink, source::FileSource, ProxyOptions, RunningProxy};
+use weft_proxy::{source::FileSource, telemetry::access_log::Sink, ProxyOptions, RunningProxy};
 
 #[derive(Parser)]
 #[command(name = "weft", version, about = "weft service mesh")]

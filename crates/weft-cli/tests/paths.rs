@@ -201,7 +201,7 @@ fn judge(via: &str, target: &str, status: u16, body: &str) -> &'static str {
                 as_an_app_reads(&seen)
             );
             assert_eq!(
-                weft_proxy::path::normalize(&seen, &Default::default()).as_deref(),
+                weft_proxy::http::path::normalize(&seen, &Default::default()).as_deref(),
                 Ok(seen.as_str()),
                 "{via}: {target:?}: the app saw a path that is not in normal form"
             );
@@ -313,7 +313,7 @@ fn encoded_paths_cannot_reach_a_route_they_would_not_match() {
                     name(&body)
                 );
                 assert_eq!(
-                    weft_proxy::path::normalize(&seen, &Default::default()).as_deref(),
+                    weft_proxy::http::path::normalize(&seen, &Default::default()).as_deref(),
                     Ok(seen.as_str())
                 );
             }

@@ -18,8 +18,8 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use serde::Serialize;
 
-use crate::metrics::Metrics;
-use crate::SnapshotHandle;
+use crate::config::SnapshotHandle;
+use crate::telemetry::metrics::Metrics;
 
 /// State the admin endpoints read.
 #[derive(Debug)]

@@ -22,9 +22,9 @@ pub enum ProxyError {
     /// Host header or authority missing or malformed.
     #[error("missing or invalid host")]
     InvalidHost,
-    /// The path has a spelling its listener refuses (see [`crate::path`]).
+    /// The path has a spelling its listener refuses (see [`crate::http::path`]).
     #[error("invalid path: {0}")]
-    InvalidPath(crate::path::PathError),
+    InvalidPath(PathError),
     /// An intention (or the mesh default) denies this caller this request.
     #[error("denied by intention")]
     DeniedByIntention,
@@ -163,4 +163,29 @@ impl ProxyError {
             ProxyError::UpstreamReset
         }
     }
+}
+
+/// Why a path is refused (400 `invalid-path`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    /// `%2F`, `%5C` or `\` under `escapedSlashes: reject`.
+    #[error(
+        "an encoded slash or backslash (%2F, %5C, \\) in the path (paths.escapedSlashes: reject)"
+    )]
+    EscapedSlash,
+    /// `;` under `pathParameters: reject`.
+    #[error("a path parameter (;) in the path (paths.pathParameters: reject)")]
+    PathParameter,
+    /// `%` not followed by two hex digits.
+    #[error("a malformed percent-escape in the path")]
+    BadEscape,
+    /// `%00`–`%1F` or `%7F`.
+    #[error("an encoded control character (%00-%1F, %7F) in the path")]
+    ControlCharacter,
+    /// The escapes decode to bytes that are not UTF-8 (overlong or truncated sequences).
+    #[error("the path's escapes do not decode to UTF-8")]
+    NotUtf8,
+    /// `%252E`, `%252F` or `%255C`.
+    #[error("a double-encoded dot, slash or backslash (%252E, %252F, %255C) in the path")]
+    DoubleEncoded,
 }

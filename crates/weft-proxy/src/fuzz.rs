@@ -6,8 +6,8 @@ use std::sync::{Arc, OnceLock};
 
 use http::{Method, Request};
 
-use crate::metrics::Metrics;
-use crate::snapshot::Snapshot;
+use crate::config::Snapshot;
+use crate::telemetry::metrics::Metrics;
 
 /// Routes with every kind of matcher, for the request fuzzer.
 const ROUTES: &str = r#"
@@ -43,8 +43,8 @@ fn snapshot() -> &'static Snapshot {
     static SNAPSHOT: OnceLock<Snapshot> = OnceLock::new();
     SNAPSHOT.get_or_init(|| {
         let config = weft_model::parse("fuzz.yaml", ROUTES).expect("fuzz routes parse");
-        let tls = crate::snapshot::TlsContext::new(None).expect("tls context");
-        Snapshot::build(Arc::new(config), &Metrics::new(), None, &tls).expect("fuzz routes compile")
+        let rt = crate::config::Runtime::new(None).expect("runtime");
+        Snapshot::build(Arc::new(config), &Metrics::new(), None, &rt).expect("fuzz routes compile")
     })
 }
 
@@ -73,13 +73,13 @@ pub fn request_head(data: &[u8]) {
     let Ok(path) = normalized_path(req.uri().path(), &weft_model::PathPolicy::default()) else {
         return;
     };
-    if let Some(host) = crate::forward::request_host(&req) {
-        let table = &snapshot().listeners[0].1.table;
+    if let Some(host) = crate::http::headers::request_host(&req) {
+        let table = &snapshot().listeners[0].1.http.table;
         let _ = table.route(&host, req.method(), &path, req.uri().query(), req.headers());
     }
-    crate::forward::strip_hop_by_hop(req.headers_mut(), crate::forward::Hop::Request);
+    crate::http::headers::strip_hop_by_hop(req.headers_mut(), crate::http::headers::Hop::Request);
     assert!(!req.headers().contains_key(http::header::CONNECTION));
-    let _ = crate::forward::upstream_uri(req.uri(), None, Some(path));
+    let _ = crate::http::filters::upstream_uri(req.uri(), None, Some(path));
 }
 
 /// A path, under every path policy: normalisation refuses it or gives a path that is
@@ -113,8 +113,8 @@ pub fn normalized_paths(data: &[u8]) {
 fn normalized_path(
     path: &str,
     policy: &weft_model::PathPolicy,
-) -> Result<String, crate::path::PathError> {
-    let once = crate::path::normalize(path, policy)?.into_owned();
+) -> Result<String, crate::http::path::PathError> {
+    let once = crate::http::path::normalize(path, policy)?.into_owned();
     if !path.starts_with('/') {
         return Ok(once);
     }
@@ -141,7 +141,7 @@ fn normalized_path(
         http::uri::PathAndQuery::try_from(once.as_str()).is_ok(),
         "the normal form is not a valid request target: {path:?} -> {once:?}"
     );
-    let twice = crate::path::normalize(&once, policy);
+    let twice = crate::http::path::normalize(&once, policy);
     assert_eq!(
         twice.as_deref(),
         Ok(once.as_str()),

@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use weft_tls::mesh::{bundle_from_pem, Identity, MeshTls};
 
 use super::control_api::call;
-use crate::metrics::Metrics;
+use crate::telemetry::metrics::Metrics;
 
 /// A certificate from the CA, with the trust domain and roots it came with.
 #[derive(Debug)]

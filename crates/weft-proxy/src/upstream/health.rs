@@ -1,4 +1,4 @@
-//! Active health checks: one proxy-wide task walks the current snapshot, probes every
+//! Active health checks: one proxy-wide task walks the current services, probes every
 //! endpoint of every service with a `healthCheck` when its interval is due (each probe in
 //! its own task, so a hanging endpoint delays nobody), and marks endpoints down after
 //! `unhealthyThreshold` failures in a row, up after `healthyThreshold` successes. Endpoint
@@ -14,26 +14,21 @@ use hyper_util::rt::TokioIo;
 use tokio::sync::watch;
 use weft_model::HealthCheck;
 
-use crate::balance::Endpoint;
-use crate::metrics::Metrics;
-use crate::snapshot::Service;
-use crate::SnapshotHandle;
+use super::endpoint::Endpoint;
+use super::service::Service;
+use crate::telemetry::metrics::Metrics;
 
-/// Runs until `shutdown` flips.
+/// Runs until `shutdown` flips, over the services `current` returns each round (those of
+/// the configuration serving then).
 pub async fn run(
-    snapshot: SnapshotHandle,
+    current: impl Fn() -> Vec<Arc<Service>>,
     metrics: Arc<Metrics>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
-        let snap = snapshot.load_full();
         let mut next = Duration::from_millis(500);
-        for service in snap.services.values() {
-            let Some(hc) = snap
-                .config
-                .service(&service.name)
-                .and_then(|s| s.spec.health_check.clone())
-            else {
+        for service in current() {
+            let Some(hc) = service.health_check.clone() else {
                 continue;
             };
             let interval = hc.interval.get();

@@ -11,10 +11,23 @@
 //! say nothing about a TCP connection (there is no request to match), so an intention
 //! made only of permissions leaves it to the other intentions or the mesh default.
 
-use http::{HeaderMap, Method};
+use std::sync::Arc;
+
+use http::{HeaderMap, Method, Request};
 use weft_model::{decide, Action, Config, HttpRouteMatch, IntentionSpec, Resource, Verdict};
 
-use crate::router::{MatchError, Matcher};
+use super::context::{Client, Context};
+use super::router::{MatchError, Matcher};
+use crate::error::ProxyError;
+
+/// How a sidecar's inbound listener admits callers.
+#[derive(Debug, Clone)]
+pub struct MeshListener {
+    /// Whether plaintext is accepted too.
+    pub mode: weft_model::MtlsMode,
+    /// The intentions for calls to the sidecar's service.
+    pub authz: Arc<Authorizer>,
+}
 
 /// The compiled intentions for calls to one service.
 #[derive(Debug)]
@@ -117,4 +130,31 @@ impl Authorizer {
             reason: "undecided".into(),
         })
     }
+}
+
+/// Judges one request on a sidecar's inbound listener against the intentions of the
+/// snapshot it is served with (so a change applies to open connections too), by its
+/// normalised `path` (the one that is forwarded).
+pub(crate) fn judge<B>(
+    ctx: &Context,
+    authz: &Authorizer,
+    client: &Client,
+    req: &Request<B>,
+    path: &str,
+) -> Result<(), ProxyError> {
+    let source = client.peer_service.as_deref();
+    let verdict = authz.request(source, req.method(), path, req.uri().query(), req.headers());
+    if verdict.action == weft_model::Action::Allow {
+        return Ok(());
+    }
+    tracing::info!(
+        listener = %ctx.name,
+        client = %client.addr,
+        source = %source.unwrap_or("(no identity)"),
+        method = %req.method(),
+        path = %path,
+        reason = %verdict.reason,
+        "request denied by intention"
+    );
+    Err(ProxyError::DeniedByIntention)
 }

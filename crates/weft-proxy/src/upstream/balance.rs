@@ -20,143 +20,20 @@
 //! estimate sits behind its own tiny mutex, held for a few arithmetic operations.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use http::HeaderMap;
 use weft_model::{HashOn, LbPolicy};
 
-/// Added to every latency estimate in the P2C cost: below about a millisecond,
-/// latency differences are measurement noise, not a reason to prefer an endpoint.
-const COST_FLOOR: Duration = Duration::from_millis(1);
-/// Decay time constant of the EWMA (and of an unobserved estimate toward zero).
-const DECAY: Duration = Duration::from_secs(10);
-/// The least share of the way to a lower sample an estimate moves per answer.
-const MIN_STEP_DOWN: f64 = 0.1;
+use super::endpoint::Endpoint;
+
 /// Virtual nodes on the hash ring per unit of weight share (about 160 per endpoint).
 const RING_POINTS_PER_ENDPOINT: usize = 160;
 /// Cap on the ring's size.
 const MAX_RING: usize = 1 << 20;
 /// Cap on the round-robin schedule's length.
 const MAX_SCHEDULE: u64 = 4096;
-
-/// One upstream address with its live statistics.
-#[derive(Debug)]
-pub struct Endpoint {
-    /// Where to connect.
-    pub addr: SocketAddr,
-    /// Relative weight.
-    pub weight: u32,
-    /// `addr` as a URI authority, built once rather than formatted per request.
-    pub authority: http::uri::Authority,
-    /// Its connections.
-    pub pool: crate::upstream::Pool,
-    /// Passive (outlier detection) and active (health checks) health.
-    pub health: crate::outlier::Health,
-    inflight: AtomicU32,
-    ewma: Mutex<PeakEwma>,
-}
-
-#[derive(Debug)]
-struct PeakEwma {
-    nanos: f64,
-    stamp: Instant,
-}
-
-impl Endpoint {
-    /// A fresh endpoint with no history.
-    pub fn new(addr: SocketAddr, weight: u32) -> Self {
-        // A socket address always forms a valid authority.
-        let authority = http::uri::Authority::from_maybe_shared(addr.to_string())
-            .unwrap_or_else(|_| http::uri::Authority::from_static("0.0.0.0:0"));
-        Endpoint {
-            addr,
-            weight: weight.max(1),
-            authority,
-            pool: crate::upstream::Pool::default(),
-            health: crate::outlier::Health::default(),
-            inflight: AtomicU32::new(0),
-            // Never measured: zero, so a new endpoint is tried first.
-            ewma: Mutex::new(PeakEwma {
-                nanos: 0.0,
-                stamp: Instant::now(),
-            }),
-        }
-    }
-
-    /// Requests currently outstanding.
-    pub fn inflight(&self) -> u32 {
-        self.inflight.load(Ordering::Relaxed)
-    }
-
-    /// Marks a request as started; the guard ends it when dropped.
-    pub fn start(self: &Arc<Self>) -> InFlight {
-        self.inflight.fetch_add(1, Ordering::Relaxed);
-        InFlight {
-            endpoint: self.clone(),
-            started: Instant::now(),
-        }
-    }
-
-    /// Current latency estimate in nanoseconds: decayed toward zero while unobserved, so
-    /// an endpoint left alone becomes worth trying again.
-    pub fn latency_estimate(&self) -> f64 {
-        let now = Instant::now();
-        let e = self.ewma.lock().unwrap_or_else(|p| p.into_inner());
-        e.nanos * decay_weight(now.saturating_duration_since(e.stamp))
-    }
-
-    fn observe(&self, rtt: Duration) {
-        let now = Instant::now();
-        let sample = rtt.as_nanos() as f64;
-        let mut e = self.ewma.lock().unwrap_or_else(|p| p.into_inner());
-        let w = decay_weight(now.saturating_duration_since(e.stamp));
-        e.nanos = if sample > e.nanos * w {
-            sample // peak: jump up at once
-        } else {
-            // Down: by the time since the last answer, but at least a tenth of the way
-            // per answer, so a one-off spike (a pause of the machine) is forgotten after a
-            // few dozen normal answers instead of holding an endpoint back for seconds.
-            let keep = w.min(1.0 - MIN_STEP_DOWN);
-            e.nanos * keep + sample * (1.0 - keep)
-        };
-        e.stamp = now;
-    }
-
-    fn p2c_cost(&self) -> f64 {
-        (self.latency_estimate() + COST_FLOOR.as_nanos() as f64) * f64::from(self.inflight() + 1)
-            / f64::from(self.weight)
-    }
-
-    fn load_cost(&self) -> f64 {
-        f64::from(self.inflight()) / f64::from(self.weight)
-    }
-}
-
-fn decay_weight(elapsed: Duration) -> f64 {
-    (-elapsed.as_secs_f64() / DECAY.as_secs_f64()).exp()
-}
-
-/// An outstanding request on an endpoint.
-#[derive(Debug)]
-pub struct InFlight {
-    endpoint: Arc<Endpoint>,
-    started: Instant,
-}
-
-impl InFlight {
-    /// Records the time to response headers in the endpoint's latency estimate.
-    pub fn observe_response(&self) {
-        self.endpoint.observe(self.started.elapsed());
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.endpoint.inflight.fetch_sub(1, Ordering::Relaxed);
-    }
-}
 
 /// What consistent hashing keys on.
 #[derive(Debug, Clone)]
@@ -400,6 +277,25 @@ impl Balancer {
     }
 }
 
+/// Picks one of `items` with probability proportional to its weight (`total` = sum).
+pub fn pick_by_weight<T>(items: &[T], total: u64, weight: impl Fn(&T) -> u32) -> Option<&T> {
+    match items.len() {
+        0 => None,
+        1 => items.first(),
+        _ => {
+            let mut r = fastrand::u64(..total.max(1));
+            for i in items {
+                let w = u64::from(weight(i));
+                if r < w {
+                    return Some(i);
+                }
+                r -= w;
+            }
+            items.last()
+        }
+    }
+}
+
 /// nginx's smooth weighted round robin, unrolled into a schedule of endpoint indexes.
 fn smooth_wrr(eps: &[Arc<Endpoint>]) -> Vec<u32> {
     if eps.is_empty() {
@@ -473,6 +369,7 @@ pub fn hash64(bytes: &[u8]) -> u64 {
 mod tests {
     use super::*;
     use std::collections::HashMap;
+    use std::time::Duration;
 
     fn eps(weights: &[u32]) -> Vec<Arc<Endpoint>> {
         weights
@@ -568,40 +465,6 @@ mod tests {
             first.is_some(),
             "the new endpoint was not tried in 10 requests"
         );
-    }
-
-    #[test]
-    fn a_one_off_spike_is_forgotten_after_some_normal_answers() {
-        let e = eps(&[1]);
-        e[0].observe(Duration::from_millis(20));
-        for _ in 0..40 {
-            e[0].observe(Duration::from_micros(300));
-        }
-        // 0.3 ms + 19.7 ms × 0.9^40 ≈ 0.6 ms (without the floor on the step: still ~20 ms).
-        let est = e[0].latency_estimate() / 1e6;
-        assert!(est < 1.0, "{est} ms after 40 normal answers");
-    }
-
-    #[test]
-    fn an_unobserved_estimate_decays_toward_zero() {
-        let e = eps(&[1]);
-        e[0].observe(Duration::from_millis(500));
-        {
-            let mut ewma = e[0].ewma.lock().unwrap();
-            ewma.stamp -= Duration::from_secs(30);
-        }
-        // 500 ms × e^-3 ≈ 25 ms after 30 s unobserved.
-        let est = e[0].latency_estimate() / 1e6;
-        assert!((20.0..30.0).contains(&est), "{est} ms");
-    }
-
-    #[test]
-    fn inflight_guard_counts() {
-        let e = eps(&[1]);
-        let g = e[0].start();
-        assert_eq!(e[0].inflight(), 1);
-        drop(g);
-        assert_eq!(e[0].inflight(), 0);
     }
 
     #[test]

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
+use http_body_util::combinators::BoxBody;
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
@@ -47,10 +48,78 @@ pub enum RequestBody {
     Bytes(Option<Bytes>),
 }
 
+/// Where a request body comes from: the client's connection, or any other body (a test's,
+/// or one the proxy makes itself).
+pub enum Source {
+    /// From hyper's server connection.
+    Incoming(Incoming),
+    /// Anything else.
+    Other(BoxBody<Bytes, BoxError>),
+}
+
+/// An error of a body that is not hyper's.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl std::fmt::Debug for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Incoming(b) => b.fmt(f),
+            Source::Other(_) => f.write_str("Other"),
+        }
+    }
+}
+
+impl From<Incoming> for Source {
+    fn from(b: Incoming) -> Source {
+        Source::Incoming(b)
+    }
+}
+
+impl Source {
+    /// A body of these bytes (tests, and requests the proxy makes).
+    pub fn bytes(b: impl Into<Bytes>) -> Source {
+        use http_body_util::BodyExt;
+        Source::Other(
+            http_body_util::Full::new(b.into())
+                .map_err(|never| match never {})
+                .boxed(),
+        )
+    }
+}
+
+impl Body for Source {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            Source::Incoming(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            Source::Other(b) => Pin::new(b).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Source::Incoming(b) => b.is_end_stream(),
+            Source::Other(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Source::Incoming(b) => b.size_hint(),
+            Source::Other(b) => b.size_hint(),
+        }
+    }
+}
+
 /// The client's body under the listener's limits.
 #[derive(Debug)]
 pub struct Guarded {
-    inner: Incoming,
+    inner: Source,
     remaining: u64,
     idle: Duration,
     timer: Option<Pin<Box<Sleep>>>,
@@ -62,7 +131,7 @@ pub struct Guarded {
 pub enum BodyError {
     /// From the client connection.
     #[error(transparent)]
-    Hyper(#[from] hyper::Error),
+    Client(BoxError),
     /// A limit was hit.
     #[error("{0}")]
     Limit(ProxyError),
@@ -70,7 +139,7 @@ pub enum BodyError {
 
 impl RequestBody {
     /// Wraps `inner`; `max` bytes at most (None: unbounded), `idle` between frames.
-    pub fn new(inner: Incoming, max: Option<u64>, idle: Duration) -> (RequestBody, Verdict) {
+    pub fn new(inner: Source, max: Option<u64>, idle: Duration) -> (RequestBody, Verdict) {
         let (g, v) = Guarded::new(inner, max, idle);
         (RequestBody::Stream(g), v)
     }
@@ -85,7 +154,7 @@ impl RequestBody {
                 match g.collect().await {
                     Ok(c) => Ok(c.to_bytes()),
                     Err(BodyError::Limit(e)) => Err(e),
-                    Err(BodyError::Hyper(_)) => {
+                    Err(BodyError::Client(_)) => {
                         Err(verdict.error().unwrap_or(ProxyError::BodyMalformed))
                     }
                 }
@@ -124,7 +193,7 @@ impl Body for RequestBody {
 }
 
 impl Guarded {
-    fn new(inner: Incoming, max: Option<u64>, idle: Duration) -> (Guarded, Verdict) {
+    fn new(inner: Source, max: Option<u64>, idle: Duration) -> (Guarded, Verdict) {
         // Bodies that are already complete (GET, HEAD, ...) need no shared verdict.
         let verdict = if inner.is_end_stream() {
             Verdict(None)
@@ -177,7 +246,7 @@ impl Body for Guarded {
                 if let Some(v) = &this.verdict.0 {
                     v.store(MALFORMED, Ordering::Relaxed);
                 }
-                Poll::Ready(Some(Err(BodyError::Hyper(e))))
+                Poll::Ready(Some(Err(BodyError::Client(e))))
             }
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => {

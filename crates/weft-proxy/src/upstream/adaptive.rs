@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use weft_model::AdaptiveConcurrency;
 
-use crate::retry::Permit;
+use super::retry::Permit;
 
 /// One service's adaptive limit.
 #[derive(Debug)]
@@ -81,7 +81,7 @@ impl Adaptive {
 
     /// A slot under the current limit, or None (fail fast).
     pub fn acquire(&self) -> Option<Permit> {
-        crate::retry::acquire(&self.in_flight, self.limit())
+        super::retry::acquire(&self.in_flight, self.limit())
     }
 
     /// Feeds one response's latency; returns the new limit when this sample closed a

@@ -19,9 +19,25 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use weft_model::{Resource, StreamRouteSpec};
 
-use crate::balance::HashKey;
-use crate::forward::ListenerContext;
-use crate::snapshot::{pick_by_weight, Service};
+use weft_model::ListenerLimits;
+
+use crate::telemetry::metrics::Metrics;
+use crate::upstream::balance::{hash64, pick_by_weight, HashKey};
+use crate::upstream::outlier::Outcome;
+use crate::upstream::service::Service;
+
+/// What a stream connection needs of its listener (as configured when it was accepted).
+#[derive(Clone, Copy)]
+pub struct Listener<'a> {
+    /// `gateway/listener`.
+    pub name: &'a str,
+    /// Metrics.
+    pub metrics: &'a Metrics,
+    /// Its `TCPRoute`s / `TLSRoute`s.
+    pub table: &'a StreamTable,
+    /// Its limits (handshake and idle timeouts).
+    pub limits: &'a ListenerLimits,
+}
 
 /// Largest ClientHello read while looking for the SNI (rustls itself accepts no more).
 const MAX_HELLO_BYTES: usize = 16 * 1024 + 5;
@@ -100,29 +116,19 @@ impl StreamTable {
 }
 
 /// Serves one accepted `TCP` connection.
-pub async fn serve_tcp<S>(ctx: &ListenerContext, io: S, client: std::net::SocketAddr)
+pub async fn serve_tcp<S>(l: Listener<'_>, io: S, client: std::net::SocketAddr)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let snapshot = ctx.snapshot.load_full();
-    let Some(listener) = snapshot.listener(&ctx.name) else {
-        return;
-    };
-    let idle = listener.limits.idle_timeout.get();
-    let route = listener.streams.route(None);
-    forward(ctx, route, io, &[], client, idle).await;
+    forward(l, l.table.route(None), io, &[], client).await;
 }
 
 /// Serves one accepted `TLS` connection in passthrough mode: reads the ClientHello (within
 /// the handshake timeout), routes by its SNI, and replays it to the backend.
-pub async fn serve_passthrough<S>(ctx: &ListenerContext, mut io: S, client: std::net::SocketAddr)
+pub async fn serve_passthrough<S>(l: Listener<'_>, mut io: S, client: std::net::SocketAddr)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let snapshot = ctx.snapshot.load_full();
-    let Some(listener) = snapshot.listener(&ctx.name) else {
-        return;
-    };
     let mut hello = Vec::with_capacity(1024);
     let read = async {
         let mut chunk = [0u8; 4096];
@@ -142,68 +148,57 @@ where
             }
         }
     };
-    let sni = match tokio::time::timeout(listener.limits.tls_handshake_timeout.get(), read).await {
+    let sni = match tokio::time::timeout(l.limits.tls_handshake_timeout.get(), read).await {
         Ok(Ok(sni)) => sni,
         Ok(Err(why)) => {
-            tracing::debug!(listener = %ctx.name, %client, %why, "not a TLS ClientHello");
-            ctx.metrics.connection_refused(&ctx.name, "not-tls");
+            tracing::debug!(listener = %l.name, %client, %why, "not a TLS ClientHello");
+            l.metrics.connection_refused(l.name, "not-tls");
             return;
         }
         Err(_) => {
-            ctx.metrics
-                .connection_refused(&ctx.name, "tls-handshake-timeout");
+            l.metrics
+                .connection_refused(l.name, "tls-handshake-timeout");
             return;
         }
     };
-    let idle = listener.limits.idle_timeout.get();
-    let route = listener.streams.route(sni.as_deref());
-    forward(ctx, route, io, &hello, client, idle).await;
+    forward(l, l.table.route(sni.as_deref()), io, &hello, client).await;
 }
 
 /// Serves a `TLS` connection whose handshake the listener completed (`Terminate`).
 pub async fn serve_terminated<S>(
-    ctx: &ListenerContext,
+    l: Listener<'_>,
     io: S,
     sni: Option<String>,
     client: std::net::SocketAddr,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let snapshot = ctx.snapshot.load_full();
-    let Some(listener) = snapshot.listener(&ctx.name) else {
-        return;
-    };
-    let idle = listener.limits.idle_timeout.get();
-    let route = listener.streams.route(sni.as_deref());
-    forward(ctx, route, io, &[], client, idle).await;
+    forward(l, l.table.route(sni.as_deref()), io, &[], client).await;
 }
 
 async fn forward<S>(
-    ctx: &ListenerContext,
+    l: Listener<'_>,
     route: Option<&StreamRoute>,
     mut downstream: S,
     prefix: &[u8],
     client: std::net::SocketAddr,
-    idle: Duration,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let (ctx_name, metrics, idle) = (l.name, l.metrics, l.limits.idle_timeout.get());
     let Some(route) = route else {
-        ctx.metrics.connection_refused(&ctx.name, "no-route");
+        metrics.connection_refused(ctx_name, "no-route");
         return;
     };
     let Some((service, _)) = pick_by_weight(&route.backends, route.total_weight, |(_, w)| *w)
     else {
-        ctx.metrics
-            .stream_connection(&ctx.name, &route.name, "", "no-healthy-endpoints");
+        metrics.stream_connection(ctx_name, &route.name, "", "no-healthy-endpoints");
         return;
     };
-    let record = |result: &str| {
-        ctx.metrics
-            .stream_connection(&ctx.name, &route.name, &service.name, result)
-    };
+    let record =
+        |result: &str| metrics.stream_connection(ctx_name, &route.name, &service.name, result);
     let key = match service.balancer.hash_key() {
-        Some(HashKey::ClientAddress) => Some(crate::balance::hash64(&match client.ip() {
+        Some(HashKey::ClientAddress) => Some(hash64(&match client.ip() {
             std::net::IpAddr::V4(a) => a.octets().to_vec(),
             std::net::IpAddr::V6(a) => a.octets().to_vec(),
         })),
@@ -216,14 +211,14 @@ async fn forward<S>(
     let _inflight = endpoint.start();
     let connected = service.upstream.connect(endpoint).await;
     let outcome = match &connected {
-        Ok(_) => crate::outlier::Outcome::Success,
-        Err(_) => crate::outlier::Outcome::LocalFailure,
+        Ok(_) => Outcome::Success,
+        Err(_) => Outcome::LocalFailure,
     };
-    service.record(endpoint, outcome, &ctx.metrics);
+    service.record(endpoint, outcome, metrics);
     let (mut upstream, _permit) = match connected {
         Ok(u) => u,
         Err(e) => {
-            ctx.metrics.connect_error(&service.name, e.code());
+            metrics.connect_error(&service.name, e.code());
             record("connect-failed");
             return;
         }

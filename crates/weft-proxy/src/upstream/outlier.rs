@@ -11,8 +11,6 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use crate::balance::Endpoint;
-
 fn base() -> Instant {
     static BASE: OnceLock<Instant> = OnceLock::new();
     *BASE.get_or_init(Instant::now)
@@ -133,16 +131,16 @@ impl Outlier {
         }
     }
 
-    /// Records an attempt's outcome on `endpoint`, one of `all`; returns `Ok(reason)` when
-    /// this ejected it, `Err(reason)` when it should have been but the ejection cap
-    /// prevented it.
-    pub fn record(
+    /// Records an attempt's outcome on the endpoint whose health is `h`, one of `all` (the
+    /// service's endpoints' health, read only when an ejection is due); returns
+    /// `Ok(reason)` when this ejected it, `Err(reason)` when it should have been but the
+    /// ejection cap prevented it.
+    pub fn record<'a>(
         &self,
-        endpoint: &Endpoint,
-        all: &[std::sync::Arc<Endpoint>],
+        h: &Health,
+        all: impl ExactSizeIterator<Item = &'a Health>,
         outcome: Outcome,
     ) -> Option<Result<Reason, Reason>> {
-        let h = &endpoint.health;
         if outcome == Outcome::Success && !h.touched() {
             return None; // a clean record stays clean: no stores on the request path
         }
@@ -185,8 +183,9 @@ impl Outlier {
         h.consecutive_5xx.store(0, Ordering::Relaxed);
         h.consecutive_gateway.store(0, Ordering::Relaxed);
         h.consecutive_local.store(0, Ordering::Relaxed);
-        let ejected_now = all.iter().filter(|e| e.health.ejected()).count() as u64;
-        if (ejected_now + 1) * 100 > u64::from(self.max_percent) * all.len() as u64 {
+        let total = all.len() as u64;
+        let ejected_now = all.filter(|e| e.ejected()).count() as u64;
+        if (ejected_now + 1) * 100 > u64::from(self.max_percent) * total {
             return Some(Err(reason));
         }
         let n = h.ejections.fetch_add(1, Ordering::Relaxed) + 1;
@@ -217,8 +216,6 @@ impl Outlier {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
 
     fn outlier(percent: u32) -> Outlier {
@@ -229,10 +226,8 @@ mod tests {
         })
     }
 
-    fn endpoints(n: u16) -> Vec<Arc<Endpoint>> {
-        (0..n)
-            .map(|i| Arc::new(Endpoint::new(([127, 0, 0, 1], 9000 + i).into(), 1)))
-            .collect()
+    fn endpoints(n: u16) -> Vec<Health> {
+        (0..n).map(|_| Health::default()).collect()
     }
 
     #[test]
@@ -240,18 +235,21 @@ mod tests {
         let o = outlier(50);
         let eps = endpoints(4);
         for _ in 0..4 {
-            assert_eq!(o.record(&eps[0], &eps, Outcome::LocalFailure), None);
+            assert_eq!(o.record(&eps[0], eps.iter(), Outcome::LocalFailure), None);
         }
-        assert_eq!(o.record(&eps[0], &eps, Outcome::Success), None);
+        assert_eq!(o.record(&eps[0], eps.iter(), Outcome::Success), None);
         for _ in 0..4 {
-            assert_eq!(o.record(&eps[0], &eps, Outcome::ServerError(500)), None);
+            assert_eq!(
+                o.record(&eps[0], eps.iter(), Outcome::ServerError(500)),
+                None
+            );
         }
         assert_eq!(
-            o.record(&eps[0], &eps, Outcome::ServerError(503)),
+            o.record(&eps[0], eps.iter(), Outcome::ServerError(503)),
             Some(Ok("consecutive-5xx"))
         );
-        assert!(!eps[0].health.available());
-        assert!(eps[1].health.available());
+        assert!(!eps[0].available());
+        assert!(eps[1].available());
     }
 
     #[test]
@@ -259,20 +257,20 @@ mod tests {
         let o = outlier(50);
         let eps = endpoints(2);
         for _ in 0..5 {
-            o.record(&eps[0], &eps, Outcome::LocalFailure);
+            o.record(&eps[0], eps.iter(), Outcome::LocalFailure);
         }
-        assert!(eps[0].health.ejected());
+        assert!(eps[0].ejected());
         let mut last = None;
         for _ in 0..5 {
-            last = o.record(&eps[1], &eps, Outcome::LocalFailure);
+            last = o.record(&eps[1], eps.iter(), Outcome::LocalFailure);
         }
         assert_eq!(last, Some(Err("consecutive-local-failures")));
-        assert!(eps[1].health.available(), "never more than half");
+        assert!(eps[1].available(), "never more than half");
         let single = endpoints(1);
         for _ in 0..5 {
-            last = o.record(&single[0], &single, Outcome::LocalFailure);
+            last = o.record(&single[0], single.iter(), Outcome::LocalFailure);
         }
         assert_eq!(last, Some(Err("consecutive-local-failures")));
-        assert!(single[0].health.available(), "the last endpoint stays");
+        assert!(single[0].available(), "the last endpoint stays");
     }
 }

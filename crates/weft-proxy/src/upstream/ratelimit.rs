@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use http::{HeaderMap, HeaderName};
 
-use crate::balance::hash64;
+use super::balance::hash64;
 use crate::error::ProxyError;
 
 /// Most distinct keys one limiter tracks.

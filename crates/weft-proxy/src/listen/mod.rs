@@ -14,46 +14,49 @@
 //! socket closes) and every connection finishes gracefully (HTTP/1: close after the
 //! in-flight response; HTTP/2: GOAWAY) while the caller waits up to its drain deadline.
 
-use std::io;
+mod counting;
+
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use weft_model::{ListenerLimits, ListenerProtocol};
 
-use crate::forward::{self, ListenerContext};
-use crate::metrics::ListenerStats;
-use crate::snapshot::HttpBuilder;
+use crate::config::{Snapshot, SnapshotHandle};
+use crate::http::authz::MeshListener;
+use crate::http::{self, HttpBuilder, Routes};
 use crate::stream;
+use crate::telemetry::metrics::ListenerStats;
+use crate::upstream::body::Source;
+use counting::CountingIo;
 
-/// The HTTP server settings a listener's limits imply.
-pub fn http_builder(limits: &ListenerLimits) -> HttpBuilder {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout.get())
-        .max_buf_size(limits.max_request_header_bytes as usize)
-        .max_headers(limits.max_request_headers as usize);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(limits.http2_max_concurrent_streams)
-        .max_pending_accept_reset_streams(limits.http2_max_pending_resets as usize)
-        .max_header_list_size(limits.max_request_header_bytes)
-        // A peer that stops answering pings is gone; free its streams.
-        .keep_alive_interval(Some(Duration::from_secs(60)))
-        .keep_alive_timeout(Duration::from_secs(20));
-    builder
+/// What every connection of a listener shares.
+#[derive(Debug)]
+pub struct Shared {
+    /// The HTTP side: the listener's name, metrics, access log, local address.
+    pub http: Arc<http::Context>,
+    /// The live configuration: each request (and each stream connection) reads the
+    /// version current when it starts.
+    pub snapshot: SnapshotHandle,
+}
+
+impl Shared {
+    /// A stream connection's view of its listener in `snapshot`.
+    fn stream<'a>(&'a self, snapshot: &'a Snapshot) -> Option<stream::Listener<'a>> {
+        let l = snapshot.listener(&self.http.name)?;
+        Some(stream::Listener {
+            name: &self.http.name,
+            metrics: &self.http.metrics,
+            table: &l.streams,
+            limits: &l.limits,
+        })
+    }
 }
 
 /// A bound listener, accepting until stopped.
@@ -80,15 +83,15 @@ impl Running {
 pub fn spawn(
     listener: TcpListener,
     configured: String,
-    ctx: Arc<ListenerContext>,
+    ctx: Arc<Shared>,
     stats: ListenerStats,
     alive: mpsc::Sender<()>,
 ) -> Running {
     let (stop, stop_rx) = watch::channel(false);
     let running = Running {
-        name: ctx.name.clone(),
+        name: ctx.http.name.clone(),
         configured,
-        local: ctx.local,
+        local: ctx.http.local,
         stop,
     };
     tokio::spawn(accept_loop(listener, ctx, stats, stop_rx, alive));
@@ -97,7 +100,7 @@ pub fn spawn(
 
 async fn accept_loop(
     listener: TcpListener,
-    ctx: Arc<ListenerContext>,
+    ctx: Arc<Shared>,
     stats: ListenerStats,
     mut stop: watch::Receiver<bool>,
     alive: mpsc::Sender<()>,
@@ -113,18 +116,20 @@ async fn accept_loop(
             Ok(a) => a,
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
-                tracing::warn!(listener = %ctx.name, error = %e, "accept failed");
+                tracing::warn!(listener = %ctx.http.name, error = %e, "accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
         let snapshot = ctx.snapshot.load();
-        let Some(settings) = snapshot.listener(&ctx.name) else {
+        let Some(settings) = snapshot.listener(&ctx.http.name) else {
             continue; // removed in the instant before this loop stops
         };
         if active.load(Ordering::Relaxed) >= settings.limits.max_connections as usize {
             // Refused cleanly: closed at once (FIN), counted; open connections go on.
-            ctx.metrics.connection_refused(&ctx.name, "max-connections");
+            ctx.http
+                .metrics
+                .connection_refused(&ctx.http.name, "max-connections");
             drop(stream);
             continue;
         }
@@ -145,7 +150,8 @@ async fn accept_loop(
             protocol: settings.protocol,
             tls: settings.tls.clone(),
             mesh: settings.mesh.clone(),
-            http: settings.http.clone(),
+            server: settings.server.clone(),
+            routes: settings.http.clone(),
             limits: settings.limits.clone(),
             progress,
             stop: stop.clone(),
@@ -174,12 +180,13 @@ impl Drop for ActiveGuard {
 
 /// One accepted connection and the settings it was accepted with.
 struct Connection {
-    ctx: Arc<ListenerContext>,
+    ctx: Arc<Shared>,
     client: SocketAddr,
     protocol: ListenerProtocol,
     tls: Option<tokio_rustls::TlsAcceptor>,
-    mesh: Option<crate::snapshot::MeshListener>,
-    http: Arc<HttpBuilder>,
+    mesh: Option<MeshListener>,
+    server: Arc<HttpBuilder>,
+    routes: Arc<Routes>,
     limits: ListenerLimits,
     progress: Arc<AtomicU64>,
     stop: watch::Receiver<bool>,
@@ -198,10 +205,16 @@ impl Connection {
         match (self.protocol, self.tls.clone()) {
             (ListenerProtocol::HTTP, _) => Box::pin(self.serve_http(io, false)).await,
             (ListenerProtocol::TCP, _) => {
-                Box::pin(stream::serve_tcp(&self.ctx, io, self.client)).await
+                let snapshot = self.ctx.snapshot.load_full();
+                if let Some(l) = self.ctx.stream(&snapshot) {
+                    Box::pin(stream::serve_tcp(l, io, self.client)).await
+                }
             }
             (ListenerProtocol::TLS, None) => {
-                Box::pin(stream::serve_passthrough(&self.ctx, io, self.client)).await
+                let snapshot = self.ctx.snapshot.load_full();
+                if let Some(l) = self.ctx.stream(&snapshot) {
+                    Box::pin(stream::serve_passthrough(l, io, self.client)).await
+                }
             }
             (ListenerProtocol::HTTPS, None) => {} // validation makes this impossible
             (protocol, Some(acceptor)) => Box::pin(self.serve_tls(protocol, acceptor, io)).await,
@@ -221,7 +234,10 @@ impl Connection {
             self.serve_http(tls, true).await;
         } else {
             let sni = tls.get_ref().1.server_name().map(str::to_string);
-            stream::serve_terminated(&self.ctx, tls, sni, self.client).await;
+            let snapshot = self.ctx.snapshot.load_full();
+            if let Some(l) = self.ctx.stream(&snapshot) {
+                stream::serve_terminated(l, tls, sni, self.client).await;
+            }
         }
     }
 
@@ -274,9 +290,10 @@ impl Connection {
     where
         I: AsyncRead + AsyncWrite + Unpin,
     {
-        let judged = |snapshot: &crate::snapshot::Snapshot| -> Result<(), String> {
+        let name = &self.ctx.http.name;
+        let judged = |snapshot: &Snapshot| -> Result<(), String> {
             let verdict = snapshot
-                .listener(&self.ctx.name)
+                .listener(name)
                 .and_then(|l| l.mesh.as_ref())
                 .map(|m| m.authz.connection(source.as_deref()));
             match verdict {
@@ -287,10 +304,11 @@ impl Connection {
         };
         let deny = |reason: &str, open: bool| {
             self.ctx
+                .http
                 .metrics
-                .connection_refused(&self.ctx.name, "denied-by-intention");
+                .connection_refused(name, "denied-by-intention");
             tracing::info!(
-                listener = %self.ctx.name,
+                listener = %name,
                 client = %self.client,
                 source = %source.as_deref().unwrap_or("(no identity)"),
                 reason = %reason,
@@ -303,7 +321,11 @@ impl Connection {
             deny(&reason, false);
             return;
         }
-        let serve = stream::serve_terminated(&self.ctx, io, None, self.client);
+        let serving = seen.clone();
+        let Some(l) = self.ctx.stream(&serving) else {
+            return;
+        };
+        let serve = stream::serve_terminated(l, io, None, self.client);
         tokio::pin!(serve);
         let mut recheck = tokio::time::interval(TCP_RECHECK);
         loop {
@@ -333,16 +355,18 @@ impl Connection {
         match tokio::time::timeout(timeout, acceptor.accept(io)).await {
             Ok(Ok(tls)) => Some(tls),
             Ok(Err(e)) => {
-                tracing::debug!(listener = %self.ctx.name, client = %self.client, error = %e, "TLS handshake failed");
+                tracing::debug!(listener = %self.ctx.http.name, client = %self.client, error = %e, "TLS handshake failed");
                 self.ctx
+                    .http
                     .metrics
-                    .connection_refused(&self.ctx.name, "tls-handshake");
+                    .connection_refused(&self.ctx.http.name, "tls-handshake");
                 None
             }
             Err(_) => {
                 self.ctx
+                    .http
                     .metrics
-                    .connection_refused(&self.ctx.name, "tls-handshake-timeout");
+                    .connection_refused(&self.ctx.http.name, "tls-handshake-timeout");
                 None
             }
         }
@@ -360,11 +384,25 @@ impl Connection {
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let ctx = self.ctx.clone();
-        let client = forward::Client::new(self.client, secure).with_peer(peer);
-        let svc = service_fn(move |req| forward::handle(ctx.clone(), client.clone(), req));
+        let shared = self.ctx.clone();
+        let accepted = self.routes.clone();
+        let client = http::Client::new(self.client, secure).with_peer(peer);
+        let svc = service_fn(move |req: ::http::Request<hyper::body::Incoming>| {
+            // Each request is served by the routes current when it arrives.
+            let routes = shared
+                .snapshot
+                .load()
+                .listener(&shared.http.name)
+                .map_or_else(|| accepted.clone(), |l| l.http.clone());
+            http::handle(
+                shared.http.clone(),
+                routes,
+                client.clone(),
+                req.map(Source::from),
+            )
+        });
         let conn = self
-            .http
+            .server
             .serve_connection_with_upgrades(TokioIo::new(io), svc);
         tokio::pin!(conn);
         let idle = self.limits.idle_timeout.get();
@@ -400,79 +438,3 @@ impl Connection {
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 /// How often an open mesh TCP connection looks for a new snapshot to be judged against.
 const TCP_RECHECK: Duration = Duration::from_millis(500);
-
-/// Counts bytes in and out; publishes totals when the connection ends (one atomic add per
-/// direction per connection, not per read).
-pub(crate) struct CountingIo {
-    inner: TcpStream,
-    stats: ListenerStats,
-    /// Bumped on every read and write: the idle watchdog compares it over time.
-    progress: Arc<AtomicU64>,
-    read: u64,
-    written: u64,
-}
-
-impl Drop for CountingIo {
-    fn drop(&mut self) {
-        self.stats.bytes_in.inc_by(self.read);
-        self.stats.bytes_out.inc_by(self.written);
-        self.stats.open.dec();
-    }
-}
-
-impl AsyncRead for CountingIo {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
-        let n = (buf.filled().len() - before) as u64;
-        if n > 0 {
-            self.read += n;
-            self.progress.fetch_add(1, Ordering::Relaxed);
-        }
-        r
-    }
-}
-
-impl AsyncWrite for CountingIo {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = r {
-            self.written += n as u64;
-            self.progress.fetch_add(1, Ordering::Relaxed);
-        }
-        r
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if let Poll::Ready(Ok(n)) = r {
-            self.written += n as u64;
-            self.progress.fetch_add(1, Ordering::Relaxed);
-        }
-        r
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}

@@ -25,30 +25,7 @@ use std::borrow::Cow;
 
 use weft_model::{EscapedSlashes, PathParameters, PathPolicy};
 
-/// Why a path is refused (400 `invalid-path`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum PathError {
-    /// `%2F`, `%5C` or `\` under `escapedSlashes: reject`.
-    #[error(
-        "an encoded slash or backslash (%2F, %5C, \\) in the path (paths.escapedSlashes: reject)"
-    )]
-    EscapedSlash,
-    /// `;` under `pathParameters: reject`.
-    #[error("a path parameter (;) in the path (paths.pathParameters: reject)")]
-    PathParameter,
-    /// `%` not followed by two hex digits.
-    #[error("a malformed percent-escape in the path")]
-    BadEscape,
-    /// `%00`–`%1F` or `%7F`.
-    #[error("an encoded control character (%00-%1F, %7F) in the path")]
-    ControlCharacter,
-    /// The escapes decode to bytes that are not UTF-8 (overlong or truncated sequences).
-    #[error("the path's escapes do not decode to UTF-8")]
-    NotUtf8,
-    /// `%252E`, `%252F` or `%255C`.
-    #[error("a double-encoded dot, slash or backslash (%252E, %252F, %255C) in the path")]
-    DoubleEncoded,
-}
+pub use crate::error::PathError;
 
 /// `ALPHA / DIGIT / "-" / "." / "_" / "~"`: decoded when escaped.
 fn unreserved(b: u8) -> bool {

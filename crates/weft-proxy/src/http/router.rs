@@ -79,14 +79,14 @@ impl Matcher {
     pub fn compile(m: &HttpRouteMatch) -> Result<Matcher, MatchError> {
         let path = match &m.path {
             None => PathMatcher::Prefix(String::new()),
-            // Requests are matched by their normal form (`crate::path`), so the values
+            // Requests are matched by their normal form (`super::path`), so the values
             // written in configuration take it too: `/caf%c3%a9` matches `/café`.
             Some(p) => match p.kind {
                 PathMatchType::Exact => {
-                    PathMatcher::Exact(crate::path::normalize_match_value(&p.value))
+                    PathMatcher::Exact(super::path::normalize_match_value(&p.value))
                 }
                 PathMatchType::PathPrefix => PathMatcher::Prefix(
-                    crate::path::normalize_match_value(&p.value)
+                    super::path::normalize_match_value(&p.value)
                         .trim_end_matches('/')
                         .to_string(),
                 ),

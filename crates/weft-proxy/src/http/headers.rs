@@ -1,0 +1,342 @@
+//! What the proxy itself reads and writes in headers: the host a request is for, hop-by-hop
+//! fields (removed in both directions), `x-forwarded-*`, `x-request-id`, upgrades,
+//! trailers.
+
+use std::borrow::Cow;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Version};
+
+use super::context::Client;
+
+pub(crate) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub(crate) const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+/// The caller's verified SPIFFE ID, set by a sidecar's inbound listener for the
+/// application (any value a caller sent is removed first).
+pub const X_WEFT_SOURCE: HeaderName = HeaderName::from_static("x-weft-source-identity");
+pub(crate) const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
+pub(crate) const X_WEFT_MIRRORED: HeaderName = HeaderName::from_static("x-weft-mirrored");
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+/// A client-supplied request id longer than this is replaced.
+const MAX_REQUEST_ID_LEN: usize = 128;
+
+/// Host of the request, lower-case and without port: the authority of an absolute or
+/// HTTP/2 URI, else the `Host` header. Borrowed unless it needs lower-casing.
+pub(crate) fn request_host<B>(req: &Request<B>) -> Option<Cow<'_, str>> {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let host_header = hosts.next();
+    if hosts.next().is_some() {
+        return None; // two Host headers: which one a backend believes is anyone's guess
+    }
+    let authority = match req.uri().authority() {
+        Some(a) => {
+            if req.version() <= Version::HTTP_11 {
+                // Absolute-form: only http(s), and a Host header, if any, must agree.
+                if !matches!(req.uri().scheme_str(), Some("http" | "https")) {
+                    return None;
+                }
+                if let Some(h) = host_header {
+                    let h = host_of(h.to_str().ok()?)?;
+                    if !h.eq_ignore_ascii_case(host_of(a.as_str())?) {
+                        return None;
+                    }
+                }
+            }
+            a.as_str()
+        }
+        None => host_header?.to_str().ok()?,
+    };
+    let host = host_of(authority)?;
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Some(Cow::Owned(host.to_ascii_lowercase()))
+    } else {
+        Some(Cow::Borrowed(host))
+    }
+}
+
+/// The host part of `host[:port]` or `[v6][:port]`, if well formed.
+pub(crate) fn host_of(authority: &str) -> Option<&str> {
+    let (host, port) = if authority.starts_with('[') {
+        let end = authority.find(']')?;
+        let (h, rest) = authority.split_at(end + 1);
+        if !h[1..end]
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+        {
+            return None;
+        }
+        (h, rest.strip_prefix(':'))
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        }
+    };
+    if let Some(p) = port {
+        if p.is_empty() || p.len() > 5 || !p.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+    }
+    let valid = !host.is_empty()
+        && (host.starts_with('[')
+            || host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_'));
+    valid.then_some(host)
+}
+
+/// Whether the request asks to switch protocols (WebSocket and the like). `h2c` is not
+/// honoured: HTTP/2 by upgrade is deprecated (RFC 9113 §3.1), and tunnelling it would let
+/// every later request on the connection bypass routing; the request is served as plain
+/// HTTP/1.1 instead (its Upgrade and HTTP2-Settings headers are hop-by-hop and dropped).
+pub(crate) fn is_upgrade<B>(req: &Request<B>) -> bool {
+    req.version() == Version::HTTP_11
+        && req
+            .headers()
+            .get(header::UPGRADE)
+            .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"h2c"))
+        && req
+            .headers()
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// Which message hop-by-hop fields are removed from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Hop {
+    /// A request: `te: trailers` is kept (gRPC and HTTP/1.1 trailers need it end to end).
+    Request,
+    /// A response; `trailers`: whether the client asked for trailers (`te: trailers`), in
+    /// which case the `Trailer` header that announces them is kept, so an HTTP/1.1 client
+    /// gets them after a chunked body.
+    Response {
+        /// The client sent `te: trailers`.
+        trailers: bool,
+    },
+}
+
+/// Whether a request's `TE` header accepts trailers.
+pub(crate) fn accepts_trailers(h: &HeaderMap) -> bool {
+    h.get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| {
+            t.split(';')
+                .next()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        })
+}
+
+/// Removes hop-by-hop headers (RFC 9110 §7.6.1), including those the `Connection` header
+/// names. `te: trailers` is kept on requests; `Trailer` is kept on requests and on the
+/// responses of clients that accept trailers (see [`Hop`]).
+pub(crate) fn strip_hop_by_hop(h: &mut HeaderMap, hop: Hop) {
+    // One pass over the names (standard names compare as enum tags, no hashing); most
+    // messages carry none or only `connection: keep-alive`.
+    let mut found: Vec<HeaderName> = Vec::new();
+    for n in h.keys() {
+        if is_hop_by_hop(n) {
+            found.push(n.clone());
+        }
+    }
+    if found.is_empty() {
+        return;
+    }
+    if found.contains(&header::CONNECTION) {
+        for token in h
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+        {
+            let token = token.trim();
+            let known = [
+                "keep-alive",
+                "close",
+                "upgrade",
+                "te",
+                "trailer",
+                "transfer-encoding",
+                "proxy-connection",
+            ];
+            if token.is_empty() || known.iter().any(|k| token.eq_ignore_ascii_case(k)) {
+                continue;
+            }
+            if let Ok(n) = HeaderName::from_bytes(token.as_bytes()) {
+                found.push(n);
+            }
+        }
+    }
+    let keep_te = hop == Hop::Request
+        && h.get(header::TE)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    let keep_trailer = matches!(hop, Hop::Request | Hop::Response { trailers: true });
+    for n in found {
+        if !(keep_te && n == header::TE || keep_trailer && n == header::TRAILER) {
+            h.remove(n);
+        }
+    }
+}
+
+fn is_hop_by_hop(n: &HeaderName) -> bool {
+    n == header::CONNECTION
+        || n == KEEP_ALIVE
+        || n == PROXY_CONNECTION
+        || n == header::TRANSFER_ENCODING
+        || n == header::UPGRADE
+        || n == header::TRAILER
+        || n == header::TE
+}
+
+pub(crate) fn append_forwarded_for(h: &mut HeaderMap, client: &Client) {
+    match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        None => {
+            h.insert(X_FORWARDED_FOR, client.ip_header.clone());
+        }
+        Some(prev) => {
+            let value = format!("{prev}, {}", client.addr.ip());
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                h.insert(X_FORWARDED_FOR, v);
+            }
+        }
+    }
+}
+
+pub(crate) fn ensure_request_id(h: &mut HeaderMap) {
+    let keep = h
+        .get(&X_REQUEST_ID)
+        .is_some_and(|v| !v.is_empty() && v.len() <= MAX_REQUEST_ID_LEN);
+    if !keep {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let r = fastrand::u128(..);
+        let mut id = [0u8; 32];
+        for (i, c) in id.iter_mut().enumerate() {
+            *c = HEX[((r >> (124 - 4 * i)) & 0xf) as usize];
+        }
+        if let Ok(v) = HeaderValue::from_bytes(&id) {
+            h.insert(X_REQUEST_ID, v);
+        }
+    }
+}
+
+/// The request body's length as its `Content-Length` declares it.
+pub(crate) fn declared_length(h: &HeaderMap) -> Option<u64> {
+    h.get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn websocket_is_an_upgrade_h2c_is_not() {
+        let req = |proto: &str| {
+            Request::builder()
+                .header("connection", "Upgrade, HTTP2-Settings")
+                .header("upgrade", proto)
+                .body(())
+                .unwrap()
+        };
+        assert!(is_upgrade(&req("websocket")));
+        assert!(!is_upgrade(&req("h2c")));
+        assert!(!is_upgrade(
+            &Request::builder()
+                .header("upgrade", "websocket")
+                .body(())
+                .unwrap()
+        ));
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", "keep-alive, x-secret".parse().unwrap());
+        h.insert("x-secret", "1".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert("te", "trailers".parse().unwrap());
+        h.insert("x-kept", "1".parse().unwrap());
+        h.insert("trailer", "x-checksum".parse().unwrap());
+        strip_hop_by_hop(&mut h, Hop::Request);
+        assert!(
+            h.get("x-secret").is_none()
+                && h.get("keep-alive").is_none()
+                && h.get("connection").is_none()
+        );
+        assert_eq!(h.get("te").unwrap(), "trailers");
+        assert!(h.get("x-kept").is_some() && h.get("trailer").is_some());
+        let mut r = h.clone();
+        strip_hop_by_hop(&mut r, Hop::Response { trailers: true });
+        assert!(r.get("te").is_none());
+        assert_eq!(r.get("trailer").unwrap(), "x-checksum");
+        strip_hop_by_hop(&mut h, Hop::Response { trailers: false });
+        assert!(h.get("te").is_none() && h.get("trailer").is_none());
+        let te = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert("te", v.parse().unwrap());
+            accepts_trailers(&h)
+        };
+        assert!(te("trailers") && te("gzip, Trailers") && te("trailers;q=1") && !te("gzip"));
+    }
+
+    #[test]
+    fn host_of_handles_ports_ipv6_and_garbage() {
+        assert_eq!(host_of("a.b:80"), Some("a.b"));
+        assert_eq!(host_of("a.b"), Some("a.b"));
+        assert_eq!(host_of("[::1]:8080"), Some("[::1]"));
+        assert_eq!(host_of("[::1]"), Some("[::1]"));
+        for bad in [
+            "",
+            ":80",
+            "a.b:",
+            "a.b:x",
+            "a.b:123456",
+            "a b",
+            "[::1",
+            "[zz]:1",
+            "a/b",
+            "u@h",
+        ] {
+            assert_eq!(host_of(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn host_is_taken_from_authority_or_header() {
+        let r = Request::builder()
+            .uri("/x")
+            .header("host", "Example.COM:8080")
+            .body(())
+            .unwrap();
+        assert_eq!(request_host(&r).as_deref(), Some("example.com"));
+        // Absolute-form: the target's authority, which a Host header must agree with
+        // (a disagreement would route by one name and reach the backend with another).
+        let r = Request::builder()
+            .uri("http://a.b/x")
+            .header("host", "A.B:80")
+            .body(())
+            .unwrap();
+        assert_eq!(request_host(&r).as_deref(), Some("a.b"));
+        let r = Request::builder()
+            .uri("http://a.b/x")
+            .header("host", "other")
+            .body(())
+            .unwrap();
+        assert_eq!(request_host(&r), None);
+        let r = Request::builder().uri("/x").body(()).unwrap();
+        assert_eq!(request_host(&r), None);
+        let r = Request::builder()
+            .uri("/x")
+            .header("host", "u@evil")
+            .body(())
+            .unwrap();
+        assert_eq!(request_host(&r), None);
+    }
+}

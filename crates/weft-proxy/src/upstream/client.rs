@@ -1,0 +1,286 @@
+//! Connections to upstream endpoints: connect (TCP, then TLS when the service originates
+//! it — or an in-memory network in tests), HTTP/1.1 and HTTP/2 clients over them, and
+//! sending a request on a pooled or new connection ([`super::pool`]). [`reap`], run
+//! periodically by the proxy, closes connections idle for longer than their service's
+//! `idleTimeout`.
+//!
+//! An HTTP/1.1 connection's writes may die before its reads (a server answering an upload
+//! early): [`KeepReading`] lets the answer be read, and such a connection is not pooled.
+//!
+//! Built directly on `hyper::client::conn` so that the request path decides everything
+//! itself: which endpoint (the balancer already chose), the connect timeout, the HTTP/2
+//! `:authority`, and why a failure happened (connect refused/timed out vs. reset), which
+//! retries need (a connect failure hands the request back unsent, see [`SendError`]).
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+use weft_model::ServiceProtocol;
+
+use super::body::RequestBody;
+use super::endpoint::Endpoint;
+use super::keep_reading::KeepReading;
+use super::pool::{Lease, Shared};
+use super::retry::{Breaker, Permit};
+use super::transport::{Network, UpstreamIo, UpstreamTls};
+use crate::error::ProxyError;
+
+/// How a service connects to its endpoints.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    /// HTTP/1.1 or HTTP/2.
+    pub protocol: ServiceProtocol,
+    /// TCP connect timeout.
+    pub connect_timeout: Duration,
+    /// Idle HTTP/1.1 connections kept per endpoint.
+    pub max_idle: usize,
+    /// Idle connections are closed after this.
+    pub idle_timeout: Duration,
+    /// TLS origination, if the service asks for it.
+    pub tls: Option<UpstreamTls>,
+    /// Where connections go (TCP but in tests).
+    pub network: Network,
+}
+
+impl Settings {
+    /// Whether requests go out as HTTP/2.
+    pub fn is_http2(&self) -> bool {
+        matches!(
+            self.protocol,
+            ServiceProtocol::Http2 | ServiceProtocol::Grpc
+        )
+    }
+}
+
+/// A failed send: why, and the request itself when it never left (so it can go elsewhere).
+#[derive(Debug)]
+pub struct SendError {
+    /// Why.
+    pub error: ProxyError,
+    /// The request, if nothing of it was sent.
+    pub unsent: Option<Request<RequestBody>>,
+}
+
+impl SendError {
+    fn unsent(error: ProxyError, req: Request<RequestBody>) -> SendError {
+        SendError {
+            error,
+            unsent: Some(req),
+        }
+    }
+
+    fn sent(error: ProxyError) -> SendError {
+        SendError {
+            error,
+            unsent: None,
+        }
+    }
+}
+
+/// The upstream side of one service.
+#[derive(Debug)]
+pub struct Upstream {
+    /// Connection settings.
+    pub settings: Settings,
+    /// Counts open connections against `maxConnections`.
+    breaker: Arc<Breaker>,
+}
+
+impl Upstream {
+    /// An upstream with the given settings.
+    pub fn new(settings: Settings, breaker: Arc<Breaker>) -> Self {
+        Upstream { settings, breaker }
+    }
+
+    /// Sends `req` to `endpoint`. The request's URI must already be in the form the
+    /// protocol needs (origin-form for HTTP/1.1, absolute for HTTP/2). A request that never
+    /// left (no connection could be made) comes back in the error, so it can be sent
+    /// elsewhere without having been copied.
+    pub async fn send(
+        &self,
+        endpoint: &Arc<Endpoint>,
+        req: Request<RequestBody>,
+    ) -> Result<(Response<Incoming>, Option<Lease>), SendError> {
+        if self.settings.is_http2() {
+            self.send_h2(endpoint, req).await.map(|r| (r, None))
+        } else {
+            self.send_h1(endpoint, req).await
+        }
+    }
+
+    async fn send_h1(
+        &self,
+        endpoint: &Arc<Endpoint>,
+        mut req: Request<RequestBody>,
+    ) -> Result<(Response<Incoming>, Option<Lease>), SendError> {
+        // Pooled connections first. One that turns out closed hands the request back
+        // unsent, so trying the next is safe.
+        while let Some((mut sender, dead)) = endpoint.pool.take_idle(self.settings.idle_timeout) {
+            if sender.ready().await.is_err() {
+                continue;
+            }
+            match sender.try_send_request(req).await {
+                Ok(resp) => return Ok((resp, Some(self.lease(sender, dead, endpoint)))),
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) => req = unsent,
+                    None => return Err(SendError::sent(ProxyError::from_hyper(e.error()))),
+                },
+            }
+        }
+        let (stream, permit) = match self.connect(endpoint).await {
+            Ok(c) => c,
+            Err(e) => return Err(SendError::unsent(e, req)),
+        };
+        // The answer of a server that stops reading the body is still read (KeepReading).
+        let stream = KeepReading::new(stream);
+        let dead = stream.dead_writes();
+        let (mut sender, conn) = match http1::Builder::new()
+            .handshake::<_, RequestBody>(TokioIo::new(stream))
+            .await
+        {
+            Ok(h) => h,
+            Err(e) => return Err(SendError::unsent(ProxyError::from_hyper(&e), req)),
+        };
+        tokio::spawn(async move {
+            let _permit = permit;
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(error = %e, "upstream connection ended with an error");
+            }
+        });
+        match sender.try_send_request(req).await {
+            Ok(resp) => Ok((resp, Some(self.lease(sender, dead, endpoint)))),
+            Err(mut e) => {
+                let error = ProxyError::from_hyper(e.error());
+                Err(SendError {
+                    error,
+                    unsent: e.take_message(),
+                })
+            }
+        }
+    }
+
+    fn lease(
+        &self,
+        sender: http1::SendRequest<RequestBody>,
+        dead_writes: Arc<AtomicBool>,
+        endpoint: &Arc<Endpoint>,
+    ) -> Lease {
+        Lease {
+            sender,
+            pool: endpoint.pool.clone(),
+            max_idle: self.settings.max_idle,
+            dead_writes,
+        }
+    }
+
+    async fn send_h2(
+        &self,
+        endpoint: &Arc<Endpoint>,
+        req: Request<RequestBody>,
+    ) -> Result<Response<Incoming>, SendError> {
+        let mut sender = match self.h2_sender(endpoint).await {
+            Ok(s) => s,
+            Err(e) => return Err(SendError::unsent(e, req)),
+        };
+        match sender.try_send_request(req).await {
+            Ok(resp) => Ok(resp),
+            Err(mut e) => match e.take_message() {
+                // The shared connection went away before the request left: once more on a new one.
+                Some(unsent) => {
+                    *endpoint.pool.h2.lock().await = None;
+                    let mut sender = match self.h2_sender(endpoint).await {
+                        Ok(s) => s,
+                        Err(e) => return Err(SendError::unsent(e, unsent)),
+                    };
+                    match sender.try_send_request(unsent).await {
+                        Ok(resp) => Ok(resp),
+                        Err(mut e) => Err(SendError {
+                            error: ProxyError::from_hyper(e.error()),
+                            unsent: e.take_message(),
+                        }),
+                    }
+                }
+                None => Err(SendError::sent(ProxyError::from_hyper(e.error()))),
+            },
+        }
+    }
+
+    /// The endpoint's shared HTTP/2 connection, opened if needed (one connect at a time).
+    async fn h2_sender(
+        &self,
+        endpoint: &Arc<Endpoint>,
+    ) -> Result<http2::SendRequest<RequestBody>, ProxyError> {
+        let mut slot = endpoint.pool.h2.lock().await;
+        if let Some(shared) = slot.as_mut() {
+            if !shared.sender.is_closed() {
+                shared.last_used = Instant::now();
+                return Ok(shared.sender.clone());
+            }
+        }
+        let (stream, permit) = self.connect(endpoint).await?;
+        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .handshake::<_, RequestBody>(TokioIo::new(stream))
+            .await
+            .map_err(|e| ProxyError::from_hyper(&e))?;
+        tokio::spawn(async move {
+            let _permit = permit;
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "upstream HTTP/2 connection ended with an error");
+            }
+        });
+        *slot = Some(Shared {
+            sender: sender.clone(),
+            last_used: Instant::now(),
+        });
+        Ok(sender)
+    }
+
+    /// Opens a connection to `endpoint`: TCP within the connect timeout, then TLS if the
+    /// service originates it.
+    /// The returned permit counts the connection against the service's `maxConnections`
+    /// until it is dropped (with the connection).
+    pub async fn connect(&self, endpoint: &Endpoint) -> Result<(UpstreamIo, Permit), ProxyError> {
+        let permit = self.breaker.connection().ok_or(ProxyError::Overloaded)?;
+        if let Network::Memory(dial) = &self.settings.network {
+            if self.settings.tls.is_some() {
+                return Err(ProxyError::UpstreamTls); // no TLS over the in-memory network
+            }
+            let pipe = dial(endpoint.addr).map_err(|e| ProxyError::from_connect(&e))?;
+            return Ok((UpstreamIo::Memory(pipe), permit));
+        }
+        let tcp = self.connect_tcp(endpoint).await?;
+        let io = match &self.settings.tls {
+            None => UpstreamIo::Plain(tcp),
+            Some(tls) => {
+                let handshake = tls.handshake(tcp, endpoint.addr);
+                match tokio::time::timeout(self.settings.connect_timeout, handshake).await {
+                    Err(_) => return Err(ProxyError::ConnectTimeout),
+                    Ok(r) => UpstreamIo::Tls(Box::new(r?)),
+                }
+            }
+        };
+        Ok((io, permit))
+    }
+
+    async fn connect_tcp(&self, endpoint: &Endpoint) -> Result<TcpStream, ProxyError> {
+        let stream = match tokio::time::timeout(
+            self.settings.connect_timeout,
+            TcpStream::connect(endpoint.addr),
+        )
+        .await
+        {
+            Err(_) => return Err(ProxyError::ConnectTimeout),
+            Ok(Err(e)) => return Err(ProxyError::from_connect(&e)),
+            Ok(Ok(s)) => s,
+        };
+        let _ = stream.set_nodelay(true);
+        Ok(stream)
+    }
+}

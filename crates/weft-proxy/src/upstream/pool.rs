@@ -1,0 +1,108 @@
+//! An endpoint's connections: a stack of idle HTTP/1.1 connections (most recently used
+//! first, so the warmest is reused and the coldest ages out) and, for HTTP/2 services, one
+//! shared multiplexed connection. An HTTP/1.1 connection comes back to the pool only when
+//! its response body has been read to the end ([`Lease::release`]); a response abandoned
+//! half-way closes its connection, so a half-read stream is never reused.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hyper::client::conn::{http1, http2};
+
+use super::body::RequestBody;
+
+/// The connections of one endpoint.
+#[derive(Debug, Default)]
+pub struct Pool {
+    idle: Mutex<Vec<Idle>>,
+    pub(super) h2: tokio::sync::Mutex<Option<Shared>>,
+}
+
+#[derive(Debug)]
+struct Idle {
+    sender: http1::SendRequest<RequestBody>,
+    since: Instant,
+    /// Set when the connection's writes found the peer gone ([`super::keep_reading::KeepReading`]).
+    dead_writes: Arc<AtomicBool>,
+}
+
+#[derive(Debug)]
+pub(super) struct Shared {
+    pub(super) sender: http2::SendRequest<RequestBody>,
+    pub(super) last_used: Instant,
+}
+
+impl Pool {
+    pub(super) fn take_idle(
+        &self,
+        idle_timeout: Duration,
+    ) -> Option<(http1::SendRequest<RequestBody>, Arc<AtomicBool>)> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some(c) = idle.pop() {
+            if !c.sender.is_closed() && c.since.elapsed() < idle_timeout {
+                return Some((c.sender, c.dead_writes));
+            }
+        }
+        None
+    }
+
+    pub(super) fn put_idle(
+        &self,
+        sender: http1::SendRequest<RequestBody>,
+        dead_writes: Arc<AtomicBool>,
+        max_idle: usize,
+    ) {
+        if sender.is_closed() || dead_writes.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < max_idle {
+            idle.push(Idle {
+                sender,
+                since: Instant::now(),
+                dead_writes,
+            });
+        }
+    }
+
+    /// Closes connections idle for longer than `idle_timeout` (dropping the sender ends the
+    /// connection task, which closes the socket).
+    pub(super) fn evict(&self, idle_timeout: Duration) {
+        let stale: Vec<Idle> = {
+            let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+            let (keep, stale) = idle
+                .drain(..)
+                .partition(|c| !c.sender.is_closed() && c.since.elapsed() < idle_timeout);
+            *idle = keep;
+            stale
+        };
+        drop(stale);
+        if let Ok(mut h2) = self.h2.try_lock() {
+            if h2
+                .as_ref()
+                .is_some_and(|s| s.sender.is_closed() || s.last_used.elapsed() >= idle_timeout)
+            {
+                *h2 = None;
+            }
+        }
+    }
+}
+
+/// A checked-out HTTP/1.1 connection, returned to its pool by [`Lease::release`] once the
+/// response has been read to the end; dropped otherwise, which closes it.
+#[derive(Debug)]
+pub struct Lease {
+    pub(super) sender: http1::SendRequest<RequestBody>,
+    pub(super) pool: Arc<Pool>,
+    pub(super) max_idle: usize,
+    pub(super) dead_writes: Arc<AtomicBool>,
+}
+
+impl Lease {
+    /// Puts the connection back for reuse (unless its writes found the peer gone).
+    pub fn release(self) {
+        self.pool
+            .put_idle(self.sender, self.dead_writes, self.max_idle);
+    }
+}
