@@ -195,7 +195,7 @@ impl Sessions {
 pub struct DiscoveryServer {
     state: Arc<State>,
     sessions: Arc<Sessions>,
-    auth: Arc<crate::acl::Authenticator>,
+    auth: Arc<crate::authn::Authenticator>,
     limits: Limits,
     pending_hellos: Arc<tokio::sync::Semaphore>,
 }
@@ -208,7 +208,7 @@ impl DiscoveryServer {
     pub fn new(
         state: Arc<State>,
         sessions: Arc<Sessions>,
-        auth: Arc<crate::acl::Authenticator>,
+        auth: Arc<crate::authn::Authenticator>,
         limits: Limits,
     ) -> DiscoveryServer {
         DiscoveryServer {

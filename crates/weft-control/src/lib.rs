@@ -16,9 +16,7 @@
 
 pub mod acl;
 pub mod api;
-mod api_acl;
-mod api_catalog;
-mod api_request;
+pub mod authn;
 pub mod ca;
 pub mod catalog;
 pub mod config;

@@ -211,7 +211,7 @@ pub async fn serve(
         })
     };
     let sessions = Arc::new(Sessions::default());
-    let auth = Arc::new(crate::acl::Authenticator::new(
+    let auth = Arc::new(crate::authn::Authenticator::new(
         acl,
         state.clone(),
         store.clone(),

@@ -1,6 +1,5 @@
-//! The catalog and CA endpoints: instances (register, renew, health, deregister, list),
-//! and the mesh CA (roots, signing, rotation). Every handler checks the caller's ACL token
-//! first ([`crate::acl`]).
+//! `/v1/catalog`: instances (register, renew, health, deregister, list). Every handler
+//! checks the caller's ACL token first ([`crate::acl`]).
 
 use axum::{
     body::Body,
@@ -13,19 +12,17 @@ use axum::{
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::context::{Api, ApiResult};
+use super::query::{wait, wait_for_change, Params};
+use super::request::{read_json, with_index, SMALL_BODY};
 use crate::{
     acl::{Access, Caller, Need},
-    api::{params, wait, wait_for_change, with_index, Api, ApiResult, Q},
-    api_request::{read_body, read_json, SMALL_BODY},
-    catalog, config,
+    catalog,
     error::ApiError,
     store,
 };
 
-/// Largest body of a rotation to an operator's CA (PEM certificates and a key).
-const ROTATE_BODY: usize = 1024 * 1024;
-
-/// The catalog and CA routes.
+/// The catalog routes.
 pub fn routes() -> Router<Api> {
     Router::new()
         .route("/v1/catalog/services", get(services))
@@ -40,9 +37,6 @@ pub fn routes() -> Router<Api> {
             "/v1/catalog/services/{service}/instances/{id}",
             delete(deregister),
         )
-        .route("/v1/ca/roots", get(ca_roots))
-        .route("/v1/ca/sign", post(ca_sign))
-        .route("/v1/ca/rotate", post(ca_rotate))
 }
 
 async fn services(AxState(api): AxState<Api>, caller: Caller) -> ApiResult {
@@ -60,9 +54,8 @@ async fn service_instances(
     AxState(api): AxState<Api>,
     caller: Caller,
     Path(service): Path<String>,
-    q: Q,
+    p: Params,
 ) -> ApiResult {
-    let p = params(q)?;
     caller.require(&Need::Service(service.clone(), Access::Read))?;
     if let Some(index) = p.index {
         if api.state.read().revision <= index {
@@ -103,70 +96,12 @@ async fn register(
     ))
 }
 
-async fn ca_roots(AxState(api): AxState<Api>) -> ApiResult {
-    Ok(Json(api.ca.bundle().await?).into_response())
-}
-
-/// `POST /v1/ca/rotate`: an empty body generates the new root; `{certificate, key,
-/// roots?}` rotates to the operator's root or intermediate.
-async fn ca_rotate(
-    AxState(api): AxState<Api>,
-    caller: Caller,
-    headers: HeaderMap,
-    body: Body,
-) -> ApiResult {
-    caller.require(&Need::Operator(Access::Write))?;
-    let body = read_body(body, &headers, ROTATE_BODY).await?;
-    let provided = match body.iter().all(u8::is_ascii_whitespace) {
-        true => None,
-        false => Some(
-            serde_json::from_slice::<crate::ca::Provided>(&body).map_err(|e| {
-                ApiError::bad_request(
-                    "invalid-body",
-                    format!("expected {{certificate, key, roots?}} (PEM strings): {e}"),
-                )
-            })?,
-        ),
-    };
-    Ok(Json(api.ca.rotate(provided).await?).into_response())
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SignBody {
-    /// The service whose identity is asked for.
-    service: String,
-    /// PKCS#10, PEM.
-    csr: String,
-}
-
-async fn ca_sign(
-    AxState(api): AxState<Api>,
-    caller: Caller,
-    headers: HeaderMap,
-    body: Body,
-) -> ApiResult {
-    let req: SignBody = read_json(body, &headers, SMALL_BODY).await?;
-    if !config::valid_name(&req.service) {
-        return Err(ApiError::bad_request(
-            "invalid-name",
-            format!("`{}` is not a service name", req.service),
-        ));
-    }
-    // The identity a token entitles its holder to, and no other.
-    caller.require(&Need::Service(req.service.clone(), Access::Write))?;
-    let signed = api.ca.sign(&req.service, &req.csr).await?;
-    tracing::info!(service = %req.service, spiffe_id = %signed.spiffe_id, "signed a certificate");
-    Ok(Json(signed).into_response())
-}
-
 async fn renew(
     AxState(api): AxState<Api>,
     caller: Caller,
     Path(lease): Path<String>,
-    q: Q,
+    p: Params,
 ) -> ApiResult {
-    let p = params(q)?;
     let lease: u64 = lease
         .parse()
         .map_err(|_| ApiError::bad_request("invalid-lease", "a lease is a number"))?;

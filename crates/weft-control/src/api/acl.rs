@@ -11,10 +11,10 @@ use axum::{
 use serde::Deserialize;
 use serde_json::json;
 
+use super::context::{Api, ApiResult};
+use super::request::{read_json, SMALL_BODY};
 use crate::{
     acl::{self, Access, Caller, Need, Rule, Token},
-    api::{Api, ApiResult},
-    api_request::{read_json, SMALL_BODY},
     error::ApiError,
     store::{self, Compare, Op, Txn},
 };

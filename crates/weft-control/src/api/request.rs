@@ -17,11 +17,8 @@ use axum::{
 use http_body::Body as _;
 use http_body_util::BodyExt;
 
-use crate::{
-    acl::{self, Caller},
-    api::Api,
-    error::ApiError,
-};
+use super::context::Api;
+use crate::{acl::Caller, error::ApiError, store::Revision};
 
 /// Largest body of the small JSON endpoints (registration, health, signing, tokens).
 pub const SMALL_BODY: usize = 64 * 1024;
@@ -122,7 +119,10 @@ fn open(method: &Method, path: &str, metrics_public: bool) -> bool {
 /// is read (closing an HTTP/1.1 connection whose body was not read), and hands the
 /// caller to the handler ([`Caller`] extractor).
 pub(crate) async fn authenticate(State(api): State<Api>, mut req: Request, next: Next) -> Response {
-    let caller = api.auth.caller(acl::secret_of(req.headers())).await;
+    let caller = api
+        .auth
+        .caller(crate::authn::secret_of(req.headers()))
+        .await;
     if !open(req.method(), req.uri().path(), api.metrics_public) {
         if let Err(e) = caller.authenticated() {
             let pending_body = declared_length(req.headers()).is_some_and(|n| n > 0)
@@ -257,7 +257,10 @@ impl FromRequestParts<Api> for Caller {
     async fn from_request_parts(parts: &mut Parts, api: &Api) -> Result<Caller, Self::Rejection> {
         match parts.extensions.get::<Caller>() {
             Some(c) => Ok(c.clone()),
-            None => Ok(api.auth.caller(acl::secret_of(&parts.headers)).await),
+            None => Ok(api
+                .auth
+                .caller(crate::authn::secret_of(&parts.headers))
+                .await),
         }
     }
 }
@@ -338,11 +341,39 @@ pub(crate) async fn read_json<T: serde::de::DeserializeOwned>(
     limit: usize,
 ) -> Result<T, ApiError> {
     let bytes = read_body(body, headers, limit).await?;
-    crate::api::json_body(headers, &bytes)
+    json_body(headers, &bytes)
 }
 
 /// The error, answered with `Connection: close` (its body was not read to the end).
 fn close(mut e: ApiError) -> ApiError {
     e.close = true;
     e
+}
+
+/// Marks an answer with the store revision it reflects.
+pub(crate) fn with_index(revision: Revision, body: impl IntoResponse) -> Response {
+    let mut r = body.into_response();
+    if let Ok(v) = HeaderValue::from_str(&revision.to_string()) {
+        r.headers_mut().insert("x-weft-index", v);
+    }
+    r
+}
+
+/// Parses a JSON body (Content-Type must be JSON when given).
+pub(crate) fn json_body<T: serde::de::DeserializeOwned>(
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<T, ApiError> {
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_none_or(|v| v.starts_with("application/json"));
+    if !is_json {
+        return Err(ApiError::bad_request(
+            "invalid-body",
+            "expected Content-Type: application/json",
+        ));
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request("invalid-body", format!("invalid JSON body: {e}")))
 }

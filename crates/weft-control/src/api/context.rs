@@ -1,0 +1,35 @@
+//! What every handler is given: the server's store, view, sessions, CA and settings.
+
+use std::sync::Arc;
+
+use axum::response::Response;
+
+use crate::{discovery::Sessions, error::ApiError, state::State, store::Store};
+
+/// Everything a handler needs.
+#[derive(Clone)]
+pub struct Api {
+    /// The store.
+    pub store: Arc<dyn Store>,
+    /// The in-memory view.
+    pub state: Arc<State>,
+    /// Connected proxies.
+    pub sessions: Arc<Sessions>,
+    /// This server's API address as its peers reach it.
+    pub advertise: String,
+    /// The mesh CA.
+    pub ca: Arc<crate::ca::Ca>,
+    /// Who a request's token belongs to (ACLs on or off).
+    pub auth: Arc<crate::authn::Authenticator>,
+    /// `/metrics` answers without a token (`weft server --metrics public`).
+    pub metrics_public: bool,
+    /// Registered instances one service may have (`--max-instances-per-service`).
+    pub instances_per_service: usize,
+    /// Whether the API is served over TLS (peers are reached the same way).
+    pub tls: bool,
+    /// The replicas' election.
+    pub leadership: crate::leader::Leadership,
+}
+
+/// What a handler answers.
+pub(crate) type ApiResult = Result<Response, ApiError>;
