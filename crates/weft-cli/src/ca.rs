@@ -64,7 +64,7 @@ pub async fn run(server: &str, command: CaCommand) -> anyhow::Result<()> {
             ca_key,
             ca_roots,
         } => {
-            let body = match crate::control::provided_ca(ca_cert, ca_key, ca_roots)? {
+            let body = match crate::server::provided_ca(ca_cert, ca_key, ca_roots)? {
                 None => bytes::Bytes::new(),
                 Some(p) => {
                     serde_json::json!({"certificate": p.cert, "key": p.key, "roots": p.roots})

@@ -21,7 +21,7 @@ pub struct SidecarArgs {
     #[arg(long, env = "WEFT_SERVER", value_delimiter = ',', default_value = crate::control::DEFAULT_SERVER)]
     server: Vec<String>,
     #[command(flatten)]
-    pub(crate) auth: crate::ControlAuth,
+    pub(crate) auth: crate::control::ControlAuth,
     /// The service this instance belongs to.
     #[arg(long)]
     service: String,
@@ -59,10 +59,10 @@ pub struct SidecarArgs {
     #[arg(long, default_value = "tcp")]
     health: String,
     /// How often the app is checked.
-    #[arg(long, default_value = "2s", value_parser = crate::parse_duration)]
+    #[arg(long, default_value = "2s", value_parser = crate::process::parse_duration)]
     health_interval: Duration,
     /// Registration lease TTL: how long a dead sidecar's instance stays in the catalog.
-    #[arg(long, default_value = "10s", value_parser = crate::parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = crate::process::parse_duration)]
     ttl: Duration,
     /// Metadata KEY=VALUE (repeatable), e.g. version=v2, zone=a.
     #[arg(long = "metadata")]
@@ -71,10 +71,10 @@ pub struct SidecarArgs {
     #[arg(long, default_value = "off")]
     admin: String,
     /// After deregistering on SIGTERM, how long peers get to stop sending new requests.
-    #[arg(long, default_value = "2s", value_parser = crate::parse_duration)]
+    #[arg(long, default_value = "2s", value_parser = crate::process::parse_duration)]
     deregister_delay: Duration,
     /// Then how long in-flight requests get to finish.
-    #[arg(long, default_value = "10s", value_parser = crate::parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = crate::process::parse_duration)]
     drain_timeout: Duration,
     /// Worker threads. One instance's traffic rarely needs more than one core, and one
     /// thread spends no CPU on cross-thread wake-ups (bench/mesh.py).
@@ -169,7 +169,7 @@ pub async fn run(args: SidecarArgs) -> anyhow::Result<()> {
             _ => bail!("--health {h}: expected http:/PATH, tcp, grpc, grpc:SERVICE or none"),
         },
     };
-    let poll = crate::watch_interval(&args.watch_interval)?;
+    let poll = crate::process::watch_interval(&args.watch_interval)?;
     let (source, gateway) = match &args.gateway {
         Some(path) => {
             let mut source = FileSource::new(path.clone(), poll)?;
@@ -295,7 +295,7 @@ pub async fn run(args: SidecarArgs) -> anyhow::Result<()> {
         std::future::pending::<()>().await
     };
     tokio::select! {
-        r = crate::wait_for_signal() => r?,
+        r = crate::process::wait_for_signal() => r?,
         _ = keep_registered => {}
         _ = identity::keep_renewed(args.server.clone(), args.service.clone(), mesh.clone(), proxy.metrics()) => {}
         _ = follow_gateway_file(source, &proxy, &specs, &declared) => {}

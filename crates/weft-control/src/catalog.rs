@@ -162,13 +162,13 @@ pub async fn set_health(
     id: &str,
     health: Health,
 ) -> Result<Revision, ApiError> {
-    for _ in 0..5 {
+    store::compare_and_swap(|| async move {
         let (kv, revision) = store::get(store, &key(service, id)).await?;
         let kv = kv.ok_or_else(|| ApiError::not_found(format!("no instance {service}/{id}")))?;
         let mut inst: Instance = serde_json::from_slice(&kv.value)
             .map_err(|e| ApiError::internal(format!("stored instance unreadable: {e}")))?;
         if inst.health == health {
-            return Ok(revision);
+            return Ok(Some(revision));
         }
         inst.health = health;
         let value = serde_json::to_vec(&inst).map_err(|e| ApiError::internal(e.to_string()))?;
@@ -185,11 +185,10 @@ pub async fn set_health(
                 }],
             })
             .await?;
-        if r.succeeded {
-            return Ok(r.revision);
-        }
-    }
-    Err(ApiError::conflict("instance kept changing; try again"))
+        Ok::<_, ApiError>(r.succeeded.then_some(r.revision))
+    })
+    .await?
+    .ok_or_else(|| ApiError::conflict("instance kept changing; try again"))
 }
 
 /// Removes an instance and ends its lease.

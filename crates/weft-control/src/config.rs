@@ -230,7 +230,8 @@ pub async fn apply(
     if !problems.is_empty() {
         return Err(ApiError::invalid_config(problems));
     }
-    for _attempt in 0..5 {
+    let incoming = &incoming;
+    store::compare_and_swap(|| async move {
         let stored = load(store).await?;
         let others: Vec<_> = stored
             .docs
@@ -240,7 +241,7 @@ pub async fn apply(
         validate(file, text, &others, registered)?;
         let mut changes = Vec::new();
         let mut ops = Vec::new();
-        for (id, value) in &incoming {
+        for (id, value) in incoming {
             let before = stored.docs.get(id);
             let action = match before {
                 None => "created",
@@ -265,20 +266,16 @@ pub async fn apply(
                 },
             });
         }
-        match commit(store, ops, stored.guard, dry_run).await? {
-            Some(revision) => {
-                return Ok(Outcome {
-                    revision,
-                    dry_run,
-                    changes,
-                })
-            }
-            None => continue, // raced another config write: validate again
-        }
-    }
-    Err(ApiError::conflict(
-        "configuration kept changing during the apply; try again",
-    ))
+        // `None`: raced another config write; the next round validates again.
+        let committed = commit(store, ops, stored.guard, dry_run).await?;
+        Ok::<_, ApiError>(committed.map(|revision| Outcome {
+            revision,
+            dry_run,
+            changes,
+        }))
+    })
+    .await?
+    .ok_or_else(|| ApiError::conflict("configuration kept changing during the apply; try again"))
 }
 
 /// Deletes `kind/name`, refused when what remains would not validate (e.g. a route
@@ -290,7 +287,7 @@ pub async fn delete(
     dry_run: bool,
     registered: &BTreeSet<String>,
 ) -> Result<Outcome, ApiError> {
-    for _attempt in 0..5 {
+    store::compare_and_swap(|| async move {
         let stored = load(store).await?;
         let id = (kind.to_string(), name.to_string());
         let Some(before) = stored.docs.get(&id) else {
@@ -311,17 +308,15 @@ pub async fn delete(
         let ops = vec![Op::Delete {
             key: key(kind, name),
         }];
-        if let Some(revision) = commit(store, ops, stored.guard, dry_run).await? {
-            return Ok(Outcome {
-                revision,
-                dry_run,
-                changes: vec![change],
-            });
-        }
-    }
-    Err(ApiError::conflict(
-        "configuration kept changing during the delete; try again",
-    ))
+        let committed = commit(store, ops, stored.guard, dry_run).await?;
+        Ok::<_, ApiError>(committed.map(|revision| Outcome {
+            revision,
+            dry_run,
+            changes: vec![change],
+        }))
+    })
+    .await?
+    .ok_or_else(|| ApiError::conflict("configuration kept changing during the delete; try again"))
 }
 
 /// Writes `ops` guarded on the config guard; `None` when another write came first.

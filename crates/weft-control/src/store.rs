@@ -223,6 +223,25 @@ pub async fn get(store: &dyn Store, key: &str) -> Result<(Option<KeyValue>, Revi
     Ok((page.kvs.into_iter().find(|kv| kv.key == key), revision))
 }
 
+/// Read-decide-write rounds a compare-and-swap gets before it gives up.
+pub const CAS_ATTEMPTS: usize = 5;
+
+/// Runs `round` — read, decide, then a write guarded on what was read — until a round's
+/// write wins (`Some`), at most [`CAS_ATTEMPTS`] times. `Ok(None)`: every round lost a
+/// race with another writer; the caller answers 409 with its own words.
+pub async fn compare_and_swap<T, E, F, Fut>(mut round: F) -> Result<Option<T>, E>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<Option<T>, E>>,
+{
+    for _ in 0..CAS_ATTEMPTS {
+        if let Some(done) = round().await? {
+            return Ok(Some(done));
+        }
+    }
+    Ok(None)
+}
+
 /// Reads every key under `prefix`, page by page.
 pub async fn list_all(store: &dyn Store, prefix: &str) -> Result<RangeResult, StoreError> {
     const PAGE: usize = 1000;

@@ -17,7 +17,6 @@ pub mod duration;
 pub mod resources;
 pub mod security;
 mod validate;
-mod validate_security;
 pub mod yaml;
 
 use std::fmt;

@@ -3,9 +3,8 @@
 use crate::yaml::Document;
 use crate::*;
 
-use super::validate::{
-    check_path_match, header_match_problems, method_problem, valid_name, Report,
-};
+use super::checks::{check_path_match, header_match_problems, method_problem, valid_name};
+use super::report::Report;
 
 pub(crate) fn mesh(r: &mut Report<'_>, c: &Config, docs: &[&Document]) {
     for (i, (m, doc)) in c.meshes.iter().zip(docs).enumerate() {
