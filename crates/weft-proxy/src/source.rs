@@ -14,7 +14,7 @@ use std::time::Duration;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::watch;
 
-use crate::RunningProxy;
+use crate::proxy::RunningProxy;
 
 /// A configuration file to follow.
 #[derive(Debug)]

@@ -24,6 +24,7 @@ use http::{Request, Response, StatusCode, Version};
 use http_body::Body;
 use http_body_util::Either;
 use hyper_util::rt::TokioIo;
+use tokio::time::error::Elapsed;
 
 use super::context::{Client, Context};
 use super::filters::{self, Target, Template};
@@ -33,7 +34,8 @@ use super::route::Rule;
 use super::{ResponseBody, Routes};
 use crate::error::ProxyError;
 use crate::upstream::body::{RequestBody, Source, Verdict};
-use crate::upstream::endpoint::InFlight;
+use crate::upstream::client::SendError;
+use crate::upstream::endpoint::{Endpoint, InFlight};
 use crate::upstream::outlier::Outcome;
 use crate::upstream::pool::Lease;
 use crate::upstream::retry::{self, Permit};
@@ -501,6 +503,29 @@ async fn attempt_once(
     ex.upstream = Some(endpoint.addr);
     let inflight = endpoint.start();
     let (mut head, body, path) = out.next(unsent, &r.new_path)?;
+    let limit = address(&mut head, service, endpoint, limits, path)?;
+    let started = std::time::Instant::now();
+    let sent = tokio::time::timeout(
+        limit,
+        service
+            .upstream
+            .send(endpoint, Request::from_parts(head, body)),
+    )
+    .await;
+    let outcome = outcome_of(ctx, service, out, &sent, started);
+    service.record(endpoint, outcome, &ctx.metrics);
+    Ok(judge(ctx, r, limits, out, sent, inflight, endpoint.addr))
+}
+
+/// Aims the request head at `endpoint` (URI, and the caller's deadline for gRPC); returns
+/// how long this attempt may take.
+fn address(
+    head: &mut http::request::Parts,
+    service: &Service,
+    endpoint: &Endpoint,
+    limits: &Limits,
+    path: Option<String>,
+) -> Result<std::time::Duration, ProxyError> {
     // HTTP/1.1 goes out in origin-form with its Host header; HTTP/2 needs `:authority`,
     // which carries the (possibly rewritten) Host rather than the endpoint's address.
     let h2_authority = service.upstream.settings.is_http2().then(|| {
@@ -510,24 +535,29 @@ async fn attempt_once(
             .unwrap_or_else(|| endpoint.authority.clone())
     });
     head.uri = filters::upstream_uri(&head.uri, h2_authority, path)?;
-    let now = tokio::time::Instant::now();
-    let remaining = limits.deadline - now;
+    let remaining = limits.deadline - tokio::time::Instant::now();
     if limits.caller_deadline {
         // The callee learns how long the caller will still wait.
         if let Ok(v) = HeaderValue::from_str(&retry::format_grpc_timeout(remaining)) {
             head.headers.insert(GRPC_TIMEOUT, v);
         }
     }
-    let limit = limits.per_try.map_or(remaining, |p| p.min(remaining));
-    let started = std::time::Instant::now();
-    let sent = tokio::time::timeout(
-        limit,
-        service
-            .upstream
-            .send(endpoint, Request::from_parts(head, body)),
-    )
-    .await;
-    let outcome = match &sent {
+    Ok(limits.per_try.map_or(remaining, |p| p.min(remaining)))
+}
+
+/// What an attempt's result was, as a send under a per-try timeout.
+type Sent = Result<Result<(Response<hyper::body::Incoming>, Option<Lease>), SendError>, Elapsed>;
+
+/// The attempt as outlier detection counts it: a 5xx, a local failure, or a success
+/// (the client's own fault, or our own limit, is not the endpoint's).
+fn outcome_of(
+    ctx: &Context,
+    service: &Service,
+    out: &Outgoing,
+    sent: &Sent,
+    started: std::time::Instant,
+) -> Outcome {
+    match sent {
         Ok(Ok((resp, _))) if resp.status().is_server_error() => {
             Outcome::ServerError(resp.status().as_u16())
         }
@@ -543,10 +573,22 @@ async fn attempt_once(
             Outcome::Success // the client's fault or our own limit, not the endpoint's
         }
         Ok(Err(_)) | Err(_) => Outcome::LocalFailure,
-    };
-    service.record(endpoint, outcome, &ctx.metrics);
+    }
+}
+
+/// Whether the attempt answers the client, or failed in a way a retry may overcome.
+fn judge(
+    ctx: &Context,
+    r: &Routed,
+    limits: &Limits,
+    out: &Outgoing,
+    sent: Sent,
+    inflight: InFlight,
+    endpoint: SocketAddr,
+) -> Tried {
+    let service = &r.service;
     let retry = r.retry();
-    Ok(match sent {
+    match sent {
         Ok(Ok((resp, lease))) => {
             let retriable = out.resend && retry.retries_response(resp.status(), resp.headers());
             let answered = Answered {
@@ -575,7 +617,7 @@ async fn attempt_once(
                     .connect_error(&service.name, failed.error.code());
             }
             let e = out.verdict.error().unwrap_or(failed.error);
-            tracing::debug!(service = %service.name, endpoint = %endpoint.addr, error = %e, "upstream attempt failed");
+            tracing::debug!(service = %service.name, endpoint = %endpoint, error = %e, "upstream attempt failed");
             let (retriable, unsent) = match failed.unsent {
                 Some(req) if retry.retries_error(e, false) => (true, Some(Box::new(req))),
                 _ => (out.resend && retry.retries_error(e, out.resendable), None),
@@ -599,7 +641,7 @@ async fn attempt_once(
             unsent: None,
             retriable: out.resend && retry.retries_error(ProxyError::PerTryTimeout, out.resendable),
         },
-    })
+    }
 }
 
 /// Step 5: the response as the client gets it; an accepted upgrade is spliced.

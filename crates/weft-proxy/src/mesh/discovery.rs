@@ -19,7 +19,7 @@ use weft_api::discovery::{
 };
 
 use super::{sidecar_config, SidecarSpec};
-use crate::RunningProxy;
+use crate::proxy::RunningProxy;
 
 /// Backoff bounds between reconnection attempts.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
