@@ -1,7 +1,7 @@
 //! weft's control plane (`weft server`).
 //!
 //! ```text
-//! HTTP API (api.rs) ─► config / kv / catalog writes ─► Store (embedded redb, or etcd)
+//! HTTP API (api/)  ─► config / kv / catalog writes ─► Store (embedded redb, or etcd)
 //!                                                        │ watch
 //!                                                        ▼
 //!                                              State (state.rs, in memory)

@@ -17,7 +17,12 @@
 //!  └ mesh/       a sidecar's registration, discovery stream and identity
 //! source.rs    where a configuration comes from (a file, watched)
 //! error.rs     ProxyError: every failure a client can see, as a status + x-weft-error
+//! fuzz.rs      entry points for `cargo fuzz` (the parsing weft does itself)
 //! ```
+//!
+//! `http/tests.rs` drives whole exchanges through `http::handle` against upstreams on an
+//! in-memory network, with paused time; `crates/weft-cli/tests` keep what only real
+//! sockets prove.
 //!
 //! Configuration reaches the request path only as an immutable [`config::Snapshot`]
 //! behind an `ArcSwap`: a config source calls [`RunningProxy::apply`], and requests
