@@ -137,18 +137,19 @@ pub(crate) fn accepts_trailers(h: &HeaderMap) -> bool {
 /// names. `te: trailers` is kept on requests; `Trailer` is kept on requests and on the
 /// responses of clients that accept trailers (see [`Hop`]).
 pub(crate) fn strip_hop_by_hop(h: &mut HeaderMap, hop: Hop) {
-    // One pass over the names (standard names compare as enum tags, no hashing); most
-    // messages carry none or only `connection: keep-alive`.
-    let mut found: Vec<HeaderName> = Vec::new();
+    // One pass over the names, noting which hop-by-hop fields are present (standard names
+    // compare as enum tags, no hashing, no allocation); most messages carry none or only
+    // `connection: keep-alive`.
+    let mut present = 0u8;
     for n in h.keys() {
-        if is_hop_by_hop(n) {
-            found.push(n.clone());
-        }
+        present |= hop_bit(n);
     }
-    if found.is_empty() {
+    if present == 0 {
         return;
     }
-    if found.contains(&header::CONNECTION) {
+    // Fields the `Connection` header names beyond the standard ones (rare).
+    let mut named: Vec<HeaderName> = Vec::new();
+    if present & bit_of(0) != 0 {
         for token in h
             .get_all(header::CONNECTION)
             .iter()
@@ -156,20 +157,17 @@ pub(crate) fn strip_hop_by_hop(h: &mut HeaderMap, hop: Hop) {
             .flat_map(|v| v.split(','))
         {
             let token = token.trim();
-            let known = [
-                "keep-alive",
-                "close",
-                "upgrade",
-                "te",
-                "trailer",
-                "transfer-encoding",
-                "proxy-connection",
-            ];
-            if token.is_empty() || known.iter().any(|k| token.eq_ignore_ascii_case(k)) {
+            let known = ["keep-alive", "close"];
+            if token.is_empty()
+                || known.iter().any(|k| token.eq_ignore_ascii_case(k))
+                || HOP_BY_HOP
+                    .iter()
+                    .any(|n| token.eq_ignore_ascii_case(n.as_str()))
+            {
                 continue;
             }
             if let Ok(n) = HeaderName::from_bytes(token.as_bytes()) {
-                found.push(n);
+                named.push(n);
             }
         }
     }
@@ -177,21 +175,36 @@ pub(crate) fn strip_hop_by_hop(h: &mut HeaderMap, hop: Hop) {
         && h.get(header::TE)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
     let keep_trailer = matches!(hop, Hop::Request | Hop::Response { trailers: true });
-    for n in found {
-        if !(keep_te && n == header::TE || keep_trailer && n == header::TRAILER) {
+    for (i, n) in HOP_BY_HOP.iter().enumerate() {
+        let kept = keep_te && *n == header::TE || keep_trailer && *n == header::TRAILER;
+        if present & bit_of(i) != 0 && !kept {
             h.remove(n);
         }
     }
+    for n in named {
+        h.remove(n);
+    }
 }
 
-fn is_hop_by_hop(n: &HeaderName) -> bool {
-    n == header::CONNECTION
-        || n == KEEP_ALIVE
-        || n == PROXY_CONNECTION
-        || n == header::TRANSFER_ENCODING
-        || n == header::UPGRADE
-        || n == header::TRAILER
-        || n == header::TE
+/// The hop-by-hop fields (RFC 9110 §7.6.1, and the legacy `proxy-connection`); the first
+/// is `Connection`.
+static HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    KEEP_ALIVE,
+    PROXY_CONNECTION,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::TRAILER,
+    header::TE,
+];
+
+const fn bit_of(i: usize) -> u8 {
+    1 << i
+}
+
+/// `n`'s bit among [`HOP_BY_HOP`], or 0.
+fn hop_bit(n: &HeaderName) -> u8 {
+    HOP_BY_HOP.iter().position(|h| h == n).map_or(0, bit_of)
 }
 
 pub(crate) fn append_forwarded_for(h: &mut HeaderMap, client: &Client) {

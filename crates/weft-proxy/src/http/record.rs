@@ -34,7 +34,9 @@ pub(crate) struct Exchange {
     pub(crate) service: Option<Arc<Service>>,
     pub(crate) upstream: Option<SocketAddr>,
     pub(crate) inflight: Option<InFlight>,
-    pub(crate) log: Option<(AccessLog, String, LogFields)>,
+    /// Boxed: it is there only with an access log, and the exchange travels with the
+    /// response body, which is moved several times per request.
+    pub(crate) log: Option<Box<(AccessLog, String, LogFields)>>,
 }
 
 /// What only the access log needs, gathered only when it is enabled.
@@ -96,7 +98,7 @@ impl Exchange {
                     .to_string(),
                 client,
             };
-            (log.clone(), ctx.name.clone(), fields)
+            Box::new((log.clone(), ctx.name.clone(), fields))
         });
         Exchange {
             started,
@@ -117,7 +119,8 @@ impl Exchange {
             stats.record(self.status, elapsed);
         }
         self.inflight.take();
-        if let Some((log, listener, f)) = self.log.take() {
+        if let Some(entry) = self.log.take() {
+            let (log, listener, f) = *entry;
             log.log(&Record {
                 start_time: rfc3339(f.start_time),
                 listener: &listener,
