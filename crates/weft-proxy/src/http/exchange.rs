@@ -78,23 +78,26 @@ pub async fn handle(
     })
 }
 
+/// The request stays in this frame and is lent to the steps, and the steps that need no
+/// waiting are plain functions: a request head is a few hundred bytes, and moving it from
+/// future to future cost more than the steps themselves.
 async fn serve(
     ctx: &Context,
     routes: &Routes,
     client: &Client,
-    req: Request<Source>,
+    mut req: Request<Source>,
     ex: &mut Exchange,
 ) -> Result<Response<ResponseBody>, ProxyError> {
-    // The request stays in this frame and is lent to the steps: a request head is a few
-    // hundred bytes, and moving it from step to step cost more than the steps themselves.
-    let mut req = req;
     let mut routed = match route(ctx, routes, client, &mut req, ex).await? {
         Routing::Answer(resp) => return Ok(*resp),
         Routing::Forward(r) => r,
     };
     edit_head(client, &mut routed, &mut req, ex);
     let limits = Limits::take(&routed, &req)?;
-    let mut outgoing = Outgoing::prepare(ctx, routes, &routed, req).await?;
+    let mut outgoing = Outgoing::prepare(ctx, routes, &routed, req);
+    if outgoing.keep_copy {
+        outgoing.copy_body(ctx, &routed).await?;
+    }
     let answered = attempts(ctx, &routed, &limits, &mut outgoing, ex).await?;
     Ok(respond(routed, answered, ex))
 }
@@ -316,7 +319,11 @@ struct Outgoing {
     parts: Option<http::request::Parts>,
     body: Option<RequestBody>,
     /// Kept to rebuild the head for another attempt.
-    template: Option<Template>,
+    template: Option<Box<Template>>,
+    /// A copy of the request is kept: for resending, or for the mirror.
+    keep_copy: bool,
+    /// The mirror gets a copy of this request.
+    mirror: bool,
     /// Whether a retry may resend the request after it reached the upstream.
     resend: bool,
     /// The method allows resending at all (idempotent, or the route says so).
@@ -326,12 +333,8 @@ struct Outgoing {
 }
 
 impl Outgoing {
-    async fn prepare(
-        ctx: &Context,
-        routes: &Routes,
-        r: &Routed<'_>,
-        req: Request<Source>,
-    ) -> Result<Outgoing, ProxyError> {
+    /// Decides whether a copy is kept (see [`Outgoing::copy_body`]).
+    fn prepare(ctx: &Context, routes: &Routes, r: &Routed<'_>, req: Request<Source>) -> Outgoing {
         let retry = r.retry();
         let (parts, body) = req.into_parts();
         let (body, verdict) = RequestBody::new(body, routes.max_body, routes.body_idle);
@@ -361,36 +364,51 @@ impl Outgoing {
         // A copy is kept for resending, or for the mirror; only `resend` allows retries
         // after the request reached the upstream.
         let keep_copy = resend || mirror.is_some();
-        let body = match (keep_copy, body.is_end_stream()) {
-            (true, true) => RequestBody::Bytes(None),
-            (true, false) => RequestBody::Bytes(Some(body.into_bytes().await?)),
-            (false, _) => body,
-        };
-        let template = keep_copy.then(|| Template::of(&parts));
-        if let (Some(m), Some(t), RequestBody::Bytes(b)) = (mirror, &template, &body) {
-            let path = r.new_path.clone();
-            filters::send_mirror(m, t.parts(), b.clone(), path, &ctx.metrics, &r.rule.route);
-        }
-        Ok(Outgoing {
+        Outgoing {
             parts: Some(parts),
             body: Some(body),
-            template,
+            template: None,
+            keep_copy,
+            mirror: mirror.is_some(),
             resend,
             resendable,
             verdict,
-        })
+        }
+    }
+
+    /// Reads the body in full (it is small: `prepare` checked) to keep a copy, and sends
+    /// the mirror its own.
+    async fn copy_body(&mut self, ctx: &Context, r: &Routed<'_>) -> Result<(), ProxyError> {
+        let (Some(parts), Some(body)) = (&self.parts, self.body.take()) else {
+            return Err(ProxyError::UpstreamReset);
+        };
+        let body = match body.is_end_stream() {
+            true => RequestBody::Bytes(None),
+            false => RequestBody::Bytes(Some(body.into_bytes().await?)),
+        };
+        let template = Box::new(Template::of(parts));
+        if let (Some(m), RequestBody::Bytes(b)) = (r.rule.filters.mirror.as_ref(), &body) {
+            if self.mirror {
+                let path = r.new_path.clone();
+                let (route, metrics) = (&r.rule.route, &ctx.metrics);
+                filters::send_mirror(m, template.parts(), b.clone(), path, metrics, route);
+            }
+        }
+        self.body = Some(body);
+        self.template = Some(template);
+        Ok(())
     }
 
     /// The request for the next attempt: one that came back unsent (its target already
     /// rewritten), a copy of the original, or the original itself; and the path to set.
     fn next(
         &mut self,
-        unsent: Option<Request<RequestBody>>,
+        unsent: Option<Box<Request<RequestBody>>>,
         new_path: &Option<String>,
     ) -> Result<(http::request::Parts, RequestBody, Option<String>), ProxyError> {
         Ok(match (unsent, &self.template, self.body.as_ref()) {
             (Some(req), _, _) => {
-                let (head, body) = req.into_parts();
+                let (head, body) = (*req).into_parts();
                 (head, body, None)
             }
             (None, Some(t), Some(RequestBody::Bytes(b))) => {
@@ -454,7 +472,7 @@ async fn attempts(
                     if !retriable {
                         return response.ok_or(error);
                     }
-                    unsent = back.map(|b| *b);
+                    unsent = back;
                     (response, error)
                 }
             };
@@ -497,7 +515,7 @@ async fn attempt_once(
     limits: &Limits,
     out: &mut Outgoing,
     tried: &[SocketAddr],
-    unsent: Option<Request<RequestBody>>,
+    unsent: Option<Box<Request<RequestBody>>>,
     ex: &mut Exchange,
 ) -> Result<Tried, ProxyError> {
     let service = &r.service;

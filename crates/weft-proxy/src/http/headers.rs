@@ -137,9 +137,9 @@ pub(crate) fn accepts_trailers(h: &HeaderMap) -> bool {
 /// names. `te: trailers` is kept on requests; `Trailer` is kept on requests and on the
 /// responses of clients that accept trailers (see [`Hop`]).
 pub(crate) fn strip_hop_by_hop(h: &mut HeaderMap, hop: Hop) {
-    // One pass over the names, noting which hop-by-hop fields are present (standard names
-    // compare as enum tags, no hashing, no allocation); most messages carry none or only
-    // `connection: keep-alive`.
+    // One pass over the names, noting which hop-by-hop fields are present in a bitmask
+    // (standard names compare as enum tags: no hashing, no allocation); most messages
+    // carry none or only `connection: keep-alive`.
     let mut present = 0u8;
     for n in h.keys() {
         present |= hop_bit(n);
@@ -147,9 +147,9 @@ pub(crate) fn strip_hop_by_hop(h: &mut HeaderMap, hop: Hop) {
     if present == 0 {
         return;
     }
-    // Fields the `Connection` header names beyond the standard ones (rare).
+    // Fields the `Connection` header names beyond the hop-by-hop ones (rare).
     let mut named: Vec<HeaderName> = Vec::new();
-    if present & bit_of(0) != 0 {
+    if present & hop_bit(&header::CONNECTION) != 0 {
         for token in h
             .get_all(header::CONNECTION)
             .iter()
@@ -157,54 +157,71 @@ pub(crate) fn strip_hop_by_hop(h: &mut HeaderMap, hop: Hop) {
             .flat_map(|v| v.split(','))
         {
             let token = token.trim();
-            let known = ["keep-alive", "close"];
             if token.is_empty()
-                || known.iter().any(|k| token.eq_ignore_ascii_case(k))
-                || HOP_BY_HOP
-                    .iter()
-                    .any(|n| token.eq_ignore_ascii_case(n.as_str()))
+                || token.eq_ignore_ascii_case("keep-alive")
+                || token.eq_ignore_ascii_case("close")
             {
                 continue;
             }
             if let Ok(n) = HeaderName::from_bytes(token.as_bytes()) {
-                named.push(n);
+                if hop_bit(&n) == 0 {
+                    named.push(n);
+                }
             }
         }
     }
     let keep_te = hop == Hop::Request
         && h.get(header::TE)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
-    let keep_trailer = matches!(hop, Hop::Request | Hop::Response { trailers: true });
-    for (i, n) in HOP_BY_HOP.iter().enumerate() {
-        let kept = keep_te && *n == header::TE || keep_trailer && *n == header::TRAILER;
-        if present & bit_of(i) != 0 && !kept {
-            h.remove(n);
-        }
+    if keep_te {
+        present &= !hop_bit(&header::TE);
+    }
+    if matches!(hop, Hop::Request | Hop::Response { trailers: true }) {
+        present &= !hop_bit(&header::TRAILER);
+    }
+    while present != 0 {
+        let bit = present & present.wrapping_neg();
+        present &= !bit;
+        h.remove(hop_name(bit));
     }
     for n in named {
         h.remove(n);
     }
 }
 
-/// The hop-by-hop fields (RFC 9110 §7.6.1, and the legacy `proxy-connection`); the first
-/// is `Connection`.
-static HOP_BY_HOP: [HeaderName; 7] = [
-    header::CONNECTION,
-    KEEP_ALIVE,
-    PROXY_CONNECTION,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-    header::TRAILER,
-    header::TE,
-];
-
-const fn bit_of(i: usize) -> u8 {
-    1 << i
+/// `n`'s bit among the hop-by-hop fields (RFC 9110 §7.6.1, and the legacy
+/// `proxy-connection`), or 0.
+fn hop_bit(n: &HeaderName) -> u8 {
+    if n == header::CONNECTION {
+        1
+    } else if n == header::TRANSFER_ENCODING {
+        2
+    } else if n == header::UPGRADE {
+        4
+    } else if n == header::TE {
+        8
+    } else if n == header::TRAILER {
+        16
+    } else if n == KEEP_ALIVE {
+        32
+    } else if n == PROXY_CONNECTION {
+        64
+    } else {
+        0
+    }
 }
 
-/// `n`'s bit among [`HOP_BY_HOP`], or 0.
-fn hop_bit(n: &HeaderName) -> u8 {
-    HOP_BY_HOP.iter().position(|h| h == n).map_or(0, bit_of)
+/// The field of a bit of [`hop_bit`].
+fn hop_name(bit: u8) -> HeaderName {
+    match bit {
+        1 => header::CONNECTION,
+        2 => header::TRANSFER_ENCODING,
+        4 => header::UPGRADE,
+        8 => header::TE,
+        16 => header::TRAILER,
+        32 => KEEP_ALIVE,
+        _ => PROXY_CONNECTION,
+    }
 }
 
 pub(crate) fn append_forwarded_for(h: &mut HeaderMap, client: &Client) {
