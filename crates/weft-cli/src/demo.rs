@@ -83,7 +83,12 @@ async fn bind_or_any(port: u16) -> anyhow::Result<TcpListener> {
 }
 
 /// Runs the demo until Ctrl-C.
-pub async fn run(port: u16, tls_port: u16, server_port: u16) -> anyhow::Result<()> {
+pub async fn run(
+    port: u16,
+    tls_port: u16,
+    server_port: u16,
+    otlp: Option<weft_proxy::telemetry::otlp::Options>,
+) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut config = CONFIG.to_string();
     let mut backends = Vec::new();
@@ -140,6 +145,7 @@ pub async fn run(port: u16, tls_port: u16, server_port: u16) -> anyhow::Result<(
         access_log: Some(Sink::Stdout),
         source: "weft demo (built in)".into(),
         mesh: None,
+        tracing: otlp,
     };
     let proxy = RunningProxy::start(parsed, opts)
         .await

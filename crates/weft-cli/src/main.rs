@@ -173,6 +173,8 @@ enum Command {
         /// Control-plane port on 127.0.0.1 (falls back to a free port if taken).
         #[arg(long, default_value_t = 8500)]
         server_port: u16,
+        #[command(flatten)]
+        tracing: proxy::TracingArgs,
     },
 }
 
@@ -283,7 +285,10 @@ fn main() -> std::process::ExitCode {
             port,
             tls_port,
             server_port,
-        } => runtime(None).and_then(|rt| rt.block_on(demo::run(port, tls_port, server_port))),
+            tracing,
+        } => tracing
+            .options("weft-demo")
+            .and_then(|otlp| runtime(None)?.block_on(demo::run(port, tls_port, server_port, otlp))),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

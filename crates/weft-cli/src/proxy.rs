@@ -31,6 +31,34 @@ pub(crate) struct ProxyArgs {
     /// How often to check the config file for changes (`off`: reload on SIGHUP only).
     #[arg(long, default_value = "1s")]
     watch_interval: String,
+    #[command(flatten)]
+    tracing: TracingArgs,
+}
+
+/// Where a proxy exports its spans.
+#[derive(clap::Args)]
+pub(crate) struct TracingArgs {
+    /// OTLP collector for spans: `http://HOST:4317` (gRPC), or with
+    /// OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf `http://HOST:4318`. Default:
+    /// OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, then OTEL_EXPORTER_OTLP_ENDPOINT; none: trace
+    /// context is still passed on, no span is exported.
+    #[arg(long)]
+    otlp_endpoint: Option<String>,
+}
+
+impl TracingArgs {
+    /// The exporter's options; spans name `service` (unless OTEL_SERVICE_NAME says).
+    pub(crate) fn options(
+        &self,
+        service: &str,
+    ) -> anyhow::Result<Option<weft_proxy::telemetry::otlp::Options>> {
+        weft_proxy::telemetry::otlp::Options::from_env(
+            self.otlp_endpoint.as_deref(),
+            service,
+            |k| std::env::var(k).ok(),
+        )
+        .map_err(|e| anyhow::anyhow!("--otlp-endpoint: {e}"))
+    }
 }
 
 pub(crate) fn run(args: ProxyArgs) -> anyhow::Result<()> {
@@ -52,6 +80,7 @@ pub(crate) fn run(args: ProxyArgs) -> anyhow::Result<()> {
         access_log,
         source: args.config.display().to_string(),
         mesh: None,
+        tracing: args.tracing.options("weft-proxy")?,
     };
     runtime(args.workers)?.block_on(async move {
         let mut source = FileSource::new(args.config.clone(), poll)?;

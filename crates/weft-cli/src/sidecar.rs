@@ -25,6 +25,8 @@ pub struct SidecarArgs {
     /// The service this instance belongs to.
     #[arg(long)]
     service: String,
+    #[command(flatten)]
+    tracing: crate::proxy::TracingArgs,
     /// Instance id (default: SERVICE-<random>).
     #[arg(long)]
     id: Option<String>,
@@ -234,6 +236,7 @@ pub async fn run(args: SidecarArgs) -> anyhow::Result<()> {
             access_log: None,
             source: format!("control plane {}", args.server.join(",")),
             mesh: Some(mesh.clone()),
+            tracing: args.tracing.options(&args.service)?,
         },
     )
     .await?;

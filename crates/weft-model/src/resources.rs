@@ -45,6 +45,65 @@ pub struct Metadata {
 pub struct GatewaySpec {
     /// At least one listener.
     pub listeners: Vec<Listener>,
+    /// Distributed tracing on these listeners: how often a new trace is recorded, and
+    /// which propagation formats go out. Absent: trace context is still read and passed
+    /// on (W3C, and B3 in the form it arrived), and 1% of new traces are recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracing: Option<Tracing>,
+}
+
+/// `tracing` of a `Gateway` (or of the `Mesh`, for every sidecar).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Tracing {
+    /// Percent (0–100) of requests recorded when the caller did not decide (a caller's
+    /// sampled flag is always followed). Default 1.
+    #[serde(default = "Tracing::default_sampling")]
+    pub sampling_percent: f64,
+    /// Formats sent on every request besides W3C `traceparent`, which always goes: `b3multi`
+    /// (`x-b3-*`), `b3single` (`b3`). B3 also goes, without being listed, in the form a
+    /// request brought it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub propagation: Vec<Propagation>,
+}
+
+impl Tracing {
+    fn default_sampling() -> f64 {
+        1.0
+    }
+}
+
+impl Default for Tracing {
+    fn default() -> Tracing {
+        Tracing {
+            sampling_percent: Tracing::default_sampling(),
+            propagation: Vec::new(),
+        }
+    }
+}
+
+/// A trace-context format.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum Propagation {
+    /// W3C Trace Context (`traceparent`, `tracestate`): always sent.
+    W3c,
+    /// B3 multi-header (`x-b3-traceid`, `x-b3-spanid`, `x-b3-parentspanid`, `x-b3-sampled`,
+    /// `x-b3-flags`).
+    B3multi,
+    /// B3 single header (`b3`).
+    B3single,
+}
+
+impl Propagation {
+    /// As written in YAML.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Propagation::W3c => "w3c",
+            Propagation::B3multi => "b3multi",
+            Propagation::B3single => "b3single",
+        }
+    }
 }
 
 /// One listening socket.
@@ -72,6 +131,21 @@ pub struct Listener {
     /// intentions apply to the service named here.
     #[serde(skip_deserializing, skip_serializing_if = "Option::is_none")]
     pub mesh: Option<MeshInbound>,
+    /// Set by a sidecar on its outbound listeners and by an edge gateway on its own (never
+    /// from a file): requests on this listener are calls made by this service.
+    #[serde(skip_deserializing, skip_serializing_if = "Option::is_none")]
+    pub caller: Option<MeshCaller>,
+}
+
+/// Who makes the calls a listener receives (the source of its edges).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct MeshCaller {
+    /// The calling service (the sidecar's own, or the edge gateway's).
+    pub service: String,
+    /// A sidecar's outbound listener (its spans are client spans); `false` for an edge
+    /// gateway, whose spans are server spans.
+    pub outbound: bool,
 }
 
 /// A sidecar's inbound listener: whose calls it receives. Its mutual TLS mode is that

@@ -51,6 +51,10 @@ pub struct MeshSpec {
     /// How sidecars normalise request paths, unless a `Service` says otherwise.
     #[serde(default, skip_serializing_if = "crate::PathPolicy::is_default")]
     pub paths: crate::PathPolicy,
+    /// Distributed tracing in every sidecar and edge gateway (sampling, propagation); an
+    /// edge gateway's own `tracing` wins for its listeners.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracing: Option<crate::Tracing>,
 }
 
 /// `Mesh.spec.mtls`.

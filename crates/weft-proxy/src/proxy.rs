@@ -14,8 +14,8 @@ use weft_model::Config;
 use crate::admin::{self, AdminState};
 use crate::config::{BuildError, Runtime, Snapshot, SnapshotHandle};
 use crate::listen::{self, Shared};
-use crate::telemetry::access_log;
 use crate::telemetry::metrics::Metrics;
+use crate::telemetry::{access_log, otlp};
 use crate::{http, upstream};
 
 /// Runtime options that are not part of the resource model.
@@ -30,6 +30,9 @@ pub struct ProxyOptions {
     /// A sidecar's mesh identity and trust bundle; configurations with mesh listeners or
     /// mesh services are refused without one.
     pub mesh: Option<Arc<weft_tls::mesh::MeshTls>>,
+    /// Where sampled spans are exported (OTLP); `None`: trace context is still read and
+    /// passed on, but no span leaves the proxy.
+    pub tracing: Option<otlp::Options>,
 }
 
 /// Why the proxy could not start.
@@ -62,6 +65,7 @@ pub struct RunningProxy {
     metrics: Arc<Metrics>,
     admin_state: Arc<AdminState>,
     access_log: Option<access_log::AccessLog>,
+    exporter: Option<otlp::Exporter>,
     runtime: Runtime,
     /// Running listeners; also serializes `apply`.
     listeners: std::sync::Mutex<Vec<listen::Running>>,
@@ -125,6 +129,14 @@ impl RunningProxy {
             )?),
             None => None,
         };
+        let exporter = opts.tracing.map(|o| {
+            tracing::info!(endpoint = %o.endpoint, service = %o.service_name, "exporting spans over OTLP");
+            otlp::Exporter::start(
+                o,
+                metrics.trace_spans_dropped.clone(),
+                metrics.trace_spans_exported.clone(),
+            )
+        });
         let bound = listener_keys(&config)
             .into_iter()
             .map(|(name, address)| bind(&name, &address).map(|l| (name, address, l)))
@@ -150,6 +162,7 @@ impl RunningProxy {
             metrics,
             admin_state,
             access_log,
+            exporter,
             runtime,
             listeners: std::sync::Mutex::new(Vec::new()),
             alive_tx: std::sync::Mutex::new(Some(alive_tx)),
@@ -185,6 +198,7 @@ impl RunningProxy {
                 metrics: self.metrics.clone(),
                 access_log: self.access_log.clone(),
                 local,
+                exporter: self.exporter.clone(),
             }),
             snapshot: self.snapshot.clone(),
         });

@@ -53,6 +53,7 @@ async fn start(endpoint: SocketAddr) -> (RunningProxy, SocketAddr) {
         access_log: None,
         source: "test".into(),
         mesh: None,
+        tracing: None,
     };
     let proxy = RunningProxy::start(config("127.0.0.1:0", endpoint), opts)
         .await

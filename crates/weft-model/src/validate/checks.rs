@@ -237,6 +237,21 @@ pub(crate) fn rate_limit_problems(l: &RateLimit) -> Vec<(&'static str, String)> 
     out
 }
 
+/// What is wrong with a `tracing` block, as (field below `tracing`, message) pairs.
+pub(crate) fn tracing_problems(t: &Tracing) -> Vec<(&'static str, String)> {
+    let mut out = Vec::new();
+    if !(0.0..=100.0).contains(&t.sampling_percent) {
+        out.push(("samplingPercent", "must be between 0 and 100".to_string()));
+    }
+    let mut seen = HashSet::new();
+    for p in &t.propagation {
+        if !seen.insert(p) {
+            out.push(("propagation", format!("`{}` is listed twice", p.as_str())));
+        }
+    }
+    out
+}
+
 /// What is wrong with a retry policy, as (field below `retry`, message) pairs.
 pub(crate) fn retry_problems(p: &RetryPolicy) -> Vec<(&'static str, String)> {
     let mut out = Vec::new();

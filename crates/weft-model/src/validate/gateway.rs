@@ -21,6 +21,11 @@ pub(crate) fn gateways(r: &mut Report<'_>, c: &Config, docs: &[&Document]) {
                 "needs at least one listener".into(),
             );
         }
+        if let Some(t) = &g.spec.tracing {
+            for (field, msg) in super::checks::tracing_problems(t) {
+                r.at(doc, "Gateway", name, format!("spec.tracing.{field}"), msg);
+            }
+        }
         let mut seen = HashSet::new();
         for (i, l) in g.spec.listeners.iter().enumerate() {
             let at = format!("spec.listeners[{i}]");

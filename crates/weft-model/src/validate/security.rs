@@ -25,6 +25,17 @@ pub(crate) fn mesh(r: &mut Report<'_>, c: &Config, docs: &[&Document]) {
                 "only one Mesh resource".into(),
             );
         }
+        if let Some(t) = &m.spec.tracing {
+            for (field, msg) in super::checks::tracing_problems(t) {
+                r.at(
+                    doc,
+                    "Mesh",
+                    &m.metadata.name,
+                    format!("spec.tracing.{field}"),
+                    msg,
+                );
+            }
+        }
     }
 }
 

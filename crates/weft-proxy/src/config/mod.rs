@@ -19,6 +19,7 @@ use crate::http::router::{MatchError, Matcher, RouteTable};
 use crate::http::{HttpBuilder, Routes};
 use crate::stream::StreamTable;
 use crate::telemetry::metrics::Metrics;
+use crate::telemetry::{otlp, trace};
 use crate::upstream::service::{self, Service};
 use crate::upstream::transport::{Network, UpstreamTls};
 
@@ -64,6 +65,9 @@ pub struct ListenerRoutes {
     pub streams: StreamTable,
     /// A sidecar's inbound listener: mutual TLS and intentions.
     pub mesh: Option<MeshListener>,
+    /// Mesh: the service whose calls this listener carries (a sidecar's outbound
+    /// listener, an edge gateway's).
+    pub caller: Option<String>,
 }
 
 impl std::fmt::Debug for ListenerRoutes {
@@ -153,8 +157,9 @@ impl Snapshot {
                                 && p.section_name.as_ref().is_none_or(|s| s == &l.name)
                         })
                 };
+                let caller = l.caller.as_ref().map(|c| c.service.as_str());
                 let table = if l.protocol.is_http() {
-                    route_table(&config, &key, &attached, &services, metrics)?
+                    route_table(&config, (&key, caller), &attached, &services, metrics)?
                 } else {
                     RouteTable::default()
                 };
@@ -177,6 +182,8 @@ impl Snapshot {
                     paths: l.paths,
                     max_body: l.limits.max_request_body_bytes,
                     body_idle: l.limits.request_body_idle_timeout.get(),
+                    tracing: tracing_of(&config, g, l),
+                    inbound_edge: l.mesh.as_ref().map(|m| Arc::from(m.service.as_str())),
                 };
                 listeners.push((
                     key,
@@ -188,6 +195,7 @@ impl Snapshot {
                         http: Arc::new(http),
                         streams,
                         mesh,
+                        caller: l.caller.as_ref().map(|c| c.service.clone()),
                     },
                 ));
             }
@@ -203,7 +211,7 @@ impl Snapshot {
 /// The `HTTPRoute` rules attached to listener `key`, compiled into its route table.
 fn route_table(
     config: &Config,
-    key: &str,
+    (key, caller): (&str, Option<&str>),
     attached: &dyn Fn(&[weft_model::ParentRef]) -> bool,
     services: &HashMap<String, Arc<Service>>,
     metrics: &Metrics,
@@ -215,7 +223,7 @@ fn route_table(
         }
         for (rule_i, rule) in route.spec.rules.iter().enumerate() {
             let compiled = Arc::new(
-                Rule::build(key, &route.metadata.name, rule, services, metrics)
+                Rule::build(key, caller, &route.metadata.name, rule, services, metrics)
                     .map_err(BuildError::Invalid)?,
             );
             let default_match = [weft_model::HttpRouteMatch::default()];
@@ -236,6 +244,21 @@ fn route_table(
     }
     table.finish();
     Ok(table)
+}
+
+/// A listener's tracing: its gateway's `tracing`, else the `Mesh`'s (a sidecar's), else
+/// the defaults; a sidecar's outbound listener records client spans.
+fn tracing_of(
+    config: &Config,
+    g: &weft_model::Resource<weft_model::GatewaySpec>,
+    l: &weft_model::Listener,
+) -> trace::Settings {
+    let mesh = config.meshes.first().and_then(|m| m.spec.tracing.as_ref());
+    let kind = match &l.caller {
+        Some(c) if c.outbound => otlp::Kind::Client,
+        _ => otlp::Kind::Server,
+    };
+    trace::Settings::from_model(g.spec.tracing.as_ref().or(mesh), kind)
 }
 
 /// The TLS a listener terminates (its certificates, or a sidecar's mesh identity for its

@@ -141,11 +141,11 @@ pub(crate) fn judge<B>(
     client: &Client,
     req: &Request<B>,
     path: &str,
-) -> Result<(), ProxyError> {
+) -> Result<String, ProxyError> {
     let source = client.peer_service.as_deref();
     let verdict = authz.request(source, req.method(), path, req.uri().query(), req.headers());
     if verdict.action == weft_model::Action::Allow {
-        return Ok(());
+        return Ok(verdict.reason);
     }
     tracing::info!(
         listener = %ctx.name,

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use http::HeaderValue;
 
 use crate::telemetry::access_log::AccessLog;
-use crate::telemetry::metrics::Metrics;
+use crate::telemetry::metrics::{Direction, EdgeStats, Metrics, UNKNOWN_SOURCE};
+use crate::telemetry::otlp::Exporter;
 
 /// What every request on a listener shares (its routes come with each request: a reload
 /// changes them for the next one).
@@ -20,6 +21,8 @@ pub struct Context {
     pub access_log: Option<AccessLog>,
     /// Local address (for redirects).
     pub local: SocketAddr,
+    /// Where sampled spans go, if an OTLP endpoint is configured.
+    pub exporter: Option<Exporter>,
 }
 
 /// The client of one connection, with what every request on it reuses.
@@ -34,6 +37,8 @@ pub struct Client {
     /// The caller's verified SPIFFE ID (mesh mutual TLS), and its service.
     pub peer: Option<Arc<str>>,
     pub(crate) peer_service: Option<Arc<str>>,
+    /// A sidecar's inbound listener: the metrics of the edge (this caller -> us).
+    pub(crate) edge: Option<Arc<EdgeStats>>,
 }
 
 impl Client {
@@ -47,6 +52,7 @@ impl Client {
             secure,
             peer: None,
             peer_service: None,
+            edge: None,
         }
     }
 
@@ -57,6 +63,15 @@ impl Client {
             .and_then(weft_tls::spiffe::ServiceId::parse)
             .map(|id| Arc::from(id.service));
         self.peer = peer;
+        self
+    }
+
+    /// The same client, counted on the edge to `destination` (a sidecar's own service).
+    pub fn on_edge(mut self, metrics: &Metrics, destination: Option<&str>) -> Client {
+        self.edge = destination.map(|d| {
+            let source = self.peer_service.as_deref().unwrap_or(UNKNOWN_SOURCE);
+            metrics.edge(Direction::Inbound, source, d)
+        });
         self
     }
 

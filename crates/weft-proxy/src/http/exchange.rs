@@ -33,6 +33,7 @@ use super::record::{Exchange, UpstreamBody};
 use super::route::Rule;
 use super::{ResponseBody, Routes};
 use crate::error::ProxyError;
+use crate::telemetry::trace::{self, SpanContext};
 use crate::upstream::body::{RequestBody, Source, Verdict};
 use crate::upstream::client::SendError;
 use crate::upstream::endpoint::{Endpoint, InFlight};
@@ -49,9 +50,12 @@ pub async fn handle(
     client: Client,
     req: Request<Source>,
 ) -> Result<Response<ResponseBody>, Infallible> {
-    let mut ex = Exchange::begin(&ctx, client.addr, &req, std::time::Instant::now());
+    let started = std::time::Instant::now();
+    // This hop's span: a child of the caller's (or a new trace), passed on upstream.
+    let span = SpanContext::start(trace::extract(req.headers()), routes.tracing.rate);
+    let mut ex = Exchange::begin(&ctx, &client, &req, started, &span, routes.tracing.kind);
     ex.stats = Some(routes.unrouted.clone());
-    let resp = match serve(&ctx, &routes, &client, req, &mut ex).await {
+    let resp = match serve(&ctx, &routes, &client, req, &mut ex, &span).await {
         Ok(resp) => resp,
         Err(e) => {
             ctx.metrics.local_reply(&ctx.name, e.code());
@@ -87,12 +91,14 @@ async fn serve(
     client: &Client,
     mut req: Request<Source>,
     ex: &mut Exchange,
+    span: &SpanContext,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let mut routed = match route(ctx, routes, client, &mut req, ex).await? {
         Routing::Answer(resp) => return Ok(*resp),
         Routing::Forward(r) => r,
     };
     edit_head(client, &mut routed, &mut req, ex);
+    span.inject(req.headers_mut(), routes.tracing.always);
     let limits = Limits::take(&routed, &req)?;
     let mut outgoing = Outgoing::prepare(ctx, routes, &routed, req);
     if outgoing.keep_copy {
@@ -149,7 +155,10 @@ async fn route<'a>(
     let path =
         super::path::normalize(target.path(), &routes.paths).map_err(ProxyError::InvalidPath)?;
     if let Some(authz) = &routes.authz {
-        super::authz::judge(ctx, authz, client, req, &path)?;
+        let allowed_by = super::authz::judge(ctx, authz, client, req, &path)?;
+        if let Some(s) = ex.span.as_deref_mut() {
+            s.intention = Some(allowed_by);
+        }
         let headers = req.headers_mut();
         headers.remove(&X_WEFT_SOURCE);
         if let Some(v) = client
@@ -194,6 +203,9 @@ async fn route<'a>(
     let service = &backend.service;
     ex.service = Some(service.clone());
     ex.stats = Some(backend.stats.clone());
+    if let Some(edge) = &backend.edge {
+        ex.edge = Some(edge.clone());
+    }
     if let Some(limit) = &service.rate_limit {
         limit.check(req.headers(), client.addr.ip())?;
     }
@@ -235,12 +247,17 @@ fn edit_head(client: &Client, r: &mut Routed<'_>, req: &mut Request<Source>, ex:
     headers::append_forwarded_for(headers, client);
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(client.scheme()));
     headers::ensure_request_id(headers);
-    if let Some((_, _, fields)) = ex.log.as_deref_mut() {
-        fields.request_id = headers
+    if ex.log.is_some() || ex.span.is_some() {
+        let id = headers
             .get(&X_REQUEST_ID)
             .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_string();
+            .unwrap_or_default();
+        if let Some((_, _, fields)) = ex.log.as_deref_mut() {
+            fields.request_id = id.to_string();
+        }
+        if let Some(s) = ex.span.as_deref_mut() {
+            s.request_id = id.to_string();
+        }
     }
     if !headers.contains_key(header::HOST) {
         // HTTP/2 clients send `:authority`; an HTTP/1.1 upstream needs it as `Host`.
@@ -525,6 +542,7 @@ async fn attempt_once(
         .ok_or(ProxyError::NoHealthyEndpoints)?;
     ex.upstream = Some(endpoint.addr);
     let inflight = endpoint.start();
+    ex.attempts += 1;
     let (mut head, body, path) = out.next(unsent, &r.new_path)?;
     let limit = address(&mut head, service, endpoint, limits, path)?;
     let started = std::time::Instant::now();
@@ -675,6 +693,11 @@ fn respond(r: Routed<'_>, a: Answered, ex: &mut Exchange) -> Response<ResponseBo
         inflight,
     } = a;
     inflight.observe_response();
+    if let Some(s) = ex.span.as_deref_mut() {
+        // A trailers-only gRPC answer carries its status in the headers (otherwise the
+        // trailers do, and the response body notes it).
+        s.grpc_status = headers::grpc_status(resp.headers());
+    }
     let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
     if switched {
         if let Some(downstream) = r.upgrade {

@@ -120,6 +120,11 @@ pub(crate) enum Hop {
     },
 }
 
+/// `grpc-status` of a gRPC response's headers or trailers.
+pub(crate) fn grpc_status(h: &HeaderMap) -> Option<i64> {
+    h.get("grpc-status")?.to_str().ok()?.parse().ok()
+}
+
 /// Whether a request's `TE` header accepts trailers.
 pub(crate) fn accepts_trailers(h: &HeaderMap) -> bool {
     h.get_all(header::TE)

@@ -66,6 +66,11 @@ pub struct Routes {
     pub max_body: Option<u64>,
     /// Request bodies: longest pause between two pieces.
     pub body_idle: Duration,
+    /// Distributed tracing: sampling, propagation, span kind.
+    pub tracing: crate::telemetry::trace::Settings,
+    /// A sidecar's inbound listener: its own service, the destination of every edge it
+    /// sees (the source is each caller's identity).
+    pub inbound_edge: Option<Arc<str>>,
 }
 
 /// The HTTP server settings a listener's limits imply.

@@ -15,11 +15,13 @@ use http::{Request, Version};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
-use super::context::Context as ListenerContext;
+use super::context::{Client, Context as ListenerContext};
 use super::headers::X_REQUEST_ID;
 use super::route::Rule;
 use crate::telemetry::access_log::{rfc3339, AccessLog, Record};
-use crate::telemetry::metrics::RouteStats;
+use crate::telemetry::metrics::{EdgeStats, RouteStats};
+use crate::telemetry::otlp::{Exporter, Kind, Span, Value};
+use crate::telemetry::trace::SpanContext;
 use crate::upstream::endpoint::InFlight;
 use crate::upstream::pool::Lease;
 use crate::upstream::service::Service;
@@ -34,29 +36,98 @@ pub(crate) struct Exchange {
     pub(crate) service: Option<Arc<Service>>,
     pub(crate) upstream: Option<SocketAddr>,
     pub(crate) inflight: Option<InFlight>,
+    /// Mesh: the edge this request travels (caller -> callee).
+    pub(crate) edge: Option<Arc<EdgeStats>>,
+    /// Attempts sent upstream (a retry is the second and later).
+    pub(crate) attempts: u32,
     /// Boxed: it is there only with an access log, and the exchange travels with the
     /// response body, which is moved several times per request.
     pub(crate) log: Option<Box<(AccessLog, String, LogFields)>>,
+    /// Boxed, and there only when this request's span is recorded and exported.
+    pub(crate) span: Option<Box<SpanFields>>,
+}
+
+/// What the request itself says, for the access log and the span.
+struct Facts {
+    method: String,
+    authority: String,
+    path: String,
+    protocol: &'static str,
+    user_agent: String,
+}
+
+impl Facts {
+    fn of<B>(req: &Request<B>) -> Facts {
+        let header = |n| {
+            req.headers()
+                .get(n)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string()
+        };
+        Facts {
+            method: req.method().to_string(),
+            authority: req
+                .uri()
+                .authority()
+                .map(|a| a.to_string())
+                .unwrap_or_else(|| header(header::HOST)),
+            path: req
+                .uri()
+                .path_and_query()
+                .map(|p| p.to_string())
+                .unwrap_or_default(),
+            protocol: match req.version() {
+                Version::HTTP_2 => "HTTP/2.0",
+                Version::HTTP_10 => "HTTP/1.0",
+                _ => "HTTP/1.1",
+            },
+            user_agent: header(header::USER_AGENT),
+        }
+    }
 }
 
 /// What only the access log needs, gathered only when it is enabled.
 pub(crate) struct LogFields {
     start_time: SystemTime,
     pub(crate) request_id: String,
-    method: String,
-    authority: String,
-    path: String,
-    protocol: &'static str,
-    user_agent: String,
+    facts: Facts,
     client: SocketAddr,
+    trace_id: String,
+    span_id: String,
+}
+
+/// What only a recorded span needs, gathered only when the request is sampled and an
+/// exporter is configured.
+pub(crate) struct SpanFields {
+    exporter: Exporter,
+    trace_id: u128,
+    span_id: u64,
+    parent_id: Option<u64>,
+    tracestate: String,
+    kind: Kind,
+    start: SystemTime,
+    facts: Facts,
+    scheme: &'static str,
+    listener: String,
+    client: SocketAddr,
+    source: Option<Arc<str>>,
+    /// The intention that allowed the call (a sidecar's inbound listener).
+    pub(crate) intention: Option<String>,
+    /// The gRPC status, from the response's headers or trailers.
+    pub(crate) grpc_status: Option<i64>,
+    /// `x-request-id` as forwarded.
+    pub(crate) request_id: String,
 }
 
 impl Exchange {
     pub(crate) fn begin<B>(
         ctx: &ListenerContext,
-        client: SocketAddr,
+        client: &Client,
         req: &Request<B>,
         started: Instant,
+        trace: &SpanContext,
+        kind: Kind,
     ) -> Exchange {
         let log = ctx.access_log.as_ref().map(|log| {
             let fields = LogFields {
@@ -68,38 +139,33 @@ impl Exchange {
                     .and_then(|v| v.to_str().ok())
                     .unwrap_or_default()
                     .to_string(),
-                method: req.method().to_string(),
-                authority: req
-                    .uri()
-                    .authority()
-                    .map(|a| a.to_string())
-                    .or_else(|| {
-                        req.headers()
-                            .get(header::HOST)
-                            .and_then(|v| v.to_str().ok())
-                            .map(str::to_string)
-                    })
-                    .unwrap_or_default(),
-                path: req
-                    .uri()
-                    .path_and_query()
-                    .map(|p| p.to_string())
-                    .unwrap_or_default(),
-                protocol: match req.version() {
-                    Version::HTTP_2 => "HTTP/2.0",
-                    Version::HTTP_10 => "HTTP/1.0",
-                    _ => "HTTP/1.1",
-                },
-                user_agent: req
-                    .headers()
-                    .get(header::USER_AGENT)
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or_default()
-                    .to_string(),
-                client,
+                facts: Facts::of(req),
+                client: client.addr,
+                trace_id: trace.trace_hex(),
+                span_id: trace.span_hex(),
             };
             Box::new((log.clone(), ctx.name.clone(), fields))
         });
+        let span = match (&ctx.exporter, trace.sampled) {
+            (Some(exporter), true) => Some(Box::new(SpanFields {
+                exporter: exporter.clone(),
+                trace_id: trace.trace_id,
+                span_id: trace.span_id,
+                parent_id: trace.parent_id,
+                tracestate: trace.tracestate().to_string(),
+                kind,
+                start: SystemTime::now(),
+                facts: Facts::of(req),
+                scheme: client.scheme(),
+                listener: ctx.name.clone(),
+                client: client.addr,
+                source: client.peer.clone(),
+                intention: None,
+                grpc_status: None,
+                request_id: String::new(),
+            })),
+            _ => None,
+        };
         Exchange {
             started,
             stats: None,
@@ -109,7 +175,10 @@ impl Exchange {
             service: None,
             upstream: None,
             inflight: None,
+            edge: client.edge.clone(),
+            attempts: 0,
             log,
+            span,
         }
     }
 
@@ -117,6 +186,9 @@ impl Exchange {
         let elapsed = self.started.elapsed();
         if let Some(stats) = self.stats.take() {
             stats.record(self.status, elapsed);
+        }
+        if let Some(edge) = self.edge.take() {
+            edge.record(self.status, elapsed);
         }
         self.inflight.take();
         if let Some(entry) = self.log.take() {
@@ -128,18 +200,132 @@ impl Exchange {
                 service: self.service.as_ref().map_or("", |s| s.name.as_str()),
                 upstream: self.upstream.map(|a| a.to_string()).unwrap_or_default(),
                 client: f.client.to_string(),
-                method: &f.method,
-                authority: &f.authority,
-                path: &f.path,
-                protocol: f.protocol,
+                method: &f.facts.method,
+                authority: &f.facts.authority,
+                path: &f.facts.path,
+                protocol: f.facts.protocol,
                 status: self.status,
                 error: self.error,
                 duration_ms: elapsed.as_secs_f64() * 1000.0,
                 request_id: &f.request_id,
-                user_agent: &f.user_agent,
+                user_agent: &f.facts.user_agent,
+                trace_id: &f.trace_id,
+                span_id: &f.span_id,
             });
         }
+        if let Some(span) = self.span.take() {
+            self.export(*span);
+        }
     }
+
+    /// The span, named and attributed per the OpenTelemetry HTTP semantic conventions,
+    /// with weft's own attributes beside them.
+    fn export(&self, f: SpanFields) {
+        use Value::{Int, Str};
+        let route = self.rule.as_ref().map(|r| r.route.as_str());
+        let name = match route {
+            Some(r) => format!("{} {r}", f.facts.method),
+            None => f.facts.method.clone(),
+        };
+        let (host, port) = split_authority(&f.facts.authority);
+        let mut a: Vec<(&'static str, Value)> = Vec::with_capacity(24);
+        a.push(("http.request.method", Str(f.facts.method)));
+        a.push(("url.path", Str(path_only(&f.facts.path).to_string())));
+        a.push(("url.scheme", Str(f.scheme.to_string())));
+        a.push(("server.address", Str(host.to_string())));
+        if let Some(p) = port {
+            a.push(("server.port", Int(i64::from(p))));
+        }
+        a.push((
+            "network.protocol.version",
+            Str(f
+                .facts
+                .protocol
+                .trim_start_matches("HTTP/")
+                .trim_end_matches(".0")
+                .to_string()),
+        ));
+        a.push(("client.address", Str(f.client.ip().to_string())));
+        if !f.facts.user_agent.is_empty() {
+            a.push(("user_agent.original", Str(f.facts.user_agent)));
+        }
+        if self.status != 0 {
+            a.push(("http.response.status_code", Int(i64::from(self.status))));
+        }
+        if let Some(r) = route {
+            a.push(("http.route", Str(r.to_string())));
+        }
+        if self.attempts > 1 {
+            a.push((
+                "http.request.resend_count",
+                Int(i64::from(self.attempts - 1)),
+            ));
+        }
+        if let Some(s) = f.grpc_status {
+            a.push(("rpc.grpc.status_code", Int(s)));
+        }
+        a.push(("weft.listener", Str(f.listener)));
+        if let Some(s) = &self.service {
+            a.push(("weft.service", Str(s.name.clone())));
+            if let Some(peer) = s.upstream.settings.tls.as_ref().and_then(|t| t.peer()) {
+                a.push(("weft.destination.identity", Str(peer.to_string())));
+            }
+        }
+        if let Some(u) = self.upstream {
+            a.push(("weft.upstream.address", Str(u.to_string())));
+        }
+        if let Some(s) = &f.source {
+            a.push(("weft.source.identity", Str(s.to_string())));
+        }
+        if let Some(i) = f.intention {
+            a.push(("weft.intention", Str(i)));
+        }
+        if let Some(e) = self.error {
+            a.push(("weft.error", Str(e.to_string())));
+        }
+        if !f.request_id.is_empty() {
+            a.push(("weft.request_id", Str(f.request_id)));
+        }
+        // Server spans fail on 5xx; client spans on 4xx too (OpenTelemetry); the proxy's
+        // own refusals (x-weft-error) always say why.
+        let failed = self.status >= 500
+            || (f.kind == Kind::Client && self.status >= 400)
+            || self.error.is_some()
+            || self.status == 0;
+        let error = failed.then(|| match self.error {
+            Some(e) => e.to_string(),
+            None if self.status == 0 => "no response".to_string(),
+            None => format!("HTTP {}", self.status),
+        });
+        f.exporter.export(Span {
+            trace_id: f.trace_id,
+            span_id: f.span_id,
+            parent_id: f.parent_id,
+            tracestate: f.tracestate,
+            name,
+            kind: f.kind,
+            start: f.start,
+            end: SystemTime::now(),
+            attributes: a,
+            error,
+        });
+    }
+}
+
+/// `host[:port]` of an authority.
+fn split_authority(a: &str) -> (&str, Option<u16>) {
+    match a.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(']') || a.starts_with('[') => match p.parse() {
+            Ok(p) => (h.trim_start_matches('[').trim_end_matches(']'), Some(p)),
+            Err(_) => (a, None),
+        },
+        _ => (a, None),
+    }
+}
+
+/// A request target without its query (queries may carry secrets: not exported).
+fn path_only(p: &str) -> &str {
+    p.split_once('?').map_or(p, |(path, _)| path)
 }
 
 impl Drop for Exchange {
@@ -183,6 +369,13 @@ impl Body for UpstreamBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let (Some(t), Some(ex)) = (frame.trailers_ref(), self.exchange.as_mut()) {
+                if let Some(s) = ex.span.as_deref_mut() {
+                    s.grpc_status = super::headers::grpc_status(t).or(s.grpc_status);
+                }
+            }
+        }
         if let Poll::Ready(None) = polled {
             if let Some(lease) = self.lease.take() {
                 lease.release();

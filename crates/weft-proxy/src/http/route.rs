@@ -8,7 +8,7 @@ use std::time::Duration;
 use http::{HeaderName, HeaderValue, StatusCode};
 use weft_model::{FilterType, HeaderModifier, PathModifier, PathModifierType};
 
-use crate::telemetry::metrics::{Metrics, RouteStats};
+use crate::telemetry::metrics::{Direction, EdgeStats, Metrics, RouteStats};
 use crate::upstream::balance::pick_by_weight;
 use crate::upstream::ratelimit::RateLimiter;
 use crate::upstream::retry::Retry;
@@ -41,14 +41,17 @@ pub struct Rule {
 impl Rule {
     /// Compiles one rule of `HTTPRoute` `route` on listener `listener`, sending to
     /// `services`; its metric handles are registered in `metrics`.
+    /// `caller`: the service whose calls the listener receives (mesh outbound, edge
+    /// gateway), for per-edge metrics.
     pub fn build(
         listener: &str,
+        caller: Option<&str>,
         route: &str,
         rule: &weft_model::HttpRouteRule,
         services: &HashMap<String, Arc<Service>>,
         metrics: &Metrics,
     ) -> Result<Rule, String> {
-        build_rule(listener, route, rule, services, metrics)
+        build_rule(listener, caller, route, rule, services, metrics)
     }
 
     /// Picks a backend by weight.
@@ -66,6 +69,9 @@ pub struct Backend {
     pub weight: u32,
     /// Metrics of (listener, route, this service).
     pub stats: Arc<RouteStats>,
+    /// Mesh: the edge (the listener's caller -> this service), on a sidecar's outbound
+    /// listener or an edge gateway's.
+    pub edge: Option<Arc<EdgeStats>>,
 }
 
 /// Compiled filters of a rule.
@@ -172,6 +178,7 @@ pub struct Rewrite {
 
 fn build_rule(
     listener: &str,
+    caller: Option<&str>,
     route: &str,
     rule: &weft_model::HttpRouteRule,
     services: &HashMap<String, Arc<Service>>,
@@ -243,6 +250,7 @@ fn build_rule(
                 service: service.clone(),
                 weight: b.weight,
                 stats: Arc::new(metrics.route_stats(listener, route, &b.name)),
+                edge: caller.map(|c| metrics.edge(Direction::Outbound, c, &b.name)),
             })
         })
         .collect::<Result<_, String>>()?;

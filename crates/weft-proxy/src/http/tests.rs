@@ -22,6 +22,7 @@ use super::{handle, Client, Context, Routes};
 use crate::config::{Runtime, Snapshot};
 use crate::error::ERROR_HEADER;
 use crate::telemetry::metrics::Metrics;
+use crate::telemetry::otlp::{Exporter, Kind, Span, Value};
 use crate::upstream::body::Source;
 use crate::upstream::transport::Network;
 
@@ -80,6 +81,8 @@ struct Harness {
     routes: Arc<Routes>,
     metrics: Arc<Metrics>,
     seen: mpsc::UnboundedReceiver<Seen>,
+    /// Spans the exchange exported.
+    spans: mpsc::Receiver<Span>,
     /// Keeps the compiled services alive for the test's length.
     _snapshot: Snapshot,
 }
@@ -95,6 +98,38 @@ impl Harness {
     /// Compiles `GATEWAY` + `yaml`; each `(address, name, behaviour)` is an upstream on the
     /// in-memory network. Any other address refuses connections.
     fn new(yaml: &str, upstreams: &[(&str, &'static str, Behaviour)]) -> Harness {
+        Harness::with_gateway(GATEWAY, yaml, upstreams)
+    }
+
+    /// As [`Harness::new`], with another `Gateway` (its listener must be `edge/http`).
+    fn with_gateway(
+        gateway: &str,
+        yaml: &str,
+        upstreams: &[(&str, &'static str, Behaviour)],
+    ) -> Harness {
+        Harness::build(gateway, yaml, upstreams, |_| {})
+    }
+
+    /// As [`Harness::new`], on a sidecar's outbound listener: `caller`'s calls.
+    fn calling_as(
+        caller: &str,
+        yaml: &str,
+        upstreams: &[(&str, &'static str, Behaviour)],
+    ) -> Harness {
+        Harness::build(GATEWAY, yaml, upstreams, |c| {
+            c.gateways[0].spec.listeners[0].caller = Some(weft_model::MeshCaller {
+                service: caller.to_string(),
+                outbound: true,
+            });
+        })
+    }
+
+    fn build(
+        gateway: &str,
+        yaml: &str,
+        upstreams: &[(&str, &'static str, Behaviour)],
+        edit: impl FnOnce(&mut weft_model::Config),
+    ) -> Harness {
         let (tx, seen) = mpsc::unbounded_channel();
         let servers: HashMap<SocketAddr, (&'static str, Behaviour)> = upstreams
             .iter()
@@ -110,8 +145,9 @@ impl Harness {
         };
         let mut runtime = Runtime::new(None).expect("runtime");
         runtime.network = Network::Memory(Arc::new(dial));
-        let text = format!("{GATEWAY}---\n{yaml}");
-        let config = weft_model::parse("test.yaml", &text).expect("test configuration parses");
+        let text = format!("{gateway}---\n{yaml}");
+        let mut config = weft_model::parse("test.yaml", &text).expect("test configuration parses");
+        edit(&mut config);
         let metrics = Arc::new(Metrics::new());
         let snapshot = Snapshot::build(Arc::new(config), &metrics, None, &runtime)
             .expect("test configuration compiles");
@@ -120,17 +156,20 @@ impl Harness {
             .expect("the listener")
             .http
             .clone();
+        let (exporter, spans) = Exporter::channel(64, metrics.trace_spans_dropped.clone());
         let ctx = Arc::new(Context {
             name: "edge/http".into(),
             metrics: metrics.clone(),
             access_log: None,
             local: "127.0.0.1:8080".parse().expect("address"),
+            exporter: Some(exporter),
         });
         Harness {
             ctx,
             routes,
             metrics,
             seen,
+            spans,
             _snapshot: snapshot,
         }
     }
@@ -157,6 +196,11 @@ impl Harness {
                 .expect("request"),
         )
         .await
+    }
+
+    /// The spans exported so far.
+    fn spans(&mut self) -> Vec<Span> {
+        std::iter::from_fn(|| self.spans.try_recv().ok()).collect()
     }
 
     /// The requests upstreams received so far.
@@ -641,4 +685,237 @@ async fn a_rate_limited_route_answers_429_once_the_burst_is_spent() {
         (StatusCode::TOO_MANY_REQUESTS, "rate-limited")
     );
     assert!(limited.headers.contains_key("retry-after"));
+}
+
+/// A gateway that records every trace (`samplingPercent: 100`) and sends B3 multi too.
+const TRACED: &str = "kind: Gateway
+metadata: {name: edge}
+spec:
+  listeners: [{name: http, address: \"127.0.0.1:8080\"}]
+  tracing: {samplingPercent: 100, propagation: [b3multi]}
+";
+
+fn attr<'a>(span: &'a Span, key: &str) -> Option<&'a Value> {
+    span.attributes
+        .iter()
+        .find(|(k, _)| *k == key)
+        .map(|(_, v)| v)
+}
+
+fn text(v: Option<&Value>) -> &str {
+    match v {
+        Some(Value::Str(s)) => s,
+        _ => "",
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_upstream_sees_this_hops_span_as_its_parent_and_the_span_is_exported() {
+    let config = api(
+        "backendRefs: [{name: api}]",
+        "endpoints: [{address: \"127.0.0.1:9001\"}]",
+    );
+    let mut h = Harness::with_gateway(TRACED, &config, &[(ONE, "one", OK)]);
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let caller = "00f067aa0ba902b7";
+    let req = request("GET", "/orders?id=7")
+        .header("traceparent", format!("00-{trace}-{caller}-01"))
+        .header("tracestate", "vendor=opaque")
+        .body(Source::bytes(""))
+        .expect("request");
+    assert_eq!(h.send(req).await.status, StatusCode::OK);
+    let seen = h.seen();
+    let tp = seen[0].headers["traceparent"].to_str().expect("text");
+    let parts: Vec<&str> = tp.split('-').collect();
+    assert_eq!((parts[0], parts[1], parts[3]), ("00", trace, "01"));
+    assert_ne!(parts[2], caller, "a new span for this hop");
+    assert_eq!(seen[0].headers["tracestate"], "vendor=opaque");
+    // Asked for by configuration: B3 multi carries the same ids.
+    assert_eq!(seen[0].headers["x-b3-traceid"], trace);
+    assert_eq!(seen[0].headers["x-b3-spanid"], parts[2]);
+    assert_eq!(seen[0].headers["x-b3-parentspanid"], caller);
+
+    let spans = h.spans();
+    assert_eq!(spans.len(), 1);
+    let span = &spans[0];
+    assert_eq!(format!("{:032x}", span.trace_id), trace);
+    assert_eq!(format!("{:016x}", span.span_id), parts[2]);
+    assert_eq!(
+        span.parent_id.map(|p| format!("{p:016x}")).as_deref(),
+        Some(caller)
+    );
+    assert_eq!((span.kind, span.name.as_str()), (Kind::Server, "GET app"));
+    assert_eq!(span.tracestate, "vendor=opaque");
+    assert_eq!(span.error, None);
+    assert_eq!(text(attr(span, "http.request.method")), "GET");
+    assert_eq!(text(attr(span, "url.path")), "/orders", "no query exported");
+    assert_eq!(text(attr(span, "http.route")), "app");
+    assert_eq!(text(attr(span, "server.address")), "app.test");
+    assert_eq!(text(attr(span, "weft.service")), "api");
+    assert_eq!(text(attr(span, "weft.upstream.address")), ONE);
+    assert_eq!(
+        attr(span, "http.response.status_code"),
+        Some(&Value::Int(200))
+    );
+    assert_eq!(attr(span, "http.request.resend_count"), None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn b3_arriving_single_leaves_single_and_a_trace_starts_when_none_arrives() {
+    let config = api(
+        "backendRefs: [{name: api}]",
+        "endpoints: [{address: \"127.0.0.1:9001\"}]",
+    );
+    let mut h = Harness::new(&config, &[(ONE, "one", OK)]);
+    let trace = "80f198ee56343ba864fe8b2a57d3eff7";
+    let caller = "e457b5a2e4d86bd1";
+    let req = request("GET", "/")
+        .header("b3", format!("{trace}-{caller}-1"))
+        .body(Source::bytes(""))
+        .expect("request");
+    h.send(req).await;
+    h.get("/").await;
+    let seen = h.seen();
+    let b3 = seen[0].headers["b3"].to_str().expect("text");
+    assert!(
+        b3.starts_with(&format!("{trace}-")) && b3.ends_with(&format!("-1-{caller}")),
+        "{b3}"
+    );
+    let tp = seen[0].headers["traceparent"].to_str().expect("text");
+    assert!(tp.starts_with(&format!("00-{trace}-")), "{tp}");
+    assert!(
+        !seen[0].headers.contains_key("x-b3-traceid"),
+        "not configured, not arrived"
+    );
+    // No context: a new trace, not sampled at the default 1% unless chance says so; its
+    // ids go on all the same.
+    let tp = seen[1].headers["traceparent"].to_str().expect("text");
+    assert_eq!(tp.len(), 55);
+    assert!(!seen[1].headers.contains_key("b3"));
+    // The sampled one (the caller decided) was exported.
+    assert!(h
+        .spans()
+        .iter()
+        .any(|s| format!("{:032x}", s.trace_id) == trace));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unsampled_request_is_not_exported_but_carries_its_ids() {
+    let config = api(
+        "backendRefs: [{name: api}]",
+        "endpoints: [{address: \"127.0.0.1:9001\"}]",
+    );
+    let mut h = Harness::with_gateway(TRACED, &config, &[(ONE, "one", OK)]);
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let req = request("GET", "/")
+        .header("traceparent", format!("00-{trace}-00f067aa0ba902b7-00"))
+        .body(Source::bytes(""))
+        .expect("request");
+    h.send(req).await;
+    let tp = h.seen()[0].headers["traceparent"]
+        .to_str()
+        .expect("text")
+        .to_string();
+    assert!(
+        tp.starts_with(&format!("00-{trace}-")) && tp.ends_with("-00"),
+        "{tp}"
+    );
+    assert!(h.spans().is_empty(), "the caller said: not sampled");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reply_of_the_proxys_own_is_an_error_span_naming_its_cause() {
+    let config = api(
+        "matches: [{path: {type: PathPrefix, value: /api}}]\n      backendRefs: [{name: api}]",
+        "endpoints: [{address: \"127.0.0.1:9003\"}]\n  retry: {attempts: 0}",
+    );
+    let mut h = Harness::with_gateway(TRACED, &config, &[]);
+    h.get("/nowhere").await;
+    h.get("/api").await; // 9003 refuses connections
+    let spans = h.spans();
+    assert_eq!(spans.len(), 2);
+    assert_eq!(spans[0].error.as_deref(), Some("no-route"));
+    assert_eq!(spans[0].name, "GET", "no route: the method alone");
+    assert_eq!(text(attr(&spans[0], "weft.error")), "no-route");
+    assert_eq!(spans[1].error.as_deref(), Some("connect-refused"));
+    assert_eq!(
+        attr(&spans[1], "http.response.status_code"),
+        Some(&Value::Int(503))
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn retries_show_in_the_span() {
+    let config = api(
+        "backendRefs: [{name: api}]",
+        "endpoints: [{address: \"127.0.0.1:9003\"}, {address: \"127.0.0.1:9001\"}]
+  loadBalancer: {policy: RoundRobin}",
+    );
+    let mut h = Harness::with_gateway(TRACED, &config, &[(ONE, "one", OK)]);
+    let mut resent = 0;
+    for _ in 0..4 {
+        h.get("/").await;
+    }
+    for span in h.spans() {
+        if let Some(Value::Int(n)) = attr(&span, "http.request.resend_count") {
+            resent += n;
+            assert_eq!(text(attr(&span, "weft.upstream.address")), ONE);
+        }
+        assert_eq!(span.error, None);
+    }
+    assert_eq!(
+        resent as f64,
+        h.metric("weft_retries_total{service=\"api\",result=\"attempted\"}")
+    );
+    assert!(resent >= 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_sidecars_calls_are_counted_per_edge_and_traced_as_client_spans() {
+    let config = "kind: HTTPRoute
+metadata: {name: app}
+spec:
+  rules: [{backendRefs: [{name: payments, weight: 1}, {name: ledger, weight: 1}]}]
+---
+kind: Service
+metadata: {name: payments}
+spec: {endpoints: [{address: \"127.0.0.1:9001\"}]}
+---
+kind: Service
+metadata: {name: ledger}
+spec: {endpoints: [{address: \"127.0.0.1:9002\"}], retry: {attempts: 0}}
+";
+    let mut h = Harness::calling_as(
+        "frontend",
+        config,
+        &[(ONE, "payments", OK), (TWO, "ledger", status(503))],
+    );
+    let mut sent: HashMap<String, u32> = HashMap::new();
+    for _ in 0..50 {
+        *sent.entry(h.get("/").await.from().to_string()).or_default() += 1;
+    }
+    let edge = |dst: &str, class: &str| {
+        h.metric(&format!(
+            "weft_edge_requests_total{{direction=\"outbound\",source=\"frontend\",\
+             destination=\"{dst}\",status_class=\"{class}\"}}"
+        ))
+    };
+    assert_eq!(
+        edge("payments", "2xx"),
+        f64::from(sent["payments"]),
+        "{sent:?}"
+    );
+    assert_eq!(edge("ledger", "5xx"), f64::from(sent["ledger"]), "{sent:?}");
+    assert_eq!(edge("ledger", "2xx"), 0.0);
+    // A call made for the app is a client span.
+    let req = request("GET", "/")
+        .header(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        )
+        .body(Source::bytes(""))
+        .expect("request");
+    h.send(req).await;
+    let spans = h.spans();
+    assert_eq!(spans.last().map(|s| s.kind), Some(Kind::Client));
 }

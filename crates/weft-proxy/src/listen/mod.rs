@@ -32,7 +32,7 @@ use crate::config::{Snapshot, SnapshotHandle};
 use crate::http::authz::MeshListener;
 use crate::http::{self, HttpBuilder, Routes};
 use crate::stream;
-use crate::telemetry::metrics::ListenerStats;
+use crate::telemetry::metrics::{Direction, ListenerStats, TcpOutcome, UNKNOWN_SOURCE};
 use crate::upstream::body::Source;
 use counting::CountingIo;
 
@@ -47,14 +47,29 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// A stream connection's view of its listener in `snapshot`.
-    fn stream<'a>(&'a self, snapshot: &'a Snapshot) -> Option<stream::Listener<'a>> {
+    /// A stream connection's view of its listener in `snapshot`; `source`: the caller's
+    /// service on a sidecar's inbound listener (`None`: no identity).
+    fn stream<'a>(
+        &'a self,
+        snapshot: &'a Snapshot,
+        source: Option<&str>,
+    ) -> Option<stream::Listener<'a>> {
         let l = snapshot.listener(&self.http.name)?;
+        let edge = match (&l.caller, &l.http.inbound_edge) {
+            (Some(caller), _) => Some(stream::Edge::Calls(caller)),
+            (None, Some(own)) => Some(stream::Edge::Receives(self.http.metrics.edge(
+                Direction::Inbound,
+                source.unwrap_or(UNKNOWN_SOURCE),
+                own,
+            ))),
+            (None, None) => None,
+        };
         Some(stream::Listener {
             name: &self.http.name,
             metrics: &self.http.metrics,
             table: &l.streams,
             limits: &l.limits,
+            edge,
         })
     }
 }
@@ -206,13 +221,13 @@ impl Connection {
             (ListenerProtocol::HTTP, _) => Box::pin(self.serve_http(io, false)).await,
             (ListenerProtocol::TCP, _) => {
                 let snapshot = self.ctx.snapshot.load_full();
-                if let Some(l) = self.ctx.stream(&snapshot) {
+                if let Some(l) = self.ctx.stream(&snapshot, None) {
                     Box::pin(stream::serve_tcp(l, io, self.client)).await
                 }
             }
             (ListenerProtocol::TLS, None) => {
                 let snapshot = self.ctx.snapshot.load_full();
-                if let Some(l) = self.ctx.stream(&snapshot) {
+                if let Some(l) = self.ctx.stream(&snapshot, None) {
                     Box::pin(stream::serve_passthrough(l, io, self.client)).await
                 }
             }
@@ -235,7 +250,7 @@ impl Connection {
         } else {
             let sni = tls.get_ref().1.server_name().map(str::to_string);
             let snapshot = self.ctx.snapshot.load_full();
-            if let Some(l) = self.ctx.stream(&snapshot) {
+            if let Some(l) = self.ctx.stream(&snapshot, None) {
                 stream::serve_terminated(l, tls, sni, self.client).await;
             }
         }
@@ -303,10 +318,21 @@ impl Connection {
             }
         };
         let deny = |reason: &str, open: bool| {
-            self.ctx
-                .http
-                .metrics
-                .connection_refused(name, "denied-by-intention");
+            let metrics = &self.ctx.http.metrics;
+            metrics.connection_refused(name, "denied-by-intention");
+            if let Some(own) = self
+                .ctx
+                .snapshot
+                .load()
+                .listener(name)
+                .and_then(|l| l.http.inbound_edge.clone())
+            {
+                let source = source.as_deref().unwrap_or(UNKNOWN_SOURCE);
+                // Denied at once, or cut when a new intention denies it while open.
+                metrics
+                    .edge(Direction::Inbound, source, &own)
+                    .tcp(TcpOutcome::Denied);
+            }
             tracing::info!(
                 listener = %name,
                 client = %self.client,
@@ -322,7 +348,7 @@ impl Connection {
             return;
         }
         let serving = seen.clone();
-        let Some(l) = self.ctx.stream(&serving) else {
+        let Some(l) = self.ctx.stream(&serving, source.as_deref()) else {
             return;
         };
         let serve = stream::serve_terminated(l, io, None, self.client);
@@ -386,7 +412,9 @@ impl Connection {
     {
         let shared = self.ctx.clone();
         let accepted = self.routes.clone();
-        let client = http::Client::new(self.client, secure).with_peer(peer);
+        let client = http::Client::new(self.client, secure)
+            .with_peer(peer)
+            .on_edge(&shared.http.metrics, accepted.inbound_edge.as_deref());
         let svc = service_fn(move |req: ::http::Request<hyper::body::Incoming>| {
             // Each request is served by the routes current when it arrives.
             let routes = shared

@@ -312,11 +312,18 @@ pub fn sidecar_config(
     config.base_dir = spec.gateway_dir.clone();
     // What no file may say: the inbound listener is the mesh's, and peers prove who
     // they are.
+    // Whose calls each listener carries (per-edge metrics, span kinds): the sidecar's
+    // outbound listeners and an edge gateway's listeners are its own service's calls.
     for g in &mut config.gateways {
         for l in &mut g.spec.listeners {
-            if l.name == "inbound" {
+            if !edge && l.name == "inbound" {
                 l.mesh = Some(weft_model::MeshInbound {
                     service: spec.service.clone(),
+                });
+            } else {
+                l.caller = Some(weft_model::MeshCaller {
+                    service: spec.service.clone(),
+                    outbound: !edge,
                 });
             }
         }

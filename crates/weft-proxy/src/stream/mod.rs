@@ -21,13 +21,13 @@ use weft_model::{Resource, StreamRouteSpec};
 
 use weft_model::ListenerLimits;
 
-use crate::telemetry::metrics::Metrics;
+use crate::telemetry::metrics::{Direction, EdgeStats, Metrics, TcpOutcome};
 use crate::upstream::balance::{hash64, pick_by_weight, HashKey};
 use crate::upstream::outlier::Outcome;
 use crate::upstream::service::Service;
 
 /// What a stream connection needs of its listener (as configured when it was accepted).
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 pub struct Listener<'a> {
     /// `gateway/listener`.
     pub name: &'a str,
@@ -37,6 +37,18 @@ pub struct Listener<'a> {
     pub table: &'a StreamTable,
     /// Its limits (handshake and idle timeouts).
     pub limits: &'a ListenerLimits,
+    /// Mesh: the edge its connections travel, for per-edge metrics.
+    pub edge: Option<Edge<'a>>,
+}
+
+/// The edge of a mesh listener's connections.
+#[derive(Clone)]
+pub enum Edge<'a> {
+    /// Calls made by this service (a sidecar's outbound listener): the destination is the
+    /// service each connection is sent to.
+    Calls(&'a str),
+    /// Calls received (a sidecar's inbound listener), from one caller.
+    Receives(Arc<EdgeStats>),
 }
 
 /// Largest ClientHello read while looking for the SNI (rustls itself accepts no more).
@@ -120,7 +132,8 @@ pub async fn serve_tcp<S>(l: Listener<'_>, io: S, client: std::net::SocketAddr)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    forward(l, l.table.route(None), io, &[], client).await;
+    let table = l.table;
+    forward(l, table.route(None), io, &[], client).await;
 }
 
 /// Serves one accepted `TLS` connection in passthrough mode: reads the ClientHello (within
@@ -161,7 +174,8 @@ where
             return;
         }
     };
-    forward(l, l.table.route(sni.as_deref()), io, &hello, client).await;
+    let table = l.table;
+    forward(l, table.route(sni.as_deref()), io, &hello, client).await;
 }
 
 /// Serves a `TLS` connection whose handshake the listener completed (`Terminate`).
@@ -173,7 +187,8 @@ pub async fn serve_terminated<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    forward(l, l.table.route(sni.as_deref()), io, &[], client).await;
+    let table = l.table;
+    forward(l, table.route(sni.as_deref()), io, &[], client).await;
 }
 
 async fn forward<S>(
@@ -197,6 +212,16 @@ async fn forward<S>(
     };
     let record =
         |result: &str| metrics.stream_connection(ctx_name, &route.name, &service.name, result);
+    let edge = match &l.edge {
+        Some(Edge::Calls(source)) => Some(metrics.edge(Direction::Outbound, source, &service.name)),
+        Some(Edge::Receives(e)) => Some(e.clone()),
+        None => None,
+    };
+    let failed = || {
+        if let Some(e) = &edge {
+            e.tcp(TcpOutcome::Failed);
+        }
+    };
     let key = match service.balancer.hash_key() {
         Some(HashKey::ClientAddress) => Some(hash64(&match client.ip() {
             std::net::IpAddr::V4(a) => a.octets().to_vec(),
@@ -206,6 +231,7 @@ async fn forward<S>(
     };
     let Some(endpoint) = service.balancer.pick(key) else {
         record("no-healthy-endpoints");
+        failed();
         return;
     };
     let _inflight = endpoint.start();
@@ -220,19 +246,30 @@ async fn forward<S>(
         Err(e) => {
             metrics.connect_error(&service.name, e.code());
             record("connect-failed");
+            failed();
             return;
         }
     };
     if !prefix.is_empty() && upstream.write_all(prefix).await.is_err() {
         record("connect-failed");
+        failed();
         return;
     }
     record("ok");
-    splice(&mut downstream, &mut upstream, idle).await;
+    let started = std::time::Instant::now();
+    let (received, sent) = splice(&mut downstream, &mut upstream, idle).await;
+    if let Some(e) = &edge {
+        e.tcp(TcpOutcome::Forwarded {
+            received: received + prefix.len() as u64,
+            sent,
+            duration: started.elapsed(),
+        });
+    }
 }
 
-/// Copies both ways until both sides finish or nothing moves for `idle`.
-pub async fn splice<A, B>(a: &mut A, b: &mut B, idle: Duration)
+/// Copies both ways until both sides finish or nothing moves for `idle`; returns the
+/// bytes copied from `a` to `b` and from `b` to `a`.
+pub async fn splice<A, B>(a: &mut A, b: &mut B, idle: Duration) -> (u64, u64)
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
@@ -243,6 +280,7 @@ where
     let mut b_open = true;
     let mut buf_a = vec![0u8; 16 * 1024];
     let mut buf_b = vec![0u8; 16 * 1024];
+    let (mut a_to_b, mut b_to_a) = (0u64, 0u64);
     while a_open || b_open {
         let step = async {
             tokio::select! {
@@ -252,14 +290,14 @@ where
                 r = ar.read(&mut buf_a), if a_open => match r {
                     Ok(0) | Err(_) => { a_open = false; let _ = bw.shutdown().await; Ok(()) }
                     Ok(n) => match bw.write_all(&buf_a[..n]).await {
-                        Ok(()) => bw.flush().await,
+                        Ok(()) => { a_to_b += n as u64; bw.flush().await }
                         Err(e) => Err(e),
                     },
                 },
                 r = br.read(&mut buf_b), if b_open => match r {
                     Ok(0) | Err(_) => { b_open = false; let _ = aw.shutdown().await; Ok(()) }
                     Ok(n) => match aw.write_all(&buf_b[..n]).await {
-                        Ok(()) => aw.flush().await,
+                        Ok(()) => { b_to_a += n as u64; aw.flush().await }
                         Err(e) => Err(e),
                     },
                 },
@@ -267,7 +305,8 @@ where
         };
         match tokio::time::timeout(idle, step).await {
             Ok(Ok(())) => {}
-            Ok(Err(_)) | Err(_) => return,
+            Ok(Err(_)) | Err(_) => break,
         }
     }
+    (a_to_b, b_to_a)
 }

@@ -118,6 +118,10 @@ pub struct Record<'a> {
     pub request_id: &'a str,
     /// `user-agent`.
     pub user_agent: &'a str,
+    /// The trace this request belongs to (W3C, 32 hex digits).
+    pub trace_id: &'a str,
+    /// This hop's span in it (16 hex digits).
+    pub span_id: &'a str,
 }
 
 /// Formats a time as RFC 3339 UTC with milliseconds.
@@ -183,6 +187,8 @@ mod tests {
             duration_ms: 1.0,
             request_id: "id",
             user_agent: "ua",
+            trace_id: "4bf92f3577b34da6a3ce929d0e0e4736",
+            span_id: "00f067aa0ba902b7",
         };
         // The writer thread absorbs lines into its 64 KiB buffer until the first write to
         // the stuck destination blocks it; the queue then takes QUEUE_LINES more; every

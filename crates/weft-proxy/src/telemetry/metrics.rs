@@ -6,6 +6,7 @@
 //! five-value status class, so cardinality is bounded by the configuration.
 
 use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -97,6 +98,36 @@ struct ResultLabels {
     result: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EdgeLabels {
+    direction: String,
+    source: String,
+    destination: String,
+    status_class: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EdgeResultLabels {
+    direction: String,
+    source: String,
+    destination: String,
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EdgeKeyLabels {
+    direction: String,
+    source: String,
+    destination: String,
+}
+
+/// Distinct (direction, source, destination) edges a proxy keeps series for; beyond, new
+/// edges are counted as `source="overflow", destination="overflow"`.
+pub const MAX_EDGES: usize = 1000;
+
+/// A caller without a mesh identity (plaintext, in permissive mode).
+pub const UNKNOWN_SOURCE: &str = "unknown";
+
 fn histogram() -> Histogram {
     Histogram::new(BUCKETS)
 }
@@ -132,7 +163,22 @@ pub struct Metrics {
     pub discovery_version: Gauge,
     cert_expiry: Gauge,
     cert_renewals: Family<ResultLabels, Counter>,
+    /// Spans dropped: the export queue was full, or their batch failed.
+    pub trace_spans_dropped: Counter,
+    /// Spans the collector accepted.
+    pub trace_spans_exported: Counter,
+    edge_requests: Family<EdgeLabels, Counter>,
+    edge_durations: Family<EdgeLabels, Histogram, fn() -> Histogram>,
+    edge_tcp: Family<EdgeResultLabels, Counter>,
+    edge_tcp_received: Family<EdgeKeyLabels, Counter>,
+    edge_tcp_sent: Family<EdgeKeyLabels, Counter>,
+    edge_tcp_durations: Family<EdgeKeyLabels, Histogram, fn() -> Histogram>,
+    edge_overflow: Counter,
+    edges: std::sync::Mutex<std::collections::HashMap<EdgeKey, Arc<EdgeStats>>>,
 }
+
+/// (direction, source, destination).
+type EdgeKey = (Direction, String, String);
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -169,6 +215,16 @@ impl Metrics {
             discovery_version: Gauge::default(),
             cert_expiry: Gauge::default(),
             cert_renewals: Family::default(),
+            trace_spans_dropped: Counter::default(),
+            trace_spans_exported: Counter::default(),
+            edge_requests: Family::default(),
+            edge_durations: Family::new_with_constructor(histogram),
+            edge_tcp: Family::default(),
+            edge_tcp_received: Family::default(),
+            edge_tcp_sent: Family::default(),
+            edge_tcp_durations: Family::new_with_constructor(histogram),
+            edge_overflow: Counter::default(),
+            edges: Default::default(),
             registry: Registry::default(),
         };
         r.register("requests", "HTTP requests completed", m.requests.clone());
@@ -296,6 +352,55 @@ impl Metrics {
             "Mesh mode: certificate renewals, by result",
             m.cert_renewals.clone(),
         );
+        r.register(
+            "trace_spans_dropped",
+            "Spans not exported: the export queue was full (a slow or absent collector), or \
+             their batch failed",
+            m.trace_spans_dropped.clone(),
+        );
+        r.register(
+            "trace_spans_exported",
+            "Spans the OTLP collector accepted",
+            m.trace_spans_exported.clone(),
+        );
+        r.register(
+            "edge_requests",
+            "Mesh: HTTP requests per edge (source service -> destination service), seen \
+             from the caller's side (direction=outbound) or the callee's (inbound)",
+            m.edge_requests.clone(),
+        );
+        r.register_with_unit(
+            "edge_request_duration",
+            "Mesh: time from request received to response body finished, per edge",
+            Unit::Seconds,
+            m.edge_durations.clone(),
+        );
+        r.register(
+            "edge_tcp_connections",
+            "Mesh: TCP connections per edge, by result (forwarded, denied, failed)",
+            m.edge_tcp.clone(),
+        );
+        r.register(
+            "edge_tcp_received_bytes",
+            "Mesh: bytes received from the connecting side of TCP connections, per edge",
+            m.edge_tcp_received.clone(),
+        );
+        r.register(
+            "edge_tcp_sent_bytes",
+            "Mesh: bytes sent to the connecting side of TCP connections, per edge",
+            m.edge_tcp_sent.clone(),
+        );
+        r.register_with_unit(
+            "edge_tcp_connection_duration",
+            "Mesh: how long forwarded TCP connections lasted, per edge",
+            Unit::Seconds,
+            m.edge_tcp_durations.clone(),
+        );
+        r.register(
+            "edge_overflow",
+            "Mesh: edges beyond the cap of distinct edges (counted as overflow -> overflow)",
+            m.edge_overflow.clone(),
+        );
         Metrics { registry: r, ..m }
     }
 
@@ -346,6 +451,64 @@ impl Metrics {
                 )
             }),
         }
+    }
+
+    /// Handles for one edge, created at its first use. Past [`MAX_EDGES`] distinct edges,
+    /// new ones share the `overflow -> overflow` series (and count in
+    /// `weft_edge_overflow_total`), so the series stay bounded whatever callers appear.
+    pub fn edge(&self, direction: Direction, source: &str, destination: &str) -> Arc<EdgeStats> {
+        let mut edges = self.edges.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (direction, source.to_string(), destination.to_string());
+        if let Some(e) = edges.get(&key) {
+            return e.clone();
+        }
+        let key = if edges.len() >= MAX_EDGES {
+            self.edge_overflow.inc();
+            let overflow = (direction, "overflow".to_string(), "overflow".to_string());
+            if let Some(e) = edges.get(&overflow) {
+                return e.clone();
+            }
+            overflow
+        } else {
+            key
+        };
+        let (d, src, dst) = (direction.as_str().to_string(), key.1.clone(), key.2.clone());
+        let labels = |class: &str| EdgeLabels {
+            direction: d.clone(),
+            source: src.clone(),
+            destination: dst.clone(),
+            status_class: class.to_string(),
+        };
+        let plain = EdgeKeyLabels {
+            direction: d.clone(),
+            source: src.clone(),
+            destination: dst.clone(),
+        };
+        let stats = Arc::new(EdgeStats {
+            requests: RouteStats {
+                classes: CLASSES.map(|c| {
+                    (
+                        self.edge_requests.get_or_create(&labels(c)).clone(),
+                        self.edge_durations.get_or_create(&labels(c)).clone(),
+                    )
+                }),
+            },
+            tcp: ["forwarded", "denied", "failed"].map(|result| {
+                self.edge_tcp
+                    .get_or_create(&EdgeResultLabels {
+                        direction: d.clone(),
+                        source: src.clone(),
+                        destination: dst.clone(),
+                        result: result.to_string(),
+                    })
+                    .clone()
+            }),
+            tcp_received: self.edge_tcp_received.get_or_create(&plain).clone(),
+            tcp_sent: self.edge_tcp_sent.get_or_create(&plain).clone(),
+            tcp_duration: self.edge_tcp_durations.get_or_create(&plain).clone(),
+        });
+        edges.insert(key, stats.clone());
+        stats
     }
 
     /// Hot-path handles for one listener's connections.
@@ -549,6 +712,83 @@ impl RouteStats {
         count.inc();
         hist.observe(elapsed.as_secs_f64());
     }
+}
+
+/// Which side of an edge a proxy sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// The callee's sidecar (its inbound listener).
+    Inbound,
+    /// The caller's sidecar (an outbound listener) or an edge gateway.
+    Outbound,
+}
+
+impl Direction {
+    /// As a label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Inbound => "inbound",
+            Direction::Outbound => "outbound",
+        }
+    }
+}
+
+/// The metrics of one edge (source service -> destination service).
+#[derive(Debug)]
+pub struct EdgeStats {
+    requests: RouteStats,
+    tcp: [Counter; 3],
+    tcp_received: Counter,
+    tcp_sent: Counter,
+    tcp_duration: Histogram,
+}
+
+impl EdgeStats {
+    /// Records one finished HTTP exchange.
+    pub fn record(&self, status: u16, elapsed: Duration) {
+        self.requests.record(status, elapsed);
+    }
+
+    /// Records one TCP connection: forwarded (with its bytes and duration), denied by an
+    /// intention, or failed (no upstream).
+    pub fn tcp(&self, outcome: TcpOutcome) {
+        match outcome {
+            TcpOutcome::Forwarded {
+                received,
+                sent,
+                duration,
+            } => {
+                self.tcp[0].inc();
+                self.tcp_received.inc_by(received);
+                self.tcp_sent.inc_by(sent);
+                self.tcp_duration.observe(duration.as_secs_f64());
+            }
+            TcpOutcome::Denied => {
+                self.tcp[1].inc();
+            }
+            TcpOutcome::Failed => {
+                self.tcp[2].inc();
+            }
+        }
+    }
+}
+
+/// How a TCP connection on an edge ended.
+#[derive(Debug, Clone, Copy)]
+pub enum TcpOutcome {
+    /// Forwarded until one side closed.
+    Forwarded {
+        /// Bytes from the connecting side.
+        received: u64,
+        /// Bytes to the connecting side.
+        sent: u64,
+        /// How long it lasted.
+        duration: Duration,
+    },
+    /// An intention refused it.
+    Denied,
+    /// No upstream could be reached.
+    Failed,
 }
 
 /// Connection metrics of one listener.

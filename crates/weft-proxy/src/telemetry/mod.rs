@@ -1,6 +1,8 @@
 //! What the proxy tells about itself: Prometheus metrics, the JSON access log, and
-//! distributed tracing (trace context in and out, spans exported over OTLP).
+//! distributed tracing (trace context in and out of every request, spans exported over
+//! OTLP).
 
 pub mod access_log;
 pub mod metrics;
+pub mod otlp;
 pub mod trace;

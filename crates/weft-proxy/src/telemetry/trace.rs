@@ -49,6 +49,41 @@ pub const MAX_TRACESTATE: usize = 512;
 /// `tracestate` entries passed on at most (W3C: 32).
 const MAX_TRACESTATE_ENTRIES: usize = 32;
 
+/// A listener's tracing: how often this hop records a trace the caller did not decide
+/// about, the formats every request carries on, and the kind of its spans.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    /// Fraction (0.0–1.0) of undecided requests recorded.
+    pub rate: f64,
+    /// Formats sent besides W3C (and besides B3 in the form it arrived).
+    pub always: Formats,
+    /// Server spans (requests received), or client spans (a sidecar's outbound calls).
+    pub kind: super::otlp::Kind,
+}
+
+impl Default for Settings {
+    /// Propagation on; 1% of undecided requests recorded.
+    fn default() -> Settings {
+        Settings {
+            rate: 0.01,
+            always: Formats::W3C,
+            kind: super::otlp::Kind::Server,
+        }
+    }
+}
+
+impl Settings {
+    /// From a `tracing` block (absent: the defaults).
+    pub fn from_model(t: Option<&weft_model::Tracing>, kind: super::otlp::Kind) -> Settings {
+        let t = t.cloned().unwrap_or_default();
+        Settings {
+            rate: (t.sampling_percent / 100.0).clamp(0.0, 1.0),
+            always: Formats::from_names(t.propagation.iter().map(|p| p.as_str())),
+            kind,
+        }
+    }
+}
+
 /// A set of propagation formats.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Formats(u8);
@@ -159,6 +194,27 @@ impl SpanContext {
         }
     }
 
+    /// `00-{trace}-{span}-{flags}`, written without the formatting machinery (it is on
+    /// every request).
+    pub fn traceparent(&self) -> HeaderValue {
+        let mut b = [0u8; 55];
+        b[..3].copy_from_slice(b"00-");
+        hex_into(&mut b[3..35], &self.trace_id.to_be_bytes());
+        b[35] = b'-';
+        hex_into(&mut b[36..52], &self.span_id.to_be_bytes());
+        b[52..54].copy_from_slice(b"-0");
+        b[54] = if self.sampled { b'1' } else { b'0' };
+        HeaderValue::from_bytes(&b).unwrap_or(HeaderValue::from_static(""))
+    }
+
+    /// The W3C vendor state that arrived with the trace (empty if none).
+    pub fn tracestate(&self) -> &str {
+        self.tracestate
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+    }
+
     /// The trace id as 32 lower-case hex digits.
     pub fn trace_hex(&self) -> String {
         format!("{:032x}", self.trace_id)
@@ -183,16 +239,7 @@ impl SpanContext {
                 h.remove(n);
             }
         }
-        let mut v = String::with_capacity(55);
-        let flags = u8::from(self.sampled);
-        let _ = write!(
-            v,
-            "00-{:032x}-{:016x}-{flags:02x}",
-            self.trace_id, self.span_id
-        );
-        if let Ok(v) = HeaderValue::from_str(&v) {
-            h.insert(TRACEPARENT, v);
-        }
+        h.insert(TRACEPARENT, self.traceparent());
         match &self.tracestate {
             Some(s) => {
                 h.insert(TRACESTATE, s.clone());
@@ -432,6 +479,15 @@ fn tracestate(h: &HeaderMap) -> Option<HeaderValue> {
         return None;
     }
     HeaderValue::from_str(&out).ok()
+}
+
+/// Lower-case hex of `bytes` into `out` (twice as long).
+fn hex_into(out: &mut [u8], bytes: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = HEX[usize::from(b >> 4)];
+        pair[1] = HEX[usize::from(b & 0xf)];
+    }
 }
 
 /// A random id that is not zero (zero means "invalid" in both formats).

@@ -75,6 +75,11 @@ impl std::fmt::Debug for UpstreamTls {
 }
 
 impl UpstreamTls {
+    /// Mesh: the SPIFFE ID the endpoints must prove.
+    pub fn peer(&self) -> Option<&str> {
+        self.peer.as_deref()
+    }
+
     /// Mesh mutual TLS to the sidecars of the service whose SPIFFE ID is `peer`. The
     /// configuration follows the proxy's identity and trust bundle as they rotate, so
     /// pools stay valid across rotations.
