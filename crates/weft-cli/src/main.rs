@@ -75,6 +75,10 @@ enum Command {
         /// Answer every request 503 for this long after start, then recover (e.g. `10s`).
         #[arg(long, default_value = "0ms", value_parser = crate::process::parse_duration)]
         fail_for: Duration,
+        /// Call this URL for every echoed request, passing on trace headers and
+        /// x-request-id as an instrumented app does (a service with a dependency).
+        #[arg(long)]
+        call: Option<String>,
     },
     /// Run the control plane (catalog, configuration, key/value, discovery).
     Server(server::ServerArgs),
@@ -228,6 +232,7 @@ fn main() -> std::process::ExitCode {
             fail_rate,
             max_concurrency,
             fail_for,
+            call,
         } => runtime(None).and_then(|rt| {
             rt.block_on(echo::run(
                 listen,
@@ -237,6 +242,7 @@ fn main() -> std::process::ExitCode {
                     fail_rate: fail_rate.clamp(0.0, 1.0),
                     max_concurrency,
                     fail_for,
+                    call,
                 },
             ))
         }),

@@ -51,6 +51,61 @@ pub struct EchoOptions {
     pub max_concurrency: usize,
     /// Answer every request 503 for this long after start, then recover (an outage).
     pub fail_for: Duration,
+    /// Call this URL (`http://HOST:PORT/PATH`) for every echoed request before answering,
+    /// passing on the trace headers (W3C, B3) and `x-request-id` the way an instrumented
+    /// app does: a service with a dependency, for tracing demos and tests. The callee's
+    /// answer shows in `x-echo-called` (its name) and `x-echo-called-status`; a failed
+    /// call is answered 502.
+    pub call: Option<String>,
+}
+
+/// The headers an app passes on to the calls it makes for a request.
+const PROPAGATED: [&str; 9] = [
+    "traceparent",
+    "tracestate",
+    "b3",
+    "x-b3-traceid",
+    "x-b3-spanid",
+    "x-b3-parentspanid",
+    "x-b3-sampled",
+    "x-b3-flags",
+    "x-request-id",
+];
+
+/// GETs `url` with the propagated headers of `incoming`: (status, callee's name).
+async fn call(url: &str, incoming: &http::HeaderMap) -> Result<(StatusCode, String), String> {
+    let uri: http::Uri = url.parse().map_err(|e| format!("{url}: {e}"))?;
+    let (host, port) = (
+        uri.host().unwrap_or("127.0.0.1"),
+        uri.port_u16().unwrap_or(80),
+    );
+    let tcp = tokio::net::TcpStream::connect((host, port))
+        .await
+        .map_err(|e| format!("{url}: {e}"))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let mut req = Request::get(uri.path_and_query().map_or("/", |p| p.as_str()))
+        .header(header::HOST, uri.authority().map_or(host, |a| a.as_str()));
+    for name in PROPAGATED {
+        for v in incoming.get_all(name) {
+            req = req.header(name, v);
+        }
+    }
+    let req = req
+        .body(http_body_util::Empty::<Bytes>::new())
+        .map_err(|e| e.to_string())?;
+    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    let name = resp
+        .headers()
+        .get("x-echo-name")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let status = resp.status();
+    let _ = resp.into_body().collect().await;
+    Ok((status, name))
 }
 
 /// Counters shared by one instance's connections.
@@ -204,7 +259,27 @@ async fn respond(
             _ => text(StatusCode::BAD_REQUEST, "bytes must be at most 67108864\n"),
         },
         ("headers", None) => json(&serde_json::json!({ "headers": header_map(&req) })),
-        _ => echo(name, client, req).await,
+        _ => match &opts.call {
+            None => echo(name, client, req).await,
+            Some(url) => match call(url, req.headers()).await {
+                Ok((status, callee)) if !status.is_server_error() => {
+                    let mut r = echo(name, client, req).await;
+                    if let Ok(v) = HeaderValue::from_str(&callee) {
+                        r.headers_mut().insert("x-echo-called", v);
+                    }
+                    r.headers_mut()
+                        .insert("x-echo-called-status", HeaderValue::from(status.as_u16()));
+                    r
+                }
+                Ok((status, _)) => {
+                    let mut r = text(StatusCode::BAD_GATEWAY, "echo: the call failed\n");
+                    r.headers_mut()
+                        .insert("x-echo-called-status", HeaderValue::from(status.as_u16()));
+                    r
+                }
+                Err(_) => text(StatusCode::BAD_GATEWAY, "echo: the call failed\n"),
+            },
+        },
     };
     if let Ok(v) = HeaderValue::from_str(name) {
         resp.headers_mut().insert("x-echo-name", v);

@@ -162,7 +162,13 @@ impl Exchange {
                 source: client.peer.clone(),
                 intention: None,
                 grpc_status: None,
-                request_id: String::new(),
+                // The client's id until the forwarded one is known (a refusal keeps it).
+                request_id: req
+                    .headers()
+                    .get(&X_REQUEST_ID)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_string(),
             })),
             _ => None,
         };
