@@ -31,6 +31,10 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# weft's tracing during the run (--tracing): "default" (trace context passed on, no
+# exporter), "unsampled" (an OTLP exporter configured, 0% sampled) or "sampled" (100%, to a
+# real OTLP receiver). Set by main before any target is made.
+TRACING = {"mode": "default", "endpoint": None}
 TICK = os.sysconf("SC_CLK_TCK")
 LOAD_CORE, PROXY_CORE = "0", "1"
 
@@ -150,6 +154,24 @@ spec:
 """
 
 
+def start_otlp_receiver(mode):
+    """The OTLP/gRPC receiver of the tests (venv python), when tracing exports."""
+    TRACING["mode"] = mode
+    if mode == "default":
+        return None
+    venv = os.environ.get("WEFT_VENV", os.path.expanduser("~/.cache/weft/venv"))
+    script = os.path.join(ROOT, "crates", "weft-cli", "tests", "support", "otlp_receiver.py")
+    proc = subprocess.Popen([os.path.join(venv, "bin", "python"), script, "--port", "0"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    import json
+    ready = json.loads(proc.stdout.readline())
+    TRACING["endpoint"] = "http://" + ready["address"]
+    # Spans are printed, one line each: drain them so the receiver never blocks.
+    import threading
+    threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()
+    return proc
+
+
 def make_targets(work, weft_bin, backend_ports=None):
     # The backend speaks HTTP/1.1 on one port (the proxies' upstream) and h2c on another
     # (for the direct HTTP/2 baseline). Pass the running backend's ports to build more
@@ -166,15 +188,18 @@ def make_targets(work, weft_bin, backend_ports=None):
 
     p1, p2 = free_port(), free_port()
     weft_cfg = os.path.join(work, "weft.yaml")
+    rate = {"default": None, "unsampled": 0, "sampled": 100}[TRACING["mode"]]
+    tracing = "" if rate is None else f"\n  tracing: {{samplingPercent: {rate}}}"
     with open(weft_cfg, "w") as f:
         f.write(f"""kind: Gateway
 metadata: {{name: bench}}
 spec:
-  listeners: [{{name: web, address: "127.0.0.1:{p1}"}}]
+  listeners: [{{name: web, address: "127.0.0.1:{p1}"}}]{tracing}
 {weft_backend_yaml(backend_h1)}""")
+    exporter = ["--otlp-endpoint", TRACING["endpoint"]] if TRACING["endpoint"] else []
     weft = Target("weft", work, p1, p1,
                   ["taskset", "-c", PROXY_CORE, weft_bin, "proxy", "--config", weft_cfg,
-                   "--workers", "1", "--admin", "off", "--log", "warn"])
+                   "--workers", "1", "--admin", "off", "--log", "warn"] + exporter)
 
     h1, h2 = free_port(), free_port()
     hap_cfg = os.path.join(work, "haproxy.cfg")
@@ -295,7 +320,11 @@ def main():
                     help="only the callgrind instructions/request of each proxy (quick, noise-free; for optimisation work)")
     ap.add_argument("--write", help="replace the results block of this markdown file")
     ap.add_argument("--weft", default=os.path.join(ROOT, "target", "release", "weft"))
+    ap.add_argument("--tracing", choices=["default", "unsampled", "sampled"], default="default",
+                    help="weft's tracing: context passed on only (default), an OTLP exporter "
+                         "with 0%% sampled, or 100%% sampled to a real OTLP receiver")
     args = ap.parse_args()
+    receiver = start_otlp_receiver(args.tracing)
     check_tools(["nginx", "haproxy", "wrk", "h2load", "taskset", "valgrind"], args.weft)
 
     work = tempfile.mkdtemp(prefix="weft-bench-")
@@ -347,6 +376,8 @@ def main():
                 print(f"callgrind {t.name} failed: {e}", flush=True)
                 instructions[t.name] = None
     backend.stop()
+    if receiver:
+        receiver.kill()
     if args.instructions_only:
         shutil.rmtree(work, ignore_errors=True)
         return
