@@ -24,6 +24,9 @@ spec:
       address: "{LISTEN_TLS}"
       protocol: HTTPS
       tls: {certificates: [{certFile: demo.crt, keyFile: demo.key}]}
+  # Every request traced (spans exported when --otlp-endpoint or OTEL_EXPORTER_OTLP_ENDPOINT
+  # names a collector; trace context is passed on either way).
+  tracing: {samplingPercent: 100}
 ---
 kind: HTTPRoute
 metadata: {name: demo}
@@ -134,7 +137,17 @@ pub async fn run(
     std::fs::write(&cert_file, cert)?;
     write_private(&dir.join("demo.key"), &key)?;
 
-    let mesh = crate::demo_mesh::start(&dir, server_port)
+    let traces = match &otlp {
+        Some(o) => format!(
+            "spans of every hop go to {} (OTLP {}): look the trace id up in your collector",
+            o.endpoint,
+            o.protocol.as_str()
+        ),
+        None => "no collector named: start the demo with --otlp-endpoint http://127.0.0.1:4317 \
+                 (an OpenTelemetry Collector, Jaeger or Tempo) to see the spans"
+            .to_string(),
+    };
+    let mesh = crate::demo_mesh::start(&dir, server_port, otlp.as_ref())
         .await
         .context("starting the demo mesh")?;
     let mut parsed =
@@ -195,6 +208,10 @@ Watch it work (TLS and ACLs are on; this is the management token, each sidecar h
   weft get httproute -o yaml
   weft intention check frontend inventory --method POST   # denied: frontend may only GET
   weft acl list                      # the demo's tokens (secrets are never shown again)
+
+Tracing (every request sampled; each sidecar continues the trace it is given, W3C or B3):
+  curl -s -H 'traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01' http://{pay}/order
+  {traces}
 "#
     );
     eprintln!(

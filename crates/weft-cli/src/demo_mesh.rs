@@ -16,6 +16,7 @@ use tokio::{
     io::{AsyncBufReadExt, BufReader, Lines},
     process::{Child, ChildStdout, Command},
 };
+use weft_proxy::telemetry::otlp::Options;
 
 /// The running mesh; dropping it kills every child.
 pub struct Mesh {
@@ -52,7 +53,13 @@ spec:
 ";
 
 /// Who may call whom: calls between sidecars are denied unless an intention allows them.
+/// And the mesh's settings: every request traced, as a demo should show them all.
 const INTENTIONS: &str = "\
+kind: Mesh
+metadata: {name: mesh}
+spec:
+  tracing: {samplingPercent: 100}
+---
 kind: Intention
 metadata: {name: frontend-to-payments}
 spec: {source: frontend, destination: payments, action: allow}
@@ -101,17 +108,33 @@ fn drain(mut lines: Lines<BufReader<ChildStdout>>) {
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
 }
 
+#[derive(Default)]
+/// What a sidecar child is started with besides its arguments.
+struct ChildEnv<'a> {
+    /// Its own ACL token (sidecars only).
+    token: Option<&'a str>,
+    /// The OTLP collector its spans go to (sidecars only).
+    otlp: Option<&'a Options>,
+}
+
 async fn spawn(
     dir: &Path,
     name: &str,
     args: &[String],
-    token: Option<&str>,
+    with: ChildEnv<'_>,
 ) -> anyhow::Result<(Child, Value, Lines<BufReader<ChildStdout>>)> {
     let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
     let mut cmd = Command::new(std::env::current_exe()?);
-    if let Some(t) = token {
+    if let Some(t) = with.token {
         cmd.env("WEFT_TOKEN", t);
         cmd.env("WEFT_CA_FILE", dir.join("data").join("ca.pem"));
+    }
+    if let Some(o) = with.otlp {
+        // The collector the demo was given, whichever way; each sidecar names its spans
+        // after its own service (a user's OTEL_SERVICE_NAME would name them all alike).
+        cmd.env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", &o.endpoint)
+            .env("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", o.protocol.as_str())
+            .env_remove("OTEL_SERVICE_NAME");
     }
     let mut child = cmd
         .args(args)
@@ -147,7 +170,7 @@ fn s(v: &str) -> String {
 }
 
 /// Starts the mesh, with its store and logs in `dir`.
-pub async fn start(dir: &Path, server_port: u16) -> anyhow::Result<Mesh> {
+pub async fn start(dir: &Path, server_port: u16, otlp: Option<&Options>) -> anyhow::Result<Mesh> {
     let mut children = Vec::new();
     let listen = match std::net::TcpListener::bind(("127.0.0.1", server_port)) {
         Ok(l) => l.local_addr()?,
@@ -164,7 +187,7 @@ pub async fn start(dir: &Path, server_port: u16) -> anyhow::Result<Mesh> {
             s("--data-dir"),
             data.display().to_string(),
         ],
-        None,
+        ChildEnv::default(),
     )
     .await?;
     children.push(child);
@@ -222,7 +245,7 @@ pub async fn start(dir: &Path, server_port: u16) -> anyhow::Result<Mesh> {
                 s("--name"),
                 s(id),
             ],
-            None,
+            ChildEnv::default(),
         )
         .await?;
         children.push(child);
@@ -258,8 +281,16 @@ pub async fn start(dir: &Path, server_port: u16) -> anyhow::Result<Mesh> {
         }
         // Each sidecar holds a token for its own service only.
         let token = service_token(&server, service).await?;
-        let (child, ready, lines) =
-            spawn(dir, &format!("{id}.sidecar"), &args, Some(&token)).await?;
+        let (child, ready, lines) = spawn(
+            dir,
+            &format!("{id}.sidecar"),
+            &args,
+            ChildEnv {
+                token: Some(&token),
+                otlp,
+            },
+        )
+        .await?;
         children.push(child);
         if service == "frontend" {
             frontend = Some((ready, lines));

@@ -414,12 +414,29 @@ fn prometheus_sees_every_edge_and_the_denied_one_apart() {
     let intruder = caller(&s, "intruder", "payments", &admin);
     let admin_of = |sc: &Sidecar| sc.proc.ready["admin"].as_str().expect("admin").to_string();
 
+    // The recording rules the docs offer: valid for promtool, then loaded (evaluated every
+    // second here instead of 30 s) and queried below.
+    let rules = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples/observability/recording-rules.yml");
+    let check = Command::new(require("promtool"))
+        .args(["check", "rules"])
+        .arg(&rules)
+        .output()
+        .expect("promtool");
+    assert!(check.status.success(), "promtool: {check:?}");
     let dir = temp_dir();
+    let text = std::fs::read_to_string(&rules).expect("rules");
+    assert!(text.contains("interval: 30s"), "the rules' interval moved");
+    std::fs::write(
+        dir.join("rules.yml"),
+        text.replace("interval: 30s", "interval: 1s"),
+    )
+    .expect("rules");
     let config = dir.join("prometheus.yml");
     std::fs::write(
         &config,
         format!(
-            "global: {{scrape_interval: 1s}}\nscrape_configs:\n  - job_name: weft\n    static_configs:\n      - targets: ['{}', '{}', '{}']\n",
+            "global: {{scrape_interval: 1s}}\nrule_files: [rules.yml]\nscrape_configs:\n  - job_name: weft\n    static_configs:\n      - targets: ['{}', '{}', '{}']\n",
             admin_of(&frontend.sidecar),
             admin_of(&payments.sidecar),
             admin_of(&intruder.sidecar),
@@ -484,8 +501,30 @@ fn prometheus_sees_every_edge_and_the_denied_one_apart() {
         }
         seen.values().all(Option::is_some).then(|| seen.clone())
     });
+    // The recording rules see the same edges while traffic goes on.
+    let recorded = eventually(
+        "the recording rules evaluate",
+        Duration::from_secs(30),
+        || {
+            assert_eq!(curl(&[&format!("http://{front}/")]).status, 200);
+            assert_eq!(curl(&[&format!("http://{bad}/")]).status, 403);
+            let success =
+                query("weft:edge_success:ratio1m{source=\"frontend\",destination=\"payments\"}")?;
+            let denied = query(
+                "weft:edge_client_errors:rate1m{source=\"intruder\",destination=\"payments\"}",
+            )?;
+            let p99 = query(
+                "weft:edge_latency_seconds:p99_1m{source=\"frontend\",destination=\"payments\"}",
+            )?;
+            (denied > 0.0 && p99 > 0.0).then_some((success, denied, p99))
+        },
+    );
     let _ = prom.kill();
     let _ = prom.wait();
+    assert_eq!(
+        recorded.0, 1.0,
+        "frontend→payments never failed: {recorded:?}"
+    );
     assert_eq!(
         done["frontend→payments, caller's side"],
         Some(n as f64),
@@ -564,4 +603,98 @@ fn malformed_trace_headers_never_fail_a_request() {
             assert!(!b3.contains("1111111111111111"), "no stale B3 ids: {b3}");
         }
     }
+}
+
+/// `weft demo --otlp-endpoint`: every request is sampled (its Mesh and its gateway say
+/// 100%), the sidecars export to the collector the demo was given, and a trace the user
+/// starts is continued hop by hop.
+#[test]
+fn the_demo_traces_every_request_to_the_collector_it_is_given() {
+    let mut rx = Receiver::start(0);
+    let mut cmd = Command::new(weft());
+    cmd.args([
+        "demo",
+        "--port",
+        "0",
+        "--tls-port",
+        "0",
+        "--server-port",
+        "0",
+    ])
+    .args(["--otlp-endpoint", &rx.endpoint()])
+    .env("OTEL_SERVICE_NAME", "one-name-for-all"); // the sidecars name their own
+    let mut demo = Proc::spawn(cmd);
+    let web = demo.ready["listeners"]["demo/web"]
+        .as_str()
+        .expect("web")
+        .to_string();
+    let payments = demo.ready["mesh"]["upstreams"]["payments"]
+        .as_str()
+        .expect("payments")
+        .to_string();
+
+    // The edge: three requests with no trace context, three spans (at the default 1% the
+    // chance of that is one in a million).
+    for i in 0..3 {
+        let r = curl(&[
+            "-H",
+            &format!("x-request-id: demo-edge-{i}"),
+            &format!("http://{web}/hello"),
+        ]);
+        assert_eq!(r.status, 200, "{r:?}");
+    }
+    rx.wait("three edge spans", Duration::from_secs(20), |spans| {
+        spans
+            .iter()
+            .filter(|s| text(s, "weft.request_id").starts_with("demo-edge-"))
+            .count()
+            == 3
+    });
+
+    // The mesh: a trace the caller started, continued by frontend's sidecar (client span)
+    // and payments' (server span), each under its own service name.
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    eventually("payments answers", Duration::from_secs(15), || {
+        let r = curl(&[
+            "-H",
+            &format!("traceparent: 00-{trace}-00f067aa0ba902b7-01"),
+            &format!("http://{payments}/order"),
+        ]);
+        (r.status == 200).then_some(())
+    });
+    rx.wait(
+        "the user's trace through two sidecars",
+        Duration::from_secs(20),
+        |spans| {
+            let ours: Vec<&Value> = spans.iter().filter(|s| s["trace_id"] == trace).collect();
+            ours.iter().any(|c| {
+                c["service"] == "frontend"
+                    && c["kind"] == CLIENT
+                    && c["parent_span_id"] == "00f067aa0ba902b7"
+                    && ours.iter().any(|s| {
+                        s["service"] == "payments"
+                            && s["kind"] == SERVER
+                            && s["parent_span_id"] == c["span_id"]
+                    })
+            })
+        },
+    );
+    // And the demo's own calls, which bring no trace context, are sampled too: frontend's
+    // sidecar starts their traces.
+    rx.wait(
+        "the demo's own calls traced",
+        Duration::from_secs(20),
+        |spans| {
+            spans.iter().any(|s| {
+                s["service"] == "frontend" && s["trace_id"] != trace && s["parent_span_id"] == ""
+            })
+        },
+    );
+    assert!(
+        !rx.spans.iter().any(|s| s["service"] == "one-name-for-all"
+            && text(s, "weft.listener").starts_with("sidecar/")),
+        "sidecars name spans after their service"
+    );
+    demo.signal("INT");
+    demo.wait_exit(Duration::from_secs(20)).expect("demo exits");
 }

@@ -40,6 +40,16 @@ pub enum Protocol {
     HttpProtobuf,
 }
 
+impl Protocol {
+    /// The name `OTEL_EXPORTER_OTLP_PROTOCOL` gives it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Grpc => "grpc",
+            Protocol::HttpProtobuf => "http/protobuf",
+        }
+    }
+}
+
 /// Where and how spans are exported.
 #[derive(Debug, Clone)]
 pub struct Options {
