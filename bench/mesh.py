@@ -20,7 +20,12 @@ Measured:
     and new connections per second (`Connection: close`: each request is a new TCP
     connection, so a new mutual TLS handshake between the sidecars), beside direct
 
-Usage: bench/mesh.py [--duration 10] [--reps 3] [--write docs/benchmarks.md]
+With `--tracing sampled` every request is sampled (the Mesh says 100%) and both sidecars
+export their spans to the tests' real OTLP/gRPC receiver; by default trace context is
+passed on and nothing is exported.
+
+Usage: bench/mesh.py [--duration 10] [--reps 3] [--tracing default|sampled] [--weft BIN]
+                     [--write docs/benchmarks.md]
 Needs: nginx, wrk, openssl, taskset (scripts/install-test-deps) and target/release/weft.
 """
 import argparse
@@ -87,11 +92,17 @@ def main():
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--write")
+    ap.add_argument("--weft", default=os.path.join(run.ROOT, "target/release/weft"))
+    ap.add_argument("--tracing", choices=["default", "sampled"], default="default")
     args = ap.parse_args()
-    weft = os.path.join(run.ROOT, "target/release/weft")
+    weft = args.weft
     run.check_tools(["nginx", "wrk", "openssl", "taskset"], weft)
     work = tempfile.mkdtemp(prefix="weft-bench-mesh-")
     procs = []
+    receiver = run.start_otlp_receiver(args.tracing)
+    if receiver:
+        procs.append(receiver)
+    tracing = ["--otlp-endpoint", run.TRACING["endpoint"]] if receiver else []
     try:
         app_port = run.free_port()
         conf = run.nginx_conf(work, "app", f"""  server {{
@@ -115,7 +126,9 @@ def main():
         open(intention, "w").write("kind: Intention\nmetadata: {name: client-to-app}\n"
                                    "spec: {source: client, destination: app, action: allow}\n"
                                    "---\nkind: Intention\nmetadata: {name: client-to-tcpapp}\n"
-                                   "spec: {source: client, destination: tcpapp, action: allow}\n")
+                                   "spec: {source: client, destination: tcpapp, action: allow}\n"
+                                   + ("---\nkind: Mesh\nmetadata: {name: mesh}\n"
+                                      "spec: {tracing: {samplingPercent: 100}}\n" if receiver else ""))
         subprocess.run([weft, "apply", "-f", intention, "--server", server, "--token", token], check=True,
                        capture_output=True)
         env = dict(os.environ, WEFT_LOG="warn")
@@ -127,7 +140,7 @@ def main():
             p, r = spawn(work, f"sidecar-{service}",
                          [weft, "sidecar", "--server", server, "--service", service,
                           "--app", f"127.0.0.1:{app_port}", "--inbound", "127.0.0.1:0",
-                          "--health", "tcp"] + extra, CORE_MESH, env)
+                          "--health", "tcp"] + extra + tracing, CORE_MESH, env)
             procs.append(p)
             sidecars[service] = (p, r)
         out_addr = sidecars["client"][1]["listeners"]["sidecar/out-app"]
@@ -191,7 +204,8 @@ def main():
         tcp_added50 = [b["p50"] - a["p50"] for a, b in zip(d, tcp)]
         tcp_added99 = [b["p99"] - a["p99"] for a, b in zip(d, tcp)]
         block = "\n".join([
-            f"`bench/mesh.py --duration {args.duration} --reps {args.reps}` "
+            f"`bench/mesh.py --duration {args.duration} --reps {args.reps}"
+            + (f" --tracing {args.tracing}" if receiver else "") + "` "
             f"({time.strftime('%Y-%m-%d')}, 2 cores: load, app and control plane on core 0, both sidecars on core 1):",
             "",
             "| | direct | through the mesh hop | added |",

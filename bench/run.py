@@ -161,7 +161,9 @@ def start_otlp_receiver(mode):
         return None
     venv = os.environ.get("WEFT_VENV", os.path.expanduser("~/.cache/weft/venv"))
     script = os.path.join(ROOT, "crates", "weft-cli", "tests", "support", "otlp_receiver.py")
-    proc = subprocess.Popen([os.path.join(venv, "bin", "python"), script, "--port", "0"],
+    # On the load generator's core: the proxies' core stays theirs.
+    proc = subprocess.Popen(["taskset", "-c", LOAD_CORE, os.path.join(venv, "bin", "python"), script,
+                             "--port", "0"],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     import json
     ready = json.loads(proc.stdout.readline())

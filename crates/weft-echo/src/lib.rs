@@ -31,6 +31,8 @@ use tokio::net::TcpListener;
 
 /// Longest `/delay`.
 pub const MAX_DELAY: Duration = Duration::from_secs(60);
+/// How long `--call` waits for its callee's whole answer.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest `/bytes`.
 pub const MAX_BYTES: usize = 64 * 1024 * 1024;
 /// Largest request body read for echoing.
@@ -261,7 +263,10 @@ async fn respond(
         ("headers", None) => json(&serde_json::json!({ "headers": header_map(&req) })),
         _ => match &opts.call {
             None => echo(name, client, req).await,
-            Some(url) => match call(url, req.headers()).await {
+            Some(url) => match tokio::time::timeout(CALL_TIMEOUT, call(url, req.headers()))
+                .await
+                .unwrap_or_else(|_| Err("timed out".into()))
+            {
                 Ok((status, callee)) if !status.is_server_error() => {
                     let mut r = echo(name, client, req).await;
                     if let Ok(v) = HeaderValue::from_str(&callee) {

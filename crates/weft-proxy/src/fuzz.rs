@@ -150,6 +150,97 @@ fn normalized_path(
     Ok(once)
 }
 
+/// Trace headers as `name: value` lines (any names; the trace ones matter). Whatever
+/// arrives, the context read from it is continued exactly: what this hop sends on reads
+/// back as this hop's span of the same trace, sampled alike, in every format it sent,
+/// with `tracestate` within its bound.
+pub fn trace_headers(data: &[u8]) {
+    use crate::telemetry::trace::{self, Formats, SpanContext};
+    use http::{HeaderMap, HeaderName, HeaderValue};
+
+    let mut h = HeaderMap::new();
+    for line in data.split(|&b| b == b'\n') {
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            continue;
+        };
+        let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(name.trim_ascii()),
+            HeaderValue::from_bytes(value),
+        ) {
+            h.append(n, v);
+        }
+    }
+    let incoming = trace::extract(&h);
+    let carried = incoming.parent.as_ref().map(|p| p.trace_id);
+    for (always, rate) in [
+        (Formats::W3C, 0.0),
+        (
+            Formats::W3C
+                .union(Formats::B3_MULTI)
+                .union(Formats::B3_SINGLE),
+            1.0,
+        ),
+    ] {
+        let span = SpanContext::start(trace::extract(&h), rate);
+        if let Some(t) = carried {
+            assert_eq!(span.trace_id, t, "the trace was not continued");
+        }
+        let mut out = h.clone();
+        span.inject(&mut out, always);
+        let sent = [
+            (Formats::W3C, vec![trace::TRACEPARENT, trace::TRACESTATE]),
+            (Formats::B3_SINGLE, vec![trace::B3]),
+            (
+                Formats::B3_MULTI,
+                vec![
+                    trace::B3_TRACE_ID,
+                    trace::B3_SPAN_ID,
+                    trace::B3_PARENT_SPAN_ID,
+                    trace::B3_SAMPLED,
+                    trace::B3_FLAGS,
+                ],
+            ),
+        ];
+        for (format, names) in sent {
+            if !out.contains_key(&names[0]) {
+                continue;
+            }
+            // Each format on its own reads back as this hop.
+            let mut alone = HeaderMap::new();
+            for n in names {
+                for v in out.get_all(&n) {
+                    alone.append(n.clone(), v.clone());
+                }
+            }
+            let back = trace::extract(&alone);
+            let parent = back
+                .parent
+                .unwrap_or_else(|| panic!("{format:?} sent unreadable: {alone:?}"));
+            assert_eq!(parent.span_id, span.span_id, "{format:?}: {alone:?}");
+            let mask = if parent.short_trace_id {
+                u128::from(u64::MAX)
+            } else {
+                u128::MAX
+            };
+            assert_eq!(
+                parent.trace_id,
+                span.trace_id & mask,
+                "{format:?}: {alone:?}"
+            );
+            assert_eq!(
+                back.sampled.unwrap_or(back.debug),
+                span.sampled,
+                "{format:?}: {alone:?}"
+            );
+            if let Some(ts) = parent.tracestate {
+                assert!(ts.len() <= trace::MAX_TRACESTATE, "tracestate: {ts:?}");
+            }
+        }
+        assert!(out.contains_key(trace::TRACEPARENT), "W3C is always sent");
+    }
+}
+
 /// Bytes as the first flight of a TLS client, as TLS passthrough reads it.
 pub fn client_hello(data: &[u8]) {
     let _ = weft_tls::peek_sni(data);
@@ -166,6 +257,7 @@ mod tests {
             ("request_head", super::request_head as fn(&[u8])),
             ("client_hello", super::client_hello),
             ("normalized_paths", super::normalized_paths),
+            ("trace_headers", super::trace_headers),
         ] {
             for entry in std::fs::read_dir(root.join(dir)).expect("seed directory") {
                 let bytes = std::fs::read(entry.expect("entry").path()).expect("seed");

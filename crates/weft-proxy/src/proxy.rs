@@ -129,14 +129,17 @@ impl RunningProxy {
             )?),
             None => None,
         };
-        let exporter = opts.tracing.map(|o| {
-            tracing::info!(endpoint = %o.endpoint, service = %o.service_name, "exporting spans over OTLP");
-            otlp::Exporter::start(
-                o,
-                metrics.trace_spans_dropped.clone(),
-                metrics.trace_spans_exported.clone(),
-            )
-        });
+        let exporter = match opts.tracing {
+            Some(o) => {
+                tracing::info!(endpoint = %o.endpoint, service = %o.service_name, "exporting spans over OTLP");
+                Some(otlp::Exporter::start(
+                    o,
+                    metrics.trace_spans_dropped.clone(),
+                    metrics.trace_spans_exported.clone(),
+                )?)
+            }
+            None => None,
+        };
         let bound = listener_keys(&config)
             .into_iter()
             .map(|(name, address)| bind(&name, &address).map(|l| (name, address, l)))

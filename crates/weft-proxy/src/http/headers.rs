@@ -248,12 +248,8 @@ pub(crate) fn ensure_request_id(h: &mut HeaderMap) {
         .get(&X_REQUEST_ID)
         .is_some_and(|v| !v.is_empty() && v.len() <= MAX_REQUEST_ID_LEN);
     if !keep {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        let r = fastrand::u128(..);
         let mut id = [0u8; 32];
-        for (i, c) in id.iter_mut().enumerate() {
-            *c = HEX[((r >> (124 - 4 * i)) & 0xf) as usize];
-        }
+        crate::telemetry::trace::hex_into(&mut id, &fastrand::u128(..).to_be_bytes());
         if let Ok(v) = HeaderValue::from_bytes(&id) {
             h.insert(X_REQUEST_ID, v);
         }

@@ -228,7 +228,9 @@ impl SpanContext {
     /// Sets the request's trace headers for the next hop: those that arrived are replaced,
     /// W3C is always set, B3 in each form that arrived or that `always` names.
     pub fn inject(&self, h: &mut HeaderMap, always: Formats) {
-        if self.arrived.contains(Formats::B3_MULTI) {
+        let wants = |f| self.arrived.contains(f) || always.contains(f);
+        if wants(Formats::B3_MULTI) {
+            // All five go, whichever arrived: a stale flag beside fresh ids would lie.
             for n in [
                 B3_TRACE_ID,
                 B3_SPAN_ID,
@@ -249,6 +251,9 @@ impl SpanContext {
             }
             None => {}
         }
+        if !wants(Formats::B3_SINGLE) && !wants(Formats::B3_MULTI) {
+            return; // the common case: no B3 (and its ids are not formatted)
+        }
         let b3_trace = if self.short_trace_id {
             format!("{:016x}", self.trace_id as u64)
         } else {
@@ -261,7 +266,6 @@ impl SpanContext {
         } else {
             "0"
         };
-        let wants = |f| self.arrived.contains(f) || always.contains(f);
         if wants(Formats::B3_SINGLE) {
             let mut v = format!("{b3_trace}-{:016x}-{sampled}", self.span_id);
             if let Some(p) = self.parent_id {
@@ -293,13 +297,23 @@ impl SpanContext {
     }
 }
 
-/// What the request's trace headers say. The lookups run in order of likelihood and stop
-/// at the first valid format; the presence of the others is noted so that they are
-/// replaced, not forwarded stale.
+/// What the request's trace headers say. One pass over the names finds the formats that
+/// arrived (three hash lookups cost more on the common request that carries none); the
+/// first valid format in the order W3C, B3 single, B3 multi gives the context, and the
+/// presence of the others is noted so that they are replaced, not forwarded stale.
 pub fn extract(h: &HeaderMap) -> Incoming {
+    let (mut w3c, mut single) = (None, None);
     let mut found = Incoming::default();
-    if let Some(v) = h.get(TRACEPARENT) {
-        found.arrived = Formats::W3C;
+    for (name, value) in h {
+        match name.as_str().as_bytes() {
+            b"traceparent" if w3c.is_none() => w3c = Some(value),
+            b"b3" if single.is_none() => single = Some(value),
+            b"x-b3-traceid" => found.arrived = found.arrived.union(Formats::B3_MULTI),
+            _ => {}
+        }
+    }
+    if let Some(v) = w3c {
+        found.arrived = found.arrived.union(Formats::W3C);
         if let Some((trace_id, span_id, sampled)) = parse_traceparent(v.as_bytes()) {
             found.parent = Some(Parent {
                 trace_id,
@@ -310,17 +324,17 @@ pub fn extract(h: &HeaderMap) -> Incoming {
             found.sampled = Some(sampled);
         }
     }
-    if let Some(v) = h.get(B3) {
+    if let Some(v) = single {
         found.arrived = found.arrived.union(Formats::B3_SINGLE);
         if found.parent.is_none() {
             read_b3_single(v.as_bytes(), &mut found);
         }
     }
-    if h.contains_key(B3_TRACE_ID) {
-        found.arrived = found.arrived.union(Formats::B3_MULTI);
-        if found.parent.is_none() && found.sampled.is_none() {
-            read_b3_multi(h, &mut found);
-        }
+    if found.arrived.contains(Formats::B3_MULTI)
+        && found.parent.is_none()
+        && found.sampled.is_none()
+    {
+        read_b3_multi(h, &mut found);
     }
     found
 }
@@ -481,14 +495,25 @@ fn tracestate(h: &HeaderMap) -> Option<HeaderValue> {
     HeaderValue::from_str(&out).ok()
 }
 
-/// Lower-case hex of `bytes` into `out` (twice as long).
-fn hex_into(out: &mut [u8], bytes: &[u8]) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
-        pair[0] = HEX[usize::from(b >> 4)];
-        pair[1] = HEX[usize::from(b & 0xf)];
+/// Lower-case hex of `bytes` into `out` (twice as long): one table lookup per byte, as it
+/// runs on every request (trace ids, generated request ids).
+pub(crate) fn hex_into(out: &mut [u8], bytes: &[u8]) {
+    for (pair, &b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair.copy_from_slice(&HEX_PAIRS[usize::from(b)]);
     }
 }
+
+/// Every byte's two lower-case hex digits.
+const HEX_PAIRS: [[u8; 2]; 256] = {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut t = [[0u8; 2]; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = [HEX[i >> 4], HEX[i & 0xf]];
+        i += 1;
+    }
+    t
+};
 
 /// A random id that is not zero (zero means "invalid" in both formats).
 fn nonzero_u64() -> u64 {
