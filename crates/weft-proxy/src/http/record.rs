@@ -227,7 +227,7 @@ impl Exchange {
     /// The span, named and attributed per the OpenTelemetry HTTP semantic conventions,
     /// with weft's own attributes beside them.
     fn export(&self, f: SpanFields) {
-        use Value::{Int, Str};
+        use Value::{Addr, Int, Ip, Static, Str};
         let route = self.rule.as_ref().map(|r| r.route.as_str());
         let name = match route {
             Some(r) => format!("{} {r}", f.facts.method),
@@ -236,22 +236,21 @@ impl Exchange {
         let (host, port) = split_authority(&f.facts.authority);
         let mut a: Vec<(&'static str, Value)> = Vec::with_capacity(24);
         a.push(("http.request.method", Str(f.facts.method)));
-        a.push(("url.path", Str(path_only(&f.facts.path).to_string())));
-        a.push(("url.scheme", Str(f.scheme.to_string())));
+        let mut path = f.facts.path;
+        path.truncate(path_only(&path).len());
+        a.push(("url.path", Str(path)));
+        a.push(("url.scheme", Static(f.scheme)));
         a.push(("server.address", Str(host.to_string())));
         if let Some(p) = port {
             a.push(("server.port", Int(i64::from(p))));
         }
-        a.push((
-            "network.protocol.version",
-            Str(f
-                .facts
-                .protocol
-                .trim_start_matches("HTTP/")
-                .trim_end_matches(".0")
-                .to_string()),
-        ));
-        a.push(("client.address", Str(f.client.ip().to_string())));
+        let version = match f.facts.protocol {
+            "HTTP/2.0" => "2",
+            "HTTP/1.0" => "1.0",
+            _ => "1.1",
+        };
+        a.push(("network.protocol.version", Static(version)));
+        a.push(("client.address", Ip(f.client.ip())));
         if !f.facts.user_agent.is_empty() {
             a.push(("user_agent.original", Str(f.facts.user_agent)));
         }
@@ -278,7 +277,7 @@ impl Exchange {
             }
         }
         if let Some(u) = self.upstream {
-            a.push(("weft.upstream.address", Str(u.to_string())));
+            a.push(("weft.upstream.address", Addr(u)));
         }
         if let Some(s) = &f.source {
             a.push(("weft.source.identity", Str(s.to_string())));
@@ -287,7 +286,7 @@ impl Exchange {
             a.push(("weft.intention", Str(i)));
         }
         if let Some(e) = self.error {
-            a.push(("weft.error", Str(e.to_string())));
+            a.push(("weft.error", Static(e)));
         }
         if !f.request_id.is_empty() {
             a.push(("weft.request_id", Str(f.request_id)));

@@ -702,10 +702,13 @@ fn attr<'a>(span: &'a Span, key: &str) -> Option<&'a Value> {
         .map(|(_, v)| v)
 }
 
-fn text(v: Option<&Value>) -> &str {
+fn text(v: Option<&Value>) -> String {
     match v {
-        Some(Value::Str(s)) => s,
-        _ => "",
+        Some(Value::Str(s)) => s.clone(),
+        Some(Value::Static(s)) => s.to_string(),
+        Some(Value::Ip(a)) => a.to_string(),
+        Some(Value::Addr(a)) => a.to_string(),
+        _ => String::new(),
     }
 }
 

@@ -162,6 +162,12 @@ pub enum Kind {
 pub enum Value {
     /// Text.
     Str(String),
+    /// Text known at compile time.
+    Static(&'static str),
+    /// An address, formatted on the exporter's thread rather than the request's.
+    Ip(std::net::IpAddr),
+    /// An address and port, likewise.
+    Addr(std::net::SocketAddr),
     /// A number.
     Int(i64),
 }
@@ -364,6 +370,9 @@ pub fn encode(service_name: &str, spans: Vec<Span>) -> ExportTraceServiceRequest
                         k,
                         match v {
                             Value::Str(s) => any_value::Value::StringValue(s),
+                            Value::Static(s) => any_value::Value::StringValue(s.into()),
+                            Value::Ip(a) => any_value::Value::StringValue(a.to_string()),
+                            Value::Addr(a) => any_value::Value::StringValue(a.to_string()),
                             Value::Int(i) => any_value::Value::IntValue(i),
                         },
                     )
