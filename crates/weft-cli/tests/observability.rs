@@ -698,3 +698,95 @@ fn the_demo_traces_every_request_to_the_collector_it_is_given() {
     demo.signal("INT");
     demo.wait_exit(Duration::from_secs(20)).expect("demo exits");
 }
+
+/// The rolling windows on the admin port (`GET /stats`): the caller's and the callee's
+/// sidecars count the same edge exactly, the success rate is the app's, and the p50 is
+/// the app's delay within the sketch's stated error (1/16) plus the hop.
+#[test]
+fn stats_windows_show_each_edge_exactly() {
+    let s = server(&weft());
+    apply(&s, &MESH.replace("GHOST", &free_port().to_string()));
+    let admin = ["--admin", "127.0.0.1:0"];
+    let app = weft_testkit::echo(&weft(), "payments-1", &["--delay", "40ms"]);
+    let payments = sidecar(
+        &weft(),
+        &s.url(),
+        "payments",
+        "payments-1",
+        app.addr,
+        &admin,
+    );
+    payments.wait_synced();
+    let frontend = caller(&s, "frontend", "payments", &admin);
+    let admin_of = |sc: &Sidecar| sc.proc.ready["admin"].as_str().expect("admin").to_string();
+    let out = frontend.sidecar.listener("out-payments");
+    eventually("payments answers", Duration::from_secs(15), || {
+        (curl(&[&format!("http://{out}/")]).status == 200).then_some(())
+    });
+    let edge = |admin: &str, direction: &str| -> Value {
+        let r = curl(&[&format!("http://{admin}/stats?window=1m")]);
+        assert_eq!(r.status, 200, "{r:?}");
+        let v = r.json();
+        v["edges"]
+            .as_array()
+            .expect("edges")
+            .iter()
+            .find(|e| {
+                e["direction"] == direction
+                    && e["source"] == "frontend"
+                    && e["destination"] == "payments"
+            })
+            .cloned()
+            .unwrap_or_else(|| panic!("no {direction} edge frontend→payments: {v:#}"))
+    };
+    let sides = [
+        (admin_of(&frontend.sidecar), "outbound"),
+        (admin_of(&payments), "inbound"),
+    ];
+    // What the warm-up left (it may have taken more than one request).
+    let before: Vec<(u64, u64)> = sides
+        .iter()
+        .map(|(a, d)| {
+            let e = edge(a, d);
+            (
+                e["requests"].as_u64().expect("requests"),
+                e["successes"].as_u64().expect("successes"),
+            )
+        })
+        .collect();
+    let (ok, failing) = (27u64, 3u64);
+    for _ in 0..ok {
+        assert_eq!(curl(&[&format!("http://{out}/")]).status, 200);
+    }
+    for _ in 0..failing {
+        assert_eq!(curl(&[&format!("http://{out}/status/500")]).status, 500);
+    }
+    for ((admin, direction), (requests, successes)) in sides.iter().zip(before.iter().copied()) {
+        let e = edge(admin, direction);
+        assert_eq!(e["requests"], requests + ok + failing, "{direction}: {e:#}");
+        assert_eq!(e["successes"], successes + ok, "{direction}: {e:#}");
+        let p50 = e["p50_ms"].as_f64().expect("p50");
+        // At least the app's 40 ms (less the sketch's 1/16), at most that plus a hop.
+        assert!(p50 >= 40.0 * (1.0 - 1.0 / 16.0), "{direction}: p50 {p50}");
+        assert!(p50 <= 60.0 * (1.0 + 1.0 / 16.0), "{direction}: p50 {p50}");
+        assert!(e["rps"].as_f64().expect("rps") > 0.0);
+    }
+    // The route windows too: the caller's outbound route to payments.
+    let r = curl(&[&format!(
+        "http://{}/stats?window=10m",
+        admin_of(&frontend.sidecar)
+    )])
+    .json();
+    let route_requests: u64 = r["routes"]
+        .as_array()
+        .expect("routes")
+        .iter()
+        .filter(|x| x["service"] == "payments")
+        .map(|x| x["requests"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(route_requests, before[0].0 + ok + failing, "{r:#}");
+    // A window it does not keep is refused with the ones it does.
+    let bad = curl(&[&format!("http://{}/stats?window=5m", admin_of(&payments))]);
+    assert_eq!(bad.status, 400);
+    assert!(bad.body.contains("10s, 1m or 10m"), "{}", bad.body);
+}

@@ -180,12 +180,40 @@ async fn respond(
                 ),
             }
         }
+        "/stats" => stats(&state, req.uri().query()),
         _ => reply(
             StatusCode::NOT_FOUND,
             "text/plain",
-            "endpoints: /metrics /ready /live /config\n".into(),
+            "endpoints: /metrics /ready /live /config /stats\n".into(),
         ),
     })
+}
+
+/// `GET /stats?window=10s|1m|10m` (default 1m): every route and edge with traffic in the
+/// window, as JSON.
+fn stats(state: &AdminState, query: Option<&str>) -> Response<Full<Bytes>> {
+    use crate::telemetry::window::WINDOWS;
+    let asked = query
+        .unwrap_or_default()
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("window="))
+        .unwrap_or("1m");
+    let Some(&(_, seconds)) = WINDOWS.iter().find(|(name, _)| *name == asked) else {
+        return reply(
+            StatusCode::BAD_REQUEST,
+            "text/plain",
+            format!("window `{asked}`: expected 10s, 1m or 10m\n"),
+        );
+    };
+    let view = state.metrics.windows(std::time::Instant::now(), seconds);
+    match serde_json::to_string_pretty(&view) {
+        Ok(body) => reply(StatusCode::OK, "application/json", body + "\n"),
+        Err(e) => reply(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "text/plain",
+            format!("{e}\n"),
+        ),
+    }
 }
 
 fn reply(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {

@@ -190,11 +190,12 @@ impl Exchange {
 
     pub(crate) fn finish(&mut self) {
         let elapsed = self.started.elapsed();
+        let ended = self.started + elapsed;
         if let Some(stats) = self.stats.take() {
-            stats.record(self.status, elapsed);
+            stats.record(self.status, elapsed, ended);
         }
         if let Some(edge) = self.edge.take() {
-            edge.record(self.status, elapsed);
+            edge.record(self.status, elapsed, ended);
         }
         self.inflight.take();
         if let Some(entry) = self.log.take() {

@@ -7,7 +7,7 @@
 
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -15,6 +15,9 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
+use serde::Serialize;
+
+use super::window::{Rolling, Summary};
 
 /// Latency buckets, in seconds: 0.5 ms to 30 s.
 const BUCKETS: [f64; 16] = [
@@ -175,10 +178,16 @@ pub struct Metrics {
     edge_tcp_durations: Family<EdgeKeyLabels, Histogram, fn() -> Histogram>,
     edge_overflow: Counter,
     edges: std::sync::Mutex<std::collections::HashMap<EdgeKey, Arc<EdgeStats>>>,
+    /// Rolling windows per (listener, route, service), kept across reloads.
+    route_windows: std::sync::Mutex<std::collections::HashMap<RouteKey, Arc<Rolling>>>,
 }
 
 /// (direction, source, destination).
 type EdgeKey = (Direction, String, String);
+type RouteKey = (String, String, String);
+
+/// Routes with a rolling window at most (routes renamed by many reloads stop getting one).
+pub const MAX_ROUTE_WINDOWS: usize = 4096;
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -225,6 +234,7 @@ impl Metrics {
             edge_tcp_durations: Family::new_with_constructor(histogram),
             edge_overflow: Counter::default(),
             edges: Default::default(),
+            route_windows: Default::default(),
             registry: Registry::default(),
         };
         r.register("requests", "HTTP requests completed", m.requests.clone());
@@ -443,6 +453,17 @@ impl Metrics {
             service: service.to_string(),
             status_class: class.to_string(),
         };
+        let window = {
+            let mut windows = self.route_windows.lock().unwrap_or_else(|p| p.into_inner());
+            let key = (listener.to_string(), route.to_string(), service.to_string());
+            match windows.get(&key) {
+                Some(w) => Some(w.clone()),
+                None if windows.len() < MAX_ROUTE_WINDOWS => {
+                    Some(windows.entry(key).or_default().clone())
+                }
+                None => None,
+            }
+        };
         RouteStats {
             classes: CLASSES.map(|c| {
                 (
@@ -450,6 +471,48 @@ impl Metrics {
                     self.durations.get_or_create(&labels(c)).clone(),
                 )
             }),
+            window,
+        }
+    }
+
+    /// Every route's and edge's rolling window over the last `seconds` as of `now`.
+    pub fn windows(&self, now: Instant, seconds: u64) -> Windows {
+        let mut routes: Vec<RouteWindow> = self
+            .route_windows
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|((listener, route, service), w)| RouteWindow {
+                listener: listener.clone(),
+                route: route.clone(),
+                service: service.clone(),
+                stats: w.summary(now, seconds),
+            })
+            .filter(|r| r.stats.requests > 0)
+            .collect();
+        routes.sort_by(|a, b| {
+            (&a.listener, &a.route, &a.service).cmp(&(&b.listener, &b.route, &b.service))
+        });
+        let mut edges: Vec<EdgeWindow> = self
+            .edges
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|((direction, source, destination), e)| EdgeWindow {
+                direction: direction.as_str(),
+                source: source.clone(),
+                destination: destination.clone(),
+                stats: e.window.summary(now, seconds),
+            })
+            .filter(|e| e.stats.requests > 0 || e.stats.tcp_connections > 0)
+            .collect();
+        edges.sort_by(|a, b| {
+            (a.direction, &a.source, &a.destination).cmp(&(b.direction, &b.source, &b.destination))
+        });
+        Windows {
+            seconds,
+            routes,
+            edges,
         }
     }
 
@@ -492,7 +555,9 @@ impl Metrics {
                         self.edge_durations.get_or_create(&labels(c)).clone(),
                     )
                 }),
+                window: None, // the edge keeps its own, with its TCP connections
             },
+            window: Rolling::default(),
             tcp: ["forwarded", "denied", "failed"].map(|result| {
                 self.edge_tcp
                     .get_or_create(&EdgeResultLabels {
@@ -698,20 +763,64 @@ fn openmetrics_to_prometheus(om: &str) -> String {
     out
 }
 
-/// Request counters and latency histograms of one (listener, route, service), by status class.
+/// Request counters and latency histograms of one (listener, route, service), by status
+/// class, and its rolling window.
 #[derive(Debug, Clone)]
 pub struct RouteStats {
     classes: [(Counter, Histogram); 5],
+    window: Option<Arc<Rolling>>,
 }
 
 impl RouteStats {
-    /// Records one finished exchange.
-    pub fn record(&self, status: u16, elapsed: Duration) {
+    /// Records one exchange that took `elapsed` and ended at `at`.
+    pub fn record(&self, status: u16, elapsed: Duration, at: Instant) {
         let i = usize::from((status / 100).clamp(1, 5) - 1);
         let (count, hist) = &self.classes[i];
         count.inc();
         hist.observe(elapsed.as_secs_f64());
+        if let Some(w) = &self.window {
+            w.record(at, status, elapsed);
+        }
     }
+}
+
+/// What `GET /stats` shows: every route and edge with traffic in the window.
+#[derive(Debug, Serialize)]
+pub struct Windows {
+    /// The window asked for, in seconds.
+    pub seconds: u64,
+    /// By listener, route and service.
+    pub routes: Vec<RouteWindow>,
+    /// By direction, source and destination service.
+    pub edges: Vec<EdgeWindow>,
+}
+
+/// One route's window.
+#[derive(Debug, Serialize)]
+pub struct RouteWindow {
+    /// `gateway/listener`.
+    pub listener: String,
+    /// The route's name (empty: requests no route matched).
+    pub route: String,
+    /// The service chosen (empty: answered by the proxy).
+    pub service: String,
+    /// What happened.
+    #[serde(flatten)]
+    pub stats: Summary,
+}
+
+/// One edge's window.
+#[derive(Debug, Serialize)]
+pub struct EdgeWindow {
+    /// `outbound` (counted by the caller's proxy) or `inbound` (by the callee's).
+    pub direction: &'static str,
+    /// The calling service.
+    pub source: String,
+    /// The called service.
+    pub destination: String,
+    /// What happened.
+    #[serde(flatten)]
+    pub stats: Summary,
 }
 
 /// Which side of an edge a proxy sees.
@@ -741,12 +850,14 @@ pub struct EdgeStats {
     tcp_received: Counter,
     tcp_sent: Counter,
     tcp_duration: Histogram,
+    window: Rolling,
 }
 
 impl EdgeStats {
-    /// Records one finished HTTP exchange.
-    pub fn record(&self, status: u16, elapsed: Duration) {
-        self.requests.record(status, elapsed);
+    /// Records one HTTP exchange that took `elapsed` and ended at `at`.
+    pub fn record(&self, status: u16, elapsed: Duration, at: Instant) {
+        self.requests.record(status, elapsed, at);
+        self.window.record(at, status, elapsed);
     }
 
     /// Records one TCP connection: forwarded (with its bytes and duration), denied by an
@@ -762,12 +873,16 @@ impl EdgeStats {
                 self.tcp_received.inc_by(received);
                 self.tcp_sent.inc_by(sent);
                 self.tcp_duration.observe(duration.as_secs_f64());
+                self.window
+                    .record_tcp(Instant::now(), false, received + sent);
             }
             TcpOutcome::Denied => {
                 self.tcp[1].inc();
+                self.window.record_tcp(Instant::now(), true, 0);
             }
             TcpOutcome::Failed => {
                 self.tcp[2].inc();
+                self.window.record_tcp(Instant::now(), true, 0);
             }
         }
     }

@@ -1,8 +1,9 @@
 //! What the proxy tells about itself: Prometheus metrics, the JSON access log, and
 //! distributed tracing (trace context in and out of every request, spans exported over
-//! OTLP).
+//! OTLP), and rolling windows per route and edge for live views.
 
 pub mod access_log;
 pub mod metrics;
 pub mod otlp;
 pub mod trace;
+pub mod window;
