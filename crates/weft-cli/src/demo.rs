@@ -227,6 +227,7 @@ Try:
   curl -si --http2-prior-knowledge {url}/h2  # HTTP/2 to the proxy
   curl -si --cacert {ca} {tls_url}/hello     # HTTPS edge: TLS 1.3, HTTP/2 by ALPN
   curl -s  {admin_url}/metrics | grep weft_requests_total
+  curl -s  '{admin_url}/stats?window=1m'     # live: requests, success rate, p50/p95/p99 per route
   curl -s  {admin_url}/config
 
 Access log lines (JSON) follow on stdout. Ctrl-C stops everything.

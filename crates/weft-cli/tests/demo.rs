@@ -41,6 +41,17 @@ fn demo_serves_http_and_https_and_stops_on_ctrl_c() {
     ]);
     assert_eq!(r.status, 200, "{r:?}");
     assert!(r.body.ends_with("\n2"), "HTTP/2 by ALPN: {}", r.body);
+    // The live window the demo's hints point at counts those requests.
+    let admin = ready["admin"].as_str().expect("admin address");
+    let stats = curl(&[&format!("http://{admin}/stats?window=1m")]).json();
+    let served: u64 = stats["routes"]
+        .as_array()
+        .expect("routes")
+        .iter()
+        .filter(|r| r["route"] == "demo")
+        .map(|r| r["requests"].as_u64().unwrap_or(0))
+        .sum();
+    assert!(served >= 2, "{stats:#}");
 
     // The mesh: frontend's sidecar reaches payments and inventory, found in the catalog.
     for (service, instances) in [
