@@ -137,31 +137,7 @@ fn edge_gateway(s: &Server, service: &str, extra: &[&str]) -> (Sidecar, SocketAd
         ),
     )
     .expect("write");
-    let mut cmd = Command::new(weft());
-    cmd.args([
-        "sidecar",
-        "--server",
-        &s.url(),
-        "--service",
-        "edge",
-        "--gateway",
-    ])
-    .arg(&file)
-    .args(extra)
-    .env(
-        "WEFT_TOKEN",
-        weft_testkit::mesh::token_for(&s.url()).expect("token"),
-    );
-    let edge = Sidecar {
-        proc: Proc::spawn(cmd),
-    };
-    edge.wait_synced();
-    let web = edge.proc.ready["listeners"]["edge/web"]
-        .as_str()
-        .expect("edge listener")
-        .parse()
-        .expect("addr");
-    (edge, web)
+    weft_testkit::mesh::edge_gateway(&weft(), &s.url(), &file, extra)
 }
 
 const MESH: &str = "kind: Mesh

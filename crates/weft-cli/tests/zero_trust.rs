@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use weft_testkit::mesh::{
-    allow_all, echo_name as who, server, server_with, weft_cli, Instance, LoadLoop, Server, Sidecar,
+    allow_all, echo_name as who, server, server_with, weft_cli, Instance, LoadLoop, Server,
 };
 use weft_testkit::{curl, eventually, metric_value, temp_dir};
 
@@ -465,29 +465,7 @@ fn an_edge_gateway_calls_mesh_services_as_itself_over_mutual_tls() {
          ---\nkind: HTTPRoute\nmetadata: {name: shop}\nspec:\n  parentRefs: [{name: edge}]\n  rules: [{backendRefs: [{name: b}]}]\n",
     )
     .expect("write");
-    let mut cmd = std::process::Command::new(weft());
-    cmd.args([
-        "sidecar",
-        "--server",
-        &s.url(),
-        "--service",
-        "edge",
-        "--gateway",
-    ])
-    .arg(&file)
-    .env(
-        "WEFT_TOKEN",
-        weft_testkit::mesh::token_for(&s.url()).expect("token"),
-    );
-    let edge = Sidecar {
-        proc: weft_testkit::Proc::spawn(cmd),
-    };
-    edge.wait_synced();
-    let web: std::net::SocketAddr = edge.proc.ready["listeners"]["edge/web"]
-        .as_str()
-        .expect("edge listener")
-        .parse()
-        .expect("addr");
+    let (edge, web) = weft_testkit::mesh::edge_gateway(&weft(), &s.url(), &file, &[]);
     // The gateway is a caller like any other: no intention, no entry.
     eventually("edge → b denied", Duration::from_secs(10), || {
         let r = curl(&[&format!("http://{web}/hello")]);

@@ -258,6 +258,39 @@ pub fn sidecar(
     }
 }
 
+/// Starts an edge gateway in the mesh (`weft sidecar --service edge --gateway CONFIG`,
+/// with `extra` arguments) and waits for its first update; returns it and the address of
+/// its `edge/web` listener.
+pub fn edge_gateway(
+    weft: &Path,
+    server: &str,
+    config: &Path,
+    extra: &[&str],
+) -> (Sidecar, SocketAddr) {
+    let mut cmd = Command::new(weft);
+    cmd.args([
+        "sidecar",
+        "--server",
+        server,
+        "--service",
+        "edge",
+        "--gateway",
+    ])
+    .arg(config)
+    .args(extra);
+    with_token(&mut cmd, server);
+    let edge = Sidecar {
+        proc: Proc::spawn(cmd),
+    };
+    edge.wait_synced();
+    let web = edge.proc.ready["listeners"]["edge/web"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no listener edge/web in {}", edge.proc.ready))
+        .parse()
+        .expect("addr");
+    (edge, web)
+}
+
 /// An instance of a mesh service: an echo app and its sidecar.
 pub struct Instance {
     /// The app (`weft echo` named after the instance id).

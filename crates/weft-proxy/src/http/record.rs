@@ -129,16 +129,19 @@ impl Exchange {
         trace: &SpanContext,
         kind: Kind,
     ) -> Exchange {
+        // The client's id, if any, so that replies made before forwarding log it too
+        // (the forwarded one replaces it once known).
+        let request_id = || {
+            req.headers()
+                .get(&X_REQUEST_ID)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string()
+        };
         let log = ctx.access_log.as_ref().map(|log| {
             let fields = LogFields {
                 start_time: SystemTime::now(),
-                // The client's id, if any, so that replies made before forwarding log it too.
-                request_id: req
-                    .headers()
-                    .get(&X_REQUEST_ID)
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or_default()
-                    .to_string(),
+                request_id: request_id(),
                 facts: Facts::of(req),
                 client: client.addr,
                 trace_id: trace.trace_hex(),
@@ -162,13 +165,7 @@ impl Exchange {
                 source: client.peer.clone(),
                 intention: None,
                 grpc_status: None,
-                // The client's id until the forwarded one is known (a refusal keeps it).
-                request_id: req
-                    .headers()
-                    .get(&X_REQUEST_ID)
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or_default()
-                    .to_string(),
+                request_id: request_id(),
             })),
             _ => None,
         };

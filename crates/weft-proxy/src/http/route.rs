@@ -51,7 +51,91 @@ impl Rule {
         services: &HashMap<String, Arc<Service>>,
         metrics: &Metrics,
     ) -> Result<Rule, String> {
-        build_rule(listener, caller, route, rule, services, metrics)
+        let mut filters = Filters::default();
+        for f in &rule.filters {
+            match f.kind {
+                FilterType::RequestMirror => {
+                    if let Some(m) = &f.request_mirror {
+                        let service = services
+                            .get(m.backend_ref.name.as_str())
+                            .ok_or_else(|| format!("unknown service {}", m.backend_ref.name))?;
+                        filters.mirror = Some(Mirror {
+                            service: service.clone(),
+                            percent: m.percent,
+                        });
+                    }
+                }
+                FilterType::RequestHeaderModifier => {
+                    filters.request_headers = f
+                        .request_header_modifier
+                        .as_ref()
+                        .map(header_ops)
+                        .transpose()?
+                }
+                FilterType::ResponseHeaderModifier => {
+                    filters.response_headers = f
+                        .response_header_modifier
+                        .as_ref()
+                        .map(header_ops)
+                        .transpose()?
+                }
+                FilterType::RequestRedirect => {
+                    if let Some(r) = &f.request_redirect {
+                        filters.redirect = Some(Redirect {
+                            scheme: r.scheme.clone(),
+                            hostname: r.hostname.clone(),
+                            port: r.port,
+                            path: r.path.as_ref().map(path_rewrite),
+                            status: StatusCode::from_u16(r.status_code)
+                                .map_err(|e| e.to_string())?,
+                        });
+                    }
+                }
+                FilterType::URLRewrite => {
+                    if let Some(r) = &f.url_rewrite {
+                        filters.rewrite = Some(Rewrite {
+                            hostname: r
+                                .hostname
+                                .as_deref()
+                                .map(HeaderValue::from_str)
+                                .transpose()
+                                .map_err(|e| e.to_string())?,
+                            path: r.path.as_ref().map(path_rewrite),
+                        });
+                    }
+                }
+            }
+        }
+        let backends: Vec<Backend> = rule
+            .backend_refs
+            .iter()
+            .filter(|b| b.weight > 0)
+            .map(|b| {
+                let service = services
+                    .get(b.name.as_str())
+                    .ok_or_else(|| format!("unknown service {}", b.name))?;
+                Ok(Backend {
+                    service: service.clone(),
+                    weight: b.weight,
+                    stats: Arc::new(metrics.route_stats(listener, route, &b.name)),
+                    edge: caller.map(|c| metrics.edge(Direction::Outbound, c, &b.name)),
+                })
+            })
+            .collect::<Result<_, String>>()?;
+        let total_weight = backends.iter().map(|b| u64::from(b.weight)).sum();
+        let timeouts = rule.timeouts.as_ref();
+        Ok(Rule {
+            route: route.to_string(),
+            filters,
+            backends,
+            total_weight,
+            local_stats: Arc::new(metrics.route_stats(listener, route, "")),
+            request_timeout: timeouts.and_then(|t| t.request).map(|d| d.get()),
+            per_try_timeout: timeouts.and_then(|t| t.backend_request).map(|d| d.get()),
+            retry: rule.retry.as_ref().map(Retry::new),
+            rate_limit: rule.rate_limit.as_ref().map(RateLimiter::new),
+            fault: rule.fault.clone(),
+        })
     }
 
     /// Picks a backend by weight.
@@ -174,100 +258,6 @@ pub struct Rewrite {
     pub hostname: Option<HeaderValue>,
     /// New path.
     pub path: Option<PathRewrite>,
-}
-
-fn build_rule(
-    listener: &str,
-    caller: Option<&str>,
-    route: &str,
-    rule: &weft_model::HttpRouteRule,
-    services: &HashMap<String, Arc<Service>>,
-    metrics: &Metrics,
-) -> Result<Rule, String> {
-    let mut filters = Filters::default();
-    for f in &rule.filters {
-        match f.kind {
-            FilterType::RequestMirror => {
-                if let Some(m) = &f.request_mirror {
-                    let service = services
-                        .get(m.backend_ref.name.as_str())
-                        .ok_or_else(|| format!("unknown service {}", m.backend_ref.name))?;
-                    filters.mirror = Some(Mirror {
-                        service: service.clone(),
-                        percent: m.percent,
-                    });
-                }
-            }
-            FilterType::RequestHeaderModifier => {
-                filters.request_headers = f
-                    .request_header_modifier
-                    .as_ref()
-                    .map(header_ops)
-                    .transpose()?
-            }
-            FilterType::ResponseHeaderModifier => {
-                filters.response_headers = f
-                    .response_header_modifier
-                    .as_ref()
-                    .map(header_ops)
-                    .transpose()?
-            }
-            FilterType::RequestRedirect => {
-                if let Some(r) = &f.request_redirect {
-                    filters.redirect = Some(Redirect {
-                        scheme: r.scheme.clone(),
-                        hostname: r.hostname.clone(),
-                        port: r.port,
-                        path: r.path.as_ref().map(path_rewrite),
-                        status: StatusCode::from_u16(r.status_code).map_err(|e| e.to_string())?,
-                    });
-                }
-            }
-            FilterType::URLRewrite => {
-                if let Some(r) = &f.url_rewrite {
-                    filters.rewrite = Some(Rewrite {
-                        hostname: r
-                            .hostname
-                            .as_deref()
-                            .map(HeaderValue::from_str)
-                            .transpose()
-                            .map_err(|e| e.to_string())?,
-                        path: r.path.as_ref().map(path_rewrite),
-                    });
-                }
-            }
-        }
-    }
-    let backends: Vec<Backend> = rule
-        .backend_refs
-        .iter()
-        .filter(|b| b.weight > 0)
-        .map(|b| {
-            let service = services
-                .get(b.name.as_str())
-                .ok_or_else(|| format!("unknown service {}", b.name))?;
-            Ok(Backend {
-                service: service.clone(),
-                weight: b.weight,
-                stats: Arc::new(metrics.route_stats(listener, route, &b.name)),
-                edge: caller.map(|c| metrics.edge(Direction::Outbound, c, &b.name)),
-            })
-        })
-        .collect::<Result<_, String>>()?;
-    let total_weight = backends.iter().map(|b| u64::from(b.weight)).sum();
-    let timeouts = rule.timeouts.as_ref();
-    Ok(Rule {
-        route: route.to_string(),
-        filters,
-        backends,
-        total_weight,
-        local_stats: Arc::new(metrics.route_stats(listener, route, "")),
-        request_timeout: timeouts.and_then(|t| t.request).map(|d| d.get()),
-        per_try_timeout: timeouts.and_then(|t| t.backend_request).map(|d| d.get()),
-        retry: rule.retry.as_ref().map(Retry::new),
-        rate_limit: rule.rate_limit.as_ref().map(RateLimiter::new),
-        fault: rule.fault.clone(),
-    })
 }
 
 fn header_ops(m: &HeaderModifier) -> Result<HeaderOps, String> {

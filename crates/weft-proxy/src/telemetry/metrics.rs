@@ -547,6 +547,7 @@ impl Metrics {
             source: src.clone(),
             destination: dst.clone(),
         };
+        let window = Arc::new(Rolling::default());
         let stats = Arc::new(EdgeStats {
             requests: RouteStats {
                 classes: CLASSES.map(|c| {
@@ -555,9 +556,9 @@ impl Metrics {
                         self.edge_durations.get_or_create(&labels(c)).clone(),
                     )
                 }),
-                window: None, // the edge keeps its own, with its TCP connections
+                window: Some(window.clone()),
             },
-            window: Rolling::default(),
+            window,
             tcp: ["forwarded", "denied", "failed"].map(|result| {
                 self.edge_tcp
                     .get_or_create(&EdgeResultLabels {
@@ -850,19 +851,20 @@ pub struct EdgeStats {
     tcp_received: Counter,
     tcp_sent: Counter,
     tcp_duration: Histogram,
-    window: Rolling,
+    /// The requests' window (shared with `requests`), where TCP connections count too.
+    window: Arc<Rolling>,
 }
 
 impl EdgeStats {
     /// Records one HTTP exchange that took `elapsed` and ended at `at`.
     pub fn record(&self, status: u16, elapsed: Duration, at: Instant) {
         self.requests.record(status, elapsed, at);
-        self.window.record(at, status, elapsed);
     }
 
     /// Records one TCP connection: forwarded (with its bytes and duration), denied by an
     /// intention, or failed (no upstream).
     pub fn tcp(&self, outcome: TcpOutcome) {
+        let now = Instant::now();
         match outcome {
             TcpOutcome::Forwarded {
                 received,
@@ -873,16 +875,15 @@ impl EdgeStats {
                 self.tcp_received.inc_by(received);
                 self.tcp_sent.inc_by(sent);
                 self.tcp_duration.observe(duration.as_secs_f64());
-                self.window
-                    .record_tcp(Instant::now(), false, received + sent);
+                self.window.record_tcp(now, false, received + sent);
             }
             TcpOutcome::Denied => {
                 self.tcp[1].inc();
-                self.window.record_tcp(Instant::now(), true, 0);
+                self.window.record_tcp(now, true, 0);
             }
             TcpOutcome::Failed => {
                 self.tcp[2].inc();
-                self.window.record_tcp(Instant::now(), true, 0);
+                self.window.record_tcp(now, true, 0);
             }
         }
     }

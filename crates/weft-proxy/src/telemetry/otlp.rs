@@ -77,15 +77,14 @@ impl Options {
     ) -> Result<Option<Options>, String> {
         let protocol = match env("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
             .or_else(|| env("OTEL_EXPORTER_OTLP_PROTOCOL"))
-            .as_deref()
         {
-            None | Some("grpc") => Protocol::Grpc,
-            Some("http/protobuf") => Protocol::HttpProtobuf,
-            Some(other) => {
-                return Err(format!(
-                    "OTLP protocol `{other}`: weft exports `grpc` or `http/protobuf`"
-                ))
-            }
+            None => Protocol::Grpc,
+            Some(name) => [Protocol::Grpc, Protocol::HttpProtobuf]
+                .into_iter()
+                .find(|p| p.as_str() == name)
+                .ok_or_else(|| {
+                    format!("OTLP protocol `{name}`: weft exports `grpc` or `http/protobuf`")
+                })?,
         };
         let endpoint = match (flag, env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")) {
             (Some(f), _) => Some(signal_url(f, protocol)),
