@@ -10,6 +10,8 @@ pub mod discovery {
     tonic::include_proto!("weft.discovery.v1");
 }
 
+pub mod sketch;
+
 /// `grpc.health.v1`: the standard gRPC health protocol (the sidecar checks gRPC apps with it).
 #[allow(missing_docs, clippy::all)]
 pub mod health {

@@ -21,6 +21,7 @@ mod demo;
 mod demo_mesh;
 mod echo;
 mod intention;
+mod live;
 mod process;
 mod proxy;
 mod server;
@@ -165,6 +166,56 @@ enum Command {
         #[command(flatten)]
         server: ServerArg,
     },
+    /// Live traffic per service (success rate, requests per second, latency), answered
+    /// by the proxies themselves.
+    Stat {
+        /// Services to show.
+        services: Vec<String>,
+        /// Every service.
+        #[arg(long)]
+        all: bool,
+        /// The window: 10s, 1m or 10m.
+        #[arg(long, default_value = "1m")]
+        window: String,
+        /// Only traffic from this calling service.
+        #[arg(long)]
+        from: Option<String>,
+        /// table, wide or json.
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: live::Output,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// Every caller → callee pair (of SERVICE, when given) with identities, mTLS, success
+    /// rate and requests per second.
+    Edges {
+        /// A service: only its edges, in and out.
+        service: Option<String>,
+        /// The window: 10s, 1m or 10m.
+        #[arg(long, default_value = "1m")]
+        window: String,
+        /// table, wide or json.
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: live::Output,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// A service's requests as they happen (needs a token with `tap:SERVICE:read`).
+    Tap {
+        #[command(flatten)]
+        args: live::TapArgs,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// A live view of a service's busiest paths, redrawn every second (q quits).
+    Top {
+        /// The service whose proxies to watch.
+        service: String,
+        #[command(flatten)]
+        filter: live::TapFilter,
+        #[command(flatten)]
+        server: ServerArg,
+    },
     /// Start a local demo: a mesh (control plane, services with sidecars, a caller) and an
     /// edge proxy in front of echo backends.
     Demo {
@@ -209,6 +260,10 @@ fn main() -> std::process::ExitCode {
         | Command::Ca { server, .. }
         | Command::Intention { server, .. }
         | Command::Catalog { server, .. }
+        | Command::Stat { server, .. }
+        | Command::Edges { server, .. }
+        | Command::Tap { server, .. }
+        | Command::Top { server, .. }
         | Command::Status { server } => {
             server.auth.install();
             // A command typed (or scripted) right after `weft server … &` waits for it
@@ -274,6 +329,35 @@ fn main() -> std::process::ExitCode {
             client(|| control::catalog(&server.url, service.as_deref()))
         }
         Command::Status { server } => client(|| control::status(&server.url)),
+        Command::Stat {
+            services,
+            all,
+            window,
+            from,
+            output,
+            server,
+        } => client(|| {
+            live::stat(
+                &server.url,
+                &services,
+                all,
+                &window,
+                from.as_deref(),
+                output,
+            )
+        }),
+        Command::Edges {
+            service,
+            window,
+            output,
+            server,
+        } => client(|| live::edges(&server.url, service.as_deref(), &window, output)),
+        Command::Tap { args, server } => client(|| live::tap(&server.url, args)),
+        Command::Top {
+            service,
+            filter,
+            server,
+        } => client(|| live::top(&server.url, &service, filter)),
         Command::Acl { command, server } => client(|| acl::run(&server.url, command)),
         Command::Ca { command, server } => client(|| ca::run(&server.url, command)),
         Command::Intention {

@@ -6,7 +6,7 @@ use anyhow::{bail, Context};
 use weft_proxy::{
     mesh::{
         discovery::{self, Identity},
-        identity,
+        identity, live,
         registration::{HealthCheck, Registration},
         sidecar_config, SidecarSpec,
     },
@@ -287,6 +287,12 @@ pub async fn run(args: SidecarArgs) -> anyhow::Result<()> {
         proxy_id: id.clone(),
         build: format!("weft {}", env!("CARGO_PKG_VERSION")),
     };
+    let live = live::LiveWho {
+        proxy_id: id.clone(),
+        service: args.service.clone(),
+        identity: weft_tls::spiffe::service_id(mesh.trust_domain(), &args.service),
+        inbound: "sidecar/inbound".to_string(),
+    };
     let (synced, mut synced_rx) = tokio::sync::watch::channel(None);
     let specs = tokio::sync::watch::Sender::new(spec);
     let announce = async {
@@ -303,6 +309,7 @@ pub async fn run(args: SidecarArgs) -> anyhow::Result<()> {
         _ = identity::keep_renewed(args.server.clone(), args.service.clone(), mesh.clone(), proxy.metrics()) => {}
         _ = follow_gateway_file(source, &proxy, &specs, &declared) => {}
         _ = discovery::follow(&args.server, &who, specs.subscribe(), &proxy, &synced) => {}
+        _ = live::follow(&args.server, &live, &proxy) => {}
         _ = announce => {}
     }
     tracing::info!("stopping: deregistering, then draining");

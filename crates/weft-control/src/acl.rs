@@ -15,7 +15,8 @@
 //! | `service:NAME:read` | NAME's catalog entries, and NAME as an upstream of a discovery stream |
 //! | `kv:PREFIX:read\|write` | keys starting with PREFIX (`kv::write`: every key) |
 //! | `intentions:read\|write` | `Intention` resources |
-//! | `operator:read` | configuration, catalog, status and proxies (not KV, not ACLs) |
+//! | `tap:NAME:read` | live requests of NAME's proxies (`weft tap`, `top`): headers, maybe bodies |
+//! | `operator:read` | configuration, catalog, status, proxies and their stats (not KV, not ACLs, not tap) |
 //! | `operator:write` | everything, ACL management included (the management token) |
 //!
 //! NAME may be `*` (any service) or end with `*` (a prefix).
@@ -51,6 +52,8 @@ pub enum Need {
     Kv(String, Access),
     /// Intentions.
     Intentions(Access),
+    /// Live requests of a service's proxies.
+    Tap(String),
     /// Configuration, catalog, status, proxies; write: everything.
     Operator(Access),
 }
@@ -65,6 +68,7 @@ impl std::fmt::Display for Need {
             Need::Service(n, x) => write!(f, "service:{n}:{}", a(x)),
             Need::Kv(k, x) => write!(f, "kv:{k}:{}", a(x)),
             Need::Intentions(x) => write!(f, "intentions:{}", a(x)),
+            Need::Tap(n) => write!(f, "tap:{n}:read"),
             Need::Operator(x) => write!(f, "operator:{}", a(x)),
         }
     }
@@ -79,6 +83,8 @@ pub enum Rule {
     Kv(String, Access),
     /// `intentions:ACCESS`.
     Intentions(Access),
+    /// `tap:NAME:ACCESS` (read and write grant the same).
+    Tap(String, Access),
     /// `operator:ACCESS`.
     Operator(Access),
 }
@@ -100,11 +106,15 @@ impl Rule {
                 return Err(format!("rule `{s}`: `{name}` is not a service name, `*` or `prefix*`"))
             }
             Some(("kv", prefix)) => Rule::Kv(prefix.into(), access),
+            Some(("tap", name)) if valid_pattern(name) => Rule::Tap(name.into(), access),
+            Some(("tap", name)) => {
+                return Err(format!("rule `{s}`: `{name}` is not a service name, `*` or `prefix*`"))
+            }
             None if head == "intentions" => Rule::Intentions(access),
             None if head == "operator" => Rule::Operator(access),
             _ => {
                 return Err(format!(
-                    "rule `{s}`: expected service:NAME:, kv:PREFIX:, intentions: or operator: before the access"
+                    "rule `{s}`: expected service:NAME:, kv:PREFIX:, tap:NAME:, intentions: or operator: before the access"
                 ))
             }
         };
@@ -127,6 +137,7 @@ impl Rule {
                 have >= want && key.starts_with(prefix.as_str())
             }
             (Rule::Intentions(have), Need::Intentions(want)) => have >= want,
+            (Rule::Tap(p, _), Need::Tap(name)) => pattern_matches(p, name),
             _ => false,
         }
     }
@@ -138,6 +149,8 @@ impl std::fmt::Display for Rule {
             Rule::Service(n, a) => Need::Service(n.clone(), *a),
             Rule::Kv(k, a) => Need::Kv(k.clone(), *a),
             Rule::Intentions(a) => Need::Intentions(*a),
+            Rule::Tap(n, Access::Write) => return write!(f, "tap:{n}:write"),
+            Rule::Tap(n, Access::Read) => Need::Tap(n.clone()),
             Rule::Operator(a) => Need::Operator(*a),
         };
         need.fmt(f)
@@ -296,6 +309,14 @@ mod tests {
         assert!(pre.allows(&Need::Service("payments".into(), Access::Write)));
         assert!(!pre.allows(&Need::Service("web".into(), Access::Write)));
         assert!(Caller::Anyone.allows(&Need::Operator(Access::Write)));
+        // Tap is its own rule: read-only operators and service tokens do not get it.
+        assert!(!ro.allows(&Need::Tap("web".into())));
+        assert!(!web.allows(&Need::Tap("web".into())));
+        assert!(root.allows(&Need::Tap("web".into())));
+        let tap = token(&["tap:pay*:read"]);
+        assert!(tap.allows(&Need::Tap("payments".into())));
+        assert!(!tap.allows(&Need::Tap("web".into())));
+        assert!(!tap.allows(&Need::Operator(Access::Read)));
         assert!(!Caller::Nobody.allows(&Need::Service("web".into(), Access::Read)));
     }
 

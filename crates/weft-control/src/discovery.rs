@@ -22,7 +22,7 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 use weft_api::discovery::{
-    discovery_server::Discovery, proxy_message, Hello, ProxyMessage, Resource, Update,
+    discovery_server::Discovery, proxy_message, Hello, LiveReport, ProxyMessage, Resource, Update,
 };
 
 use crate::{
@@ -198,6 +198,7 @@ pub struct DiscoveryServer {
     auth: Arc<crate::authn::Authenticator>,
     limits: Limits,
     pending_hellos: Arc<tokio::sync::Semaphore>,
+    live: Arc<crate::live::Live>,
 }
 
 impl DiscoveryServer {
@@ -210,12 +211,14 @@ impl DiscoveryServer {
         sessions: Arc<Sessions>,
         auth: Arc<crate::authn::Authenticator>,
         limits: Limits,
+        live: Arc<crate::live::Live>,
     ) -> DiscoveryServer {
         DiscoveryServer {
             state,
             sessions,
             auth,
             limits,
+            live,
             pending_hellos: Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_HELLOS)),
         }
     }
@@ -278,6 +281,24 @@ fn check_hello(h: &Hello) -> Result<(), Status> {
 #[tonic::async_trait]
 impl Discovery for DiscoveryServer {
     type StreamStream = UpdateStream;
+    type LiveStream = crate::live::AskStream;
+
+    async fn live(
+        &self,
+        request: Request<Streaming<LiveReport>>,
+    ) -> Result<Response<Self::LiveStream>, Status> {
+        let secret = request
+            .metadata()
+            .get("x-weft-token")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let caller = self.auth.caller(secret.as_deref()).await;
+        if let Err(e) = caller.authenticated() {
+            return Err(Status::unauthenticated(e.message));
+        }
+        let asks = self.live.serve(caller, request.into_inner()).await?;
+        Ok(Response::new(asks))
+    }
 
     async fn stream(
         &self,

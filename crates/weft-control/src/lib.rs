@@ -9,6 +9,8 @@
 //!                                                        ▼
 //!                      discovery sessions (discovery.rs): one per proxy stream,
 //!                      each computes its slice, sends the delta, waits for ACK/NACK
+//!                      live streams (live.rs): beside each, the API's questions to the
+//!                      proxy (windows for stat/edges, taps) and their answers
 //! ```
 //!
 //! The store is the only source of truth: every replica rebuilds its [`state::State`]
@@ -28,6 +30,7 @@ pub mod error;
 pub mod etcd;
 pub mod kv;
 pub mod leader;
+pub mod live;
 pub mod metrics;
 pub mod peers;
 pub mod server;

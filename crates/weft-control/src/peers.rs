@@ -14,8 +14,9 @@ use crate::store::{self, Store};
 pub const PREFIX: &str = "/weft/servers/";
 const TTL: Duration = Duration::from_secs(10);
 const RENEW: Duration = Duration::from_secs(3);
-/// How long a peer has to answer `GET /v1/proxies`.
-pub const PEER_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a peer has to answer (`GET /v1/proxies`; `/v1/stats`, which waits up to
+/// [`crate::live::STATS_DEADLINE`] for its own proxies, gets that much more).
+pub const PEER_TIMEOUT: Duration = Duration::from_secs(4);
 
 /// Keeps this replica's announcement in the store for ever (re-announcing after a lapse).
 pub async fn announce(store: Arc<dyn Store>, advertise: String) {
@@ -67,6 +68,18 @@ pub async fn proxies_of(
     token: Option<String>,
     tls: PeerTls,
 ) -> Result<Vec<Value>, String> {
+    let path = format!("/v1/proxies?local=true&revision={revision}");
+    let v = get_json(peer, path, token, tls).await?;
+    Ok(v["items"].as_array().cloned().unwrap_or_default())
+}
+
+/// `GET PEER/PATH` with the caller's token: the JSON answer, or the error it carries.
+pub async fn get_json(
+    peer: String,
+    path: String,
+    token: Option<String>,
+    tls: PeerTls,
+) -> Result<Value, String> {
     let attempt = async {
         let stream = tokio::net::TcpStream::connect(peer.as_str())
             .await
@@ -91,8 +104,7 @@ pub async fn proxies_of(
                 .await
                 .map_err(|e| e.to_string())?;
         tokio::spawn(conn);
-        let mut req = hyper::Request::get(format!("/v1/proxies?local=true&revision={revision}"))
-            .header(hyper::header::HOST, peer.as_str());
+        let mut req = hyper::Request::get(path.as_str()).header(hyper::header::HOST, peer.as_str());
         if let Some(t) = &token {
             req = req.header("x-weft-token", t.as_str());
         }
@@ -107,7 +119,7 @@ pub async fn proxies_of(
         if let Some(e) = v.pointer("/error/message").and_then(Value::as_str) {
             return Err(e.to_string());
         }
-        Ok(v["items"].as_array().cloned().unwrap_or_default())
+        Ok(v)
     };
     tokio::time::timeout(PEER_TIMEOUT, attempt)
         .await

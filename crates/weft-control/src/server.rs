@@ -216,6 +216,7 @@ pub async fn serve(
         state.clone(),
         store.clone(),
     ));
+    let live = Arc::new(crate::live::Live::default());
     let discovery = DiscoveryServer::new(
         state.clone(),
         sessions.clone(),
@@ -223,6 +224,7 @@ pub async fn serve(
         crate::discovery::Limits {
             streams_per_token: limits.streams_per_token,
         },
+        live.clone(),
     );
     let grpc = GrpcDiscovery::new(discovery)
         .max_decoding_message_size(MAX_PROXY_MESSAGE)
@@ -233,6 +235,7 @@ pub async fn serve(
         store: store.clone(),
         state,
         sessions,
+        live,
         advertise,
         ca,
         auth,

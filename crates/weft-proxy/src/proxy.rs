@@ -15,6 +15,7 @@ use crate::admin::{self, AdminState};
 use crate::config::{BuildError, Runtime, Snapshot, SnapshotHandle};
 use crate::listen::{self, Shared};
 use crate::telemetry::metrics::Metrics;
+use crate::telemetry::tap::Taps;
 use crate::telemetry::{access_log, otlp};
 use crate::{http, upstream};
 
@@ -63,6 +64,7 @@ pub struct RunningProxy {
     pub admin: Option<SocketAddr>,
     snapshot: SnapshotHandle,
     metrics: Arc<Metrics>,
+    taps: Arc<Taps>,
     admin_state: Arc<AdminState>,
     access_log: Option<access_log::AccessLog>,
     exporter: Option<otlp::Exporter>,
@@ -163,6 +165,7 @@ impl RunningProxy {
             admin: None,
             snapshot,
             metrics,
+            taps: Arc::default(),
             admin_state,
             access_log,
             exporter,
@@ -202,6 +205,7 @@ impl RunningProxy {
                 access_log: self.access_log.clone(),
                 local,
                 exporter: self.exporter.clone(),
+                taps: self.taps.clone(),
             }),
             snapshot: self.snapshot.clone(),
         });
@@ -221,6 +225,11 @@ impl RunningProxy {
     /// The proxy's metrics.
     pub fn metrics(&self) -> Arc<Metrics> {
         self.metrics.clone()
+    }
+
+    /// The taps open on this proxy (the control plane's live stream opens them).
+    pub fn taps(&self) -> Arc<Taps> {
+        self.taps.clone()
     }
 
     /// The mesh identity and trust bundle, for a sidecar.

@@ -15,6 +15,8 @@ pub struct Api {
     pub state: Arc<State>,
     /// Connected proxies.
     pub sessions: Arc<Sessions>,
+    /// Their live streams (stats and taps).
+    pub live: Arc<crate::live::Live>,
     /// This server's API address as its peers reach it.
     pub advertise: String,
     /// The mesh CA.

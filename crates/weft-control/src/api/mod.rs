@@ -15,7 +15,8 @@
 //!  ├ status.rs   /v1/status, /metrics, /v1/openapi.json
 //!  ├ config.rs   /v1/config            ├ catalog.rs  /v1/catalog
 //!  ├ kv.rs       /v1/kv                ├ ca.rs       /v1/ca
-//!  ├ proxies.rs  /v1/proxies           └ acl.rs      /v1/acl
+//!  ├ proxies.rs  /v1/proxies           ├ acl.rs      /v1/acl
+//!  └ live.rs     /v1/stats, /v1/tap/{service} (asked of the proxies, live.rs)
 //! request.rs   around every handler: the caller (extractor, before the body), bodies
 //!              under limits, errors as JSON, X-Weft-Index
 //! query.rs     the query parameters (extractor), pages, long-polls
@@ -28,6 +29,7 @@ mod catalog;
 mod config;
 mod context;
 mod kv;
+mod live;
 mod proxies;
 mod query;
 mod request;
@@ -46,6 +48,7 @@ pub fn router(api: Api) -> Router {
         .merge(config::routes())
         .merge(kv::routes())
         .merge(proxies::routes())
+        .merge(live::routes())
         .merge(catalog::routes())
         .merge(ca::routes())
         .merge(acl::routes())
@@ -70,6 +73,7 @@ mod tests {
         ("config.rs", include_str!("config.rs")),
         ("kv.rs", include_str!("kv.rs")),
         ("proxies.rs", include_str!("proxies.rs")),
+        ("live.rs", include_str!("live.rs")),
         ("catalog.rs", include_str!("catalog.rs")),
         ("ca.rs", include_str!("ca.rs")),
         ("acl.rs", include_str!("acl.rs")),

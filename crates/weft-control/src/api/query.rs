@@ -50,6 +50,24 @@ pub(crate) struct Params {
     pub(crate) local: Option<bool>,
     #[serde(default)]
     pub(crate) service: Option<String>,
+    #[serde(default)]
+    pub(crate) window: Option<String>,
+    #[serde(default)]
+    pub(crate) from: Option<String>,
+    #[serde(default)]
+    pub(crate) to: Option<String>,
+    #[serde(default)]
+    pub(crate) path: Option<String>,
+    #[serde(default)]
+    pub(crate) method: Option<String>,
+    #[serde(default)]
+    pub(crate) authority: Option<String>,
+    #[serde(default)]
+    pub(crate) max_rps: Option<u32>,
+    #[serde(default)]
+    pub(crate) body: Option<u32>,
+    #[serde(default)]
+    pub(crate) redact: Option<String>,
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Params {

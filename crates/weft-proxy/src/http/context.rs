@@ -8,6 +8,7 @@ use http::HeaderValue;
 use crate::telemetry::access_log::AccessLog;
 use crate::telemetry::metrics::{Direction, EdgeStats, Metrics, UNKNOWN_SOURCE};
 use crate::telemetry::otlp::Exporter;
+use crate::telemetry::tap::Taps;
 
 /// What every request on a listener shares (its routes come with each request: a reload
 /// changes them for the next one).
@@ -23,6 +24,8 @@ pub struct Context {
     pub local: SocketAddr,
     /// Where sampled spans go, if an OTLP endpoint is configured.
     pub exporter: Option<Exporter>,
+    /// The taps open on this proxy.
+    pub taps: Arc<Taps>,
 }
 
 /// The client of one connection, with what every request on it reuses.

@@ -71,11 +71,17 @@ pub async fn handle(
         }
     };
     ex.status = resp.status().as_u16();
+    if let Some(tap) = ex.tap.as_deref_mut() {
+        tap.1.response(resp.headers());
+    }
     Ok(match resp.into_parts() {
         (parts, Either::Left(upstream)) => {
             Response::from_parts(parts, Either::Left(upstream.with_exchange(ex)))
         }
         (parts, local) => {
+            if let Some(tap) = ex.tap.as_deref_mut() {
+                tap.1.event.response_bytes = local.size_hint().exact().unwrap_or(0);
+            }
             ex.finish();
             Response::from_parts(parts, local)
         }

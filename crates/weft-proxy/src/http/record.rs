@@ -21,6 +21,7 @@ use super::route::Rule;
 use crate::telemetry::access_log::{rfc3339, AccessLog, Record};
 use crate::telemetry::metrics::{EdgeStats, RouteStats};
 use crate::telemetry::otlp::{Exporter, Kind, Span, Value};
+use crate::telemetry::tap::{self, Tapped, Taps};
 use crate::telemetry::trace::SpanContext;
 use crate::upstream::endpoint::InFlight;
 use crate::upstream::pool::Lease;
@@ -45,6 +46,8 @@ pub(crate) struct Exchange {
     pub(crate) log: Option<Box<(AccessLog, String, LogFields)>>,
     /// Boxed, and there only when this request's span is recorded and exported.
     pub(crate) span: Option<Box<SpanFields>>,
+    /// Boxed, and there only while a tap open on this proxy could match the request.
+    pub(crate) tap: Option<Box<(Arc<Taps>, Tapped)>>,
 }
 
 /// What the request itself says, for the access log and the span.
@@ -169,6 +172,7 @@ impl Exchange {
             })),
             _ => None,
         };
+        let tap = tapped(ctx, client, req, trace, kind);
         Exchange {
             started,
             stats: None,
@@ -182,6 +186,7 @@ impl Exchange {
             attempts: 0,
             log,
             span,
+            tap,
         }
     }
 
@@ -219,6 +224,28 @@ impl Exchange {
         }
         if let Some(span) = self.span.take() {
             self.export(*span);
+        }
+        if let Some(entry) = self.tap.take() {
+            let (taps, t) = *entry;
+            let mut e = t.event;
+            e.status = self.status;
+            e.error = self.error;
+            e.latency = elapsed;
+            e.route = self
+                .rule
+                .as_ref()
+                .map(|r| r.route.clone())
+                .unwrap_or_default();
+            if e.direction == "outbound" {
+                if let Some(s) = &self.service {
+                    e.destination = s.name.clone();
+                    if let Some(peer) = s.upstream.settings.tls.as_ref().and_then(|t| t.peer()) {
+                        e.destination_identity = peer.to_string();
+                    }
+                }
+            }
+            e.response_body = t.body.freeze();
+            taps.publish(e);
         }
     }
 
@@ -315,6 +342,69 @@ impl Exchange {
     }
 }
 
+/// The request's head, copied for the taps, when one open could match it.
+fn tapped<B>(
+    ctx: &ListenerContext,
+    client: &Client,
+    req: &Request<B>,
+    trace: &SpanContext,
+    kind: Kind,
+) -> Option<Box<(Arc<Taps>, Tapped)>> {
+    let authority = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+        })
+        .unwrap_or_default();
+    if !ctx
+        .taps
+        .wants(req.method().as_str(), req.uri().path(), authority)
+    {
+        return None;
+    }
+    let own = ctx.taps.own();
+    let facts = Facts::of(req);
+    let mut event = tap::Event {
+        method: facts.method,
+        authority: facts.authority,
+        path: facts.path,
+        started_ms: tap::unix_ms(),
+        request_bytes: req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse().ok())
+            .unwrap_or(0),
+        trace_id: trace.trace_hex(),
+        request_headers: tap::pairs(req.headers()),
+        ..tap::Event::default()
+    };
+    if kind == Kind::Client {
+        event.direction = "outbound";
+        event.source = own.service;
+        event.source_identity = own.identity;
+    } else {
+        event.direction = "inbound";
+        event.source = client
+            .peer_service
+            .as_deref()
+            .unwrap_or(crate::telemetry::metrics::UNKNOWN_SOURCE)
+            .to_string();
+        event.source_identity = client.peer.as_deref().unwrap_or_default().to_string();
+        event.destination = own.service;
+        event.destination_identity = own.identity;
+    }
+    let tapped = Tapped {
+        event,
+        body: bytes::BytesMut::new(),
+        capture: ctx.taps.body_bytes(),
+    };
+    Some(Box::new((ctx.taps.clone(), tapped)))
+}
+
 /// `host[:port]` of an authority.
 fn split_authority(a: &str) -> (&str, Option<u16>) {
     match a.rsplit_once(':') {
@@ -372,11 +462,18 @@ impl Body for UpstreamBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &polled {
-            if let (Some(t), Some(ex)) = (frame.trailers_ref(), self.exchange.as_mut()) {
+        if let (Poll::Ready(Some(Ok(frame))), Some(ex)) = (&polled, self.exchange.as_mut()) {
+            if let Some(t) = frame.trailers_ref() {
                 if let Some(s) = ex.span.as_deref_mut() {
                     s.grpc_status = super::headers::grpc_status(t).or(s.grpc_status);
                 }
+                if let Some(tap) = ex.tap.as_deref_mut() {
+                    tap.1.event.grpc_status =
+                        super::headers::grpc_status(t).or(tap.1.event.grpc_status);
+                }
+            }
+            if let (Some(d), Some(tap)) = (frame.data_ref(), ex.tap.as_deref_mut()) {
+                tap.1.data(d);
             }
         }
         if let Poll::Ready(None) = polled {

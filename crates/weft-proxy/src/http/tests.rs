@@ -163,6 +163,7 @@ impl Harness {
             access_log: None,
             local: "127.0.0.1:8080".parse().expect("address"),
             exporter: Some(exporter),
+            taps: Default::default(),
         });
         Harness {
             ctx,

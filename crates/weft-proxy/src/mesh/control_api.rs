@@ -151,77 +151,8 @@ pub async fn send(
     timeout: Duration,
     token: Option<&str>,
 ) -> Result<(u16, Option<u64>, Bytes), String> {
-    let (secure, authority) = match (
-        server.strip_prefix("https://"),
-        server.strip_prefix("http://"),
-    ) {
-        (Some(a), _) => (true, a),
-        (None, Some(a)) => (false, a),
-        _ => {
-            return Err(format!(
-                "server `{server}`: expected https://HOST:PORT or http://HOST:PORT"
-            ))
-        }
-    };
-    let authority = authority.trim_end_matches('/');
     let attempt = async {
-        // A server started an instant ago (`weft server … &` then a command) may not
-        // listen yet, nor have written its CA file: both are waited for, briefly.
-        let started = tokio::time::Instant::now();
-        let grace = STARTUP_GRACE.get().copied().unwrap_or_default();
-        let (tls, stream) = loop {
-            let tls = if secure {
-                match tls_connector(server) {
-                    Ok(c) => Some(c),
-                    Err(e) if started.elapsed() < grace && e.contains("No such file") => {
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                    Err(e) => return Err(e),
-                }
-            } else {
-                None
-            };
-            match TcpStream::connect(authority).await {
-                Ok(s) => break (tls, s),
-                Err(e)
-                    if e.kind() == std::io::ErrorKind::ConnectionRefused
-                        && started.elapsed() < grace =>
-                {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                Err(e) => return Err(format!("{server}: {e}")),
-            }
-        };
-        let mut send = match tls {
-            None => http1(server, stream).await?,
-            Some(connector) => {
-                let host = authority
-                    .rsplit_once(':')
-                    .map_or(authority, |(h, _)| h)
-                    .trim_matches(['[', ']']);
-                let name =
-                    ServerName::try_from(host.to_string()).map_err(|e| format!("{server}: {e}"))?;
-                let stream = connector
-                    .connect(name, stream)
-                    .await
-                    .map_err(|e| format!("{server}: TLS: {e}"))?;
-                http1(server, stream).await?
-            }
-        };
-        let mut req = http::Request::builder()
-            .method(method)
-            .uri(path)
-            .header(http::header::HOST, authority)
-            .header(http::header::CONTENT_TYPE, content_type);
-        if let Some(t) = token {
-            req = req.header("x-weft-token", t);
-        }
-        let req = req.body(Full::new(body)).map_err(|e| e.to_string())?;
-        let resp = send
-            .send_request(req)
-            .await
-            .map_err(|e| format!("{server}: {e}"))?;
+        let resp = open(server, method, path, body, content_type, token).await?;
         let status = resp.status().as_u16();
         let index = resp
             .headers()
@@ -238,4 +169,108 @@ pub async fn send(
     tokio::time::timeout(timeout, attempt)
         .await
         .map_err(|_| format!("{server}: no answer within {timeout:?}"))?
+}
+
+/// A GET whose answer is read as it comes (`weft tap`): the status and the body, with
+/// the ACL token if set. Only connecting and the answer's head are bounded by `timeout`.
+pub async fn stream(
+    server: &str,
+    path: &str,
+    timeout: Duration,
+) -> Result<http::Response<hyper::body::Incoming>, String> {
+    tokio::time::timeout(
+        timeout,
+        open(
+            server,
+            "GET",
+            path,
+            Bytes::new(),
+            "application/json",
+            token(),
+        ),
+    )
+    .await
+    .map_err(|_| format!("{server}: no answer within {timeout:?}"))?
+}
+
+/// Connects to `server` and sends one request: the answer's head, its body unread.
+async fn open(
+    server: &str,
+    method: &str,
+    path: &str,
+    body: Bytes,
+    content_type: &str,
+    token: Option<&str>,
+) -> Result<http::Response<hyper::body::Incoming>, String> {
+    let (secure, authority) = match (
+        server.strip_prefix("https://"),
+        server.strip_prefix("http://"),
+    ) {
+        (Some(a), _) => (true, a),
+        (None, Some(a)) => (false, a),
+        _ => {
+            return Err(format!(
+                "server `{server}`: expected https://HOST:PORT or http://HOST:PORT"
+            ))
+        }
+    };
+    let authority = authority.trim_end_matches('/');
+    // A server started an instant ago (`weft server … &` then a command) may not
+    // listen yet, nor have written its CA file: both are waited for, briefly.
+    let started = tokio::time::Instant::now();
+    let grace = STARTUP_GRACE.get().copied().unwrap_or_default();
+    let (tls, stream) = loop {
+        let tls = if secure {
+            match tls_connector(server) {
+                Ok(c) => Some(c),
+                Err(e) if started.elapsed() < grace && e.contains("No such file") => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+        } else {
+            None
+        };
+        match TcpStream::connect(authority).await {
+            Ok(s) => break (tls, s),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::ConnectionRefused
+                    && started.elapsed() < grace =>
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(format!("{server}: {e}")),
+        }
+    };
+    let mut send = match tls {
+        None => http1(server, stream).await?,
+        Some(connector) => {
+            let host = authority
+                .rsplit_once(':')
+                .map_or(authority, |(h, _)| h)
+                .trim_matches(['[', ']']);
+            let name =
+                ServerName::try_from(host.to_string()).map_err(|e| format!("{server}: {e}"))?;
+            let stream = connector
+                .connect(name, stream)
+                .await
+                .map_err(|e| format!("{server}: TLS: {e}"))?;
+            http1(server, stream).await?
+        }
+    };
+    let mut req = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header(http::header::HOST, authority)
+        .header(http::header::CONTENT_TYPE, content_type);
+    if let Some(t) = token {
+        req = req.header("x-weft-token", t);
+    }
+    let req = req.body(Full::new(body)).map_err(|e| e.to_string())?;
+    let resp = send
+        .send_request(req)
+        .await
+        .map_err(|e| format!("{server}: {e}"))?;
+    Ok(resp)
 }

@@ -81,12 +81,7 @@ pub async fn follow(
             }
         }
         failures = failures.saturating_add(1);
-        let ceiling = BACKOFF_MIN
-            .saturating_mul(1 << failures.min(6))
-            .min(BACKOFF_MAX);
-        // Full jitter over the upper half: reconnect storms spread out.
-        let delay = ceiling.mul_f64(0.5 + fastrand::f64() * 0.5);
-        let backoff = tokio::time::sleep(delay);
+        let backoff = tokio::time::sleep(backoff(failures));
         tokio::pin!(backoff);
         // A new spec is applied while the control plane is away, too.
         loop {
@@ -143,6 +138,31 @@ fn adopt(next: SidecarSpec, spec: &mut SidecarSpec, held: &Held, proxy: &Running
     }
 }
 
+/// A gRPC channel to `server` (TLS verified by the control plane's CA when `https://`).
+pub(crate) async fn connect(server: &str) -> Result<tonic::transport::Channel, String> {
+    let mut endpoint = tonic::transport::Endpoint::from_shared(server.to_string())
+        .map_err(|e| e.to_string())?
+        .connect_timeout(Duration::from_secs(2))
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(5));
+    if server.starts_with("https://") {
+        let pem = super::control_api::ca_pem(server).map_err(|e| e.to_string())?;
+        let tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(pem));
+        endpoint = endpoint.tls_config(tls).map_err(|e| e.to_string())?;
+    }
+    endpoint.connect().await.map_err(|e| e.to_string())
+}
+
+/// The next reconnection delay after `failures` failures in a row: exponential, with
+/// full jitter over the upper half so reconnect storms spread out.
+pub(crate) fn backoff(failures: u32) -> Duration {
+    let ceiling = BACKOFF_MIN
+        .saturating_mul(1 << failures.min(6))
+        .min(BACKOFF_MAX);
+    ceiling.mul_f64(0.5 + fastrand::f64() * 0.5)
+}
+
 struct Failure {
     message: String,
     /// Whether at least one update was received before the failure.
@@ -165,18 +185,7 @@ async fn session(
             applied,
         }
     };
-    let mut endpoint = tonic::transport::Endpoint::from_shared(server.to_string())
-        .map_err(|e| fail(false)(&e))?
-        .connect_timeout(Duration::from_secs(2))
-        .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(5));
-    if server.starts_with("https://") {
-        let pem = super::control_api::ca_pem(server).map_err(|e| fail(false)(&e))?;
-        let tls = tonic::transport::ClientTlsConfig::new()
-            .ca_certificate(tonic::transport::Certificate::from_pem(pem));
-        endpoint = endpoint.tls_config(tls).map_err(|e| fail(false)(&e))?;
-    }
-    let channel = endpoint.connect().await.map_err(|e| fail(false)(&e))?;
+    let channel = connect(server).await.map_err(|e| fail(false)(&e))?;
     let mut client = DiscoveryClient::new(channel).max_decoding_message_size(MAX_UPDATE_BYTES);
     let (tx, rx) = mpsc::channel(4);
     let hello = Hello {

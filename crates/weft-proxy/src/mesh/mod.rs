@@ -3,6 +3,7 @@
 //! ```text
 //! discovery.rs  stream from `weft server`: deltas of resources (Service, HTTPRoute,
 //!               Endpoints) ─► sidecar_config (this file) ─► RunningProxy::apply ─► ACK/NACK
+//! live.rs       the live stream beside it: the server asks for windows and taps
 //! control_api.rs  a small client of the control plane's HTTP API
 //! registration.rs  the local instance in the catalog: register, keep the lease alive,
 //!               check the local app's health and report it, deregister on shutdown
@@ -30,6 +31,7 @@
 pub mod control_api;
 pub mod discovery;
 pub mod identity;
+pub mod live;
 pub mod registration;
 
 use std::collections::BTreeMap;

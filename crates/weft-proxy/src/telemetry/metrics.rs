@@ -17,7 +17,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 use serde::Serialize;
 
-use super::window::{Rolling, Summary};
+use super::window::{Rolling, Summary, Totals};
 
 /// Latency buckets, in seconds: 0.5 ms to 30 s.
 const BUCKETS: [f64; 16] = [
@@ -477,43 +477,71 @@ impl Metrics {
 
     /// Every route's and edge's rolling window over the last `seconds` as of `now`.
     pub fn windows(&self, now: Instant, seconds: u64) -> Windows {
-        let mut routes: Vec<RouteWindow> = self
+        let (routes, edges) = self.totals(now, seconds);
+        Windows {
+            seconds,
+            routes: routes
+                .into_iter()
+                .map(|((listener, route, service), t)| RouteWindow {
+                    listener,
+                    route,
+                    service,
+                    stats: t.summary(),
+                })
+                .collect(),
+            edges: edges
+                .into_iter()
+                .map(|((direction, source, destination), t)| EdgeWindow {
+                    direction: direction.as_str(),
+                    source,
+                    destination,
+                    stats: t.summary(),
+                })
+                .collect(),
+        }
+    }
+
+    /// The raw sums of every route and edge that saw traffic in the last `seconds`, in
+    /// key order (what the control plane is sent, to merge instances).
+    #[allow(clippy::type_complexity)]
+    pub fn totals(
+        &self,
+        now: Instant,
+        seconds: u64,
+    ) -> (
+        Vec<((String, String, String), Totals)>,
+        Vec<((Direction, String, String), Totals)>,
+    ) {
+        let mut routes: Vec<_> = self
             .route_windows
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
-            .map(|((listener, route, service), w)| RouteWindow {
-                listener: listener.clone(),
-                route: route.clone(),
-                service: service.clone(),
-                stats: w.summary(now, seconds),
-            })
-            .filter(|r| r.stats.requests > 0)
+            .map(|(key, w)| (key.clone(), w.totals(now, seconds)))
+            .filter(|(_, t)| t.requests > 0)
             .collect();
-        routes.sort_by(|a, b| {
-            (&a.listener, &a.route, &a.service).cmp(&(&b.listener, &b.route, &b.service))
-        });
-        let mut edges: Vec<EdgeWindow> = self
+        routes.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut edges: Vec<_> = self
             .edges
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
-            .map(|((direction, source, destination), e)| EdgeWindow {
-                direction: direction.as_str(),
-                source: source.clone(),
-                destination: destination.clone(),
-                stats: e.window.summary(now, seconds),
-            })
-            .filter(|e| e.stats.requests > 0 || e.stats.tcp_connections > 0)
+            .map(|(key, e)| (key.clone(), e.window.totals(now, seconds)))
+            .filter(|(_, t)| t.requests > 0 || t.tcp_connections > 0)
             .collect();
         edges.sort_by(|a, b| {
-            (a.direction, &a.source, &a.destination).cmp(&(b.direction, &b.source, &b.destination))
+            (a.0 .0.as_str(), &a.0 .1, &a.0 .2).cmp(&(b.0 .0.as_str(), &b.0 .1, &b.0 .2))
         });
-        Windows {
-            seconds,
-            routes,
-            edges,
-        }
+        (routes, edges)
+    }
+
+    /// Connections open now on `listener` (`gateway/listener`).
+    pub fn open_connections(&self, listener: &str) -> i64 {
+        self.conns_open
+            .get(&ListenerLabels {
+                listener: listener.to_string(),
+            })
+            .map_or(0, |g| g.get())
     }
 
     /// Handles for one edge, created at its first use. Past [`MAX_EDGES`] distinct edges,

@@ -14,6 +14,7 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
+use weft_api::sketch::Sketch;
 
 /// Seconds per slot.
 pub const SLOT_SECS: u64 = 10;
@@ -21,106 +22,6 @@ pub const SLOT_SECS: u64 = 10;
 pub const SLOTS: usize = 60;
 /// The windows a caller may ask for, in seconds.
 pub const WINDOWS: [(&str, u64); 3] = [("10s", 10), ("1m", 60), ("10m", 600)];
-
-/// Values below this are their own bucket (microseconds).
-const LINEAR: u32 = 16;
-/// Sub-buckets per power of two above [`LINEAR`]: a bucket spans 1/8 of its power of two,
-/// so a quantile read as a bucket's midpoint is within 1/16 (6.25%) of the true value.
-const SUB: u32 = 8;
-/// Powers of two above [`LINEAR`] (16 µs) up to 2^30 µs (about 18 minutes).
-const POWERS: u32 = 26;
-const BUCKETS: usize = (LINEAR + POWERS * SUB) as usize;
-
-/// A latency histogram with log-linear buckets (microseconds): mergeable by adding
-/// counts, relative error of a quantile at most 1/16.
-#[derive(Clone)]
-pub struct Sketch {
-    counts: [u32; BUCKETS],
-    total: u64,
-}
-
-impl Default for Sketch {
-    fn default() -> Sketch {
-        Sketch {
-            counts: [0; BUCKETS],
-            total: 0,
-        }
-    }
-}
-
-impl std::fmt::Debug for Sketch {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Sketch")
-            .field("total", &self.total)
-            .finish()
-    }
-}
-
-impl Sketch {
-    /// Counts one latency.
-    pub fn add(&mut self, latency: Duration) {
-        let us = u32::try_from(latency.as_micros()).unwrap_or(u32::MAX);
-        let c = &mut self.counts[bucket(us)];
-        *c = c.saturating_add(1);
-        self.total += 1;
-    }
-
-    /// Adds another sketch's counts.
-    pub fn merge(&mut self, other: &Sketch) {
-        for (a, b) in self.counts.iter_mut().zip(&other.counts) {
-            *a = a.saturating_add(*b);
-        }
-        self.total += other.total;
-    }
-
-    /// Latencies counted.
-    pub fn total(&self) -> u64 {
-        self.total
-    }
-
-    /// The `q` quantile (0–1), or `None` when empty.
-    pub fn quantile(&self, q: f64) -> Option<Duration> {
-        if self.total == 0 {
-            return None;
-        }
-        // The rank of the quantile, 1-based (nearest rank).
-        let rank = ((q.clamp(0.0, 1.0) * self.total as f64).ceil() as u64).max(1);
-        let mut seen = 0;
-        for (i, &c) in self.counts.iter().enumerate() {
-            seen += u64::from(c);
-            if seen >= rank {
-                return Some(Duration::from_nanos(midpoint_ns(i)));
-            }
-        }
-        None
-    }
-}
-
-/// The bucket of `us` microseconds.
-fn bucket(us: u32) -> usize {
-    if us < LINEAR {
-        return us as usize;
-    }
-    let power = 31 - us.leading_zeros(); // 4.. for us >= 16
-    if power >= 4 + POWERS {
-        return BUCKETS - 1;
-    }
-    let sub = (us >> (power - 3)) & (SUB - 1);
-    (LINEAR + (power - 4) * SUB + sub) as usize
-}
-
-/// The middle of bucket `i`, in nanoseconds.
-fn midpoint_ns(i: usize) -> u64 {
-    let i = i as u64;
-    if i < u64::from(LINEAR) {
-        return i * 1000 + 500;
-    }
-    let power = (i - u64::from(LINEAR)) / u64::from(SUB) + 4;
-    let sub = (i - u64::from(LINEAR)) % u64::from(SUB);
-    let width = 1u64 << (power - 3);
-    let low = (1u64 << power) + sub * width;
-    (low * 1000) + width * 500
-}
 
 /// One slot: what ended within its [`SLOT_SECS`] seconds.
 #[derive(Debug, Default)]
@@ -237,15 +138,20 @@ impl Rolling {
 
     /// The last `seconds` (rounded up to whole slots) as of `now`.
     pub fn summary(&self, now: Instant, seconds: u64) -> Summary {
+        self.totals(now, seconds).summary()
+    }
+
+    /// The last `seconds` as of `now`, latency sketch included (what a proxy reports to
+    /// the control plane, which merges instances).
+    pub fn totals(&self, now: Instant, seconds: u64) -> Totals {
         let (current, into) = epoch_of(now);
         let span = seconds.div_ceil(SLOT_SECS).clamp(1, SLOTS as u64);
         let oldest = current.saturating_sub(span - 1).max(1);
         let alive = now.saturating_duration_since(origin()).as_secs_f64();
-        let mut out = Summary {
+        let mut out = Totals {
             seconds: ((current - oldest) as f64 * SLOT_SECS as f64 + into).min(alive),
-            ..Summary::default()
+            ..Totals::default()
         };
-        let mut latency = Sketch::default();
         let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         for slot in slots
             .iter()
@@ -257,77 +163,59 @@ impl Rolling {
             out.tcp_failures += slot.tcp_failures;
             out.tcp_bytes += slot.tcp_bytes;
             if let Some(s) = &slot.latency {
-                latency.merge(s);
+                out.latency.merge(s);
             }
         }
-        drop(slots);
-        if out.seconds > 0.0 {
-            out.rps = out.requests as f64 / out.seconds;
-        }
-        if out.requests > 0 {
-            out.success_rate = Some(out.successes as f64 / out.requests as f64);
-        }
-        let ms = |q| latency.quantile(q).map(|d| d.as_secs_f64() * 1000.0);
-        (out.p50_ms, out.p95_ms, out.p99_ms) = (ms(0.5), ms(0.95), ms(0.99));
         out
+    }
+}
+
+/// A window's raw sums.
+#[derive(Debug, Clone, Default)]
+pub struct Totals {
+    /// Seconds covered.
+    pub seconds: f64,
+    /// HTTP requests.
+    pub requests: u64,
+    /// Of which not 5xx.
+    pub successes: u64,
+    /// Their latencies.
+    pub latency: Sketch,
+    /// TCP connections ended.
+    pub tcp_connections: u64,
+    /// Of which refused or failed.
+    pub tcp_failures: u64,
+    /// Bytes both ways.
+    pub tcp_bytes: u64,
+}
+
+impl Totals {
+    /// Rates and quantiles.
+    pub fn summary(&self) -> Summary {
+        let ms = |q| self.latency.quantile(q).map(|d| d.as_secs_f64() * 1000.0);
+        Summary {
+            seconds: self.seconds,
+            requests: self.requests,
+            successes: self.successes,
+            success_rate: (self.requests > 0).then(|| self.successes as f64 / self.requests as f64),
+            rps: if self.seconds > 0.0 {
+                self.requests as f64 / self.seconds
+            } else {
+                0.0
+            },
+            p50_ms: ms(0.5),
+            p95_ms: ms(0.95),
+            p99_ms: ms(0.99),
+            tcp_connections: self.tcp_connections,
+            tcp_failures: self.tcp_failures,
+            tcp_bytes: self.tcp_bytes,
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn quantiles_are_within_the_stated_error() {
-        let mut s = Sketch::default();
-        // 1..=10,000 µs, once each.
-        for us in 1..=10_000u64 {
-            s.add(Duration::from_micros(us));
-        }
-        for q in [0.5, 0.9, 0.95, 0.99, 0.999] {
-            let truth = q * 10_000.0;
-            let got = s.quantile(q).unwrap().as_secs_f64() * 1e6;
-            assert!(
-                (got - truth).abs() / truth <= 1.0 / 16.0 + 1e-9,
-                "q{q}: {got} vs {truth}"
-            );
-        }
-        assert_eq!(s.quantile(0.5).map(|_| ()), Some(()));
-        assert_eq!(Sketch::default().quantile(0.5), None);
-    }
-
-    #[test]
-    fn every_bucket_holds_its_values_and_the_last_catches_the_rest() {
-        let mut last = 0;
-        for us in [0u32, 1, 15, 16, 17, 31, 32, 1000, 65_535, 1 << 29, u32::MAX] {
-            let b = bucket(us);
-            assert!(b >= last && b < BUCKETS, "{us} -> {b}");
-            last = b;
-            if us < (1 << 29) {
-                let mid = midpoint_ns(b) as f64 / 1000.0;
-                let err = (mid - f64::from(us)).abs() / f64::from(us.max(1));
-                assert!(
-                    err <= 1.0 / 16.0 + 1e-9 || us < LINEAR,
-                    "{us}: midpoint {mid}"
-                );
-            }
-        }
-        assert_eq!(bucket(u32::MAX), BUCKETS - 1);
-    }
-
-    #[test]
-    fn merged_sketches_equal_one_fed_both() {
-        let (mut a, mut b, mut both) = (Sketch::default(), Sketch::default(), Sketch::default());
-        for us in [5u64, 50, 500, 5000, 50_000] {
-            a.add(Duration::from_micros(us));
-            both.add(Duration::from_micros(us));
-            b.add(Duration::from_micros(us * 3));
-            both.add(Duration::from_micros(us * 3));
-        }
-        a.merge(&b);
-        assert_eq!(a.counts, both.counts);
-        assert_eq!(a.total(), 10);
-    }
 
     #[test]
     fn windows_slide_and_old_slots_are_forgotten() {
