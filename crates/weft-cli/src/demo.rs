@@ -209,6 +209,12 @@ Watch it work (TLS and ACLs are on; this is the management token, each sidecar h
   weft intention check frontend inventory --method POST   # denied: frontend may only GET
   weft acl list                      # the demo's tokens (secrets are never shown again)
 
+Live traffic, answered by the sidecars themselves (docs/observability.md):
+  weft stat --all                    # per service: success rate, rps, p50/p95/p99
+  weft edges frontend                # who calls whom, with identities and mTLS
+  weft tap payments                  # payments' requests as they happen (Ctrl-C stops)
+  weft top payments                  # its busiest paths, redrawn every second (q quits)
+
 Tracing (every request sampled; each sidecar continues the trace it is given, W3C or B3):
   curl -s -H 'traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01' http://{pay}/order
   {traces}

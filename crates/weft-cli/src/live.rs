@@ -189,12 +189,14 @@ pub async fn stat(
                     ms(&r["p50Ms"]),
                     ms(&r["p95Ms"]),
                     ms(&r["p99Ms"]),
-                    r["tcpConnectionsOpen"],
+                    r["tcpConnectionsOpen"].as_u64().unwrap_or(0),
                 );
                 if wide {
                     line.push_str(&format!(
                         " {:>9} {:>9} {:>9}",
-                        r["requests"], r["healthy"], r["tcpConnectionsClosed"]
+                        r["requests"].as_u64().unwrap_or(0),
+                        r["healthy"].as_u64().unwrap_or(0),
+                        r["tcpConnectionsClosed"].as_u64().unwrap_or(0)
                     ));
                 }
                 say!("{line}");

@@ -126,6 +126,30 @@ fn demo_serves_http_and_https_and_stops_on_ctrl_c() {
         "{}",
         status.1
     );
+    // The live views the hints suggest: the sidecars answer, frontend → payments is there.
+    let (ok, stdout, stderr) = weft_testkit::mesh::weft_cli(
+        &weft,
+        &[
+            "edges",
+            "frontend",
+            "-o",
+            "json",
+            "--server",
+            server,
+            "--token",
+            token,
+            "--ca-file",
+            mesh_ca,
+        ],
+    );
+    assert!(ok, "{stdout}\n{stderr}");
+    let edges: serde_json::Value = serde_json::from_str(&stdout).expect("edges JSON");
+    assert!(
+        edges["edges"].as_array().is_some_and(|e| e.iter().any(|x| {
+            x["source"] == "frontend" && x["destination"] == "payments" && x["mtls"] == true
+        })),
+        "{edges:#}"
+    );
 
     demo.signal("INT");
     let status = demo.wait_exit(Duration::from_secs(20)).expect("demo exits");
