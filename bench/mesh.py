@@ -94,6 +94,8 @@ def main():
     ap.add_argument("--write")
     ap.add_argument("--weft", default=os.path.join(run.ROOT, "target/release/weft"))
     ap.add_argument("--tracing", choices=["default", "sampled"], default="default")
+    ap.add_argument("--tap", action="store_true",
+                    help="keep `weft tap app --max-rps 10000` open (a reader that keeps up) during the runs")
     args = ap.parse_args()
     weft = args.weft
     run.check_tools(["nginx", "wrk", "openssl", "taskset"], weft)
@@ -155,6 +157,13 @@ def main():
                     break
                 except Exception:
                     time.sleep(0.2)
+        if args.tap:
+            # Every request of the app's sidecar becomes an event (headers included), read
+            # and thrown away by a client on the load core.
+            procs.append(subprocess.Popen(["taskset", "-c", CORE_LOAD, weft, "tap", "app", "-o", "json",
+                                           "--max-rps", "10000", "--server", server, "--token", token],
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            time.sleep(1)
         sidecar_pids = [p.pid for s, (p, _) in sidecars.items() if s != "tcpapp"]
         tcp_pids = [p.pid for s, (p, _) in sidecars.items() if s != "app"]
         idle_rss = {s: run.rss_kb(run.pids_of(p.pid)) for s, (p, _) in sidecars.items()}

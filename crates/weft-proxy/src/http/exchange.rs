@@ -72,7 +72,8 @@ pub async fn handle(
     };
     ex.status = resp.status().as_u16();
     if let Some(tap) = ex.tap.as_deref_mut() {
-        tap.1.response(resp.headers());
+        tap.1
+            .response(resp.headers(), headers::grpc_status(resp.headers()));
     }
     Ok(match resp.into_parts() {
         (parts, Either::Left(upstream)) => {

@@ -336,12 +336,10 @@ pub(crate) struct Tapped {
 }
 
 impl Tapped {
-    /// Copies the response's head.
-    pub(crate) fn response(&mut self, headers: &HeaderMap) {
+    /// Copies the response's head (and its gRPC status, when it carries one).
+    pub(crate) fn response(&mut self, headers: &HeaderMap, grpc_status: Option<i64>) {
         self.event.response_headers = pairs(headers);
-        if let Some(s) = crate::http::headers::grpc_status(headers) {
-            self.event.grpc_status = Some(s);
-        }
+        self.event.grpc_status = grpc_status.or(self.event.grpc_status);
     }
 
     /// Counts (and, within the capture, keeps) a chunk of the response body.
