@@ -161,11 +161,12 @@ impl RunningProxy {
             listeners: std::sync::Mutex::new(Vec::new()),
             rejected: std::sync::Mutex::new(None),
         });
+        let taps = Arc::new(Taps::new(metrics.tap_events_dropped.clone()));
         let proxy = RunningProxy {
             admin: None,
             snapshot,
             metrics,
-            taps: Arc::default(),
+            taps,
             admin_state,
             access_log,
             exporter,

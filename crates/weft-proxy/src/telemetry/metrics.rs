@@ -170,6 +170,8 @@ pub struct Metrics {
     pub trace_spans_dropped: Counter,
     /// Spans the collector accepted.
     pub trace_spans_exported: Counter,
+    /// Tap events dropped (over a tap's rate or a full queue).
+    pub tap_events_dropped: Counter,
     edge_requests: Family<EdgeLabels, Counter>,
     edge_durations: Family<EdgeLabels, Histogram, fn() -> Histogram>,
     edge_tcp: Family<EdgeResultLabels, Counter>,
@@ -225,6 +227,7 @@ impl Metrics {
             cert_expiry: Gauge::default(),
             cert_renewals: Family::default(),
             trace_spans_dropped: Counter::default(),
+            tap_events_dropped: Counter::default(),
             trace_spans_exported: Counter::default(),
             edge_requests: Family::default(),
             edge_durations: Family::new_with_constructor(histogram),
@@ -367,6 +370,12 @@ impl Metrics {
             "Spans not exported: the export queue was full (a slow or absent collector), or \
              their batch failed",
             m.trace_spans_dropped.clone(),
+        );
+        r.register(
+            "tap_events_dropped",
+            "Tap events not sent: over the tap's events per second, or its queue was full (a \
+             slow tap client)",
+            m.tap_events_dropped.clone(),
         );
         r.register(
             "trace_spans_exported",

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
 use http::HeaderMap;
+use prometheus_client::metrics::counter::Counter;
 use tokio::sync::mpsc;
 
 /// Headers whose values never leave the proxy.
@@ -137,6 +138,8 @@ pub struct Tap {
     /// (second of the process, events sent in it).
     second: Mutex<(u64, u32)>,
     dropped: AtomicU64,
+    /// The proxy's `weft_tap_events_dropped_total`.
+    dropped_total: Counter,
     tx: mpsc::Sender<Event>,
 }
 
@@ -169,6 +172,7 @@ impl Tap {
         };
         if !allowed {
             self.dropped.fetch_add(1, Ordering::Relaxed);
+            self.dropped_total.inc();
             return;
         }
         let dropped = self.dropped.swap(0, Ordering::Relaxed);
@@ -183,6 +187,7 @@ impl Tap {
         }
         if self.tx.try_send(event).is_err() {
             self.dropped.fetch_add(dropped + 1, Ordering::Relaxed);
+            self.dropped_total.inc();
         }
     }
 }
@@ -216,6 +221,7 @@ pub struct Taps {
     active: AtomicBool,
     open: Mutex<Vec<Arc<Tap>>>,
     own: Mutex<Own>,
+    dropped_total: Counter,
 }
 
 impl std::fmt::Debug for Taps {
@@ -235,6 +241,14 @@ pub enum TapError {
 }
 
 impl Taps {
+    /// No taps yet; drops are counted in `dropped_total`.
+    pub fn new(dropped_total: Counter) -> Taps {
+        Taps {
+            dropped_total,
+            ..Taps::default()
+        }
+    }
+
     /// Sets who this proxy is.
     pub fn set_own(&self, own: Own) {
         *self.own.lock().unwrap_or_else(|p| p.into_inner()) = own;
@@ -260,6 +274,7 @@ impl Taps {
             },
             second: Mutex::new((u64::MAX, 0)),
             dropped: AtomicU64::new(0),
+            dropped_total: self.dropped_total.clone(),
             tx,
         }));
         self.active.store(true, Ordering::Relaxed);
@@ -421,7 +436,8 @@ mod tests {
 
     #[tokio::test]
     async fn over_the_rate_or_a_full_queue_events_are_dropped_and_counted() {
-        let taps = Taps::default();
+        let total = Counter::default();
+        let taps = Taps::new(total.clone());
         let mut rx = taps
             .open(
                 1,
@@ -462,6 +478,9 @@ mod tests {
             .cloned()
             .unwrap();
         assert_eq!(tap.dropped.load(Ordering::Relaxed), 50);
+        // The proxy's counter: both taps' drops (10 - delivered, then 50, plus what the
+        // first tap, still open at 3 per second, dropped of the second burst).
+        assert!(total.get() >= (10 - got) as u64 + 50, "{}", total.get());
     }
 
     #[test]
