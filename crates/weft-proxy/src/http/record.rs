@@ -172,7 +172,12 @@ impl Exchange {
             })),
             _ => None,
         };
-        let tap = tapped(ctx, client, req, trace, kind);
+        // With no tap open, one atomic load and nothing else.
+        let tap = if ctx.taps.active() {
+            tapped(ctx, client, req, trace, kind)
+        } else {
+            None
+        };
         Exchange {
             started,
             stats: None,

@@ -294,9 +294,15 @@ impl Taps {
         self.active.store(false, Ordering::Relaxed);
     }
 
+    /// Whether any tap is open: all a request reads when none is.
+    #[inline]
+    pub fn active(&self) -> bool {
+        self.active.load(Ordering::Relaxed)
+    }
+
     /// Whether a request with this head may be tapped: copy what an event needs.
     pub fn wants(&self, method: &str, path: &str, authority: &str) -> bool {
-        self.active.load(Ordering::Relaxed)
+        self.active()
             && self
                 .open
                 .lock()
