@@ -399,6 +399,11 @@ pub async fn tap(server: &str, args: TapArgs) -> anyhow::Result<()> {
             ),
             ("joined", _) => eprintln!("tapping proxy {}", s(&v["proxyId"])),
             ("left", _) => eprintln!("proxy {} left", s(&v["proxyId"])),
+            ("unreachable", _) => eprintln!(
+                "replica {} unreachable, its proxies are not tapped: {}",
+                s(&v["server"]),
+                s(&v["error"])
+            ),
             _ => {}
         }
         if kind == "tap" {

@@ -277,3 +277,82 @@ fn replicas_over_tls_elect_one_leader_see_each_others_proxies_and_follow_a_root_
         "both proxies follow the survivor: {out}"
     );
 }
+
+/// Live views across replicas: payments' and frontend's sidecars hold streams to replica
+/// B only; `weft stat` and `weft tap` through replica A see them (A asks B for its share).
+#[test]
+fn live_views_through_one_replica_reach_the_proxies_of_another() {
+    let etcd = etcd_cluster(1);
+    let a = server_etcd(&weft(), &etcd.client_urls);
+    let b = server_etcd(&weft(), &etcd.client_urls);
+    allow_all(&weft(), &b);
+    let app = echo(&weft(), "payments-1", &[]);
+    let pay = sidecar(&weft(), &b.url(), "payments", "payments-1", app.addr, &[]);
+    pay.wait_synced();
+    let fe_app = echo(&weft(), "frontend-1", &[]);
+    let fe = sidecar(
+        &weft(),
+        &b.url(),
+        "frontend",
+        "frontend-1",
+        fe_app.addr,
+        &["--upstream", "payments=127.0.0.1:0"],
+    );
+    fe.wait_synced();
+    let out = fe.listener("out-payments");
+    eventually("payments answers", Duration::from_secs(15), || {
+        matches!(http(out, "GET", "/", b""), Ok((200, _))).then_some(())
+    });
+    let token = token_for(&a.url())
+        .or_else(|| token_for(&b.url()))
+        .expect("a token");
+    let mut tap = std::process::Command::new(weft())
+        .args([
+            "tap", "payments", "--path", "/via-a", "--count", "3", "-o", "json",
+        ])
+        .args(["--server", &a.url()])
+        .env("WEFT_TOKEN", &token)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("weft tap");
+    let err = std::io::BufReader::new(tap.stderr.take().expect("stderr"));
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in std::io::BufRead::lines(err).map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    let line = rx.recv_timeout(Duration::from_secs(15));
+    if line
+        .as_ref()
+        .map_or(true, |l| !l.contains("tapping proxy payments-1"))
+    {
+        let _ = tap.kill();
+        panic!("replica A did not reach B's proxy: {line:?}");
+    }
+    for _ in 0..3 {
+        assert_eq!(http(out, "GET", "/via-a", b"").expect("request").0, 200);
+    }
+    let done = tap.wait_with_output().expect("tap ends after --count");
+    assert!(done.status.success());
+    let events: Vec<serde_json::Value> = String::from_utf8_lossy(&done.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON event"))
+        .collect();
+    assert_eq!(events.len(), 3);
+    assert!(events
+        .iter()
+        .all(|e| e["path"] == "/via-a" && e["proxyId"] == "payments-1"));
+    // Stats through A count B's proxies.
+    let (ok, stdout, stderr) = weft_cli(
+        &weft(),
+        &["stat", "payments", "-o", "json", "--server", &a.url()],
+    );
+    assert!(ok, "{stdout}{stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).expect("JSON");
+    let p = &v["services"][0];
+    assert_eq!(p["service"], "payments");
+    assert_eq!(p["meshed"], 1, "{v:#}");
+    assert!(p["requests"].as_u64().is_some_and(|n| n >= 4), "{v:#}");
+}

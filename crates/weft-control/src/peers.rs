@@ -81,35 +81,7 @@ pub async fn get_json(
     tls: PeerTls,
 ) -> Result<Value, String> {
     let attempt = async {
-        let stream = tokio::net::TcpStream::connect(peer.as_str())
-            .await
-            .map_err(|e| e.to_string())?;
-        let stream: Box<dyn Io> = match tls {
-            None => Box::new(stream),
-            Some(config) => {
-                let host = peer.rsplit_once(':').map_or(peer.as_str(), |(h, _)| h);
-                let name = tokio_rustls::rustls::pki_types::ServerName::try_from(
-                    host.trim_matches(['[', ']']).to_string(),
-                )
-                .map_err(|e| format!("{host}: {e}"))?;
-                let tls = tokio_rustls::TlsConnector::from(config)
-                    .connect(name, stream)
-                    .await
-                    .map_err(|e| format!("TLS: {e}"))?;
-                Box::new(tls)
-            }
-        };
-        let (mut send, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                .await
-                .map_err(|e| e.to_string())?;
-        tokio::spawn(conn);
-        let mut req = hyper::Request::get(path.as_str()).header(hyper::header::HOST, peer.as_str());
-        if let Some(t) = &token {
-            req = req.header("x-weft-token", t.as_str());
-        }
-        let req = req.body(Empty::<Bytes>::new()).map_err(|e| e.to_string())?;
-        let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
+        let resp = open(&peer, &path, token.as_deref(), tls).await?;
         let body = Limited::new(resp.into_body(), 64 << 20)
             .collect()
             .await
@@ -124,4 +96,43 @@ pub async fn get_json(
     tokio::time::timeout(PEER_TIMEOUT, attempt)
         .await
         .map_err(|_| format!("no answer within {PEER_TIMEOUT:?}"))?
+}
+
+/// `GET PEER/PATH` with the caller's token: the answer's head, its body unread (a tap's
+/// event stream is read as it comes).
+pub async fn open(
+    peer: &str,
+    path: &str,
+    token: Option<&str>,
+    tls: PeerTls,
+) -> Result<hyper::Response<hyper::body::Incoming>, String> {
+    let stream = tokio::net::TcpStream::connect(peer)
+        .await
+        .map_err(|e| e.to_string())?;
+    let stream: Box<dyn Io> = match tls {
+        None => Box::new(stream),
+        Some(config) => {
+            let host = peer.rsplit_once(':').map_or(peer, |(h, _)| h);
+            let name = tokio_rustls::rustls::pki_types::ServerName::try_from(
+                host.trim_matches(['[', ']']).to_string(),
+            )
+            .map_err(|e| format!("{host}: {e}"))?;
+            let tls = tokio_rustls::TlsConnector::from(config)
+                .connect(name, stream)
+                .await
+                .map_err(|e| format!("TLS: {e}"))?;
+            Box::new(tls)
+        }
+    };
+    let (mut send, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let mut req = hyper::Request::get(path).header(hyper::header::HOST, peer);
+    if let Some(t) = token {
+        req = req.header("x-weft-token", t);
+    }
+    let req = req.body(Empty::<Bytes>::new()).map_err(|e| e.to_string())?;
+    send.send_request(req).await.map_err(|e| e.to_string())
 }

@@ -373,6 +373,8 @@ async fn tap(
     AxState(api): AxState<Api>,
     caller: Caller,
     Path(service): Path<String>,
+    headers: HeaderMap,
+    uri: axum::http::Uri,
     p: Params,
 ) -> ApiResult {
     caller.require(&Need::Tap(service.clone()))?;
@@ -431,8 +433,38 @@ async fn tap(
             e.to_string(),
         )
     })?;
+    // Every other replica taps the proxies it holds; their events join this stream.
+    let mut peers_of = Vec::new();
+    if !p.local.unwrap_or(false) {
+        let peers: Vec<String> = peers::list(&*api.store)
+            .await?
+            .into_iter()
+            .filter(|a| *a != api.advertise)
+            .collect();
+        let tls = match api.tls {
+            false => None,
+            true => Some(api.ca.peer_tls().await?),
+        };
+        let path = format!(
+            "{}?{}&local=true",
+            uri.path(),
+            uri.query().unwrap_or_default()
+        );
+        let token = crate::authn::secret_of(&headers).map(str::to_string);
+        for peer in peers {
+            peers_of.push((peer, path.clone(), token.clone(), tls.clone()));
+        }
+    }
     let stream = async_stream(move |tx| async move {
         let _open = handle; // dropped when the client goes: the proxies stop tapping
+        let _peers = Aborting(
+            peers_of
+                .into_iter()
+                .map(|(peer, path, token, tls)| {
+                    tokio::spawn(relay_peer(peer, path, token, tls, tx.clone()))
+                })
+                .collect(),
+        );
         let mut reported = 0;
         let mut tick = tokio::time::interval(Duration::from_secs(5));
         loop {
@@ -464,6 +496,70 @@ async fn tap(
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     Ok(resp)
+}
+
+/// Tasks aborted when this is dropped.
+struct Aborting(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for Aborting {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
+        }
+    }
+}
+
+/// Passes a peer replica's tap events on (its proxies' share of the tap), or says why it
+/// cannot.
+async fn relay_peer(
+    peer: String,
+    path: String,
+    token: Option<String>,
+    tls: peers::PeerTls,
+    tx: tokio::sync::mpsc::Sender<String>,
+) {
+    use http_body_util::BodyExt;
+    let opened = tokio::time::timeout(
+        peers::PEER_TIMEOUT,
+        peers::open(&peer, &path, token.as_deref(), tls),
+    )
+    .await;
+    let mut body = match opened {
+        Ok(Ok(resp)) if resp.status().is_success() => resp.into_body(),
+        Ok(Ok(resp)) => {
+            return unreachable(&tx, &peer, &format!("answered {}", resp.status())).await
+        }
+        Ok(Err(e)) => return unreachable(&tx, &peer, &e).await,
+        Err(_) => return unreachable(&tx, &peer, "no answer in time").await,
+    };
+    let mut buf: Vec<u8> = Vec::new();
+    while let Some(Ok(frame)) = body.frame().await {
+        let Some(data) = frame.data_ref() else {
+            continue;
+        };
+        buf.extend_from_slice(data);
+        while let Some(end) = buf.windows(2).position(|w| w == b"\n\n") {
+            let block: Vec<u8> = buf.drain(..end + 2).collect();
+            if block.starts_with(b":") {
+                continue; // its keep-alive: this stream has its own
+            }
+            if tx
+                .send(String::from_utf8_lossy(&block).into_owned())
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    }
+    unreachable(&tx, &peer, "its tap stream ended").await;
+}
+
+async fn unreachable(tx: &tokio::sync::mpsc::Sender<String>, peer: &str, error: &str) {
+    let data = json!({"server": peer, "error": error});
+    let _ = tx
+        .send(format!("event: unreachable\ndata: {data}\n\n"))
+        .await;
 }
 
 /// A stream fed by a task: `f` gets the sender; the stream ends when the task does, and
