@@ -74,7 +74,8 @@ pub(crate) struct TapArgs {
     service: String,
     #[command(flatten)]
     filter: TapFilter,
-    /// Capture up to this many bytes of each response body (0: none; at most 65536).
+    /// Capture up to this many bytes of each request and response body (0: none; at most
+    /// 65536).
     #[arg(long, default_value_t = 0)]
     body: u32,
     /// More header names to redact (comma-separated), besides authorization,
@@ -380,6 +381,14 @@ pub async fn tap(server: &str, args: TapArgs) -> anyhow::Result<()> {
                     }
                     for h in v["responseHeaders"].as_array().into_iter().flatten() {
                         say!("    < {}: {}", s(&h[0]), s(&h[1]));
+                    }
+                    if let Some(b) = v["requestBody"].as_str() {
+                        let more = if v["requestBodyTruncated"] == true {
+                            " (truncated)"
+                        } else {
+                            ""
+                        };
+                        say!("    request body: {b:?}{more}");
                     }
                     if let Some(b) = v["responseBody"].as_str() {
                         say!(

@@ -460,6 +460,43 @@ fn tap_shows_exactly_the_matching_requests_redacted() {
     );
     drop(t);
 
+    // Bodies, when asked for: the request's and the response's first bytes, marked
+    // truncated when longer; the request's byte count is what went upstream.
+    let t = tap(
+        &m,
+        &admin,
+        &[
+            "payments", "--path", "/body", "--body", "8", "-o", "json", "--count", "1",
+        ],
+    );
+    t.joined(1);
+    let r = curl(&[
+        "-X",
+        "POST",
+        "--data-binary",
+        "order=42&qty=7",
+        &format!("http://{pay}/body"),
+    ]);
+    assert_eq!(r.status, 200, "{r:?}");
+    let line = t
+        .lines
+        .recv_timeout(Duration::from_secs(15))
+        .expect("the POST's event");
+    let e: Value = serde_json::from_str(&line).expect("JSON");
+    assert_eq!(e["method"], "POST");
+    assert_eq!(
+        (
+            e["requestBody"].as_str(),
+            e["requestBodyTruncated"].as_bool()
+        ),
+        (Some("order=42"), Some(true)),
+        "{e:#}"
+    );
+    assert_eq!(e["requestBytes"], 14, "order=42&qty=7");
+    assert_eq!(e["responseBody"].as_str().map(str::len), Some(8), "{e:#}");
+    assert_eq!(e["responseBodyTruncated"], true);
+    drop(t);
+
     // A tap client that never reads: every request still succeeds.
     let stalled = stalled_tap(&m, &admin);
     for _ in 0..1500 {

@@ -617,6 +617,10 @@ fn event_json(proxy_id: &str, e: &TapEvent) -> Value {
         "responseHeaders": headers(&e.response_headers),
         "dropped": e.dropped,
     });
+    if !e.request_body.is_empty() || e.request_body_truncated {
+        v["requestBody"] = json!(String::from_utf8_lossy(&e.request_body));
+        v["requestBodyTruncated"] = json!(e.request_body_truncated);
+    }
     if !e.response_body.is_empty() || e.response_body_truncated {
         v["responseBody"] = json!(String::from_utf8_lossy(&e.response_body));
         v["responseBodyTruncated"] = json!(e.response_body_truncated);

@@ -33,6 +33,7 @@ use super::record::{Exchange, UpstreamBody};
 use super::route::Rule;
 use super::{ResponseBody, Routes};
 use crate::error::ProxyError;
+use crate::telemetry::tap::TapBody;
 use crate::telemetry::trace::{self, SpanContext};
 use crate::upstream::body::{RequestBody, Source, Verdict};
 use crate::upstream::client::SendError;
@@ -55,6 +56,13 @@ pub async fn handle(
     let span = SpanContext::start(trace::extract(req.headers()), routes.tracing.rate);
     let mut ex = Exchange::begin(&ctx, &client, &req, started, &span, routes.tracing.kind);
     ex.stats = Some(routes.unrouted.clone());
+    // A tapped request's body is counted (and captured, if a tap asks) as it goes.
+    let req = match ex.tap.as_deref_mut() {
+        Some(tap) => {
+            req.map(|b| Source::Other(http_body_util::BodyExt::boxed(TapBody::new(b, &mut tap.1))))
+        }
+        None => req,
+    };
     let resp = match serve(&ctx, &routes, &client, req, &mut ex, &span).await {
         Ok(resp) => resp,
         Err(e) => {

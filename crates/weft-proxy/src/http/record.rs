@@ -232,6 +232,7 @@ impl Exchange {
         }
         if let Some(entry) = self.tap.take() {
             let (taps, t) = *entry;
+            let request = t.request_body();
             let mut e = t.event;
             e.status = self.status;
             e.error = self.error;
@@ -248,6 +249,12 @@ impl Exchange {
                         e.destination_identity = peer.to_string();
                     }
                 }
+            }
+            if let Some((bytes, kept)) = request {
+                if bytes > 0 {
+                    e.request_bytes = bytes;
+                }
+                e.request_body = kept;
             }
             e.response_body = t.body.freeze();
             taps.publish(e);
@@ -406,6 +413,7 @@ fn tapped<B>(
         event,
         body: bytes::BytesMut::new(),
         capture: ctx.taps.body_bytes(),
+        request: None,
     };
     Some(Box::new((ctx.taps.clone(), tapped)))
 }

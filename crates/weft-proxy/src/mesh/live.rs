@@ -168,6 +168,8 @@ async fn forward(id: u64, mut events: mpsc::Receiver<tap::Event>, tx: mpsc::Send
             route: e.route,
             request_headers: headers(e.request_headers),
             response_headers: headers(e.response_headers),
+            request_body: e.request_body.to_vec(),
+            request_body_truncated: e.request_body_truncated,
             response_body: e.response_body.to_vec(),
             response_body_truncated: e.response_body_truncated,
             dropped: e.dropped,

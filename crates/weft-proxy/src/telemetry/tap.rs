@@ -94,7 +94,8 @@ pub struct Event {
     pub started_ms: u64,
     /// Until the response ended.
     pub latency: Duration,
-    /// The request's declared length (`content-length`; 0 when streamed without one).
+    /// Request body bytes sent upstream (the declared `content-length` if the body was
+    /// never read, e.g. the proxy answered itself).
     pub request_bytes: u64,
     /// Response body bytes sent.
     pub response_bytes: u64,
@@ -112,6 +113,10 @@ pub struct Event {
     pub request_headers: Vec<(String, String)>,
     /// Response headers, redacted.
     pub response_headers: Vec<(String, String)>,
+    /// The first bytes of the request body, if asked for.
+    pub request_body: Bytes,
+    /// The request body was longer than the capture.
+    pub request_body_truncated: bool,
     /// The first bytes of the response body, if asked for.
     pub response_body: Bytes,
     /// The body was longer than the capture.
@@ -179,12 +184,17 @@ impl Tap {
         event.dropped = dropped;
         redact(&mut event.request_headers, &self.redact);
         redact(&mut event.response_headers, &self.redact);
-        if self.body_bytes == 0 {
-            event.response_body = Bytes::new();
-        } else if event.response_body.len() > self.body_bytes {
-            event.response_body.truncate(self.body_bytes);
-            event.response_body_truncated = true;
-        }
+        let cap = |body: &mut Bytes, truncated: &mut bool| {
+            if self.body_bytes == 0 {
+                *body = Bytes::new();
+                *truncated = false;
+            } else if body.len() > self.body_bytes {
+                body.truncate(self.body_bytes);
+                *truncated = true;
+            }
+        };
+        cap(&mut event.request_body, &mut event.request_body_truncated);
+        cap(&mut event.response_body, &mut event.response_body_truncated);
         if self.tx.try_send(event).is_err() {
             self.dropped.fetch_add(dropped + 1, Ordering::Relaxed);
             self.dropped_total.inc();
@@ -354,6 +364,78 @@ pub(crate) struct Tapped {
     /// Response body kept so far, up to `capture` bytes (+1 to know it was longer).
     pub(crate) body: BytesMut,
     pub(crate) capture: usize,
+    /// The request body as it went upstream (see [`TapBody`]).
+    pub(crate) request: Option<Arc<Mutex<Captured>>>,
+}
+
+/// A body's bytes counted, and its first ones kept.
+#[derive(Debug, Default)]
+pub(crate) struct Captured {
+    bytes: u64,
+    kept: BytesMut,
+    capture: usize,
+}
+
+impl Captured {
+    fn data(&mut self, chunk: &[u8]) {
+        self.bytes += chunk.len() as u64;
+        let room = (self.capture + 1).saturating_sub(self.kept.len());
+        self.kept.extend_from_slice(&chunk[..chunk.len().min(room)]);
+    }
+}
+
+/// A tapped request's body: passed through unchanged, counted and (up to the capture)
+/// copied into the exchange's [`Captured`] as it is read.
+pub(crate) struct TapBody<B> {
+    inner: B,
+    seen: Arc<Mutex<Captured>>,
+}
+
+impl<B> TapBody<B> {
+    /// Wraps `inner`; what it reads goes to `tapped` (which the exchange then reads).
+    pub(crate) fn new(inner: B, tapped: &mut Tapped) -> TapBody<B> {
+        let seen = Arc::new(Mutex::new(Captured {
+            capture: tapped.capture,
+            ..Captured::default()
+        }));
+        tapped.request = Some(seen.clone());
+        TapBody { inner, seen }
+    }
+}
+
+impl<B: http_body::Body<Data = Bytes> + Unpin> http_body::Body for TapBody<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, B::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if let std::task::Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(d) = frame.data_ref() {
+                self.seen.lock().unwrap_or_else(|p| p.into_inner()).data(d);
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Tapped {
+    /// The request body as far as it was read: (bytes, the first ones kept).
+    pub(crate) fn request_body(&self) -> Option<(u64, Bytes)> {
+        let seen = self.request.as_ref()?;
+        let mut c = seen.lock().unwrap_or_else(|p| p.into_inner());
+        Some((c.bytes, std::mem::take(&mut c.kept).freeze()))
+    }
 }
 
 impl Tapped {
@@ -489,12 +571,32 @@ mod tests {
         assert!(total.get() >= (10 - got) as u64 + 50, "{}", total.get());
     }
 
+    #[tokio::test]
+    async fn a_request_body_is_passed_through_counted_and_captured() {
+        use http_body_util::BodyExt;
+        let mut t = Tapped {
+            event: Event::default(),
+            body: BytesMut::new(),
+            capture: 3,
+            request: None,
+        };
+        let body = TapBody::new(
+            http_body_util::Full::new(Bytes::from_static(b"hello")),
+            &mut t,
+        );
+        let read = body.collect().await.unwrap().to_bytes();
+        assert_eq!(&read[..], b"hello", "unchanged");
+        let (n, kept) = t.request_body().unwrap();
+        assert_eq!((n, &kept[..]), (5, &b"hell"[..]), "cap + 1 kept");
+    }
+
     #[test]
     fn a_body_capture_keeps_its_cap_and_says_it_was_longer() {
         let mut t = Tapped {
             event: Event::default(),
             body: BytesMut::new(),
             capture: 4,
+            request: None,
         };
         t.data(b"abc");
         t.data(b"defgh");
