@@ -594,3 +594,55 @@ fn top_renders_rows_in_a_terminal_and_quits_on_q() {
         (!alive).then_some(())
     });
 }
+
+/// A proxy's live stream ends when its token is revoked (as its discovery stream does):
+/// the proxy is no longer asked, nor counted as meshed.
+#[test]
+fn a_revoked_token_ends_the_proxys_live_stream() {
+    let s = server(&weft());
+    allow_all(&weft(), &s);
+    let url = s.url();
+    let (ok, out, err) = weft_cli(
+        &weft(),
+        &["acl", "create", "--service", "payments", "--server", &url],
+    );
+    assert!(ok, "{out}{err}");
+    let field = |name: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_else(|| panic!("no {name} in {out}"))
+    };
+    let (accessor, secret) = (field("accessor:"), field("secret:"));
+    let app = echo(&weft(), "payments-1", &[]);
+    let sc = sidecar(
+        &weft(),
+        &url,
+        "payments",
+        "payments-1",
+        app.addr,
+        &["--token", &secret],
+    );
+    sc.wait_synced();
+    let meshed = || -> Option<u64> {
+        let (ok, out, _) = weft_cli(
+            &weft(),
+            &["stat", "payments", "-o", "json", "--server", &url],
+        );
+        let v: Value = serde_json::from_str(&out).ok().filter(|_| ok)?;
+        v["services"]
+            .as_array()?
+            .iter()
+            .find(|r| r["service"] == "payments")?["meshed"]
+            .as_u64()
+    };
+    eventually("payments' proxy answers", Duration::from_secs(15), || {
+        (meshed()? == 1).then_some(())
+    });
+    let (ok, out, err) = weft_cli(&weft(), &["acl", "revoke", &accessor, "--server", &url]);
+    assert!(ok, "{out}{err}");
+    eventually("its live stream ends", Duration::from_secs(15), || {
+        (meshed()? == 0).then_some(())
+    });
+    drop(sc);
+}

@@ -296,7 +296,10 @@ impl Discovery for DiscoveryServer {
         if let Err(e) = caller.authenticated() {
             return Err(Status::unauthenticated(e.message));
         }
-        let asks = self.live.serve(caller, request.into_inner()).await?;
+        let asks = self
+            .live
+            .serve(self.state.clone(), caller, request.into_inner())
+            .await?;
         Ok(Response::new(asks))
     }
 

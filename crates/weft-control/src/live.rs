@@ -145,6 +145,7 @@ impl Live {
     /// token must grant `service:SERVICE:write`), then relays asks and answers.
     pub async fn serve(
         self: &Arc<Self>,
+        state: Arc<crate::state::State>,
         caller: Caller,
         mut inbound: Streaming<LiveReport>,
     ) -> Result<AskStream, Status> {
@@ -202,8 +203,16 @@ impl Live {
         tracing::debug!(proxy = %proxy_id, "live stream open");
         let live = self.clone();
         tokio::spawn(async move {
-            live.relay(&proxy_id, &hello.service, &hello.identity, inbound, &tx)
-                .await;
+            // The stream ends when its token is revoked or no longer grants the service,
+            // as the discovery stream does.
+            let revoked = revocation(&state, &caller, &hello.service);
+            tokio::select! {
+                () = live.relay(&proxy_id, &hello.service, &hello.identity, inbound, &tx) => {}
+                status = revoked => {
+                    // Dropping the stream's last sender ends it (below, once unlisted).
+                    tracing::info!(proxy = %proxy_id, "ending the live stream: {}", status.message());
+                }
+            }
             let mut held = lock(&live.held);
             if held
                 .get(&proxy_id)
@@ -370,6 +379,28 @@ impl Live {
             },
             rx,
         ))
+    }
+}
+
+/// Resolves when `caller`'s token is revoked or stops granting `service:SERVICE:write`
+/// (never, with ACLs off): checked at every change of the server's view.
+async fn revocation(state: &crate::state::State, caller: &Caller, service: &str) -> Status {
+    let Caller::Token(token) = caller else {
+        return std::future::pending().await;
+    };
+    let mut tick = state.subscribe();
+    loop {
+        if tick.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+        let need = Need::Service(service.to_string(), Access::Write);
+        match state.read().token(&token.secret_hash) {
+            None => return Status::unauthenticated("ACL token revoked"),
+            Some(t) if !Caller::Token(t.clone()).allows(&need) => {
+                return Status::permission_denied(format!("the token no longer grants {need}"))
+            }
+            Some(_) => {}
+        }
     }
 }
 
