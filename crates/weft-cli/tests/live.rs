@@ -278,18 +278,26 @@ impl Drop for Tap {
     }
 }
 
-fn token(m: &Mesh, rules: &[&str]) -> String {
-    let url = m.server.url();
-    let mut args = vec!["acl", "create", "--server", &url];
-    for r in rules {
-        args.extend(["--rule", r]);
-    }
-    let (ok, out, err) = weft_cli(&weft(), &args);
+/// `weft acl create ARGS` with the management token: (accessor, secret).
+fn create_token(s: &Server, args: &[&str]) -> (String, String) {
+    let url = s.url();
+    let mut all = vec!["acl", "create", "--server", &url];
+    all.extend(args);
+    let (ok, out, err) = weft_cli(&weft(), &all);
     assert!(ok, "{out}{err}");
-    out.lines()
-        .find_map(|l| l.strip_prefix("secret:"))
-        .map(|s| s.trim().to_string())
-        .expect("a secret")
+    let field = |name: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_else(|| panic!("no {name} in {out}"))
+    };
+    (field("accessor:"), field("secret:"))
+}
+
+/// The secret of a new token with `rules`.
+fn token(m: &Mesh, rules: &[&str]) -> String {
+    let args: Vec<&str> = rules.iter().flat_map(|r| ["--rule", *r]).collect();
+    create_token(&m.server, &args).1
 }
 
 /// `weft tap payments --path /order` shows exactly the matching requests, with
@@ -602,18 +610,7 @@ fn a_revoked_token_ends_the_proxys_live_stream() {
     let s = server(&weft());
     allow_all(&weft(), &s);
     let url = s.url();
-    let (ok, out, err) = weft_cli(
-        &weft(),
-        &["acl", "create", "--service", "payments", "--server", &url],
-    );
-    assert!(ok, "{out}{err}");
-    let field = |name: &str| {
-        out.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .map(|v| v.trim().to_string())
-            .unwrap_or_else(|| panic!("no {name} in {out}"))
-    };
-    let (accessor, secret) = (field("accessor:"), field("secret:"));
+    let (accessor, secret) = create_token(&s, &["--service", "payments"]);
     let app = echo(&weft(), "payments-1", &[]);
     let sc = sidecar(
         &weft(),

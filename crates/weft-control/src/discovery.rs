@@ -224,6 +224,19 @@ impl DiscoveryServer {
     }
 }
 
+impl DiscoveryServer {
+    /// Who opened a stream, from its metadata (`x-weft-token`): refused before any
+    /// message is read unless authenticated (or ACLs are off).
+    async fn caller(&self, metadata: &tonic::metadata::MetadataMap) -> Result<Caller, Status> {
+        let secret = metadata.get("x-weft-token").and_then(|v| v.to_str().ok());
+        let caller = self.auth.caller(secret).await;
+        caller
+            .authenticated()
+            .map_err(|e| Status::unauthenticated(e.message))?;
+        Ok(caller)
+    }
+}
+
 /// Whether `caller` may follow `hello`.
 fn permitted(caller: &Caller, hello: &Hello) -> Result<(), Status> {
     let mut needs = vec![Need::Service(hello.service.clone(), Access::Write)];
@@ -287,15 +300,7 @@ impl Discovery for DiscoveryServer {
         &self,
         request: Request<Streaming<LiveReport>>,
     ) -> Result<Response<Self::LiveStream>, Status> {
-        let secret = request
-            .metadata()
-            .get("x-weft-token")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        let caller = self.auth.caller(secret.as_deref()).await;
-        if let Err(e) = caller.authenticated() {
-            return Err(Status::unauthenticated(e.message));
-        }
+        let caller = self.caller(request.metadata()).await?;
         let asks = self
             .live
             .serve(self.state.clone(), caller, request.into_inner())
@@ -313,15 +318,7 @@ impl Discovery for DiscoveryServer {
             ));
         }
         // Who is calling, from the stream's metadata: refused before any message is read.
-        let secret = request
-            .metadata()
-            .get("x-weft-token")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        let caller = self.auth.caller(secret.as_deref()).await;
-        if let Err(e) = caller.authenticated() {
-            return Err(Status::unauthenticated(e.message));
-        }
+        let caller = self.caller(request.metadata()).await?;
         // A bounded number of Hellos are read at once.
         let permit =
             tokio::time::timeout(HELLO_TIMEOUT, self.pending_hellos.clone().acquire_owned())

@@ -131,16 +131,6 @@ impl Live {
         self.next_id.fetch_add(1, Ordering::Relaxed) + 1
     }
 
-    /// The live streams held, as (proxy id, service).
-    pub fn held(&self) -> Vec<(String, String)> {
-        let mut v: Vec<_> = lock(&self.held)
-            .iter()
-            .map(|(id, h)| (id.clone(), h.service.clone()))
-            .collect();
-        v.sort();
-        v
-    }
-
     /// Serves one proxy's live stream: checks its hello against `caller` (the stream's
     /// token must grant `service:SERVICE:write`), then relays asks and answers.
     pub async fn serve(

@@ -35,3 +35,22 @@ pub struct Api {
 
 /// What a handler answers.
 pub(crate) type ApiResult = Result<Response, ApiError>;
+
+impl Api {
+    /// The other replicas (announced in the store) and how to reach them: each knows only
+    /// the proxies connected to it, so a view of every proxy asks them too.
+    pub(crate) async fn peer_replicas(
+        &self,
+    ) -> Result<(Vec<String>, crate::peers::PeerTls), ApiError> {
+        let peers = crate::peers::list(&*self.store)
+            .await?
+            .into_iter()
+            .filter(|a| *a != self.advertise)
+            .collect();
+        let tls = match self.tls {
+            false => None,
+            true => Some(self.ca.peer_tls().await?),
+        };
+        Ok((peers, tls))
+    }
+}

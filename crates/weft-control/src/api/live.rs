@@ -312,15 +312,7 @@ async fn stats(
     let mut unreachable = Vec::new();
     let local = p.local.unwrap_or(false);
     if !local {
-        let peers: Vec<String> = peers::list(&*api.store)
-            .await?
-            .into_iter()
-            .filter(|a| *a != api.advertise)
-            .collect();
-        let tls = match api.tls {
-            false => None,
-            true => Some(api.ca.peer_tls().await?),
-        };
+        let (peers, tls) = api.peer_replicas().await?;
         let path = format!("/v1/stats?local=true&window={name}");
         let asks: Vec<_> = peers
             .iter()
@@ -436,15 +428,7 @@ async fn tap(
     // Every other replica taps the proxies it holds; their events join this stream.
     let mut peers_of = Vec::new();
     if !p.local.unwrap_or(false) {
-        let peers: Vec<String> = peers::list(&*api.store)
-            .await?
-            .into_iter()
-            .filter(|a| *a != api.advertise)
-            .collect();
-        let tls = match api.tls {
-            false => None,
-            true => Some(api.ca.peer_tls().await?),
-        };
+        let (peers, tls) = api.peer_replicas().await?;
         let path = format!(
             "{}?{}&local=true",
             uri.path(),

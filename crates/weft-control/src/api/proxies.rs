@@ -40,15 +40,7 @@ async fn proxies(
     // Every replica knows only its own streams: ask the others (announced in the store).
     let mut unreachable = Vec::new();
     if !p.local.unwrap_or(false) {
-        let peers: Vec<String> = peers::list(&*api.store)
-            .await?
-            .into_iter()
-            .filter(|a| *a != api.advertise)
-            .collect();
-        let tls = match api.tls {
-            false => None,
-            true => Some(api.ca.peer_tls().await?),
-        };
+        let (peers, tls) = api.peer_replicas().await?;
         let asks: Vec<_> = peers
             .iter()
             .map(|peer| {

@@ -21,7 +21,7 @@ use super::route::Rule;
 use crate::telemetry::access_log::{rfc3339, AccessLog, Record};
 use crate::telemetry::metrics::{EdgeStats, RouteStats};
 use crate::telemetry::otlp::{Exporter, Kind, Span, Value};
-use crate::telemetry::tap::{self, Tapped, Taps};
+use crate::telemetry::tap::{self, Captured, Tapped, Taps};
 use crate::telemetry::trace::SpanContext;
 use crate::upstream::endpoint::InFlight;
 use crate::upstream::pool::Lease;
@@ -256,7 +256,7 @@ impl Exchange {
                 }
                 e.request_body = kept;
             }
-            e.response_body = t.body.freeze();
+            e.response_body = t.response.kept.freeze();
             taps.publish(e);
         }
     }
@@ -411,8 +411,7 @@ fn tapped<B>(
     }
     let tapped = Tapped {
         event,
-        body: bytes::BytesMut::new(),
-        capture: ctx.taps.body_bytes(),
+        response: Captured::new(ctx.taps.body_bytes()),
         request: None,
     };
     Some(Box::new((ctx.taps.clone(), tapped)))

@@ -14,8 +14,8 @@
 //! captured only when a tap asks, and only up to its byte cap.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
 use http::HeaderMap;
@@ -164,7 +164,7 @@ pub struct TapSpec {
 impl Tap {
     /// Offers one event: sent if under the rate and the queue has room, else counted.
     fn offer(&self, mut event: Event) {
-        let now = origin().elapsed().as_secs();
+        let now = super::window::origin().elapsed().as_secs();
         let allowed = {
             let mut s = self.second.lock().unwrap_or_else(|p| p.into_inner());
             if s.0 != now {
@@ -208,11 +208,6 @@ fn redact(headers: &mut [(String, String)], extra: &[String]) {
             *value = REDACTED.to_string();
         }
     }
-}
-
-fn origin() -> Instant {
-    static ORIGIN: OnceLock<Instant> = OnceLock::new();
-    *ORIGIN.get_or_init(Instant::now)
 }
 
 /// Who this proxy is, for the events' source and destination.
@@ -361,22 +356,29 @@ impl Taps {
 #[derive(Debug)]
 pub(crate) struct Tapped {
     pub(crate) event: Event,
-    /// Response body kept so far, up to `capture` bytes (+1 to know it was longer).
-    pub(crate) body: BytesMut,
-    pub(crate) capture: usize,
+    /// The response body as it streams to the client.
+    pub(crate) response: Captured,
     /// The request body as it went upstream (see [`TapBody`]).
     pub(crate) request: Option<Arc<Mutex<Captured>>>,
 }
 
-/// A body's bytes counted, and its first ones kept.
+/// A body's bytes counted, and its first `capture` ones kept (+1, to know it was longer).
 #[derive(Debug, Default)]
 pub(crate) struct Captured {
     bytes: u64,
-    kept: BytesMut,
+    pub(crate) kept: BytesMut,
     capture: usize,
 }
 
 impl Captured {
+    /// Nothing seen yet; keeps up to `capture` bytes.
+    pub(crate) fn new(capture: usize) -> Captured {
+        Captured {
+            capture,
+            ..Captured::default()
+        }
+    }
+
     fn data(&mut self, chunk: &[u8]) {
         self.bytes += chunk.len() as u64;
         let room = (self.capture + 1).saturating_sub(self.kept.len());
@@ -394,10 +396,7 @@ pub(crate) struct TapBody<B> {
 impl<B> TapBody<B> {
     /// Wraps `inner`; what it reads goes to `tapped` (which the exchange then reads).
     pub(crate) fn new(inner: B, tapped: &mut Tapped) -> TapBody<B> {
-        let seen = Arc::new(Mutex::new(Captured {
-            capture: tapped.capture,
-            ..Captured::default()
-        }));
+        let seen = Arc::new(Mutex::new(Captured::new(tapped.response.capture)));
         tapped.request = Some(seen.clone());
         TapBody { inner, seen }
     }
@@ -447,9 +446,8 @@ impl Tapped {
 
     /// Counts (and, within the capture, keeps) a chunk of the response body.
     pub(crate) fn data(&mut self, chunk: &[u8]) {
-        self.event.response_bytes += chunk.len() as u64;
-        let room = (self.capture + 1).saturating_sub(self.body.len());
-        self.body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        self.response.data(chunk);
+        self.event.response_bytes = self.response.bytes;
     }
 }
 
@@ -576,8 +574,7 @@ mod tests {
         use http_body_util::BodyExt;
         let mut t = Tapped {
             event: Event::default(),
-            body: BytesMut::new(),
-            capture: 3,
+            response: Captured::new(3),
             request: None,
         };
         let body = TapBody::new(
@@ -594,13 +591,12 @@ mod tests {
     fn a_body_capture_keeps_its_cap_and_says_it_was_longer() {
         let mut t = Tapped {
             event: Event::default(),
-            body: BytesMut::new(),
-            capture: 4,
+            response: Captured::new(4),
             request: None,
         };
         t.data(b"abc");
         t.data(b"defgh");
         assert_eq!(t.event.response_bytes, 8);
-        assert_eq!(&t.body[..], b"abcde", "cap + 1 kept");
+        assert_eq!(&t.response.kept[..], b"abcde", "cap + 1 kept");
     }
 }

@@ -78,8 +78,8 @@ pub struct Summary {
     pub tcp_bytes: u64,
 }
 
-/// The process's clock origin: slots are numbered from it.
-fn origin() -> Instant {
+/// The process's clock origin: slots (and taps' seconds) are numbered from it.
+pub(crate) fn origin() -> Instant {
     static ORIGIN: OnceLock<Instant> = OnceLock::new();
     *ORIGIN.get_or_init(Instant::now)
 }
