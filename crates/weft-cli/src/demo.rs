@@ -196,6 +196,10 @@ weft demo: a local mesh is running.
   services       frontend, payments, payments-v2, inventory (x2), each an echo app with a sidecar
   frontend calls payments and inventory through its sidecar every second (lines below).
 
+The web UI (docs/ui.md): open {server}/ui/ and paste the token {token}
+  (the server's certificate comes from the mesh's own CA, {ca_file}: import it into the
+  browser, or accept the warning for this local demo)
+
 Watch it work (TLS and ACLs are on; this is the management token, each sidecar has its own):
   export WEFT_SERVER={server} WEFT_TOKEN={token} WEFT_CA_FILE={ca_file}
   weft status                        # every sidecar, and whether it has the latest config

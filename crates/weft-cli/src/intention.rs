@@ -4,6 +4,8 @@
 use anyhow::Context;
 use serde_json::Value;
 
+use weft_control::judge::{CheckAnswer, CheckAsk};
+
 use crate::control::{all_pages, get_json};
 
 /// What to check.
@@ -44,60 +46,97 @@ pub async fn check(server: &str, args: &CheckArgs) -> anyhow::Result<bool> {
         .map(Value::to_string)
         .collect::<Vec<_>>()
         .join("\n---\n");
-    let config = weft_model::parse("control-plane", &text).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let authz = weft_proxy::http::authz::Authorizer::build(&config, &args.destination)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let method = http::Method::from_bytes(args.method.as_bytes())
-        .with_context(|| format!("--method {}: not an HTTP method", args.method))?;
+    let ask = CheckAsk {
+        source: (args.source != "-").then(|| args.source.clone()),
+        destination: args.destination.clone(),
+        method: Some(args.method.clone()),
+        path: Some(args.path.clone()),
+        headers: args
+            .headers
+            .iter()
+            .map(|h| {
+                h.split_once(':')
+                    .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                    .with_context(|| format!("--header {h}: expected NAME:VALUE"))
+            })
+            .collect::<anyhow::Result<_>>()?,
+        tcp: args.tcp,
+    };
+    let answer = judge(&text, &ask).map_err(|e| anyhow::anyhow!("{e}"))?;
+    say!("{}", answer.explanation);
+    Ok(answer.allowed)
+}
+
+/// The server's intention check (`POST /v1/intentions/check`, the UI's form): the same
+/// judgement as `weft intention check`.
+pub struct SidecarJudge;
+
+impl weft_control::judge::Judge for SidecarJudge {
+    fn check(&self, policy: &str, ask: &CheckAsk) -> Result<CheckAnswer, String> {
+        judge(policy, ask)
+    }
+}
+
+/// Judges `ask` under `policy` (Mesh, Intention and Service resources as one text) with
+/// the code the destination's sidecar runs. Err: the ask itself is malformed.
+pub fn judge(policy: &str, ask: &CheckAsk) -> Result<CheckAnswer, String> {
+    let config = weft_model::parse("control-plane", policy).map_err(|e| e.to_string())?;
+    let authz = weft_proxy::http::authz::Authorizer::build(&config, &ask.destination)
+        .map_err(|e| e.to_string())?;
+    let method_text = ask.method.as_deref().unwrap_or("GET");
+    let path_text = ask.path.as_deref().unwrap_or("/");
+    let method = http::Method::from_bytes(method_text.as_bytes())
+        .map_err(|_| format!("method `{method_text}`: not an HTTP method"))?;
     let mut headers = http::HeaderMap::new();
-    for h in &args.headers {
-        let (k, v) = h
-            .split_once(':')
-            .with_context(|| format!("--header {h}: expected NAME:VALUE"))?;
+    for (k, v) in &ask.headers {
         headers.append(
             http::HeaderName::from_bytes(k.trim().as_bytes())
-                .with_context(|| format!("--header {h}: bad name"))?,
+                .map_err(|_| format!("header `{k}`: not a header name"))?,
             http::HeaderValue::from_str(v.trim())
-                .with_context(|| format!("--header {h}: bad value"))?,
+                .map_err(|_| format!("header `{k}`: its value is not a header value"))?,
         );
     }
-    let source = (args.source != "-").then_some(args.source.as_str());
-    let (verdict, what) = if args.tcp {
+    let source = ask.source.as_deref().filter(|s| !s.is_empty());
+    let who = source.unwrap_or("(no identity)");
+    let (verdict, what) = if ask.tcp {
         (authz.connection(source), "(TCP connection)".to_string())
     } else {
-        let (path, query) = match args.path.split_once('?') {
+        let (path, query) = match path_text.split_once('?') {
             Some((p, q)) => (p, Some(q)),
-            None => (args.path.as_str(), None),
+            None => (path_text, None),
         };
         // Judged as the sidecar judges it: in its normal form, under the destination's
         // path policy (its Service's, else the Mesh's).
         let policy = config
-            .service(&args.destination)
+            .service(&ask.destination)
             .and_then(|s| s.spec.paths)
             .unwrap_or(config.mesh().paths);
         let path = match weft_proxy::http::path::normalize(path, &policy) {
             Ok(p) => p,
             Err(e) => {
-                say!(
-                    "refused: {} → {} {} {}: 400 invalid-path before any intention: {e}",
-                    source.unwrap_or("(no identity)"),
-                    args.destination,
-                    args.method,
-                    args.path
-                );
-                return Ok(false);
+                let reason = format!("400 invalid-path before any intention: {e}");
+                return Ok(CheckAnswer {
+                    allowed: false,
+                    explanation: format!(
+                        "refused: {who} → {} {method_text} {path_text}: {reason}",
+                        ask.destination
+                    ),
+                    reason,
+                });
             }
         };
         let verdict = authz.request(source, &method, &path, query, &headers);
-        (verdict, format!("{} {}", args.method, args.path))
+        (verdict, format!("{method_text} {path_text}"))
     };
     let allowed = verdict.action == weft_model::Action::Allow;
-    say!(
-        "{}: {} → {} {what}: {}",
-        if allowed { "allowed" } else { "denied" },
-        source.unwrap_or("(no identity)"),
-        args.destination,
-        verdict.reason
-    );
-    Ok(allowed)
+    Ok(CheckAnswer {
+        allowed,
+        explanation: format!(
+            "{}: {who} → {} {what}: {}",
+            if allowed { "allowed" } else { "denied" },
+            ask.destination,
+            verdict.reason
+        ),
+        reason: verdict.reason,
+    })
 }

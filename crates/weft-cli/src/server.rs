@@ -204,6 +204,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             instances_per_service: max_instances_per_service,
             streams_per_token: max_streams_per_token,
         },
+        judge: Some(Arc::new(crate::intention::SidecarJudge)),
     };
     weft_control::server::serve(listener, store, Arc::new(ca), opts, async {
         let _ = crate::process::wait_for_signal().await;

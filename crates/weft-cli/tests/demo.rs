@@ -150,6 +150,20 @@ fn demo_serves_http_and_https_and_stops_on_ctrl_c() {
         })),
         "{edges:#}"
     );
+    // The web UI the hints point to is served on the API's port and TLS.
+    assert!(
+        demo.stderr()
+            .contains(&format!("open {server}/ui/ and paste the token {token}")),
+        "{}",
+        demo.stderr()
+    );
+    let ui = curl(&["--cacert", mesh_ca, &format!("{server}/ui/")]);
+    assert!(
+        ui.status == 200 && ui.body.contains("<title>weft</title>"),
+        "{} {}",
+        ui.status,
+        ui.body
+    );
 
     demo.signal("INT");
     let status = demo.wait_exit(Duration::from_secs(20)).expect("demo exits");

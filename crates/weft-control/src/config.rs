@@ -353,7 +353,7 @@ pub async fn list(
     kind: Option<&str>,
     after: Option<&str>,
     limit: usize,
-) -> Result<(Vec<Value>, Option<String>, Revision), ApiError> {
+) -> Result<(Vec<(Value, Revision)>, Option<String>, Revision), ApiError> {
     let prefix = match kind {
         Some(k) => format!("{PREFIX}{k}/"),
         None => PREFIX.to_string(),
@@ -373,7 +373,11 @@ pub async fn list(
     let items = page
         .kvs
         .iter()
-        .filter_map(|kv| serde_json::from_slice(&kv.value).ok())
+        .filter_map(|kv| {
+            serde_json::from_slice(&kv.value)
+                .ok()
+                .map(|v| (v, kv.mod_revision))
+        })
         .collect();
     Ok((items, next, page.revision))
 }

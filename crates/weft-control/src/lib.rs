@@ -28,6 +28,7 @@ pub mod embedded;
 pub mod error;
 #[cfg(feature = "etcd")]
 pub mod etcd;
+pub mod judge;
 pub mod kv;
 pub mod leader;
 pub mod live;

@@ -35,6 +35,9 @@ pub struct Options {
     pub metrics_public: bool,
     /// Bounds on clients.
     pub limits: Limits,
+    /// The sidecar's intention code, for `/v1/intentions/check` (the `weft` binary
+    /// hands it in: the control plane does not depend on the proxy).
+    pub judge: Option<Arc<dyn crate::judge::Judge>>,
 }
 
 /// Bounds on what clients may hold (each a `weft server` flag; docs/operations.md).
@@ -182,6 +185,7 @@ pub async fn serve(
         ca_file,
         metrics_public,
         limits,
+        judge,
     } = opts;
     let (acceptor, api_cert) = match tls {
         Some(names) => {
@@ -243,6 +247,8 @@ pub async fn serve(
         instances_per_service: limits.instances_per_service,
         tls: acceptor.is_some(),
         leadership: leadership.clone(),
+        topology: Default::default(),
+        judge,
     })
     .route_service("/weft.discovery.v1.Discovery/{*method}", grpc);
     let local: SocketAddr = listener.local_addr()?;

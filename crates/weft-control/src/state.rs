@@ -130,6 +130,23 @@ impl View {
         }
     }
 
+    /// The Mesh and every Intention and Service resource, as one text `weft_model::parse`
+    /// reads: what decides who may call whom (the UI's intention views).
+    pub fn policy_text(&self) -> String {
+        let mut keys: Vec<&String> = self
+            .config
+            .keys()
+            .filter(|k| {
+                *k == "Mesh/mesh" || k.starts_with("Intention/") || k.starts_with("Service/")
+            })
+            .collect();
+        keys.sort();
+        keys.iter()
+            .map(|k| &*self.config[*k].json)
+            .collect::<Vec<_>>()
+            .join("\n---\n")
+    }
+
     /// The token whose secret hashes to `hash`.
     pub fn token(&self, hash: &str) -> Option<Arc<crate::acl::Token>> {
         self.tokens.get(hash).cloned()

@@ -71,9 +71,24 @@ async fn config_list_kind(
 }
 
 async fn list_config(api: &Api, kind: Option<&str>, p: &Params) -> ApiResult {
-    let (items, next, revision) =
+    let (listed, next, revision) =
         config::list(&*api.store, kind, p.after.as_deref(), limit(p)?).await?;
-    Ok(with_index(revision, Json(page(items, next))))
+    // Each resource's version: the store revision of its last change, by `Kind/name`.
+    let revisions: serde_json::Map<String, Value> = listed
+        .iter()
+        .map(|(v, rev)| {
+            let key = format!(
+                "{}/{}",
+                v["kind"].as_str().unwrap_or_default(),
+                v["metadata"]["name"].as_str().unwrap_or_default()
+            );
+            (key, Value::from(*rev))
+        })
+        .collect();
+    let items: Vec<Value> = listed.into_iter().map(|(v, _)| v).collect();
+    let mut out = page(items, next);
+    out["revisions"] = Value::Object(revisions);
+    Ok(with_index(revision, Json(out)))
 }
 
 async fn config_get(

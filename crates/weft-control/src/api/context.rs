@@ -31,6 +31,10 @@ pub struct Api {
     pub tls: bool,
     /// The replicas' election.
     pub leadership: crate::leader::Leadership,
+    /// Topologies recently built for the UI, shared by its watchers.
+    pub topology: Arc<super::TopologyCache>,
+    /// The sidecar's intention code, for `/v1/intentions/check` (None: answered 501).
+    pub judge: Option<Arc<dyn crate::judge::Judge>>,
 }
 
 /// What a handler answers.

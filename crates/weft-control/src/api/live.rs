@@ -49,7 +49,7 @@ const MAX_TAP_BODY: u32 = 64 * 1024;
 /// Extra header names a tap may ask to redact.
 const MAX_REDACT: usize = 32;
 
-fn window(p: &Params) -> Result<(&'static str, u32), ApiError> {
+pub(super) fn window(p: &Params) -> Result<(&'static str, u32), ApiError> {
     let w = p.window.as_deref().unwrap_or("1m");
     WINDOWS.into_iter().find(|(n, _)| *n == w).ok_or_else(|| {
         ApiError::bad_request(
@@ -62,7 +62,7 @@ fn window(p: &Params) -> Result<(&'static str, u32), ApiError> {
 /// One proxy's answer as replicas pass it to each other (sketches sparse).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct RawProxy {
+pub(super) struct RawProxy {
     proxy_id: String,
     service: String,
     identity: String,
@@ -184,14 +184,14 @@ fn trust_domain(identity: &str) -> Option<&str> {
 }
 
 /// Services, edges and routes from the proxies' answers.
-fn summarise(
+/// `only`: one service's rows (and the edges touching it); `from`: traffic from one caller.
+pub(super) fn summarise(
     proxies: &[RawProxy],
     seconds: f64,
-    p: &Params,
+    only: Option<&str>,
+    from: Option<&str>,
     catalog: &BTreeMap<String, (usize, usize)>,
 ) -> Value {
-    let only = p.service.as_deref();
-    let from = p.from.as_deref();
     let td = proxies.iter().find_map(|x| trust_domain(&x.identity));
     let identity = |svc: &str| match (td, svc) {
         (_, crate::live::UNKNOWN_SOURCE) | (None, _) => Value::Null,
@@ -306,18 +306,58 @@ async fn stats(
 ) -> ApiResult {
     caller.require(&Need::Operator(Access::Read))?;
     let (name, seconds) = window(&p)?;
+    let local = p.local.unwrap_or(false);
+    let g = gather(&api, name, seconds, &headers, local).await?;
+    let catalog = api.state.read().services();
+    let mut out = summarise(
+        &g.proxies,
+        g.seconds,
+        p.service.as_deref(),
+        p.from.as_deref(),
+        &catalog,
+    );
+    out["window"] = json!(name);
+    out["seconds"] = json!(g.seconds);
+    out["unanswered"] = json!(g.unanswered);
+    out["unreachable"] = json!(g.unreachable);
+    if local {
+        out["proxies"] = json!(g.proxies);
+    }
+    Ok(Json(out).into_response())
+}
+
+/// What the proxies answered for one window, through this replica and (unless `local`)
+/// its peers.
+pub(super) struct Gathered {
+    pub(super) proxies: Vec<RawProxy>,
+    /// The window the answers cover (the longest any proxy had).
+    pub(super) seconds: f64,
+    /// Proxies that did not answer in time.
+    pub(super) unanswered: Vec<String>,
+    /// Replicas that could not be asked: `{server, error}`.
+    pub(super) unreachable: Vec<Value>,
+}
+
+/// Asks this replica's proxies, and every peer replica for its own (with the caller's
+/// token), for their `seconds` windows.
+pub(super) async fn gather(
+    api: &Api,
+    name: &str,
+    seconds: u32,
+    headers: &HeaderMap,
+    local: bool,
+) -> Result<Gathered, ApiError> {
     let gathered = api.live.stats(seconds, None).await;
     let mut proxies: Vec<RawProxy> = gathered.answered.iter().map(RawProxy::of).collect();
     let mut unanswered = gathered.unanswered;
     let mut unreachable = Vec::new();
-    let local = p.local.unwrap_or(false);
     if !local {
         let (peers, tls) = api.peer_replicas().await?;
         let path = format!("/v1/stats?local=true&window={name}");
         let asks: Vec<_> = peers
             .iter()
             .map(|peer| {
-                let token = crate::authn::secret_of(&headers).map(str::to_string);
+                let token = crate::authn::secret_of(headers).map(str::to_string);
                 tokio::spawn(peers::get_json(
                     peer.clone(),
                     path.clone(),
@@ -345,16 +385,12 @@ async fn stats(
         proxies.dedup_by(|a, b| a.proxy_id == b.proxy_id);
     }
     let covered = proxies.iter().map(|x| x.seconds).fold(0.0, f64::max);
-    let catalog = api.state.read().services();
-    let mut out = summarise(&proxies, covered, &p, &catalog);
-    out["window"] = json!(name);
-    out["seconds"] = json!(covered);
-    out["unanswered"] = json!(unanswered);
-    out["unreachable"] = json!(unreachable);
-    if local {
-        out["proxies"] = json!(proxies);
-    }
-    Ok(Json(out).into_response())
+    Ok(Gathered {
+        proxies,
+        seconds: covered,
+        unanswered,
+        unreachable,
+    })
 }
 
 /// Opens a tap and streams its events as server-sent events (`event: tap`, and
@@ -548,7 +584,7 @@ async fn unreachable(tx: &tokio::sync::mpsc::Sender<String>, peer: &str, error: 
 
 /// A stream fed by a task: `f` gets the sender; the stream ends when the task does, and
 /// the task sees its sends fail once the stream is dropped.
-fn async_stream<F, Fut>(
+pub(super) fn async_stream<F, Fut>(
     f: F,
 ) -> impl tokio_stream::Stream<Item = Result<bytes::Bytes, std::convert::Infallible>> + Send + 'static
 where

@@ -16,7 +16,9 @@
 //!  ├ config.rs   /v1/config            ├ catalog.rs  /v1/catalog
 //!  ├ kv.rs       /v1/kv                ├ ca.rs       /v1/ca
 //!  ├ proxies.rs  /v1/proxies           ├ acl.rs      /v1/acl
-//!  └ live.rs     /v1/stats, /v1/tap/{service} (asked of the proxies, live.rs)
+//!  ├ live.rs     /v1/stats, /v1/tap/{service} (asked of the proxies, live.rs)
+//!  ├ topology.rs /v1/topology, /v1/intentions/{matrix,check} (the UI's graph and forms)
+//!  └ ui.rs       /ui/: the web UI's files (no token: they hold no data)
 //! request.rs   around every handler: the caller (extractor, before the body), bodies
 //!              under limits, errors as JSON, X-Weft-Index
 //! query.rs     the query parameters (extractor), pages, long-polls
@@ -34,10 +36,13 @@ mod proxies;
 mod query;
 mod request;
 mod status;
+mod topology;
+mod ui;
 
 use axum::Router;
 
 pub use context::Api;
+pub use topology::TopologyCache;
 
 use crate::error::ApiError;
 
@@ -49,6 +54,8 @@ pub fn router(api: Api) -> Router {
         .merge(kv::routes())
         .merge(proxies::routes())
         .merge(live::routes())
+        .merge(topology::routes())
+        .merge(ui::routes())
         .merge(catalog::routes())
         .merge(ca::routes())
         .merge(acl::routes())
@@ -74,6 +81,7 @@ mod tests {
         ("kv.rs", include_str!("kv.rs")),
         ("proxies.rs", include_str!("proxies.rs")),
         ("live.rs", include_str!("live.rs")),
+        ("topology.rs", include_str!("topology.rs")),
         ("catalog.rs", include_str!("catalog.rs")),
         ("ca.rs", include_str!("ca.rs")),
         ("acl.rs", include_str!("acl.rs")),

@@ -105,12 +105,13 @@ async fn as_json_error(resp: Response) -> Response {
 const INDEX: &str = "x-weft-index";
 
 /// Endpoints that answer without a token: the API's description, the CA's public roots,
-/// the one-time bootstrap, and `/metrics` when the server makes it public.
+/// the one-time bootstrap, the UI's files, and `/metrics` when the server makes it public.
 fn open(method: &Method, path: &str, metrics_public: bool) -> bool {
     match (method, path) {
         (&Method::GET, "/v1/openapi.json" | "/v1/ca/roots") => true,
         (&Method::POST, "/v1/acl/bootstrap") => true,
         (&Method::GET, "/metrics") => metrics_public,
+        (&Method::GET, p) => super::ui::is_ui(p),
         _ => false,
     }
 }

@@ -90,6 +90,7 @@ pub async fn start(limits: Limits, metrics_public: bool) -> Running {
         ca_file: None,
         metrics_public,
         limits,
+        judge: None,
     };
     tokio::spawn(weft_control::server::serve(
         listener,
