@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 
 sys.path.insert(0, os.path.dirname(__file__))
 from run import free_port, wait_port, write_block  # noqa: E402
@@ -99,6 +100,11 @@ def main():
     loader = None
     try:
         wait_port(port)
+        # Every edge allowed, as in a mesh that works (with no intention, the default
+        # denies and every edge would be drawn denied).
+        urllib.request.urlopen(urllib.request.Request(
+            f"{url}/v1/config", method="POST", headers={"Content-Type": "application/yaml"},
+            data=b"kind: Intention\nmetadata: {name: allow-all}\nspec: {source: '*', destination: '*', action: allow}\n"))
         loader = subprocess.Popen([load, "--server", f"127.0.0.1:{port}", "--services", str(a.services),
                                    "--edges", str(a.edges), "--seconds", "3600"],
                                   stdout=subprocess.PIPE, text=True)
@@ -136,7 +142,7 @@ def main():
         if a.write and not a.smoke:
             block = "\n".join([
                 f"Measured with `bench/ui.py --services {a.services} --edges {a.edges} --runs {a.runs} "
-                f"--browsers {a.browsers} --seconds {a.seconds}` (release build, headless Chromium "
+                f"--browsers {a.browsers} --seconds {a.seconds}` (release build, headless "
                 f"{subprocess.run(['chromium', '--version'], capture_output=True, text=True).stdout.strip()}):",
                 "",
                 "| | figure |",

@@ -243,8 +243,9 @@ Try:
 Access log lines (JSON) follow on stdout. Ctrl-C stops everything.
 "#
     );
+    // Ctrl-C, or a plain `kill` (SIGTERM): either stops the whole mesh, not the demo alone.
     tokio::select! {
-        r = tokio::signal::ctrl_c() => r?,
+        r = crate::process::wait_for_signal() => r?,
         _ = mesh.call_forever() => {}
     }
     eprintln!("stopping...");

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use weft_testkit::mesh::{apply_file, http, server_with, sidecar, token_for, weft_cli};
+use weft_testkit::mesh::{apply_file, http, server, server_with, sidecar, token_for, weft_cli};
 use weft_testkit::{echo, eventually, require};
 
 fn weft() -> PathBuf {
@@ -162,4 +162,69 @@ fn the_ui_shows_the_live_mesh_and_respects_the_token() {
         6,
         "every step ran: {said}"
     );
+}
+
+/// `weft acl create` with the management token: (accessor, secret).
+fn create_token(url: &str, rules: &[&str]) -> (String, String) {
+    let mut args = vec!["acl", "create", "--server", url];
+    for r in rules {
+        args.extend(["--rule", r]);
+    }
+    let (ok, out, err) = weft_cli(&weft(), &args);
+    assert!(ok, "{out}{err}");
+    let field = |name: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_else(|| panic!("no {name} in {out}"))
+    };
+    (field("accessor:"), field("secret:"))
+}
+
+/// The UI's live picture is a stream the server keeps pushing: it checks the token
+/// again before every push, so revoking the token ends an open page's stream (with a
+/// reason) instead of leaving it to watch the mesh forever.
+#[test]
+fn a_topology_stream_ends_with_a_reason_when_its_token_is_revoked() {
+    use std::io::{BufRead, BufReader};
+    let s = server(&weft());
+    let url = s.url();
+    let (accessor, secret) = create_token(&url, &["operator:read"]);
+    let mut curl = Command::new(require("curl"))
+        .args(["-sN", "-H", &format!("Authorization: Bearer {secret}")])
+        .arg(format!("{url}/v1/topology/stream?window=10s"))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("curl");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = curl.stdout.take().expect("stdout");
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+        let _ = tx.send("(end of stream)".into());
+    });
+    let next = |what: &str| -> String {
+        loop {
+            let line = rx
+                .recv_timeout(Duration::from_secs(15))
+                .unwrap_or_else(|_| panic!("no {what} within 15 s"));
+            if line.starts_with("event: ") || line == "(end of stream)" {
+                return line;
+            }
+        }
+    };
+    assert_eq!(next("first topology"), "event: topology");
+    assert_eq!(next("second topology"), "event: topology");
+    let (ok, out, err) = weft_cli(&weft(), &["acl", "revoke", &accessor, "--server", &url]);
+    assert!(ok, "{out}{err}");
+    let mut seen = next("the refusal");
+    while seen == "event: topology" {
+        seen = next("the refusal"); // one push may have been under way
+    }
+    assert_eq!(seen, "event: denied");
+    assert_eq!(next("the end"), "(end of stream)");
+    let _ = curl.wait();
 }

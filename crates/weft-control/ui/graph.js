@@ -333,8 +333,15 @@ export function topologyView() {
     latest = t;
     updates += 1;
     const names = t.services.map((s) => s.service);
-    for (const e of t.edges) for (const n of [e.source, e.destination]) if (!names.includes(n) && n !== "unknown") names.push(n);
-    if (t.edges.some((e) => e.source === "unknown") && !names.includes("unknown")) names.push("unknown");
+    const known = new Set(names);
+    for (const e of t.edges) {
+      for (const n of [e.source, e.destination]) {
+        if (!known.has(n)) {
+          known.add(n);
+          names.push(n);
+        }
+      }
+    }
     const sig = names.join(",") + "|" + t.edges.map((e) => `${e.source}→${e.destination}`).join(",");
     if (sig !== shown.sig) {
       rebuild(t, names);
@@ -346,16 +353,21 @@ export function topologyView() {
       const key = `${e.source}→${e.destination}`;
       const p = shown.edges.get(key);
       if (!p) continue;
+      // Only what changed is written: on a large mesh most edges keep their colour.
       const state = edgeState(e);
-      p.setAttribute("class", `edge state-${state}${e.intention === "request" ? " l7" : ""}${selected ? (e.source === selected || e.destination === selected ? " touching" : " dim") : ""}`);
-      p.setAttribute("marker-end", `url(#arrow-${state})`);
+      const cls = `edge state-${state}${e.intention === "request" ? " l7" : ""}${selected ? (e.source === selected || e.destination === selected ? " touching" : " dim") : ""}`;
+      if (p.getAttribute("class") !== cls) {
+        p.setAttribute("class", cls);
+        p.setAttribute("marker-end", `url(#arrow-${state})`);
+        p.dataset.state = state;
+      }
       p.dataset.rps = e.rps;
       p.dataset.requests = e.requests;
-      p.dataset.state = state;
-      p.firstChild.textContent = `${key}: ${edgeText(e)}; intentions: ${e.intention} (${e.intentionReason})`;
+      const text = edgeText(e);
+      p.firstChild.textContent = `${key}: ${text}; intentions: ${e.intention} (${e.intentionReason})`;
       const label = shown.labels.get(key);
-      if (label) {
-        label.textContent = edgeText(e);
+      if (label && label.textContent !== text) {
+        label.textContent = text;
         label.setAttribute("class", `edge-label state-${state}`);
       }
     }
@@ -363,8 +375,10 @@ export function topologyView() {
       const g = shown.nodes.get(s.service);
       if (!g) continue;
       const unhealthy = s.healthy < s.instances;
-      g.setAttribute("class", `node${unhealthy ? " unhealthy" : ""}${s.instances === 0 ? " gone" : ""}${s.service === selected ? " selected" : ""}`);
-      g.querySelector(".sub").textContent = `${s.healthy}/${s.instances} healthy · ${fmt.rps(s.rps)} rps`;
+      const cls = `node${unhealthy ? " unhealthy" : ""}${s.instances === 0 ? " gone" : ""}${s.service === selected ? " selected" : ""}`;
+      if (g.getAttribute("class") !== cls) g.setAttribute("class", cls);
+      const sub = `${s.healthy}/${s.instances} healthy · ${fmt.rps(s.rps)} rps`;
+      if (g.lastChild.textContent !== sub) g.lastChild.textContent = sub;
       g.firstChild.textContent = `${s.service}: ${s.instances} instance(s), ${s.healthy} healthy; in ${fmt.rps(s.rps)} rps, ${fmt.rate(s.successRate)} success, p99 ${fmt.ms(s.p99Ms)}`;
     }
     if (selected) renderPanel();
