@@ -355,4 +355,15 @@ fn live_views_through_one_replica_reach_the_proxies_of_another() {
     assert_eq!(p["service"], "payments");
     assert_eq!(p["meshed"], 1, "{v:#}");
     assert!(p["requests"].as_u64().is_some_and(|n| n >= 4), "{v:#}");
+    // The UI's topology through A too: B's edge, with what the intentions decide.
+    let t = api_get(a.addr, "/v1/topology?window=1m");
+    let edge = t["edges"]
+        .as_array()
+        .and_then(|e| {
+            e.iter()
+                .find(|e| e["source"] == "frontend" && e["destination"] == "payments")
+        })
+        .unwrap_or_else(|| panic!("no frontend → payments edge through A: {t:#}"));
+    assert_eq!(edge["intention"], "allow", "{t:#}");
+    assert!(edge["requests"].as_u64().is_some_and(|n| n >= 4), "{t:#}");
 }
