@@ -475,7 +475,7 @@ async fn tap(
             peers_of.push((peer, path.clone(), token.clone(), tls.clone()));
         }
     }
-    let stream = async_stream(move |tx| async move {
+    let stream = async_stream(16, move |tx| async move {
         let _open = handle; // dropped when the client goes: the proxies stop tapping
         let _peers = Aborting(
             peers_of
@@ -582,16 +582,18 @@ async fn unreachable(tx: &tokio::sync::mpsc::Sender<String>, peer: &str, error: 
         .await;
 }
 
-/// A stream fed by a task: `f` gets the sender; the stream ends when the task does, and
-/// the task sees its sends fail once the stream is dropped.
+/// A stream fed by a task: `f` gets the sender (`queue` chunks may wait unsent); the
+/// stream ends when the task does, and the task sees its sends fail once the stream is
+/// dropped.
 pub(super) fn async_stream<F, Fut>(
+    queue: usize,
     f: F,
 ) -> impl tokio_stream::Stream<Item = Result<bytes::Bytes, std::convert::Infallible>> + Send + 'static
 where
     F: FnOnce(tokio::sync::mpsc::Sender<String>) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
-    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let (tx, rx) = tokio::sync::mpsc::channel(queue);
     tokio::spawn(f(tx));
     tokio_stream::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(rx), |s| {
         Ok::<_, std::convert::Infallible>(bytes::Bytes::from(s))

@@ -57,11 +57,40 @@ const MATRIX_SERVICES: usize = 100;
 /// What a topology is built for: the window and the service whose routes it adds.
 type Key = (&'static str, Option<String>);
 
+/// Topology streams open on one server at most (`503 too-many-watchers` beyond).
+pub const MAX_WATCHERS: usize = 256;
+
 /// Recently built topologies, by window and service (see the module docs): when each was
-/// built, and its JSON.
+/// built, and its JSON; and the streams open.
 #[derive(Default)]
 pub struct TopologyCache {
     recent: tokio::sync::Mutex<HashMap<Key, (Instant, Arc<str>)>>,
+    watchers: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// One open topology stream, counted while it lives.
+struct Watching(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Watching {
+    fn new(cache: &TopologyCache) -> Result<Watching, ApiError> {
+        use std::sync::atomic::Ordering;
+        let n = cache.watchers.fetch_add(1, Ordering::Relaxed);
+        let w = Watching(cache.watchers.clone());
+        if n >= MAX_WATCHERS {
+            return Err(ApiError::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "too-many-watchers",
+                format!("{MAX_WATCHERS} topology streams are open on this server; try another replica or later"),
+            ));
+        }
+        Ok(w)
+    }
+}
+
+impl Drop for Watching {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 impl std::fmt::Debug for TopologyCache {
@@ -245,7 +274,11 @@ async fn stream(
     caller.require(&Need::Operator(Access::Read))?;
     let (name, seconds) = window(&p)?;
     let service = service_param(&p)?.map(str::to_string);
-    let stream = async_stream(move |tx| async move {
+    let watching = Watching::new(&api.topology)?;
+    // One topology waits at most (they are ~1 MB at 5,000 edges): a client that does not
+    // read holds two, not a backlog.
+    let stream = async_stream(1, move |tx| async move {
+        let _watching = watching;
         let secret = crate::authn::secret_of(&headers).map(str::to_string);
         let mut tick = tokio::time::interval(EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -384,5 +417,17 @@ mod tests {
         assert!(why.contains("no intention applies"), "{why}");
         assert_eq!(p.decide(crate::live::UNKNOWN_SOURCE, "payments").0, "deny");
         assert_eq!(Policy(None).decide("a", "b").0, "unknown");
+    }
+
+    #[test]
+    fn watchers_are_counted_while_they_live_and_refused_past_the_bound() {
+        let cache = super::TopologyCache::default();
+        let open: Vec<_> = (0..super::MAX_WATCHERS)
+            .map(|_| super::Watching::new(&cache).expect("under the bound"))
+            .collect();
+        let refused = super::Watching::new(&cache).err().expect("past the bound");
+        assert_eq!(refused.status, axum::http::StatusCode::SERVICE_UNAVAILABLE);
+        drop(open);
+        assert!(super::Watching::new(&cache).is_ok(), "closed streams free their places");
     }
 }
