@@ -57,13 +57,22 @@ fn the_ui_shows_the_live_mesh_and_respects_the_token() {
         &weft(),
         &server,
         "kind: Intention\nmetadata: {name: frontend-to-payments}\nspec: {source: frontend, destination: payments, action: allow}\n\
-         ---\nkind: Intention\nmetadata: {name: frontend-to-inventory}\nspec: {source: frontend, destination: inventory, action: allow}\n",
+         ---\nkind: Intention\nmetadata: {name: frontend-to-inventory}\nspec: {source: frontend, destination: inventory, action: allow}\n\
+         ---\nkind: Service\nmetadata: {name: payments}\nspec: {}\n\
+         ---\nkind: HTTPRoute\nmetadata: {name: payments-route}\nspec: {parentRefs: [{kind: Service, name: payments}], rules: [{backendRefs: [{name: payments, weight: 100}]}]}\n",
         &[],
     );
     let pay_app = echo(&weft(), "payments-1", &[]);
     let inv_app = echo(&weft(), "inventory-1", &[]);
     let fe_app = echo(&weft(), "frontend-1", &[]);
-    let payments = sidecar(&weft(), &url, "payments", "payments-1", pay_app.addr, &[]);
+    let payments = sidecar(
+        &weft(),
+        &url,
+        "payments",
+        "payments-1",
+        pay_app.addr,
+        &["--metadata", "version=v1"],
+    );
     let inventory = sidecar(&weft(), &url, "inventory", "inventory-1", inv_app.addr, &[]);
     let frontend = sidecar(
         &weft(),
@@ -90,7 +99,8 @@ fn the_ui_shows_the_live_mesh_and_respects_the_token() {
             matches!(http(out, "GET", "/warm", b""), Ok((200, _))).then_some(())
         });
     }
-    // Frontend's app at work: ten requests a second to each callee while the browser looks.
+    // Frontend's app at work: ten requests a second to each callee while the browser
+    // looks; one in four of payments' answers 500 (a failing edge).
     let stop = Arc::new(AtomicBool::new(false));
     let traffic = {
         let stop = stop.clone();
@@ -99,9 +109,9 @@ fn the_ui_shows_the_live_mesh_and_respects_the_token() {
             Some(std::thread::spawn(move || {
                 let mut n = 0u64;
                 while !stop.load(Ordering::Relaxed) && n < 20_000 {
-                    for out in outs {
-                        let _ = http(out, "GET", &format!("/order/{n}"), b"");
-                    }
+                    let failing = if n % 4 == 0 { "/status/500" } else { "/order" };
+                    let _ = http(outs[0], "GET", failing, b"");
+                    let _ = http(outs[1], "GET", &format!("/order/{n}"), b"");
                     n += 1;
                     std::thread::sleep(Duration::from_millis(100));
                 }
