@@ -428,6 +428,9 @@ mod tests {
         let refused = super::Watching::new(&cache).err().expect("past the bound");
         assert_eq!(refused.status, axum::http::StatusCode::SERVICE_UNAVAILABLE);
         drop(open);
-        assert!(super::Watching::new(&cache).is_ok(), "closed streams free their places");
+        assert!(
+            super::Watching::new(&cache).is_ok(),
+            "closed streams free their places"
+        );
     }
 }
