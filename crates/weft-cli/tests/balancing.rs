@@ -275,3 +275,63 @@ fn p2c_sends_under_5_percent_to_an_endpoint_500ms_slower() {
     let slow = t.get("slow").copied().unwrap_or(0);
     assert!(slow < 10, "the slow endpoint got {slow}/200: {t:?}");
 }
+
+/// A Service with `subsets` by endpoint labels, and a route whose backends name them:
+/// `stable` (version v1: two endpoints) weight `stable`, `canary` (version v2: one)
+/// weight `canary`, and `empty` (a version no endpoint has) weight `empty`.
+fn subset_config(b: &[Echo], stable: u32, canary: u32, empty: u32) -> String {
+    format!(
+        "kind: Gateway\nmetadata: {{name: gw}}\nspec:\n  listeners: [{{name: web, address: \"127.0.0.1:0\"}}]\n---\n\
+         kind: HTTPRoute\nmetadata: {{name: r}}\nspec:\n  rules: [{{backendRefs: [\
+         {{name: s, subset: stable, weight: {stable}}}, {{name: s, subset: canary, weight: {canary}}}, \
+         {{name: s, subset: empty, weight: {empty}}}]}}]\n---\n\
+         kind: Service\nmetadata: {{name: s}}\nspec:\n  subsets:\n    stable: {{version: v1}}\n    canary: {{version: v2}}\n    empty: {{version: v9}}\n  endpoints:\n\
+         \x20   - {{address: \"{}\", metadata: {{version: v1}}}}\n\
+         \x20   - {{address: \"{}\", metadata: {{version: v1, zone: b}}}}\n\
+         \x20   - {{address: \"{}\", metadata: {{version: v2}}}}\n",
+        b[0].addr, b[1].addr, b[2].addr
+    )
+}
+
+#[test]
+fn a_backend_naming_a_subset_reaches_only_the_endpoints_it_selects() {
+    let b = backends(&[("v1-a", &[]), ("v1-b", &[]), ("v2-a", &[])]);
+    // All to the canary subset: only the v2 endpoint answers.
+    let p = proxy(&weft(), &subset_config(&b, 0, 1, 0), &[]);
+    let t = tally(&curl_many(
+        &format!("{}/", p.url("gw/web")),
+        60,
+        "x-echo-name",
+        &[],
+    ));
+    assert_eq!(t, HashMap::from([("v2-a".to_string(), 60)]));
+    drop(p);
+    // 3:1 stable:canary: both v1 endpoints share the stable part, v2 gets about a quarter.
+    let p = proxy(&weft(), &subset_config(&b, 3, 1, 0), &[]);
+    let t = tally(&curl_many(
+        &format!("{}/", p.url("gw/web")),
+        400,
+        "x-echo-name",
+        &[],
+    ));
+    let canary = t.get("v2-a").copied().unwrap_or(0);
+    assert!(
+        (60..=140).contains(&canary),
+        "canary got {canary}/400: {t:?}"
+    );
+    assert!(
+        t.get("v1-a").is_some_and(|n| *n > 50) && t.get("v1-b").is_some_and(|n| *n > 50),
+        "both stable endpoints serve: {t:?}"
+    );
+    assert_eq!(t.len(), 3, "{t:?}");
+    drop(p);
+    // A subset no endpoint is in: a precise 503, not some other endpoint.
+    let p = proxy(&weft(), &subset_config(&b, 0, 0, 1), &[]);
+    let r = weft_testkit::curl(&["-si", &format!("{}/", p.url("gw/web"))]);
+    assert_eq!(r.status, 503, "{r:?}");
+    assert_eq!(
+        r.header("x-weft-error"),
+        Some("no-healthy-endpoints"),
+        "{r:?}"
+    );
+}

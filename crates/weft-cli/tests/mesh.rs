@@ -125,6 +125,45 @@ fn register_discover_route_and_follow_changes() {
     drop(a);
 }
 
+/// A canary by version inside one service: instances registered with `version` metadata,
+/// a Service naming subsets by it, a route weighting the subsets; `--wait` returns once
+/// every sidecar sends by the new weights.
+#[test]
+fn a_route_splits_one_service_by_its_instances_versions() {
+    let s = server(&weft());
+    allow_all(&weft(), &s);
+    let _v1 = instance(&s, "b", "b-1", &["--metadata", "version=v1"]);
+    let _v2 = instance(&s, "b", "b-2", &["--metadata", "version=v2"]);
+    let a = instance(&s, "a", "a-1", &["--upstream", "b=127.0.0.1:0"]);
+    let out = a.sidecar.listener("out-b");
+    eventually("both b instances answer", Duration::from_secs(10), || {
+        let t = tally(out, 20);
+        (t.len() == 2).then_some(())
+    });
+    let split = |stable: u32, canary: u32| {
+        format!(
+            "kind: Service\nmetadata: {{name: b}}\nspec:\n  subsets: {{stable: {{version: v1}}, canary: {{version: v2}}}}\n---\n\
+             kind: HTTPRoute\nmetadata: {{name: b-canary}}\nspec:\n  parentRefs: [{{kind: Service, name: b}}]\n  rules:\n    - backendRefs: [{{name: b, subset: stable, weight: {stable}}}, {{name: b, subset: canary, weight: {canary}}}]\n"
+        )
+    };
+    for (stable, canary, only) in [(0, 1, "b-2"), (1, 0, "b-1")] {
+        let (ok, stdout, stderr) =
+            apply(&s, &split(stable, canary), &["--wait", "--timeout", "10s"]);
+        assert!(ok, "{stdout}\n{stderr}");
+        let t = tally(out, 20);
+        assert_eq!(t.keys().cloned().collect::<Vec<_>>(), [only], "{t:?}");
+    }
+    // A subset the Service does not define is refused whole, with where and why.
+    let bad = split(1, 0).replace("subset: canary", "subset: v3");
+    let (ok, stdout, stderr) = apply(&s, &bad, &[]);
+    assert!(!ok, "{stdout}");
+    assert!(
+        stderr.contains("spec.rules[0].backendRefs[1].subset: Service `b` has no subset `v3` (it has: canary, stable)"),
+        "{stderr}"
+    );
+    assert_eq!(tally(out, 10).keys().cloned().collect::<Vec<_>>(), ["b-1"]);
+}
+
 #[test]
 fn a_refused_update_keeps_the_last_good_configuration_and_is_reported() {
     let s = server(&weft());

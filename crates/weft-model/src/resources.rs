@@ -758,6 +758,26 @@ pub struct BackendRef {
     /// Relative weight (default 1); 0 takes the backend out of rotation.
     #[serde(default = "one")]
     pub weight: u32,
+    /// Only the service's endpoints in this subset (one of the Service's `subsets`):
+    /// e.g. its `version: v2` instances, for a canary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subset: Option<String>,
+}
+
+impl BackendRef {
+    /// The key of the upstream this backend sends to: the service, or `SERVICE#SUBSET`
+    /// (`#` is in no service name, so the two never collide).
+    pub fn upstream(&self) -> std::borrow::Cow<'_, str> {
+        match &self.subset {
+            None => std::borrow::Cow::Borrowed(&self.name),
+            Some(s) => std::borrow::Cow::Owned(subset_key(&self.name, s)),
+        }
+    }
+}
+
+/// The upstream key of a service's subset (see [`BackendRef::upstream`]).
+pub fn subset_key(service: &str, subset: &str) -> String {
+    format!("{service}#{subset}")
 }
 
 fn one() -> u32 {
@@ -816,6 +836,11 @@ pub struct ServiceSpec {
     /// inbound listeners and its callers' outbound ones), overriding `Mesh`'s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub paths: Option<PathPolicy>,
+    /// Named subsets of the endpoints, by metadata: `{v2: {version: v2}}` makes
+    /// `backendRefs: [{name: SERVICE, subset: v2}]` reach only the endpoints whose
+    /// metadata has every listed label (in the mesh, the instances registered with it).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub subsets: BTreeMap<String, BTreeMap<String, String>>,
     /// Set by a sidecar for a mesh service (never from a file): the SPIFFE ID its
     /// endpoints must prove; they are called over mutual TLS.
     #[serde(skip_deserializing, skip_serializing_if = "Option::is_none")]
@@ -1252,6 +1277,18 @@ pub struct EndpointSpec {
     /// Relative weight, 1..=10000 (default 1).
     #[serde(default = "one")]
     pub weight: u32,
+    /// Labels the Service's `subsets` select by (in the mesh: the instance's metadata).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, String>,
+}
+
+impl EndpointSpec {
+    /// Whether this endpoint carries every label of `selector`.
+    pub fn matches(&self, selector: &BTreeMap<String, String>) -> bool {
+        selector
+            .iter()
+            .all(|(k, v)| self.metadata.get(k) == Some(v))
+    }
 }
 
 /// Balancing settings.

@@ -674,3 +674,78 @@ fn a_star_allow_admits_callers_without_identity_only_when_it_says_so() {
     );
     assert!(errs.join("\n").contains("spec.unauthenticated"), "{errs:?}");
 }
+
+const SUBSETS: &str = r#"
+kind: Gateway
+metadata: {name: edge}
+spec:
+  listeners:
+    - {name: web, address: "127.0.0.1:0"}
+---
+kind: HTTPRoute
+metadata: {name: canary}
+spec:
+  parentRefs: [{name: edge, sectionName: web}]
+  rules:
+    - backendRefs: [{name: pay, subset: stable, weight: 90}, {name: pay, subset: canary, weight: 10}]
+---
+kind: Service
+metadata: {name: pay}
+spec:
+  subsets:
+    stable: {version: v1}
+    canary: {version: v2}
+  endpoints:
+    - {address: "127.0.0.1:9001", metadata: {version: v1}}
+    - {address: "127.0.0.1:9002", metadata: {version: v2, zone: a}}
+"#;
+
+#[test]
+fn subsets_select_endpoints_by_their_labels() {
+    let c = parse("s.yaml", SUBSETS).unwrap();
+    let pay = c.service("pay").unwrap();
+    let canary = &pay.spec.subsets["canary"];
+    let picked: Vec<&str> = pay
+        .spec
+        .endpoints
+        .iter()
+        .filter(|e| e.matches(canary))
+        .map(|e| e.address.as_str())
+        .collect();
+    assert_eq!(picked, ["127.0.0.1:9002"]);
+    let b = &c.routes[0].spec.rules[0].backend_refs[1];
+    assert_eq!(b.upstream(), "pay#canary");
+    assert_eq!(
+        c.routes[0].spec.rules[0].backend_refs[0].upstream(),
+        "pay#stable"
+    );
+}
+
+#[test]
+fn a_subset_must_exist_and_select_by_something() {
+    let errs = errors_of(&SUBSETS.replace("subset: canary, weight", "subset: v3, weight"));
+    assert_eq!(
+        errs,
+        ["s.yaml:13: HTTPRoute/canary: spec.rules[0].backendRefs[1].subset: Service `pay` has no subset `v3` (it has: canary, stable)"
+            .replace("s.yaml", "f.yaml")],
+    );
+    let errs = errors_of(&SUBSETS.replace("canary: {version: v2}", "canary: {}"));
+    assert!(
+        errs.len() == 1 && errs[0].contains("spec.subsets.canary: selects by no label"),
+        "{errs:#?}"
+    );
+    let errs = errors_of(&SUBSETS.replace("canary: {version: v2}", "Canary_1: {version: v2}"));
+    assert!(
+        errs.iter().any(|e| e.contains("subset name `Canary_1`")),
+        "{errs:#?}"
+    );
+    // A service with no subsets at all says so.
+    let errs = errors_of(&SUBSETS.replace(
+        "  subsets:\n    stable: {version: v1}\n    canary: {version: v2}\n",
+        "",
+    ));
+    assert!(
+        errs.len() == 2 && errs.iter().all(|e| e.contains("defines no subsets")),
+        "{errs:#?}"
+    );
+}

@@ -269,6 +269,9 @@ pub(crate) fn http_route(
                     format!("unknown Service `{}`", b.name),
                 );
             }
+            if let Some(m) = super::service::subset_problem(c, b) {
+                err(r, format!("{at}.backendRefs[{bi}].subset"), m);
+            }
             if b.weight > 1_000_000 {
                 err(
                     r,

@@ -50,6 +50,7 @@ pub(crate) fn service(r: &mut Report<'_>, s: &Resource<ServiceSpec>, doc: &Docum
             );
         }
     }
+    subsets(r, s, doc);
     let lb = &s.spec.load_balancer;
     match (&lb.policy, &lb.hash_on) {
         (LbPolicy::RingHash, None) => r.at(
@@ -238,4 +239,106 @@ pub(crate) fn service(r: &mut Report<'_>, s: &Resource<ServiceSpec>, doc: &Docum
             "must be at most 10000".into(),
         );
     }
+}
+
+/// Most subsets one Service may name, and labels one subset may select by.
+const MAX_SUBSETS: usize = 64;
+const MAX_SUBSET_LABELS: usize = 16;
+
+/// Subset names are DNS-label-like (they appear in metric labels); each selects by at
+/// least one label; an endpoint's labels follow the catalog's metadata limits.
+fn subsets(r: &mut Report<'_>, s: &Resource<ServiceSpec>, doc: &Document) {
+    let name = &s.metadata.name;
+    if s.spec.subsets.len() > MAX_SUBSETS {
+        r.at(
+            doc,
+            "Service",
+            name,
+            "spec.subsets".into(),
+            format!("{} subsets: at most {MAX_SUBSETS}", s.spec.subsets.len()),
+        );
+    }
+    for (subset, labels) in &s.spec.subsets {
+        let at = format!("spec.subsets.{subset}");
+        let valid = !subset.is_empty()
+            && subset.len() <= 63
+            && subset
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !valid {
+            r.at(
+                doc,
+                "Service",
+                name,
+                at.clone(),
+                format!("subset name `{subset}`: lowercase letters, digits and `-`, at most 63"),
+            );
+        }
+        if labels.is_empty() {
+            r.at(
+                doc,
+                "Service",
+                name,
+                at.clone(),
+                "selects by no label: it would be every endpoint (name at least one, e.g. version: v2)".into(),
+            );
+        }
+        if labels.len() > MAX_SUBSET_LABELS {
+            r.at(
+                doc,
+                "Service",
+                name,
+                at.clone(),
+                format!("{} labels: at most {MAX_SUBSET_LABELS}", labels.len()),
+            );
+        }
+        for (k, v) in labels {
+            if k.is_empty() || k.len() > 128 || v.len() > 512 {
+                r.at(
+                    doc,
+                    "Service",
+                    name,
+                    format!("{at}.{k}"),
+                    "label names are 1–128 bytes, values at most 512".into(),
+                );
+            }
+        }
+    }
+    for (i, e) in s.spec.endpoints.iter().enumerate() {
+        if e.metadata.len() > 64
+            || e.metadata
+                .iter()
+                .any(|(k, v)| k.is_empty() || k.len() > 128 || v.len() > 512)
+        {
+            r.at(
+                doc,
+                "Service",
+                name,
+                format!("spec.endpoints[{i}].metadata"),
+                "at most 64 labels, names 1–128 bytes, values at most 512".into(),
+            );
+        }
+    }
+}
+
+/// The problem with `backend`'s subset, if any: its Service must name it.
+pub(crate) fn subset_problem(c: &Config, backend: &BackendRef) -> Option<String> {
+    let subset = backend.subset.as_ref()?;
+    let service = c.service(&backend.name)?;
+    if service.spec.subsets.contains_key(subset) {
+        return None;
+    }
+    let known: Vec<&str> = service.spec.subsets.keys().map(String::as_str).collect();
+    Some(if known.is_empty() {
+        format!(
+            "Service `{}` defines no subsets (spec.subsets)",
+            backend.name
+        )
+    } else {
+        format!(
+            "Service `{}` has no subset `{subset}` (it has: {})",
+            backend.name,
+            known.join(", ")
+        )
+    })
 }

@@ -57,6 +57,15 @@ pub(crate) fn stream_route(
                     format!("unknown Service `{}`", b.name),
                 );
             }
+            if let Some(m) = super::service::subset_problem(c, b) {
+                r.at(
+                    doc,
+                    kind,
+                    name,
+                    format!("spec.rules[{ri}].backendRefs[{bi}].subset"),
+                    m,
+                );
+            }
         }
     }
 }

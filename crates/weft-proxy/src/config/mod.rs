@@ -135,14 +135,28 @@ impl Snapshot {
         previous: Option<&Snapshot>,
         rt: &Runtime,
     ) -> Result<Snapshot, BuildError> {
+        // Each service, and each of its subsets as a service of its own (`NAME#SUBSET`:
+        // the same settings over the endpoints the subset selects), which backends that
+        // name the subset send to.
         let services: HashMap<String, Arc<Service>> = config
             .services
             .iter()
-            .map(|s| {
-                let name = &s.metadata.name;
-                let before = previous.and_then(|p| p.services.get(name));
-                let service = build_service(&config, rt, name, &s.spec, before.map(|b| &**b))?;
-                Ok((name.clone(), Arc::new(service)))
+            .flat_map(|s| {
+                let whole = (s.metadata.name.clone(), std::borrow::Cow::Borrowed(&s.spec));
+                let subsets = s.spec.subsets.iter().map(|(subset, labels)| {
+                    let mut spec = s.spec.clone();
+                    spec.endpoints.retain(|e| e.matches(labels));
+                    (
+                        weft_model::subset_key(&s.metadata.name, subset),
+                        std::borrow::Cow::Owned(spec),
+                    )
+                });
+                std::iter::once(whole).chain(subsets)
+            })
+            .map(|(name, spec)| {
+                let before = previous.and_then(|p| p.services.get(&name));
+                let service = build_service(&config, rt, &name, &spec, before.map(|b| &**b))?;
+                Ok((name, Arc::new(service)))
             })
             .collect::<Result<_, BuildError>>()?;
         let mut listeners = Vec::new();

@@ -111,13 +111,16 @@ impl Rule {
             .iter()
             .filter(|b| b.weight > 0)
             .map(|b| {
+                // A subset is an upstream of its own (`SERVICE#SUBSET`), counted as such
+                // per route; the edge is still to the service.
+                let upstream = b.upstream();
                 let service = services
-                    .get(b.name.as_str())
-                    .ok_or_else(|| format!("unknown service {}", b.name))?;
+                    .get(upstream.as_ref())
+                    .ok_or_else(|| format!("unknown service {upstream}"))?;
                 Ok(Backend {
                     service: service.clone(),
                     weight: b.weight,
-                    stats: Arc::new(metrics.route_stats(listener, route, &b.name)),
+                    stats: Arc::new(metrics.route_stats(listener, route, &upstream)),
                     edge: caller.map(|c| metrics.edge(Direction::Outbound, c, &b.name)),
                 })
             })

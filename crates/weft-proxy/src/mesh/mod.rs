@@ -234,7 +234,13 @@ pub fn sidecar_config(
                 } else {
                     format!("{addr}:{port}")
                 };
-                Some(json!({"address": addr}))
+                // Its metadata: what the Service's subsets select by.
+                let metadata = i
+                    .get("metadata")
+                    .filter(|m| m.is_object())
+                    .cloned()
+                    .unwrap_or_else(|| json!({}));
+                Some(json!({"address": addr, "metadata": metadata}))
             })
             .collect();
         let service = services

@@ -84,7 +84,11 @@ impl StreamTable {
                     .iter()
                     .flat_map(|rule| &rule.backend_refs)
                     .filter(|b| b.weight > 0)
-                    .filter_map(|b| services.get(&b.name).map(|s| (s.clone(), b.weight)))
+                    .filter_map(|b| {
+                        services
+                            .get(b.upstream().as_ref())
+                            .map(|s| (s.clone(), b.weight))
+                    })
                     .collect();
                 StreamRoute {
                     name: r.metadata.name.clone(),
