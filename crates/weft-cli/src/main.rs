@@ -16,6 +16,7 @@ macro_rules! note {
 
 mod acl;
 mod ca;
+mod canary;
 mod control;
 mod demo;
 mod demo_mesh;
@@ -147,6 +148,13 @@ enum Command {
         #[command(flatten)]
         server: ServerArg,
     },
+    /// Canary rollouts the control plane runs: status, promote, pause, resume, abort.
+    Canary {
+        #[command(subcommand)]
+        command: canary::CanaryCommand,
+        #[command(flatten)]
+        server: ServerArg,
+    },
     /// Intentions: which service may call which.
     Intention {
         #[command(subcommand)]
@@ -258,6 +266,7 @@ fn main() -> std::process::ExitCode {
         | Command::Kv { server, .. }
         | Command::Acl { server, .. }
         | Command::Ca { server, .. }
+        | Command::Canary { server, .. }
         | Command::Intention { server, .. }
         | Command::Catalog { server, .. }
         | Command::Stat { server, .. }
@@ -360,6 +369,7 @@ fn main() -> std::process::ExitCode {
         } => client(|| live::top(&server.url, &service, filter)),
         Command::Acl { command, server } => client(|| acl::run(&server.url, command)),
         Command::Ca { command, server } => client(|| ca::run(&server.url, command)),
+        Command::Canary { command, server } => client(|| canary::run(&server.url, command)),
         Command::Intention {
             command: IntentionCommand::Check(args),
             server,

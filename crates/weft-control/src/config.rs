@@ -33,6 +33,7 @@ pub const KINDS: &[&str] = &[
     "TLSRoute",
     "Mesh",
     "Intention",
+    "Canary",
 ];
 /// Largest configuration text accepted by one apply.
 pub const MAX_APPLY_BYTES: usize = 4 * 1024 * 1024;

@@ -20,6 +20,7 @@ pub mod acl;
 pub mod api;
 pub mod authn;
 pub mod ca;
+pub mod canary;
 pub mod catalog;
 pub mod config;
 mod diff;

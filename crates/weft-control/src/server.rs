@@ -235,7 +235,7 @@ pub async fn serve(
         .max_encoding_message_size(usize::MAX);
     // gRPC requests are HTTP/2 POSTs to /weft.discovery.v1.Discovery/METHOD; everything
     // else is the JSON API.
-    let app = api::router(Api {
+    let api = Api {
         store: store.clone(),
         state,
         sessions,
@@ -249,14 +249,17 @@ pub async fn serve(
         leadership: leadership.clone(),
         topology: Default::default(),
         judge,
-    })
-    .route_service("/weft.discovery.v1.Discovery/{*method}", grpc);
+    };
+    // Canary rollouts, run by whichever replica leads.
+    let canaries = tokio::spawn(crate::canary::run(api.clone()));
+    let app = api::router(api).route_service("/weft.discovery.v1.Discovery/{*method}", grpc);
     let local: SocketAddr = listener.local_addr()?;
     tracing::info!(%local, tls = acceptor.is_some(), "control plane listening (HTTP API and gRPC discovery)");
     accept_loop(listener, app, acceptor, limits.max_connections, shutdown).await;
     follower.abort();
     announcer.abort();
     pruner.abort();
+    canaries.abort();
     campaign.abort();
     leadership.resign(&*store).await;
     bundle_follower.abort();

@@ -130,6 +130,17 @@ impl View {
         }
     }
 
+    /// Every `Canary` resource's JSON.
+    pub fn canaries(&self) -> Vec<Arc<str>> {
+        let mut keys: Vec<&String> = self
+            .config
+            .keys()
+            .filter(|k| k.starts_with("Canary/"))
+            .collect();
+        keys.sort();
+        keys.iter().map(|k| self.config[*k].json.clone()).collect()
+    }
+
     /// The Mesh and every Intention and Service resource, as one text `weft_model::parse`
     /// reads: what decides who may call whom (the UI's intention views).
     pub fn policy_text(&self) -> String {

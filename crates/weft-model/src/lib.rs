@@ -13,6 +13,7 @@
 //! file, so a half-valid configuration is never applied. This crate does no I/O beyond
 //! reading the file it is asked to load.
 
+pub mod delivery;
 pub mod duration;
 pub mod resources;
 pub mod security;
@@ -26,6 +27,7 @@ use std::path::Path;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+pub use delivery::*;
 pub use resources::*;
 pub use security::*;
 
@@ -55,6 +57,9 @@ pub struct Config {
     /// `Intention` resources.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub intentions: Vec<Resource<IntentionSpec>>,
+    /// `Canary` resources (control plane only: the control plane runs them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub canaries: Vec<Resource<CanarySpec>>,
     /// Directory relative file names (certificates, keys) are resolved against: the
     /// configuration file's directory; absent for text parsed without a file.
     #[serde(skip)]
@@ -212,6 +217,7 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigErrors> {
         tls_routes: Vec::new(),
         meshes: Vec::new(),
         intentions: Vec::new(),
+        canaries: Vec::new(),
         base_dir: None,
     };
     let mut origins = validate::Origins::default();
@@ -241,11 +247,12 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigErrors> {
             "TLSRoute" => keep(take(doc, &mut config.tls_routes, &mut origins.tls_routes)),
             "Mesh" => keep(take(doc, &mut config.meshes, &mut origins.meshes)),
             "Intention" => keep(take(doc, &mut config.intentions, &mut origins.intentions)),
+            "Canary" => keep(take(doc, &mut config.canaries, &mut origins.canaries)),
             "" if doc.value.is_null() => {} // empty document, e.g. a trailing `---`
             "" => errors.push(err_at("kind".into(), "missing `kind`".into())),
             other => errors.push(err_at(
                 "kind".into(),
-                format!("unknown kind `{other}` (expected Gateway, HTTPRoute, TCPRoute, TLSRoute, Service, Mesh or Intention)"),
+                format!("unknown kind `{other}` (expected Gateway, HTTPRoute, TCPRoute, TLSRoute, Service, Mesh, Intention or Canary)"),
             )),
         }
     }

@@ -49,14 +49,43 @@ const MAX_TAP_BODY: u32 = 64 * 1024;
 /// Extra header names a tap may ask to redact.
 const MAX_REDACT: usize = 32;
 
-pub(super) fn window(p: &Params) -> Result<(&'static str, u32), ApiError> {
+/// The window asked for: its name as peers are asked with it, and its seconds.
+pub(super) fn window(p: &Params) -> Result<(String, u32), ApiError> {
     let w = p.window.as_deref().unwrap_or("1m");
-    WINDOWS.into_iter().find(|(n, _)| *n == w).ok_or_else(|| {
-        ApiError::bad_request(
+    if let Some((n, secs)) = WINDOWS.into_iter().find(|(n, _)| *n == w) {
+        return Ok((n.to_string(), secs));
+    }
+    // Any whole number of seconds the proxies keep (a canary's interval).
+    match w.strip_suffix('s').and_then(|n| n.parse::<u32>().ok()) {
+        Some(secs) if (1..=600).contains(&secs) && !w.starts_with('0') => Ok((w.to_string(), secs)),
+        _ => Err(ApiError::bad_request(
             "invalid-query",
-            format!("window `{w}`: expected 10s, 1m or 10m"),
-        )
-    })
+            format!("window `{w}`: expected 10s, 1m, 10m, or 1s to 600s"),
+        )),
+    }
+}
+
+/// One backend's traffic over the last `seconds`, as every proxy that sends to it saw it
+/// (their route windows for that backend, e.g. `payments#canary`): requests, successes,
+/// p99 in ms. What a canary's analysis judges.
+pub(crate) async fn backend_totals(
+    api: &Api,
+    seconds: u32,
+    backend: &str,
+    headers: &HeaderMap,
+) -> Result<(u64, u64, Option<f64>), ApiError> {
+    let g = gather(api, &format!("{seconds}s"), seconds, headers, false).await?;
+    let mut sum = Sum::default();
+    for x in &g.proxies {
+        for r in x.routes.iter().filter(|r| r.service == backend) {
+            sum.add(r);
+        }
+    }
+    let p99 = sum
+        .latency
+        .quantile(0.99)
+        .map(|d| (d.as_secs_f64() * 1e6).round() / 1e3);
+    Ok((sum.requests, sum.successes, p99))
 }
 
 /// One proxy's answer as replicas pass it to each other (sketches sparse).
@@ -307,7 +336,7 @@ async fn stats(
     caller.require(&Need::Operator(Access::Read))?;
     let (name, seconds) = window(&p)?;
     let local = p.local.unwrap_or(false);
-    let g = gather(&api, name, seconds, &headers, local).await?;
+    let g = gather(&api, &name, seconds, &headers, local).await?;
     let catalog = api.state.read().services();
     let mut out = summarise(
         &g.proxies,

@@ -18,6 +18,7 @@
 //!  ├ proxies.rs  /v1/proxies           ├ acl.rs      /v1/acl
 //!  ├ live.rs     /v1/stats, /v1/tap/{service} (asked of the proxies, live.rs)
 //!  ├ topology.rs /v1/topology, /v1/intentions/{matrix,check} (the UI's graph and forms)
+//!  ├ canary.rs   /v1/canaries: rollouts (run by crate::canary on the leader), commands
 //!  └ ui.rs       /ui/: the web UI's files (no token: they hold no data)
 //! request.rs   around every handler: the caller (extractor, before the body), bodies
 //!              under limits, errors as JSON, X-Weft-Index
@@ -27,6 +28,7 @@
 
 mod acl;
 mod ca;
+mod canary;
 mod catalog;
 mod config;
 mod context;
@@ -41,7 +43,9 @@ mod ui;
 
 use axum::Router;
 
+pub(crate) use acl::{mint, put_token};
 pub use context::Api;
+pub(crate) use live::backend_totals;
 pub use topology::TopologyCache;
 
 use crate::error::ApiError;
@@ -55,6 +59,7 @@ pub fn router(api: Api) -> Router {
         .merge(proxies::routes())
         .merge(live::routes())
         .merge(topology::routes())
+        .merge(canary::routes())
         .merge(ui::routes())
         .merge(catalog::routes())
         .merge(ca::routes())
@@ -82,6 +87,7 @@ mod tests {
         ("proxies.rs", include_str!("proxies.rs")),
         ("live.rs", include_str!("live.rs")),
         ("topology.rs", include_str!("topology.rs")),
+        ("canary.rs", include_str!("canary.rs")),
         ("catalog.rs", include_str!("catalog.rs")),
         ("ca.rs", include_str!("ca.rs")),
         ("acl.rs", include_str!("acl.rs")),

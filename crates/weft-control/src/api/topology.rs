@@ -55,7 +55,7 @@ const FRESH: Duration = Duration::from_millis(1500);
 const MATRIX_SERVICES: usize = 100;
 
 /// What a topology is built for: the window and the service whose routes it adds.
-type Key = (&'static str, Option<String>);
+type Key = (String, Option<String>);
 
 /// Topology streams open on one server at most (`503 too-many-watchers` beyond).
 pub const MAX_WATCHERS: usize = 256;
@@ -143,12 +143,12 @@ impl Policy {
 /// Builds the topology (or takes one built less than [`FRESH`] ago).
 async fn build(
     api: &Api,
-    name: &'static str,
+    name: &str,
     seconds: u32,
     service: Option<&str>,
     headers: &HeaderMap,
 ) -> Result<Arc<str>, ApiError> {
-    let key = (name, service.map(str::to_string));
+    let key = (name.to_string(), service.map(str::to_string));
     let mut recent = api.topology.recent.lock().await;
     if let Some((at, text)) = recent.get(&key) {
         if at.elapsed() < FRESH {
@@ -254,7 +254,7 @@ async fn topology(
 ) -> ApiResult {
     caller.require(&Need::Operator(Access::Read))?;
     let (name, seconds) = window(&p)?;
-    let text = build(&api, name, seconds, service_param(&p)?, &headers).await?;
+    let text = build(&api, &name, seconds, service_param(&p)?, &headers).await?;
     let mut resp = Response::new(Body::from(text.to_string()));
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -291,7 +291,7 @@ async fn stream(
                     let _ = tx.send(format!("event: denied\ndata: {data}\n\n")).await;
                     return;
                 }
-                Ok(()) => match build(&api, name, seconds, service.as_deref(), &headers).await {
+                Ok(()) => match build(&api, &name, seconds, service.as_deref(), &headers).await {
                     Ok(text) => format!("event: topology\ndata: {text}\n\n"),
                     Err(e) => {
                         let data = json!({"message": e.message});

@@ -3,8 +3,9 @@
 //!
 //! One file per kind, over shared checks (`checks.rs`) and the report (`report.rs`):
 //! `gateway.rs`, `service.rs`, `http_route.rs`, `stream_route.rs` (TCP and TLS), and
-//! `security.rs` (`Mesh`, `Intention`).
+//! `security.rs` (`Mesh`, `Intention`), `canary.rs` (`Canary`).
 
+mod canary;
 mod checks;
 mod gateway;
 mod http_route;
@@ -27,6 +28,7 @@ pub(crate) struct Origins<'a> {
     pub tls_routes: Vec<&'a Document>,
     pub meshes: Vec<&'a Document>,
     pub intentions: Vec<&'a Document>,
+    pub canaries: Vec<&'a Document>,
 }
 
 pub(crate) fn validate(file: &str, c: &Config, o: &Origins<'_>, errors: &mut Vec<ConfigError>) {
@@ -42,6 +44,7 @@ pub(crate) fn validate(file: &str, c: &Config, o: &Origins<'_>, errors: &mut Vec
         ("TLSRoute", names(&c.tls_routes), &o.tls_routes),
         ("Mesh", names(&c.meshes), &o.meshes),
         ("Intention", names(&c.intentions), &o.intentions),
+        ("Canary", names(&c.canaries), &o.canaries),
     ] {
         checks::unique_names(&mut r, kind, names.into_iter(), docs);
     }
@@ -63,5 +66,8 @@ pub(crate) fn validate(file: &str, c: &Config, o: &Origins<'_>, errors: &mut Vec
     security::mesh(&mut r, c, &o.meshes);
     for (i, doc) in c.intentions.iter().zip(&o.intentions) {
         security::intention(&mut r, i, doc);
+    }
+    for (k, doc) in c.canaries.iter().zip(&o.canaries) {
+        canary::canary(&mut r, c, k, doc);
     }
 }

@@ -1,0 +1,385 @@
+//! Canary rollouts end to end: `weft server` (its controller on the leader), payments'
+//! v1 and v2 instances behind real sidecars, frontend's sidecar calling payments under
+//! steady load from the test, and the rollout read back with `weft canary status` as an
+//! operator would. Loopback only.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use weft_testkit::mesh::{
+    allow_all, echo_name as who, server, sidecar, weft_cli, Instance, Server, Sidecar,
+};
+use weft_testkit::{echo, eventually, temp_dir};
+
+fn weft() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_weft"))
+}
+
+fn apply(s: &Server, yaml: &str) -> (bool, String, String) {
+    let path = temp_dir().join("canary.yaml");
+    std::fs::write(&path, yaml).expect("write the file");
+    let (path, url) = (path.display().to_string(), s.url());
+    weft_cli(&weft(), &["apply", "-f", &path, "--server", &url])
+}
+
+fn status(s: &Server, name: &str) -> Value {
+    let url = s.url();
+    let (ok, out, err) = weft_cli(
+        &weft(),
+        &["canary", "status", name, "-o", "json", "--server", &url],
+    );
+    assert!(ok, "{out}{err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+fn tally(addr: SocketAddr, n: usize) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    for _ in 0..n {
+        let k = who(addr).unwrap_or_else(|e| format!("error: {e}"));
+        *out.entry(k).or_default() += 1;
+    }
+    out
+}
+
+/// payments-1 (v1, healthy) and payments-2 (v2, answering 503 to `v2_fail_rate` of its
+/// requests), the Service naming them as subsets, and frontend's sidecar calling them.
+struct Mesh {
+    server: Server,
+    _instances: Vec<Instance>,
+    _frontend: (weft_testkit::Echo, Sidecar),
+    out: SocketAddr,
+}
+
+impl Mesh {
+    fn start(v2_fail_rate: &str) -> Mesh {
+        let server = server(&weft());
+        allow_all(&weft(), &server);
+        let url = server.url();
+        let mut instances = Vec::new();
+        for (id, version, fail) in [
+            ("payments-1", "v1", "0"),
+            ("payments-2", "v2", v2_fail_rate),
+        ] {
+            let app = echo(&weft(), id, &["--fail-rate", fail]);
+            let sc = sidecar(
+                &weft(),
+                &url,
+                "payments",
+                id,
+                app.addr,
+                &["--metadata", &format!("version={version}")],
+            );
+            sc.wait_synced();
+            instances.push(Instance { app, sidecar: sc });
+        }
+        let (ok, out, err) = apply(
+            &server,
+            "kind: Service\nmetadata: {name: payments}\nspec:\n  subsets: {stable: {version: v1}, canary: {version: v2}}\n",
+        );
+        assert!(ok, "{out}{err}");
+        let fe_app = echo(&weft(), "frontend-1", &[]);
+        let fe = sidecar(
+            &weft(),
+            &url,
+            "frontend",
+            "frontend-1",
+            fe_app.addr,
+            &["--upstream", "payments=127.0.0.1:0"],
+        );
+        fe.wait_synced();
+        let out = fe.listener("out-payments");
+        eventually("payments answers", Duration::from_secs(15), || {
+            who(out)
+                .ok()
+                .filter(|n| n.starts_with("payments"))
+                .map(|_| ())
+        });
+        Mesh {
+            server,
+            _instances: instances,
+            _frontend: (fe_app, fe),
+            out,
+        }
+    }
+
+    /// Requests through frontend's sidecar, 50 a second, until dropped.
+    fn load(&self) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (out, s) = (self.out, stop.clone());
+        let t = std::thread::spawn(move || {
+            let mut n = 0;
+            while !s.load(Ordering::Relaxed) && n < 100_000 {
+                let _ = who(out);
+                n += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        Load(stop, Some(t))
+    }
+}
+
+struct Load(Arc<AtomicBool>, Option<std::thread::JoinHandle<()>>);
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+        if let Some(t) = self.1.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A Canary of payments: 20%, 40%, 60%, checked every `interval`.
+fn canary(interval: &str, threshold: u32, no_data: &str) -> String {
+    format!(
+        "kind: Canary\nmetadata: {{name: payments}}\nspec:\n  service: payments\n  stable: stable\n  canary: canary\n  stepWeight: 20\n  maxWeight: 60\n  analysis:\n    interval: {interval}\n    threshold: {threshold}\n    successRate: 0.95\n    p99: 2s\n    minRequests: 5\n    noData: {no_data}\n"
+    )
+}
+
+fn phase_is(s: &Server, want: &str, within: Duration) -> Value {
+    eventually(&format!("the canary is {want}"), within, || {
+        let v = status(s, "payments");
+        (v["phase"] == want).then_some(v)
+    })
+}
+
+fn verdicts(v: &Value) -> Vec<(u64, String)> {
+    v["measurements"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|m| {
+            (
+                m["weight"].as_u64().unwrap_or(0),
+                m["verdict"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// A canary that fails 20% of its requests under steady load is rolled back after
+/// `threshold` failed checks (2 × 10 s, plus a convergence), and then gets nothing.
+#[test]
+fn a_failing_canary_is_rolled_back_and_then_gets_no_request() {
+    let m = Mesh::start("0.2");
+    let _load = m.load();
+    let started = std::time::Instant::now();
+    let (ok, out, err) = apply(&m.server, &canary("10s", 2, "wait"));
+    assert!(ok, "{out}{err}");
+    let v = phase_is(&m.server, "rolled-back", Duration::from_secs(60));
+    let took = started.elapsed();
+    assert_eq!(v["weight"], 0, "{v:#}");
+    assert_eq!(v["failedChecks"], 2, "{v:#}");
+    let fails: Vec<&Value> = v["measurements"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["verdict"] == "fail")
+        .collect();
+    assert_eq!(fails.len(), 2, "{v:#}");
+    // (A check that found too few requests waits: it is not a failure.)
+    assert!(
+        verdicts(&v)
+            .iter()
+            .all(|(w, verdict)| *w == 20 && verdict != "pass"),
+        "{v:#}"
+    );
+    for f in &fails {
+        let rate = f["successRate"].as_f64().expect("a rate");
+        assert!((0.6..0.95).contains(&rate), "about 80% succeeded: {f}");
+        assert!(f["requests"].as_u64().unwrap() >= 5, "{f}");
+        assert!(f["why"].as_str().unwrap().contains("success rate"), "{f}");
+    }
+    assert!(
+        v["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("2 failed checks (threshold 2)"),
+        "{v:#}"
+    );
+    // Rolled back within interval × threshold plus convergence and the leader's ticks (a
+    // check that waited for traffic adds one interval).
+    let waited = verdicts(&v)
+        .iter()
+        .filter(|(_, verdict)| verdict == "wait")
+        .count() as u64;
+    assert!(
+        took < Duration::from_secs(20 + 10 * waited + 5),
+        "took {took:?} with {waited} waits"
+    );
+    // After the rollback no request reaches the canary.
+    std::thread::sleep(Duration::from_millis(500));
+    let t = tally(m.out, 60);
+    assert_eq!(
+        t.keys().cloned().collect::<Vec<_>>(),
+        ["payments-1"],
+        "{t:?}"
+    );
+    // The table an operator reads.
+    let url = m.server.url();
+    let (ok, table, err) = weft_cli(&weft(), &["canary", "status", "payments", "--server", &url]);
+    assert!(ok, "{err}");
+    println!("{table}");
+    assert!(
+        table.contains("phase rolled-back, canary weight 0%"),
+        "{table}"
+    );
+    assert!(table.contains(" fail "), "{table}");
+}
+
+/// A healthy canary goes through 20%, 40%, 60%, each checked, then takes all traffic.
+#[test]
+fn a_healthy_canary_is_promoted_through_every_step() {
+    let m = Mesh::start("0");
+    let _load = m.load();
+    let (ok, out, err) = apply(&m.server, &canary("10s", 2, "wait"));
+    assert!(ok, "{out}{err}");
+    let v = phase_is(&m.server, "promoted", Duration::from_secs(90));
+    assert_eq!(v["weight"], 100, "{v:#}");
+    let passed: Vec<(u64, String)> = verdicts(&v)
+        .into_iter()
+        .filter(|(_, verdict)| verdict == "pass")
+        .collect();
+    assert_eq!(
+        passed,
+        [
+            (20, "pass".into()),
+            (40, "pass".into()),
+            (60, "pass".into())
+        ],
+        "{v:#}"
+    );
+    assert_eq!(v["failedChecks"], 0, "{v:#}");
+    std::thread::sleep(Duration::from_millis(500));
+    let t = tally(m.out, 40);
+    assert_eq!(
+        t.keys().cloned().collect::<Vec<_>>(),
+        ["payments-2"],
+        "{t:?}"
+    );
+}
+
+/// Without traffic, `noData: wait` holds the first step and records why at each check.
+#[test]
+fn without_traffic_no_data_wait_holds_the_first_step() {
+    let m = Mesh::start("0");
+    let (ok, out, err) = apply(&m.server, &canary("10s", 2, "wait"));
+    assert!(ok, "{out}{err}");
+    let v = eventually("two waits", Duration::from_secs(40), || {
+        let v = status(&m.server, "payments");
+        (verdicts(&v).len() >= 2).then_some(v)
+    });
+    assert_eq!(v["phase"], "progressing", "{v:#}");
+    assert_eq!(
+        (v["step"].as_u64(), v["weight"].as_u64()),
+        (Some(0), Some(20))
+    );
+    assert!(
+        verdicts(&v)
+            .iter()
+            .all(|(w, verdict)| *w == 20 && verdict == "wait"),
+        "{v:#}"
+    );
+    assert!(
+        v["measurements"][0]["why"]
+            .as_str()
+            .unwrap()
+            .contains("fewer than minRequests 5: noData wait"),
+        "{v:#}"
+    );
+    // A changed spec starts the rollout over: `fail` counts each empty check as failed.
+    let (ok, out, err) = apply(&m.server, &canary("10s", 2, "fail"));
+    assert!(ok, "{out}{err}");
+    let v = phase_is(&m.server, "rolled-back", Duration::from_secs(40));
+    assert_eq!(
+        verdicts(&v),
+        [(20, "fail".into()), (20, "fail".into())],
+        "{v:#}"
+    );
+}
+
+/// Without traffic, `noData: pass` promotes through every step.
+#[test]
+fn without_traffic_no_data_pass_promotes() {
+    let m = Mesh::start("0");
+    let (ok, out, err) = apply(&m.server, &canary("10s", 2, "pass"));
+    assert!(ok, "{out}{err}");
+    let v = phase_is(&m.server, "promoted", Duration::from_secs(60));
+    assert_eq!(
+        verdicts(&v),
+        [
+            (20, "pass".into()),
+            (40, "pass".into()),
+            (60, "pass".into())
+        ],
+        "{v:#}"
+    );
+}
+
+/// Operators' commands: pause holds the weight, resume carries on, abort sends all
+/// traffic back to stable at once.
+#[test]
+fn pause_resume_and_abort() {
+    let m = Mesh::start("0");
+    let (ok, out, err) = apply(&m.server, &canary("10s", 2, "wait"));
+    assert!(ok, "{out}{err}");
+    phase_is(&m.server, "progressing", Duration::from_secs(10));
+    let url = m.server.url();
+    let cli = |args: &[&str]| {
+        let mut all = vec!["canary"];
+        all.extend_from_slice(args);
+        all.extend(["--server", &url]);
+        weft_cli(&weft(), &all)
+    };
+    let (ok, out, err) = cli(&["pause", "payments"]);
+    assert!(ok && out.contains("pause requested"), "{out}{err}");
+    phase_is(&m.server, "paused", Duration::from_secs(10));
+    let (ok, _, err) = cli(&["pause", "payments"]);
+    assert!(!ok && err.contains("cannot pause"), "{err}");
+    cli(&["resume", "payments"]);
+    phase_is(&m.server, "progressing", Duration::from_secs(10));
+    cli(&["abort", "payments"]);
+    let v = phase_is(&m.server, "aborted", Duration::from_secs(10));
+    assert_eq!(v["weight"], 0);
+    assert_eq!(v["reason"], "aborted by an operator");
+    let t = tally(m.out, 30);
+    assert_eq!(
+        t.keys().cloned().collect::<Vec<_>>(),
+        ["payments-1"],
+        "{t:?}"
+    );
+}
+
+/// Bad canaries are refused whole with file, line and field; nothing is applied.
+#[test]
+fn bad_canaries_are_refused_with_file_line_and_field() {
+    let s = server(&weft());
+    let (ok, out, err) = apply(
+        &s,
+        "kind: Service\nmetadata: {name: payments}\nspec:\n  subsets: {stable: {version: v1}, canary: {version: v2}}\n",
+    );
+    assert!(ok, "{out}{err}");
+    let good = canary("10s", 2, "wait");
+    for (from, to, says) in [
+        ("maxWeight: 60", "maxWeight: 50", "spec.maxWeight: 50 is not a multiple of stepWeight 20: the steps 20, 40 never reach it"),
+        ("canary: canary\n", "canary: v3\n", "spec.canary: Service `payments` has no subset `v3` (it has: canary, stable)"),
+        ("interval: 10s", "interval: 0s", "spec.analysis.interval: must be 10s to 10m in whole 10s"),
+    ] {
+        let bad = good.replacen(from, to, 1);
+        assert_ne!(bad, good, "{from}");
+        let (ok, out, err) = apply(&s, &bad);
+        assert!(!ok, "{from}: {out}");
+        assert!(err.contains("canary.yaml:") && err.contains(says), "{from}: {err}");
+    }
+    let url = s.url();
+    let (ok, _, err) = weft_cli(&weft(), &["get", "canary", "payments", "--server", &url]);
+    assert!(
+        !ok && err.contains("no Canary named `payments`"),
+        "nothing applied: {err}"
+    );
+}

@@ -1,0 +1,544 @@
+//! The canary controller (docs/progressive-delivery.md): on the elected leader only, every
+//! second, each `Canary` moves one step of its rollout forward.
+//!
+//! ```text
+//! progressing: write the route (stable 100-w / canary w, through config::apply, as
+//!              `weft apply` does) → wait until every proxy is current at its revision
+//!              → every `interval`: measure the canary subset's traffic over that
+//!              interval (every caller's route window for SERVICE#CANARY, from every
+//!              replica) → pass: next step (after the last: promoted, 100% canary)
+//!                           fail: one more failed check (at `threshold`: rolled back,
+//!                                 100% stable at once, and why)
+//!                           too few requests: what `noData` says (wait, fail, pass)
+//! paused:      the weight stays; resume carries on at the same step
+//! ```
+//!
+//! The rollout's state is in the store (`/weft/canary/NAME`), written after every
+//! decision with a compare-and-swap, so a restart or a new leader resumes at the same step
+//! and never repeats a check it recorded. Operators' commands (`weft canary promote`,
+//! …) are written into that state by any replica and carried out by the leader.
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::http::{HeaderMap, HeaderValue};
+use serde::{Deserialize, Serialize};
+use weft_model::{CanarySpec, NoData, Resource};
+
+use crate::api::Api;
+use crate::error::ApiError;
+use crate::store::{self, Compare, Op, Txn};
+
+/// Where rollouts keep their state.
+pub const PREFIX: &str = "/weft/canary/";
+/// How often the leader looks at every canary.
+const TICK: Duration = Duration::from_secs(1);
+/// Measurements kept per rollout (the oldest go first).
+const MAX_MEASUREMENTS: usize = 500;
+
+/// Where a rollout is.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Phase {
+    /// Stepping through the weights.
+    #[default]
+    Progressing,
+    /// Held at its weight by an operator.
+    Paused,
+    /// Every step passed (or an operator promoted it): the canary takes all traffic.
+    Promoted,
+    /// Too many checks failed: all traffic back on stable.
+    RolledBack,
+    /// An operator aborted it: all traffic back on stable.
+    Aborted,
+}
+
+impl Phase {
+    fn done(self) -> bool {
+        matches!(self, Phase::Promoted | Phase::RolledBack | Phase::Aborted)
+    }
+}
+
+/// One check: what was measured and what it decided.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Measurement {
+    /// Unix milliseconds.
+    pub at_ms: u64,
+    /// The canary's weight during the interval.
+    pub weight: u32,
+    /// Requests to the canary in the interval.
+    pub requests: u64,
+    /// Their success rate (none without requests).
+    pub success_rate: Option<f64>,
+    /// Their p99 latency in ms.
+    pub p99_ms: Option<f64>,
+    /// `pass`, `fail` or `wait` (too little traffic, `noData: wait`).
+    pub verdict: String,
+    /// Why, with the numbers.
+    pub why: String,
+}
+
+/// A rollout's state (stored as JSON under [`PREFIX`]).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Rollout {
+    /// The spec this rollout runs (its JSON's hash): a changed spec starts over.
+    pub spec_version: String,
+    /// Where it is.
+    pub phase: Phase,
+    /// Index into the steps (`steps.len()`: promoted).
+    pub step: usize,
+    /// The canary's weight the route has now (percent).
+    pub weight: u32,
+    /// The store revision of the last route write (0: none yet).
+    pub route_revision: u64,
+    /// When every proxy was current at `route_revision` (Unix ms).
+    pub converged_ms: Option<u64>,
+    /// When the next check is due (Unix ms).
+    pub next_check_ms: Option<u64>,
+    /// Failed checks so far.
+    pub failed_checks: u32,
+    /// Every check, oldest first.
+    pub measurements: Vec<Measurement>,
+    /// Why it ended (or paused), for a person.
+    pub reason: Option<String>,
+    /// Started and last changed (Unix ms).
+    pub started_ms: u64,
+    /// Last changed.
+    pub updated_ms: u64,
+    /// An operator's command not carried out yet: promote, pause, resume or abort.
+    pub command: Option<String>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The store key of a rollout.
+pub fn key(name: &str) -> String {
+    format!("{PREFIX}{name}")
+}
+
+/// The route a canary owns.
+pub fn route_name(canary: &str) -> String {
+    format!("canary-{canary}")
+}
+
+/// A rollout as stored, and its mod revision (0: none).
+pub async fn load(api: &Api, name: &str) -> Result<(Option<Rollout>, u64), ApiError> {
+    let (kv, _) = store::get(&*api.store, &key(name)).await?;
+    Ok(match kv {
+        Some(kv) => (serde_json::from_slice(&kv.value).ok(), kv.mod_revision),
+        None => (None, 0),
+    })
+}
+
+/// Writes `r` if the stored one is still at `seen` (0: absent); false when it moved.
+pub async fn save(api: &Api, name: &str, r: &Rollout, seen: u64) -> Result<bool, ApiError> {
+    let value = serde_json::to_vec(r).map_err(|e| ApiError::internal(e.to_string()))?;
+    let k = key(name);
+    let out = api
+        .store
+        .txn(Txn {
+            compares: vec![Compare {
+                key: k.clone(),
+                mod_revision: seen,
+            }],
+            ops: vec![Op::Put {
+                key: k,
+                value,
+                lease: None,
+            }],
+        })
+        .await?;
+    Ok(out.succeeded)
+}
+
+/// The canaries applied, by name.
+fn canaries(api: &Api) -> Vec<(Resource<CanarySpec>, String)> {
+    api.state
+        .read()
+        .canaries()
+        .into_iter()
+        .filter_map(|json| {
+            let r: Resource<CanarySpec> = serde_json::from_str(&json)
+                .map_err(|e| tracing::warn!(error = %e, "unreadable Canary"))
+                .ok()?;
+            Some((r, version_of(&json)))
+        })
+        .collect()
+}
+
+fn version_of(json: &str) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    json.hash(&mut h);
+    format!("{:016x}", h.finish())
+}
+
+/// Runs the controller until the server stops.
+pub async fn run(api: Api) {
+    let mut headers = HeaderMap::new();
+    loop {
+        tokio::time::sleep(TICK).await;
+        if !api.leadership.is_leader() {
+            continue;
+        }
+        // Peers answer the leader's questions only with a token: it makes itself one
+        // (operator:read) the first time it leads.
+        if api.auth.enabled() && headers.is_empty() {
+            match own_token(&api).await {
+                Ok(secret) => {
+                    if let Ok(v) = HeaderValue::from_str(&secret) {
+                        headers.insert("x-weft-token", v);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e.message, "canary controller: no token yet");
+                    continue;
+                }
+            }
+        }
+        let live: Vec<_> = canaries(&api);
+        let names: BTreeSet<String> = live.iter().map(|(r, _)| r.metadata.name.clone()).collect();
+        for (canary, version) in live {
+            let name = canary.metadata.name.clone();
+            if let Err(e) = step(&api, &canary, &version, &headers).await {
+                tracing::warn!(canary = %name, error = %e.message, "canary step failed; trying again");
+            }
+        }
+        forget_deleted(&api, &names).await;
+    }
+}
+
+/// A token for the leader's questions to its peers.
+async fn own_token(api: &Api) -> Result<String, ApiError> {
+    let (token, secret) = crate::api::mint(
+        format!("canary controller on {}", api.advertise),
+        vec!["operator:read".into()],
+    )?;
+    api.store
+        .txn(Txn {
+            compares: Vec::new(),
+            ops: vec![crate::api::put_token(&token)?],
+        })
+        .await?;
+    // Until this replica's view has it, peers may not either: wait for the watch.
+    for _ in 0..50 {
+        if api.state.read().token(&token.secret_hash).is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(secret)
+}
+
+/// Rollouts whose Canary was deleted are forgotten (the route stays as it was).
+async fn forget_deleted(api: &Api, live: &BTreeSet<String>) {
+    let Ok(all) = store::list_all(&*api.store, PREFIX).await else {
+        return;
+    };
+    for kv in all.kvs {
+        let Some(name) = kv.key.strip_prefix(PREFIX) else {
+            continue;
+        };
+        if !live.contains(name) {
+            let _ = api
+                .store
+                .txn(Txn {
+                    compares: vec![Compare {
+                        key: kv.key.clone(),
+                        mod_revision: kv.mod_revision,
+                    }],
+                    ops: vec![Op::Delete {
+                        key: kv.key.clone(),
+                    }],
+                })
+                .await;
+        }
+    }
+}
+
+/// One look at one canary: at most one decision, saved before anything else happens.
+async fn step(
+    api: &Api,
+    canary: &Resource<CanarySpec>,
+    version: &str,
+    headers: &HeaderMap,
+) -> Result<(), ApiError> {
+    let name = &canary.metadata.name;
+    let spec = &canary.spec;
+    let (stored, seen) = load(api, name).await?;
+    let now = now_ms();
+    let mut r = match stored {
+        Some(r) if r.spec_version == version => r,
+        _ => Rollout {
+            spec_version: version.to_string(),
+            started_ms: now,
+            ..Rollout::default()
+        },
+    };
+    let before = r.clone();
+    let steps = spec.steps();
+    if let Some(cmd) = r.command.take() {
+        command(api, canary, &mut r, &cmd).await?;
+    } else if r.phase == Phase::Progressing {
+        progress(api, canary, &steps, &mut r, headers).await?;
+    }
+    if r != before {
+        r.updated_ms = now;
+        if r.measurements.len() > MAX_MEASUREMENTS {
+            let extra = r.measurements.len() - MAX_MEASUREMENTS;
+            r.measurements.drain(..extra);
+        }
+        if !save(api, name, &r, seen).await? {
+            // An operator's command came in meanwhile: the next tick starts from it.
+            tracing::debug!(canary = %name, "rollout state moved; looking again");
+        }
+    }
+    Ok(())
+}
+
+/// Carries out an operator's command.
+async fn command(
+    api: &Api,
+    canary: &Resource<CanarySpec>,
+    r: &mut Rollout,
+    cmd: &str,
+) -> Result<(), ApiError> {
+    match (cmd, r.phase) {
+        (_, p) if p.done() => {}
+        ("pause", Phase::Progressing) => {
+            r.phase = Phase::Paused;
+            r.reason = Some("paused by an operator".into());
+            tracing::info!(canary = %canary.metadata.name, weight = r.weight, "canary paused");
+        }
+        ("resume", Phase::Paused) => {
+            r.phase = Phase::Progressing;
+            r.reason = None;
+            // The interval counts again from now: a paused period is not measured.
+            r.next_check_ms = Some(now_ms() + interval_ms(&canary.spec));
+            tracing::info!(canary = %canary.metadata.name, "canary resumed");
+        }
+        ("promote", _) => {
+            r.step = canary.spec.steps().len();
+            finish(api, canary, r, Phase::Promoted, "promoted by an operator").await?;
+        }
+        ("abort", _) => {
+            finish(api, canary, r, Phase::Aborted, "aborted by an operator").await?;
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+fn interval_ms(spec: &CanarySpec) -> u64 {
+    spec.analysis.interval.get().as_millis() as u64
+}
+
+/// Ends a rollout: all traffic to the canary (promoted) or back to stable.
+async fn finish(
+    api: &Api,
+    canary: &Resource<CanarySpec>,
+    r: &mut Rollout,
+    phase: Phase,
+    why: &str,
+) -> Result<(), ApiError> {
+    let weight = if phase == Phase::Promoted { 100 } else { 0 };
+    r.route_revision = write_route(api, canary, weight).await?;
+    r.weight = weight;
+    r.phase = phase;
+    r.reason = Some(why.to_string());
+    r.next_check_ms = None;
+    tracing::info!(canary = %canary.metadata.name, phase = ?phase, reason = why, "canary finished");
+    Ok(())
+}
+
+/// Moves a progressing rollout on by at most one decision.
+async fn progress(
+    api: &Api,
+    canary: &Resource<CanarySpec>,
+    steps: &[u32],
+    r: &mut Rollout,
+    headers: &HeaderMap,
+) -> Result<(), ApiError> {
+    let spec = &canary.spec;
+    let want = steps.get(r.step).copied().unwrap_or(100);
+    if r.step >= steps.len() {
+        return finish(api, canary, r, Phase::Promoted, "every step passed").await;
+    }
+    if r.route_revision == 0 || r.weight != want {
+        r.route_revision = write_route(api, canary, want).await?;
+        r.weight = want;
+        r.converged_ms = None;
+        r.next_check_ms = None;
+        tracing::info!(canary = %canary.metadata.name, weight = want, "canary step");
+        return Ok(());
+    }
+    let now = now_ms();
+    if r.converged_ms.is_none() {
+        if converged(api, r.route_revision, headers).await? {
+            r.converged_ms = Some(now);
+            r.next_check_ms = Some(now + interval_ms(spec));
+        }
+        return Ok(());
+    }
+    if r.next_check_ms.is_some_and(|due| now < due) {
+        return Ok(());
+    }
+    let a = &spec.analysis;
+    let seconds = a.interval.get().as_secs().clamp(1, 600) as u32;
+    let backend = weft_model::subset_key(&spec.service, &spec.canary);
+    let (requests, successes, p99_ms) =
+        crate::api::backend_totals(api, seconds, &backend, headers).await?;
+    let success_rate = (requests > 0).then(|| successes as f64 / requests as f64);
+    let mut m = Measurement {
+        at_ms: now,
+        weight: r.weight,
+        requests,
+        success_rate,
+        p99_ms,
+        verdict: String::new(),
+        why: String::new(),
+    };
+    let pass = if requests < a.min_requests {
+        let why = format!(
+            "{requests} requests in {seconds}s, fewer than minRequests {}: noData {}",
+            a.min_requests,
+            a.no_data.as_str()
+        );
+        m.why = why;
+        match a.no_data {
+            NoData::Wait => None,
+            NoData::Fail => Some(false),
+            NoData::Pass => Some(true),
+        }
+    } else {
+        let mut problems = Vec::new();
+        let mut fine = Vec::new();
+        if let (Some(min), Some(rate)) = (a.success_rate, success_rate) {
+            let line = format!(
+                "success rate {:.2}% (min {:.2}%)",
+                rate * 100.0,
+                min * 100.0
+            );
+            if rate < min {
+                problems.push(line)
+            } else {
+                fine.push(line)
+            }
+        }
+        if let Some(max) = a.p99 {
+            let max_ms = max.get().as_secs_f64() * 1e3;
+            match p99_ms {
+                Some(p) if p > max_ms => {
+                    problems.push(format!("p99 {p:.1} ms (max {max_ms:.0} ms)"))
+                }
+                Some(p) => fine.push(format!("p99 {p:.1} ms (max {max_ms:.0} ms)")),
+                None => {}
+            }
+        }
+        m.why = if problems.is_empty() {
+            fine.join(", ")
+        } else {
+            problems.join(", ")
+        };
+        Some(problems.is_empty())
+    };
+    m.verdict = match pass {
+        None => "wait",
+        Some(true) => "pass",
+        Some(false) => "fail",
+    }
+    .into();
+    tracing::info!(canary = %canary.metadata.name, weight = r.weight, requests, verdict = %m.verdict, why = %m.why, "canary check");
+    r.measurements.push(m.clone());
+    r.next_check_ms = Some(now + interval_ms(spec));
+    match pass {
+        None => {}
+        Some(true) => {
+            r.step += 1;
+            if r.step >= steps.len() {
+                finish(api, canary, r, Phase::Promoted, "every step passed").await?;
+            }
+        }
+        Some(false) => {
+            r.failed_checks += 1;
+            if r.failed_checks >= a.threshold {
+                let why = format!(
+                    "{} failed checks (threshold {}); last: {}",
+                    r.failed_checks, a.threshold, m.why
+                );
+                finish(api, canary, r, Phase::RolledBack, &why).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Writes the canary's route (stable `100 - weight`, canary `weight`) through the same
+/// path as `weft apply`; its store revision.
+async fn write_route(
+    api: &Api,
+    canary: &Resource<CanarySpec>,
+    weight: u32,
+) -> Result<u64, ApiError> {
+    let s = &canary.spec;
+    let text = format!(
+        "kind: HTTPRoute\nmetadata: {{name: {route}}}\nspec:\n  parentRefs: [{{kind: Service, name: {svc}}}]\n  rules:\n    - backendRefs:\n        - {{name: {svc}, subset: {stable}, weight: {sw}}}\n        - {{name: {svc}, subset: {canary}, weight: {weight}}}\n",
+        route = route_name(&canary.metadata.name),
+        svc = s.service,
+        stable = s.stable,
+        canary = s.canary,
+        sw = 100 - weight.min(100),
+    );
+    let registered = api.state.read().services().into_keys().collect();
+    let outcome = crate::config::apply(
+        &*api.store,
+        &format!("Canary/{}", canary.metadata.name),
+        &text,
+        false,
+        &registered,
+    )
+    .await?;
+    Ok(outcome.revision)
+}
+
+/// Whether every proxy (of every replica) is current at `revision`.
+async fn converged(api: &Api, revision: u64, headers: &HeaderMap) -> Result<bool, ApiError> {
+    if api.sessions.list().iter().any(|s| !s.current(revision)) {
+        return Ok(false);
+    }
+    let (peers, tls) = api.peer_replicas().await?;
+    let token = crate::authn::secret_of(headers).map(str::to_string);
+    for peer in peers {
+        match crate::peers::proxies_of(peer.clone(), revision, token.clone(), tls.clone()).await {
+            Ok(list) => {
+                if list.iter().any(|p| p["current"] != true) {
+                    return Ok(false);
+                }
+            }
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "canary: a replica did not say");
+                return Ok(false);
+            }
+        }
+    }
+    Ok(true)
+}
+
+/// The rollouts as the API shows them: every canary applied, with its state.
+pub async fn statuses(
+    api: &Api,
+) -> Result<HashMap<String, (CanarySpec, Option<Rollout>)>, ApiError> {
+    let mut out = HashMap::new();
+    for (c, version) in canaries(api) {
+        let (r, _) = load(api, &c.metadata.name).await?;
+        let r = r.filter(|r| r.spec_version == version);
+        out.insert(c.metadata.name, (c.spec, r));
+    }
+    Ok(out)
+}

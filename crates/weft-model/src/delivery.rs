@@ -1,0 +1,102 @@
+//! Progressive delivery: `Canary`, a rollout of one subset of a service (its new
+//! version) in place of another, weight step by weight step, each step judged from the
+//! mesh's own live windows by the control plane (docs/progressive-delivery.md).
+
+use serde::{Deserialize, Serialize};
+
+use crate::duration::Duration;
+
+/// `Canary`: move a service's traffic from its `stable` subset to its `canary` subset in
+/// weighted steps, checking the canary's success rate and latency every `interval`;
+/// promote when every step passed, roll back after `threshold` failed checks.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct CanarySpec {
+    /// The service whose traffic moves (a `Service` with `subsets`).
+    pub service: String,
+    /// The subset serving now.
+    pub stable: String,
+    /// The subset rolled out.
+    pub canary: String,
+    /// Steps of `stepWeight` percent up to `maxWeight` (a multiple of it)…
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_weight: Option<u32>,
+    /// … the last step before promotion.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_weight: Option<u32>,
+    /// … or the canary's weights in percent, explicitly (rising, each 1–99… or 100).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub weights: Vec<u32>,
+    /// How each step is judged.
+    pub analysis: Analysis,
+}
+
+/// `Canary.spec.analysis`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Analysis {
+    /// How often a step is checked, and what each check measures: the traffic since the
+    /// previous check, in the proxies' 10-second slots (10 s – 10 min in whole 10 s).
+    pub interval: Duration,
+    /// Failed checks (over the whole rollout) before it is rolled back (default 3).
+    #[serde(default = "three")]
+    pub threshold: u32,
+    /// The canary's success rate must be at least this (0 < x ≤ 1), e.g. 0.99.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub success_rate: Option<f64>,
+    /// The canary's p99 latency must be at most this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p99: Option<Duration>,
+    /// Requests an interval needs before it is judged (default 20).
+    #[serde(default = "twenty")]
+    pub min_requests: u64,
+    /// What an interval with fewer than `minRequests` counts as.
+    #[serde(default)]
+    pub no_data: NoData,
+}
+
+fn three() -> u32 {
+    3
+}
+
+fn twenty() -> u64 {
+    20
+}
+
+/// What a check with too little traffic counts as.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum NoData {
+    /// Neither passed nor failed: the step waits for traffic (the default).
+    #[default]
+    Wait,
+    /// A failed check.
+    Fail,
+    /// A passed check.
+    Pass,
+}
+
+impl NoData {
+    /// As written in YAML.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NoData::Wait => "wait",
+            NoData::Fail => "fail",
+            NoData::Pass => "pass",
+        }
+    }
+}
+
+impl CanarySpec {
+    /// The canary's weight at each step, in percent (validated: rising, reaching
+    /// `maxWeight`); promotion then sends it everything.
+    pub fn steps(&self) -> Vec<u32> {
+        if !self.weights.is_empty() {
+            return self.weights.clone();
+        }
+        match (self.step_weight, self.max_weight) {
+            (Some(step), Some(max)) if step > 0 => (1..=max / step).map(|i| i * step).collect(),
+            _ => Vec::new(),
+        }
+    }
+}

@@ -1,0 +1,122 @@
+//! Checks of `Canary` resources: the service and its subsets exist, the steps reach
+//! `maxWeight`, the analysis can judge something.
+
+use super::report::Report;
+use crate::yaml::Document;
+use crate::*;
+
+/// The longest interval: the proxies' windows hold ten minutes.
+const MAX_INTERVAL_SECS: u64 = 600;
+
+pub(crate) fn canary(r: &mut Report<'_>, c: &Config, k: &Resource<CanarySpec>, doc: &Document) {
+    let name = &k.metadata.name;
+    let s = &k.spec;
+    let mut err = |field: &str, message: String| r.at(doc, "Canary", name, field.into(), message);
+    match c.service(&s.service) {
+        None => err(
+            "spec.service",
+            format!(
+                "no Service `{}`: a canary needs the Service resource that names its subsets",
+                s.service
+            ),
+        ),
+        Some(svc) => {
+            for (field, subset) in [("spec.stable", &s.stable), ("spec.canary", &s.canary)] {
+                if !svc.spec.subsets.contains_key(subset) {
+                    let known: Vec<&str> = svc.spec.subsets.keys().map(String::as_str).collect();
+                    err(
+                        field,
+                        format!(
+                            "Service `{}` has no subset `{subset}` ({})",
+                            s.service,
+                            if known.is_empty() {
+                                "it defines none: spec.subsets".to_string()
+                            } else {
+                                format!("it has: {}", known.join(", "))
+                            }
+                        ),
+                    );
+                }
+            }
+        }
+    }
+    if s.stable == s.canary {
+        err(
+            "spec.canary",
+            format!("`{}` is the stable subset too", s.canary),
+        );
+    }
+    match (s.step_weight, s.max_weight, s.weights.is_empty()) {
+        (Some(step), Some(max), true) => {
+            if !(1..=100).contains(&step) {
+                err("spec.stepWeight", format!("{step} is outside 1..=100"));
+            } else if !(1..=100).contains(&max) {
+                err("spec.maxWeight", format!("{max} is outside 1..=100"));
+            } else if max % step != 0 {
+                let steps: Vec<String> = (1..=max / step).map(|i| (i * step).to_string()).collect();
+                err(
+                    "spec.maxWeight",
+                    format!(
+                        "{max} is not a multiple of stepWeight {step}: the steps {} never reach it",
+                        steps.join(", ")
+                    ),
+                );
+            }
+        }
+        (None, None, false) => {
+            let rising = s.weights.windows(2).all(|w| w[0] < w[1]);
+            if !rising || s.weights.iter().any(|w| !(1..=100).contains(w)) {
+                err(
+                    "spec.weights",
+                    "weights must rise, each within 1..=100".into(),
+                );
+            }
+        }
+        _ => err(
+            "spec",
+            "give either stepWeight and maxWeight, or weights".into(),
+        ),
+    }
+    let a = &s.analysis;
+    // The proxies count traffic in 10-second slots: a check of a whole number of slots
+    // never reaches back before the step it judges.
+    let ms = a.interval.get().as_millis();
+    if ms % 10_000 != 0 || !(10_000..=MAX_INTERVAL_SECS as u128 * 1000).contains(&ms) {
+        err(
+            "spec.analysis.interval",
+            format!(
+                "must be 10s to 10m in whole 10s (the proxies count traffic in 10-second slots and keep ten minutes), not {}",
+                a.interval
+            ),
+        );
+    }
+    if a.threshold == 0 {
+        err(
+            "spec.analysis.threshold",
+            "must be at least 1 (the failed checks that roll back)".into(),
+        );
+    }
+    if a.success_rate.is_none() && a.p99.is_none() {
+        err(
+            "spec.analysis",
+            "judges nothing: give successRate, p99 or both".into(),
+        );
+    }
+    if let Some(sr) = a.success_rate {
+        if !(sr > 0.0 && sr <= 1.0) {
+            err(
+                "spec.analysis.successRate",
+                format!("{sr} is not a rate in (0, 1] (e.g. 0.99)"),
+            );
+        }
+    }
+    if a.p99.is_some_and(|d| d.get().is_zero()) {
+        err("spec.analysis.p99", "must be greater than 0".into());
+    }
+    if a.min_requests == 0 {
+        err(
+            "spec.analysis.minRequests",
+            "must be at least 1 (use noData: pass to promote without traffic)".into(),
+        );
+    }
+}
