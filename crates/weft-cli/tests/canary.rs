@@ -220,6 +220,17 @@ fn a_failing_canary_is_rolled_back_and_then_gets_no_request() {
         ["payments-1"],
         "{t:?}"
     );
+    // Events as metrics.
+    let (code, body) = weft_testkit::mesh::http(m.server.addr, "GET", "/metrics", b"").unwrap();
+    let metrics = String::from_utf8_lossy(&body);
+    assert_eq!(code, 200);
+    for line in [
+        "weft_control_canary_rollouts_total{canary=\"payments\",phase=\"rolled-back\"} 1",
+        "weft_control_canary_checks_total{canary=\"payments\",verdict=\"fail\"} 2",
+        "weft_control_canary_weight{canary=\"payments\"} 0",
+    ] {
+        assert!(metrics.contains(line), "{line} in:\n{metrics}");
+    }
     // The table an operator reads.
     let url = m.server.url();
     let (ok, table, err) = weft_cli(&weft(), &["canary", "status", "payments", "--server", &url]);

@@ -367,3 +367,115 @@ fn live_views_through_one_replica_reach_the_proxies_of_another() {
     assert_eq!(edge["intention"], "allow", "{t:#}");
     assert!(edge["requests"].as_u64().is_some_and(|n| n >= 4), "{t:#}");
 }
+
+/// A rollout survives its leader: the replica that leads is killed while the canary is
+/// at its second step, the other takes the lead and carries on from the stored state —
+/// every step checked exactly once, none repeated or skipped — to promotion.
+#[test]
+fn a_canary_resumes_at_the_same_step_after_its_leader_is_killed() {
+    let etcd = etcd_cluster(1);
+    let a = server_etcd(&weft(), &etcd.client_urls);
+    let b = server_etcd(&weft(), &etcd.client_urls);
+    allow_all(&weft(), &b);
+    let servers = format!("{},{}", a.url(), b.url());
+    let start = |service: &str, id: &str, extra: &[&str]| -> (Echo, Sidecar) {
+        let app = echo(&weft(), id, &[]);
+        let sc = sidecar(&weft(), &servers, service, id, app.addr, extra);
+        sc.wait_synced();
+        (app, sc)
+    };
+    let _v1 = start("payments", "payments-1", &["--metadata", "version=v1"]);
+    let _v2 = start("payments", "payments-2", &["--metadata", "version=v2"]);
+    let caller = start(
+        "frontend",
+        "frontend-1",
+        &["--upstream", "payments=127.0.0.1:0"],
+    );
+    let out = caller.1.listener("out-payments");
+    eventually("payments answers", Duration::from_secs(15), || {
+        who(out).ok().map(|_| ())
+    });
+    weft_testkit::mesh::apply_file(
+        &weft(),
+        &b,
+        "kind: Service\nmetadata: {name: payments}\nspec:\n  subsets: {stable: {version: v1}, canary: {version: v2}}\n---\n\
+         kind: Canary\nmetadata: {name: payments}\nspec:\n  service: payments\n  stable: stable\n  canary: canary\n  weights: [20, 40, 60]\n  analysis: {interval: 10s, threshold: 2, successRate: 0.9, minRequests: 5}\n",
+        &[],
+    );
+    let load = LoadLoop::start(out);
+    let status = |s: &Server| -> Option<serde_json::Value> {
+        let (ok, stdout, _) = weft_cli(
+            &weft(),
+            &[
+                "canary",
+                "status",
+                "payments",
+                "-o",
+                "json",
+                "--server",
+                &s.url(),
+            ],
+        );
+        ok.then(|| serde_json::from_str(&stdout).ok()).flatten()
+    };
+    // Until the first step passed and the second runs.
+    eventually(
+        "the canary at its second step",
+        Duration::from_secs(60),
+        || {
+            let v = status(&b)?;
+            (v["step"] == 1 && v["weight"] == 40).then_some(())
+        },
+    );
+    let leader = api_get(b.addr, "/v1/status")["leader"]
+        .as_str()
+        .expect("a leader")
+        .to_string();
+    let (mut dead, survivor) = if leader == a.addr.to_string() {
+        (a, b)
+    } else {
+        (b, a)
+    };
+    dead.proc.child.kill().unwrap();
+    dead.proc.child.wait().unwrap();
+    let v = eventually(
+        "promoted by the other replica",
+        Duration::from_secs(90),
+        || {
+            let v = status(&survivor)?;
+            (v["phase"] == "promoted").then_some(v)
+        },
+    );
+    let checked: Vec<(u64, String)> = v["measurements"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["verdict"] != "wait")
+        .map(|m| {
+            (
+                m["weight"].as_u64().unwrap(),
+                m["verdict"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        checked,
+        [
+            (20, "pass".into()),
+            (40, "pass".into()),
+            (60, "pass".into())
+        ],
+        "each step checked once: {v:#}"
+    );
+    assert_eq!(
+        api_get(survivor.addr, "/v1/status")["leader"],
+        survivor.addr.to_string(),
+        "the survivor leads"
+    );
+    let (served, errors) = load.finish();
+    assert!(served > 0, "the load ran");
+    assert!(
+        errors.is_empty(),
+        "no request failed through the rollout and the fail-over: {errors:?}"
+    );
+}

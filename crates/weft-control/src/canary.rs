@@ -54,6 +54,17 @@ pub enum Phase {
 }
 
 impl Phase {
+    /// As the API spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Progressing => "progressing",
+            Phase::Paused => "paused",
+            Phase::Promoted => "promoted",
+            Phase::RolledBack => "rolled-back",
+            Phase::Aborted => "aborted",
+        }
+    }
+
     fn done(self) -> bool {
         matches!(self, Phase::Promoted | Phase::RolledBack | Phase::Aborted)
     }
@@ -351,6 +362,9 @@ async fn finish(
     r.route_revision = write_route(api, canary, weight).await?;
     r.weight = weight;
     r.phase = phase;
+    let m = &api.sessions.metrics;
+    m.canary_weight(&canary.metadata.name, weight);
+    m.canary_ended(&canary.metadata.name, phase.as_str());
     r.reason = Some(why.to_string());
     r.next_check_ms = None;
     tracing::info!(canary = %canary.metadata.name, phase = ?phase, reason = why, "canary finished");
@@ -373,6 +387,9 @@ async fn progress(
     if r.route_revision == 0 || r.weight != want {
         r.route_revision = write_route(api, canary, want).await?;
         r.weight = want;
+        api.sessions
+            .metrics
+            .canary_weight(&canary.metadata.name, want);
         r.converged_ms = None;
         r.next_check_ms = None;
         tracing::info!(canary = %canary.metadata.name, weight = want, "canary step");
@@ -455,6 +472,9 @@ async fn progress(
     }
     .into();
     tracing::info!(canary = %canary.metadata.name, weight = r.weight, requests, verdict = %m.verdict, why = %m.why, "canary check");
+    api.sessions
+        .metrics
+        .canary_check(&canary.metadata.name, &m.verdict);
     r.measurements.push(m.clone());
     r.next_check_ms = Some(now + interval_ms(spec));
     match pass {

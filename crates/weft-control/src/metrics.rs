@@ -7,6 +7,9 @@
 //! | `weft_control_leader` | 1 while this replica is the elected leader, else 0 |
 //! | `weft_control_updates_total{result}` | updates `sent`, `acked`, `nacked` |
 //! | `weft_control_update_ack_seconds` | from sending an update to its ACK or NACK |
+//! | `weft_control_canary_weight{canary}` | a rollout's canary weight now, in percent (on the leader) |
+//! | `weft_control_canary_checks_total{canary,verdict}` | a rollout's checks: `pass`, `fail`, `wait` |
+//! | `weft_control_canary_rollouts_total{canary,phase}` | rollouts ended: `promoted`, `rolled-back`, `aborted` |
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
@@ -19,6 +22,23 @@ struct ResultLabels {
     result: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CanaryLabels {
+    canary: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CheckLabels {
+    canary: String,
+    verdict: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EndLabels {
+    canary: String,
+    phase: &'static str,
+}
+
 /// See the module docs.
 pub struct ControlMetrics {
     registry: Registry,
@@ -27,6 +47,9 @@ pub struct ControlMetrics {
     leader: Gauge,
     updates: Family<ResultLabels, Counter>,
     ack_seconds: Histogram,
+    canary_weight: Family<CanaryLabels, Gauge>,
+    canary_checks: Family<CheckLabels, Counter>,
+    canary_ends: Family<EndLabels, Counter>,
 }
 
 impl Default for ControlMetrics {
@@ -65,6 +88,24 @@ impl Default for ControlMetrics {
             Unit::Seconds,
             ack_seconds.clone(),
         );
+        let canary_weight = Family::<CanaryLabels, Gauge>::default();
+        let canary_checks = Family::<CheckLabels, Counter>::default();
+        let canary_ends = Family::<EndLabels, Counter>::default();
+        registry.register(
+            "weft_control_canary_weight",
+            "A rollout's canary weight now, in percent (kept by the leader)",
+            canary_weight.clone(),
+        );
+        registry.register(
+            "weft_control_canary_checks",
+            "A rollout's checks by verdict (pass, fail, wait)",
+            canary_checks.clone(),
+        );
+        registry.register(
+            "weft_control_canary_rollouts",
+            "Rollouts ended, by how (promoted, rolled-back, aborted)",
+            canary_ends.clone(),
+        );
         ControlMetrics {
             registry,
             proxies,
@@ -72,6 +113,9 @@ impl Default for ControlMetrics {
             leader,
             updates,
             ack_seconds,
+            canary_weight,
+            canary_checks,
+            canary_ends,
         }
     }
 }
@@ -89,6 +133,35 @@ impl ControlMetrics {
         let result = if applied { "acked" } else { "nacked" };
         self.updates.get_or_create(&ResultLabels { result }).inc();
         self.ack_seconds.observe(seconds);
+    }
+
+    /// A rollout's canary weight was set.
+    pub fn canary_weight(&self, canary: &str, weight: u32) {
+        self.canary_weight
+            .get_or_create(&CanaryLabels {
+                canary: canary.to_string(),
+            })
+            .set(i64::from(weight));
+    }
+
+    /// A rollout's check decided `verdict`.
+    pub fn canary_check(&self, canary: &str, verdict: &str) {
+        self.canary_checks
+            .get_or_create(&CheckLabels {
+                canary: canary.to_string(),
+                verdict: verdict.to_string(),
+            })
+            .inc();
+    }
+
+    /// A rollout ended as `phase`.
+    pub fn canary_ended(&self, canary: &str, phase: &'static str) {
+        self.canary_ends
+            .get_or_create(&EndLabels {
+                canary: canary.to_string(),
+                phase,
+            })
+            .inc();
     }
 
     /// The text exposition, with the gauges read now.
