@@ -281,6 +281,7 @@ fn provide_files(text: &str, dir: &Path) {
 fn is_mesh(text: &str) -> bool {
     text.contains("kind: Mesh")
         || text.contains("kind: Intention")
+        || text.contains("kind: Canary")
         || text.contains("kind: Service, name:")
         || text.contains("kind: Service}")
 }

@@ -59,7 +59,9 @@ fn the_ui_shows_the_live_mesh_and_respects_the_token() {
         "kind: Intention\nmetadata: {name: frontend-to-payments}\nspec: {source: frontend, destination: payments, action: allow}\n\
          ---\nkind: Intention\nmetadata: {name: frontend-to-inventory}\nspec: {source: frontend, destination: inventory, action: allow}\n\
          ---\nkind: Service\nmetadata: {name: payments}\nspec: {}\n\
-         ---\nkind: HTTPRoute\nmetadata: {name: payments-route}\nspec: {parentRefs: [{kind: Service, name: payments}], rules: [{backendRefs: [{name: payments, weight: 100}]}]}\n",
+         ---\nkind: HTTPRoute\nmetadata: {name: payments-route}\nspec: {parentRefs: [{kind: Service, name: payments}], rules: [{backendRefs: [{name: payments, weight: 100}]}]}\n\
+         ---\nkind: Service\nmetadata: {name: inventory}\nspec: {subsets: {stable: {version: v1}, canary: {version: v1}}}\n\
+         ---\nkind: Canary\nmetadata: {name: inventory}\nspec: {service: inventory, stable: stable, canary: canary, weights: [50, 100], analysis: {interval: 10s, successRate: 0.9, minRequests: 5}}\n",
         &[],
     );
     let pay_app = echo(&weft(), "payments-1", &[]);
@@ -73,7 +75,14 @@ fn the_ui_shows_the_live_mesh_and_respects_the_token() {
         pay_app.addr,
         &["--metadata", "version=v1"],
     );
-    let inventory = sidecar(&weft(), &url, "inventory", "inventory-1", inv_app.addr, &[]);
+    let inventory = sidecar(
+        &weft(),
+        &url,
+        "inventory",
+        "inventory-1",
+        inv_app.addr,
+        &["--metadata", "version=v1"],
+    );
     let frontend = sidecar(
         &weft(),
         &url,
@@ -169,7 +178,7 @@ fn the_ui_shows_the_live_mesh_and_respects_the_token() {
     );
     assert_eq!(
         said.lines().filter(|l| l.starts_with("ok: ")).count(),
-        6,
+        7,
         "every step ran: {said}"
     );
 }

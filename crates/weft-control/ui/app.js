@@ -1,10 +1,10 @@
 // weft's web UI: sign-in, the header, and the router (#/topology, #/services,
-// #/services/NAME, #/intentions, #/config). Each view is a function that fills `main`
+// #/services/NAME, #/intentions, #/canaries[/NAME], #/config). Each view is a function that fills `main`
 // and returns its cleanup (closing its streams) for when another view replaces it.
 
 import { token, setToken, get, explain } from "./api.js";
 import { topologyView } from "./graph.js";
-import { el, servicesView, serviceView, intentionsView, configView } from "./views.js";
+import { el, servicesView, serviceView, intentionsView, configView, canariesView } from "./views.js";
 
 const main = document.getElementById("main");
 const who = document.getElementById("who");
@@ -96,6 +96,7 @@ function route() {
     topology: () => topologyView(),
     services: () => (arg ? serviceView(arg) : servicesView()),
     intentions: () => intentionsView(),
+    canaries: () => canariesView(arg),
     config: () => configView(),
   };
   const make = views[view];

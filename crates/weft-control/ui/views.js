@@ -469,3 +469,89 @@ export function configView() {
     });
   return { node, close: () => {} };
 }
+
+const PHASE_STATE = { progressing: "ok", paused: "degraded", promoted: "ok", "rolled-back": "failing", aborted: "failing", pending: "degraded" };
+
+/** Canary rollouts: every one with its phase and weight; one with every measurement.
+ * Re-read every 2 s while shown (a rollout changes at most once a second). */
+export function canariesView(name) {
+  const says = el("div", {});
+  const body = el("div", {}, el("p", { class: "muted" }, "Loading…"));
+  const node = el(
+    "div",
+    { class: "view" },
+    name ? el("p", {}, el("a", { href: "#/canaries" }, "← Canaries")) : "",
+    el("h1", {}, name ? `Canary ${name}` : "Canaries"),
+    el("p", { class: "muted" }, "Rollouts the control plane runs: each step checked from the mesh's own windows (docs/progressive-delivery.md). Commands: weft canary promote|pause|resume|abort."),
+    says,
+    body,
+  );
+  const ctl = new AbortController();
+  const draw = (v) => {
+    if (!name) {
+      body.replaceChildren(
+        table(
+          ["Canary", "Service", "Phase", "Canary weight", "Steps", "Failed checks", "Reason"],
+          (v.items || []).map((c) =>
+            el(
+              "tr",
+              { "data-canary": c.name },
+              el("th", { scope: "row" }, el("a", { href: `#/canaries/${encodeURIComponent(c.name)}` }, c.name)),
+              el("td", {}, `${c.service} (${c.stable} → ${c.canary})`),
+              el("td", { class: `state-${PHASE_STATE[c.phase] || "ok"}` }, c.phase),
+              el("td", { class: "num" }, `${c.weight ?? 0}%`),
+              el("td", {}, (c.steps || []).map((w) => `${w}%`).join(", ")),
+              el("td", { class: "num" }, `${c.failedChecks ?? 0} of ${c.threshold}`),
+              el("td", {}, c.reason || ""),
+            ),
+          ),
+          { id: "canaries" },
+        ),
+      );
+      document.body.dataset.ready = "canaries";
+      return;
+    }
+    body.replaceChildren(
+      el(
+        "p",
+        { id: "canary-summary" },
+        el("span", { class: `state-${PHASE_STATE[v.phase] || "ok"}` }, v.phase),
+        ` — ${v.service}: ${v.stable} → ${v.canary}, canary weight ${v.weight ?? 0}%, step ${(v.step ?? 0) + 1} of [${(v.steps || []).map((w) => w + "%").join(", ")}], failed checks ${v.failedChecks ?? 0} of ${v.threshold}, every ${v.interval}`,
+        v.reason ? ` — ${v.reason}` : "",
+      ),
+      table(
+        ["Time", "Weight", "Requests", "Success", "p99", "Verdict", "Why"],
+        [...(v.measurements || [])].reverse().map((m) =>
+          el(
+            "tr",
+            { class: m.verdict === "fail" ? "state-failing" : "" },
+            el("td", {}, new Date(m.atMs).toLocaleTimeString()),
+            el("td", { class: "num" }, `${m.weight}%`),
+            el("td", { class: "num" }, m.requests),
+            el("td", { class: "num" }, fmt.rate(m.successRate)),
+            el("td", { class: "num" }, fmt.ms(m.p99Ms)),
+            el("td", {}, m.verdict),
+            el("td", {}, m.why),
+          ),
+        ),
+        { id: "measurements" },
+      ),
+    );
+    document.body.dataset.ready = "canary";
+  };
+  (async () => {
+    while (!ctl.signal.aborted) {
+      try {
+        draw(await get(name ? `/v1/canaries/${encodeURIComponent(name)}` : "/v1/canaries", ctl.signal));
+        says.replaceChildren();
+      } catch (e) {
+        if (e.name === "AbortError") return;
+        says.replaceChildren(problem(explain(e, name ? `read canary ${name}` : "read the canaries")));
+        document.body.dataset.ready = name ? "canary" : "canaries";
+        if (e.status === 401 || e.status === 403 || e.status === 404) return;
+      }
+      await new Promise((r) => setTimeout(r, 2000));
+    }
+  })();
+  return { node, close: () => ctl.abort() };
+}

@@ -181,6 +181,27 @@ const steps = [
       check((await page.$$("#tap tbody tr")).length === 0, "no request shown");
     },
   ],
+  [
+    "a canary rollout with its measurements",
+    [],
+    async (page) => {
+      await signIn(page, process.env.WEFT_TOKEN);
+      await page.waitForSelector('body[data-ready="topology"]');
+      await page.click('nav a[data-view="canaries"]');
+      await page.waitForSelector('#canaries tr[data-canary="inventory"]');
+      const row = await page.textContent('#canaries tr[data-canary="inventory"]');
+      check(/inventory \(stable → canary\)/.test(row) && /50%, 100%/.test(row), `the canary's row: ${row}`);
+      await page.click('#canaries a:text("inventory")');
+      await page.waitForSelector('body[data-ready="canary"]');
+      // The leader checks every 10 s; the page re-reads the rollout every 2 s.
+      await page.waitForSelector('#measurements tbody tr:has-text("pass")', { timeout: 45000 });
+      const m = await page.textContent("#measurements tbody tr");
+      check(/(50|100)%/.test(m) && /success rate/.test(m), `a measurement with its numbers: ${m}`);
+      const summary = await page.textContent("#canary-summary");
+      check(/^(progressing|promoted) — inventory: stable → canary/.test(summary), `the rollout's summary: ${summary}`);
+      if (SHOTS) await page.screenshot({ path: path.join(SHOTS, "ui-canary.png") });
+    },
+  ],
 ];
 
 (async () => {
