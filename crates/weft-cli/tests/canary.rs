@@ -380,6 +380,7 @@ fn bad_canaries_are_refused_with_file_line_and_field() {
         ("maxWeight: 60", "maxWeight: 50", "spec.maxWeight: 50 is not a multiple of stepWeight 20: the steps 20, 40 never reach it"),
         ("canary: canary\n", "canary: v3\n", "spec.canary: Service `payments` has no subset `v3` (it has: canary, stable)"),
         ("interval: 10s", "interval: 0s", "spec.analysis.interval: must be 10s to 10m in whole 10s"),
+        ("  analysis:", "  header: {name: \"x y\", value: a}\n  analysis:", "spec.header.name: `x y` is not a valid header name"),
     ] {
         let bad = good.replacen(from, to, 1);
         assert_ne!(bad, good, "{from}");
@@ -393,4 +394,65 @@ fn bad_canaries_are_refused_with_file_line_and_field() {
         !ok && err.contains("no Canary named `payments`"),
         "nothing applied: {err}"
     );
+}
+
+/// Header-first: requests with `x-canary: always` reach the canary from the start while
+/// every other request stays on stable (a first step at weight 0, judged on that traffic);
+/// then the weights move.
+#[test]
+fn header_first_sends_only_the_header_s_requests_to_the_canary_at_first() {
+    let m = Mesh::start("0");
+    let _load = m.load();
+    let url = format!("http://{}/", m.out);
+    let stop = Arc::new(AtomicBool::new(false));
+    let flagged = {
+        let (stop, url) = (stop.clone(), url.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let _ =
+                    weft_testkit::curl(&["-s", "-o", "/dev/null", "-H", "x-canary: always", &url]);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+    let yaml = canary("10s", 2, "wait").replace(
+        "  stepWeight: 20\n  maxWeight: 60\n",
+        "  weights: [50]\n  header: {name: x-canary, value: always}\n",
+    );
+    let (ok, out, err) = apply(&m.server, &yaml);
+    assert!(ok, "{out}{err}");
+    eventually("the header step in place", Duration::from_secs(20), || {
+        let v = status(&m.server, "payments");
+        (v["step"] == 0 && v["weight"] == 0 && !v["convergedMs"].is_null()).then_some(())
+    });
+    let with = |header: bool| -> BTreeMap<String, usize> {
+        let mut t = BTreeMap::new();
+        for _ in 0..15 {
+            let mut args = vec!["-s", "-i"];
+            if header {
+                args.extend(["-H", "x-canary: always"]);
+            }
+            args.push(&url);
+            let r = weft_testkit::curl(&args);
+            *t.entry(r.header("x-echo-name").unwrap_or("none").to_string())
+                .or_default() += 1;
+        }
+        t
+    };
+    assert_eq!(
+        with(true).keys().cloned().collect::<Vec<_>>(),
+        ["payments-2"]
+    );
+    assert_eq!(
+        with(false).keys().cloned().collect::<Vec<_>>(),
+        ["payments-1"]
+    );
+    let v = phase_is(&m.server, "promoted", Duration::from_secs(60));
+    let checked: Vec<(u64, String)> = verdicts(&v)
+        .into_iter()
+        .filter(|(_, verdict)| verdict != "wait")
+        .collect();
+    assert_eq!(checked, [(0, "pass".into()), (50, "pass".into())], "{v:#}");
+    stop.store(true, Ordering::Relaxed);
+    let _ = flagged.join();
 }

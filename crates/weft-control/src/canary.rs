@@ -359,7 +359,8 @@ async fn finish(
     why: &str,
 ) -> Result<(), ApiError> {
     let weight = if phase == Phase::Promoted { 100 } else { 0 };
-    r.route_revision = write_route(api, canary, weight).await?;
+    // Finished: no header rule (all traffic on one side).
+    r.route_revision = write_route(api, canary, weight, false).await?;
     r.weight = weight;
     r.phase = phase;
     let m = &api.sessions.metrics;
@@ -385,7 +386,7 @@ async fn progress(
         return finish(api, canary, r, Phase::Promoted, "every step passed").await;
     }
     if r.route_revision == 0 || r.weight != want {
-        r.route_revision = write_route(api, canary, want).await?;
+        r.route_revision = write_route(api, canary, want, spec.header.is_some()).await?;
         r.weight = want;
         api.sessions
             .metrics
@@ -499,21 +500,42 @@ async fn progress(
     Ok(())
 }
 
-/// Writes the canary's route (stable `100 - weight`, canary `weight`) through the same
-/// path as `weft apply`; its store revision.
+/// Writes the canary's route (stable `100 - weight`, canary `weight`; with the header
+/// rule first when `with_header`) through the same path as `weft apply`; its store
+/// revision.
 async fn write_route(
     api: &Api,
     canary: &Resource<CanarySpec>,
     weight: u32,
+    with_header: bool,
 ) -> Result<u64, ApiError> {
     let s = &canary.spec;
+    // Header-first: a rule before the weighted one sends the header's requests to the
+    // canary, until the rollout ends (back on stable: the rule goes too).
+    let header_rule = match &s.header {
+        Some(h) if with_header => serde_json::json!({
+            "matches": [{"headers": [{"name": h.name, "value": h.value}]}],
+            "backendRefs": [{"name": s.service, "subset": s.canary, "weight": 1}],
+        })
+        .to_string(),
+        _ => String::new(),
+    };
+    let weighted = serde_json::json!({
+        "backendRefs": [
+            {"name": s.service, "subset": s.stable, "weight": 100 - weight.min(100)},
+            {"name": s.service, "subset": s.canary, "weight": weight},
+        ],
+    })
+    .to_string();
+    let rules = [header_rule, weighted]
+        .into_iter()
+        .filter(|r| !r.is_empty())
+        .collect::<Vec<_>>()
+        .join(", ");
     let text = format!(
-        "kind: HTTPRoute\nmetadata: {{name: {route}}}\nspec:\n  parentRefs: [{{kind: Service, name: {svc}}}]\n  rules:\n    - backendRefs:\n        - {{name: {svc}, subset: {stable}, weight: {sw}}}\n        - {{name: {svc}, subset: {canary}, weight: {weight}}}\n",
+        "kind: HTTPRoute\nmetadata: {{name: {route}}}\nspec:\n  parentRefs: [{{kind: Service, name: {svc}}}]\n  rules: [{rules}]\n",
         route = route_name(&canary.metadata.name),
         svc = s.service,
-        stable = s.stable,
-        canary = s.canary,
-        sw = 100 - weight.min(100),
     );
     let registered = api.state.read().services().into_keys().collect();
     let outcome = crate::config::apply(

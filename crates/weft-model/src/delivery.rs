@@ -27,8 +27,22 @@ pub struct CanarySpec {
     /// … or the canary's weights in percent, explicitly (rising, each 1–99… or 100).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub weights: Vec<u32>,
+    /// Header-first: requests carrying this header go to the canary from the start, and
+    /// a first step (weight 0) judges that traffic before any weight moves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<CanaryHeader>,
     /// How each step is judged.
     pub analysis: Analysis,
+}
+
+/// `Canary.spec.header`: the request header (exact value) that picks the canary.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct CanaryHeader {
+    /// Header name, e.g. `x-canary`.
+    pub name: String,
+    /// Its exact value, e.g. `always`.
+    pub value: String,
 }
 
 /// `Canary.spec.analysis`.
@@ -91,12 +105,16 @@ impl CanarySpec {
     /// The canary's weight at each step, in percent (validated: rising, reaching
     /// `maxWeight`); promotion then sends it everything.
     pub fn steps(&self) -> Vec<u32> {
-        if !self.weights.is_empty() {
-            return self.weights.clone();
-        }
-        match (self.step_weight, self.max_weight) {
-            (Some(step), Some(max)) if step > 0 => (1..=max / step).map(|i| i * step).collect(),
-            _ => Vec::new(),
-        }
+        // Header-first: a step at weight 0, where only the header's requests reach it.
+        let first = self.header.as_ref().map(|_| 0);
+        let weights = if !self.weights.is_empty() {
+            self.weights.clone()
+        } else {
+            match (self.step_weight, self.max_weight) {
+                (Some(step), Some(max)) if step > 0 => (1..=max / step).map(|i| i * step).collect(),
+                _ => Vec::new(),
+            }
+        };
+        first.into_iter().chain(weights).collect()
     }
 }

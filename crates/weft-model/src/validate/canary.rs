@@ -77,6 +77,17 @@ pub(crate) fn canary(r: &mut Report<'_>, c: &Config, k: &Resource<CanarySpec>, d
             "give either stepWeight and maxWeight, or weights".into(),
         ),
     }
+    if let Some(h) = &s.header {
+        if http::HeaderName::from_bytes(h.name.as_bytes()).is_err() {
+            err(
+                "spec.header.name",
+                format!("`{}` is not a valid header name", h.name),
+            );
+        }
+        if http::HeaderValue::from_str(&h.value).is_err() {
+            err("spec.header.value", "not a valid header value".into());
+        }
+    }
     let a = &s.analysis;
     // The proxies count traffic in 10-second slots: a check of a whole number of slots
     // never reaches back before the step it judges.
