@@ -456,3 +456,109 @@ fn header_first_sends_only_the_header_s_requests_to_the_canary_at_first() {
     stop.store(true, Ordering::Relaxed);
     let _ = flagged.join();
 }
+
+/// A webhook receiver on loopback: records every JSON body, answers `status`.
+struct Hooks {
+    addr: SocketAddr,
+    status: Arc<std::sync::atomic::AtomicU16>,
+    seen: Arc<std::sync::Mutex<Vec<Value>>>,
+}
+
+impl Hooks {
+    fn start() -> Hooks {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let status = Arc::new(std::sync::atomic::AtomicU16::new(200));
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (st, sn) = (status.clone(), seen.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming().map_while(Result::ok) {
+                let mut reader = BufReader::new(conn.try_clone().expect("clone"));
+                let mut length = 0;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        length = v.trim().parse().unwrap_or(0);
+                    }
+                }
+                let mut body = vec![0; length];
+                let _ = reader.read_exact(&mut body);
+                if let Ok(v) = serde_json::from_slice(&body) {
+                    sn.lock().expect("hook log").push(v);
+                }
+                let code = st.load(Ordering::Relaxed);
+                let mut conn = conn;
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 {code} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                );
+            }
+        });
+        Hooks { addr, status, seen }
+    }
+}
+
+/// Webhooks gate the rollout: asked before the start, before each step and before
+/// promotion, in that order; a refusing one counts as a failed check, and at the
+/// threshold the rollout is rolled back, saying which webhook said what.
+#[test]
+fn webhooks_gate_the_start_every_step_and_the_promotion() {
+    let m = Mesh::start("0");
+    let _load = m.load();
+    let hooks = Hooks::start();
+    let url = format!("http://{}/gate", hooks.addr);
+    let yaml = |weights: &str| {
+        canary("10s", 2, "wait")
+            .replace("  stepWeight: 20\n  maxWeight: 60\n", &format!("  weights: {weights}\n"))
+            .replace(
+                "    noData: wait\n",
+                &format!(
+                    "    noData: wait\n    webhooks:\n      - {{name: start, url: \"{url}\", when: before-start}}\n      - {{name: step, url: \"{url}\"}}\n      - {{name: promote, url: \"{url}\", when: before-promotion}}\n"
+                ),
+            )
+    };
+    let (ok, out, err) = apply(&m.server, &yaml("[50]"));
+    assert!(ok, "{out}{err}");
+    phase_is(&m.server, "promoted", Duration::from_secs(60));
+    let asked: Vec<(String, u64)> = hooks
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            (
+                v["hook"].as_str().unwrap().to_string(),
+                v["nextWeight"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        asked,
+        [
+            ("before-start".to_string(), 50),
+            ("before-step".to_string(), 50),
+            ("before-promotion".to_string(), 100)
+        ]
+    );
+    // Now the gate says no: a new rollout (the spec changed) never starts.
+    hooks.status.store(503, Ordering::Relaxed);
+    let (ok, out, err) = apply(&m.server, &yaml("[40]"));
+    assert!(ok, "{out}{err}");
+    let v = phase_is(&m.server, "rolled-back", Duration::from_secs(60));
+    assert_eq!(
+        verdicts(&v),
+        [(0, "fail".into()), (0, "fail".into())],
+        "two refusals, no step: {v:#}"
+    );
+    assert!(
+        v["reason"]
+            .as_str()
+            .unwrap()
+            .contains("webhook start (before-start): answered 503"),
+        "{v:#}"
+    );
+}

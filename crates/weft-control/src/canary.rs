@@ -23,7 +23,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::http::{HeaderMap, HeaderValue};
 use serde::{Deserialize, Serialize};
-use weft_model::{CanarySpec, NoData, Resource};
+use weft_model::{CanarySpec, HookWhen, NoData, Resource};
 
 use crate::api::Api;
 use crate::error::ApiError;
@@ -108,6 +108,8 @@ pub struct Rollout {
     pub converged_ms: Option<u64>,
     /// When the next check is due (Unix ms).
     pub next_check_ms: Option<u64>,
+    /// After a webhook refused a step: when to ask again (Unix ms).
+    pub gate_retry_ms: Option<u64>,
     /// Failed checks so far.
     pub failed_checks: u32,
     /// Every check, oldest first.
@@ -383,9 +385,20 @@ async fn progress(
     let spec = &canary.spec;
     let want = steps.get(r.step).copied().unwrap_or(100);
     if r.step >= steps.len() {
+        if !gates(api, canary, r, &[HookWhen::BeforePromotion], 100).await? {
+            return Ok(());
+        }
         return finish(api, canary, r, Phase::Promoted, "every step passed").await;
     }
     if r.route_revision == 0 || r.weight != want {
+        let when: &[HookWhen] = if r.route_revision == 0 {
+            &[HookWhen::BeforeStart, HookWhen::BeforeStep]
+        } else {
+            &[HookWhen::BeforeStep]
+        };
+        if !gates(api, canary, r, when, want).await? {
+            return Ok(());
+        }
         r.route_revision = write_route(api, canary, want, spec.header.is_some()).await?;
         r.weight = want;
         api.sessions
@@ -480,24 +493,91 @@ async fn progress(
     r.next_check_ms = Some(now + interval_ms(spec));
     match pass {
         None => {}
-        Some(true) => {
-            r.step += 1;
-            if r.step >= steps.len() {
-                finish(api, canary, r, Phase::Promoted, "every step passed").await?;
-            }
-        }
-        Some(false) => {
-            r.failed_checks += 1;
-            if r.failed_checks >= a.threshold {
-                let why = format!(
-                    "{} failed checks (threshold {}); last: {}",
-                    r.failed_checks, a.threshold, m.why
-                );
-                finish(api, canary, r, Phase::RolledBack, &why).await?;
-            }
-        }
+        // The next look writes the next weight (or promotes), past its gates.
+        Some(true) => r.step += 1,
+        Some(false) => failed(api, canary, r, &m.why).await?,
     }
     Ok(())
+}
+
+/// One more failed check; at the threshold, the rollback.
+async fn failed(
+    api: &Api,
+    canary: &Resource<CanarySpec>,
+    r: &mut Rollout,
+    why: &str,
+) -> Result<(), ApiError> {
+    let threshold = canary.spec.analysis.threshold;
+    r.failed_checks += 1;
+    if r.failed_checks >= threshold {
+        let why = format!(
+            "{} failed checks (threshold {threshold}); last: {why}",
+            r.failed_checks
+        );
+        finish(api, canary, r, Phase::RolledBack, &why).await?;
+    }
+    Ok(())
+}
+
+/// Asks the webhooks for `when` before the canary's weight becomes `weight`: true when
+/// every one said yes (or there are none). A refusal is a failed check, recorded; the
+/// gate is asked again an interval later.
+async fn gates(
+    api: &Api,
+    canary: &Resource<CanarySpec>,
+    r: &mut Rollout,
+    when: &[HookWhen],
+    weight: u32,
+) -> Result<bool, ApiError> {
+    let spec = &canary.spec;
+    let hooks: Vec<_> = spec
+        .analysis
+        .webhooks
+        .iter()
+        .filter(|h| when.contains(&h.when))
+        .collect();
+    if hooks.is_empty() {
+        return Ok(true);
+    }
+    let now = now_ms();
+    if r.gate_retry_ms.is_some_and(|at| now < at) {
+        return Ok(false);
+    }
+    for h in hooks {
+        let body = serde_json::json!({
+            "canary": canary.metadata.name,
+            "service": spec.service,
+            "stable": spec.stable,
+            "canarySubset": spec.canary,
+            "hook": h.when.as_str(),
+            "step": r.step,
+            "weight": r.weight,
+            "nextWeight": weight,
+            "failedChecks": r.failed_checks,
+        })
+        .to_string();
+        if let Err(e) = crate::webhook::post(&h.url, body, h.timeout.get()).await {
+            let why = format!("webhook {} ({}): {e}", h.name, h.when.as_str());
+            tracing::info!(canary = %canary.metadata.name, %why, "canary gate refused");
+            api.sessions
+                .metrics
+                .canary_check(&canary.metadata.name, "fail");
+            r.measurements.push(Measurement {
+                at_ms: now,
+                weight: r.weight,
+                requests: 0,
+                success_rate: None,
+                p99_ms: None,
+                verdict: "fail".into(),
+                why: why.clone(),
+            });
+            r.gate_retry_ms = Some(now + interval_ms(spec));
+            failed(api, canary, r, &why).await?;
+            return Ok(false);
+        }
+    }
+    r.gate_retry_ms = None;
+    Ok(true)
 }
 
 /// Writes the canary's route (stable `100 - weight`, canary `weight`; with the header

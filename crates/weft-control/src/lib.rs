@@ -38,3 +38,4 @@ pub mod peers;
 pub mod server;
 pub mod state;
 pub mod store;
+pub mod webhook;

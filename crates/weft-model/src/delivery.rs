@@ -67,6 +67,55 @@ pub struct Analysis {
     /// What an interval with fewer than `minRequests` counts as.
     #[serde(default)]
     pub no_data: NoData,
+    /// HTTP gates: each is POSTed a JSON description of what is about to happen, and
+    /// anything but a 2xx answer in time counts as a failed check (the step waits an
+    /// interval and asks again).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub webhooks: Vec<Webhook>,
+}
+
+/// One webhook of a canary's analysis.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Webhook {
+    /// Its name, in measurements and logs.
+    pub name: String,
+    /// `http://…` or `https://…` (verified against the system's roots).
+    pub url: String,
+    /// When it is asked (default `before-step`).
+    #[serde(default)]
+    pub when: HookWhen,
+    /// How long it has to answer (default 5 s, at most 60 s).
+    #[serde(default = "five_seconds")]
+    pub timeout: Duration,
+}
+
+fn five_seconds() -> Duration {
+    Duration::from_millis(5000)
+}
+
+/// When a webhook is asked.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum HookWhen {
+    /// Once, before the first step's weight is set.
+    BeforeStart,
+    /// Before every step's weight is set (the first included).
+    #[default]
+    BeforeStep,
+    /// Before promotion sends the canary all traffic.
+    BeforePromotion,
+}
+
+impl HookWhen {
+    /// As written in YAML.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HookWhen::BeforeStart => "before-start",
+            HookWhen::BeforeStep => "before-step",
+            HookWhen::BeforePromotion => "before-promotion",
+        }
+    }
 }
 
 fn three() -> u32 {

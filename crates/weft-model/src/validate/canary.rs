@@ -124,6 +124,33 @@ pub(crate) fn canary(r: &mut Report<'_>, c: &Config, k: &Resource<CanarySpec>, d
     if a.p99.is_some_and(|d| d.get().is_zero()) {
         err("spec.analysis.p99", "must be greater than 0".into());
     }
+    if a.webhooks.len() > 8 {
+        err("spec.analysis.webhooks", "at most 8".into());
+    }
+    for (i, h) in a.webhooks.iter().enumerate() {
+        let at = format!("spec.analysis.webhooks[{i}]");
+        let rest = h
+            .url
+            .strip_prefix("http://")
+            .or_else(|| h.url.strip_prefix("https://"));
+        let host = rest.map(|r| r.split(['/', '?']).next().unwrap_or_default());
+        if host.is_none_or(str::is_empty) || h.url.parse::<http::Uri>().is_err() {
+            err(
+                &format!("{at}.url"),
+                format!("`{}` is not an http:// or https:// URL", h.url),
+            );
+        }
+        if h.name.is_empty() || h.name.len() > 63 {
+            err(&format!("{at}.name"), "1 to 63 characters".into());
+        }
+        let t = h.timeout.get();
+        if t.is_zero() || t > std::time::Duration::from_secs(60) {
+            err(
+                &format!("{at}.timeout"),
+                "must be more than 0 and at most 60s".into(),
+            );
+        }
+    }
     if a.min_requests == 0 {
         err(
             "spec.analysis.minRequests",

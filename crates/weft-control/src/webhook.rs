@@ -1,0 +1,73 @@
+//! A canary's webhooks: one HTTP/1.1 POST of a JSON body, answered 2xx in time or not.
+//! `https://` URLs are verified against the system's roots
+//! (`/etc/ssl/certs/ca-certificates.crt`); there is no switch to skip verification.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::Request;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+/// The system's trusted roots.
+const SYSTEM_ROOTS: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
+
+/// POSTs `body` to `url`; Ok with the status when it is 2xx within `timeout`, else why
+/// not, for a person.
+pub async fn post(url: &str, body: String, timeout: Duration) -> Result<u16, String> {
+    match tokio::time::timeout(timeout, send(url, body)).await {
+        Err(_) => Err(format!("no answer within {}s", timeout.as_secs_f64())),
+        Ok(Err(e)) => Err(e),
+        Ok(Ok(status)) if (200..300).contains(&status) => Ok(status),
+        Ok(Ok(status)) => Err(format!("answered {status}")),
+    }
+}
+
+async fn send(url: &str, body: String) -> Result<u16, String> {
+    let uri: http::Uri = url.parse().map_err(|e| format!("{url}: {e}"))?;
+    let https = uri.scheme_str() == Some("https");
+    let host = uri.host().ok_or_else(|| format!("{url}: no host"))?;
+    let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+    let stream = tokio::net::TcpStream::connect((host.trim_matches(['[', ']']), port))
+        .await
+        .map_err(|e| format!("connect to {host}:{port}: {e}"))?;
+    let stream: Box<dyn Io> = if https {
+        let mut roots = tokio_rustls::rustls::RootCertStore::empty();
+        let certs = weft_tls::read_certs(std::path::Path::new(SYSTEM_ROOTS))
+            .map_err(|e| format!("the system's roots: {e}"))?;
+        roots.add_parsable_certificates(certs);
+        let config = tokio_rustls::rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let name = tokio_rustls::rustls::pki_types::ServerName::try_from(
+            host.trim_matches(['[', ']']).to_string(),
+        )
+        .map_err(|e| format!("{host}: {e}"))?;
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(name, stream)
+            .await
+            .map_err(|e| format!("TLS with {host}: {e}"))?;
+        Box::new(tls)
+    } else {
+        Box::new(stream)
+    };
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let authority = uri.authority().map_or(host, |a| a.as_str());
+    let req = Request::post(path)
+        .header(hyper::header::HOST, authority)
+        .header(hyper::header::CONTENT_TYPE, "application/json")
+        .header(hyper::header::USER_AGENT, "weft-canary")
+        .body(Full::new(Bytes::from(body)))
+        .map_err(|e| e.to_string())?;
+    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    Ok(resp.status().as_u16())
+}
