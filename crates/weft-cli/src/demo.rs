@@ -188,12 +188,14 @@ pub async fn run(
     let ca_file = mesh.ca_file.display();
     let (pay, inv) = (mesh.upstreams[0].1, mesh.upstreams[1].1);
     let split = mesh.split_file.display();
+    let canary = mesh.split_file.with_file_name("payments-canary.yaml");
+    let canary = canary.display();
     let logs = dir.display();
     eprintln!(
         r#"
 weft demo: a local mesh is running.
   control plane  {server}   (embedded store; logs and data in {logs})
-  services       frontend, payments, payments-v2, inventory (x2), each an echo app with a sidecar
+  services       frontend, payments (v1 and v2), inventory (x2), each an echo app with a sidecar
   frontend calls payments and inventory through its sidecar every second (lines below).
 
 The web UI (docs/ui.md): open {server}/ui/ and paste the token {token}
@@ -206,8 +208,10 @@ Watch it work (TLS and ACLs are on; this is the management token, each sidecar h
   weft catalog; weft catalog inventory
   curl -s http://{pay}/order         # call payments as frontend does, through its sidecar
   curl -s http://{inv}/order         # inventory: balanced over two instances
-  weft apply -f {split} --dry-run    # a canary split: 80% payments, 20% payments-v2
+  weft apply -f {split} --dry-run    # a split by version: 80% payments v1, 20% v2
   weft apply -f {split} --wait       # returns when every sidecar has applied it
+  weft apply -f {canary}             # or a canary rollout of v2, judged every 10 s:
+  weft canary status payments        #   its steps, measurements and verdicts (also in the UI)
   weft kv put features/checkout on && weft kv watch features/checkout
   weft get httproute -o yaml
   weft intention check frontend inventory --method POST   # denied: frontend may only GET

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! caller (this process) ─► frontend's sidecar ─┬─► payments sidecar ─► payments app
-//!                          (out-payments,      ├─► payments-v2 sidecar (after a split)
+//!                          (out-payments,      ├─► payments-v2 sidecar (v2 of payments)
 //!                           out-inventory)     └─► inventory sidecars ×2 ─► apps
 //! ```
 
@@ -33,27 +33,42 @@ pub struct Mesh {
     pub ca_file: std::path::PathBuf,
 }
 
-/// A split the user can apply: 80% payments, 20% payments-v2.
+/// A split the user can apply: 80% of payments' calls to its v1 instances, 20% to v2.
 const SPLIT: &str = "\
-kind: Service
-metadata: {name: payments}
-spec:
-  retry: {attempts: 3, on: [connect-failure, reset, unavailable]}
----
-kind: Service
-metadata: {name: payments-v2}
-spec: {}
----
 kind: HTTPRoute
-metadata: {name: payments-canary}
+metadata: {name: payments-by-version}
 spec:
   parentRefs: [{kind: Service, name: payments}]
   rules:
-    - backendRefs: [{name: payments, weight: 80}, {name: payments-v2, weight: 20}]
+    - backendRefs:
+        - {name: payments, subset: v1, weight: 80}
+        - {name: payments, subset: v2, weight: 20}
+";
+
+/// A canary rollout of payments v2 the user can apply: the control plane moves the
+/// weights of payments-by-version itself, checking v2 every 10 s (the demo calls
+/// payments once a second, hence minRequests 1).
+const CANARY: &str = "\
+kind: Canary
+metadata: {name: payments}
+spec:
+  service: payments
+  stable: v1
+  canary: v2
+  route: payments-by-version
+  stepWeight: 25
+  maxWeight: 75
+  analysis:
+    interval: 10s
+    threshold: 2
+    successRate: 0.99
+    p99: 500ms
+    minRequests: 1
 ";
 
 /// Who may call whom: calls between sidecars are denied unless an intention allows them.
-/// And the mesh's settings: every request traced, as a demo should show them all.
+/// The mesh's settings: every request traced, as a demo should show them all. And
+/// payments' two versions as subsets, all its calls on v1 until a split or a canary.
 const INTENTIONS: &str = "\
 kind: Mesh
 metadata: {name: mesh}
@@ -65,10 +80,6 @@ metadata: {name: frontend-to-payments}
 spec: {source: frontend, destination: payments, action: allow}
 ---
 kind: Intention
-metadata: {name: frontend-to-payments-v2}
-spec: {source: frontend, destination: payments-v2, action: allow}
----
-kind: Intention
 metadata: {name: frontend-to-inventory}
 spec:
   source: frontend
@@ -76,6 +87,21 @@ spec:
   permissions:
     - action: allow
       http: {methods: [GET]}
+---
+kind: Service
+metadata: {name: payments}
+spec:
+  retry: {attempts: 3, on: [connect-failure, reset, unavailable]}
+  subsets:
+    v1: {version: v1}
+    v2: {version: v2}
+---
+kind: HTTPRoute
+metadata: {name: payments-by-version}
+spec:
+  parentRefs: [{kind: Service, name: payments}]
+  rules:
+    - backendRefs: [{name: payments, subset: v1, weight: 100}, {name: payments, subset: v2, weight: 0}]
 ";
 
 /// `POST /v1/acl/bootstrap`: the management token's secret.
@@ -228,7 +254,7 @@ pub async fn start(dir: &Path, server_port: u16, otlp: Option<&Options>) -> anyh
     // Apps (echo backends), each with its sidecar.
     let apps = [
         ("payments", "payments-1", "v1"),
-        ("payments-v2", "payments-v2-1", "v2"),
+        ("payments", "payments-v2-1", "v2"),
         ("inventory", "inventory-1", "v1"),
         ("inventory", "inventory-2", "v1"),
         ("frontend", "frontend-1", "v1"),
@@ -345,6 +371,7 @@ pub async fn start(dir: &Path, server_port: u16, otlp: Option<&Options>) -> anyh
     }
     let split_file = dir.join("payments-split.yaml");
     std::fs::write(&split_file, SPLIT)?;
+    std::fs::write(dir.join("payments-canary.yaml"), CANARY)?;
     Ok(Mesh {
         children,
         server,

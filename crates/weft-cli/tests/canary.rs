@@ -107,23 +107,40 @@ impl Mesh {
         }
     }
 
-    /// Requests through frontend's sidecar, 50 a second, until dropped.
+    /// Requests through frontend's sidecar, 50 a second, until dropped or finished.
     fn load(&self) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let (out, s) = (self.out, stop.clone());
         let t = std::thread::spawn(move || {
-            let mut n = 0;
+            let (mut n, mut failed) = (0, Vec::new());
             while !s.load(Ordering::Relaxed) && n < 100_000 {
-                let _ = who(out);
+                if let Err(e) = who(out) {
+                    failed.push(e);
+                }
                 n += 1;
                 std::thread::sleep(Duration::from_millis(20));
             }
+            (n, failed)
         });
         Load(stop, Some(t))
     }
 }
 
-struct Load(Arc<AtomicBool>, Option<std::thread::JoinHandle<()>>);
+struct Load(
+    Arc<AtomicBool>,
+    Option<std::thread::JoinHandle<(usize, Vec<String>)>>,
+);
+
+impl Load {
+    /// Stops it: requests sent, and what each failed one said.
+    fn finish(mut self) -> (usize, Vec<String>) {
+        self.0.store(true, Ordering::Relaxed);
+        self.1
+            .take()
+            .map(|t| t.join().expect("the load thread"))
+            .unwrap_or_default()
+    }
+}
 
 impl Drop for Load {
     fn drop(&mut self) {
@@ -381,6 +398,7 @@ fn bad_canaries_are_refused_with_file_line_and_field() {
         ("canary: canary\n", "canary: v3\n", "spec.canary: Service `payments` has no subset `v3` (it has: canary, stable)"),
         ("interval: 10s", "interval: 0s", "spec.analysis.interval: must be 10s to 10m in whole 10s"),
         ("  analysis:", "  header: {name: \"x y\", value: a}\n  analysis:", "spec.header.name: `x y` is not a valid header name"),
+        ("  analysis:", "  blueGreen: {checks: 2}\n  analysis:", "spec.blueGreen: blue/green switches at once: no stepWeight, maxWeight or weights"),
     ] {
         let bad = good.replacen(from, to, 1);
         assert_ne!(bad, good, "{from}");
@@ -560,5 +578,59 @@ fn webhooks_gate_the_start_every_step_and_the_promotion() {
             .unwrap()
             .contains("webhook start (before-start): answered 503"),
         "{v:#}"
+    );
+}
+
+/// Blue/green: users see only blue while green gets a copy of every request, judged on
+/// what it received; after the checks, all traffic switches to green at once, and no
+/// request fails through the switch.
+#[test]
+fn blue_green_mirrors_to_green_then_switches_at_once_losing_nothing() {
+    let m = Mesh::start("0");
+    let load = m.load();
+    let yaml = canary("10s", 2, "wait").replace(
+        "  stepWeight: 20\n  maxWeight: 60\n",
+        "  blueGreen: {checks: 2}\n",
+    );
+    let (ok, out, err) = apply(&m.server, &yaml);
+    assert!(ok, "{out}{err}");
+    let v = eventually(
+        "green judged on its copies",
+        Duration::from_secs(40),
+        || {
+            let v = status(&m.server, "payments");
+            let judged = v["measurements"]
+                .as_array()?
+                .iter()
+                .any(|m| m["verdict"] == "pass" && m["requests"].as_u64() > Some(5));
+            judged.then_some(v)
+        },
+    );
+    assert_eq!(v["phase"], "progressing", "{v:#}");
+    assert_eq!(v["weight"], 0, "users stay on blue: {v:#}");
+    let t = tally(m.out, 30);
+    assert_eq!(
+        t.keys().cloned().collect::<Vec<_>>(),
+        ["payments-1"],
+        "{t:?}"
+    );
+    let v = phase_is(&m.server, "promoted", Duration::from_secs(40));
+    let checked: Vec<(u64, String)> = verdicts(&v)
+        .into_iter()
+        .filter(|(_, verdict)| verdict != "wait")
+        .collect();
+    assert_eq!(checked, [(0, "pass".into()), (0, "pass".into())], "{v:#}");
+    std::thread::sleep(Duration::from_millis(500));
+    let t = tally(m.out, 30);
+    assert_eq!(
+        t.keys().cloned().collect::<Vec<_>>(),
+        ["payments-2"],
+        "{t:?}"
+    );
+    let (sent, failed) = load.finish();
+    assert!(sent > 100, "the load ran: {sent}");
+    assert!(
+        failed.is_empty(),
+        "no request failed through the switch: {failed:?}"
     );
 }

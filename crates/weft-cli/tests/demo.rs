@@ -109,6 +109,46 @@ fn demo_serves_http_and_https_and_stops_on_ctrl_c() {
             (r.json()["name"] == "payments-v2-1").then_some(())
         },
     );
+    // The canary the hints offer: the control plane takes over payments-by-version.
+    let canary = std::path::Path::new(ca).with_file_name("payments-canary.yaml");
+    let (ok, stdout, stderr) = weft_testkit::mesh::weft_cli(
+        &weft,
+        &[
+            "apply",
+            "-f",
+            &canary.display().to_string(),
+            "--server",
+            server,
+            "--token",
+            token,
+            "--ca-file",
+            mesh_ca,
+        ],
+    );
+    assert!(ok, "{stdout}\n{stderr}");
+    weft_testkit::eventually("the canary's first step", Duration::from_secs(15), || {
+        let (ok, stdout, _) = weft_testkit::mesh::weft_cli(
+            &weft,
+            &[
+                "canary",
+                "status",
+                "payments",
+                "-o",
+                "json",
+                "--server",
+                server,
+                "--token",
+                token,
+                "--ca-file",
+                mesh_ca,
+            ],
+        );
+        let v: serde_json::Value = serde_json::from_str(&stdout).ok()?;
+        (ok && v["phase"] == "progressing"
+            && v["weight"] == 25
+            && v["route"] == "payments-by-version")
+            .then_some(())
+    });
     let status = weft_testkit::mesh::weft_cli(
         &PathBuf::from(env!("CARGO_BIN_EXE_weft")),
         &[

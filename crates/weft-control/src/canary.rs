@@ -135,11 +135,6 @@ pub fn key(name: &str) -> String {
     format!("{PREFIX}{name}")
 }
 
-/// The route a canary owns.
-pub fn route_name(canary: &str) -> String {
-    format!("canary-{canary}")
-}
-
 /// A rollout as stored, and its mod revision (0: none).
 pub async fn load(api: &Api, name: &str) -> Result<(Option<Rollout>, u64), ApiError> {
     let (kv, _) = store::get(&*api.store, &key(name)).await?;
@@ -361,7 +356,7 @@ async fn finish(
     why: &str,
 ) -> Result<(), ApiError> {
     let weight = if phase == Phase::Promoted { 100 } else { 0 };
-    // Finished: no header rule (all traffic on one side).
+    // Finished: no header rule, no mirror (all traffic on one side).
     r.route_revision = write_route(api, canary, weight, false).await?;
     r.weight = weight;
     r.phase = phase;
@@ -399,7 +394,7 @@ async fn progress(
         if !gates(api, canary, r, when, want).await? {
             return Ok(());
         }
-        r.route_revision = write_route(api, canary, want, spec.header.is_some()).await?;
+        r.route_revision = write_route(api, canary, want, true).await?;
         r.weight = want;
         api.sessions
             .metrics
@@ -422,9 +417,17 @@ async fn progress(
     }
     let a = &spec.analysis;
     let seconds = a.interval.get().as_secs().clamp(1, 600) as u32;
-    let backend = weft_model::subset_key(&spec.service, &spec.canary);
-    let (requests, successes, p99_ms) =
-        crate::api::backend_totals(api, seconds, &backend, headers).await?;
+    let (requests, successes, p99_ms) = if spec.blue_green.is_some() {
+        // Green gets copies only: judge what its instances received.
+        let green = api
+            .state
+            .read()
+            .subset_instances(&spec.service, &spec.canary);
+        crate::api::received_totals(api, seconds, &green, headers).await?
+    } else {
+        let backend = weft_model::subset_key(&spec.service, &spec.canary);
+        crate::api::backend_totals(api, seconds, &backend, headers).await?
+    };
     let success_rate = (requests > 0).then(|| successes as f64 / requests as f64);
     let mut m = Measurement {
         at_ms: now,
@@ -580,33 +583,40 @@ async fn gates(
     Ok(true)
 }
 
-/// Writes the canary's route (stable `100 - weight`, canary `weight`; with the header
-/// rule first when `with_header`) through the same path as `weft apply`; its store
-/// revision.
+/// Writes the canary's route (stable `100 - weight`, canary `weight`; while the rollout
+/// runs (`with_extras`), the header rule first, or blue/green's mirror to the canary)
+/// through the same path as `weft apply`; its store revision.
 async fn write_route(
     api: &Api,
     canary: &Resource<CanarySpec>,
     weight: u32,
-    with_header: bool,
+    with_extras: bool,
 ) -> Result<u64, ApiError> {
     let s = &canary.spec;
     // Header-first: a rule before the weighted one sends the header's requests to the
     // canary, until the rollout ends (back on stable: the rule goes too).
     let header_rule = match &s.header {
-        Some(h) if with_header => serde_json::json!({
+        Some(h) if with_extras => serde_json::json!({
             "matches": [{"headers": [{"name": h.name, "value": h.value}]}],
             "backendRefs": [{"name": s.service, "subset": s.canary, "weight": 1}],
         })
         .to_string(),
         _ => String::new(),
     };
-    let weighted = serde_json::json!({
+    let mut weighted = serde_json::json!({
         "backendRefs": [
             {"name": s.service, "subset": s.stable, "weight": 100 - weight.min(100)},
             {"name": s.service, "subset": s.canary, "weight": weight},
         ],
-    })
-    .to_string();
+    });
+    // Blue/green while it runs: every request also copied to green.
+    if s.blue_green.is_some() && with_extras {
+        weighted["filters"] = serde_json::json!([{
+            "type": "RequestMirror",
+            "requestMirror": {"backendRef": {"name": s.service, "subset": s.canary}, "percent": 100},
+        }]);
+    }
+    let weighted = weighted.to_string();
     let rules = [header_rule, weighted]
         .into_iter()
         .filter(|r| !r.is_empty())
@@ -614,7 +624,7 @@ async fn write_route(
         .join(", ");
     let text = format!(
         "kind: HTTPRoute\nmetadata: {{name: {route}}}\nspec:\n  parentRefs: [{{kind: Service, name: {svc}}}]\n  rules: [{rules}]\n",
-        route = route_name(&canary.metadata.name),
+        route = s.route_name(&canary.metadata.name),
         svc = s.service,
     );
     let registered = api.state.read().services().into_keys().collect();

@@ -130,6 +130,27 @@ impl View {
         }
     }
 
+    /// The ids of `service`'s instances in its `Service`'s subset `subset` (metadata with
+    /// every label the subset lists); empty when either is unknown.
+    pub fn subset_instances(&self, service: &str, subset: &str) -> BTreeSet<String> {
+        let labels: BTreeMap<String, String> = self
+            .config
+            .get(&format!("Service/{service}"))
+            .and_then(|r| serde_json::from_str::<Value>(&r.json).ok())
+            .and_then(|v| serde_json::from_value(v["spec"]["subsets"][subset].clone()).ok())
+            .unwrap_or_default();
+        if labels.is_empty() {
+            return BTreeSet::new();
+        }
+        self.instances
+            .get(service)
+            .into_iter()
+            .flat_map(|m| m.values())
+            .filter(|i| labels.iter().all(|(k, v)| i.metadata.get(k) == Some(v)))
+            .map(|i| i.id.clone())
+            .collect()
+    }
+
     /// Every `Canary` resource's JSON.
     pub fn canaries(&self) -> Vec<Arc<str>> {
         let mut keys: Vec<&String> = self

@@ -27,12 +27,30 @@ pub struct CanarySpec {
     /// … or the canary's weights in percent, explicitly (rising, each 1–99… or 100).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub weights: Vec<u32>,
+    /// The HTTPRoute the canary writes its weights into (attached to the service), e.g. one
+    /// that already splits it by version; default `canary-NAME`. It is rewritten whole.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<String>,
+    /// Blue/green instead of weighted steps: all traffic stays on stable (blue) while a
+    /// copy of every request is mirrored to the canary (green), checked `checks` times;
+    /// then all traffic switches to green at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blue_green: Option<BlueGreen>,
     /// Header-first: requests carrying this header go to the canary from the start, and
     /// a first step (weight 0) judges that traffic before any weight moves.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub header: Option<CanaryHeader>,
     /// How each step is judged.
     pub analysis: Analysis,
+}
+
+/// `Canary.spec.blueGreen`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct BlueGreen {
+    /// Passed checks of the mirrored traffic before the switch (default 3).
+    #[serde(default = "three")]
+    pub checks: u32,
 }
 
 /// `Canary.spec.header`: the request header (exact value) that picks the canary.
@@ -151,9 +169,20 @@ impl NoData {
 }
 
 impl CanarySpec {
+    /// The route this canary writes (see [`CanarySpec::route`]).
+    pub fn route_name(&self, canary: &str) -> String {
+        self.route
+            .clone()
+            .unwrap_or_else(|| format!("canary-{canary}"))
+    }
+
     /// The canary's weight at each step, in percent (validated: rising, reaching
     /// `maxWeight`); promotion then sends it everything.
     pub fn steps(&self) -> Vec<u32> {
+        // Blue/green: every check at weight 0 (green gets copies only), then the switch.
+        if let Some(bg) = &self.blue_green {
+            return vec![0; bg.checks as usize];
+        }
         // Header-first: a step at weight 0, where only the header's requests reach it.
         let first = self.header.as_ref().map(|_| 0);
         let weights = if !self.weights.is_empty() {

@@ -35,7 +35,7 @@ fn status(name: &str, spec: &weft_model::CanarySpec, r: Option<&Rollout>) -> Val
         "steps": steps,
         "threshold": spec.analysis.threshold,
         "interval": spec.analysis.interval.to_string(),
-        "route": canary::route_name(name),
+        "route": spec.route_name(name),
     });
     match r {
         None => v["phase"] = json!("pending"),

@@ -65,6 +65,25 @@ pub(super) fn window(p: &Params) -> Result<(String, u32), ApiError> {
     }
 }
 
+/// What the proxies `ids` received over the last `seconds` (their inbound edges, from
+/// every caller): requests, successes, p99 in ms. A blue/green canary's green instances
+/// receive only mirrored copies, so this is how they are judged.
+pub(crate) async fn received_totals(
+    api: &Api,
+    seconds: u32,
+    ids: &std::collections::BTreeSet<String>,
+    headers: &HeaderMap,
+) -> Result<(u64, u64, Option<f64>), ApiError> {
+    let g = gather(api, &format!("{seconds}s"), seconds, headers, false).await?;
+    let mut sum = Sum::default();
+    for x in g.proxies.iter().filter(|x| ids.contains(&x.proxy_id)) {
+        for e in x.edges.iter().filter(|e| e.direction == "inbound") {
+            sum.add(e);
+        }
+    }
+    Ok(sum.totals())
+}
+
 /// One backend's traffic over the last `seconds`, as every proxy that sends to it saw it
 /// (their route windows for that backend, e.g. `payments#canary`): requests, successes,
 /// p99 in ms. What a canary's analysis judges.
@@ -81,11 +100,7 @@ pub(crate) async fn backend_totals(
             sum.add(r);
         }
     }
-    let p99 = sum
-        .latency
-        .quantile(0.99)
-        .map(|d| (d.as_secs_f64() * 1e6).round() / 1e3);
-    Ok((sum.requests, sum.successes, p99))
+    Ok(sum.totals())
 }
 
 /// One proxy's answer as replicas pass it to each other (sketches sparse).
@@ -169,6 +184,15 @@ struct Sum {
 }
 
 impl Sum {
+    /// Requests, successes and p99 in ms.
+    fn totals(&self) -> (u64, u64, Option<f64>) {
+        let p99 = self
+            .latency
+            .quantile(0.99)
+            .map(|d| (d.as_secs_f64() * 1e6).round() / 1e3);
+        (self.requests, self.successes, p99)
+    }
+
     fn add(&mut self, w: &RawWindow) {
         self.requests += w.requests;
         self.successes += w.successes;

@@ -45,7 +45,7 @@ use axum::Router;
 
 pub(crate) use acl::{mint, put_token};
 pub use context::Api;
-pub(crate) use live::backend_totals;
+pub(crate) use live::{backend_totals, received_totals};
 pub use topology::TopologyCache;
 
 use crate::error::ApiError;

@@ -46,36 +46,40 @@ pub(crate) fn canary(r: &mut Report<'_>, c: &Config, k: &Resource<CanarySpec>, d
             format!("`{}` is the stable subset too", s.canary),
         );
     }
-    match (s.step_weight, s.max_weight, s.weights.is_empty()) {
-        (Some(step), Some(max), true) => {
-            if !(1..=100).contains(&step) {
-                err("spec.stepWeight", format!("{step} is outside 1..=100"));
-            } else if !(1..=100).contains(&max) {
-                err("spec.maxWeight", format!("{max} is outside 1..=100"));
-            } else if max % step != 0 {
-                let steps: Vec<String> = (1..=max / step).map(|i| (i * step).to_string()).collect();
-                err(
-                    "spec.maxWeight",
-                    format!(
-                        "{max} is not a multiple of stepWeight {step}: the steps {} never reach it",
-                        steps.join(", ")
-                    ),
-                );
-            }
+    if let Some(bg) = &s.blue_green {
+        if s.step_weight.is_some() || s.max_weight.is_some() || !s.weights.is_empty() {
+            err(
+                "spec.blueGreen",
+                "blue/green switches at once: no stepWeight, maxWeight or weights".into(),
+            );
         }
-        (None, None, false) => {
-            let rising = s.weights.windows(2).all(|w| w[0] < w[1]);
-            if !rising || s.weights.iter().any(|w| !(1..=100).contains(w)) {
-                err(
-                    "spec.weights",
-                    "weights must rise, each within 1..=100".into(),
-                );
-            }
+        if s.header.is_some() {
+            err(
+                "spec.blueGreen",
+                "blue/green mirrors every request: no header".into(),
+            );
         }
-        _ => err(
-            "spec",
-            "give either stepWeight and maxWeight, or weights".into(),
-        ),
+        if !(1..=100).contains(&bg.checks) {
+            err(
+                "spec.blueGreen.checks",
+                format!("{} is outside 1..=100", bg.checks),
+            );
+        }
+    } else {
+        weighted(&mut err, s);
+    }
+    if let Some(route) = &s.route {
+        let valid = !route.is_empty()
+            && route.len() <= 253
+            && route
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+        if !valid {
+            err(
+                "spec.route",
+                format!("`{route}` is not a resource name (a-z, 0-9, `-`, `.`)"),
+            );
+        }
     }
     if let Some(h) = &s.header {
         if http::HeaderName::from_bytes(h.name.as_bytes()).is_err() {
@@ -156,5 +160,40 @@ pub(crate) fn canary(r: &mut Report<'_>, c: &Config, k: &Resource<CanarySpec>, d
             "spec.analysis.minRequests",
             "must be at least 1 (use noData: pass to promote without traffic)".into(),
         );
+    }
+}
+
+/// The weighted steps: `stepWeight` reaching `maxWeight`, or rising `weights`.
+fn weighted(err: &mut impl FnMut(&str, String), s: &CanarySpec) {
+    match (s.step_weight, s.max_weight, s.weights.is_empty()) {
+        (Some(step), Some(max), true) => {
+            if !(1..=100).contains(&step) {
+                err("spec.stepWeight", format!("{step} is outside 1..=100"));
+            } else if !(1..=100).contains(&max) {
+                err("spec.maxWeight", format!("{max} is outside 1..=100"));
+            } else if max % step != 0 {
+                let steps: Vec<String> = (1..=max / step).map(|i| (i * step).to_string()).collect();
+                err(
+                    "spec.maxWeight",
+                    format!(
+                        "{max} is not a multiple of stepWeight {step}: the steps {} never reach it",
+                        steps.join(", ")
+                    ),
+                );
+            }
+        }
+        (None, None, false) => {
+            let rising = s.weights.windows(2).all(|w| w[0] < w[1]);
+            if !rising || s.weights.iter().any(|w| !(1..=100).contains(w)) {
+                err(
+                    "spec.weights",
+                    "weights must rise, each within 1..=100".into(),
+                );
+            }
+        }
+        _ => err(
+            "spec",
+            "give either stepWeight and maxWeight, or weights".into(),
+        ),
     }
 }

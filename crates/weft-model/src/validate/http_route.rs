@@ -154,6 +154,9 @@ pub(crate) fn http_route(
                         format!("unknown Service `{}`", m.backend_ref.name),
                     );
                 }
+                if let Some(problem) = super::service::subset_problem(c, &m.backend_ref) {
+                    err(r, format!("{at}.requestMirror.backendRef.subset"), problem);
+                }
                 if !(0.0..=100.0).contains(&m.percent) {
                     err(
                         r,

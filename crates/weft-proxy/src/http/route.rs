@@ -56,9 +56,10 @@ impl Rule {
             match f.kind {
                 FilterType::RequestMirror => {
                     if let Some(m) = &f.request_mirror {
+                        let upstream = m.backend_ref.upstream();
                         let service = services
-                            .get(m.backend_ref.name.as_str())
-                            .ok_or_else(|| format!("unknown service {}", m.backend_ref.name))?;
+                            .get(upstream.as_ref())
+                            .ok_or_else(|| format!("unknown service {upstream}"))?;
                         filters.mirror = Some(Mirror {
                             service: service.clone(),
                             percent: m.percent,
