@@ -634,3 +634,89 @@ fn blue_green_mirrors_to_green_then_switches_at_once_losing_nothing() {
         "no request failed through the switch: {failed:?}"
     );
 }
+
+/// A real Prometheus (Debian's), with no targets: instant queries of constants are all a
+/// check needs to show that the value it returns is what decides.
+struct Prometheus(std::process::Child, String);
+
+impl Prometheus {
+    fn start() -> Prometheus {
+        let dir = temp_dir();
+        let config = dir.join("prometheus.yml");
+        std::fs::write(&config, "global: {scrape_interval: 15s}\n").expect("config");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let child = std::process::Command::new(weft_testkit::require("prometheus"))
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("tsdb").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start prometheus");
+        let url = format!("http://127.0.0.1:{port}");
+        let p = Prometheus(child, url.clone());
+        eventually("prometheus is ready", Duration::from_secs(30), || {
+            (weft_testkit::curl(&[&format!("{url}/-/ready")]).status == 200).then_some(())
+        });
+        p
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A team's own measure from Prometheus: a value over its bound is a failed check (and
+/// rolls back at the threshold); within it, the rollout goes on. `{{backend}}` and the
+/// other placeholders are filled in before the query is sent.
+#[test]
+fn a_prometheus_query_decides_with_the_value_it_returns() {
+    let prom = Prometheus::start();
+    let m = Mesh::start("0");
+    let _load = m.load();
+    let yaml = |query: &str| {
+        canary("10s", 2, "wait")
+            .replace("  stepWeight: 20\n  maxWeight: 60\n", "  weights: [50]\n")
+            .replace("    successRate: 0.95\n    p99: 2s\n", "")
+            .replace(
+                "    noData: wait\n",
+                &format!(
+                    "    noData: wait\n    prometheus:\n      - {{name: errors, url: \"{}\", query: '{query}', max: 0.4}}\n",
+                    prom.1
+                ),
+            )
+    };
+    let (ok, out, err) = apply(&m.server, &yaml("vector(0.5)"));
+    assert!(ok, "{out}{err}");
+    let v = phase_is(&m.server, "rolled-back", Duration::from_secs(60));
+    assert!(
+        v["reason"]
+            .as_str()
+            .unwrap()
+            .ends_with("last: errors 0.5 (max 0.4)"),
+        "{v:#}"
+    );
+    let (ok, out, err) = apply(
+        &m.server,
+        &yaml(r#"label_replace(vector(0.1), "upstream", "{{backend}}", "", "")"#),
+    );
+    assert!(ok, "{out}{err}");
+    let v = phase_is(&m.server, "promoted", Duration::from_secs(60));
+    let passes: Vec<&Value> = v["measurements"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["verdict"] == "pass")
+        .collect();
+    assert_eq!(passes.len(), 1, "{v:#}");
+    assert_eq!(passes[0]["why"], "errors 0.1 (max 0.4)", "{v:#}");
+}

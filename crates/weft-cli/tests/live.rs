@@ -215,7 +215,10 @@ fn stat_and_edges_count_known_traffic_exactly() {
         &weft(),
         &["stat", "--all", "--window", "5m", "--server", &url],
     );
-    assert!(!ok && err.contains("10s, 1m or 10m"), "{err}");
+    assert!(
+        !ok && err.contains("expected 10s, 1m, 10m, or 1s to 600s"),
+        "{err}"
+    );
     let (ok, _, err) = weft_cli(&weft(), &["stat", "--server", &url]);
     assert!(!ok && err.contains("--all"), "{err}");
 }

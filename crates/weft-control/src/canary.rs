@@ -417,6 +417,7 @@ async fn progress(
     }
     let a = &spec.analysis;
     let seconds = a.interval.get().as_secs().clamp(1, 600) as u32;
+    let backend = weft_model::subset_key(&spec.service, &spec.canary);
     let (requests, successes, p99_ms) = if spec.blue_green.is_some() {
         // Green gets copies only: judge what its instances received.
         let green = api
@@ -425,7 +426,6 @@ async fn progress(
             .subset_instances(&spec.service, &spec.canary);
         crate::api::received_totals(api, seconds, &green, headers).await?
     } else {
-        let backend = weft_model::subset_key(&spec.service, &spec.canary);
         crate::api::backend_totals(api, seconds, &backend, headers).await?
     };
     let success_rate = (requests > 0).then(|| successes as f64 / requests as f64);
@@ -475,12 +475,54 @@ async fn progress(
                 None => {}
             }
         }
-        m.why = if problems.is_empty() {
-            fine.join(", ")
+        // The team's own measures, asked of their Prometheus.
+        let mut empty = Vec::new();
+        for q in &a.prometheus {
+            let query = q
+                .query
+                .replace("{{interval}}", &format!("{seconds}s"))
+                .replace("{{service}}", &spec.service)
+                .replace("{{backend}}", &backend);
+            match prometheus_value(&q.url, &query).await {
+                Ok(None) => empty.push(q.name.clone()),
+                Ok(Some(v)) => {
+                    let low = q.min.filter(|min| v < *min);
+                    let high = q.max.filter(|max| v > *max);
+                    let bounds = match (q.min, q.max) {
+                        (Some(lo), Some(hi)) => format!("{lo}..{hi}"),
+                        (Some(lo), None) => format!("min {lo}"),
+                        (None, Some(hi)) => format!("max {hi}"),
+                        (None, None) => String::new(),
+                    };
+                    let line = format!("{} {v} ({bounds})", q.name);
+                    if low.is_some() || high.is_some() {
+                        problems.push(line)
+                    } else {
+                        fine.push(line)
+                    }
+                }
+                Err(e) => problems.push(format!("prometheus {}: {e}", q.name)),
+            }
+        }
+        if problems.is_empty() && !empty.is_empty() {
+            m.why = format!(
+                "prometheus {} returned no value: noData {}",
+                empty.join(", "),
+                a.no_data.as_str()
+            );
+            match a.no_data {
+                NoData::Wait => None,
+                NoData::Fail => Some(false),
+                NoData::Pass => Some(true),
+            }
         } else {
-            problems.join(", ")
-        };
-        Some(problems.is_empty())
+            m.why = if problems.is_empty() {
+                fine.join(", ")
+            } else {
+                problems.join(", ")
+            };
+            Some(problems.is_empty())
+        }
     };
     m.verdict = match pass {
         None => "wait",
@@ -501,6 +543,59 @@ async fn progress(
         Some(false) => failed(api, canary, r, &m.why).await?,
     }
     Ok(())
+}
+
+/// How long a Prometheus query may take.
+const PROMETHEUS_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The one value an instant query returns (None: no sample, or NaN).
+async fn prometheus_value(url: &str, query: &str) -> Result<Option<f64>, String> {
+    let encoded: String = query
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    let body = crate::webhook::get(
+        &format!("{}/api/v1/query?query={encoded}", url.trim_end_matches('/')),
+        PROMETHEUS_TIMEOUT,
+    )
+    .await?;
+    let v: serde_json::Value =
+        serde_json::from_slice(&body).map_err(|e| format!("not a Prometheus answer: {e}"))?;
+    if v["status"] != "success" {
+        return Err(v["error"]
+            .as_str()
+            .unwrap_or("the query failed")
+            .to_string());
+    }
+    let sample = match v["data"]["resultType"].as_str() {
+        Some("scalar") => v["data"]["result"][1].clone(),
+        Some("vector") => match v["data"]["result"].as_array().map(Vec::as_slice) {
+            None | Some([]) => return Ok(None),
+            Some([one]) => one["value"][1].clone(),
+            Some(many) => {
+                return Err(format!(
+                    "returned {} series: a check needs one value (aggregate it, e.g. sum(…))",
+                    many.len()
+                ))
+            }
+        },
+        other => {
+            return Err(format!(
+                "returned a {}, not one value",
+                other.unwrap_or("?")
+            ))
+        }
+    };
+    let value: f64 = sample
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("an unreadable sample: {sample}"))?;
+    Ok((!value.is_nan()).then_some(value))
 }
 
 /// One more failed check; at the threshold, the rollback.

@@ -1,12 +1,13 @@
-//! A canary's webhooks: one HTTP/1.1 POST of a JSON body, answered 2xx in time or not.
-//! `https://` URLs are verified against the system's roots
-//! (`/etc/ssl/certs/ca-certificates.crt`); there is no switch to skip verification.
+//! The canary controller's HTTP client: its webhooks (one POST of a JSON body, answered
+//! 2xx in time or not) and Prometheus queries (one GET). `https://` URLs are verified
+//! against the system's roots (`/etc/ssl/certs/ca-certificates.crt`); there is no switch
+//! to skip verification.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::Request;
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -19,15 +20,31 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
 /// POSTs `body` to `url`; Ok with the status when it is 2xx within `timeout`, else why
 /// not, for a person.
 pub async fn post(url: &str, body: String, timeout: Duration) -> Result<u16, String> {
-    match tokio::time::timeout(timeout, send(url, body)).await {
+    match tokio::time::timeout(timeout, send("POST", url, Some(body))).await {
         Err(_) => Err(format!("no answer within {}s", timeout.as_secs_f64())),
         Ok(Err(e)) => Err(e),
-        Ok(Ok(status)) if (200..300).contains(&status) => Ok(status),
-        Ok(Ok(status)) => Err(format!("answered {status}")),
+        Ok(Ok((status, _))) if (200..300).contains(&status) => Ok(status),
+        Ok(Ok((status, _))) => Err(format!("answered {status}")),
     }
 }
 
-async fn send(url: &str, body: String) -> Result<u16, String> {
+/// Largest answer read from a GET (a Prometheus query's JSON).
+const MAX_ANSWER: usize = 1024 * 1024;
+
+/// GETs `url`: the body of a 2xx answer within `timeout`, else why not.
+pub async fn get(url: &str, timeout: Duration) -> Result<Bytes, String> {
+    match tokio::time::timeout(timeout, send("GET", url, None)).await {
+        Err(_) => Err(format!("no answer within {}s", timeout.as_secs_f64())),
+        Ok(Err(e)) => Err(e),
+        Ok(Ok((status, body))) if (200..300).contains(&status) => Ok(body),
+        Ok(Ok((status, body))) => Err(format!(
+            "answered {status}: {}",
+            String::from_utf8_lossy(&body[..body.len().min(200)])
+        )),
+    }
+}
+
+async fn send(method: &str, url: &str, body: Option<String>) -> Result<(u16, Bytes), String> {
     let uri: http::Uri = url.parse().map_err(|e| format!("{url}: {e}"))?;
     let https = uri.scheme_str() == Some("https");
     let host = uri.host().ok_or_else(|| format!("{url}: no host"))?;
@@ -62,12 +79,23 @@ async fn send(url: &str, body: String) -> Result<u16, String> {
     tokio::spawn(conn);
     let path = uri.path_and_query().map_or("/", |p| p.as_str());
     let authority = uri.authority().map_or(host, |a| a.as_str());
-    let req = Request::post(path)
+    let mut req = Request::builder()
+        .method(method)
+        .uri(path)
         .header(hyper::header::HOST, authority)
-        .header(hyper::header::CONTENT_TYPE, "application/json")
-        .header(hyper::header::USER_AGENT, "weft-canary")
-        .body(Full::new(Bytes::from(body)))
+        .header(hyper::header::USER_AGENT, "weft-canary");
+    if body.is_some() {
+        req = req.header(hyper::header::CONTENT_TYPE, "application/json");
+    }
+    let req = req
+        .body(Full::new(Bytes::from(body.unwrap_or_default())))
         .map_err(|e| e.to_string())?;
     let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
-    Ok(resp.status().as_u16())
+    let status = resp.status().as_u16();
+    let body = http_body_util::Limited::new(resp.into_body(), MAX_ANSWER)
+        .collect()
+        .await
+        .map_err(|e| format!("reading the answer: {e}"))?
+        .to_bytes();
+    Ok((status, body))
 }

@@ -85,11 +85,35 @@ pub struct Analysis {
     /// What an interval with fewer than `minRequests` counts as.
     #[serde(default)]
     pub no_data: NoData,
+    /// Prometheus queries for teams that want their own measure: each must return one
+    /// value within its bounds (none: no data).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub prometheus: Vec<PromCheck>,
     /// HTTP gates: each is POSTed a JSON description of what is about to happen, and
     /// anything but a 2xx answer in time counts as a failed check (the step waits an
     /// interval and asks again).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub webhooks: Vec<Webhook>,
+}
+
+/// One Prometheus query of a canary's analysis. In `query`, `{{interval}}` (e.g. `30s`),
+/// `{{service}}` and `{{backend}}` (the canary's upstream, `SERVICE#SUBSET`, as weft's
+/// route metrics label it) are replaced before it is sent.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PromCheck {
+    /// Its name, in measurements and logs.
+    pub name: String,
+    /// The Prometheus server, e.g. `http://prometheus:9090`.
+    pub url: String,
+    /// An instant query returning one value (a scalar, or a vector of one sample).
+    pub query: String,
+    /// The value must be at least this…
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min: Option<f64>,
+    /// … and at most this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<f64>,
 }
 
 /// One webhook of a canary's analysis.

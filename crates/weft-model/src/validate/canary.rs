@@ -111,11 +111,41 @@ pub(crate) fn canary(r: &mut Report<'_>, c: &Config, k: &Resource<CanarySpec>, d
             "must be at least 1 (the failed checks that roll back)".into(),
         );
     }
-    if a.success_rate.is_none() && a.p99.is_none() {
+    if a.success_rate.is_none() && a.p99.is_none() && a.prometheus.is_empty() {
         err(
             "spec.analysis",
-            "judges nothing: give successRate, p99 or both".into(),
+            "judges nothing: give successRate, p99, prometheus, or several".into(),
         );
+    }
+    if a.prometheus.len() > 8 {
+        err("spec.analysis.prometheus", "at most 8".into());
+    }
+    for (i, q) in a.prometheus.iter().enumerate() {
+        let at = format!("spec.analysis.prometheus[{i}]");
+        let web = q.url.starts_with("http://") || q.url.starts_with("https://");
+        if !web || q.url.parse::<http::Uri>().is_err() {
+            err(
+                &format!("{at}.url"),
+                format!("`{}` is not an http:// or https:// URL", q.url),
+            );
+        }
+        if q.query.trim().is_empty() {
+            err(&format!("{at}.query"), "is empty".into());
+        }
+        if q.min.is_none() && q.max.is_none() {
+            err(
+                &at,
+                "give min, max or both: a bound to judge the value by".into(),
+            );
+        }
+        if let (Some(lo), Some(hi)) = (q.min, q.max) {
+            if lo > hi {
+                err(&format!("{at}.min"), format!("{lo} is over max {hi}"));
+            }
+        }
+        if q.name.is_empty() || q.name.len() > 63 {
+            err(&format!("{at}.name"), "1 to 63 characters".into());
+        }
     }
     if let Some(sr) = a.success_rate {
         if !(sr > 0.0 && sr <= 1.0) {
