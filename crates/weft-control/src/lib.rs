@@ -20,7 +20,6 @@ pub mod acl;
 pub mod api;
 pub mod authn;
 pub mod ca;
-pub mod canary;
 pub mod catalog;
 pub mod config;
 mod diff;

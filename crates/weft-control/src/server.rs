@@ -251,7 +251,7 @@ pub async fn serve(
         judge,
     };
     // Canary rollouts, run by whichever replica leads.
-    let canaries = tokio::spawn(crate::canary::run(api.clone()));
+    let canaries = tokio::spawn(api::run_canaries(api.clone()));
     let app = api::router(api).route_service("/weft.discovery.v1.Discovery/{*method}", grpc);
     let local: SocketAddr = listener.local_addr()?;
     tracing::info!(%local, tls = acceptor.is_some(), "control plane listening (HTTP API and gRPC discovery)");

@@ -36,7 +36,7 @@ fn now() -> u64 {
 
 /// A new token with `rules`: stored by the hash of its secret; the answer is the only
 /// place the secret ever appears.
-pub(crate) fn mint(description: String, rules: Vec<String>) -> Result<(Token, String), ApiError> {
+pub(super) fn mint(description: String, rules: Vec<String>) -> Result<(Token, String), ApiError> {
     let secret = acl::random_id()?;
     let token = Token {
         accessor_id: acl::random_id()?,
@@ -54,7 +54,7 @@ fn answer(token: &Token, secret: &str) -> ApiResult {
     Ok(Json(v).into_response())
 }
 
-pub(crate) fn put_token(token: &Token) -> Result<Op, ApiError> {
+pub(super) fn put_token(token: &Token) -> Result<Op, ApiError> {
     Ok(Op::Put {
         key: format!("{}{}", acl::TOKENS, token.secret_hash),
         value: serde_json::to_vec(token).map_err(|e| ApiError::internal(e.to_string()))?,

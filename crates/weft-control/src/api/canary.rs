@@ -1,4 +1,4 @@
-//! `/v1/canaries`: the rollouts the leader runs (crate::canary) and operators' commands.
+//! `/v1/canaries`: the rollouts the leader runs (rollout.rs) and operators' commands.
 
 use axum::{
     extract::{Path, State as AxState},
@@ -9,9 +9,9 @@ use axum::{
 use serde_json::{json, Value};
 
 use super::context::{Api, ApiResult};
+use super::rollout::{self as canary, Rollout};
 use crate::{
     acl::{Access, Caller, Need},
-    canary::{self, Rollout},
     error::ApiError,
 };
 

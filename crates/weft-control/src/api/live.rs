@@ -68,7 +68,7 @@ pub(super) fn window(p: &Params) -> Result<(String, u32), ApiError> {
 /// What the proxies `ids` received over the last `seconds` (their inbound edges, from
 /// every caller): requests, successes, p99 in ms. A blue/green canary's green instances
 /// receive only mirrored copies, so this is how they are judged.
-pub(crate) async fn received_totals(
+pub(super) async fn received_totals(
     api: &Api,
     seconds: u32,
     ids: &std::collections::BTreeSet<String>,
@@ -87,7 +87,7 @@ pub(crate) async fn received_totals(
 /// One backend's traffic over the last `seconds`, as every proxy that sends to it saw it
 /// (their route windows for that backend, e.g. `payments#canary`): requests, successes,
 /// p99 in ms. What a canary's analysis judges.
-pub(crate) async fn backend_totals(
+pub(super) async fn backend_totals(
     api: &Api,
     seconds: u32,
     backend: &str,

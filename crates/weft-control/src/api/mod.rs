@@ -18,7 +18,8 @@
 //!  ├ proxies.rs  /v1/proxies           ├ acl.rs      /v1/acl
 //!  ├ live.rs     /v1/stats, /v1/tap/{service} (asked of the proxies, live.rs)
 //!  ├ topology.rs /v1/topology, /v1/intentions/{matrix,check} (the UI's graph and forms)
-//!  ├ canary.rs   /v1/canaries: rollouts (run by crate::canary on the leader), commands
+//!  ├ canary.rs   /v1/canaries: rollouts and operators' commands
+//!  │   └ rollout.rs  the canary controller, run on the leader (asks live.rs, acl.rs)
 //!  └ ui.rs       /ui/: the web UI's files (no token: they hold no data)
 //! request.rs   around every handler: the caller (extractor, before the body), bodies
 //!              under limits, errors as JSON, X-Weft-Index
@@ -37,15 +38,15 @@ mod live;
 mod proxies;
 mod query;
 mod request;
+mod rollout;
 mod status;
 mod topology;
 mod ui;
 
 use axum::Router;
 
-pub(crate) use acl::{mint, put_token};
 pub use context::Api;
-pub(crate) use live::{backend_totals, received_totals};
+pub use rollout::run as run_canaries;
 pub use topology::TopologyCache;
 
 use crate::error::ApiError;

@@ -1,5 +1,7 @@
 //! The canary controller (docs/progressive-delivery.md): on the elected leader only, every
-//! second, each `Canary` moves one step of its rollout forward.
+//! second, each `Canary` moves one step of its rollout forward. It lives beside the API
+//! because it asks the same things the API does: the proxies' windows through every
+//! replica (live.rs), and a token to ask the peers with (acl.rs).
 //!
 //! ```text
 //! progressing: write the route (stable 100-w / canary w, through config::apply, as
@@ -25,7 +27,7 @@ use axum::http::{HeaderMap, HeaderValue};
 use serde::{Deserialize, Serialize};
 use weft_model::{CanarySpec, HookWhen, NoData, Resource};
 
-use crate::api::Api;
+use super::context::Api;
 use crate::error::ApiError;
 use crate::store::{self, Compare, Op, Txn};
 
@@ -224,14 +226,14 @@ pub async fn run(api: Api) {
 
 /// A token for the leader's questions to its peers.
 async fn own_token(api: &Api) -> Result<String, ApiError> {
-    let (token, secret) = crate::api::mint(
+    let (token, secret) = super::acl::mint(
         format!("canary controller on {}", api.advertise),
         vec!["operator:read".into()],
     )?;
     api.store
         .txn(Txn {
             compares: Vec::new(),
-            ops: vec![crate::api::put_token(&token)?],
+            ops: vec![super::acl::put_token(&token)?],
         })
         .await?;
     // Until this replica's view has it, peers may not either: wait for the watch.
@@ -424,9 +426,9 @@ async fn progress(
             .state
             .read()
             .subset_instances(&spec.service, &spec.canary);
-        crate::api::received_totals(api, seconds, &green, headers).await?
+        super::live::received_totals(api, seconds, &green, headers).await?
     } else {
-        crate::api::backend_totals(api, seconds, &backend, headers).await?
+        super::live::backend_totals(api, seconds, &backend, headers).await?
     };
     let success_rate = (requests > 0).then(|| successes as f64 / requests as f64);
     let mut m = Measurement {
