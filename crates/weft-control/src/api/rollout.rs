@@ -197,9 +197,20 @@ pub async fn run(api: Api) {
         if !api.leadership.is_leader() {
             continue;
         }
+        let live: Vec<_> = canaries(&api);
+        let names: BTreeSet<String> = live.iter().map(|(r, _)| r.metadata.name.clone()).collect();
+        if live.is_empty() {
+            forget_deleted(&api, &names).await;
+            continue;
+        }
         // Peers answer the leader's questions only with a token: it makes itself one
-        // (operator:read) the first time it leads.
-        if api.auth.enabled() && headers.is_empty() {
+        // (operator:read) the first time it needs to ask one.
+        let has_peers = api
+            .peer_replicas()
+            .await
+            .map(|(peers, _)| !peers.is_empty())
+            .unwrap_or(false);
+        if api.auth.enabled() && headers.is_empty() && has_peers {
             match own_token(&api).await {
                 Ok(secret) => {
                     if let Ok(v) = HeaderValue::from_str(&secret) {
@@ -212,8 +223,6 @@ pub async fn run(api: Api) {
                 }
             }
         }
-        let live: Vec<_> = canaries(&api);
-        let names: BTreeSet<String> = live.iter().map(|(r, _)| r.metadata.name.clone()).collect();
         for (canary, version) in live {
             let name = canary.metadata.name.clone();
             if let Err(e) = step(&api, &canary, &version, &headers).await {
