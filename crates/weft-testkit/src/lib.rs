@@ -75,6 +75,10 @@ pub fn temp_dir() -> PathBuf {
         std::process::id(),
         N.fetch_add(1, Ordering::Relaxed)
     ));
+    // PIDs come round again (pid_max is often 32768) while an old run's directory may
+    // still be there: a test got a store another run had bootstrapped. Start empty (no
+    // live process shares this PID, so nothing in use is removed).
+    let _ = std::fs::remove_dir_all(&p);
     std::fs::create_dir_all(&p).expect("create temp dir");
     p
 }
