@@ -118,7 +118,7 @@ async fn status(server: &str, name: Option<String>, output: &str) -> anyhow::Res
         "phase {}, canary weight {}%, step {} of [{}], failed checks {} of {}, every {}",
         c["phase"].as_str().unwrap_or_default(),
         c["weight"].as_u64().unwrap_or(0),
-        c["step"].as_u64().unwrap_or(0) + 1,
+        (c["step"].as_u64().unwrap_or(0) + 1).min(steps.len().max(1) as u64),
         steps.join(", "),
         c["failedChecks"].as_u64().unwrap_or(0),
         c["threshold"].as_u64().unwrap_or(0),

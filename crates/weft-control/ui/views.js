@@ -516,7 +516,7 @@ export function canariesView(name) {
         "p",
         { id: "canary-summary" },
         el("span", { class: `state-${PHASE_STATE[v.phase] || "ok"}` }, v.phase),
-        ` — ${v.service}: ${v.stable} → ${v.canary}, canary weight ${v.weight ?? 0}%, step ${(v.step ?? 0) + 1} of [${(v.steps || []).map((w) => w + "%").join(", ")}], failed checks ${v.failedChecks ?? 0} of ${v.threshold}, every ${v.interval}`,
+        ` — ${v.service}: ${v.stable} → ${v.canary}, canary weight ${v.weight ?? 0}%, step ${Math.min((v.step ?? 0) + 1, Math.max((v.steps || []).length, 1))} of [${(v.steps || []).map((w) => w + "%").join(", ")}], failed checks ${v.failedChecks ?? 0} of ${v.threshold}, every ${v.interval}`,
         v.reason ? ` — ${v.reason}` : "",
       ),
       table(

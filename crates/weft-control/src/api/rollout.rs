@@ -451,7 +451,7 @@ async fn progress(
     };
     let pass = if requests < a.min_requests {
         let why = format!(
-            "{requests} requests in {seconds}s, fewer than minRequests {}: noData {}",
+            "{requests} requests in the last {seconds}s, fewer than minRequests {}: noData {}",
             a.min_requests,
             a.no_data.as_str()
         );
