@@ -179,6 +179,15 @@ impl View {
             .join("\n---\n")
     }
 
+    /// The secret hashes of the tokens described exactly as `description`.
+    pub fn tokens_described(&self, description: &str) -> Vec<String> {
+        self.tokens
+            .iter()
+            .filter(|(_, t)| t.description == description)
+            .map(|(hash, _)| hash.clone())
+            .collect()
+    }
+
     /// The token whose secret hashes to `hash`.
     pub fn token(&self, hash: &str) -> Option<Arc<crate::acl::Token>> {
         self.tokens.get(hash).cloned()

@@ -235,14 +235,18 @@ pub async fn run(api: Api) {
 
 /// A token for the leader's questions to its peers.
 async fn own_token(api: &Api) -> Result<String, ApiError> {
-    let (token, secret) = super::acl::mint(
-        format!("canary controller on {}", api.advertise),
-        vec!["operator:read".into()],
-    )?;
+    let description = format!("canary controller on {}", api.advertise);
+    // The one this replica made before (an earlier process) goes: one token per replica.
+    let stale = api.state.read().tokens_described(&description);
+    let (token, secret) = super::acl::mint(description, vec!["operator:read".into()])?;
+    let mut ops = vec![super::acl::put_token(&token)?];
+    ops.extend(stale.into_iter().map(|hash| Op::Delete {
+        key: format!("{}{hash}", crate::acl::TOKENS),
+    }));
     api.store
         .txn(Txn {
             compares: Vec::new(),
-            ops: vec![super::acl::put_token(&token)?],
+            ops,
         })
         .await?;
     // Until this replica's view has it, peers may not either: wait for the watch.
