@@ -42,7 +42,7 @@ pub async fn announce(store: Arc<dyn Store>, advertise: String) {
 }
 
 /// A connection to a peer, plain or TLS.
-trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
+pub(crate) trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> Io for T {}
 
 /// API addresses of every announced replica.

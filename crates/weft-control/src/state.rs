@@ -153,30 +153,23 @@ impl View {
 
     /// Every `Canary` resource's JSON.
     pub fn canaries(&self) -> Vec<Arc<str>> {
-        let mut keys: Vec<&String> = self
-            .config
-            .keys()
-            .filter(|k| k.starts_with("Canary/"))
-            .collect();
-        keys.sort();
-        keys.iter().map(|k| self.config[*k].json.clone()).collect()
+        self.config_json(|k| k.starts_with("Canary/"))
     }
 
     /// The Mesh and every Intention and Service resource, as one text `weft_model::parse`
     /// reads: what decides who may call whom (the UI's intention views).
     pub fn policy_text(&self) -> String {
-        let mut keys: Vec<&String> = self
-            .config
-            .keys()
-            .filter(|k| {
-                *k == "Mesh/mesh" || k.starts_with("Intention/") || k.starts_with("Service/")
-            })
-            .collect();
+        self.config_json(|k| {
+            k == "Mesh/mesh" || k.starts_with("Intention/") || k.starts_with("Service/")
+        })
+        .join("\n---\n")
+    }
+
+    /// The JSON of the resources whose `Kind/name` passes `keep`, by `Kind/name`.
+    fn config_json(&self, keep: impl Fn(&str) -> bool) -> Vec<Arc<str>> {
+        let mut keys: Vec<&String> = self.config.keys().filter(|k| keep(k)).collect();
         keys.sort();
-        keys.iter()
-            .map(|k| &*self.config[*k].json)
-            .collect::<Vec<_>>()
-            .join("\n---\n")
+        keys.iter().map(|k| self.config[*k].json.clone()).collect()
     }
 
     /// The secret hashes of the tokens described exactly as `description`.

@@ -9,13 +9,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::Request;
-use tokio::io::{AsyncRead, AsyncWrite};
 
 /// The system's trusted roots.
 const SYSTEM_ROOTS: &str = "/etc/ssl/certs/ca-certificates.crt";
-
-trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
-impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
 
 /// POSTs `body` to `url`; Ok with the status when it is 2xx within `timeout`, else why
 /// not, for a person.
@@ -52,7 +48,7 @@ async fn send(method: &str, url: &str, body: Option<String>) -> Result<(u16, Byt
     let stream = tokio::net::TcpStream::connect((host.trim_matches(['[', ']']), port))
         .await
         .map_err(|e| format!("connect to {host}:{port}: {e}"))?;
-    let stream: Box<dyn Io> = if https {
+    let stream: Box<dyn crate::peers::Io> = if https {
         let mut roots = tokio_rustls::rustls::RootCertStore::empty();
         let certs = weft_tls::read_certs(std::path::Path::new(SYSTEM_ROOTS))
             .map_err(|e| format!("the system's roots: {e}"))?;

@@ -182,6 +182,15 @@ pub enum NoData {
 }
 
 impl NoData {
+    /// What a check with no data counts as: None (neither), Some(passed).
+    pub fn verdict(self) -> Option<bool> {
+        match self {
+            NoData::Wait => None,
+            NoData::Fail => Some(false),
+            NoData::Pass => Some(true),
+        }
+    }
+
     /// As written in YAML.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -52,7 +52,7 @@ fn status(name: &str, spec: &weft_model::CanarySpec, r: Option<&Rollout>) -> Val
 
 async fn list(AxState(api): AxState<Api>, caller: Caller) -> ApiResult {
     caller.require(&Need::Operator(Access::Read))?;
-    let mut all: Vec<_> = canary::statuses(&api).await?.into_iter().collect();
+    let mut all: Vec<_> = canary::statuses(&api, None).await?.into_iter().collect();
     all.sort_by(|a, b| a.0.cmp(&b.0));
     let items: Vec<Value> = all
         .iter()
@@ -69,7 +69,7 @@ async fn list(AxState(api): AxState<Api>, caller: Caller) -> ApiResult {
 
 async fn one(AxState(api): AxState<Api>, caller: Caller, Path(name): Path<String>) -> ApiResult {
     caller.require(&Need::Operator(Access::Read))?;
-    let all = canary::statuses(&api).await?;
+    let all = canary::statuses(&api, Some(&name)).await?;
     let (spec, r) = all
         .get(&name)
         .ok_or_else(|| ApiError::not_found(format!("no Canary named `{name}`")))?;
@@ -89,7 +89,10 @@ async fn act(
             format!("`{action}`: expected promote, pause, resume or abort"),
         ));
     }
-    if !canary::statuses(&api).await?.contains_key(&name) {
+    if !canary::statuses(&api, Some(&name))
+        .await?
+        .contains_key(&name)
+    {
         return Err(ApiError::not_found(format!("no Canary named `{name}`")));
     }
     let done = crate::store::compare_and_swap(|| async {

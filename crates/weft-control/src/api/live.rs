@@ -528,7 +528,7 @@ async fn tap(
             peers_of.push((peer, path.clone(), token.clone(), tls.clone()));
         }
     }
-    let stream = async_stream(16, move |tx| async move {
+    Ok(event_stream(16, move |tx| async move {
         let _open = handle; // dropped when the client goes: the proxies stop tapping
         let _peers = Aborting(
             peers_of
@@ -560,15 +560,7 @@ async fn tap(
                 return;
             }
         }
-    });
-    let mut resp = Response::new(Body::from_stream(stream));
-    let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    Ok(resp)
+    }))
 }
 
 /// Tasks aborted when this is dropped.
@@ -635,22 +627,28 @@ async fn unreachable(tx: &tokio::sync::mpsc::Sender<String>, peer: &str, error: 
         .await;
 }
 
-/// A stream fed by a task: `f` gets the sender (`queue` chunks may wait unsent); the
-/// stream ends when the task does, and the task sees its sends fail once the stream is
-/// dropped.
-pub(super) fn async_stream<F, Fut>(
-    queue: usize,
-    f: F,
-) -> impl tokio_stream::Stream<Item = Result<bytes::Bytes, std::convert::Infallible>> + Send + 'static
+/// A server-sent-event response fed by a task: `f` gets the sender (`queue` chunks may
+/// wait unsent); the stream ends when the task does, and the task sees its sends fail
+/// once the client has gone.
+pub(super) fn event_stream<F, Fut>(queue: usize, f: F) -> Response
 where
     F: FnOnce(tokio::sync::mpsc::Sender<String>) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     let (tx, rx) = tokio::sync::mpsc::channel(queue);
     tokio::spawn(f(tx));
-    tokio_stream::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(rx), |s| {
-        Ok::<_, std::convert::Infallible>(bytes::Bytes::from(s))
-    })
+    let stream =
+        tokio_stream::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(rx), |s| {
+            Ok::<_, std::convert::Infallible>(bytes::Bytes::from(s))
+        });
+    let mut resp = Response::new(Body::from_stream(stream));
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    resp
 }
 
 /// One message as a server-sent event.

@@ -8,6 +8,7 @@ use super::query::Params;
 use super::request::with_index;
 use crate::{
     acl::{Access, Caller, Need},
+    error::ApiError,
     peers,
 };
 
@@ -25,6 +26,23 @@ async fn proxies(
     caller.require(&Need::Operator(Access::Read))?;
     let server_revision = api.state.read().revision;
     let at = p.revision.unwrap_or(server_revision);
+    let token = crate::authn::secret_of(&headers).map(str::to_string);
+    let (items, unreachable) = every_proxy(&api, at, token, p.local.unwrap_or(false)).await?;
+    Ok(with_index(
+        server_revision,
+        Json(json!({"revision": at, "items": items, "unreachable": unreachable})),
+    ))
+}
+
+/// Every proxy connected to this replica and (unless `local`) to the others, each with
+/// `current` at revision `at`; and the replicas that could not be asked (peers are asked
+/// with `token`).
+pub(super) async fn every_proxy(
+    api: &Api,
+    at: u64,
+    token: Option<String>,
+    local: bool,
+) -> Result<(Vec<Value>, Vec<Value>), ApiError> {
     let mut items: Vec<Value> = api
         .sessions
         .list()
@@ -39,13 +57,17 @@ async fn proxies(
         .collect();
     // Every replica knows only its own streams: ask the others (announced in the store).
     let mut unreachable = Vec::new();
-    if !p.local.unwrap_or(false) {
+    if !local {
         let (peers, tls) = api.peer_replicas().await?;
         let asks: Vec<_> = peers
             .iter()
             .map(|peer| {
-                let token = crate::authn::secret_of(&headers).map(str::to_string);
-                tokio::spawn(peers::proxies_of(peer.clone(), at, token, tls.clone()))
+                tokio::spawn(peers::proxies_of(
+                    peer.clone(),
+                    at,
+                    token.clone(),
+                    tls.clone(),
+                ))
             })
             .collect();
         for (peer, ask) in peers.iter().zip(asks) {
@@ -64,8 +86,5 @@ async fn proxies(
         });
         items.dedup_by(|later, first| later["proxyId"] == first["proxyId"]);
     }
-    Ok(with_index(
-        server_revision,
-        Json(json!({"revision": at, "items": items, "unreachable": unreachable})),
-    ))
+    Ok((items, unreachable))
 }

@@ -25,7 +25,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::http::{HeaderMap, HeaderValue};
 use serde::{Deserialize, Serialize};
-use weft_model::{CanarySpec, HookWhen, NoData, Resource};
+use weft_model::{CanarySpec, HookWhen, Resource};
 
 use super::context::Api;
 use crate::error::ApiError;
@@ -460,11 +460,7 @@ async fn progress(
             a.no_data.as_str()
         );
         m.why = why;
-        match a.no_data {
-            NoData::Wait => None,
-            NoData::Fail => Some(false),
-            NoData::Pass => Some(true),
-        }
+        a.no_data.verdict()
     } else {
         let mut problems = Vec::new();
         let mut fine = Vec::new();
@@ -525,11 +521,7 @@ async fn progress(
                 empty.join(", "),
                 a.no_data.as_str()
             );
-            match a.no_data {
-                NoData::Wait => None,
-                NoData::Fail => Some(false),
-                NoData::Pass => Some(true),
-            }
+            a.no_data.verdict()
         } else {
             m.why = if problems.is_empty() {
                 fine.join(", ")
@@ -749,35 +741,28 @@ async fn write_route(
     Ok(outcome.revision)
 }
 
-/// Whether every proxy (of every replica) is current at `revision`.
+/// Whether every proxy (of every replica) is current at `revision` (a replica that
+/// cannot be asked counts as not yet).
 async fn converged(api: &Api, revision: u64, headers: &HeaderMap) -> Result<bool, ApiError> {
-    if api.sessions.list().iter().any(|s| !s.current(revision)) {
-        return Ok(false);
-    }
-    let (peers, tls) = api.peer_replicas().await?;
     let token = crate::authn::secret_of(headers).map(str::to_string);
-    for peer in peers {
-        match crate::peers::proxies_of(peer.clone(), revision, token.clone(), tls.clone()).await {
-            Ok(list) => {
-                if list.iter().any(|p| p["current"] != true) {
-                    return Ok(false);
-                }
-            }
-            Err(e) => {
-                tracing::debug!(%peer, error = %e, "canary: a replica did not say");
-                return Ok(false);
-            }
-        }
+    let (items, unreachable) = super::proxies::every_proxy(api, revision, token, false).await?;
+    if !unreachable.is_empty() {
+        tracing::debug!(?unreachable, "canary: a replica did not say");
     }
-    Ok(true)
+    Ok(unreachable.is_empty() && items.iter().all(|p| p["current"] == true))
 }
 
-/// The rollouts as the API shows them: every canary applied, with its state.
+/// The rollouts as the API shows them: every canary applied (or only `only`), with its
+/// state (none until the leader first looked at it under its current spec).
 pub async fn statuses(
     api: &Api,
+    only: Option<&str>,
 ) -> Result<HashMap<String, (CanarySpec, Option<Rollout>)>, ApiError> {
     let mut out = HashMap::new();
-    for (c, version) in canaries(api) {
+    for (c, version) in canaries(api)
+        .into_iter()
+        .filter(|(c, _)| only.is_none_or(|o| o == c.metadata.name))
+    {
         let (r, _) = load(api, &c.metadata.name).await?;
         let r = r.filter(|r| r.spec_version == version);
         out.insert(c.metadata.name, (c.spec, r));

@@ -27,7 +27,7 @@ use serde_json::json;
 use weft_model::{decide, Action, Config};
 
 use super::context::{Api, ApiResult};
-use super::live::{async_stream, gather, summarise, window};
+use super::live::{event_stream, gather, summarise, window};
 use super::query::Params;
 use super::request::{read_json, SMALL_BODY};
 use crate::{
@@ -277,7 +277,7 @@ async fn stream(
     let watching = Watching::new(&api.topology)?;
     // One topology waits at most (they are ~1 MB at 5,000 edges): a client that does not
     // read holds two, not a backlog.
-    let stream = async_stream(1, move |tx| async move {
+    Ok(event_stream(1, move |tx| async move {
         let _watching = watching;
         let secret = crate::authn::secret_of(&headers).map(str::to_string);
         let mut tick = tokio::time::interval(EVERY);
@@ -303,15 +303,7 @@ async fn stream(
                 return;
             }
         }
-    });
-    let mut resp = Response::new(Body::from_stream(stream));
-    let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    Ok(resp)
+    }))
 }
 
 /// Every caller → callee decision among the services (registered or named by an
