@@ -1,26 +1,31 @@
 #!/usr/bin/env python3
 """Control-plane benchmark: convergence, memory and reconnect storms at N proxies.
 
-For each N: a fresh `weft server` (release build; store on tmpfs so the disk's fsync time
-is not what is measured), then `discovery_load` (crates/weft-control/examples) registers N
-instances, opens N discovery streams (100 per HTTP/2 connection: the machine's fd limit is
-20,000), measures write-to-last-proxy convergence over --writes writes, and a reconnect
-storm. The load tool runs on the same 2-core machine as the server and competes with it
-for CPU: figures are upper bounds.
+For each N: a fresh `weft server` as it runs by default — TLS on its API and discovery
+stream, ACLs on (bootstrapped here) — with its store on tmpfs so the disk's fsync time is
+not what is measured; then `discovery_load` (crates/weft-control/examples) makes one
+service token per simulated proxy, registers N instances with them, opens N discovery
+streams over TLS, each with its proxy's token (100 per HTTP/2 connection: the machine's fd
+limit is 20,000), measures write-to-last-proxy convergence over --writes writes, and a
+reconnect storm. The load tool runs on the same 2-core machine as the server and competes
+with it for CPU: figures are upper bounds.
 
     bench/control.py [--sizes 100,1000,10000,50000] [--writes 50] [--write docs/benchmarks.md]
+    bench/control.py --smoke --weft BIN --load BIN   (seconds: 200 proxies, 5 writes; the
+                                                      tests run it; asserts no figure)
 """
 
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(__file__))
-from run import free_port, wait_port, write_block  # noqa: E402
+from run import add_smoke, write_block  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -36,15 +41,21 @@ def build():
 
 def one(weft, load, n, writes):
     data = tempfile.mkdtemp(prefix="weft-bench-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
-    port = free_port()
-    server = subprocess.Popen([weft, "server", "--listen", f"127.0.0.1:{port}", "--data-dir", data],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    # The defaults: TLS and ACLs on. The ready line says where and which CA signed it.
+    server = subprocess.Popen([weft, "server", "--listen", "127.0.0.1:0", "--data-dir", data],
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                               env={**os.environ, "WEFT_LOG": "warn"})
     try:
-        wait_port(port)
-        out = subprocess.run([load, "--server", f"127.0.0.1:{port}", "--server-pid", str(server.pid),
-                              "--proxies", str(n), "--writes", str(writes)],
-                             check=True, capture_output=True, text=True, timeout=1800)
+        ready = json.loads(server.stdout.readline())
+        url = f"https://localhost:{ready['address'].rsplit(':', 1)[1]}"
+        boot = subprocess.run([weft, "acl", "bootstrap", "--server", url], capture_output=True, text=True,
+                              env={**os.environ, "WEFT_CA_FILE": ready["caFile"]}, check=True)
+        token = re.search(r"^secret:\s+(\S+)", boot.stdout, re.M).group(1)
+        out = subprocess.run([load, "--server", url, "--ca-file", ready["caFile"], "--token", token,
+                              "--server-pid", str(server.pid), "--proxies", str(n), "--writes", str(writes)],
+                             capture_output=True, text=True, timeout=3600)
+        if out.returncode != 0:
+            raise SystemExit(f"discovery_load failed ({out.returncode}):\n{out.stderr[-4000:]}")
         return json.loads(out.stdout.strip().splitlines()[-1])
     finally:
         server.terminate()
@@ -57,8 +68,13 @@ def main():
     p.add_argument("--sizes", default="100,1000,10000,50000")
     p.add_argument("--writes", type=int, default=50)
     p.add_argument("--write", help="markdown file to update (block control-bench)")
+    p.add_argument("--weft", help="a built weft (default: build the release one)")
+    p.add_argument("--load", help="a built discovery_load example (default: build it)")
+    add_smoke(p)
     a = p.parse_args()
-    weft, load = build()
+    if a.smoke:
+        a.sizes, a.writes = "200", 5
+    weft, load = (a.weft, a.load) if a.weft and a.load else build()
     rows = []
     for n in [int(x) for x in a.sizes.split(",")]:
         r = one(weft, load, n, a.writes)
@@ -75,7 +91,9 @@ def main():
             f"| {r['server_rss_after_storm_mb']:.0f} MB | {r['server_cpu_s_sync_and_writes']:.1f} s | {r['server_cpu_s_storm']:.1f} s |")
     table = "\n".join(lines)
     print(table)
-    if a.write:
+    if a.smoke:
+        print("smoke run ok (figures from a smoke run mean nothing)")
+    elif a.write:
         write_block(a.write, "control-bench", table)
 
 

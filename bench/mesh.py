@@ -24,9 +24,16 @@ With `--tracing sampled` every request is sampled (the Mesh says 100%) and both 
 export their spans to the tests' real OTLP/gRPC receiver; by default trace context is
 passed on and nothing is exported.
 
+  * instructions per request through the hop, both sidecars together (valgrind callgrind,
+    a fresh pair of sidecars for N and N+10,000 requests, subtracted): the figure noise
+    cannot move
+  * context switches of both sidecars per request (/proc), with the paced runs
+
 Usage: bench/mesh.py [--duration 10] [--reps 3] [--tracing default|sampled] [--weft BIN]
-                     [--write docs/benchmarks.md]
-Needs: nginx, wrk, openssl, taskset (scripts/install-test-deps) and target/release/weft.
+                     [--no-callgrind] [--write docs/benchmarks.md]
+       bench/mesh.py --smoke --weft BIN   (seconds, tiny sizes; fails on errors, asserts no figure)
+Needs: nginx, wrk, h2load, openssl, valgrind, taskset (scripts/install-test-deps) and
+target/release/weft.
 """
 import argparse
 import json
@@ -47,9 +54,9 @@ import run  # noqa: E402  (ports, CPU/RSS sampling, wrk parsing, markdown blocks
 CORE_LOAD, CORE_MESH = "0", "1"
 
 
-def spawn(work, name, cmd, core, env=None):
+def spawn(work, name, cmd, core, env=None, prefix=()):
     log = open(os.path.join(work, f"{name}.log"), "w")
-    proc = subprocess.Popen(["taskset", "-c", core] + cmd, stdout=subprocess.PIPE, stderr=log,
+    proc = subprocess.Popen(["taskset", "-c", core] + list(prefix) + cmd, stdout=subprocess.PIPE, stderr=log,
                             text=True, env=env)
     ready = json.loads(proc.stdout.readline())
     return proc, ready
@@ -64,6 +71,21 @@ def api(server, token, method, path, body=None):
                                  headers={"x-weft-token": token, "content-type": "application/json"})
     with urllib.request.urlopen(req, timeout=10, context=TLS) as r:
         return json.loads(r.read() or b"{}")
+
+
+def context_switches(pids):
+    """Voluntary + involuntary context switches of every thread of `pids` (/proc): each
+    voluntary one is a thread going to sleep to wait for something — a wake-up later."""
+    total = 0
+    for pid in pids:
+        try:
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                for line in open(f"/proc/{pid}/task/{tid}/status"):
+                    if "ctxt_switches" in line:
+                        total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
 
 
 def mesh_cert(work, server, token, service):
@@ -96,9 +118,13 @@ def main():
     ap.add_argument("--tracing", choices=["default", "sampled"], default="default")
     ap.add_argument("--tap", action="store_true",
                     help="keep `weft tap app --max-rps 10000` open (a reader that keeps up) during the runs")
+    ap.add_argument("--no-callgrind", action="store_true")
+    run.add_smoke(ap)
     args = ap.parse_args()
+    if args.smoke:
+        args.duration, args.reps = 1, 1
     weft = args.weft
-    run.check_tools(["nginx", "wrk", "openssl", "taskset"], weft)
+    run.check_tools(["nginx", "wrk", "h2load", "openssl", "valgrind", "taskset"], weft)
     work = tempfile.mkdtemp(prefix="weft-bench-mesh-")
     procs = []
     receiver = run.start_otlp_receiver(args.tracing)
@@ -129,20 +155,26 @@ def main():
                                    "spec: {source: client, destination: app, action: allow}\n"
                                    "---\nkind: Intention\nmetadata: {name: client-to-tcpapp}\n"
                                    "spec: {source: client, destination: tcpapp, action: allow}\n"
+                                   "---\nkind: Intention\nmetadata: {name: cg-client-to-cg-app}\n"
+                                   "spec: {source: cg-client, destination: cg-app, action: allow}\n"
                                    + ("---\nkind: Mesh\nmetadata: {name: mesh}\n"
                                       "spec: {tracing: {samplingPercent: 100}}\n" if receiver else ""))
         subprocess.run([weft, "apply", "-f", intention, "--server", server, "--token", token], check=True,
                        capture_output=True)
         env = dict(os.environ, WEFT_LOG="warn")
+
+        def sidecar(service, extra, prefix=()):
+            env["WEFT_TOKEN"] = api(server, token, "POST", "/v1/acl/tokens", {"service": service})["secretId"]
+            return spawn(work, f"sidecar-{service}",
+                         [weft, "sidecar", "--server", server, "--service", service,
+                          "--app", f"127.0.0.1:{app_port}", "--inbound", "127.0.0.1:0",
+                          "--health", "tcp"] + extra + tracing, CORE_MESH, env, prefix)
+
         sidecars = {}
         for service, extra in (("app", []), ("tcpapp", ["--app-protocol", "tcp"]),
                                ("client", ["--upstream", "app=127.0.0.1:0",
                                            "--upstream", "tcpapp=127.0.0.1:0"])):
-            env["WEFT_TOKEN"] = api(server, token, "POST", "/v1/acl/tokens", {"service": service})["secretId"]
-            p, r = spawn(work, f"sidecar-{service}",
-                         [weft, "sidecar", "--server", server, "--service", service,
-                          "--app", f"127.0.0.1:{app_port}", "--inbound", "127.0.0.1:0",
-                          "--health", "tcp"] + extra + tracing, CORE_MESH, env)
+            p, r = sidecar(service, extra)
             procs.append(p)
             sidecars[service] = (p, r)
         out_addr = sidecars["client"][1]["listeners"]["sidecar/out-app"]
@@ -172,14 +204,17 @@ def main():
         def paced_run(addr, sidecars_of):
             """wrk at a fixed rate: latency, and the CPU of `sidecars_of` per 1,000 req/s."""
             pids = [q for p in sidecars_of for q in run.pids_of(p)]
-            before = run.cpu_ticks(pids)
+            before, switches = run.cpu_ticks(pids), context_switches(pids)
             text = run.run_load(["wrk", "-t1", "-c10", f"-d{args.duration}s", "--latency",
                                  "-s", paced, f"http://{addr}/"])
             cpu = (run.cpu_ticks(pids) - before) / run.TICK
+            switches = context_switches(pids) - switches
             _, rps, errors = run.parse_wrk(text)
             p50, p99 = run.parse_latency(text)
+            requests = rps * args.duration
             return {"p50": p50, "p99": p99, "rps": rps, "errors": errors,
-                    "vcpu_per_krps": (cpu / args.duration) / (rps / 1000) if pids else None}
+                    "vcpu_per_krps": (cpu / args.duration) / (rps / 1000) if pids else None,
+                    "switches_per_request": switches / requests if pids and requests else None}
 
         results = {"direct": [], "mesh": []}
         for _ in range(args.reps):
@@ -199,6 +234,38 @@ def main():
 
         crt, key = mesh_cert(work, server, token, "client")
         hs_new = [s_time(inbound, crt, key, args.duration, False) for _ in range(args.reps)]
+        # Instructions per request through the hop, both sidecars together: a fresh pair
+        # (services cg-client -> cg-app) under callgrind for N and N+10,000 requests.
+        hop_instructions = None
+        if not args.no_callgrind:
+            sizes = run.SMOKE_CALLGRIND if args.smoke else {"n_small": 2000, "n_big": 12000}
+            totals = []
+            for n in (sizes["n_small"], sizes["n_big"]):
+                pair, files = [], []
+                try:
+                    for service, extra in (("cg-app", []), ("cg-client", ["--upstream", "cg-app=127.0.0.1:0"])):
+                        out = os.path.join(work, f"callgrind-{service}-{n}.out")
+                        files.append(out)
+                        pair.append(sidecar(service, extra, ["valgrind", "--tool=callgrind",
+                                                              f"--callgrind-out-file={out}"]))
+                    cg_addr = pair[1][1]["listeners"]["sidecar/out-cg-app"]
+                    for _ in range(300):  # until the client sidecar knows cg-app (slow under valgrind)
+                        try:
+                            urllib.request.urlopen(f"http://{cg_addr}/", timeout=5).read()
+                            break
+                        except Exception:
+                            time.sleep(0.2)
+                    text = run.run_load(["h2load", "--h1", "-c", "10", "-n", str(n), f"http://{cg_addr}/"])
+                    done = run.parse_h2load(text)[0]
+                    if done != n:
+                        raise RuntimeError(f"callgrind hop run: {done}/{n} requests succeeded\n{text}")
+                finally:
+                    for p, _ in pair:
+                        p.terminate()
+                    for p, _ in pair:
+                        p.wait(120)
+                totals.append(sum(run.callgrind_total(f) for f in files))
+            hop_instructions = (totals[1] - totals[0]) / (sizes["n_big"] - sizes["n_small"])
         hs_reuse = [s_time(inbound, crt, key, args.duration, True) for _ in range(args.reps)]
         hs_new12 = [s_time(inbound, crt, key, args.duration, False, "-tls1_2") for _ in range(args.reps)]
         hs_reuse12 = [s_time(inbound, crt, key, args.duration, True, "-tls1_2") for _ in range(args.reps)]
@@ -224,6 +291,12 @@ def main():
             "",
             f"* CPU of both sidecars together: **{med(vcpu):.3f} vCPU per 1,000 req/s** ({rng(vcpu, '{:.3f}')}); "
             f"target < 0.1 (Istio publishes ~0.2 vCPU for one sidecar per 1,000 req/s).",
+            (f"* Instructions per request through the hop, both sidecars together (callgrind, "
+             f"`h2load --h1 -c 10`, N and N+10,000 requests subtracted): **{hop_instructions:,.0f}**."
+             if hop_instructions else "* Instructions per request through the hop: not measured (--no-callgrind)."),
+            f"* Context switches of both sidecars per request through the HTTP hop: "
+            f"{rng([r['switches_per_request'] for r in m], '{:.1f}')}; through the TCP hop: "
+            f"{rng([r['switches_per_request'] for r in tcp], '{:.1f}')}.",
             f"* Memory (RSS): client sidecar {idle_rss['client']/1024:.1f} MB idle, {after_rss['client']/1024:.1f} MB after the runs; "
             f"app sidecar {idle_rss['app']/1024:.1f} MB idle, {after_rss['app']/1024:.1f} MB after (Istio: ~60 MB per sidecar).",
             f"* Throughput through the hop, 50 connections unpaced: {rng(max_rps)} req/s (both sidecars on one core).",
@@ -239,7 +312,10 @@ def main():
             f"* Errors: {errors}.",
         ])
         print(block)
-        if args.write:
+        if args.smoke:
+            run.smoke_check(errors, [r["rps"] for r in d + m + tcp] + max_rps + conn_rate["mesh"]
+                            + ([hop_instructions] if not args.no_callgrind else []))
+        elif args.write:
             run.write_block(args.write, "mesh-bench", block)
     finally:
         for p in reversed(procs):

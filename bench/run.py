@@ -16,6 +16,8 @@ Measured per target:
 
 Usage: bench/run.py [--duration 10] [--reps 5] [--no-callgrind] [--write docs/benchmarks.md]
        bench/run.py --instructions-only      (just the callgrind figure, ~2 minutes)
+       bench/run.py --smoke --weft BIN        (seconds: every step once, tiny sizes; fails on
+                                               any error, asserts no figure; the tests run it)
 Needs: nginx, haproxy, wrk, h2load, valgrind, taskset (scripts/install-test-deps).
 """
 import argparse
@@ -291,14 +293,18 @@ def callgrind_instructions(target_factory, n_small=2000, n_big=12000):
         if done != n:
             raise RuntimeError(f"callgrind run of {target.name}: {done}/{n} requests succeeded\n{text}")
         target.stop()
-        ir = 0
-        for path in [p for p in os.listdir(os.path.dirname(out_file)) if p.startswith(os.path.basename(out_file))]:
-            for line in open(os.path.join(os.path.dirname(out_file), path)):
-                if line.startswith("summary:") or line.startswith("totals:"):
-                    ir += int(line.split()[1])
-                    break
-        totals.append(ir)
+        folder = os.path.dirname(out_file)
+        totals.append(sum(callgrind_total(os.path.join(folder, p)) for p in os.listdir(folder)
+                          if p.startswith(os.path.basename(out_file))))
     return (totals[1] - totals[0]) / (n_big - n_small)
+
+
+def callgrind_total(path):
+    """The instructions a callgrind output file counts (its `summary:`/`totals:` line)."""
+    for line in open(path):
+        if line.startswith(("summary:", "totals:")):
+            return int(line.split()[1])
+    raise RuntimeError(f"{path}: no totals")
 
 
 def fmt_range(values, fmt="{:.0f}"):
@@ -325,7 +331,11 @@ def main():
     ap.add_argument("--tracing", choices=["default", "unsampled", "sampled"], default="default",
                     help="weft's tracing: context passed on only (default), an OTLP exporter "
                          "with 0%% sampled, or 100%% sampled to a real OTLP receiver")
+    add_smoke(ap)
     args = ap.parse_args()
+    if args.smoke:
+        args.duration, args.reps = 1, 1
+    sizes = SMOKE_CALLGRIND if args.smoke else {}
     receiver = start_otlp_receiver(args.tracing)
     check_tools(["nginx", "haproxy", "wrk", "h2load", "taskset", "valgrind"], args.weft)
 
@@ -341,7 +351,7 @@ def main():
             for t in targets:
                 t.start()
                 results[t.name]["idle"].append(rss_kb(t.pids()) if t.proc else None)
-                run_load(["wrk", "-t1", "-c50", "-d2s", f"http://127.0.0.1:{t.h1_port}/"])  # warm-up
+                run_load(["wrk", "-t1", "-c50", f"-d{min(2, args.duration)}s", f"http://127.0.0.1:{t.h1_port}/"])  # warm-up
                 r1 = measure(t, ["wrk", "-t1", "-c50", f"-d{d}s", f"http://127.0.0.1:{t.h1_port}/"], parse_wrk)
                 r2 = measure(t, ["h2load", "-c50", "-m10", "-D", d, f"http://127.0.0.1:{t.h2_port}/"], parse_h2load)
                 lat = run_load(["wrk", "-t1", "-c10", f"-d{d}s", "--latency", "-s", paced, f"http://127.0.0.1:{t.h1_port}/"])
@@ -372,11 +382,13 @@ def main():
                 out = os.path.join(work, f"callgrind-{t.name}-{time.time_ns()}.out")
                 return ft, out
             try:
-                instructions[t.name] = callgrind_instructions(factory)
+                instructions[t.name] = callgrind_instructions(factory, **sizes)
                 print(f"callgrind {t.name}: {instructions[t.name]:.0f} instructions/request", flush=True)
             except Exception as e:  # report, do not hide
                 print(f"callgrind {t.name} failed: {e}", flush=True)
                 instructions[t.name] = None
+                if args.smoke:
+                    raise
     backend.stop()
     if receiver:
         receiver.kill()
@@ -425,9 +437,31 @@ def main():
     block = "\n".join([f"Command: `{cmd}` — run on {time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, "
                        f"medians of {args.reps} interleaved runs (min-max).", ""] + rows + ratios)
     print(block)
-    if args.write:
-        write_block(args.write, "bench", block)
     shutil.rmtree(work, ignore_errors=True)
+    if args.smoke:
+        smoke_check(sum(x["errors"] for r in results.values() for x in r["h1"] + r["h2"]),
+                    [x["rps"] for r in results.values() for x in r["h1"] + r["h2"]])
+    elif args.write:
+        write_block(args.write, "bench", block)
+
+
+# A smoke run's callgrind sizes: enough requests to subtract, few enough for a debug build.
+SMOKE_CALLGRIND = {"n_small": 50, "n_big": 150}
+
+
+def add_smoke(ap):
+    """`--smoke`: every step of the benchmark once, for a second, at tiny sizes — so a
+    benchmark cannot rot unnoticed when a default changes. It fails on any error or on a
+    step that moved nothing, asserts no figure, and never writes the docs."""
+    ap.add_argument("--smoke", action="store_true",
+                    help="seconds, tiny sizes: fail on errors, assert no figure, write nothing")
+
+
+def smoke_check(errors, rates):
+    """The end of a smoke run: exit non-zero when a request failed or a step moved nothing."""
+    if errors or not rates or min(r or 0 for r in rates) <= 0:
+        sys.exit(f"smoke run failed: {errors} errors, rates {rates}")
+    print("smoke run ok (figures from a smoke run mean nothing)")
 
 
 def check_tools(tools, weft):

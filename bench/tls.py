@@ -13,6 +13,7 @@ Measured per target:
     and TLS (handshake done, no request), divided by the count
 
 Usage: bench/tls.py [--duration 10] [--reps 3] [--idle 10000] [--write docs/benchmarks.md]
+       bench/tls.py --smoke --weft BIN   (seconds, tiny sizes; fails on errors, asserts no figure)
 Needs: nginx, haproxy, wrk, openssl, taskset (scripts/install-test-deps).
 """
 import argparse
@@ -159,7 +160,10 @@ def main():
     ap.add_argument("--idle", type=int, default=10000)
     ap.add_argument("--write", help="replace the TLS results block of this markdown file")
     ap.add_argument("--weft", default=os.path.join(run.ROOT, "target", "release", "weft"))
+    run.add_smoke(ap)
     args = ap.parse_args()
+    if args.smoke:
+        args.duration, args.reps, args.idle = 1, 1, 50
     run.check_tools(["nginx", "haproxy", "wrk", "openssl", "taskset", "prlimit"], args.weft)
     resource.setrlimit(resource.RLIMIT_NOFILE, (NOFILE, NOFILE))
 
@@ -176,7 +180,7 @@ def main():
             for t in targets:
                 t.start()
                 url = f"https://127.0.0.1:{t.h1_port}/"
-                run.run_load(["wrk", "-t1", "-c50", "-d2s", url])  # warm-up
+                run.run_load(["wrk", "-t1", "-c50", f"-d{min(2, args.duration)}s", url])  # warm-up
                 ka = run.measure(t, ["wrk", "-t1", "-c50", f"-d{d}s", url], run.parse_wrk)
                 hs = run.measure(t, ["wrk", "-t1", "-c50", f"-d{d}s", "-H", "Connection: close", url], run.parse_wrk)
                 t.stop()
@@ -232,9 +236,12 @@ def main():
     block = "\n".join([f"Command: `{cmd}` — run on {time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, "
                        f"medians of {args.reps} interleaved runs (min-max).", ""] + rows + ratios)
     print(block)
-    if args.write:
-        run.write_block(args.write, "bench-tls", block)
     shutil.rmtree(work, ignore_errors=True)
+    if args.smoke:
+        run.smoke_check(sum(x["errors"] for r in res.values() for x in r["ka"] + r["hs"]),
+                        [x["rps"] for r in res.values() for x in r["ka"] + r["hs"]])
+    elif args.write:
+        run.write_block(args.write, "bench-tls", block)
 
 
 if __name__ == "__main__":

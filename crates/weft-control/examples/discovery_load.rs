@@ -2,11 +2,18 @@
 //!
 //! ```text
 //! cargo run --release -p weft-control --example discovery_load -- \
-//!     --server 127.0.0.1:8500 --server-pid PID --proxies 10000 [--services N/10] \
+//!     --server https://localhost:8500 --ca-file CA.pem --token MANAGEMENT \
+//!     --server-pid PID --proxies 10000 [--services N/10] \
 //!     [--upstreams 3] [--writes 50] [--streams-per-connection 100]
 //! ```
 //!
-//! 1. registers one instance per proxy (service `svc-(i mod S)`, lease TTL 300 s);
+//! The server as it runs by default: TLS (verified with `--ca-file`) and ACLs. With
+//! `--token`, every simulated proxy gets a service token of its own (made with that
+//! management token) and uses it as a sidecar does: to register and on its stream. An
+//! `http://` server with ACLs off needs neither.
+//!
+//! 1. makes one token per proxy, registers one instance per proxy (service
+//!    `svc-(i mod S)`, lease TTL 300 s) with it;
 //! 2. opens one discovery stream per proxy, each calling `--upstreams` services, and
 //!    ACKs every update at once (a real sidecar's apply time is not measured here);
 //! 3. `--writes` times: registers a new instance of a random service and measures the
@@ -18,7 +25,6 @@
 
 use std::{
     collections::HashMap,
-    net::SocketAddr,
     sync::{
         atomic::{AtomicUsize, Ordering},
         Arc, Mutex,
@@ -26,13 +32,19 @@ use std::{
     time::{Duration, Instant},
 };
 
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
 use tokio::sync::{mpsc, Notify};
+use tokio_rustls::rustls::{pki_types::ServerName, ClientConfig};
 use weft_api::discovery::{
     discovery_client::DiscoveryClient, proxy_message::Message, Ack, Hello, ProxyMessage,
 };
 
 struct Args {
-    server: SocketAddr,
+    /// `https://HOST:PORT` or `http://HOST:PORT`.
+    server: String,
+    ca_pem: Option<String>,
+    token: Option<String>,
     server_pid: Option<u32>,
     proxies: usize,
     services: usize,
@@ -43,7 +55,9 @@ struct Args {
 
 fn args() -> Args {
     let mut a = Args {
-        server: "127.0.0.1:8500".parse().expect("default address"),
+        server: "https://localhost:8500".into(),
+        ca_pem: None,
+        token: None,
         server_pid: None,
         proxies: 1000,
         services: 0,
@@ -55,7 +69,9 @@ fn args() -> Args {
     for pair in argv.chunks(2) {
         let v = pair.get(1).map(String::as_str).unwrap_or_default();
         match pair[0].as_str() {
-            "--server" => a.server = v.parse().expect("--server IP:PORT"),
+            "--server" => a.server = v.to_string(),
+            "--ca-file" => a.ca_pem = Some(std::fs::read_to_string(v).expect("--ca-file")),
+            "--token" => a.token = Some(v.to_string()),
             "--server-pid" => a.server_pid = Some(v.parse().expect("--server-pid")),
             "--proxies" => a.proxies = v.parse().expect("--proxies"),
             "--services" => a.services = v.parse().expect("--services"),
@@ -110,39 +126,152 @@ fn usage(pid: u32) -> (f64, u64) {
     (ticks / 100.0, rss_kb * 1024)
 }
 
-fn register(server: SocketAddr, service: &str, id: &str, port: u16) {
+/// The control plane's REST API over one keep-alive HTTP/1.1 connection (TLS verified
+/// with the CA when the server is `https://`).
+struct Api {
+    send: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    host: String,
+}
+
+/// Where the server is: (`HOST:PORT`, TLS client config when `https://`).
+fn target(a: &Args) -> (String, Option<Arc<ClientConfig>>) {
+    match a.server.strip_prefix("https://") {
+        Some(host) => {
+            let pem = a
+                .ca_pem
+                .as_deref()
+                .expect("an https:// server needs --ca-file");
+            let tls = weft_tls::client_config_pem(pem, "--ca-file", &[weft_tls::ALPN_HTTP11])
+                .expect("--ca-file");
+            (host.trim_end_matches('/').to_string(), Some(tls))
+        }
+        None => (
+            a.server
+                .trim_start_matches("http://")
+                .trim_end_matches('/')
+                .to_string(),
+            None,
+        ),
+    }
+}
+
+impl Api {
+    async fn open(host: &str, tls: Option<Arc<ClientConfig>>) -> Api {
+        let tcp = tokio::net::TcpStream::connect(host)
+            .await
+            .expect("connect to the server");
+        let _ = tcp.set_nodelay(true);
+        let send = match tls {
+            None => handshake(tcp).await,
+            Some(config) => {
+                let name = host.rsplit_once(':').map_or(host, |(h, _)| h);
+                let name = ServerName::try_from(name.to_string()).expect("server name");
+                let io = tokio_rustls::TlsConnector::from(config)
+                    .connect(name, tcp)
+                    .await
+                    .expect("TLS to the server");
+                handshake(io).await
+            }
+        };
+        Api {
+            send,
+            host: host.to_string(),
+        }
+    }
+
+    /// `POST PATH` with a JSON body and `token`: the answer's body; panics on any other
+    /// status than 200 (a load run that half works measures nothing).
+    async fn post(&mut self, path: &str, body: String, token: Option<&str>) -> serde_json::Value {
+        self.send.ready().await.expect("server connection");
+        let mut req = hyper::Request::post(path)
+            .header(hyper::header::HOST, &self.host)
+            .header(hyper::header::CONTENT_TYPE, "application/json");
+        if let Some(t) = token {
+            req = req.header("x-weft-token", t);
+        }
+        let resp = self
+            .send
+            .send_request(req.body(Full::new(Bytes::from(body))).expect("request"))
+            .await
+            .expect("server answer");
+        let status = resp.status();
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        assert_eq!(status, 200, "{path}: {}", String::from_utf8_lossy(&body));
+        serde_json::from_slice(&body).unwrap_or_default()
+    }
+}
+
+async fn handshake<I>(io: I) -> hyper::client::conn::http1::SendRequest<Full<Bytes>>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io))
+        .await
+        .expect("HTTP/1.1 to the server");
+    tokio::spawn(conn);
+    send
+}
+
+/// Registers `id` of `service`, as its sidecar would: with the proxy's own token.
+async fn register(api: &mut Api, service: &str, id: &str, port: u16, token: Option<&str>) {
     let body = format!(
         r#"{{"service":"{service}","id":"{id}","address":"10.0.0.1","port":{port},"ttl":"300s","health":"passing"}}"#
     );
-    let (status, answer) =
-        weft_testkit::mesh::http(server, "POST", "/v1/catalog/register", body.as_bytes())
-            .expect("register");
-    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&answer));
+    api.post("/v1/catalog/register", body, token).await;
 }
 
-async fn register_all(server: SocketAddr, items: Vec<(String, String, u16)>) {
+/// One item of the set-up: proxy `i` of `service` listening on `port` (made its token,
+/// when ACLs are on, then registered).
+struct Item {
+    i: usize,
+    service: String,
+    port: u16,
+}
+
+/// Tokens (one per proxy, when a management token is given) and registrations, 32 at a
+/// time over keep-alive connections. Returns each proxy's token.
+async fn set_up(a: &Args, items: Vec<Item>) -> Vec<Option<String>> {
+    let (host, tls) = target(a);
+    let n = items.len();
     let queue = Arc::new(Mutex::new(items));
+    let tokens = Arc::new(Mutex::new(vec![None; n]));
     let workers: Vec<_> = (0..32)
         .map(|_| {
-            let queue = queue.clone();
-            tokio::task::spawn_blocking(move || loop {
-                let next = queue.lock().expect("queue").pop();
-                let Some((service, id, port)) = next else {
-                    return;
-                };
-                register(server, &service, &id, port);
+            let (queue, tokens, host, tls) =
+                (queue.clone(), tokens.clone(), host.clone(), tls.clone());
+            let management = a.token.clone();
+            tokio::spawn(async move {
+                let mut api = Api::open(&host, tls).await;
+                loop {
+                    let next = queue.lock().expect("queue").pop();
+                    let Some(item) = next else { return };
+                    let token = match &management {
+                        None => None,
+                        Some(m) => {
+                            let body = format!(r#"{{"service":"{}"}}"#, item.service);
+                            let made = api.post("/v1/acl/tokens", body, Some(m)).await;
+                            Some(made["secretId"].as_str().expect("secretId").to_string())
+                        }
+                    };
+                    let id = format!("i-{}", item.i);
+                    register(&mut api, &item.service, &id, item.port, token.as_deref()).await;
+                    tokens.lock().expect("tokens")[item.i] = token;
+                }
             })
         })
         .collect();
     for w in workers {
-        w.await.expect("registration worker");
+        w.await.expect("set-up worker");
     }
+    let tokens = tokens.lock().expect("tokens").clone();
+    tokens
 }
 
 /// One simulated proxy: hello, then ACK every update, noting probe keys.
 async fn proxy(
     channel: tonic::transport::Channel,
     i: usize,
+    token: Option<String>,
     service: String,
     upstreams: Vec<String>,
     known: Arc<Mutex<HashMap<String, u64>>>,
@@ -162,10 +291,11 @@ async fn proxy(
             message: Some(Message::Hello(hello)),
         })
         .await;
-    let Ok(resp) = client
-        .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-    else {
+    let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    if let Some(t) = token.and_then(|t| t.parse().ok()) {
+        request.metadata_mut().insert("x-weft-token", t);
+    }
+    let Ok(resp) = client.stream(request).await else {
         return;
     };
     let mut updates = resp.into_inner();
@@ -216,25 +346,37 @@ struct Fleet {
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
+/// What each simulated proxy is: its service, the services it calls, its token.
+struct Planned {
+    service: String,
+    upstreams: Vec<String>,
+    token: Option<String>,
+}
+
 async fn open_fleet(
     a: &Args,
-    plan: &[(String, Vec<String>)],
+    plan: &[Planned],
     known: &[Arc<Mutex<HashMap<String, u64>>>],
     shared: &Arc<Shared>,
 ) -> Fleet {
     let mut tasks = Vec::new();
     let mut channel = None;
-    for (i, (service, upstreams)) in plan.iter().enumerate() {
+    for (i, p) in plan.iter().enumerate() {
         if i % a.per_connection == 0 {
-            let ep = tonic::transport::Endpoint::from_shared(format!("http://{}", a.server))
-                .expect("url");
+            let mut ep = tonic::transport::Endpoint::from_shared(a.server.clone()).expect("url");
+            if let Some(pem) = &a.ca_pem {
+                let tls = tonic::transport::ClientTlsConfig::new()
+                    .ca_certificate(tonic::transport::Certificate::from_pem(pem));
+                ep = ep.tls_config(tls).expect("TLS settings");
+            }
             channel = Some(ep.connect().await.expect("connect to the server"));
         }
         tasks.push(tokio::spawn(proxy(
             channel.clone().expect("channel"),
             i,
-            service.clone(),
-            upstreams.clone(),
+            p.token.clone(),
+            p.service.clone(),
+            p.upstreams.clone(),
             known[i].clone(),
             shared.clone(),
         )));
@@ -254,7 +396,7 @@ impl Fleet {
 /// sync, and the new fleet.
 async fn storm(
     a: &Args,
-    plan: &[(String, Vec<String>)],
+    plan: &[Planned],
     known: &[Arc<Mutex<HashMap<String, u64>>>],
     shared: &Arc<Shared>,
     fleet: Fleet,
@@ -293,30 +435,28 @@ async fn main() {
     // 1. One instance per proxy.
     let t = Instant::now();
     let items = (0..a.proxies)
-        .map(|i| {
-            (
-                services[i % a.services].clone(),
-                format!("i-{i}"),
-                10_000 + (i % 50_000) as u16,
-            )
+        .map(|i| Item {
+            i,
+            service: services[i % a.services].clone(),
+            port: 10_000 + (i % 50_000) as u16,
         })
         .collect();
-    register_all(a.server, items).await;
+    let mut tokens = set_up(&a, items).await;
     let registration_s = t.elapsed().as_secs_f64();
 
     // 2. Streams.
-    let plan: Vec<(String, Vec<String>)> = (0..a.proxies)
-        .map(|i| {
-            let own = services[i % a.services].clone();
-            let ups = (0..a.upstreams)
+    let plan: Vec<Planned> = (0..a.proxies)
+        .map(|i| Planned {
+            service: services[i % a.services].clone(),
+            upstreams: (0..a.upstreams)
                 .map(|_| services[rng.usize(..a.services)].clone())
-                .collect();
-            (own, ups)
+                .collect(),
+            token: tokens[i].take(),
         })
         .collect();
     let mut callers: HashMap<&str, usize> = HashMap::new();
-    for (_, ups) in &plan {
-        let mut ups = ups.clone();
+    for p in &plan {
+        let mut ups = p.upstreams.clone();
         ups.sort();
         ups.dedup();
         for u in ups {
@@ -343,6 +483,10 @@ async fn main() {
     // 3. Writes: a new instance of a service some proxies call.
     let called: Vec<&str> = callers.keys().copied().collect();
     let mut latencies = Vec::new();
+    let mut api = {
+        let (host, tls) = target(&a);
+        Api::open(&host, tls).await
+    };
     for w in 0..a.writes {
         let svc = called[rng.usize(..called.len())].to_string();
         let expected = callers[svc.as_str()];
@@ -354,12 +498,7 @@ async fn main() {
             remaining: expected,
             last: since,
         });
-        let server = a.server;
-        let id = format!("w-{w}");
-        let svc2 = svc.clone();
-        tokio::task::spawn_blocking(move || register(server, &svc2, &id, 9000))
-            .await
-            .expect("write");
+        register(&mut api, &svc, &format!("w-{w}"), 9000, a.token.as_deref()).await;
         loop {
             let notified = shared.done.notified();
             let finished = shared
