@@ -110,6 +110,11 @@ fn slow_clients_are_cut_off() {
     );
     let addr = p.listener("gw/web");
 
+    // A connection that never sends a byte: closed by the header read timeout too (it
+    // holds no HTTP state while it waits; before, it stayed for the 10-minute idle limit).
+    let (_, closed) = raw(addr, b"");
+    assert!(closed, "silent connection left open");
+
     // Slowloris: a request head that never ends. Closed by the header read timeout.
     let (_, closed) = raw(addr, b"GET / HTTP/1.1\r\nHost: x\r\nX-a: 1\r\n");
     assert!(closed, "slowloris connection left open");

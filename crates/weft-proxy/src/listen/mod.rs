@@ -213,12 +213,16 @@ impl Connection {
     /// Each protocol's future is boxed separately: an idle connection then holds only the
     /// state of its own protocol, not the largest of all of them (which with TLS and
     /// HTTP/2 inlined was over 7 KB per connection).
-    async fn serve(self, io: CountingIo) {
+    async fn serve(mut self, io: CountingIo) {
         if let (Some(mesh), Some(acceptor)) = (self.mesh.clone(), self.tls.clone()) {
             return Box::pin(self.serve_mesh(mesh.mode, acceptor, io)).await;
         }
         match (self.protocol, self.tls.clone()) {
-            (ListenerProtocol::HTTP, _) => Box::pin(self.serve_http(io, false)).await,
+            (ListenerProtocol::HTTP, _) => {
+                if self.first_bytes(&io.inner, false).await {
+                    Box::pin(self.serve_http(io, false)).await
+                }
+            }
             (ListenerProtocol::TCP, _) => {
                 let snapshot = self.ctx.snapshot.load_full();
                 if let Some(l) = self.ctx.stream(&snapshot, None) {
@@ -237,16 +241,25 @@ impl Connection {
     }
 
     async fn serve_tls(
-        self,
+        mut self,
         protocol: ListenerProtocol,
         acceptor: tokio_rustls::TlsAcceptor,
         io: CountingIo,
     ) {
-        let Some(tls) = self.handshake(&acceptor, io).await else {
+        let Some(mut tls) = self.handshake(&acceptor, io).await else {
             return;
         };
         if protocol == ListenerProtocol::HTTPS {
-            self.serve_http(tls, true).await;
+            // Records that came with the handshake's last flight are decrypted already;
+            // an error is left for the HTTP server to meet and close on.
+            let buffered = tls
+                .get_mut()
+                .1
+                .process_new_packets()
+                .map_or(true, |state| state.plaintext_bytes_to_read() > 0);
+            if self.first_bytes(&tls.get_ref().0.inner, buffered).await {
+                Box::pin(self.serve_http(tls, true)).await;
+            }
         } else {
             let sni = tls.get_ref().1.server_name().map(str::to_string);
             let snapshot = self.ctx.snapshot.load_full();
@@ -369,6 +382,26 @@ impl Connection {
                     seen = now;
                 }
             }
+        }
+    }
+
+    /// Waits for a client's first bytes before any HTTP state is made for its connection
+    /// (hyper's connection, buffers, the HTTP/2 variant sized in): an idle connection then
+    /// holds its socket, its TLS state and this small future only (bench/tls.py's idle
+    /// figures). `buffered`: bytes are already waiting (decrypted with the handshake).
+    /// False when the client sent nothing within the header read timeout (a silent
+    /// connection is treated like a request head that never comes), closed, or the
+    /// listener is stopping.
+    async fn first_bytes(&mut self, tcp: &tokio::net::TcpStream, buffered: bool) -> bool {
+        if buffered {
+            return true;
+        }
+        let wait = self.limits.header_read_timeout.get();
+        let mut first = [0u8; 1];
+        tokio::select! {
+            // `peek`, not `readable`: readiness may be reported before any byte is there.
+            r = tokio::time::timeout(wait, tcp.peek(&mut first)) => matches!(r, Ok(Ok(1))),
+            _ = self.stop.changed() => false,
         }
     }
 
