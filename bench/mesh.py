@@ -199,6 +199,7 @@ def main():
         sidecar_pids = [p.pid for s, (p, _) in sidecars.items() if s != "tcpapp"]
         tcp_pids = [p.pid for s, (p, _) in sidecars.items() if s != "app"]
         idle_rss = {s: run.rss_kb(run.pids_of(p.pid)) for s, (p, _) in sidecars.items()}
+        idle_private = {s: run.private_kb(run.pids_of(p.pid)) for s, (p, _) in sidecars.items()}
 
         paced = os.path.join(run.ROOT, "bench/paced.lua")
         def paced_run(addr, sidecars_of):
@@ -298,7 +299,10 @@ def main():
             f"{rng([r['switches_per_request'] for r in m], '{:.1f}')}; through the TCP hop: "
             f"{rng([r['switches_per_request'] for r in tcp], '{:.1f}')}.",
             f"* Memory (RSS): client sidecar {idle_rss['client']/1024:.1f} MB idle, {after_rss['client']/1024:.1f} MB after the runs; "
-            f"app sidecar {idle_rss['app']/1024:.1f} MB idle, {after_rss['app']/1024:.1f} MB after (Istio: ~60 MB per sidecar).",
+            f"app sidecar {idle_rss['app']/1024:.1f} MB idle, {after_rss['app']/1024:.1f} MB after (Istio: ~60 MB per sidecar). "
+            f"Of the idle RSS, the sidecar's own memory (RssAnon: heap, stacks) is client {idle_private['client']/1024:.1f} MB, "
+            f"app {idle_private['app']/1024:.1f} MB; the rest is the `weft` executable's and libc's pages, shared by every "
+            f"process of the same binary.",
             f"* Throughput through the hop, 50 connections unpaced: {rng(max_rps)} req/s (both sidecars on one core).",
             f"* Mutual TLS handshakes per second on the app sidecar's inbound port (`openssl s_time`, mesh certificate, "
             f"client on core 0): TLS 1.3 {rng(hs_new)} new, {rng(hs_reuse)} asking for resumption; "

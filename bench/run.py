@@ -89,6 +89,21 @@ def rss_kb(pids):
     return total
 
 
+def private_kb(pids):
+    """Memory only these processes hold (`RssAnon`: heap, stacks, their own data), without
+    the pages of the executable and libraries, which every process of the same binary
+    shares (they count in RSS once per process)."""
+    total = 0
+    for p in pids:
+        try:
+            for line in open(f"/proc/{p}/status"):
+                if line.startswith("RssAnon:"):
+                    total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
+
+
 class Target:
     def __init__(self, name, work, h1_port, h2_port, cmd=None, ready_port=None):
         self.name, self.work, self.h1_port, self.h2_port = name, work, h1_port, h2_port
@@ -343,7 +358,7 @@ def main():
     backend, targets = make_targets(work, args.weft)
     backend.cmd = ["taskset", "-c", LOAD_CORE] + backend.cmd
     backend.start()
-    results = {t.name: {"h1": [], "h2": [], "lat": [], "idle": []} for t in targets}
+    results = {t.name: {"h1": [], "h2": [], "lat": [], "idle": [], "private": []} for t in targets}
     d = str(args.duration)
     paced = os.path.join(ROOT, "bench", "paced.lua")
     try:
@@ -351,6 +366,7 @@ def main():
             for t in targets:
                 t.start()
                 results[t.name]["idle"].append(rss_kb(t.pids()) if t.proc else None)
+                results[t.name]["private"].append(private_kb(t.pids()) if t.proc else None)
                 run_load(["wrk", "-t1", "-c50", f"-d{min(2, args.duration)}s", f"http://127.0.0.1:{t.h1_port}/"])  # warm-up
                 r1 = measure(t, ["wrk", "-t1", "-c50", f"-d{d}s", f"http://127.0.0.1:{t.h1_port}/"], parse_wrk)
                 r2 = measure(t, ["h2load", "-c50", "-m10", "-D", d, f"http://127.0.0.1:{t.h2_port}/"], parse_h2load)
@@ -434,8 +450,11 @@ def main():
                       f"| {ratio(idle, 'weft', other)} | {ratio(ins, 'weft', other)} |")
 
     cmd = f"bench/run.py --duration {args.duration} --reps {args.reps}" + (" --no-callgrind" if args.no_callgrind else "")
+    private = ", ".join(f"{t.name} {med(results[t.name]['private']) / 1024:.1f} MB" for t in targets
+                        if med(results[t.name]["private"]))
     block = "\n".join([f"Command: `{cmd}` — run on {time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, "
-                       f"medians of {args.reps} interleaved runs (min-max).", ""] + rows + ratios)
+                       f"medians of {args.reps} interleaved runs (min-max).", ""] + rows + ratios
+                      + ["", f"Idle memory of each proxy's own (RssAnon, without the executable's shared pages): {private}."])
     print(block)
     shutil.rmtree(work, ignore_errors=True)
     if args.smoke:
