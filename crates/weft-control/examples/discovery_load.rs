@@ -103,6 +103,8 @@ struct Shared {
     done: Notify,
     synced: AtomicUsize,
     all_synced: Notify,
+    /// Streams opened again after a refusal or a drop before their first update.
+    retries: AtomicUsize,
 }
 
 /// (user CPU + system CPU seconds, RSS bytes) of a process.
@@ -267,7 +269,8 @@ async fn set_up(a: &Args, items: Vec<Item>) -> Vec<Option<String>> {
     tokens
 }
 
-/// One simulated proxy: hello, then ACK every update, noting probe keys.
+/// One simulated proxy: as a sidecar does, it opens its stream again (after a short,
+/// jittered pause) when the server refuses or drops it before the first update.
 async fn proxy(
     channel: tonic::transport::Channel,
     i: usize,
@@ -277,6 +280,36 @@ async fn proxy(
     known: Arc<Mutex<HashMap<String, u64>>>,
     shared: Arc<Shared>,
 ) {
+    loop {
+        let synced = session(
+            channel.clone(),
+            i,
+            token.clone(),
+            service.clone(),
+            upstreams.clone(),
+            known.clone(),
+            shared.clone(),
+        )
+        .await;
+        if synced {
+            return;
+        }
+        shared.retries.fetch_add(1, Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_millis(200 + fastrand::u64(..800))).await;
+    }
+}
+
+/// One stream: hello, then ACK every update, noting probe keys. Whether it was ever in
+/// sync (got its first update).
+async fn session(
+    channel: tonic::transport::Channel,
+    i: usize,
+    token: Option<String>,
+    service: String,
+    upstreams: Vec<String>,
+    known: Arc<Mutex<HashMap<String, u64>>>,
+    shared: Arc<Shared>,
+) -> bool {
     let mut client = DiscoveryClient::new(channel).max_decoding_message_size(64 << 20);
     let (tx, rx) = mpsc::channel(4);
     let hello = Hello {
@@ -296,7 +329,7 @@ async fn proxy(
         request.metadata_mut().insert("x-weft-token", t);
     }
     let Ok(resp) = client.stream(request).await else {
-        return;
+        return false;
     };
     let mut updates = resp.into_inner();
     let mut first = true;
@@ -337,9 +370,10 @@ async fn proxy(
             })),
         };
         if tx.send(ack).await.is_err() {
-            return;
+            return !first;
         }
     }
+    !first
 }
 
 struct Fleet {
@@ -411,10 +445,18 @@ async fn storm(
 }
 
 async fn wait_synced(shared: &Shared, n: usize) {
+    let since = Instant::now();
     loop {
         let notified = shared.all_synced.notified();
-        if shared.synced.load(Ordering::SeqCst) >= n {
+        let synced = shared.synced.load(Ordering::SeqCst);
+        if synced >= n {
             return;
+        }
+        if since.elapsed() > Duration::from_secs(600) {
+            panic!(
+                "only {synced} of {n} proxies in sync after 600 s ({} streams reopened)",
+                shared.retries.load(Ordering::Relaxed)
+            );
         }
         let _ = tokio::time::timeout(Duration::from_millis(50), notified).await;
     }
@@ -473,6 +515,7 @@ async fn main() {
         done: Notify::new(),
         synced: AtomicUsize::new(0),
         all_synced: Notify::new(),
+        retries: AtomicUsize::new(0),
     });
     let (cpu0, _) = a.server_pid.map_or((0.0, 0), usage);
     let t = Instant::now();
@@ -544,6 +587,7 @@ async fn main() {
             "convergence_ms_p99": percentile(&latencies, 0.99),
             "convergence_ms_max": latencies.last().copied().unwrap_or(0.0),
             "storm_resync_s": storm_s,
+            "stream_retries": shared.retries.load(Ordering::Relaxed),
             "cold_storm_s": cold_s,
             "server_cpu_s_cold_storm": cpu3 - cpu2,
             "server_rss_mb": rss_steady as f64 / 1e6,
