@@ -114,7 +114,7 @@ impl ProxyStatus {
 /// Connected proxies.
 #[derive(Default)]
 pub struct Sessions {
-    map: Mutex<HashMap<String, ProxyStatus>>,
+    map: Mutex<Connected>,
     generation: std::sync::atomic::AtomicU64,
     /// When each proxy id may resync next (see [`RESYNC_INTERVAL`]).
     recent: Mutex<HashMap<String, tokio::time::Instant>>,
@@ -122,15 +122,61 @@ pub struct Sessions {
     pub metrics: crate::metrics::ControlMetrics,
 }
 
+/// The connected proxies by id, and how many streams each token holds — counted as they
+/// come and go, so checking a token's limit when a stream opens is a lookup, not a scan
+/// of every session (a scan made 100,000 proxies' initial sync quadratic).
+#[derive(Default)]
+struct Connected {
+    by_id: HashMap<String, ProxyStatus>,
+    per_token: HashMap<String, usize>,
+}
+
+impl Connected {
+    fn insert(&mut self, status: ProxyStatus) {
+        if let Some(t) = &status.token {
+            *self.per_token.entry(t.clone()).or_default() += 1;
+        }
+        if let Some(old) = self.by_id.insert(status.proxy_id.clone(), status) {
+            self.forget(old.token.as_deref());
+        }
+    }
+
+    fn remove(&mut self, id: &str) {
+        if let Some(old) = self.by_id.remove(id) {
+            self.forget(old.token.as_deref());
+        }
+    }
+
+    fn forget(&mut self, token: Option<&str>) {
+        let Some(t) = token else { return };
+        if let Some(n) = self.per_token.get_mut(t) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_token.remove(t);
+            }
+        }
+    }
+
+    /// Streams `token` holds, other than proxy `id`'s.
+    fn streams_of(&self, token: &str, id: &str) -> usize {
+        let all = self.per_token.get(token).copied().unwrap_or(0);
+        let own = self
+            .by_id
+            .get(id)
+            .is_some_and(|s| s.token.as_deref() == Some(token));
+        all - usize::from(own)
+    }
+}
+
 impl Sessions {
     /// Every connected proxy, by id.
     pub fn list(&self) -> Vec<ProxyStatus> {
-        let mut v: Vec<_> = self.lock().values().cloned().collect();
+        let mut v: Vec<_> = self.lock().by_id.values().cloned().collect();
         v.sort_by(|a, b| a.proxy_id.cmp(&b.proxy_id));
         v
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, ProxyStatus>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Connected> {
         // Entries are replaced whole; a poisoned lock holds consistent data.
         self.map.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -157,7 +203,7 @@ impl Sessions {
     /// service's proxy (a takeover) or the token holds `limit` streams already.
     fn open(&self, status: ProxyStatus, limit: &Limits) -> Result<(), Status> {
         let mut map = self.lock();
-        if let Some(held) = map.get(&status.proxy_id) {
+        if let Some(held) = map.by_id.get(&status.proxy_id) {
             if held.service != status.service {
                 return Err(Status::permission_denied(format!(
                     "proxy id `{}` is held by a proxy of service {}; a proxy of {} cannot take it over",
@@ -166,10 +212,7 @@ impl Sessions {
             }
         }
         if let Some(token) = &status.token {
-            let open = map
-                .values()
-                .filter(|s| s.token.as_ref() == Some(token) && s.proxy_id != status.proxy_id)
-                .count();
+            let open = map.streams_of(token, &status.proxy_id);
             if open >= limit.streams_per_token {
                 return Err(Status::resource_exhausted(format!(
                     "token {token} holds {open} discovery streams, the limit \
@@ -178,12 +221,13 @@ impl Sessions {
                 )));
             }
         }
-        map.insert(status.proxy_id.clone(), status);
+        map.insert(status);
         Ok(())
     }
 
     fn update(&self, id: &str, generation: u64, f: impl FnOnce(&mut ProxyStatus)) {
-        if let Some(s) = self.lock().get_mut(id) {
+        // Never the token: `Connected` counts streams per token.
+        if let Some(s) = self.lock().by_id.get_mut(id) {
             if s.generation == generation {
                 f(s);
             }
@@ -543,6 +587,7 @@ impl Session {
         tracing::info!(proxy = %id, "proxy disconnected");
         let mut map = self.sessions.lock();
         if map
+            .by_id
             .get(&id)
             .is_some_and(|s| s.generation == self.generation)
         {
@@ -575,5 +620,51 @@ fn delta(
         version,
         upserts,
         removes,
+    }
+}
+
+#[cfg(test)]
+mod connected_tests {
+    use super::*;
+
+    fn status(id: &str, token: Option<&str>) -> ProxyStatus {
+        ProxyStatus {
+            proxy_id: id.into(),
+            service: "s".into(),
+            upstreams: vec![],
+            build: String::new(),
+            connected_at: 0,
+            current_at: 0,
+            pending: None,
+            nack: None,
+            updates: 0,
+            generation: 0,
+            token: token.map(str::to_string),
+        }
+    }
+
+    /// The per-token counts follow every insert, replacement and removal, and a proxy's
+    /// own stream does not count against it when it reconnects.
+    #[test]
+    fn streams_per_token_are_counted_as_sessions_come_and_go() {
+        let mut c = Connected::default();
+        c.insert(status("a", Some("t")));
+        c.insert(status("b", Some("t")));
+        c.insert(status("c", Some("u")));
+        c.insert(status("d", None));
+        assert_eq!(c.streams_of("t", "new"), 2);
+        assert_eq!(c.streams_of("t", "a"), 1, "a's own stream is not counted");
+        assert_eq!(c.streams_of("u", "new"), 1);
+        // a reconnects with another token: moves from t to u.
+        c.insert(status("a", Some("u")));
+        assert_eq!((c.streams_of("t", "x"), c.streams_of("u", "x")), (1, 2));
+        c.remove("b");
+        c.remove("b");
+        c.remove("d");
+        assert_eq!(c.streams_of("t", "x"), 0);
+        assert!(!c.per_token.contains_key("t"), "no count left at zero");
+        c.remove("a");
+        c.remove("c");
+        assert!(c.per_token.is_empty() && c.by_id.is_empty());
     }
 }
