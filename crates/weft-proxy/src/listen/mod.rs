@@ -213,16 +213,12 @@ impl Connection {
     /// Each protocol's future is boxed separately: an idle connection then holds only the
     /// state of its own protocol, not the largest of all of them (which with TLS and
     /// HTTP/2 inlined was over 7 KB per connection).
-    async fn serve(mut self, io: CountingIo) {
+    async fn serve(self, io: CountingIo) {
         if let (Some(mesh), Some(acceptor)) = (self.mesh.clone(), self.tls.clone()) {
             return Box::pin(self.serve_mesh(mesh.mode, acceptor, io)).await;
         }
         match (self.protocol, self.tls.clone()) {
-            (ListenerProtocol::HTTP, _) => {
-                if self.first_bytes(&io.inner, false).await {
-                    Box::pin(self.serve_http(io, false)).await
-                }
-            }
+            (ListenerProtocol::HTTP, _) => Box::pin(self.serve_plain(io)).await,
             (ListenerProtocol::TCP, _) => {
                 let snapshot = self.ctx.snapshot.load_full();
                 if let Some(l) = self.ctx.stream(&snapshot, None) {
@@ -240,13 +236,21 @@ impl Connection {
         }
     }
 
+    /// Plain HTTP: nothing of HTTP is made until the client's first bytes arrive.
+    async fn serve_plain(mut self, io: CountingIo) {
+        if self.first_bytes(&io.inner, false).await {
+            Box::pin(self.serve_http(io, false)).await
+        }
+    }
+
     async fn serve_tls(
         mut self,
         protocol: ListenerProtocol,
         acceptor: tokio_rustls::TlsAcceptor,
         io: CountingIo,
     ) {
-        let Some(mut tls) = self.handshake(&acceptor, io).await else {
+        // Boxed: its state (the TLS connection mid-handshake, the timer) is gone once done.
+        let Some(mut tls) = Box::pin(self.handshake(&acceptor, io)).await else {
             return;
         };
         if protocol == ListenerProtocol::HTTPS {
