@@ -268,7 +268,7 @@ impl Connection {
             let sni = tls.get_ref().1.server_name().map(str::to_string);
             let snapshot = self.ctx.snapshot.load_full();
             if let Some(l) = self.ctx.stream(&snapshot, None) {
-                stream::serve_terminated(l, tls, sni, self.client).await;
+                Box::pin(stream::serve_terminated(l, tls, sni, self.client)).await;
             }
         }
     }
