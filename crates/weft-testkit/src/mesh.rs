@@ -446,8 +446,21 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// Starts an `n`-member etcd cluster and waits until every member answers.
+/// Starts an `n`-member etcd cluster and waits until every member answers. Ports are
+/// picked free and then bound by etcd, so another test can take one in between (seen:
+/// `bind: address already in use`): a cluster whose member exits before it is healthy is
+/// started again on new ports, up to three times.
 pub fn etcd_cluster(n: usize) -> EtcdCluster {
+    for attempt in 1..=3 {
+        if let Some(cluster) = try_etcd_cluster(n) {
+            return cluster;
+        }
+        eprintln!("etcd cluster: a member exited while starting (attempt {attempt}); new ports");
+    }
+    panic!("an etcd cluster of {n} did not start in three attempts (see etcd-m*.log)");
+}
+
+fn try_etcd_cluster(n: usize) -> Option<EtcdCluster> {
     let etcd = crate::require("etcd");
     let dir = temp_dir();
     let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
@@ -494,19 +507,31 @@ pub fn etcd_cluster(n: usize) -> EtcdCluster {
         members.push(child);
         client_urls.push(client_url);
     }
-    let cluster = EtcdCluster {
+    let mut cluster = EtcdCluster {
         members,
         client_urls,
     };
-    // Ready when every member answers /health with "true" (a leader is elected).
-    for url in &cluster.client_urls {
+    // Ready when every member answers /health with "true" (a leader is elected); not
+    // when one has exited (it could not bind its port). Dropped, the cluster is killed.
+    let urls = cluster.client_urls.clone();
+    for url in &urls {
         let addr: SocketAddr = url.trim_start_matches("http://").parse().expect("addr");
-        crate::eventually("etcd member healthy", Duration::from_secs(30), || {
+        let healthy = crate::eventually("etcd member healthy", Duration::from_secs(30), || {
+            if cluster
+                .members
+                .iter_mut()
+                .any(|m| m.try_wait().ok().flatten().is_some())
+            {
+                return Some(false);
+            }
             let (status, body) = http(addr, "GET", "/health", b"").ok()?;
-            (status == 200 && String::from_utf8_lossy(&body).contains("true")).then_some(())
+            (status == 200 && String::from_utf8_lossy(&body).contains("true")).then_some(true)
         });
+        if !healthy {
+            return None;
+        }
     }
-    cluster
+    Some(cluster)
 }
 
 /// Starts `weft server` over etcd (the binary must be built with `--features etcd`).
