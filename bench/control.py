@@ -18,14 +18,13 @@ with it for CPU: figures are upper bounds.
 import argparse
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(__file__))
-from run import add_smoke, write_block  # noqa: E402
+from run import acl_bootstrap, add_smoke, write_block  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -48,9 +47,7 @@ def one(weft, load, n, writes):
     try:
         ready = json.loads(server.stdout.readline())
         url = f"https://localhost:{ready['address'].rsplit(':', 1)[1]}"
-        boot = subprocess.run([weft, "acl", "bootstrap", "--server", url], capture_output=True, text=True,
-                              env={**os.environ, "WEFT_CA_FILE": ready["caFile"]}, check=True)
-        token = re.search(r"^secret:\s+(\S+)", boot.stdout, re.M).group(1)
+        token = acl_bootstrap(weft, url, ready["caFile"])
         out = subprocess.run([load, "--server", url, "--ca-file", ready["caFile"], "--token", token,
                               "--server-pid", str(server.pid), "--proxies", str(n), "--writes", str(writes)],
                              capture_output=True, text=True, timeout=3600)

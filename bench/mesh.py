@@ -148,8 +148,7 @@ def main():
         TLS = ssl.create_default_context(cafile=ready["caFile"])
         server = f"https://localhost:{ready['address'].rsplit(':', 1)[1]}"
         os.environ["WEFT_CA_FILE"] = ready["caFile"]
-        boot = subprocess.run([weft, "acl", "bootstrap", "--server", server], capture_output=True, text=True)
-        token = re.search(r"^secret:\s+(\S+)", boot.stdout, re.M).group(1)
+        token = run.acl_bootstrap(weft, server, ready["caFile"])
         intention = os.path.join(work, "allow.yaml")
         open(intention, "w").write("kind: Intention\nmetadata: {name: client-to-app}\n"
                                    "spec: {source: client, destination: app, action: allow}\n"

@@ -483,6 +483,13 @@ def smoke_check(errors, rates):
     print("smoke run ok (figures from a smoke run mean nothing)")
 
 
+def acl_bootstrap(weft, server, ca_file):
+    """The management token of a fresh `weft server` with ACLs on (its default)."""
+    boot = subprocess.run([weft, "acl", "bootstrap", "--server", server], capture_output=True, text=True,
+                          env={**os.environ, "WEFT_CA_FILE": ca_file}, check=True)
+    return re.search(r"^secret:\s+(\S+)", boot.stdout, re.M).group(1)
+
+
 def check_tools(tools, weft):
     """Exits with the install step when a tool or the weft release binary is missing."""
     for tool in tools:

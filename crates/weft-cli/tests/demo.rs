@@ -82,21 +82,12 @@ fn demo_serves_http_and_https_and_stops_on_ctrl_c() {
     // The canary split the demo suggests applies, and sends some payments calls to v2.
     let split = std::path::Path::new(ca).with_file_name("payments-split.yaml");
     let weft = PathBuf::from(env!("CARGO_BIN_EXE_weft"));
-    let (ok, stdout, stderr) = weft_testkit::mesh::weft_cli(
-        &weft,
-        &[
-            "apply",
-            "-f",
-            &split.display().to_string(),
-            "--wait",
-            "--server",
-            server,
-            "--token",
-            token,
-            "--ca-file",
-            mesh_ca,
-        ],
-    );
+    // `weft ARGS…` against the demo's control plane, as its hints say: server, token, CA.
+    let cli = |args: &[&str]| {
+        let with = ["--server", server, "--token", token, "--ca-file", mesh_ca];
+        weft_testkit::mesh::weft_cli(&weft, &[args, &with[..]].concat())
+    };
+    let (ok, stdout, stderr) = cli(&["apply", "-f", &split.display().to_string(), "--wait"]);
     assert!(ok, "{stdout}\n{stderr}");
     let payments = ready["mesh"]["upstreams"]["payments"]
         .as_str()
@@ -111,77 +102,24 @@ fn demo_serves_http_and_https_and_stops_on_ctrl_c() {
     );
     // The canary the hints offer: the control plane takes over payments-by-version.
     let canary = std::path::Path::new(ca).with_file_name("payments-canary.yaml");
-    let (ok, stdout, stderr) = weft_testkit::mesh::weft_cli(
-        &weft,
-        &[
-            "apply",
-            "-f",
-            &canary.display().to_string(),
-            "--server",
-            server,
-            "--token",
-            token,
-            "--ca-file",
-            mesh_ca,
-        ],
-    );
+    let (ok, stdout, stderr) = cli(&["apply", "-f", &canary.display().to_string()]);
     assert!(ok, "{stdout}\n{stderr}");
     weft_testkit::eventually("the canary's first step", Duration::from_secs(15), || {
-        let (ok, stdout, _) = weft_testkit::mesh::weft_cli(
-            &weft,
-            &[
-                "canary",
-                "status",
-                "payments",
-                "-o",
-                "json",
-                "--server",
-                server,
-                "--token",
-                token,
-                "--ca-file",
-                mesh_ca,
-            ],
-        );
+        let (ok, stdout, _) = cli(&["canary", "status", "payments", "-o", "json"]);
         let v: serde_json::Value = serde_json::from_str(&stdout).ok()?;
         (ok && v["phase"] == "progressing"
             && v["weight"] == 25
             && v["route"] == "payments-by-version")
             .then_some(())
     });
-    let status = weft_testkit::mesh::weft_cli(
-        &PathBuf::from(env!("CARGO_BIN_EXE_weft")),
-        &[
-            "status",
-            "--server",
-            server,
-            "--token",
-            token,
-            "--ca-file",
-            mesh_ca,
-        ],
-    );
+    let status = cli(&["status"]);
     assert!(
         status.0 && status.1.matches("current").count() >= 5,
         "{}",
         status.1
     );
     // The live views the hints suggest: the sidecars answer, frontend → payments is there.
-    let (ok, stdout, stderr) = weft_testkit::mesh::weft_cli(
-        &weft,
-        &[
-            "edges",
-            "frontend",
-            "-o",
-            "json",
-            "--server",
-            server,
-            "--token",
-            token,
-            "--ca-file",
-            mesh_ca,
-        ],
-    );
+    let (ok, stdout, stderr) = cli(&["edges", "frontend", "-o", "json"]);
     assert!(ok, "{stdout}\n{stderr}");
     let edges: serde_json::Value = serde_json::from_str(&stdout).expect("edges JSON");
     assert!(

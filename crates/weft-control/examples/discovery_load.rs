@@ -265,8 +265,8 @@ async fn set_up(a: &Args, items: Vec<Item>) -> Vec<Option<String>> {
     for w in workers {
         w.await.expect("set-up worker");
     }
-    let tokens = tokens.lock().expect("tokens").clone();
-    tokens
+    let mut tokens = tokens.lock().expect("tokens");
+    std::mem::take(&mut *tokens)
 }
 
 /// One simulated proxy: as a sidecar does, it opens its stream again (after a short,
@@ -274,24 +274,12 @@ async fn set_up(a: &Args, items: Vec<Item>) -> Vec<Option<String>> {
 async fn proxy(
     channel: tonic::transport::Channel,
     i: usize,
-    token: Option<String>,
-    service: String,
-    upstreams: Vec<String>,
+    me: Arc<Planned>,
     known: Arc<Mutex<HashMap<String, u64>>>,
     shared: Arc<Shared>,
 ) {
     loop {
-        let synced = session(
-            channel.clone(),
-            i,
-            token.clone(),
-            service.clone(),
-            upstreams.clone(),
-            known.clone(),
-            shared.clone(),
-        )
-        .await;
-        if synced {
+        if session(channel.clone(), i, &me, &known, &shared).await {
             return;
         }
         shared.retries.fetch_add(1, Ordering::Relaxed);
@@ -304,18 +292,16 @@ async fn proxy(
 async fn session(
     channel: tonic::transport::Channel,
     i: usize,
-    token: Option<String>,
-    service: String,
-    upstreams: Vec<String>,
-    known: Arc<Mutex<HashMap<String, u64>>>,
-    shared: Arc<Shared>,
+    me: &Planned,
+    known: &Mutex<HashMap<String, u64>>,
+    shared: &Shared,
 ) -> bool {
     let mut client = DiscoveryClient::new(channel).max_decoding_message_size(64 << 20);
     let (tx, rx) = mpsc::channel(4);
     let hello = Hello {
         proxy_id: format!("load-{i}"),
-        service,
-        upstreams,
+        service: me.service.clone(),
+        upstreams: me.upstreams.clone(),
         known: known.lock().expect("known").clone(),
         build: "discovery_load".into(),
     };
@@ -325,7 +311,7 @@ async fn session(
         })
         .await;
     let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
-    if let Some(t) = token.and_then(|t| t.parse().ok()) {
+    if let Some(t) = me.token.as_deref().and_then(|t| t.parse().ok()) {
         request.metadata_mut().insert("x-weft-token", t);
     }
     let Ok(resp) = client.stream(request).await else {
@@ -389,7 +375,7 @@ struct Planned {
 
 async fn open_fleet(
     a: &Args,
-    plan: &[Planned],
+    plan: &[Arc<Planned>],
     known: &[Arc<Mutex<HashMap<String, u64>>>],
     shared: &Arc<Shared>,
 ) -> Fleet {
@@ -408,9 +394,7 @@ async fn open_fleet(
         tasks.push(tokio::spawn(proxy(
             channel.clone().expect("channel"),
             i,
-            p.token.clone(),
-            p.service.clone(),
-            p.upstreams.clone(),
+            p.clone(),
             known[i].clone(),
             shared.clone(),
         )));
@@ -430,7 +414,7 @@ impl Fleet {
 /// sync, and the new fleet.
 async fn storm(
     a: &Args,
-    plan: &[Planned],
+    plan: &[Arc<Planned>],
     known: &[Arc<Mutex<HashMap<String, u64>>>],
     shared: &Arc<Shared>,
     fleet: Fleet,
@@ -487,13 +471,15 @@ async fn main() {
     let registration_s = t.elapsed().as_secs_f64();
 
     // 2. Streams.
-    let plan: Vec<Planned> = (0..a.proxies)
-        .map(|i| Planned {
-            service: services[i % a.services].clone(),
-            upstreams: (0..a.upstreams)
-                .map(|_| services[rng.usize(..a.services)].clone())
-                .collect(),
-            token: tokens[i].take(),
+    let plan: Vec<Arc<Planned>> = (0..a.proxies)
+        .map(|i| {
+            Arc::new(Planned {
+                service: services[i % a.services].clone(),
+                upstreams: (0..a.upstreams)
+                    .map(|_| services[rng.usize(..a.services)].clone())
+                    .collect(),
+                token: tokens[i].take(),
+            })
         })
         .collect();
     let mut callers: HashMap<&str, usize> = HashMap::new();
