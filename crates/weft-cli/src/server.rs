@@ -62,6 +62,17 @@ pub struct ServerArgs {
     /// Discovery streams open at once under one ACL token.
     #[arg(long, default_value_t = weft_control::server::Limits::default().streams_per_token)]
     max_streams_per_token: usize,
+    /// Answer DNS for the catalog on this IP:PORT, UDP and TCP (`<service>.service.DOMAIN`,
+    /// SRV, tags; docs/dns.md), or `off`. Answers need no token: bind it where only the
+    /// mesh's machines reach it.
+    #[arg(long, default_value = "off")]
+    dns: String,
+    /// The domain DNS answers for.
+    #[arg(long, default_value = "weft")]
+    dns_domain: String,
+    /// TTL of DNS answers (0s: resolvers ask again each time and follow the catalog).
+    #[arg(long, default_value = "0s", value_parser = crate::process::parse_duration)]
+    dns_ttl: Duration,
 }
 
 /// Reads operator-provided CA material; a key others can read is refused.
@@ -114,7 +125,22 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         max_connections,
         max_instances_per_service,
         max_streams_per_token,
+        dns,
+        dns_domain,
+        dns_ttl,
     } = args;
+    // Checked before anything starts: a bad flag changes nothing.
+    let dns_zone = match dns.as_str() {
+        "off" => None,
+        addr => {
+            let addr: std::net::SocketAddr = addr
+                .parse()
+                .with_context(|| format!("--dns {addr}: expected IP:PORT or off"))?;
+            let zone = weft_control::dns::Zone::new(&dns_domain, dns_ttl)
+                .map_err(|e| anyhow::anyhow!("--dns-domain: {e}"))?;
+            Some((addr, zone))
+        }
+    };
     let provided = provided_ca(ca_cert, ca_key, ca_roots)?;
     let acl = acl == "on";
     if !acl {
@@ -161,6 +187,15 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     } else {
         None
     };
+    let dns = match dns_zone {
+        Some((addr, zone)) => Some(
+            weft_control::dns::Dns::bind(addr, zone)
+                .await
+                .with_context(|| format!("--dns: cannot listen on {addr} (UDP and TCP)"))?,
+        ),
+        None => None,
+    };
+    let dns_addr = dns.as_ref().map(|d| d.local_addr()).transpose()?;
     let addr = listener.local_addr()?;
     let advertise = advertise.unwrap_or_else(|| {
         if addr.ip().is_unspecified() {
@@ -172,7 +207,8 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     note!(
         "{}",
         serde_json::json!({"event": "ready", "address": addr.to_string(), "advertise": advertise,
-            "store": store_desc, "acl": acl, "tls": tls == "on", "caFile": ca_file})
+            "store": store_desc, "acl": acl, "tls": tls == "on", "caFile": ca_file,
+            "dns": dns_addr.map(|a| a.to_string())})
     );
     let tls = (tls == "on").then(|| {
         let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
@@ -205,6 +241,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             streams_per_token: max_streams_per_token,
         },
         judge: Some(Arc::new(crate::intention::SidecarJudge)),
+        dns,
     };
     weft_control::server::serve(listener, store, Arc::new(ca), opts, async {
         let _ = crate::process::wait_for_signal().await;

@@ -24,6 +24,7 @@ pub mod catalog;
 pub mod config;
 mod diff;
 pub mod discovery;
+pub mod dns;
 pub mod embedded;
 pub mod error;
 #[cfg(feature = "etcd")]

@@ -10,6 +10,8 @@
 //! | `weft_control_canary_weight{canary}` | a rollout's canary weight now, in percent (on the leader) |
 //! | `weft_control_canary_checks_total{canary,verdict}` | a rollout's checks: `pass`, `fail`, `wait` |
 //! | `weft_control_canary_rollouts_total{canary,phase}` | rollouts ended: `promoted`, `rolled-back`, `aborted` |
+//! | `weft_control_dns_queries_total{transport,rcode}` | DNS queries answered (`--dns`), by `udp`/`tcp` and response code |
+//! | `weft_control_dns_truncated_total{transport}` | DNS answers cut for size (TC set) |
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
@@ -20,6 +22,17 @@ use prometheus_client::{
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabels {
     result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DnsLabels {
+    transport: &'static str,
+    rcode: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TransportLabels {
+    transport: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -50,6 +63,8 @@ pub struct ControlMetrics {
     canary_weight: Family<CanaryLabels, Gauge>,
     canary_checks: Family<CheckLabels, Counter>,
     canary_ends: Family<EndLabels, Counter>,
+    dns_queries: Family<DnsLabels, Counter>,
+    dns_truncated: Family<TransportLabels, Counter>,
 }
 
 impl Default for ControlMetrics {
@@ -106,8 +121,22 @@ impl Default for ControlMetrics {
             "Rollouts ended, by how (promoted, rolled-back, aborted)",
             canary_ends.clone(),
         );
+        let dns_queries = Family::<DnsLabels, Counter>::default();
+        let dns_truncated = Family::<TransportLabels, Counter>::default();
+        registry.register(
+            "weft_control_dns_queries",
+            "DNS queries answered, by transport and response code",
+            dns_queries.clone(),
+        );
+        registry.register(
+            "weft_control_dns_truncated",
+            "DNS answers cut to fit their transport (TC set)",
+            dns_truncated.clone(),
+        );
         ControlMetrics {
             registry,
+            dns_queries,
+            dns_truncated,
             proxies,
             revision,
             leader,
@@ -162,6 +191,18 @@ impl ControlMetrics {
                 phase,
             })
             .inc();
+    }
+
+    /// A DNS query over `transport` was answered with `rcode`; `truncated`: TC set.
+    pub fn dns_answered(&self, transport: &'static str, rcode: &'static str, truncated: bool) {
+        self.dns_queries
+            .get_or_create(&DnsLabels { transport, rcode })
+            .inc();
+        if truncated {
+            self.dns_truncated
+                .get_or_create(&TransportLabels { transport })
+                .inc();
+        }
     }
 
     /// The text exposition, with the gauges read now.

@@ -19,7 +19,7 @@ use crate::{
 const MAX_PROXY_MESSAGE: usize = 1024 * 1024;
 
 /// How a server serves.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Options {
     /// The address other replicas reach this one at (announced in the store).
     pub advertise: String,
@@ -38,6 +38,8 @@ pub struct Options {
     /// The sidecar's intention code, for `/v1/intentions/check` (the `weft` binary
     /// hands it in: the control plane does not depend on the proxy).
     pub judge: Option<Arc<dyn crate::judge::Judge>>,
+    /// The DNS interface to the catalog (`--dns`), if on.
+    pub dns: Option<crate::dns::Dns>,
 }
 
 /// Bounds on what clients may hold (each a `weft server` flag; docs/operations.md).
@@ -186,6 +188,7 @@ pub async fn serve(
         metrics_public,
         limits,
         judge,
+        dns,
     } = opts;
     let (acceptor, api_cert) = match tls {
         Some(names) => {
@@ -221,6 +224,15 @@ pub async fn serve(
         store.clone(),
     ));
     let live = Arc::new(crate::live::Live::default());
+    let dns = dns.map(|dns| {
+        let sessions = sessions.clone();
+        let count: crate::dns::Count = Arc::new(move |transport, answered| {
+            sessions
+                .metrics
+                .dns_answered(transport, answered.rcode_label(), answered.truncated);
+        });
+        tokio::spawn(crate::dns::serve(dns, state.clone(), count))
+    });
     let discovery = DiscoveryServer::new(
         state.clone(),
         sessions.clone(),
@@ -258,6 +270,9 @@ pub async fn serve(
     accept_loop(listener, app, acceptor, limits.max_connections, shutdown).await;
     follower.abort();
     announcer.abort();
+    if let Some(dns) = dns {
+        dns.abort();
+    }
     pruner.abort();
     canaries.abort();
     campaign.abort();

@@ -62,8 +62,10 @@ pub struct View {
     config: HashMap<String, Rendered>,
     /// Service → id → instance.
     instances: HashMap<String, BTreeMap<String, Instance>>,
-    /// Service → its `Endpoints` resource (rendered when its instances change).
-    endpoints: HashMap<String, Rendered>,
+    /// Service → its `Endpoints` resource, rendered when first read after its instances
+    /// change: rendering on every change made registering N instances of one service
+    /// O(N²) (5,000 took minutes), and a load from the store the same.
+    endpoints: HashMap<String, std::sync::OnceLock<Rendered>>,
     /// Service → mesh routes attached to it (`parentRefs: [{kind: Service}]`).
     routes_by_parent: HashMap<String, BTreeSet<String>>,
     /// Route → (services it attaches to, services it sends to).
@@ -121,11 +123,12 @@ impl View {
             out.insert(key, r.clone());
         }
         if with_endpoints {
-            let r = self
-                .endpoints
-                .get(name)
-                .cloned()
-                .unwrap_or_else(|| render_endpoints(name, None));
+            let r = match self.endpoints.get(name) {
+                Some(cell) => cell
+                    .get_or_init(|| render_endpoints(name, self.instances.get(name)))
+                    .clone(),
+                None => render_endpoints(name, None),
+            };
             out.insert(format!("Endpoints/{name}"), r);
         }
     }
@@ -201,6 +204,30 @@ impl View {
             .map_or((0, false), |m| (m.len(), m.contains_key(id)))
     }
 
+    /// A view holding only `instances`, at `revision` (tests and fuzzing of what reads it).
+    #[doc(hidden)]
+    pub fn from_instances(
+        instances: impl IntoIterator<Item = Instance>,
+        revision: Revision,
+    ) -> View {
+        let mut view = View {
+            revision,
+            ..View::default()
+        };
+        for i in instances {
+            view.instances
+                .entry(i.service.clone())
+                .or_default()
+                .insert(i.id.clone(), i);
+        }
+        view
+    }
+
+    /// The registered instances of `service` by id (none: no instance ever, or all gone).
+    pub fn instances_of(&self, service: &str) -> Option<&BTreeMap<String, Instance>> {
+        self.instances.get(service).filter(|m| !m.is_empty())
+    }
+
     /// Every service with instances: name → (instances, healthy ones).
     pub fn services(&self) -> BTreeMap<String, (usize, usize)> {
         self.instances
@@ -234,8 +261,8 @@ impl View {
                 self.instances.remove(service);
                 self.endpoints.remove(service);
             } else {
-                let r = render_endpoints(service, Some(set));
-                self.endpoints.insert(service.to_string(), r);
+                self.endpoints
+                    .insert(service.to_string(), std::sync::OnceLock::new());
             }
         } else if let Some(hash) = key.strip_prefix(crate::acl::TOKENS) {
             match event {
@@ -468,5 +495,46 @@ impl State {
             }
         }
         Err(store::StoreError::Unavailable("watch ended".into()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(i: &Instance) -> Event {
+        Event::Put(store::KeyValue {
+            key: catalog::key(&i.service, &i.id),
+            value: serde_json::to_vec(i).expect("JSON"),
+            create_revision: 1,
+            mod_revision: 1,
+            lease: None,
+        })
+    }
+
+    #[test]
+    fn endpoints_are_rendered_once_when_read_not_on_every_change() {
+        let mut view = View::default();
+        for n in 0..3 {
+            let i = crate::dns::instance("big", &format!("i{n}"), "10.0.0.1", 80 + n, "v1", false);
+            view.apply(&put(&i));
+            assert!(
+                view.endpoints["big"].get().is_none(),
+                "a change only marks the resource stale"
+            );
+        }
+        let slice = view.slice("client", &["big".to_string()]);
+        let rendered = &slice["Endpoints/big"];
+        assert_eq!(rendered.json.matches("\"id\"").count(), 3);
+        assert!(
+            view.endpoints["big"].get().is_some(),
+            "kept for the next reader"
+        );
+        // The next change is seen by the next reader.
+        let i = crate::dns::instance("big", "i9", "10.0.0.2", 90, "v1", false);
+        view.apply(&put(&i));
+        let again = &view.slice("client", &["big".to_string()])["Endpoints/big"];
+        assert_eq!(again.json.matches("\"id\"").count(), 4);
+        assert_ne!(again.version, rendered.version);
     }
 }

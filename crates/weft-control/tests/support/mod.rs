@@ -91,6 +91,7 @@ pub async fn start(limits: Limits, metrics_public: bool) -> Running {
         metrics_public,
         limits,
         judge: None,
+        dns: None,
     };
     tokio::spawn(weft_control::server::serve(
         listener,
