@@ -227,6 +227,12 @@ fn the_mesh_quick_start_runs_as_written() {
 }
 
 #[test]
+fn the_dns_examples_run_as_written() {
+    weft_testkit::require("dig");
+    run_doc("dns.md");
+}
+
+#[test]
 fn the_security_examples_run_as_written() {
     run_doc("security.md");
 }
