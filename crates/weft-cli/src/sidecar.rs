@@ -8,7 +8,7 @@ use weft_proxy::{
         discovery::{self, Identity},
         identity, live,
         registration::{HealthCheck, Registration},
-        sidecar_config, SidecarSpec,
+        sidecar_config, transparent, SidecarSpec,
     },
     source::FileSource,
     ProxyOptions, RunningProxy,
@@ -78,6 +78,29 @@ pub struct SidecarArgs {
     /// Then how long in-flight requests get to finish.
     #[arg(long, default_value = "10s", value_parser = crate::process::parse_duration)]
     drain_timeout: Duration,
+    /// Transparent mode: iptables rules in this network namespace send the application's
+    /// outbound TCP through the sidecar (mesh services through the mesh, the rest as it
+    /// is) and connections for the application's port to the inbound listener
+    /// (docs/transparent.md). Needs CAP_NET_ADMIN; the rules go when the sidecar does.
+    #[arg(long, conflicts_with = "gateway")]
+    transparent: bool,
+    /// With --transparent: the port intercepted connections are redirected to (on
+    /// 127.0.0.1, and [::1] when IPv6 is there); 0 picks one.
+    #[arg(long, default_value_t = 15006)]
+    transparent_port: u16,
+    /// With --transparent: connections to destinations outside the mesh go through
+    /// untouched (`allow-any`) or are closed (`registry-only`).
+    #[arg(long, default_value = "allow-any")]
+    outbound_policy: String,
+    /// With --transparent: destination ports never intercepted (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    exclude_outbound_ports: Vec<u16>,
+    /// With --transparent: destination CIDRs never intercepted (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    exclude_outbound_cidrs: Vec<String>,
+    /// With --transparent: print the iptables commands that would be run, and exit.
+    #[arg(long, requires = "transparent")]
+    print_rules: bool,
     /// Worker threads. One instance's traffic rarely needs more than one core, and one
     /// thread spends no CPU on cross-thread wake-ups (bench/mesh.py).
     #[arg(long, default_value_t = 1)]
@@ -153,6 +176,47 @@ async fn follow_gateway_file(
     std::future::pending().await
 }
 
+/// Removes the transparent mode's iptables rules when dropped.
+struct RulesGuard;
+
+impl Drop for RulesGuard {
+    fn drop(&mut self) {
+        transparent::Redirect::remove();
+        tracing::info!("transparent mode: iptables rules removed");
+    }
+}
+
+/// The transparent mode's rules and policy from the flags (None: not transparent); every
+/// flag is checked before anything starts.
+fn transparent_plan(
+    args: &SidecarArgs,
+) -> anyhow::Result<Option<(transparent::Redirect, transparent::OutboundPolicy)>> {
+    if !args.transparent {
+        return Ok(None);
+    }
+    let policy = transparent::OutboundPolicy::parse(&args.outbound_policy).with_context(|| {
+        format!(
+            "--outbound-policy {}: expected allow-any or registry-only",
+            args.outbound_policy
+        )
+    })?;
+    let exclude_cidrs = args
+        .exclude_outbound_cidrs
+        .iter()
+        .map(|c| transparent::Redirect::parse_cidr(c))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow::anyhow!("--exclude-outbound-cidrs {e}"))?;
+    let uid = transparent::own_uid().map_err(|e| anyhow::anyhow!("--transparent: {e}"))?;
+    let redirect = transparent::Redirect {
+        port: args.transparent_port,
+        uid,
+        exclude_ports: args.exclude_outbound_ports.clone(),
+        exclude_cidrs,
+        inbound: args.app.map(|a| (a.port(), args.inbound.port())),
+    };
+    Ok(Some((redirect, policy)))
+}
+
 /// Runs the sidecar until SIGTERM/SIGINT.
 pub async fn run(args: SidecarArgs) -> anyhow::Result<()> {
     let Some(app_protocol) = weft_model::AppProtocol::parse(&args.app_protocol) else {
@@ -171,6 +235,13 @@ pub async fn run(args: SidecarArgs) -> anyhow::Result<()> {
             _ => bail!("--health {h}: expected http:/PATH, tcp, grpc, grpc:SERVICE or none"),
         },
     };
+    let transparent = transparent_plan(&args)?;
+    if args.print_rules {
+        if let Some((redirect, _)) = &transparent {
+            println!("{}\n{}", redirect.script(false), redirect.script(true));
+        }
+        return Ok(());
+    }
     let poll = crate::process::watch_interval(&args.watch_interval)?;
     let (source, gateway) = match &args.gateway {
         Some(path) => {
@@ -269,6 +340,40 @@ pub async fn run(args: SidecarArgs) -> anyhow::Result<()> {
             })
         }
     };
+    // Transparent mode: listen first, then redirect (no instant where redirected
+    // connections meet a closed port); the guard removes the rules however this ends.
+    let mut transparent_listeners = Vec::new();
+    let mut redirecting = None;
+    if let Some((mut redirect, policy)) = transparent {
+        let v4 = tokio::net::TcpListener::bind(("127.0.0.1", redirect.port))
+            .await
+            .with_context(|| format!("--transparent-port {}", redirect.port))?;
+        redirect.port = v4.local_addr()?.port();
+        transparent_listeners.push(v4);
+        let v6 = tokio::net::TcpListener::bind(("::1", redirect.port))
+            .await
+            .ok();
+        let has_v6 = v6.is_some();
+        transparent_listeners.extend(v6);
+        if let Some((app_port, _)) = redirect.inbound {
+            let inbound = listeners
+                .iter()
+                .find(|(n, _)| n == "sidecar/inbound")
+                .map(|(_, a)| a.port())
+                .context("no inbound listener")?;
+            redirect.inbound = Some((app_port, inbound));
+        }
+        let has_v6 = redirect.install(has_v6).map_err(|e| {
+            anyhow::anyhow!("--transparent: cannot install the iptables rules: {e}")
+        })?;
+        tracing::info!(
+            port = redirect.port,
+            ipv6 = has_v6,
+            ?policy,
+            "transparent mode: outbound TCP redirected"
+        );
+        redirecting = Some((RulesGuard, redirect.port, policy));
+    }
     let keep_registered = async {
         match &registration {
             Some(r) => r.keep().await,
@@ -281,7 +386,8 @@ pub async fn run(args: SidecarArgs) -> anyhow::Result<()> {
         .collect();
     note!(
         "{}",
-        serde_json::json!({"event": "ready", "id": id, "listeners": listeners_json, "admin": proxy.admin.map(|a| a.to_string())})
+        serde_json::json!({"event": "ready", "id": id, "listeners": listeners_json, "admin": proxy.admin.map(|a| a.to_string()),
+            "transparent": redirecting.as_ref().map(|(_, port, _)| *port)})
     );
     let who = Identity {
         proxy_id: id.clone(),
@@ -303,8 +409,22 @@ pub async fn run(args: SidecarArgs) -> anyhow::Result<()> {
         }
         std::future::pending::<()>().await
     };
+    let intercept = async {
+        match &redirecting {
+            Some((_, _, policy)) => {
+                let on_demand = std::sync::Arc::new(transparent::OnDemand::new(
+                    args.server.clone(),
+                    specs.clone(),
+                ));
+                let listeners = std::mem::take(&mut transparent_listeners);
+                transparent::serve(listeners, proxy.watch(), on_demand, *policy).await
+            }
+            None => std::future::pending().await,
+        }
+    };
     tokio::select! {
         r = crate::process::wait_for_signal() => r?,
+        _ = intercept => {}
         _ = keep_registered => {}
         _ = identity::keep_renewed(args.server.clone(), args.service.clone(), mesh.clone(), proxy.metrics()) => {}
         _ = follow_gateway_file(source, &proxy, &specs, &declared) => {}
@@ -312,6 +432,8 @@ pub async fn run(args: SidecarArgs) -> anyhow::Result<()> {
         _ = live::follow(&args.server, &live, &proxy) => {}
         _ = announce => {}
     }
+    // New connections of the application go direct again from here.
+    drop(redirecting);
     tracing::info!("stopping: deregistering, then draining");
     if let Some(r) = &registration {
         r.deregister().await;

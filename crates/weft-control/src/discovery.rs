@@ -585,11 +585,16 @@ impl Session {
                                 let _ = tx.send(Err(status)).await;
                                 break;
                             }
+                            // A subscription that only adds services (a transparent sidecar
+                            // found a new destination; its first connection is waiting) is
+                            // served at once. Anything else is served at the proxy's next
+                            // resync turn: a Hello → NACK → Hello loop, or adding and removing
+                            // by turns, costs at most a slice or two per interval.
+                            let adds = h.upstreams.iter().any(|u| !self.hello.upstreams.contains(u))
+                                && self.hello.upstreams.iter().all(|u| h.upstreams.contains(u));
                             self.sessions.update(&id, self.generation, |s| s.upstreams = h.upstreams.clone());
                             self.hello.upstreams = h.upstreams;
-                            // Served at the proxy's next resync turn: a Hello → NACK → Hello
-                            // loop costs one slice per interval.
-                            resync_at = Some(self.sessions.resync_turn(&id));
+                            resync_at = (!adds).then(|| self.sessions.resync_turn(&id));
                             hold = false;
                         }
                     },

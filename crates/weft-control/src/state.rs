@@ -228,6 +228,15 @@ impl View {
         self.instances.get(service).filter(|m| !m.is_empty())
     }
 
+    /// The instances registered at `ip`, of every service (a scan: asked once per new
+    /// destination by transparent sidecars, which remember the answer).
+    pub fn instances_at(&self, ip: std::net::IpAddr) -> impl Iterator<Item = &Instance> {
+        self.instances
+            .values()
+            .flat_map(BTreeMap::values)
+            .filter(move |i| i.address.parse::<std::net::IpAddr>().ok() == Some(ip))
+    }
+
     /// Every service with instances: name → (instances, healthy ones).
     pub fn services(&self) -> BTreeMap<String, (usize, usize)> {
         self.instances

@@ -57,6 +57,29 @@ pub enum StartError {
     Io(#[from] std::io::Error),
 }
 
+/// What a proxy serves now (its configuration and bound listeners), cheap to clone.
+#[derive(Debug, Clone)]
+pub struct ProxyWatch {
+    admin_state: Arc<AdminState>,
+}
+
+impl ProxyWatch {
+    /// The configuration being served now.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.admin_state.snapshot.load_full()
+    }
+
+    /// Bound listeners now: `gateway/listener` → address.
+    pub fn listeners(&self) -> Vec<(String, SocketAddr)> {
+        lock(&self.admin_state.listeners).clone()
+    }
+
+    /// The proxy's metrics.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.admin_state.metrics.clone()
+    }
+}
+
 /// A proxy that is serving.
 #[derive(Debug)]
 pub struct RunningProxy {
@@ -241,6 +264,13 @@ impl RunningProxy {
     /// Bound listeners now: `gateway/listener` → address (port 0 resolved).
     pub fn listeners(&self) -> Vec<(String, SocketAddr)> {
         lock(&self.admin_state.listeners).clone()
+    }
+
+    /// A handle following what this proxy serves, for tasks that outlive a borrow of it.
+    pub fn watch(&self) -> ProxyWatch {
+        ProxyWatch {
+            admin_state: self.admin_state.clone(),
+        }
     }
 
     /// The configuration being served now.

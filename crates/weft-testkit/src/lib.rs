@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 pub mod mesh;
+pub mod netns;
 pub mod pki;
 
 /// How long a process may take to print its ready line. Generous: CI machines are shared.

@@ -27,6 +27,7 @@ pub fn routes() -> Router<Api> {
     Router::new()
         .route("/v1/catalog/services", get(services))
         .route("/v1/catalog/services/{service}", get(service_instances))
+        .route("/v1/catalog/addresses/{ip}", get(instances_at))
         .route("/v1/catalog/register", post(register))
         .route("/v1/catalog/leases/{lease}/renew", put(renew))
         .route(
@@ -46,6 +47,25 @@ async fn services(AxState(api): AxState<Api>, caller: Caller) -> ApiResult {
         .services()
         .into_iter()
         .map(|(name, (instances, healthy))| json!({"name": name, "instances": instances, "healthy": healthy}))
+        .collect();
+    Ok(with_index(view.revision, Json(json!({"items": items}))))
+}
+
+/// The instances registered at an IP address, of every service (a transparent sidecar
+/// asks which mesh service an intercepted destination belongs to).
+async fn instances_at(
+    AxState(api): AxState<Api>,
+    caller: Caller,
+    Path(ip): Path<String>,
+) -> ApiResult {
+    caller.require(&Need::Service("*".into(), Access::Read))?;
+    let ip: std::net::IpAddr = ip.parse().map_err(|_| {
+        ApiError::bad_request("invalid-address", format!("`{ip}` is not an IP address"))
+    })?;
+    let view = api.state.read();
+    let items: Vec<Value> = view
+        .instances_at(ip)
+        .map(|i| json!({"service": i.service, "id": i.id, "port": i.port, "protocol": i.protocol, "health": i.health}))
         .collect();
     Ok(with_index(view.revision, Json(json!({"items": items}))))
 }

@@ -113,9 +113,9 @@ fn build_and_apply(spec: &SidecarSpec, held: &Held, proxy: &RunningProxy) -> Res
     }
 }
 
-/// Applies a new spec (an edge gateway's file changed) with the resources held; refused
-/// whole, the running spec stays. Returns whether the mesh services to subscribe to
-/// changed.
+/// Applies a new spec (an edge gateway's file changed, or a transparent sidecar found a
+/// new destination) with the resources held; refused whole, the running spec stays.
+/// Returns whether the mesh services to subscribe to changed.
 fn adopt(next: SidecarSpec, spec: &mut SidecarSpec, held: &Held, proxy: &RunningProxy) -> bool {
     match build_and_apply(&next, held, proxy) {
         Ok(()) => {
@@ -126,13 +126,13 @@ fn adopt(next: SidecarSpec, spec: &mut SidecarSpec, held: &Held, proxy: &Running
             tracing::info!(
                 upstreams = ?names(&next),
                 resubscribe,
-                "gateway file applied"
+                "new spec applied"
             );
             *spec = next;
             resubscribe
         }
         Err(e) => {
-            tracing::error!(error = %e, "gateway file refused, the previous version keeps serving");
+            tracing::error!(error = %e, "new spec refused, the previous version keeps serving");
             false
         }
     }
@@ -217,7 +217,19 @@ async fn session(
             Ok(()) = specs.changed() => {
                 let next = specs.borrow_and_update().clone();
                 if adopt(next, spec, held, proxy) {
-                    return Ok(());
+                    // Subscribe anew on this stream: a later Hello changes the upstreams
+                    // only, and the server sends the difference.
+                    let hello = Hello {
+                        proxy_id: who.proxy_id.clone(),
+                        service: spec.service.clone(),
+                        upstreams: spec.upstreams.iter().map(|(n, _)| n.clone()).collect(),
+                        known: Default::default(),
+                        build: who.build.clone(),
+                    };
+                    let hello = ProxyMessage { message: Some(Message::Hello(hello)) };
+                    if tx.send(hello).await.is_err() {
+                        return Err(fail(applied)(&"stream closed"));
+                    }
                 }
                 continue;
             }

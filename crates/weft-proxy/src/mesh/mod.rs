@@ -27,12 +27,15 @@
 //! does not define are mesh services, called like a sidecar calls them.
 //!
 //! `identity.rs`: the sidecar's certificate (CSR to the control plane's CA, renewal).
+//! `transparent.rs`: transparent mode (iptables redirection, the original destination,
+//! on-demand subscription).
 
 pub mod control_api;
 pub mod discovery;
 pub mod identity;
 pub mod live;
 pub mod registration;
+pub mod transparent;
 
 use std::collections::BTreeMap;
 

@@ -102,6 +102,11 @@ struct ResultLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct EdgeLabels {
     direction: String,
     source: String,
@@ -146,6 +151,7 @@ pub struct Metrics {
     conns_open: Family<ListenerLabels, Gauge>,
     conns_total: Family<ListenerLabels, Counter>,
     conns_refused: Family<ReasonLabels, Counter>,
+    transparent: Family<OutcomeLabels, Counter>,
     retries: Family<ServiceResultLabels, Counter>,
     ejections: Family<EjectionLabels, Counter>,
     faults: Family<FaultLabels, Counter>,
@@ -209,6 +215,7 @@ impl Metrics {
             conns_open: Family::default(),
             conns_total: Family::default(),
             conns_refused: Family::default(),
+            transparent: Family::default(),
             retries: Family::default(),
             ejections: Family::default(),
             faults: Family::default(),
@@ -266,6 +273,12 @@ impl Metrics {
             "downstream_connections",
             "Client connections accepted",
             m.conns_total.clone(),
+        );
+        r.register(
+            "transparent_connections",
+            "Connections intercepted in transparent mode, by outcome (mesh, passthrough, \
+             refused by registry-only, failed, not-redirected)",
+            m.transparent.clone(),
         );
         r.register(
             "downstream_connections_refused",
@@ -634,6 +647,13 @@ impl Metrics {
                 listener: listener.into(),
                 reason: reason.into(),
             })
+            .inc();
+    }
+
+    /// Counts an intercepted connection by what became of it (transparent mode).
+    pub fn transparent(&self, outcome: &'static str) {
+        self.transparent
+            .get_or_create(&OutcomeLabels { outcome })
             .inc();
     }
 
