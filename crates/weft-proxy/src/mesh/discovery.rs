@@ -123,16 +123,20 @@ fn adopt(next: SidecarSpec, spec: &mut SidecarSpec, held: &Held, proxy: &Running
                 s.upstreams.iter().map(|(n, _)| n.clone()).collect()
             };
             let resubscribe = names(&next) != names(spec);
-            tracing::info!(
-                upstreams = ?names(&next),
-                resubscribe,
-                "new spec applied"
-            );
+            if next.gateway.is_empty() {
+                tracing::info!(upstreams = ?names(&next), "subscribing to a new upstream");
+            } else {
+                tracing::info!(upstreams = ?names(&next), resubscribe, "gateway file applied");
+            }
             *spec = next;
             resubscribe
         }
         Err(e) => {
-            tracing::error!(error = %e, "new spec refused, the previous version keeps serving");
+            if next.gateway.is_empty() {
+                tracing::error!(error = %e, "a new upstream refused, the previous configuration keeps serving");
+            } else {
+                tracing::error!(error = %e, "gateway file refused, the previous version keeps serving");
+            }
             false
         }
     }
