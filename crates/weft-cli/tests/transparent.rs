@@ -55,13 +55,11 @@ impl Control {
             "https://{}",
             server.ready["address"].as_str().expect("address")
         );
-        let dns_port = server.ready["dns"]
+        let dns: std::net::SocketAddr = server.ready["dns"]
             .as_str()
-            .expect("dns")
-            .rsplit(':')
-            .next()
-            .unwrap()
-            .to_string();
+            .and_then(|a| a.parse().ok())
+            .expect("the ready line's dns address");
+        let dns_port = dns.port().to_string();
         let ca = data.join("ca.pem");
         let out = lab
             .cmd("a", weft())
