@@ -73,6 +73,10 @@ pub struct ServerArgs {
     /// TTL of DNS answers (0s: resolvers ask again each time and follow the catalog).
     #[arg(long, default_value = "0s", value_parser = crate::process::parse_duration)]
     dns_ttl: Duration,
+    /// The IPv4 range services' virtual IPs come from (`<service>.virtual.DOMAIN`; a
+    /// transparent sidecar sends calls to one through the mesh), or `off`.
+    #[arg(long, default_value = "240.0.0.0/16")]
+    virtual_ips: String,
 }
 
 /// Reads operator-provided CA material; a key others can read is refused.
@@ -128,7 +132,15 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         dns,
         dns_domain,
         dns_ttl,
+        virtual_ips,
     } = args;
+    let virtual_ips = match virtual_ips.as_str() {
+        "off" => None,
+        cidr => Some(
+            weft_control::vip::Range::parse(cidr)
+                .map_err(|e| anyhow::anyhow!("--virtual-ips {e}"))?,
+        ),
+    };
     // Checked before anything starts: a bad flag changes nothing.
     let dns_zone = match dns.as_str() {
         "off" => None,
@@ -242,6 +254,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         },
         judge: Some(Arc::new(crate::intention::SidecarJudge)),
         dns,
+        virtual_ips,
     };
     weft_control::server::serve(listener, store, Arc::new(ca), opts, async {
         let _ = crate::process::wait_for_signal().await;

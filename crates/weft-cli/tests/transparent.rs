@@ -388,6 +388,33 @@ fn unmodified_clients_reach_mesh_services_through_the_transparent_sidecar() {
     );
     // Without the mesh there is no way there: payments' app listens on b's loopback.
 
+    // The service's virtual IP: one address, whatever its instances, balanced by the mesh.
+    let vip = eventually(
+        "payments' virtual IP in DNS",
+        Duration::from_secs(15),
+        || {
+            let out = lab
+                .cmd("a", require("dig"))
+                .args([
+                    &format!("@{}", lab.ip("a")),
+                    "-p",
+                    &control.dns_port,
+                    "+short",
+                    "payments.virtual.weft",
+                ])
+                .output()
+                .ok()?;
+            let ip = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            ip.starts_with("240.0.").then_some(ip)
+        },
+    );
+    let out = curl(&lab, &format!("http://{vip}/headers"), None);
+    let body = text(&out);
+    assert!(
+        body.ends_with("\n200") && body.contains("spiffe://weft.local/svc/web"),
+        "{body}"
+    );
+
     // MariaDB speaks first: the client gets its greeting through the mesh, no stall.
     let through_mesh = || {
         let mut c = lab.app("a", require("mariadb"));
@@ -422,7 +449,7 @@ fn unmodified_clients_reach_mesh_services_through_the_transparent_sidecar() {
     let out = curl(&lab, &format!("http://{outside}/"), None);
     assert!(text(&out).ends_with("\n200"), "{}", text(&out));
     let metrics = admin_metrics(&lab, &web);
-    assert!(transparent_count(&metrics, "mesh") >= 4.0, "{metrics}");
+    assert!(transparent_count(&metrics, "mesh") >= 5.0, "{metrics}");
     assert!(
         transparent_count(&metrics, "passthrough") >= 1.0,
         "{metrics}"

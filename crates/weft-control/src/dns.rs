@@ -6,6 +6,7 @@
 //! | `<tag>.<service>.service.<domain>` | the same, only instances with a metadata value `<tag>` (`version=v2` → `v2.payments...`) |
 //! | `_<service>._tcp.service.<domain>` | RFC 2782 SRV (`_<service>._<tag>` filters by tag) |
 //! | `<hex>.addr.<domain>` | the address an SRV target names (8 hex digits: IPv4, 32: IPv6) |
+//! | `<service>.virtual.<domain>` | A: the service's virtual IP ([`crate::vip`]) |
 //! | `<domain>` | its SOA |
 //!
 //! Answers come from the server's view of the catalog, so they are as fresh as the
@@ -256,6 +257,20 @@ fn lookup(
             }
             None => ResponseCode::NXDomain,
         },
+        [rest @ .., "virtual"] if !rest.is_empty() => {
+            let service = rest.join(".");
+            match view.vip_of(&service) {
+                Some(ip) => {
+                    if let Some(r) = address_record(name, IpAddr::V4(ip), qtype, zone.ttl) {
+                        resp.answers.push(r);
+                    }
+                    ResponseCode::NoError
+                }
+                // Known, its address on the way (the leader gives it): ask again.
+                None if view.instances_of(&service).is_some() => ResponseCode::ServFail,
+                None => ResponseCode::NXDomain,
+            }
+        }
         [rest @ .., "service"] if !rest.is_empty() => {
             let Some((instances, srv_only)) = select(view, rest) else {
                 return ResponseCode::NXDomain;

@@ -467,3 +467,39 @@ fn malformed_messages_get_formerr_or_nothing_and_never_panic() {
     }
     assert!(inputs > 12_000);
 }
+
+#[test]
+fn a_virtual_name_answers_the_services_one_address() {
+    let v = small().with_vip("payments", "240.0.0.7".parse().unwrap());
+    let m = ask(
+        &v,
+        "payments.virtual.weft.",
+        RecordType::A,
+        Transport::Udp,
+        None,
+    );
+    assert_eq!(addresses(&m), ips(&["240.0.0.7"]));
+    let m = ask(
+        &v,
+        "payments.virtual.weft.",
+        RecordType::AAAA,
+        Transport::Udp,
+        None,
+    );
+    assert_eq!(
+        (m.metadata.response_code, m.answers.len()),
+        (ResponseCode::NoError, 0),
+        "NODATA"
+    );
+    // Registered but not given its address yet: SERVFAIL (ask again), not NXDOMAIN.
+    let m = ask(&v, "a.b.virtual.weft.", RecordType::A, Transport::Udp, None);
+    assert_eq!(m.metadata.response_code, ResponseCode::ServFail);
+    let m = ask(
+        &v,
+        "nope.virtual.weft.",
+        RecordType::A,
+        Transport::Udp,
+        None,
+    );
+    assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
+}

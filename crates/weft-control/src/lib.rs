@@ -38,4 +38,5 @@ pub mod peers;
 pub mod server;
 pub mod state;
 pub mod store;
+pub mod vip;
 pub mod webhook;

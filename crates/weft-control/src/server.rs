@@ -40,6 +40,8 @@ pub struct Options {
     pub judge: Option<Arc<dyn crate::judge::Judge>>,
     /// The DNS interface to the catalog (`--dns`), if on.
     pub dns: Option<crate::dns::Dns>,
+    /// The range services' virtual IPs come from (`--virtual-ips`); None: no VIPs.
+    pub virtual_ips: Option<crate::vip::Range>,
 }
 
 /// Bounds on what clients may hold (each a `weft server` flag; docs/operations.md).
@@ -189,6 +191,7 @@ pub async fn serve(
         limits,
         judge,
         dns,
+        virtual_ips,
     } = opts;
     let (acceptor, api_cert) = match tls {
         Some(names) => {
@@ -217,6 +220,22 @@ pub async fn serve(
             }
         })
     };
+    // Virtual IPs for new services, given by the leader as the view moves.
+    let vip_giver = virtual_ips.map(|range| {
+        let (state, store, leadership) = (state.clone(), store.clone(), leadership.clone());
+        tokio::spawn(async move {
+            let mut tick = state.subscribe();
+            loop {
+                if leadership.is_leader() {
+                    if let Err(e) = crate::vip::assign_missing(&*store, &state, range).await {
+                        tracing::warn!(error = %e, "assigning virtual IPs failed; retrying");
+                    }
+                }
+                // The next change, or a second (leadership may have moved here).
+                let _ = tokio::time::timeout(Duration::from_secs(1), tick.changed()).await;
+            }
+        })
+    });
     let sessions = Arc::new(Sessions::default());
     let auth = Arc::new(crate::authn::Authenticator::new(
         acl,
@@ -270,8 +289,8 @@ pub async fn serve(
     accept_loop(listener, app, acceptor, limits.max_connections, shutdown).await;
     follower.abort();
     announcer.abort();
-    if let Some(dns) = dns {
-        dns.abort();
+    for task in [dns, vip_giver].into_iter().flatten() {
+        task.abort();
     }
     pruner.abort();
     canaries.abort();

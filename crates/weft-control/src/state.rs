@@ -78,6 +78,9 @@ pub struct View {
     trust_bundle: Option<Rendered>,
     /// ACL tokens by secret hash.
     tokens: crate::acl::Tokens,
+    /// Service → its virtual IP, and back ([`crate::vip`]).
+    vips: HashMap<String, std::net::Ipv4Addr>,
+    vip_owners: HashMap<std::net::Ipv4Addr, String>,
 }
 
 impl View {
@@ -223,6 +226,14 @@ impl View {
         view
     }
 
+    /// This view with `service`'s virtual IP set (tests).
+    #[doc(hidden)]
+    pub fn with_vip(mut self, service: &str, ip: std::net::Ipv4Addr) -> View {
+        self.vips.insert(service.to_string(), ip);
+        self.vip_owners.insert(ip, service.to_string());
+        self
+    }
+
     /// The registered instances of `service` by id (none: no instance ever, or all gone).
     pub fn instances_of(&self, service: &str) -> Option<&BTreeMap<String, Instance>> {
         self.instances.get(service).filter(|m| !m.is_empty())
@@ -235,6 +246,33 @@ impl View {
             .values()
             .flat_map(BTreeMap::values)
             .filter(move |i| i.address.parse::<std::net::IpAddr>().ok() == Some(ip))
+    }
+
+    /// The virtual IP of `service`, once the leader gave it one.
+    pub fn vip_of(&self, service: &str) -> Option<std::net::Ipv4Addr> {
+        self.vips.get(service).copied()
+    }
+
+    /// The service whose virtual IP `ip` is.
+    pub fn vip_owner(&self, ip: std::net::Ipv4Addr) -> Option<&str> {
+        self.vip_owners.get(&ip).map(String::as_str)
+    }
+
+    /// Services with registered instances and no virtual IP yet, by name.
+    pub fn services_without_vip(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .instances
+            .keys()
+            .filter(|s| !self.vips.contains_key(*s))
+            .cloned()
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Every virtual IP given.
+    pub fn vips_taken(&self) -> std::collections::HashSet<std::net::Ipv4Addr> {
+        self.vip_owners.keys().copied().collect()
     }
 
     /// Every service with instances: name → (instances, healthy ones).
@@ -283,6 +321,22 @@ impl View {
                 },
                 Event::Delete { .. } => {
                     self.tokens.remove(hash);
+                }
+            }
+        } else if let Some(service) = key.strip_prefix(crate::vip::BY_SERVICE) {
+            if let Some(old) = self.vips.remove(service) {
+                self.vip_owners.remove(&old);
+            }
+            if let Event::Put(kv) = event {
+                match std::str::from_utf8(&kv.value)
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                {
+                    Some(ip) => {
+                        self.vips.insert(service.to_string(), ip);
+                        self.vip_owners.insert(ip, service.to_string());
+                    }
+                    None => tracing::warn!(key, "ignoring an unreadable virtual IP"),
                 }
             }
         } else if key == crate::ca::BUNDLE_KEY {
@@ -471,6 +525,7 @@ impl State {
             catalog::PREFIX,
             crate::ca::BUNDLE_KEY,
             crate::acl::TOKENS,
+            crate::vip::BY_SERVICE,
         ] {
             let page = store::list_all(store, prefix).await?;
             revision = revision.min(page.revision);

@@ -96,6 +96,9 @@ impl Lab {
             ])?;
             ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
             ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+            // Every other address is "on the wire": a connection to a virtual IP
+            // (240.0.0.0/16) gets as far as the host's iptables, as with a real default route.
+            ip(&["-n", &ns, "route", "add", "default", "dev", "eth0"])?;
         }
         Ok(())
     }

@@ -51,8 +51,9 @@ async fn services(AxState(api): AxState<Api>, caller: Caller) -> ApiResult {
     Ok(with_index(view.revision, Json(json!({"items": items}))))
 }
 
-/// The instances registered at an IP address, of every service (a transparent sidecar
-/// asks which mesh service an intercepted destination belongs to).
+/// The instances registered at an IP address, of every service, and the service whose
+/// virtual IP it is (a transparent sidecar asks which mesh service an intercepted
+/// destination belongs to).
 async fn instances_at(
     AxState(api): AxState<Api>,
     caller: Caller,
@@ -67,7 +68,14 @@ async fn instances_at(
         .instances_at(ip)
         .map(|i| json!({"service": i.service, "id": i.id, "port": i.port, "protocol": i.protocol, "health": i.health}))
         .collect();
-    Ok(with_index(view.revision, Json(json!({"items": items}))))
+    let mut answer = json!({"items": items});
+    if let Some(service) = match ip {
+        std::net::IpAddr::V4(v4) => view.vip_owner(v4),
+        std::net::IpAddr::V6(_) => None,
+    } {
+        answer["virtual"] = json!(service);
+    }
+    Ok(with_index(view.revision, Json(answer)))
 }
 
 async fn service_instances(

@@ -92,6 +92,7 @@ pub async fn start(limits: Limits, metrics_public: bool) -> Running {
         limits,
         judge: None,
         dns: None,
+        virtual_ips: None,
     };
     tokio::spawn(weft_control::server::serve(
         listener,

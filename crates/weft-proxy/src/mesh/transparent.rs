@@ -12,9 +12,9 @@
 //! ```
 //!
 //! A destination is recognised by the catalog: the addresses of the services the sidecar
-//! already calls (their `Endpoints`), else the control plane is asked which service has an
-//! instance at that IP (`GET /v1/catalog/addresses/{ip}`), and the sidecar subscribes to
-//! it on the spot: the first connection waits for that one subscription (at most
+//! already calls (their `Endpoints`), else the control plane is asked which service's
+//! virtual IP it is or which service has an instance at that IP
+//! (`GET /v1/catalog/addresses/{ip}`), and the sidecar subscribes to it on the spot: the first connection waits for that one subscription (at most
 //! [`SUBSCRIBE_WAIT`]). IPs that are not in the mesh are remembered for
 //! [`NEGATIVE_TTL`], so traffic to the outside asks the control plane rarely.
 //!
@@ -371,6 +371,8 @@ pub struct OnDemand {
     servers: Vec<String>,
     specs: watch::Sender<SidecarSpec>,
     outside: Mutex<HashMap<IpAddr, Instant>>,
+    /// Virtual IPs met so far → their service (a VIP stays with its service for good).
+    virtual_ips: Mutex<HashMap<IpAddr, String>>,
 }
 
 impl OnDemand {
@@ -380,12 +382,22 @@ impl OnDemand {
             servers,
             specs,
             outside: Mutex::new(HashMap::new()),
+            virtual_ips: Mutex::new(HashMap::new()),
         }
     }
 
-    /// The one mesh service with an instance at `ip` (None: none, several, or the control
-    /// plane could not say), remembered as outside for [`NEGATIVE_TTL`] when none.
+    /// The mesh service whose virtual IP `ip` is, or the one service with an instance
+    /// there (None: none, several, or the control plane could not say), remembered as
+    /// outside for [`NEGATIVE_TTL`] when none.
     async fn service_at(&self, ip: IpAddr) -> Option<String> {
+        if let Some(service) = self
+            .virtual_ips
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&ip)
+        {
+            return Some(service.clone());
+        }
         {
             let mut outside = self.outside.lock().unwrap_or_else(|p| p.into_inner());
             match outside.get(&ip) {
@@ -401,6 +413,13 @@ impl OnDemand {
             let Ok((200, body)) = control_api::call(server, "GET", &path, None).await else {
                 continue;
             };
+            if let Some(service) = body["virtual"].as_str() {
+                self.virtual_ips
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(ip, service.to_string());
+                return Some(service.to_string());
+            }
             let mut services: Vec<&str> = body["items"]
                 .as_array()
                 .into_iter()
