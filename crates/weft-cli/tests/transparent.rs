@@ -301,15 +301,63 @@ fn unmodified_clients_reach_mesh_services_through_the_transparent_sidecar() {
 
     let _payments_app = Proc::spawn({
         let mut c = lab.cmd("b", weft());
-        c.args(["echo", "--listen", "127.0.0.1:8080", "--name", "payments-1"]);
+        // On every address of b: without its sidecar, anyone could call it directly.
+        c.args(["echo", "--listen", "0.0.0.0:8080", "--name", "payments-1"]);
         c
     });
+    // payments' sidecar is transparent too: connections for the app's port that arrive
+    // from the network go to its mutual-TLS inbound listener.
     let _payments = control.sidecar(
         &lab,
         "b",
         "payments",
         "127.0.0.1:8080",
-        &["--health", "http:/"],
+        &[
+            "--health",
+            "http:/",
+            "--transparent",
+            "--transparent-port",
+            "0",
+        ],
+    );
+    let direct = lab
+        .cmd("e", require("curl"))
+        .args([
+            "-s",
+            "--max-time",
+            "5",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+        ])
+        .arg(format!("http://{}:8080/", lab.ip("b")))
+        .output()
+        .expect("curl");
+    assert_eq!(
+        String::from_utf8_lossy(&direct.stdout),
+        "000",
+        "a plaintext caller outside the mesh does not reach payments' app: {}",
+        text(&direct)
+    );
+    let local = lab
+        .app("b", require("curl"))
+        .args([
+            "-s",
+            "--max-time",
+            "5",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "http://127.0.0.1:8080/",
+        ])
+        .output()
+        .expect("curl");
+    assert_eq!(
+        String::from_utf8_lossy(&local.stdout),
+        "200",
+        "on its own host, over loopback, it does"
     );
     let _db_server = mariadb(&lab, "c");
     let _db = control.sidecar(
