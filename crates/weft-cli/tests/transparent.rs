@@ -496,7 +496,46 @@ fn unmodified_clients_reach_mesh_services_through_the_transparent_sidecar() {
     // Outside the mesh: through, untouched (allow-any, the default).
     let out = curl(&lab, &format!("http://{outside}/"), None);
     assert!(text(&out).ends_with("\n200"), "{}", text(&out));
+
+    // TLS from the client to an HTTP service's host: the mesh carries HTTP, so it goes to
+    // the address the client meant (here a plain server that does not speak TLS).
+    let before = transparent_count(&admin_metrics(&lab, &web), "passthrough");
+    let _other_port = Proc::spawn({
+        let mut c = lab.cmd("b", weft());
+        c.args(["echo", "--listen", "0.0.0.0:9443", "--name", "b-9443"]);
+        c
+    });
+    let tls = lab
+        .app("a", require("openssl"))
+        .args([
+            "s_client",
+            "-connect",
+            &format!("{}:9443", lab.ip("b")),
+            "-brief",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .expect("openssl");
+    assert!(!tls.status.success(), "{}", text(&tls));
     let metrics = admin_metrics(&lab, &web);
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "weft_transparent_protocols_total{protocol=\"tls\"}"
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert!(metric_value(
+        &metrics,
+        "weft_transparent_protocols_total{protocol=\"http1\"}"
+    )
+    .is_some_and(|n| n >= 2.0));
+    assert_eq!(
+        transparent_count(&metrics, "passthrough"),
+        before + 1.0,
+        "{metrics}"
+    );
     assert!(transparent_count(&metrics, "mesh") >= 5.0, "{metrics}");
     assert!(
         transparent_count(&metrics, "passthrough") >= 1.0,

@@ -300,6 +300,8 @@ pub fn own_uid() -> Result<u32, String> {
 /// calls its service.
 #[derive(Debug, Default)]
 pub struct Destinations {
+    /// Local listeners that serve HTTP (the others are TCP).
+    http: std::collections::HashSet<SocketAddr>,
     by_endpoint: HashMap<SocketAddr, SocketAddr>,
     /// None: instances of several services share this IP (then only the port decides).
     by_ip: HashMap<IpAddr, Option<SocketAddr>>,
@@ -319,7 +321,21 @@ impl Destinations {
                 .map(|s| s.spec.endpoints.iter().map(|e| e.address.clone()).collect())
                 .unwrap_or_default()
         };
-        Destinations::from_parts(listeners, endpoints)
+        let mut d = Destinations::from_parts(listeners, endpoints);
+        let http_listeners = snapshot
+            .config
+            .gateways
+            .iter()
+            .filter(|g| g.metadata.name == super::GATEWAY)
+            .flat_map(|g| g.spec.listeners.iter())
+            .filter(|l| l.protocol == weft_model::ListenerProtocol::HTTP)
+            .map(|l| format!("{}/{}", super::GATEWAY, l.name));
+        for name in http_listeners {
+            if let Some((_, local)) = listeners.iter().find(|(n, _)| *n == name) {
+                d.http.insert(*local);
+            }
+        }
+        d
     }
 
     /// From the bound listeners and each service's endpoint addresses.
@@ -358,6 +374,11 @@ impl Destinations {
             .get(&dst)
             .copied()
             .or_else(|| self.by_ip.get(&dst.ip()).copied().flatten())
+    }
+
+    /// Whether the local listener at `local` serves HTTP.
+    pub fn is_http(&self, local: SocketAddr) -> bool {
+        self.http.contains(&local)
     }
 
     /// The local listener of `service`, once it has endpoints.
@@ -493,16 +514,18 @@ impl Front {
 
     /// The local listener that calls the mesh service at `dst`, subscribing to it first
     /// when it is new; None: `dst` is not in the mesh.
-    async fn mesh_route(&self, dst: SocketAddr) -> Option<SocketAddr> {
-        if let Some(local) = self.destinations().lookup(dst) {
-            return Some(local);
+    async fn mesh_route(&self, dst: SocketAddr) -> Option<(SocketAddr, bool)> {
+        let known = self.destinations();
+        if let Some(local) = known.lookup(dst) {
+            return Some((local, known.is_http(local)));
         }
         let service = self.on_demand.service_at(dst.ip()).await?;
         self.on_demand.subscribe(&service);
         let deadline = Instant::now() + SUBSCRIBE_WAIT;
         loop {
-            if let Some(local) = self.destinations().service(&service) {
-                return Some(local);
+            let known = self.destinations();
+            if let Some(local) = known.service(&service) {
+                return Some((local, known.is_http(local)));
             }
             if Instant::now() >= deadline {
                 tracing::warn!(%service, "no endpoints arrived for an on-demand subscription in time");
@@ -518,8 +541,19 @@ impl Front {
             self.metrics.transparent("not-redirected");
             return;
         };
-        let (outcome, upstream) = match self.mesh_route(dst).await {
-            Some(listener) => ("mesh", TcpStream::connect(listener).await),
+        let mut route = self.mesh_route(dst).await;
+        if let Some((_, true)) = route {
+            // An HTTP service: the mesh carries HTTP only. What the client sends first
+            // decides; a client that says nothing yet goes through the mesh all the same.
+            let detected = detect(&client).await;
+            self.metrics.transparent_protocol(detected.label());
+            if matches!(detected, Detected::Tls | Detected::Other) {
+                tracing::debug!(%dst, protocol = detected.label(), "not HTTP for an HTTP service: not through the mesh");
+                route = None;
+            }
+        }
+        let (outcome, upstream) = match route {
+            Some((listener, _)) => ("mesh", TcpStream::connect(listener).await),
             None if self.policy == OutboundPolicy::RegistryOnly => {
                 tracing::debug!(%dst, "outside the mesh: refused (registry-only)");
                 self.metrics.transparent("refused");
@@ -543,6 +577,100 @@ impl Front {
         self.metrics.transparent(outcome);
         let _ = upstream.set_nodelay(true);
         let _ = copy_bidirectional(&mut client, &mut upstream).await;
+    }
+}
+
+/// How long an intercepted connection to an HTTP service is watched for its first bytes.
+pub const DETECT_WAIT: Duration = Duration::from_millis(500);
+/// The most bytes detection looks at (the HTTP/2 preface is the longest sign).
+const DETECT_BYTES: usize = 24;
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// What a connection's first bytes say it speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Detected {
+    /// A TLS handshake record (ClientHello).
+    Tls,
+    /// The HTTP/2 connection preface (prior knowledge, h2c).
+    Http2,
+    /// An HTTP/1.x request line.
+    Http1,
+    /// Something else.
+    Other,
+    /// Nothing within [`DETECT_WAIT`] (a client waiting for the server to speak).
+    Silent,
+}
+
+impl Detected {
+    fn label(self) -> &'static str {
+        match self {
+            Detected::Tls => "tls",
+            Detected::Http2 => "http2",
+            Detected::Http1 => "http1",
+            Detected::Other => "other",
+            Detected::Silent => "silent",
+        }
+    }
+}
+
+/// Classifies the first bytes of a connection; None: too few to tell yet.
+pub fn classify(first: &[u8]) -> Option<Detected> {
+    let Some(&b0) = first.first() else {
+        return None;
+    };
+    if b0 == 0x16 {
+        // Handshake record, TLS 1.0-1.3 record version (3, 1..=4; 3, 0 for SSLv3 hellos).
+        return match (first.get(1), first.get(2)) {
+            (Some(3), Some(minor)) if *minor <= 4 => Some(Detected::Tls),
+            (None, _) | (Some(3), None) => None,
+            _ => Some(Detected::Other),
+        };
+    }
+    let n = first.len().min(H2_PREFACE.len());
+    if first[..n] == H2_PREFACE[..n] {
+        return (n == H2_PREFACE.len()).then_some(Detected::Http2);
+    }
+    // An HTTP/1 method: upper-case token letters, then a space.
+    match first.iter().position(|b| !b.is_ascii_uppercase()) {
+        Some(i) if i > 0 && first[i] == b' ' => Some(Detected::Http1),
+        Some(_) => Some(Detected::Other),
+        None if first.len() >= 16 => Some(Detected::Other), // no method is this long
+        None => None,
+    }
+}
+
+/// Peeks at `stream`'s first bytes (consuming nothing), at most [`DETECT_BYTES`] and
+/// [`DETECT_WAIT`].
+async fn detect(stream: &TcpStream) -> Detected {
+    let deadline = tokio::time::Instant::now() + DETECT_WAIT;
+    let mut buf = [0u8; DETECT_BYTES];
+    let mut seen = 0;
+    loop {
+        let peeked = tokio::time::timeout_at(deadline, async {
+            loop {
+                // `peek` returns what is queued at once; wait for more than was seen.
+                let n = stream.peek(&mut buf).await?;
+                if n != seen || n == 0 || n == buf.len() {
+                    return Ok::<usize, std::io::Error>(n);
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+        match peeked {
+            Ok(Ok(0)) | Ok(Err(_)) => return Detected::Other, // closed at once
+            Ok(Ok(n)) => {
+                seen = n;
+                if let Some(d) = classify(&buf[..n]) {
+                    return d;
+                }
+                if n == buf.len() {
+                    return Detected::Other;
+                }
+            }
+            Err(_) if seen == 0 => return Detected::Silent,
+            Err(_) => return classify(&buf[..seen]).unwrap_or(Detected::Other),
+        }
     }
 }
 

@@ -1,6 +1,6 @@
 use std::net::SocketAddr;
 
-use super::{Destinations, OutboundPolicy, Redirect};
+use super::{classify, Destinations, Detected, OutboundPolicy, Redirect};
 
 fn redirect() -> Redirect {
     Redirect {
@@ -112,4 +112,41 @@ fn destinations_match_an_instance_exactly_or_by_an_ip_only_one_service_has() {
     assert_eq!(at("192.0.2.1:80"), None);
     assert_eq!(d.service("payments"), Some(a));
     assert_eq!(d.service("pending"), None, "no endpoints yet: not routable");
+}
+
+#[test]
+fn first_bytes_tell_tls_http2_http1_or_something_else() {
+    let hello = [0x16, 0x03, 0x01, 0x02, 0x00, 0x01];
+    assert_eq!(classify(&hello), Some(Detected::Tls));
+    assert_eq!(classify(&hello[..2]), None, "too few to tell");
+    assert_eq!(classify(&[0x16, 0x07, 0x01]), Some(Detected::Other));
+    assert_eq!(
+        classify(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"),
+        Some(Detected::Http2)
+    );
+    assert_eq!(
+        classify(b"PRI * HTTP/2"),
+        None,
+        "a preface not finished yet"
+    );
+    assert_eq!(classify(b"GET / HTTP/1.1\r\n"), Some(Detected::Http1));
+    assert_eq!(classify(b"OPTIONS * HTTP/1.1"), Some(Detected::Http1));
+    assert_eq!(classify(b"POS"), None);
+    assert_eq!(
+        classify(b"PRIORITY / HTTP/1.1"),
+        Some(Detected::Http1),
+        "PRI... but not the preface"
+    );
+    assert_eq!(
+        classify(b"get / HTTP/1.1"),
+        Some(Detected::Other),
+        "methods are upper case"
+    );
+    assert_eq!(classify(b"\x00\x00\x00\x01"), Some(Detected::Other));
+    assert_eq!(
+        classify(b"ABCDEFGHIJKLMNOPQRS"),
+        Some(Detected::Other),
+        "no method this long"
+    );
+    assert_eq!(classify(b""), None);
 }

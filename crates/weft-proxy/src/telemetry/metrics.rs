@@ -102,6 +102,11 @@ struct ResultLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProtocolLabels {
+    protocol: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabels {
     outcome: &'static str,
 }
@@ -152,6 +157,7 @@ pub struct Metrics {
     conns_total: Family<ListenerLabels, Counter>,
     conns_refused: Family<ReasonLabels, Counter>,
     transparent: Family<OutcomeLabels, Counter>,
+    transparent_protocols: Family<ProtocolLabels, Counter>,
     retries: Family<ServiceResultLabels, Counter>,
     ejections: Family<EjectionLabels, Counter>,
     faults: Family<FaultLabels, Counter>,
@@ -216,6 +222,7 @@ impl Metrics {
             conns_total: Family::default(),
             conns_refused: Family::default(),
             transparent: Family::default(),
+            transparent_protocols: Family::default(),
             retries: Family::default(),
             ejections: Family::default(),
             faults: Family::default(),
@@ -279,6 +286,12 @@ impl Metrics {
             "Connections intercepted in transparent mode, by outcome (mesh, passthrough, \
              refused by registry-only, failed, not-redirected)",
             m.transparent.clone(),
+        );
+        r.register(
+            "transparent_protocols",
+            "What intercepted connections to HTTP services spoke first (http1, http2, tls, \
+             other, silent)",
+            m.transparent_protocols.clone(),
         );
         r.register(
             "downstream_connections_refused",
@@ -654,6 +667,13 @@ impl Metrics {
     pub fn transparent(&self, outcome: &'static str) {
         self.transparent
             .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+    }
+
+    /// Counts what an intercepted connection to an HTTP service spoke first.
+    pub fn transparent_protocol(&self, protocol: &'static str) {
+        self.transparent_protocols
+            .get_or_create(&ProtocolLabels { protocol })
             .inc();
     }
 
