@@ -623,7 +623,8 @@ pub fn fuzz(data: &[u8]) {
                     instance("a.b", "x", "10.0.1.1", 80, "v1", false),
                 ],
                 7,
-            ),
+            )
+            .with_vip("payments", std::net::Ipv4Addr::new(240, 0, 0, 7)),
             Zone::new("weft", Duration::ZERO).expect("a valid domain"),
         );
     }
