@@ -184,6 +184,7 @@ pub async fn run(
         })
     );
     let server = &mesh.server;
+    let (dns_ip, dns_port) = (mesh.dns.ip(), mesh.dns.port());
     let token = &mesh.token;
     let ca_file = mesh.ca_file.display();
     let (pay, inv) = (mesh.upstreams[0].1, mesh.upstreams[1].1);
@@ -216,6 +217,15 @@ Watch it work (TLS and ACLs are on; this is the management token, each sidecar h
   weft get httproute -o yaml
   weft intention check frontend inventory --method POST   # denied: frontend may only GET
   weft acl list                      # the demo's tokens (secrets are never shown again)
+
+The catalog over DNS (docs/dns.md), for programs that know nothing of weft:
+  dig @{dns_ip} -p {dns_port} +short inventory.service.weft      # healthy instances' addresses
+  dig @{dns_ip} -p {dns_port} +short _payments._tcp.service.weft SRV
+  dig @{dns_ip} -p {dns_port} +short payments.virtual.weft       # payments' virtual IP
+The sidecars here are explicit (frontend calls its 127.0.0.1 listeners; no root needed).
+Transparent mode, where unmodified apps call payments.virtual.weft and iptables sends the
+connection through the sidecar, needs root and a network namespace: docs/transparent.md
+  (`weft sidecar --service S --app ADDR --transparent --print-rules` shows the rules).
 
 Live traffic, answered by the sidecars themselves (docs/observability.md):
   weft stat --all                    # per service: success rate, rps, p50/p95/p99

@@ -31,6 +31,8 @@ pub struct Mesh {
     pub token: String,
     /// The CA bundle that verifies the control plane's TLS.
     pub ca_file: std::path::PathBuf,
+    /// Where the control plane answers DNS for the catalog.
+    pub dns: SocketAddr,
 }
 
 /// A split the user can apply: 80% of payments' calls to its v1 instances, 20% to v2.
@@ -212,6 +214,8 @@ pub async fn start(dir: &Path, server_port: u16, otlp: Option<&Options>) -> anyh
             listen.to_string(),
             s("--data-dir"),
             data.display().to_string(),
+            s("--dns"),
+            s("127.0.0.1:0"),
         ],
         ChildEnv::default(),
     )
@@ -224,6 +228,7 @@ pub async fn start(dir: &Path, server_port: u16, otlp: Option<&Options>) -> anyh
         .context("server address")?
         .parse()?;
     let server = format!("https://localhost:{}", address.port());
+    let dns: SocketAddr = ready["dns"].as_str().context("server DNS")?.parse()?;
     let ca_file = std::path::PathBuf::from(ready["caFile"].as_str().context("server CA file")?);
     weft_proxy::mesh::control_api::set_ca_file(ca_file.clone());
 
@@ -379,6 +384,7 @@ pub async fn start(dir: &Path, server_port: u16, otlp: Option<&Options>) -> anyh
         split_file,
         token,
         ca_file,
+        dns,
     })
 }
 

@@ -142,6 +142,32 @@ fn demo_serves_http_and_https_and_stops_on_ctrl_c() {
         ui.status,
         ui.body
     );
+    // The DNS hint runs as printed: inventory's two instances share 127.0.0.1.
+    let hint = demo
+        .stderr()
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("dig ")
+                .filter(|l| l.contains("inventory.service.weft"))
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| panic!("no dig hint: {}", demo.stderr()));
+    let args: Vec<&str> = hint
+        .split('#')
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    let out = std::process::Command::new(weft_testkit::require("dig"))
+        .args(&args)
+        .output()
+        .expect("dig");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "127.0.0.1",
+        "dig {hint}"
+    );
 
     demo.signal("INT");
     let status = demo.wait_exit(Duration::from_secs(20)).expect("demo exits");

@@ -615,9 +615,7 @@ impl Detected {
 
 /// Classifies the first bytes of a connection; None: too few to tell yet.
 pub fn classify(first: &[u8]) -> Option<Detected> {
-    let Some(&b0) = first.first() else {
-        return None;
-    };
+    let &b0 = first.first()?;
     if b0 == 0x16 {
         // Handshake record, TLS 1.0-1.3 record version (3, 1..=4; 3, 0 for SSLv3 hellos).
         return match (first.get(1), first.get(2)) {
