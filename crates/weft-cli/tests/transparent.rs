@@ -47,8 +47,13 @@ impl Control {
     fn start(lab: &Lab) -> Control {
         let data = temp_dir().join("data");
         let at = format!("{}:0", lab.ip("a"));
+        // DNS on port 53 (host a's own namespace: nothing else binds it there), so that
+        // a's system resolver can use it: clients resolve `payments.service.weft` as they
+        // would in production.
+        let dns = format!("{}:53", lab.ip("a"));
+        lab.use_nameserver("a", &lab.ip("a"));
         let mut c = lab.cmd("a", weft());
-        c.args(["server", "--listen", &at, "--dns", &at, "--data-dir"])
+        c.args(["server", "--listen", &at, "--dns", &dns, "--data-dir"])
             .arg(&data);
         let server = Proc::spawn(c);
         let url = format!(
@@ -176,13 +181,13 @@ fn web_sidecar(control: &Control, lab: &Lab, extra: &[&str]) -> Sidecar {
     s
 }
 
-fn curl(lab: &Lab, url: &str, resolve: Option<&str>) -> Output {
-    let mut c = lab.app("a", require("curl"));
-    c.args(["-s", "--max-time", "10", "-w", "\n%{http_code}"]);
-    if let Some(r) = resolve {
-        c.args(["--resolve", r]);
-    }
-    c.arg(url).output().expect("curl")
+/// curl on host `a` as `nobody`; names resolve through the system resolver, which host
+/// `a` points at the control plane's DNS.
+fn curl(lab: &Lab, url: &str) -> Output {
+    lab.app("a", require("curl"))
+        .args(["-s", "--max-time", "10", "-w", "\n%{http_code}", url])
+        .output()
+        .expect("curl")
 }
 
 fn admin_metrics(lab: &Lab, sidecar: &Sidecar) -> String {
@@ -420,12 +425,7 @@ fn unmodified_clients_reach_mesh_services_through_the_transparent_sidecar() {
         (!ip.is_empty()).then_some(ip)
     });
     assert_eq!(payments_ip, lab.ip("b"));
-    let resolve = format!("payments.service.weft:8080:{payments_ip}");
-    let out = curl(
-        &lab,
-        "http://payments.service.weft:8080/headers",
-        Some(&resolve),
-    );
+    let out = curl(&lab, "http://payments.service.weft:8080/headers");
     let body = text(&out);
     let (json, status) = body.rsplit_once('\n').expect("status line");
     assert_eq!(status, "200", "{body}");
@@ -434,7 +434,8 @@ fn unmodified_clients_reach_mesh_services_through_the_transparent_sidecar() {
         seen["headers"]["x-weft-source-identity"], "spiffe://weft.local/svc/web",
         "the callee sees the caller's identity: the call went through mutual TLS: {seen}"
     );
-    // Without the mesh there is no way there: payments' app listens on b's loopback.
+    // Without the mesh there is no way there: b sends callers of its app's port to its
+    // mutual-TLS listener (checked above).
 
     // The service's virtual IP: one address, whatever its instances, balanced by the mesh.
     let vip = eventually(
@@ -456,17 +457,21 @@ fn unmodified_clients_reach_mesh_services_through_the_transparent_sidecar() {
             ip.starts_with("240.0.").then_some(ip)
         },
     );
-    let out = curl(&lab, &format!("http://{vip}/headers"), None);
-    let body = text(&out);
-    assert!(
-        body.ends_with("\n200") && body.contains("spiffe://weft.local/svc/web"),
-        "{body}"
-    );
+    for url in [
+        format!("http://{vip}/headers"),
+        "http://payments.virtual.weft/headers".into(),
+    ] {
+        let body = text(&curl(&lab, &url));
+        assert!(
+            body.ends_with("\n200") && body.contains("spiffe://weft.local/svc/web"),
+            "{url}: {body}"
+        );
+    }
 
     // MariaDB speaks first: the client gets its greeting through the mesh, no stall.
     let through_mesh = || {
         let mut c = lab.app("a", require("mariadb"));
-        c.args(["-h", &lab.ip("c"), "-P", "3306"]);
+        c.args(["-h", "db.service.weft", "-P", "3306"]);
         c
     };
     let first_took = select_two(through_mesh());
@@ -482,19 +487,27 @@ fn unmodified_clients_reach_mesh_services_through_the_transparent_sidecar() {
     // Redis through the mesh.
     let out = lab
         .app("a", require("redis-cli"))
-        .args(["-h", &lab.ip("d"), "-p", "6379", "set", "k", "woven"])
+        .args([
+            "-h",
+            "cache.service.weft",
+            "-p",
+            "6379",
+            "set",
+            "k",
+            "woven",
+        ])
         .output()
         .expect("redis-cli");
     assert_eq!(text(&out).trim(), "OK", "{}", text(&out));
     let out = lab
         .app("a", require("redis-cli"))
-        .args(["-h", &lab.ip("d"), "get", "k"])
+        .args(["-h", "cache.service.weft", "get", "k"])
         .output()
         .expect("redis-cli");
     assert_eq!(text(&out).trim(), "woven");
 
     // Outside the mesh: through, untouched (allow-any, the default).
-    let out = curl(&lab, &format!("http://{outside}/"), None);
+    let out = curl(&lab, &format!("http://{outside}/"));
     assert!(text(&out).ends_with("\n200"), "{}", text(&out));
 
     // TLS from the client to an HTTP service's host: the mesh carries HTTP, so it goes to
@@ -563,9 +576,9 @@ fn unmodified_clients_reach_mesh_services_through_the_transparent_sidecar() {
     assert_eq!(jumps(&nat_rules(&lab, "a")), 1, "{}", nat_rules(&lab, "a"));
 
     // registry-only: outside refused and counted; the mesh still works.
-    let out = curl(&lab, &format!("http://{outside}/"), None);
+    let out = curl(&lab, &format!("http://{outside}/"));
     assert!(!text(&out).ends_with("\n200"), "{}", text(&out));
-    let out = curl(&lab, "http://payments.service.weft:8080/", Some(&resolve));
+    let out = curl(&lab, "http://payments.service.weft:8080/");
     assert!(text(&out).ends_with("\n200"), "{}", text(&out));
     let metrics = admin_metrics(&lab, &web);
     assert!(transparent_count(&metrics, "refused") >= 1.0, "{metrics}");
@@ -579,7 +592,7 @@ fn unmodified_clients_reach_mesh_services_through_the_transparent_sidecar() {
         "the deny intention applies",
         Duration::from_secs(15),
         || {
-            let out = curl(&lab, "http://payments.service.weft:8080/", Some(&resolve));
+            let out = curl(&lab, "http://payments.service.weft:8080/");
             text(&out).ends_with("\n403").then_some(())
         },
     );

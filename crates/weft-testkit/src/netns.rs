@@ -118,6 +118,19 @@ impl Lab {
         format!("10.77.0.{}", k + 1)
     }
 
+    /// Points `host`'s system resolver at `nameserver` (port 53): `ip netns exec` mounts
+    /// `/etc/netns/<namespace>/resolv.conf` over `/etc/resolv.conf` for what it runs.
+    /// Removed with the lab.
+    pub fn use_nameserver(&self, host: &str, nameserver: &str) {
+        let dir = std::path::Path::new("/etc/netns").join(self.ns(host));
+        std::fs::create_dir_all(&dir).expect("create /etc/netns/<namespace>");
+        std::fs::write(
+            dir.join("resolv.conf"),
+            format!("nameserver {nameserver}\noptions timeout:2 attempts:2\n"),
+        )
+        .expect("write resolv.conf");
+    }
+
     /// `program` run on `host` (as root).
     pub fn cmd(&self, host: &str, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut c = Command::new("ip");
@@ -141,6 +154,7 @@ impl Drop for Lab {
     fn drop(&mut self) {
         for host in &self.hosts {
             let _ = ip(&["netns", "del", &self.ns(host)]);
+            let _ = std::fs::remove_dir_all(std::path::Path::new("/etc/netns").join(self.ns(host)));
         }
         let _ = ip(&["netns", "del", &self.switch()]);
     }

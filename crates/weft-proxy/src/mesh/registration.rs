@@ -10,6 +10,10 @@ use tokio::net::TcpStream;
 
 use super::control_api::call;
 
+/// While the application has never passed a check, for this long after start...
+const STARTING_FOR: Duration = Duration::from_secs(10);
+/// ... it is checked this often (at most; `--health-interval` if shorter).
+const STARTING_CHECK: Duration = Duration::from_millis(250);
 /// How the local application's health is checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HealthCheck {
@@ -121,8 +125,14 @@ impl Registration {
         let mut reported: Option<bool> = None;
         let mut server = 0usize;
         let period = self.interval.min(self.ttl / 3);
+        // A sidecar often starts beside an application still starting: until the app has
+        // passed once (for its first STARTING_FOR), it is checked again sooner, so it gets
+        // traffic a moment after it listens rather than a whole interval later.
+        let started = std::time::Instant::now();
+        let mut ever_passed = false;
         loop {
             let passing = check(self.app, &self.check).await;
+            ever_passed |= passing;
             if reported.is_some() && reported != Some(passing) {
                 tracing::warn!(passing, "local application health changed");
             }
@@ -142,6 +152,9 @@ impl Registration {
                     }),
             };
             match outcome {
+                Ok(()) if !ever_passed && started.elapsed() < STARTING_FOR => {
+                    tokio::time::sleep(period.min(STARTING_CHECK)).await
+                }
                 Ok(()) => tokio::time::sleep(period).await,
                 Err(e) => {
                     tracing::warn!(server = %base, error = %e, "catalog update failed");
