@@ -155,6 +155,16 @@ fn stop(mut sidecar: Sidecar) {
     );
 }
 
+/// `ip6tables -t nat -S` on `host`.
+fn nat_rules6(lab: &Lab, host: &str) -> String {
+    let out = lab
+        .cmd(host, require("ip6tables"))
+        .args(["-w", "-t", "nat", "-S"])
+        .output()
+        .expect("ip6tables");
+    text(&out)
+}
+
 fn jumps(rules: &str) -> usize {
     rules
         .lines()
@@ -297,7 +307,8 @@ fn unmodified_clients_reach_mesh_services_through_the_transparent_sidecar() {
     }
     // a: control plane, web (transparent); b: payments (HTTP); c: db (MariaDB);
     // d: cache (Redis); e: a server outside the mesh.
-    let lab = Lab::new(&["a", "b", "c", "d", "e"]);
+    // f: ledger, reached over IPv6.
+    let lab = Lab::new(&["a", "b", "c", "d", "e", "f"]);
     let control = Control::start(&lab);
     control.apply(
         &lab,
@@ -468,6 +479,48 @@ fn unmodified_clients_reach_mesh_services_through_the_transparent_sidecar() {
         );
     }
 
+    // IPv6: ledger's instance is registered at f's IPv6 address; the client resolves its
+    // AAAA and connects; ip6tables redirects to the sidecar's [::1] listener.
+    let _ledger_app = Proc::spawn({
+        let mut c = lab.cmd("f", weft());
+        c.args(["echo", "--listen", "127.0.0.1:8080", "--name", "ledger-1"]);
+        c
+    });
+    let inbound6 = format!("[{}]:15001", lab.ip6("f"));
+    let ledger = Sidecar {
+        proc: Proc::spawn(control.weft(
+            &lab,
+            "f",
+            &[
+                "sidecar",
+                "--service",
+                "ledger",
+                "--id",
+                "ledger-1",
+                "--app",
+                "127.0.0.1:8080",
+                "--inbound",
+                &inbound6,
+                "--health-interval",
+                "300ms",
+            ],
+        )),
+    };
+    ledger.wait_synced();
+    assert!(
+        nat_rules6(&lab, "a").contains("-A OUTPUT -p tcp -j WEFT_OUTPUT"),
+        "{}",
+        nat_rules6(&lab, "a")
+    );
+    let body = eventually("ledger over IPv6", Duration::from_secs(15), || {
+        let body = text(&curl(&lab, "http://ledger.service.weft:8080/"));
+        body.ends_with("\n200").then_some(body)
+    });
+    assert!(
+        body.contains("ledger-1") && body.contains("spiffe://weft.local/svc/web"),
+        "{body}"
+    );
+
     // MariaDB speaks first: the client gets its greeting through the mesh, no stall.
     let through_mesh = || {
         let mut c = lab.app("a", require("mariadb"));
@@ -549,7 +602,7 @@ fn unmodified_clients_reach_mesh_services_through_the_transparent_sidecar() {
         before + 1.0,
         "{metrics}"
     );
-    assert!(transparent_count(&metrics, "mesh") >= 5.0, "{metrics}");
+    assert!(transparent_count(&metrics, "mesh") >= 6.0, "{metrics}");
     assert!(
         transparent_count(&metrics, "passthrough") >= 1.0,
         "{metrics}"

@@ -1,6 +1,6 @@
 //! A small network of "hosts" for tests that need real addresses and iptables: one
 //! network namespace per host, each with an `eth0` on a bridge that lives in a namespace of
-//! its own, `10.77.0.0/24` between them. Everything is created by the test and removed
+//! its own, `10.77.0.0/24` and `fd77::/64` between them. Everything is created by the test and removed
 //! when the [`Lab`] drops (the namespaces, and with them their links and iptables rules),
 //! also when the test fails. Needs root (CI runs as root).
 
@@ -43,7 +43,8 @@ fn ip(args: &[&str]) -> Result<(), String> {
 }
 
 impl Lab {
-    /// Creates `hosts` (host *k* gets `10.77.0.<k+1>`), or fails the test saying why.
+    /// Creates `hosts` (host *k* gets `10.77.0.<k+1>` and `fd77::<k+1>`), or fails the
+    /// test saying why.
     pub fn new(hosts: &[&str]) -> Lab {
         assert!(
             is_root(),
@@ -99,6 +100,18 @@ impl Lab {
             // Every other address is "on the wire": a connection to a virtual IP
             // (240.0.0.0/16) gets as far as the host's iptables, as with a real default route.
             ip(&["-n", &ns, "route", "add", "default", "dev", "eth0"])?;
+            // IPv6 too: fd77::<k+1>, usable at once (no duplicate address detection).
+            ip(&[
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{}/64", self.ip6(host)),
+                "dev",
+                "eth0",
+                "nodad",
+            ])?;
+            ip(&["-n", &ns, "-6", "route", "add", "default", "dev", "eth0"])?;
         }
         Ok(())
     }
@@ -116,6 +129,13 @@ impl Lab {
             .position(|h| h == host)
             .unwrap_or_else(|| panic!("no host {host} in the lab"));
         format!("10.77.0.{}", k + 1)
+    }
+
+    /// The IPv6 address of `host`.
+    pub fn ip6(&self, host: &str) -> String {
+        let v4 = self.ip(host);
+        let k = v4.rsplit('.').next().unwrap_or("0");
+        format!("fd77::{k}")
     }
 
     /// Points `host`'s system resolver at `nameserver` (port 53): `ip netns exec` mounts
