@@ -38,5 +38,6 @@ pub mod peers;
 pub mod server;
 pub mod state;
 pub mod store;
+pub mod update_stream;
 pub mod vip;
 pub mod webhook;

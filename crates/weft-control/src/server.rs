@@ -261,7 +261,10 @@ pub async fn serve(
         },
         live.clone(),
     );
-    let grpc = GrpcDiscovery::new(discovery)
+    let discovery = Arc::new(discovery);
+    let update_stream =
+        crate::update_stream::StreamService::new(discovery.clone(), MAX_PROXY_MESSAGE);
+    let grpc = GrpcDiscovery::from_arc(discovery)
         .max_decoding_message_size(MAX_PROXY_MESSAGE)
         .max_encoding_message_size(usize::MAX);
     // gRPC requests are HTTP/2 POSTs to /weft.discovery.v1.Discovery/METHOD; everything
@@ -283,7 +286,11 @@ pub async fn serve(
     };
     // Canary rollouts, run by whichever replica leads.
     let canaries = tokio::spawn(api::run_canaries(api.clone()));
-    let app = api::router(api).route_service("/weft.discovery.v1.Discovery/{*method}", grpc);
+    // The update stream is framed by weft itself (update_stream.rs: no per-stream encode
+    // buffer); the other discovery methods are tonic's.
+    let app = api::router(api)
+        .route_service(crate::update_stream::PATH, update_stream)
+        .route_service("/weft.discovery.v1.Discovery/{*method}", grpc);
     let local: SocketAddr = listener.local_addr()?;
     tracing::info!(%local, tls = acceptor.is_some(), "control plane listening (HTTP API and gRPC discovery)");
     accept_loop(listener, app, acceptor, limits.max_connections, shutdown).await;
