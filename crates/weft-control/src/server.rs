@@ -227,7 +227,12 @@ pub async fn serve(
             let mut tick = state.subscribe();
             loop {
                 if leadership.is_leader() {
-                    if let Err(e) = crate::vip::assign_missing(&*store, &state, range).await {
+                    let (missing, taken) = {
+                        let view = state.read();
+                        (view.services_without_vip(), view.vips_taken())
+                    };
+                    let assigned = crate::vip::assign_missing(&*store, missing, taken, range);
+                    if let Err(e) = assigned.await {
                         tracing::warn!(error = %e, "assigning virtual IPs failed; retrying");
                     }
                 }

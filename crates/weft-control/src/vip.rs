@@ -100,17 +100,14 @@ pub async fn assign(store: &dyn Store, service: &str, ip: Ipv4Addr) -> Result<bo
     Ok(store.txn(txn).await?.succeeded)
 }
 
-/// Gives every service with instances and no VIP one (the leader calls this when the
-/// view moves). Returns how many were given.
+/// Gives each of the `missing` services (with instances, no VIP) an address not `taken`
+/// (the leader calls this when the view moves). Returns how many were given.
 pub async fn assign_missing(
     store: &dyn Store,
-    state: &crate::state::State,
+    missing: Vec<String>,
+    mut taken: std::collections::HashSet<Ipv4Addr>,
     range: Range,
 ) -> Result<usize, StoreError> {
-    let (missing, mut taken) = {
-        let view = state.read();
-        (view.services_without_vip(), view.vips_taken())
-    };
     let mut given = 0;
     for service in missing {
         let Some(ip) = range.lowest_free(|ip| taken.contains(&ip)) else {
