@@ -87,6 +87,17 @@ impl Control {
         }
     }
 
+    /// `dig +short NAME` on host `a` against this control plane's DNS.
+    fn dig(&self, lab: &Lab, name: &str) -> String {
+        let at = format!("@{}", lab.ip("a"));
+        let out = lab
+            .cmd("a", require("dig"))
+            .args([&at, "-p", &self.dns_port, "+short", name])
+            .output()
+            .expect("dig");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
     /// `weft ARGS` on `host`, talking to this control plane.
     fn weft(&self, lab: &Lab, host: &str, args: &[&str]) -> Command {
         let mut c = lab.cmd(host, weft());
@@ -134,6 +145,24 @@ impl Control {
         sidecar.wait_synced();
         sidecar
     }
+}
+
+/// The HTTP status `curl` (as `cmd`) gets from `url` ("000": no HTTP answer).
+fn status_of(mut cmd: Command, url: &str) -> String {
+    let out = cmd
+        .args([
+            "-s",
+            "--max-time",
+            "5",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            url,
+        ])
+        .output()
+        .expect("curl");
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// `iptables -t nat -S` on `host`.
@@ -336,45 +365,16 @@ fn unmodified_clients_reach_mesh_services_through_the_transparent_sidecar() {
             "0",
         ],
     );
-    let direct = lab
-        .cmd("e", require("curl"))
-        .args([
-            "-s",
-            "--max-time",
-            "5",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-        ])
-        .arg(format!("http://{}:8080/", lab.ip("b")))
-        .output()
-        .expect("curl");
-    assert_eq!(
-        String::from_utf8_lossy(&direct.stdout),
-        "000",
-        "a plaintext caller outside the mesh does not reach payments' app: {}",
-        text(&direct)
+    let direct = status_of(
+        lab.cmd("e", require("curl")),
+        &format!("http://{}:8080/", lab.ip("b")),
     );
-    let local = lab
-        .app("b", require("curl"))
-        .args([
-            "-s",
-            "--max-time",
-            "5",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "http://127.0.0.1:8080/",
-        ])
-        .output()
-        .expect("curl");
     assert_eq!(
-        String::from_utf8_lossy(&local.stdout),
-        "200",
-        "on its own host, over loopback, it does"
+        direct, "000",
+        "a plaintext caller outside the mesh does not reach payments' app"
     );
+    let local = status_of(lab.app("b", require("curl")), "http://127.0.0.1:8080/");
+    assert_eq!(local, "200", "on its own host, over loopback, it does");
     let _db_server = mariadb(&lab, "c");
     let _db = control.sidecar(
         &lab,
@@ -421,18 +421,7 @@ fn unmodified_clients_reach_mesh_services_through_the_transparent_sidecar() {
 
     // The client finds payments by DNS, and calls it as if nothing were in between.
     let payments_ip = eventually("payments in DNS", Duration::from_secs(15), || {
-        let out = lab
-            .cmd("a", require("dig"))
-            .args([
-                &format!("@{}", lab.ip("a")),
-                "-p",
-                &control.dns_port,
-                "+short",
-                "payments.service.weft",
-            ])
-            .output()
-            .ok()?;
-        let ip = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let ip = control.dig(&lab, "payments.service.weft");
         (!ip.is_empty()).then_some(ip)
     });
     assert_eq!(payments_ip, lab.ip("b"));
@@ -453,18 +442,7 @@ fn unmodified_clients_reach_mesh_services_through_the_transparent_sidecar() {
         "payments' virtual IP in DNS",
         Duration::from_secs(15),
         || {
-            let out = lab
-                .cmd("a", require("dig"))
-                .args([
-                    &format!("@{}", lab.ip("a")),
-                    "-p",
-                    &control.dns_port,
-                    "+short",
-                    "payments.virtual.weft",
-                ])
-                .output()
-                .ok()?;
-            let ip = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            let ip = control.dig(&lab, "payments.virtual.weft");
             ip.starts_with("240.0.").then_some(ip)
         },
     );

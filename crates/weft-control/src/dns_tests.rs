@@ -53,6 +53,11 @@ fn ask(
     m
 }
 
+/// `ask` over UDP without EDNS.
+fn udp(view: &View, name: &str, qtype: RecordType) -> Message {
+    ask(view, name, qtype, Transport::Udp, None)
+}
+
 fn addresses(m: &Message) -> Vec<IpAddr> {
     let mut v: Vec<IpAddr> = m
         .answers
@@ -74,13 +79,7 @@ fn ips(list: &[&str]) -> Vec<IpAddr> {
 #[test]
 fn a_and_aaaa_answer_the_healthy_instances_only() {
     let v = small();
-    let m = ask(
-        &v,
-        "payments.service.weft.",
-        RecordType::A,
-        Transport::Udp,
-        None,
-    );
+    let m = udp(&v, "payments.service.weft.", RecordType::A);
     assert_eq!(m.metadata.response_code, ResponseCode::NoError);
     assert!(m.metadata.authoritative);
     assert!(m.metadata.recursion_desired, "RD is copied from the query");
@@ -90,64 +89,28 @@ fn a_and_aaaa_answer_the_healthy_instances_only() {
         ips(&["10.0.0.1", "10.0.0.4"]),
         "p3 is critical"
     );
-    let m = ask(
-        &v,
-        "payments.service.weft.",
-        RecordType::AAAA,
-        Transport::Udp,
-        None,
-    );
+    let m = udp(&v, "payments.service.weft.", RecordType::AAAA);
     assert_eq!(addresses(&m), ips(&["fd00::2"]));
     // Names are case-insensitive.
-    let m = ask(
-        &v,
-        "PayMents.SERVICE.Weft.",
-        RecordType::A,
-        Transport::Udp,
-        None,
-    );
+    let m = udp(&v, "PayMents.SERVICE.Weft.", RecordType::A);
     assert_eq!(addresses(&m), ips(&["10.0.0.1", "10.0.0.4"]));
 }
 
 #[test]
 fn a_tag_selects_instances_by_a_metadata_value() {
     let v = small();
-    let m = ask(
-        &v,
-        "v2.payments.service.weft.",
-        RecordType::A,
-        Transport::Udp,
-        None,
-    );
+    let m = udp(&v, "v2.payments.service.weft.", RecordType::A);
     assert_eq!(addresses(&m), ips(&["10.0.0.4"]));
-    let m = ask(
-        &v,
-        "v1.payments.service.weft.",
-        RecordType::AAAA,
-        Transport::Udp,
-        None,
-    );
+    let m = udp(&v, "v1.payments.service.weft.", RecordType::AAAA);
     assert_eq!(m.metadata.response_code, ResponseCode::NoError, "NODATA");
     assert!(m.answers.is_empty());
     assert_eq!(m.authorities.len(), 1, "NODATA carries the SOA");
-    let m = ask(
-        &v,
-        "v9.payments.service.weft.",
-        RecordType::A,
-        Transport::Udp,
-        None,
-    );
+    let m = udp(&v, "v9.payments.service.weft.", RecordType::A);
     assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
     // A service name holding a dot, with and without a tag.
-    let m = ask(&v, "a.b.service.weft.", RecordType::A, Transport::Udp, None);
+    let m = udp(&v, "a.b.service.weft.", RecordType::A);
     assert_eq!(addresses(&m), ips(&["10.0.1.1"]));
-    let m = ask(
-        &v,
-        "v1.a.b.service.weft.",
-        RecordType::A,
-        Transport::Udp,
-        None,
-    );
+    let m = udp(&v, "v1.a.b.service.weft.", RecordType::A);
     assert_eq!(addresses(&m), ips(&["10.0.1.1"]));
 }
 
@@ -179,46 +142,20 @@ fn srv_gives_ports_and_targets_that_resolve() {
         );
         assert_eq!(m.additionals.len(), 3, "the targets' addresses ride along");
     }
-    let m = ask(
-        &v,
-        "_payments._v2.service.weft.",
-        RecordType::SRV,
-        Transport::Udp,
-        None,
-    );
+    let m = udp(&v, "_payments._v2.service.weft.", RecordType::SRV);
     assert_eq!(m.answers.len(), 2, "a tag in the RFC 2782 form");
-    let m = ask(
-        &v,
-        "0a000004.addr.weft.",
-        RecordType::A,
-        Transport::Udp,
-        None,
-    );
+    let m = udp(&v, "0a000004.addr.weft.", RecordType::A);
     assert_eq!(addresses(&m), ips(&["10.0.0.4"]));
-    let m = ask(
+    let m = udp(
         &v,
         "fd000000000000000000000000000002.addr.weft.",
         RecordType::AAAA,
-        Transport::Udp,
-        None,
     );
     assert_eq!(addresses(&m), ips(&["fd00::2"]));
-    let m = ask(
-        &v,
-        "0a0000zz.addr.weft.",
-        RecordType::A,
-        Transport::Udp,
-        None,
-    );
+    let m = udp(&v, "0a0000zz.addr.weft.", RecordType::A);
     assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
     // The RFC 2782 form names SRV records only.
-    let m = ask(
-        &v,
-        "_payments._tcp.service.weft.",
-        RecordType::A,
-        Transport::Udp,
-        None,
-    );
+    let m = udp(&v, "_payments._tcp.service.weft.", RecordType::A);
     assert_eq!(m.metadata.response_code, ResponseCode::NoError);
     assert!(m.answers.is_empty());
 }
@@ -240,10 +177,10 @@ fn unknown_names_are_nxdomain_and_foreign_ones_refused() {
             "{name}: the SOA for negative caching"
         );
     }
-    let m = ask(&v, "example.com.", RecordType::A, Transport::Udp, None);
+    let m = udp(&v, "example.com.", RecordType::A);
     assert_eq!(m.metadata.response_code, ResponseCode::Refused);
     assert!(!m.metadata.authoritative);
-    let m = ask(&v, "weft.", RecordType::SOA, Transport::Udp, None);
+    let m = udp(&v, "weft.", RecordType::SOA);
     assert_eq!(m.answers.len(), 1);
     assert!(matches!(m.answers[0].data, RData::SOA(_)));
     // A service whose every instance is critical has no answer either.
@@ -256,13 +193,7 @@ fn unknown_names_are_nxdomain_and_foreign_ones_refused() {
     );
     assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
     // Before the view has loaded: SERVFAIL (ask again), not a false NXDOMAIN.
-    let m = ask(
-        &View::default(),
-        "payments.service.weft.",
-        RecordType::A,
-        Transport::Udp,
-        None,
-    );
+    let m = udp(&View::default(), "payments.service.weft.", RecordType::A);
     assert_eq!(m.metadata.response_code, ResponseCode::ServFail);
 }
 
@@ -289,7 +220,7 @@ fn many(n: usize, ports_per_address: usize) -> View {
 fn large_answers_set_tc_over_udp_and_come_whole_over_tcp() {
     let v = many(500, 1);
     // Without EDNS: 512 bytes.
-    let m = ask(&v, "big.service.weft.", RecordType::A, Transport::Udp, None);
+    let m = udp(&v, "big.service.weft.", RecordType::A);
     assert!(m.metadata.truncation);
     assert!(!m.answers.is_empty() && m.answers.len() < 500);
     let bytes = respond(
@@ -471,35 +402,17 @@ fn malformed_messages_get_formerr_or_nothing_and_never_panic() {
 #[test]
 fn a_virtual_name_answers_the_services_one_address() {
     let v = small().with_vip("payments", "240.0.0.7".parse().unwrap());
-    let m = ask(
-        &v,
-        "payments.virtual.weft.",
-        RecordType::A,
-        Transport::Udp,
-        None,
-    );
+    let m = udp(&v, "payments.virtual.weft.", RecordType::A);
     assert_eq!(addresses(&m), ips(&["240.0.0.7"]));
-    let m = ask(
-        &v,
-        "payments.virtual.weft.",
-        RecordType::AAAA,
-        Transport::Udp,
-        None,
-    );
+    let m = udp(&v, "payments.virtual.weft.", RecordType::AAAA);
     assert_eq!(
         (m.metadata.response_code, m.answers.len()),
         (ResponseCode::NoError, 0),
         "NODATA"
     );
     // Registered but not given its address yet: SERVFAIL (ask again), not NXDOMAIN.
-    let m = ask(&v, "a.b.virtual.weft.", RecordType::A, Transport::Udp, None);
+    let m = udp(&v, "a.b.virtual.weft.", RecordType::A);
     assert_eq!(m.metadata.response_code, ResponseCode::ServFail);
-    let m = ask(
-        &v,
-        "nope.virtual.weft.",
-        RecordType::A,
-        Transport::Udp,
-        None,
-    );
+    let m = udp(&v, "nope.virtual.weft.", RecordType::A);
     assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
 }

@@ -11,7 +11,10 @@
 //! place), and when the mesh services it calls changed, the stream is reopened at once
 //! to subscribe to the new set.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap},
+    time::Duration,
+};
 
 use tokio::sync::{mpsc, watch};
 use weft_api::discovery::{
@@ -173,6 +176,20 @@ struct Failure {
     applied: bool,
 }
 
+/// The `Hello` that opens a stream (`known`: what the proxy holds) or, later on it,
+/// changes the upstreams (`known` empty).
+fn hello(who: &Identity, spec: &SidecarSpec, known: HashMap<String, u64>) -> ProxyMessage {
+    ProxyMessage {
+        message: Some(Message::Hello(Hello {
+            proxy_id: who.proxy_id.clone(),
+            service: spec.service.clone(),
+            upstreams: spec.upstreams.iter().map(|(n, _)| n.clone()).collect(),
+            known,
+            build: who.build.clone(),
+        })),
+    }
+}
+
 /// One stream, until it fails (`Err`) or must be reopened to subscribe anew (`Ok`).
 async fn session(
     server: &str,
@@ -192,18 +209,8 @@ async fn session(
     let channel = connect(server).await.map_err(|e| fail(false)(&e))?;
     let mut client = DiscoveryClient::new(channel).max_decoding_message_size(MAX_UPDATE_BYTES);
     let (tx, rx) = mpsc::channel(4);
-    let hello = Hello {
-        proxy_id: who.proxy_id.clone(),
-        service: spec.service.clone(),
-        upstreams: spec.upstreams.iter().map(|(n, _)| n.clone()).collect(),
-        known: held.iter().map(|(k, (v, _))| (k.clone(), *v)).collect(),
-        build: who.build.clone(),
-    };
-    let _ = tx
-        .send(ProxyMessage {
-            message: Some(Message::Hello(hello)),
-        })
-        .await;
+    let known = held.iter().map(|(k, (v, _))| (k.clone(), *v)).collect();
+    let _ = tx.send(hello(who, spec, known)).await;
     let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
     if let Some(t) = super::control_api::token().and_then(|t| t.parse().ok()) {
         request.metadata_mut().insert("x-weft-token", t);
@@ -223,15 +230,7 @@ async fn session(
                 if adopt(next, spec, held, proxy) {
                     // Subscribe anew on this stream: a later Hello changes the upstreams
                     // only, and the server sends the difference.
-                    let hello = Hello {
-                        proxy_id: who.proxy_id.clone(),
-                        service: spec.service.clone(),
-                        upstreams: spec.upstreams.iter().map(|(n, _)| n.clone()).collect(),
-                        known: Default::default(),
-                        build: who.build.clone(),
-                    };
-                    let hello = ProxyMessage { message: Some(Message::Hello(hello)) };
-                    if tx.send(hello).await.is_err() {
+                    if tx.send(hello(who, spec, Default::default())).await.is_err() {
                         return Err(fail(applied)(&"stream closed"));
                     }
                 }

@@ -122,12 +122,7 @@ impl Redirect {
 
     /// The commands that install the rules for one family (after [`Redirect::removal`]).
     pub fn installation(&self, v6: bool) -> Vec<Command> {
-        let prog = if v6 { "ip6tables" } else { "iptables" };
-        let nat = |args: &[&str]| -> Command {
-            let mut v = vec!["-w".to_string(), "-t".into(), "nat".into()];
-            v.extend(args.iter().map(|a| a.to_string()));
-            (prog, v)
-        };
+        let nat = |args: &[&str]| nat(v6, args);
         let loopback = if v6 { "::1/128" } else { "127.0.0.0/8" };
         let uid = self.uid.to_string();
         let port = self.port.to_string();
@@ -193,12 +188,7 @@ impl Redirect {
     /// The commands that remove every rule weft installs in a family (each may fail when
     /// there is nothing to remove; the jumps are deleted until none is left).
     pub fn removal(v6: bool) -> Vec<Command> {
-        let prog = if v6 { "ip6tables" } else { "iptables" };
-        let nat = |args: &[&str]| -> Command {
-            let mut v = vec!["-w".to_string(), "-t".into(), "nat".into()];
-            v.extend(args.iter().map(|a| a.to_string()));
-            (prog, v)
-        };
+        let nat = |args: &[&str]| nat(v6, args);
         vec![
             nat(&["-D", "OUTPUT", "-p", "tcp", "-j", CHAIN_OUT]),
             nat(&["-F", CHAIN_OUT]),
@@ -259,6 +249,14 @@ impl Redirect {
             }
         }
     }
+}
+
+/// `iptables -w -t nat ARGS` (or ip6tables).
+fn nat(v6: bool, args: &[&str]) -> Command {
+    let prog = if v6 { "ip6tables" } else { "iptables" };
+    let mut v = vec!["-w".to_string(), "-t".into(), "nat".into()];
+    v.extend(args.iter().map(|a| a.to_string()));
+    (prog, v)
 }
 
 fn shell(c: &Command) -> String {
@@ -486,29 +484,32 @@ impl OnDemand {
     }
 }
 
+/// A destinations table and what it was built from (snapshot, listener count).
+type Built = (Arc<Snapshot>, usize, Arc<Destinations>);
+
 /// What the transparent listener needs, shared by its connections.
 struct Front {
     proxy: ProxyWatch,
     on_demand: Arc<OnDemand>,
     policy: OutboundPolicy,
     metrics: Arc<Metrics>,
-    /// (snapshot, listeners) it was built from, and the table.
-    cache: Mutex<Option<(usize, usize, Arc<Destinations>)>>,
+    /// The snapshot and listener count the table was built from (the snapshot is held, so
+    /// a newer one can never reuse its address), and the table.
+    cache: Mutex<Option<Built>>,
 }
 
 impl Front {
     fn destinations(&self) -> Arc<Destinations> {
         let snapshot = self.proxy.snapshot();
         let listeners = self.proxy.listeners();
-        let key = (Arc::as_ptr(&snapshot) as usize, listeners.len());
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((ptr, n, d)) = cache.as_ref() {
-            if (*ptr, *n) == key {
+        if let Some((built_from, n, d)) = cache.as_ref() {
+            if Arc::ptr_eq(built_from, &snapshot) && *n == listeners.len() {
                 return d.clone();
             }
         }
         let d = Arc::new(Destinations::of(&snapshot, &listeners));
-        *cache = Some((key.0, key.1, d.clone()));
+        *cache = Some((snapshot, listeners.len(), d.clone()));
         d
     }
 
