@@ -241,6 +241,68 @@ pub fn trace_headers(data: &[u8]) {
     }
 }
 
+/// An upstream's answer as weft's own HTTP/1.1 client reads it ([`crate::upstream::h1`]):
+/// the first byte says whether the request was HEAD (bit 0) and in what pieces the rest
+/// arrives (its value + 1 bytes at a time). Read in pieces or all at once, the outcome is
+/// the same (status, body bytes, trailers, or a failure); reading always ends — more is
+/// never asked for once the server has closed; a body never yields more than arrived,
+/// and a `Content-Length` body read to its end has exactly that length.
+pub fn upstream_response(data: &[u8]) {
+    let Some((&flags, rest)) = data.split_first() else {
+        return;
+    };
+    let head_request = flags & 1 == 1;
+    let whole = read_response(rest, rest.len().max(1), head_request);
+    let pieces = read_response(rest, usize::from(flags >> 1) + 1, head_request);
+    assert_eq!(whole, pieces, "whole vs pieces of {}", usize::from(flags >> 1) + 1);
+}
+
+type ReadOutcome = Result<(u16, Vec<u8>, Option<http::HeaderMap>), crate::error::ProxyError>;
+
+fn read_response(bytes: &[u8], step: usize, head_request: bool) -> ReadOutcome {
+    use crate::upstream::h1::{self, Framing, Step};
+    let mut buf = bytes::BytesMut::new();
+    let mut fed = 0;
+    let mut feed = |buf: &mut bytes::BytesMut| {
+        let end = (fed + step).min(bytes.len());
+        buf.extend_from_slice(&bytes[fed..end]);
+        fed = end;
+        fed == bytes.len()
+    };
+    let mut eof = feed(&mut buf);
+    let head = loop {
+        match h1::parse_head(&mut buf, head_request)? {
+            Some(head) => break head,
+            None if eof => return Err(crate::error::ProxyError::UpstreamReset),
+            None => eof = feed(&mut buf),
+        }
+    };
+    let declared = match head.framing {
+        Framing::Length(n) => Some(n),
+        _ => None,
+    };
+    let mut framing = head.framing;
+    let (mut body, mut trailers) = (Vec::new(), None);
+    loop {
+        match framing.next(&mut buf, eof)? {
+            Step::Frame(f) => match f.into_data() {
+                Ok(d) => body.extend_from_slice(&d),
+                Err(f) => trailers = Some(f.into_trailers().expect("data or trailers")),
+            },
+            Step::End => break,
+            Step::More => {
+                assert!(!eof, "more asked for after the server closed");
+                eof = feed(&mut buf);
+            }
+        }
+        assert!(body.len() <= bytes.len(), "more body than bytes");
+    }
+    if let Some(n) = declared {
+        assert_eq!(body.len() as u64, n, "a Content-Length body read to its end");
+    }
+    Ok((head.response.status().as_u16(), body, trailers))
+}
+
 /// Bytes as the first flight of a TLS client, as TLS passthrough reads it.
 pub fn client_hello(data: &[u8]) {
     let _ = weft_tls::peek_sni(data);
@@ -258,6 +320,7 @@ mod tests {
             ("client_hello", super::client_hello),
             ("normalized_paths", super::normalized_paths),
             ("trace_headers", super::trace_headers),
+            ("upstream_response", super::upstream_response),
         ] {
             for entry in std::fs::read_dir(root.join(dir)).expect("seed directory") {
                 let bytes = std::fs::read(entry.expect("entry").path()).expect("seed");

@@ -68,9 +68,14 @@ pub fn python() -> PathBuf {
     py
 }
 
-/// A fresh directory under the system temp dir.
+/// A fresh directory under the system temp dir. Kept after the test (its logs explain a
+/// failure); the first call of a test process removes those of earlier runs that are over
+/// an hour old and whose process is gone, so they do not pile up (an etcd test's is
+/// ~370 MB; thousands once filled a developer's disk).
 pub fn temp_dir() -> PathBuf {
     static N: AtomicUsize = AtomicUsize::new(0);
+    static PRUNED: std::sync::Once = std::sync::Once::new();
+    PRUNED.call_once(prune_old_temp_dirs);
     let p = std::env::temp_dir().join(format!(
         "weft-test-{}-{}",
         std::process::id(),
@@ -82,6 +87,31 @@ pub fn temp_dir() -> PathBuf {
     let _ = std::fs::remove_dir_all(&p);
     std::fs::create_dir_all(&p).expect("create temp dir");
     p
+}
+
+/// Removes `weft-test-<pid>-<n>` directories over an hour old whose process has exited.
+fn prune_old_temp_dirs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    let hour = std::time::Duration::from_secs(3600);
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("weft-test-"))
+            .and_then(|rest| rest.split('-').next())
+        else {
+            continue;
+        };
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > hour));
+        if old && !std::path::Path::new("/proc").join(pid).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 /// A child process that printed a JSON ready line; killed on drop.

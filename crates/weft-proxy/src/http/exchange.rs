@@ -35,7 +35,7 @@ use super::{ResponseBody, Routes};
 use crate::error::ProxyError;
 use crate::telemetry::tap::TapBody;
 use crate::telemetry::trace::{self, SpanContext};
-use crate::upstream::body::{RequestBody, Source, Verdict};
+use crate::upstream::body::{Received, RequestBody, Source, Verdict};
 use crate::upstream::client::SendError;
 use crate::upstream::endpoint::{Endpoint, InFlight};
 use crate::upstream::outlier::Outcome;
@@ -457,7 +457,7 @@ impl Outgoing {
 
 /// The upstream's answer, with the connection it came on and the endpoint's in-flight mark.
 struct Answered {
-    resp: Response<hyper::body::Incoming>,
+    resp: Response<Received>,
     lease: Option<Lease>,
     inflight: InFlight,
 }
@@ -602,7 +602,7 @@ fn address(
 }
 
 /// What an attempt's result was, as a send under a per-try timeout.
-type Sent = Result<Result<(Response<hyper::body::Incoming>, Option<Lease>), SendError>, Elapsed>;
+type Sent = Result<Result<(Response<Received>, Option<Lease>), SendError>, Elapsed>;
 
 /// The attempt as outlier detection counts it: a 5xx, a local failure, or a success
 /// (the client's own fault, or our own limit, is not the endpoint's).

@@ -13,7 +13,6 @@ use bytes::Bytes;
 use http::header;
 use http::{Request, Version};
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 
 use super::context::{Client, Context as ListenerContext};
 use super::headers::X_REQUEST_ID;
@@ -442,7 +441,7 @@ impl Drop for Exchange {
 /// An upstream response body that completes its exchange's accounting when it ends, and
 /// returns its HTTP/1.1 connection to the pool once read to the end.
 pub struct UpstreamBody {
-    pub(crate) inner: Incoming,
+    pub(crate) inner: crate::upstream::body::Received,
     pub(crate) exchange: Option<Exchange>,
     pub(crate) lease: Option<Lease>,
 }
@@ -467,12 +466,12 @@ impl UpstreamBody {
 
 impl Body for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = crate::upstream::body::BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         if let (Poll::Ready(Some(Ok(frame))), Some(ex)) = (&polled, self.exchange.as_mut()) {
             if let Some(t) = frame.trailers_ref() {

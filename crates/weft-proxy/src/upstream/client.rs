@@ -23,8 +23,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use weft_model::ServiceProtocol;
 
-use super::body::RequestBody;
+use super::body::{Received, RequestBody};
 use super::endpoint::Endpoint;
+use super::h1;
 use super::keep_reading::KeepReading;
 use super::pool::{Lease, Shared};
 use super::retry::{Breaker, Permit};
@@ -106,12 +107,46 @@ impl Upstream {
         &self,
         endpoint: &Arc<Endpoint>,
         req: Request<RequestBody>,
-    ) -> Result<(Response<Incoming>, Option<Lease>), SendError> {
+    ) -> Result<(Response<Received>, Option<Lease>), SendError> {
         if self.settings.is_http2() {
-            self.send_h2(endpoint, req).await.map(|r| (r, None))
+            let resp = self.send_h2(endpoint, req).await?;
+            Ok((resp.map(Received::Hyper), None))
+        } else if h1::fits(&req) {
+            let resp = self.send_own_h1(endpoint, req).await?;
+            Ok((resp.map(Received::Own), None))
         } else {
-            self.send_h1(endpoint, req).await
+            let (resp, lease) = self.send_h1(endpoint, req).await?;
+            Ok((resp.map(Received::Hyper), lease))
         }
+    }
+
+    /// A request without a body or upgrade, on weft's own HTTP/1.1 client: pooled
+    /// connections first. One found closed before any answer came takes an idempotent
+    /// request to the next (the request is only borrowed, so nothing needs copying).
+    async fn send_own_h1(
+        &self,
+        endpoint: &Arc<Endpoint>,
+        req: Request<RequestBody>,
+    ) -> Result<Response<h1::ResponseBody>, SendError> {
+        let home = || h1::Home {
+            pool: endpoint.pool.clone(),
+            max_idle: self.settings.max_idle,
+        };
+        while let Some(conn) = endpoint.pool.take_lean(self.settings.idle_timeout) {
+            match h1::round_trip(conn, &req, home()).await {
+                Ok(resp) => return Ok(resp),
+                Err(h1::Failed::Quiet(_)) if req.method().is_idempotent() => continue,
+                Err(failed) => return Err(SendError::sent(failed.error())),
+            }
+        }
+        // Boxed, as for hyper's connections below: opening is rare, requests are not.
+        let conn = match Box::pin(self.connect(endpoint)).await {
+            Ok((io, permit)) => h1::Connection::new(io, permit),
+            Err(e) => return Err(SendError::unsent(e, req)),
+        };
+        h1::round_trip(conn, &req, home())
+            .await
+            .map_err(|failed| SendError::sent(failed.error()))
     }
 
     async fn send_h1(
@@ -133,26 +168,13 @@ impl Upstream {
                 },
             }
         }
-        let (stream, permit) = match self.connect(endpoint).await {
-            Ok(c) => c,
+        // A new connection: a cold path, boxed so that its (large) connect and handshake
+        // futures do not size every request's future, which is moved several times per
+        // request (docs/benchmarks.md, "Where the instructions go").
+        let (mut sender, dead) = match Box::pin(self.open_h1(endpoint)).await {
+            Ok(opened) => opened,
             Err(e) => return Err(SendError::unsent(e, req)),
         };
-        // The answer of a server that stops reading the body is still read (KeepReading).
-        let stream = KeepReading::new(stream);
-        let dead = stream.dead_writes();
-        let (mut sender, conn) = match http1::Builder::new()
-            .handshake::<_, RequestBody>(TokioIo::new(stream))
-            .await
-        {
-            Ok(h) => h,
-            Err(e) => return Err(SendError::unsent(ProxyError::from_hyper(&e), req)),
-        };
-        tokio::spawn(async move {
-            let _permit = permit;
-            if let Err(e) = conn.with_upgrades().await {
-                tracing::debug!(error = %e, "upstream connection ended with an error");
-            }
-        });
         match sender.try_send_request(req).await {
             Ok(resp) => Ok((resp, Some(self.lease(sender, dead, endpoint)))),
             Err(mut e) => {
@@ -163,6 +185,28 @@ impl Upstream {
                 })
             }
         }
+    }
+
+    /// Opens a new HTTP/1.1 connection to `endpoint`; its connection task is spawned.
+    async fn open_h1(
+        &self,
+        endpoint: &Endpoint,
+    ) -> Result<(http1::SendRequest<RequestBody>, Arc<AtomicBool>), ProxyError> {
+        let (stream, permit) = self.connect(endpoint).await?;
+        // The answer of a server that stops reading the body is still read (KeepReading).
+        let stream = KeepReading::new(stream);
+        let dead = stream.dead_writes();
+        let (sender, conn) = http1::Builder::new()
+            .handshake::<_, RequestBody>(TokioIo::new(stream))
+            .await
+            .map_err(|e| ProxyError::from_hyper(&e))?;
+        tokio::spawn(async move {
+            let _permit = permit;
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(error = %e, "upstream connection ended with an error");
+            }
+        });
+        Ok((sender, dead))
     }
 
     fn lease(
@@ -192,23 +236,28 @@ impl Upstream {
             Ok(resp) => Ok(resp),
             Err(mut e) => match e.take_message() {
                 // The shared connection went away before the request left: once more on a new one.
-                Some(unsent) => {
-                    *endpoint.pool.h2.lock().await = None;
-                    let mut sender = match self.h2_sender(endpoint).await {
-                        Ok(s) => s,
-                        Err(e) => return Err(SendError::unsent(e, unsent)),
-                    };
-                    match sender.try_send_request(unsent).await {
-                        Ok(resp) => Ok(resp),
-                        Err(mut e) => Err(SendError {
-                            error: ProxyError::from_hyper(e.error()),
-                            unsent: e.take_message(),
-                        }),
-                    }
-                }
+                // Boxed: a rare path that would otherwise size every request's future.
+                Some(unsent) => Box::pin(self.resend_h2(endpoint, unsent)).await,
                 None => Err(SendError::sent(ProxyError::from_hyper(e.error()))),
             },
         }
+    }
+
+    /// Sends `req` on a new shared HTTP/2 connection (the last one went away).
+    async fn resend_h2(
+        &self,
+        endpoint: &Arc<Endpoint>,
+        req: Request<RequestBody>,
+    ) -> Result<Response<Incoming>, SendError> {
+        *endpoint.pool.h2.lock().await = None;
+        let mut sender = match self.h2_sender(endpoint).await {
+            Ok(s) => s,
+            Err(e) => return Err(SendError::unsent(e, req)),
+        };
+        sender.try_send_request(req).await.map_err(|mut e| SendError {
+            error: ProxyError::from_hyper(e.error()),
+            unsent: e.take_message(),
+        })
     }
 
     /// The endpoint's shared HTTP/2 connection, opened if needed (one connect at a time).
@@ -223,6 +272,20 @@ impl Upstream {
                 return Ok(shared.sender.clone());
             }
         }
+        // Boxed, as for HTTP/1.1: opening is rare, requests are not.
+        let sender = Box::pin(self.open_h2(endpoint)).await?;
+        *slot = Some(Shared {
+            sender: sender.clone(),
+            last_used: Instant::now(),
+        });
+        Ok(sender)
+    }
+
+    /// Opens a new HTTP/2 connection to `endpoint`; its connection task is spawned.
+    async fn open_h2(
+        &self,
+        endpoint: &Endpoint,
+    ) -> Result<http2::SendRequest<RequestBody>, ProxyError> {
         let (stream, permit) = self.connect(endpoint).await?;
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
@@ -234,10 +297,6 @@ impl Upstream {
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "upstream HTTP/2 connection ended with an error");
             }
-        });
-        *slot = Some(Shared {
-            sender: sender.clone(),
-            last_used: Instant::now(),
         });
         Ok(sender)
     }

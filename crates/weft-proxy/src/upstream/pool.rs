@@ -1,6 +1,7 @@
-//! An endpoint's connections: a stack of idle HTTP/1.1 connections (most recently used
-//! first, so the warmest is reused and the coldest ages out) and, for HTTP/2 services, one
-//! shared multiplexed connection. An HTTP/1.1 connection comes back to the pool only when
+//! An endpoint's connections: stacks of idle HTTP/1.1 connections (most recently used
+//! first, so the warmest is reused and the coldest ages out) — hyper's, for requests with
+//! bodies or upgrades, and weft's own ([`super::h1`]) for the rest, each stack holding up
+//! to `maxIdlePerEndpoint` — and, for HTTP/2 services, one shared multiplexed connection. An HTTP/1.1 connection comes back to the pool only when
 //! its response body has been read to the end ([`Lease::release`]); a response abandoned
 //! half-way closes its connection, so a half-read stream is never reused.
 
@@ -11,11 +12,13 @@ use std::time::{Duration, Instant};
 use hyper::client::conn::{http1, http2};
 
 use super::body::RequestBody;
+use super::h1;
 
 /// The connections of one endpoint.
 #[derive(Debug, Default)]
 pub struct Pool {
     idle: Mutex<Vec<Idle>>,
+    lean: Mutex<Vec<(Box<h1::Connection>, Instant)>>,
     pub(super) h2: tokio::sync::Mutex<Option<Shared>>,
 }
 
@@ -66,9 +69,41 @@ impl Pool {
         }
     }
 
+    /// The most recently used idle connection of weft's own client that is still open.
+    pub(super) fn take_lean(&self, idle_timeout: Duration) -> Option<Box<h1::Connection>> {
+        loop {
+            // Checked outside the lock: the check polls the socket.
+            let (mut conn, since) = self.lean.lock().unwrap_or_else(|p| p.into_inner()).pop()?;
+            if since.elapsed() < idle_timeout && conn.is_quiet() {
+                return Some(conn);
+            }
+        }
+    }
+
+    /// Keeps a connection of weft's own client for reuse, if there is room.
+    pub(super) fn put_lean(&self, conn: Box<h1::Connection>, max_idle: usize) {
+        let mut lean = self.lean.lock().unwrap_or_else(|p| p.into_inner());
+        if lean.len() < max_idle {
+            lean.push((conn, Instant::now()));
+        }
+    }
+
     /// Closes connections idle for longer than `idle_timeout` (dropping the sender ends the
     /// connection task, which closes the socket).
     pub(super) fn evict(&self, idle_timeout: Duration) {
+        let stale: Vec<_> = {
+            let mut lean = self.lean.lock().unwrap_or_else(|p| p.into_inner());
+            let mut stale = Vec::new();
+            for (mut conn, since) in std::mem::take(&mut *lean) {
+                if since.elapsed() < idle_timeout && conn.is_quiet() {
+                    lean.push((conn, since));
+                } else {
+                    stale.push(conn);
+                }
+            }
+            stale
+        };
+        drop(stale);
         let stale: Vec<Idle> = {
             let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
             let (keep, stale) = idle
