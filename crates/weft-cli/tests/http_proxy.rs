@@ -850,3 +850,91 @@ fn an_upstream_that_refuses_an_upload_early_is_heard() {
         .collect();
     assert!(statuses.iter().all(|&s| s == 413), "{statuses:?}");
 }
+
+#[test]
+fn answers_are_read_by_rfc_9112_and_only_clean_connections_reused() {
+    // Bodiless requests go out on weft's own HTTP/1.1 client (upstream/h1.rs). A raw
+    // backend numbers its connections (x-conn) and answers by path; on a connection's
+    // second request, /drop-second closes without answering, as a server that let an idle
+    // connection go at the moment the request arrived.
+    let conns = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = conns.clone();
+    let backend = weft_testkit::tcp_server(move |mut conn| {
+        let id = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        for n in 1.. {
+            let head = read_head(&mut conn);
+            let Some(path) = head.split(' ').nth(1) else {
+                return;
+            };
+            let reply = match path {
+                "/drop-second" if n == 2 => return,
+                "/interim" => format!(
+                    "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </x>\r\n\r\n\
+                     HTTP/1.1 200 OK\r\nx-conn: {id}\r\ncontent-length: 2\r\n\r\nok"
+                ),
+                "/both" => format!(
+                    "HTTP/1.1 200 OK\r\nx-conn: {id}\r\ncontent-length: 100\r\n\
+                     transfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+                ),
+                "/differ" => "HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\nabc".into(),
+                "/until-close" => {
+                    let _ = conn.write_all(b"HTTP/1.1 200 OK\r\n\r\nuntil close");
+                    return;
+                }
+                _ => {
+                    let body = if head.starts_with("HEAD") { "" } else { "hello" };
+                    format!("HTTP/1.1 200 OK\r\nx-conn: {id}\r\ncontent-length: 5\r\n\r\n{body}")
+                }
+            };
+            if conn.write_all(reply.as_bytes()).is_err() {
+                return;
+            }
+        }
+    });
+    let p = proxy_to(backend);
+    let ask = |method: &str, path: &str| {
+        let mut c = TcpStream::connect(p.listener("gw/web")).expect("connect");
+        c.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        c.write_all(format!("{method} {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes())
+            .expect("write");
+        let mut out = Vec::new();
+        let _ = c.read_to_end(&mut out);
+        String::from_utf8_lossy(&out).to_ascii_lowercase()
+    };
+    let conn_of = |answer: &str| {
+        answer
+            .split("x-conn: ")
+            .nth(1)
+            .and_then(|s| s.split("\r\n").next())
+            .unwrap_or_else(|| panic!("no x-conn: {answer}"))
+            .to_string()
+    };
+    // Interim 1xx answers are skipped; the final one arrives whole.
+    let a = ask("GET", "/interim");
+    assert!(a.starts_with("http/1.1 200") && a.ends_with("\r\n\r\nok"), "{a}");
+    assert!(!a.contains("103") && !a.contains("link:"), "{a}");
+    // HEAD: the length is kept for the client, no body is read, the connection is reused.
+    let h = ask("HEAD", "/len");
+    assert!(h.contains("content-length: 5") && h.ends_with("\r\n\r\n"), "{h}");
+    assert_eq!(conn_of(&ask("GET", "/len")), conn_of(&h), "reused after HEAD");
+    // Chunked with a Content-Length: chunked wins, the length is dropped, and that
+    // connection is not trusted again.
+    let both = ask("GET", "/both");
+    assert!(both.contains("abc") && !both.contains("content-length: 100"), "{both}");
+    assert_ne!(conn_of(&ask("GET", "/len")), conn_of(&both), "reused after both");
+    // Differing Content-Length values: 502, named.
+    let differ = ask("GET", "/differ");
+    assert!(differ.starts_with("http/1.1 502") && differ.contains("upstream-protocol-error"), "{differ}");
+    // Until close.
+    let close = ask("GET", "/until-close");
+    assert!(close.starts_with("http/1.1 200") && close.contains("until close"), "{close}");
+    // A pooled connection closed as the request arrived: GET goes again on a new one...
+    let first = ask("GET", "/drop-second");
+    let again = ask("GET", "/drop-second");
+    assert!(again.starts_with("http/1.1 200"), "{again}");
+    assert_ne!(conn_of(&again), conn_of(&first));
+    // ...a POST (not idempotent: the server may have acted on it) fails instead.
+    let post = ask("POST", "/drop-second");
+    assert!(post.starts_with("http/1.1 502") && post.contains("upstream-reset"), "{post}");
+}
