@@ -459,12 +459,15 @@ impl Connection {
                 .load()
                 .listener(&shared.http.name)
                 .map_or_else(|| accepted.clone(), |l| l.http.clone());
-            http::handle(
+            // Boxed: hyper moves the request's future (several KB) into its own slot, and
+            // for HTTP/2 into a task of its own, copying it each time; a box moves as a
+            // pointer (docs/benchmarks.md, "Where the instructions go").
+            Box::pin(http::handle(
                 shared.http.clone(),
                 routes,
                 client.clone(),
                 req.map(Source::from),
-            )
+            ))
         });
         let conn = self
             .server
