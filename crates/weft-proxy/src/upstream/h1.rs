@@ -89,9 +89,14 @@ impl Connection {
     }
 
     /// Whether an idle connection can carry a request: nothing to read — not closed by
-    /// the server, no stray bytes. Polls once without waiting.
+    /// the server, no stray bytes. Polls once without waiting; for plain TCP, the
+    /// runtime's readiness only (no system call): the socket has not become readable
+    /// since its last read, which read a response to its end.
     pub(super) fn is_quiet(&mut self) -> bool {
         let mut cx = Context::from_waker(Waker::noop());
+        if let UpstreamIo::Plain(tcp) = &self.io {
+            return tcp.poll_read_ready(&mut cx).is_pending();
+        }
         let mut probe = [0u8; 1];
         let mut probe = ReadBuf::new(&mut probe);
         Pin::new(&mut self.io)
@@ -237,10 +242,14 @@ pub fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>
             let start = s.as_ptr() as usize - base;
             (start, start + s.len())
         };
+        // What the fields say about framing and reuse is noted as they are read, rather
+        // than looked up in the map afterwards (each lookup hashes).
+        let mut facts = Facts::default();
         let mut fields = Vec::with_capacity(parsed.headers.len());
         for h in parsed.headers.iter() {
             let name =
                 HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| ProxyError::UpstreamProtocol)?;
+            facts.note(&name, h.value);
             fields.push((name, span(h.value)));
         }
         let reason = parsed
@@ -254,30 +263,38 @@ pub fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>
                 .map_err(|_| ProxyError::UpstreamProtocol)?;
             headers.append(name, value);
         }
-        let mut reusable = keeps_alive(&headers, version);
+        // HTTP/1.1 keeps a connection unless told `close`; HTTP/1.0 only when told `keep-alive`.
+        let mut reusable = if version == Version::HTTP_10 {
+            facts.keep_alive
+        } else {
+            !facts.close
+        };
         let framing = if head_request
             || status == StatusCode::NO_CONTENT
             || status == StatusCode::NOT_MODIFIED
         {
             Framing::Length(0)
-        } else if headers.contains_key(TRANSFER_ENCODING) {
+        } else if let Some(chunked) = facts.chunked {
             if version == Version::HTTP_10 {
                 return Err(ProxyError::UpstreamProtocol); // HTTP/1.0 has no transfer codings
             }
-            if !is_chunked(&headers) {
+            if !chunked {
                 Framing::Close
             } else {
-                if headers.remove(CONTENT_LENGTH).is_some() {
+                if facts.length.is_some() {
                     // Both: chunked wins, and a server that sends both is not trusted
                     // with another request (RFC 9112 §6.3).
+                    headers.remove(CONTENT_LENGTH);
                     reusable = false;
                 }
                 Framing::Chunked(Chunked::Size)
             }
-        } else if headers.contains_key(CONTENT_LENGTH) {
-            Framing::Length(content_length(&headers)?)
         } else {
-            Framing::Close
+            match facts.length {
+                Some(Some(n)) => Framing::Length(n),
+                Some(None) => return Err(ProxyError::UpstreamProtocol),
+                None => Framing::Close,
+            }
         };
         if matches!(framing, Framing::Close) {
             reusable = false;
@@ -299,53 +316,53 @@ pub fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>
     }
 }
 
-/// HTTP/1.1 keeps a connection unless told `close`; HTTP/1.0 only when told `keep-alive`.
-fn keeps_alive(headers: &HeaderMap, version: Version) -> bool {
-    let has = |token: &str| {
-        headers.get_all(CONNECTION).iter().any(|v| {
-            v.as_bytes()
-                .split(|&b| b == b',')
-                .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
-        })
-    };
-    if version == Version::HTTP_10 {
-        has("keep-alive")
-    } else {
-        !has("close")
-    }
+/// What a response head's fields say about its body's framing and the connection.
+#[derive(Debug, Default)]
+struct Facts {
+    /// `Transfer-Encoding` was there: whether its last coding is `chunked`.
+    chunked: Option<bool>,
+    /// `Content-Length` was there: the length, if every value (repeated, or a list) is
+    /// the same number.
+    length: Option<Option<u64>>,
+    /// `Connection: close`.
+    close: bool,
+    /// `Connection: keep-alive`.
+    keep_alive: bool,
 }
 
-/// Whether the last transfer coding is `chunked`.
-fn is_chunked(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(TRANSFER_ENCODING)
-        .iter()
-        .next_back()
-        .and_then(|v| v.as_bytes().rsplit(|&b| b == b',').next())
-        .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"))
-}
-
-/// The body's length: every `Content-Length` value (repeated, or a list) must be the same
-/// number.
-fn content_length(headers: &HeaderMap) -> Result<u64, ProxyError> {
-    let mut length = None;
-    for value in headers.get_all(CONTENT_LENGTH) {
-        for item in value.as_bytes().split(|&b| b == b',') {
-            let item = item.trim_ascii();
-            if item.is_empty() || item.len() > 19 || !item.iter().all(u8::is_ascii_digit) {
-                return Err(ProxyError::UpstreamProtocol);
+impl Facts {
+    fn note(&mut self, name: &HeaderName, value: &[u8]) {
+        let tokens = || value.split(|&b| b == b',').map(<[u8]>::trim_ascii);
+        if name == TRANSFER_ENCODING {
+            // The last field's last coding decides.
+            let last = tokens().next_back().unwrap_or_default();
+            self.chunked = Some(last.eq_ignore_ascii_case(b"chunked"));
+        } else if name == CONTENT_LENGTH {
+            for item in tokens() {
+                let n = digits(item);
+                self.length = match self.length {
+                    None => Some(n),
+                    Some(seen) if seen == n => Some(n),
+                    Some(_) => Some(None),
+                };
             }
-            let n: u64 = std::str::from_utf8(item)
-                .ok()
-                .and_then(|s| s.parse().ok())
-                .ok_or(ProxyError::UpstreamProtocol)?;
-            if length.is_some_and(|l| l != n) {
-                return Err(ProxyError::UpstreamProtocol);
+        } else if name == CONNECTION {
+            for t in tokens() {
+                self.close |= t.eq_ignore_ascii_case(b"close");
+                self.keep_alive |= t.eq_ignore_ascii_case(b"keep-alive");
             }
-            length = Some(n);
         }
     }
-    length.ok_or(ProxyError::UpstreamProtocol)
+}
+
+/// A decimal number of at most 19 digits (no sign, no spaces).
+fn digits(item: &[u8]) -> Option<u64> {
+    if item.is_empty() || item.len() > 19 {
+        return None;
+    }
+    item.iter().try_fold(0u64, |n, &b| {
+        b.is_ascii_digit().then(|| n * 10 + u64::from(b - b'0'))
+    })
 }
 
 /// How a response body is delimited, and how much of it is still to come.
