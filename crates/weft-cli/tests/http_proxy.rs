@@ -876,13 +876,19 @@ fn answers_are_read_by_rfc_9112_and_only_clean_connections_reused() {
                     "HTTP/1.1 200 OK\r\nx-conn: {id}\r\ncontent-length: 100\r\n\
                      transfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
                 ),
-                "/differ" => "HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\nabc".into(),
+                "/differ" => {
+                    "HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\nabc".into()
+                }
                 "/until-close" => {
                     let _ = conn.write_all(b"HTTP/1.1 200 OK\r\n\r\nuntil close");
                     return;
                 }
                 _ => {
-                    let body = if head.starts_with("HEAD") { "" } else { "hello" };
+                    let body = if head.starts_with("HEAD") {
+                        ""
+                    } else {
+                        "hello"
+                    };
                     format!("HTTP/1.1 200 OK\r\nx-conn: {id}\r\ncontent-length: 5\r\n\r\n{body}")
                 }
             };
@@ -896,8 +902,10 @@ fn answers_are_read_by_rfc_9112_and_only_clean_connections_reused() {
         let mut c = TcpStream::connect(p.listener("gw/web")).expect("connect");
         c.set_read_timeout(Some(Duration::from_secs(5)))
             .expect("timeout");
-        c.write_all(format!("{method} {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes())
-            .expect("write");
+        c.write_all(
+            format!("{method} {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes(),
+        )
+        .expect("write");
         let mut out = Vec::new();
         let _ = c.read_to_end(&mut out);
         String::from_utf8_lossy(&out).to_ascii_lowercase()
@@ -912,23 +920,46 @@ fn answers_are_read_by_rfc_9112_and_only_clean_connections_reused() {
     };
     // Interim 1xx answers are skipped; the final one arrives whole.
     let a = ask("GET", "/interim");
-    assert!(a.starts_with("http/1.1 200") && a.ends_with("\r\n\r\nok"), "{a}");
+    assert!(
+        a.starts_with("http/1.1 200") && a.ends_with("\r\n\r\nok"),
+        "{a}"
+    );
     assert!(!a.contains("103") && !a.contains("link:"), "{a}");
     // HEAD: the length is kept for the client, no body is read, the connection is reused.
     let h = ask("HEAD", "/len");
-    assert!(h.contains("content-length: 5") && h.ends_with("\r\n\r\n"), "{h}");
-    assert_eq!(conn_of(&ask("GET", "/len")), conn_of(&h), "reused after HEAD");
+    assert!(
+        h.contains("content-length: 5") && h.ends_with("\r\n\r\n"),
+        "{h}"
+    );
+    assert_eq!(
+        conn_of(&ask("GET", "/len")),
+        conn_of(&h),
+        "reused after HEAD"
+    );
     // Chunked with a Content-Length: chunked wins, the length is dropped, and that
     // connection is not trusted again.
     let both = ask("GET", "/both");
-    assert!(both.contains("abc") && !both.contains("content-length: 100"), "{both}");
-    assert_ne!(conn_of(&ask("GET", "/len")), conn_of(&both), "reused after both");
+    assert!(
+        both.contains("abc") && !both.contains("content-length: 100"),
+        "{both}"
+    );
+    assert_ne!(
+        conn_of(&ask("GET", "/len")),
+        conn_of(&both),
+        "reused after both"
+    );
     // Differing Content-Length values: 502, named.
     let differ = ask("GET", "/differ");
-    assert!(differ.starts_with("http/1.1 502") && differ.contains("upstream-protocol-error"), "{differ}");
+    assert!(
+        differ.starts_with("http/1.1 502") && differ.contains("upstream-protocol-error"),
+        "{differ}"
+    );
     // Until close.
     let close = ask("GET", "/until-close");
-    assert!(close.starts_with("http/1.1 200") && close.contains("until close"), "{close}");
+    assert!(
+        close.starts_with("http/1.1 200") && close.contains("until close"),
+        "{close}"
+    );
     // A pooled connection closed as the request arrived: GET goes again on a new one...
     let first = ask("GET", "/drop-second");
     let again = ask("GET", "/drop-second");
@@ -936,5 +967,8 @@ fn answers_are_read_by_rfc_9112_and_only_clean_connections_reused() {
     assert_ne!(conn_of(&again), conn_of(&first));
     // ...a POST (not idempotent: the server may have acted on it) fails instead.
     let post = ask("POST", "/drop-second");
-    assert!(post.starts_with("http/1.1 502") && post.contains("upstream-reset"), "{post}");
+    assert!(
+        post.starts_with("http/1.1 502") && post.contains("upstream-reset"),
+        "{post}"
+    );
 }

@@ -254,7 +254,12 @@ pub fn upstream_response(data: &[u8]) {
     let head_request = flags & 1 == 1;
     let whole = read_response(rest, rest.len().max(1), head_request);
     let pieces = read_response(rest, usize::from(flags >> 1) + 1, head_request);
-    assert_eq!(whole, pieces, "whole vs pieces of {}", usize::from(flags >> 1) + 1);
+    assert_eq!(
+        whole,
+        pieces,
+        "whole vs pieces of {}",
+        usize::from(flags >> 1) + 1
+    );
 }
 
 type ReadOutcome = Result<(u16, Vec<u8>, Option<http::HeaderMap>), crate::error::ProxyError>;
@@ -298,7 +303,11 @@ fn read_response(bytes: &[u8], step: usize, head_request: bool) -> ReadOutcome {
         assert!(body.len() <= bytes.len(), "more body than bytes");
     }
     if let Some(n) = declared {
-        assert_eq!(body.len() as u64, n, "a Content-Length body read to its end");
+        assert_eq!(
+            body.len() as u64,
+            n,
+            "a Content-Length body read to its end"
+        );
     }
     Ok((head.response.status().as_u16(), body, trailers))
 }

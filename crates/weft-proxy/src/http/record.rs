@@ -441,7 +441,7 @@ impl Drop for Exchange {
 /// An upstream response body that completes its exchange's accounting when it ends, and
 /// returns its HTTP/1.1 connection to the pool once read to the end.
 pub struct UpstreamBody {
-    pub(crate) inner: crate::upstream::body::Received,
+    pub(crate) inner: crate::upstream::client::Received,
     pub(crate) exchange: Option<Exchange>,
     pub(crate) lease: Option<Lease>,
 }

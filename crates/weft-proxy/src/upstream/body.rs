@@ -60,45 +60,6 @@ pub enum Source {
 /// An error of a body that is not hyper's.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// A response body as it comes from upstream: read by hyper's client (HTTP/2, upgrades,
-/// requests with bodies) or by weft's own HTTP/1.1 client ([`super::h1`]).
-#[derive(Debug)]
-pub enum Received {
-    /// hyper's.
-    Hyper(Incoming),
-    /// weft's own.
-    Own(super::h1::ResponseBody),
-}
-
-impl Body for Received {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.get_mut() {
-            Received::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
-            Received::Own(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            Received::Hyper(b) => b.is_end_stream(),
-            Received::Own(b) => b.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            Received::Hyper(b) => b.size_hint(),
-            Received::Own(b) => b.size_hint(),
-        }
-    }
-}
-
 impl std::fmt::Debug for Source {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

@@ -16,14 +16,19 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
 use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use weft_model::ServiceProtocol;
 
-use super::body::{Received, RequestBody};
+use super::body::{BoxError, RequestBody};
 use super::endpoint::Endpoint;
 use super::h1;
 use super::keep_reading::KeepReading;
@@ -31,6 +36,45 @@ use super::pool::{Lease, Shared};
 use super::retry::{Breaker, Permit};
 use super::transport::{Network, UpstreamIo, UpstreamTls};
 use crate::error::ProxyError;
+
+/// A response body as it comes from upstream: read by hyper's client (HTTP/2, upgrades,
+/// requests with bodies) or by weft's own HTTP/1.1 client ([`super::h1`]).
+#[derive(Debug)]
+pub enum Received {
+    /// hyper's.
+    Hyper(Incoming),
+    /// weft's own.
+    Own(h1::ResponseBody),
+}
+
+impl Body for Received {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            Received::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            Received::Own(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Received::Hyper(b) => b.is_end_stream(),
+            Received::Own(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Received::Hyper(b) => b.size_hint(),
+            Received::Own(b) => b.size_hint(),
+        }
+    }
+}
 
 /// How a service connects to its endpoints.
 #[derive(Debug, Clone, PartialEq)]
@@ -129,10 +173,10 @@ impl Upstream {
         req: Request<RequestBody>,
     ) -> Result<Response<h1::ResponseBody>, SendError> {
         let home = || h1::Home {
-            pool: endpoint.pool.clone(),
+            idle: endpoint.pool.own.clone(),
             max_idle: self.settings.max_idle,
         };
-        while let Some(conn) = endpoint.pool.take_lean(self.settings.idle_timeout) {
+        while let Some(conn) = endpoint.pool.own.take(self.settings.idle_timeout) {
             match h1::round_trip(conn, &req, home()).await {
                 Ok(resp) => return Ok(resp),
                 Err(h1::Failed::Quiet(_)) if req.method().is_idempotent() => continue,
@@ -254,10 +298,13 @@ impl Upstream {
             Ok(s) => s,
             Err(e) => return Err(SendError::unsent(e, req)),
         };
-        sender.try_send_request(req).await.map_err(|mut e| SendError {
-            error: ProxyError::from_hyper(e.error()),
-            unsent: e.take_message(),
-        })
+        sender
+            .try_send_request(req)
+            .await
+            .map_err(|mut e| SendError {
+                error: ProxyError::from_hyper(e.error()),
+                unsent: e.take_message(),
+            })
     }
 
     /// The endpoint's shared HTTP/2 connection, opened if needed (one connect at a time).

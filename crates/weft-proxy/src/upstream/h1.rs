@@ -22,8 +22,9 @@
 
 use std::future::poll_fn;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll, Waker};
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING, UPGRADE};
@@ -33,7 +34,6 @@ use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 use tokio_util::io::poll_read_buf;
 
 use super::body::RequestBody;
-use super::pool::Pool;
 use super::retry::Permit;
 use super::transport::UpstreamIo;
 use crate::error::ProxyError;
@@ -105,10 +105,57 @@ impl Connection {
     }
 }
 
+/// An endpoint's idle connections of this client, the most recently used on top (the
+/// warmest is reused; the coldest age out).
+#[derive(Debug, Default)]
+pub struct Idle(Mutex<Vec<(Box<Connection>, Instant)>>);
+
+impl Idle {
+    fn stack(&self) -> std::sync::MutexGuard<'_, Vec<(Box<Connection>, Instant)>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The most recently used idle connection that is still open.
+    pub(super) fn take(&self, idle_timeout: Duration) -> Option<Box<Connection>> {
+        loop {
+            // Checked outside the lock: the check polls the socket.
+            let (mut conn, since) = self.stack().pop()?;
+            if since.elapsed() < idle_timeout && conn.is_quiet() {
+                return Some(conn);
+            }
+        }
+    }
+
+    /// Keeps a connection for reuse, if there is room.
+    fn put(&self, conn: Box<Connection>, max_idle: usize) {
+        let mut stack = self.stack();
+        if stack.len() < max_idle {
+            stack.push((conn, Instant::now()));
+        }
+    }
+
+    /// Closes the connections idle for longer than `idle_timeout` or closed by the server.
+    pub(super) fn evict(&self, idle_timeout: Duration) {
+        let stale: Vec<_> = {
+            let mut stack = self.stack();
+            let mut stale = Vec::new();
+            for (mut conn, since) in std::mem::take(&mut *stack) {
+                if since.elapsed() < idle_timeout && conn.is_quiet() {
+                    stack.push((conn, since));
+                } else {
+                    stale.push(conn);
+                }
+            }
+            stale
+        };
+        drop(stale); // closed outside the lock
+    }
+}
+
 /// Where a connection goes back once its response has been read to the end.
 #[derive(Debug)]
 pub(super) struct Home {
-    pub(super) pool: Arc<Pool>,
+    pub(super) idle: Arc<Idle>,
     pub(super) max_idle: usize,
 }
 
@@ -247,8 +294,8 @@ pub fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>
         let mut facts = Facts::default();
         let mut fields = Vec::with_capacity(parsed.headers.len());
         for h in parsed.headers.iter() {
-            let name =
-                HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| ProxyError::UpstreamProtocol)?;
+            let name = HeaderName::from_bytes(h.name.as_bytes())
+                .map_err(|_| ProxyError::UpstreamProtocol)?;
             facts.note(&name, h.value);
             fields.push((name, span(h.value)));
         }
@@ -523,7 +570,8 @@ fn trailers(buf: &mut BytesMut) -> Result<Option<HeaderMap>, ProxyError> {
     }
     let mut map = HeaderMap::with_capacity(fields.len());
     for f in fields.iter() {
-        let name = HeaderName::from_bytes(f.name.as_bytes()).map_err(|_| ProxyError::UpstreamProtocol)?;
+        let name =
+            HeaderName::from_bytes(f.name.as_bytes()).map_err(|_| ProxyError::UpstreamProtocol)?;
         let value = HeaderValue::from_bytes(f.value).map_err(|_| ProxyError::UpstreamProtocol)?;
         map.append(name, value);
     }
@@ -548,7 +596,7 @@ impl ResponseBody {
     fn finish(&mut self) {
         if let Some(conn) = self.conn.take() {
             if self.reusable && !self.eof && conn.buf.is_empty() {
-                self.home.pool.put_lean(conn, self.home.max_idle);
+                self.home.idle.put(conn, self.home.max_idle);
             }
         }
     }

@@ -54,22 +54,47 @@ fn heads_are_parsed_with_values_kept_as_sent() {
     assert_eq!(h.response.headers()["server"], "nginx");
     assert_eq!(h.framing, Framing::Length(5));
     assert!(h.reusable);
-    assert!(h.response.extensions().get::<hyper::ext::ReasonPhrase>().is_none());
-    let odd = head("HTTP/1.1 200 Fine Thanks\r\ncontent-length: 0\r\n\r\n", false).unwrap().unwrap();
-    let reason = odd.response.extensions().get::<hyper::ext::ReasonPhrase>().unwrap();
+    assert!(h
+        .response
+        .extensions()
+        .get::<hyper::ext::ReasonPhrase>()
+        .is_none());
+    let odd = head(
+        "HTTP/1.1 200 Fine Thanks\r\ncontent-length: 0\r\n\r\n",
+        false,
+    )
+    .unwrap()
+    .unwrap();
+    let reason = odd
+        .response
+        .extensions()
+        .get::<hyper::ext::ReasonPhrase>()
+        .unwrap();
     assert_eq!(reason.as_bytes(), b"Fine Thanks");
 }
 
 #[test]
 fn incomplete_heads_wait_and_oversized_or_malformed_ones_fail() {
-    assert!(head("HTTP/1.1 200 OK\r\nServer: ngi", false).unwrap().is_none());
+    assert!(head("HTTP/1.1 200 OK\r\nServer: ngi", false)
+        .unwrap()
+        .is_none());
     let big = format!("HTTP/1.1 200 OK\r\nx: {}", "a".repeat(MAX_HEAD_BYTES));
     assert_eq!(head(&big, false).unwrap_err(), ProxyError::UpstreamProtocol);
-    let whole = format!("HTTP/1.1 200 OK\r\nx: {}\r\n\r\n", "a".repeat(MAX_HEAD_BYTES));
-    assert_eq!(head(&whole, false).unwrap_err(), ProxyError::UpstreamProtocol, "in one read too");
+    let whole = format!(
+        "HTTP/1.1 200 OK\r\nx: {}\r\n\r\n",
+        "a".repeat(MAX_HEAD_BYTES)
+    );
+    assert_eq!(
+        head(&whole, false).unwrap_err(),
+        ProxyError::UpstreamProtocol,
+        "in one read too"
+    );
     let many: String = (0..=MAX_HEADERS).map(|i| format!("x-{i}: v\r\n")).collect();
     let many = format!("HTTP/1.1 200 OK\r\n{many}\r\n");
-    assert_eq!(head(&many, false).unwrap_err(), ProxyError::UpstreamProtocol);
+    assert_eq!(
+        head(&many, false).unwrap_err(),
+        ProxyError::UpstreamProtocol
+    );
     for bad in [
         "HTTP/1.1 2000 OK\r\n\r\n",
         "HTTP/2.0 200 OK\r\n\r\n",
@@ -78,7 +103,11 @@ fn incomplete_heads_wait_and_oversized_or_malformed_ones_fail() {
         "HTTP/1.1 200 OK\r\nx: a\0b\r\n\r\n",
         "junk\r\n\r\n",
     ] {
-        assert_eq!(head(bad, false).unwrap_err(), ProxyError::UpstreamProtocol, "{bad:?}");
+        assert_eq!(
+            head(bad, false).unwrap_err(),
+            ProxyError::UpstreamProtocol,
+            "{bad:?}"
+        );
     }
 }
 
@@ -89,9 +118,15 @@ fn interim_answers_are_skipped_and_101_refused() {
         .unwrap();
     assert_eq!(h.response.status(), 204);
     assert!(h.response.headers().get("link").is_none());
-    assert!(head("HTTP/1.1 100 Continue\r\n\r\n", false).unwrap().is_none());
+    assert!(head("HTTP/1.1 100 Continue\r\n\r\n", false)
+        .unwrap()
+        .is_none());
     assert_eq!(
-        head("HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n\r\n", false).unwrap_err(),
+        head(
+            "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n\r\n",
+            false
+        )
+        .unwrap_err(),
         ProxyError::UpstreamProtocol
     );
 }
@@ -99,30 +134,64 @@ fn interim_answers_are_skipped_and_101_refused() {
 #[test]
 fn framing_follows_rfc_9112() {
     // No body after HEAD, 204 or 304, whatever the headers say.
-    let h = head("HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n", true).unwrap().unwrap();
-    assert_eq!(h.framing, Framing::Length(0));
-    assert_eq!(h.response.headers()["content-length"], "100", "kept for the client");
-    assert_eq!(framing("HTTP/1.1 304 Not Modified\r\ncontent-length: 9\r\n\r\n"), Framing::Length(0));
-    assert_eq!(framing("HTTP/1.1 204 No Content\r\n\r\n"), Framing::Length(0));
-    // Chunked wins over Content-Length, which is dropped; the connection is not reused.
-    let both = head("HTTP/1.1 200 OK\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n", false)
+    let h = head("HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n", true)
         .unwrap()
         .unwrap();
+    assert_eq!(h.framing, Framing::Length(0));
+    assert_eq!(
+        h.response.headers()["content-length"],
+        "100",
+        "kept for the client"
+    );
+    assert_eq!(
+        framing("HTTP/1.1 304 Not Modified\r\ncontent-length: 9\r\n\r\n"),
+        Framing::Length(0)
+    );
+    assert_eq!(
+        framing("HTTP/1.1 204 No Content\r\n\r\n"),
+        Framing::Length(0)
+    );
+    // Chunked wins over Content-Length, which is dropped; the connection is not reused.
+    let both = head(
+        "HTTP/1.1 200 OK\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n",
+        false,
+    )
+    .unwrap()
+    .unwrap();
     assert_eq!(both.framing, Framing::Chunked(Chunked::Size));
     assert!(both.response.headers().get("content-length").is_none());
     assert!(!both.reusable);
-    assert_eq!(framing("HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, Chunked\r\n\r\n"), Framing::Chunked(Chunked::Size));
-    let gzip = head("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked, gzip\r\n\r\n", false).unwrap().unwrap();
+    assert_eq!(
+        framing("HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, Chunked\r\n\r\n"),
+        Framing::Chunked(Chunked::Size)
+    );
+    let gzip = head(
+        "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked, gzip\r\n\r\n",
+        false,
+    )
+    .unwrap()
+    .unwrap();
     assert_eq!((gzip.framing, gzip.reusable), (Framing::Close, false));
     assert_eq!(
-        head("HTTP/1.0 200 OK\r\ntransfer-encoding: chunked\r\n\r\n", false).unwrap_err(),
+        head(
+            "HTTP/1.0 200 OK\r\ntransfer-encoding: chunked\r\n\r\n",
+            false
+        )
+        .unwrap_err(),
         ProxyError::UpstreamProtocol
     );
     // Content-Length: the same number however often it is given, or refused.
-    assert_eq!(framing("HTTP/1.1 200 OK\r\ncontent-length: 7, 7\r\ncontent-length: 7\r\n\r\n"), Framing::Length(7));
+    assert_eq!(
+        framing("HTTP/1.1 200 OK\r\ncontent-length: 7, 7\r\ncontent-length: 7\r\n\r\n"),
+        Framing::Length(7)
+    );
     for bad in ["1, 2", "-1", "+1", "0x1", "", "99999999999999999999", "1 2"] {
         let text = format!("HTTP/1.1 200 OK\r\ncontent-length: {bad}\r\n\r\n");
-        assert_eq!(head(&text, false).unwrap_err(), ProxyError::UpstreamProtocol, "{bad:?}");
+        assert_eq!(
+            head(&text, false).unwrap_err(),
+            ProxyError::UpstreamProtocol,
+            "{bad:?}"
+        );
     }
     // Neither: until close, never reused.
     let close = head("HTTP/1.1 200 OK\r\n\r\n", false).unwrap().unwrap();
@@ -133,9 +202,13 @@ fn framing_follows_rfc_9112() {
 fn reuse_follows_the_connection_header() {
     let reusable = |t: &str| head(t, false).unwrap().unwrap().reusable;
     assert!(reusable("HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"));
-    assert!(!reusable("HTTP/1.1 200 OK\r\nconnection: foo, Close\r\ncontent-length: 0\r\n\r\n"));
+    assert!(!reusable(
+        "HTTP/1.1 200 OK\r\nconnection: foo, Close\r\ncontent-length: 0\r\n\r\n"
+    ));
     assert!(!reusable("HTTP/1.0 200 OK\r\ncontent-length: 0\r\n\r\n"));
-    assert!(reusable("HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ncontent-length: 0\r\n\r\n"));
+    assert!(reusable(
+        "HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ncontent-length: 0\r\n\r\n"
+    ));
 }
 
 #[test]
@@ -146,7 +219,11 @@ fn bodies_read_whole_in_any_pieces() {
         assert_eq!(data, b"hello!", "step {step}");
         assert_eq!(trailers.unwrap()["x-sum"], "abc");
         assert!(rest.is_empty());
-        let (data, _, rest) = body("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhelloEXTRA", step).unwrap();
+        let (data, _, rest) = body(
+            "HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhelloEXTRA",
+            step,
+        )
+        .unwrap();
         assert_eq!(data, b"hello");
         // Bytes after the end stay in the buffer (so the connection is not reused).
         assert!(b"EXTRA".starts_with(&rest), "{rest:?}");
@@ -156,23 +233,36 @@ fn bodies_read_whole_in_any_pieces() {
         let (data, _, _) = body("HTTP/1.1 200 OK\r\n\r\nuntil close", step).unwrap();
         assert_eq!(data, b"until close");
     }
-    let (data, trailers, _) = body("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n", 4).unwrap();
+    let (data, trailers, _) = body(
+        "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n",
+        4,
+    )
+    .unwrap();
     assert!(data.is_empty() && trailers.is_none());
 }
 
 #[test]
 fn broken_bodies_fail() {
-    let chunked = |rest: &str| body(&format!("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n{rest}"), 1000);
+    let chunked = |rest: &str| {
+        body(
+            &format!("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n{rest}"),
+            1000,
+        )
+    };
     for bad in [
-        "5\r\nhelloXX0\r\n\r\n",       // no CRLF after the data
-        "5\nhello\r\n0\r\n\r\n",        // bare LF
-        "g\r\n",                         // not hex
-        "\r\n",                          // no digits
-        "11111111111111111\r\n",         // 17 digits
-        "5 x\r\nhello\r\n0\r\n\r\n",    // junk after the size
-        "0\r\nbad name: v\r\n\r\n",     // bad trailer
+        "5\r\nhelloXX0\r\n\r\n",     // no CRLF after the data
+        "5\nhello\r\n0\r\n\r\n",     // bare LF
+        "g\r\n",                     // not hex
+        "\r\n",                      // no digits
+        "11111111111111111\r\n",     // 17 digits
+        "5 x\r\nhello\r\n0\r\n\r\n", // junk after the size
+        "0\r\nbad name: v\r\n\r\n",  // bad trailer
     ] {
-        assert_eq!(chunked(bad).unwrap_err(), ProxyError::UpstreamProtocol, "{bad:?}");
+        assert_eq!(
+            chunked(bad).unwrap_err(),
+            ProxyError::UpstreamProtocol,
+            "{bad:?}"
+        );
     }
     let long = format!("1;{}\r\n", "e".repeat(MAX_CHUNK_LINE));
     assert_eq!(chunked(&long).unwrap_err(), ProxyError::UpstreamProtocol);
@@ -189,13 +279,22 @@ fn request_heads_carry_the_fields_as_they_are() {
         .header("x-dup", "1")
         .body(RequestBody::Bytes(None))
         .unwrap();
-    req.headers_mut().append("x-dup", HeaderValue::from_static("2"));
+    req.headers_mut()
+        .append("x-dup", HeaderValue::from_static("2"));
     assert!(fits(&req));
     let mut buf = BytesMut::new();
     encode_head(&mut buf, &req);
-    assert_eq!(&buf[..], b"GET /a/b?c=d HTTP/1.1\r\nhost: example.com\r\nx-dup: 1\r\nx-dup: 2\r\n\r\n");
-    let with_body = Request::post("/").body(RequestBody::Bytes(Some(Bytes::from_static(b"x")))).unwrap();
+    assert_eq!(
+        &buf[..],
+        b"GET /a/b?c=d HTTP/1.1\r\nhost: example.com\r\nx-dup: 1\r\nx-dup: 2\r\n\r\n"
+    );
+    let with_body = Request::post("/")
+        .body(RequestBody::Bytes(Some(Bytes::from_static(b"x"))))
+        .unwrap();
     assert!(!fits(&with_body));
-    let upgrade = Request::get("/").header("upgrade", "websocket").body(RequestBody::Bytes(None)).unwrap();
+    let upgrade = Request::get("/")
+        .header("upgrade", "websocket")
+        .body(RequestBody::Bytes(None))
+        .unwrap();
     assert!(!fits(&upgrade));
 }

@@ -5,7 +5,8 @@
 //! service.rs     Service: what a route sends to, compiled from a `Service` resource
 //!  ├ balance.rs    Balancer: an Endpoint by policy (P2C peak-EWMA, round robin, least
 //!  │               request, ring hash); pick_by_weight for weighted backends
-//!  ├ client.rs     Upstream: send a request on a pooled or new connection (HTTP/1.1, HTTP/2)
+//!  ├ client.rs     Upstream: send a request on a pooled or new connection (HTTP/1.1, HTTP/2);
+//!  │               Received: a response body as either client reads it
 //!  │  ├ h1.rs         weft's own HTTP/1.1 client, for requests without a body or upgrade
 //!  │  ├ pool.rs       an endpoint's idle HTTP/1.1 connections and shared HTTP/2 one; Lease
 //!  │  ├ transport.rs  TCP, TLS origination, or an in-memory network (tests)
@@ -16,8 +17,7 @@
 //!  ├ outlier.rs    passive health: consecutive failures eject an endpoint
 //!  └ health.rs     active health checks
 //! endpoint.rs    Endpoint: address, weight, in-flight count, latency estimate, pool, health
-//! body.rs        RequestBody: the request body as it goes upstream, under the listener's
-//!                limits; Received: a response body as either client reads it
+//! body.rs        RequestBody: the request body as it goes upstream, under the listener's limits
 //! ```
 //!
 //! Nothing here knows routes, listeners or the configuration that built it.

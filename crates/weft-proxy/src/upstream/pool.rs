@@ -18,7 +18,8 @@ use super::h1;
 #[derive(Debug, Default)]
 pub struct Pool {
     idle: Mutex<Vec<Idle>>,
-    lean: Mutex<Vec<(Box<h1::Connection>, Instant)>>,
+    /// Idle connections of weft's own client.
+    pub(super) own: Arc<h1::Idle>,
     pub(super) h2: tokio::sync::Mutex<Option<Shared>>,
 }
 
@@ -69,41 +70,10 @@ impl Pool {
         }
     }
 
-    /// The most recently used idle connection of weft's own client that is still open.
-    pub(super) fn take_lean(&self, idle_timeout: Duration) -> Option<Box<h1::Connection>> {
-        loop {
-            // Checked outside the lock: the check polls the socket.
-            let (mut conn, since) = self.lean.lock().unwrap_or_else(|p| p.into_inner()).pop()?;
-            if since.elapsed() < idle_timeout && conn.is_quiet() {
-                return Some(conn);
-            }
-        }
-    }
-
-    /// Keeps a connection of weft's own client for reuse, if there is room.
-    pub(super) fn put_lean(&self, conn: Box<h1::Connection>, max_idle: usize) {
-        let mut lean = self.lean.lock().unwrap_or_else(|p| p.into_inner());
-        if lean.len() < max_idle {
-            lean.push((conn, Instant::now()));
-        }
-    }
-
     /// Closes connections idle for longer than `idle_timeout` (dropping the sender ends the
     /// connection task, which closes the socket).
     pub(super) fn evict(&self, idle_timeout: Duration) {
-        let stale: Vec<_> = {
-            let mut lean = self.lean.lock().unwrap_or_else(|p| p.into_inner());
-            let mut stale = Vec::new();
-            for (mut conn, since) in std::mem::take(&mut *lean) {
-                if since.elapsed() < idle_timeout && conn.is_quiet() {
-                    lean.push((conn, since));
-                } else {
-                    stale.push(conn);
-                }
-            }
-            stale
-        };
-        drop(stale);
+        self.own.evict(idle_timeout);
         let stale: Vec<Idle> = {
             let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
             let (keep, stale) = idle
