@@ -764,6 +764,18 @@ fn proxy_to(backend: SocketAddr) -> weft_testkit::Proxy {
     )
 }
 
+/// Sends `request` (which asks for `connection: close`) to the proxy's listener and reads
+/// the whole answer, lower-cased.
+fn ask_once(p: &weft_testkit::Proxy, request: &str) -> String {
+    let mut c = TcpStream::connect(p.listener("gw/web")).expect("connect");
+    c.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    c.write_all(request.as_bytes()).expect("write");
+    let mut out = Vec::new();
+    let _ = c.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).to_ascii_lowercase()
+}
+
 /// Reads one HTTP/1.1 request head from `conn` (enough for a test backend).
 fn read_head(conn: &mut TcpStream) -> String {
     let mut head = Vec::new();
@@ -793,16 +805,10 @@ fn http1_trailers_reach_a_client_that_asks_for_them() {
     });
     let p = proxy_to(backend);
     let get = |te: &str| {
-        let mut c = TcpStream::connect(p.listener("gw/web")).expect("connect");
-        c.set_read_timeout(Some(Duration::from_secs(5)))
-            .expect("timeout");
-        c.write_all(
-            format!("GET / HTTP/1.1\r\nhost: x\r\n{te}connection: close\r\n\r\n").as_bytes(),
+        ask_once(
+            &p,
+            &format!("GET / HTTP/1.1\r\nhost: x\r\n{te}connection: close\r\n\r\n"),
         )
-        .expect("write");
-        let mut out = Vec::new();
-        let _ = c.read_to_end(&mut out);
-        String::from_utf8_lossy(&out).to_ascii_lowercase()
     };
     let with = get("te: trailers\r\n");
     assert!(
@@ -899,16 +905,10 @@ fn answers_are_read_by_rfc_9112_and_only_clean_connections_reused() {
     });
     let p = proxy_to(backend);
     let ask = |method: &str, path: &str| {
-        let mut c = TcpStream::connect(p.listener("gw/web")).expect("connect");
-        c.set_read_timeout(Some(Duration::from_secs(5)))
-            .expect("timeout");
-        c.write_all(
-            format!("{method} {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes(),
+        ask_once(
+            &p,
+            &format!("{method} {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"),
         )
-        .expect("write");
-        let mut out = Vec::new();
-        let _ = c.read_to_end(&mut out);
-        String::from_utf8_lossy(&out).to_ascii_lowercase()
     };
     let conn_of = |answer: &str| {
         answer

@@ -16,19 +16,15 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use std::pin::Pin;
-use std::task::{Context, Poll};
-
-use bytes::Bytes;
 use http::{Request, Response};
-use http_body::{Body, Frame, SizeHint};
+use http_body_util::Either;
 use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::{http1, http2, TrySendError};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use weft_model::ServiceProtocol;
 
-use super::body::{BoxError, RequestBody};
+use super::body::RequestBody;
 use super::endpoint::Endpoint;
 use super::h1;
 use super::keep_reading::KeepReading;
@@ -38,43 +34,8 @@ use super::transport::{Network, UpstreamIo, UpstreamTls};
 use crate::error::ProxyError;
 
 /// A response body as it comes from upstream: read by hyper's client (HTTP/2, upgrades,
-/// requests with bodies) or by weft's own HTTP/1.1 client ([`super::h1`]).
-#[derive(Debug)]
-pub enum Received {
-    /// hyper's.
-    Hyper(Incoming),
-    /// weft's own.
-    Own(h1::ResponseBody),
-}
-
-impl Body for Received {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.get_mut() {
-            Received::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
-            Received::Own(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            Received::Hyper(b) => b.is_end_stream(),
-            Received::Own(b) => b.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            Received::Hyper(b) => b.size_hint(),
-            Received::Own(b) => b.size_hint(),
-        }
-    }
-}
+/// requests with bodies; `Left`) or by weft's own HTTP/1.1 client ([`super::h1`]; `Right`).
+pub type Received = Either<Incoming, h1::ResponseBody>;
 
 /// How a service connects to its endpoints.
 #[derive(Debug, Clone, PartialEq)]
@@ -126,6 +87,14 @@ impl SendError {
             unsent: None,
         }
     }
+
+    /// hyper's failed send, with the request if it never left.
+    fn from_hyper(mut e: TrySendError<Request<RequestBody>>) -> SendError {
+        SendError {
+            error: ProxyError::from_hyper(e.error()),
+            unsent: e.take_message(),
+        }
+    }
 }
 
 /// The upstream side of one service.
@@ -154,13 +123,13 @@ impl Upstream {
     ) -> Result<(Response<Received>, Option<Lease>), SendError> {
         if self.settings.is_http2() {
             let resp = self.send_h2(endpoint, req).await?;
-            Ok((resp.map(Received::Hyper), None))
+            Ok((resp.map(Either::Left), None))
         } else if h1::fits(&req) {
             let resp = self.send_own_h1(endpoint, req).await?;
-            Ok((resp.map(Received::Own), None))
+            Ok((resp.map(Either::Right), None))
         } else {
             let (resp, lease) = self.send_h1(endpoint, req).await?;
-            Ok((resp.map(Received::Hyper), lease))
+            Ok((resp.map(Either::Left), lease))
         }
     }
 
@@ -221,13 +190,7 @@ impl Upstream {
         };
         match sender.try_send_request(req).await {
             Ok(resp) => Ok((resp, Some(self.lease(sender, dead, endpoint)))),
-            Err(mut e) => {
-                let error = ProxyError::from_hyper(e.error());
-                Err(SendError {
-                    error,
-                    unsent: e.take_message(),
-                })
-            }
+            Err(e) => Err(SendError::from_hyper(e)),
         }
     }
 
@@ -301,10 +264,7 @@ impl Upstream {
         sender
             .try_send_request(req)
             .await
-            .map_err(|mut e| SendError {
-                error: ProxyError::from_hyper(e.error()),
-                unsent: e.take_message(),
-            })
+            .map_err(SendError::from_hyper)
     }
 
     /// The endpoint's shared HTTP/2 connection, opened if needed (one connect at a time).
