@@ -262,6 +262,72 @@ pub fn upstream_response(data: &[u8]) {
     );
 }
 
+/// Client bytes as weft's own HTTP/1.1 server reads them (`listen/h1.rs`): the first byte
+/// picks a piece size and a field limit. Read whole and read in pieces, the requests taken
+/// are the same, in the same order, and the reading ends the same way (a head still
+/// arriving, or the connection handed to hyper with the same unread bytes); a request taken
+/// is plain — HTTP/1.1, origin-form, not CONNECT, no body, no `Transfer-Encoding`,
+/// `Upgrade`, `Expect` or `TE` — and its fields hold exactly what was sent.
+pub fn server_request(data: &[u8]) {
+    let Some((&flags, rest)) = data.split_first() else {
+        return;
+    };
+    let limits = crate::listen::h1::HeadLimits {
+        fields: usize::from(flags & 0x0f) * 8 + 1,
+        bytes: 2048,
+    };
+    let step = usize::from(flags >> 4) * 7 + 1;
+    let whole = read_requests(rest, rest.len().max(1), limits);
+    let pieces = read_requests(rest, step, limits);
+    assert_eq!(whole, pieces, "whole vs pieces of {step}");
+}
+
+/// Each request taken (method, target, fields, close), then how reading ended.
+type Requests = (Vec<String>, String);
+
+fn read_requests(bytes: &[u8], step: usize, limits: crate::listen::h1::HeadLimits) -> Requests {
+    use crate::listen::h1::{parse, Parsed};
+    use http_body::Body;
+    let mut buf = bytes::BytesMut::new();
+    let mut fed = 0;
+    let mut taken = Vec::new();
+    loop {
+        match parse(&mut buf, limits) {
+            Parsed::Request(req, close) => {
+                assert_eq!(req.version(), http::Version::HTTP_11);
+                assert_ne!(req.method(), http::Method::CONNECT);
+                assert!(req.uri().path().starts_with('/'), "{}", req.uri());
+                assert!(req.uri().authority().is_none());
+                assert!(req.body().is_end_stream());
+                let h = req.headers();
+                for refused in ["transfer-encoding", "upgrade", "expect", "te"] {
+                    assert!(!h.contains_key(refused), "{refused} taken");
+                }
+                assert!(h.get_all("content-length").iter().all(|v| v == "0"));
+                assert!(h.len() <= limits.fields);
+                let fields: Vec<String> = h
+                    .iter()
+                    .map(|(n, v)| format!("{n}={:?}", v.as_bytes()))
+                    .collect();
+                taken.push(format!("{} {} {fields:?} {close}", req.method(), req.uri()));
+            }
+            // hyper reads what was buffered, then the rest from the connection.
+            Parsed::HandOff => {
+                buf.extend_from_slice(&bytes[fed..]);
+                return (taken, format!("hand-off {:?}", &buf[..]));
+            }
+            Parsed::Partial if fed == bytes.len() => {
+                return (taken, format!("partial {:?}", &buf[..]))
+            }
+            Parsed::Partial => {
+                let end = (fed + step).min(bytes.len());
+                buf.extend_from_slice(&bytes[fed..end]);
+                fed = end;
+            }
+        }
+    }
+}
+
 type ReadOutcome = Result<(u16, Vec<u8>, Option<http::HeaderMap>), crate::error::ProxyError>;
 
 fn read_response(bytes: &[u8], step: usize, head_request: bool) -> ReadOutcome {
@@ -330,6 +396,7 @@ mod tests {
             ("normalized_paths", super::normalized_paths),
             ("trace_headers", super::trace_headers),
             ("upstream_response", super::upstream_response),
+            ("server_request", super::server_request),
         ] {
             for entry in std::fs::read_dir(root.join(dir)).expect("seed directory") {
                 let bytes = std::fs::read(entry.expect("entry").path()).expect("seed");

@@ -15,8 +15,12 @@
 //! in-flight response; HTTP/2: GOAWAY) while the caller waits up to its drain deadline.
 
 mod counting;
+pub mod h1;
 
+use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -442,7 +446,9 @@ impl Connection {
         self.serve_http_as(io, secure, None).await;
     }
 
-    /// Serves HTTP; `peer` is the caller's verified SPIFFE ID (mesh mutual TLS).
+    /// Serves HTTP; `peer` is the caller's verified SPIFFE ID (mesh mutual TLS). Plain
+    /// HTTP/1.1 requests are served by weft's own server ([`h1`]) until one is not plain;
+    /// hyper serves the rest of the connection from there (and every HTTP/2 one).
     async fn serve_http_as<I>(mut self, io: I, secure: bool, peer: Option<Arc<str>>)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -452,28 +458,62 @@ impl Connection {
         let client = http::Client::new(self.client, secure)
             .with_peer(peer)
             .on_edge(&shared.http.metrics, accepted.inbound_edge.as_deref());
+        let exchange = Exchange {
+            shared,
+            accepted,
+            client,
+        };
+        let idle = self.limits.idle_timeout.get();
+        let flags = h1::Flags::default();
+        let limits = h1::HeadLimits {
+            fields: self.limits.max_request_headers as usize,
+            bytes: self.limits.max_request_header_bytes as usize,
+        };
+        let mut stopping = false;
+        let end = {
+            let own = h1::serve(
+                io,
+                &flags,
+                limits,
+                self.limits.header_read_timeout.get(),
+                |req| exchange.start(req),
+            );
+            tokio::pin!(own);
+            let mut seen = self.progress.load(Ordering::Relaxed);
+            loop {
+                tokio::select! {
+                    end = own.as_mut() => break end,
+                    _ = self.stop.changed(), if !stopping => {
+                        // Closed now when no request is in flight, else after its response.
+                        stopping = true;
+                        flags.stopping.store(true, Ordering::Relaxed);
+                        if flags.waiting.load(Ordering::Relaxed) {
+                            break h1::End::Closed;
+                        }
+                    }
+                    _ = tokio::time::sleep(idle) => {
+                        let now = self.progress.load(Ordering::Relaxed);
+                        if now == seen {
+                            break h1::End::Closed; // nothing moved for a whole idle period
+                        }
+                        seen = now;
+                    }
+                }
+            }
+        };
+        let h1::End::HandOff(io, read) = end else {
+            return;
+        };
+        if stopping {
+            return;
+        }
         let svc = service_fn(move |req: ::http::Request<hyper::body::Incoming>| {
-            // Each request is served by the routes current when it arrives.
-            let routes = shared
-                .snapshot
-                .load()
-                .listener(&shared.http.name)
-                .map_or_else(|| accepted.clone(), |l| l.http.clone());
-            // Boxed: hyper moves the request's future (several KB) into its own slot, and
-            // for HTTP/2 into a task of its own, copying it each time; a box moves as a
-            // pointer (docs/benchmarks.md, "Where the instructions go").
-            Box::pin(http::handle(
-                shared.http.clone(),
-                routes,
-                client.clone(),
-                req.map(Source::from),
-            ))
+            exchange.start(req.map(Source::from))
         });
         let conn = self
             .server
-            .serve_connection_with_upgrades(TokioIo::new(io), svc);
+            .serve_connection_with_upgrades(TokioIo::new(h1::Rewound::new(io, read.freeze())), svc);
         tokio::pin!(conn);
-        let idle = self.limits.idle_timeout.get();
         let mut seen = self.progress.load(Ordering::Relaxed);
         let result = loop {
             tokio::select! {
@@ -499,6 +539,44 @@ impl Connection {
         if let Err(e) = result {
             tracing::debug!(error = %e, "connection ended with an error");
         }
+    }
+}
+
+/// What each request of a connection is served with.
+struct Exchange {
+    shared: Arc<Shared>,
+    /// The routes when the connection was accepted (used if the listener has gone since).
+    accepted: Arc<Routes>,
+    client: http::Client,
+}
+
+impl Exchange {
+    /// Serves `req` with the routes current when it arrives. Boxed: hyper moves the
+    /// request's future (several KB) into its own slot, and for HTTP/2 into a task of its
+    /// own, copying it each time; a box moves as a pointer, and an idle connection of the
+    /// own server holds no slot for it (docs/benchmarks.md, "Where the instructions go").
+    fn start(
+        &self,
+        req: ::http::Request<Source>,
+    ) -> Pin<
+        Box<
+            impl Future<Output = Result<::http::Response<http::ResponseBody>, Infallible>>
+                + Send
+                + use<>,
+        >,
+    > {
+        let routes = self
+            .shared
+            .snapshot
+            .load()
+            .listener(&self.shared.http.name)
+            .map_or_else(|| self.accepted.clone(), |l| l.http.clone());
+        Box::pin(http::handle(
+            self.shared.http.clone(),
+            routes,
+            self.client.clone(),
+            req,
+        ))
     }
 }
 

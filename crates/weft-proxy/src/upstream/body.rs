@@ -53,6 +53,8 @@ pub enum RequestBody {
 pub enum Source {
     /// From hyper's server connection.
     Incoming(Incoming),
+    /// No body: a request weft's own HTTP/1.1 server read (`listen/h1.rs`).
+    Empty,
     /// Anything else.
     Other(BoxBody<Bytes, BoxError>),
 }
@@ -64,6 +66,7 @@ impl std::fmt::Debug for Source {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Source::Incoming(b) => b.fmt(f),
+            Source::Empty => f.write_str("Empty"),
             Source::Other(_) => f.write_str("Other"),
         }
     }
@@ -97,6 +100,7 @@ impl Body for Source {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             Source::Incoming(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            Source::Empty => Poll::Ready(None),
             Source::Other(b) => Pin::new(b).poll_frame(cx),
         }
     }
@@ -104,6 +108,7 @@ impl Body for Source {
     fn is_end_stream(&self) -> bool {
         match self {
             Source::Incoming(b) => b.is_end_stream(),
+            Source::Empty => true,
             Source::Other(b) => b.is_end_stream(),
         }
     }
@@ -111,6 +116,7 @@ impl Body for Source {
     fn size_hint(&self) -> SizeHint {
         match self {
             Source::Incoming(b) => b.size_hint(),
+            Source::Empty => SizeHint::with_exact(0),
             Source::Other(b) => b.size_hint(),
         }
     }
