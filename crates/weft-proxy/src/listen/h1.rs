@@ -42,6 +42,8 @@ use crate::upstream::body::Source;
 const SLOTS: usize = 100;
 /// Longest request target taken here (hyper answers 414 above its own limit).
 const MAX_TARGET: usize = 8 * 1024;
+/// Fields the proxy may add to a request on its way upstream.
+const ADDED_FIELDS: usize = 8;
 /// Free space the read buffer keeps before each read.
 const READ_CHUNK: usize = 4 * 1024;
 /// Response bytes gathered before they are written.
@@ -74,10 +76,11 @@ pub struct HeadLimits {
 
 /// Parses a request head at the start of `buf`; a plain request's head is split off.
 pub fn parse(buf: &mut BytesMut, limits: HeadLimits) -> Parsed {
-    let mut slots = [httparse::EMPTY_HEADER; SLOTS];
+    // Left uninitialised: httparse writes the slots it fills (3.2 KB not zeroed per head).
+    let mut slots = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; SLOTS];
     let fields = limits.fields.min(SLOTS);
-    let mut req = httparse::Request::new(&mut slots[..fields]);
-    let len = match req.parse(buf) {
+    let mut req = httparse::Request::new(&mut []);
+    let len = match req.parse_with_uninit_headers(buf, &mut slots[..fields]) {
         Ok(httparse::Status::Complete(len)) if len <= limits.bytes => len,
         Ok(httparse::Status::Partial) if buf.len() < limits.bytes => return Parsed::Partial,
         _ => return Parsed::HandOff,
@@ -120,7 +123,9 @@ pub fn parse(buf: &mut BytesMut, limits: HeadLimits) -> Parsed {
     let Ok(uri) = Uri::from_maybe_shared(head.slice(target)) else {
         return Parsed::HandOff; // cannot happen after httparse; hyper would answer 400
     };
-    let mut headers = HeaderMap::with_capacity(named.len());
+    // Room for the fields the proxy adds (x-forwarded-*, x-request-id, traceparent…):
+    // growing a full map rehashes it.
+    let mut headers = HeaderMap::with_capacity(named.len() + ADDED_FIELDS);
     for (name, value) in named {
         match HeaderValue::from_maybe_shared(head.slice(value)) {
             Ok(v) => headers.append(name, v),

@@ -304,7 +304,9 @@ pub fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>
             .filter(|r| !r.is_empty() && Some(*r) != status.canonical_reason())
             .map(|r| span(r.as_bytes()));
         let head = buf.split_to(len).freeze();
-        let mut headers = HeaderMap::with_capacity(fields.len());
+        // Room for fields the proxy or a route adds to the response (growing a full map
+        // rehashes it).
+        let mut headers = HeaderMap::with_capacity(fields.len() + 4);
         for (name, (start, end)) in fields {
             let value = HeaderValue::from_maybe_shared(head.slice(start..end))
                 .map_err(|_| ProxyError::UpstreamProtocol)?;
