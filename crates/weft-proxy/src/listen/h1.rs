@@ -36,6 +36,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::Instant;
 
 use crate::upstream::body::Source;
+use crate::upstream::h1::digits;
 
 /// httparse's slots: hyper's default maximum; a listener allowing more hands heads with
 /// more fields to hyper.
@@ -416,10 +417,7 @@ fn encode_head<B: Body>(
                 if (empty && !head_request) || declared.is_some() {
                     continue;
                 }
-                match std::str::from_utf8(value.as_bytes())
-                    .ok()
-                    .and_then(|v| v.trim().parse::<u64>().ok())
-                {
+                match digits(value.as_bytes().trim_ascii()) {
                     Some(n) => declared = Some(n),
                     None => continue,
                 }

@@ -405,7 +405,7 @@ impl Facts {
 }
 
 /// A decimal number of at most 19 digits (no sign, no spaces).
-fn digits(item: &[u8]) -> Option<u64> {
+pub(crate) fn digits(item: &[u8]) -> Option<u64> {
     if item.is_empty() || item.len() > 19 {
         return None;
     }
