@@ -30,7 +30,7 @@ passed on and nothing is exported.
   * context switches of both sidecars per request (/proc), with the paced runs
 
 Usage: bench/mesh.py [--duration 10] [--reps 3] [--tracing default|sampled] [--weft BIN]
-                     [--no-callgrind] [--write docs/benchmarks.md]
+                     [--no-callgrind] [--keep-callgrind DIR] [--write docs/benchmarks.md]
        bench/mesh.py --smoke --weft BIN   (seconds, tiny sizes; fails on errors, asserts no figure)
 Needs: nginx, wrk, h2load, openssl, valgrind, taskset (scripts/install-test-deps) and
 target/release/weft.
@@ -119,6 +119,9 @@ def main():
     ap.add_argument("--tap", action="store_true",
                     help="keep `weft tap app --max-rps 10000` open (a reader that keeps up) during the runs")
     ap.add_argument("--no-callgrind", action="store_true")
+    ap.add_argument("--keep-callgrind", metavar="DIR",
+                    help="copy the hop's callgrind profiles (one per sidecar and run) to DIR "
+                         "for callgrind_annotate")
     run.add_smoke(ap)
     args = ap.parse_args()
     if args.smoke:
@@ -265,6 +268,10 @@ def main():
                     for p, _ in pair:
                         p.wait(120)
                 totals.append(sum(run.callgrind_total(f) for f in files))
+                if args.keep_callgrind:
+                    os.makedirs(args.keep_callgrind, exist_ok=True)
+                    for f in files:
+                        shutil.copy(f, args.keep_callgrind)
             hop_instructions = (totals[1] - totals[0]) / (sizes["n_big"] - sizes["n_small"])
         hs_reuse = [s_time(inbound, crt, key, args.duration, True) for _ in range(args.reps)]
         hs_new12 = [s_time(inbound, crt, key, args.duration, False, "-tls1_2") for _ in range(args.reps)]

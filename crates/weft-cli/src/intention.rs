@@ -137,6 +137,6 @@ pub fn judge(policy: &str, ask: &CheckAsk) -> Result<CheckAnswer, String> {
             ask.destination,
             verdict.reason
         ),
-        reason: verdict.reason,
+        reason: verdict.reason.to_string(),
     })
 }

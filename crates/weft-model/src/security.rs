@@ -141,11 +141,69 @@ impl IntentionSpec {
 
 /// An authorization decision and why it was made.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Verdict {
+pub struct Verdict<'a> {
     /// Allow or deny.
     pub action: Action,
     /// Which intention (and permission) decided, or that the mesh default did.
-    pub reason: String,
+    pub reason: Reason<'a>,
+}
+
+/// Why a [`Verdict`] was reached, borrowing the intentions it names. It is only put
+/// into words when someone reads it (`Display`): a proxy judges every request and writes
+/// the reason down only for a denial or a recorded span.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason<'a> {
+    /// An intention said it; `permission` is the index of its permission that matched
+    /// (None: an L4 intention, `action`).
+    Intention {
+        /// The intention's name.
+        name: &'a str,
+        /// Which of its permissions matched.
+        permission: Option<usize>,
+    },
+    /// No intention said anything: the mesh default decided.
+    Default {
+        /// `Mesh/mesh spec.defaultAction`.
+        default: Action,
+        /// Whether some intention applied (its permissions did not match).
+        applied: bool,
+        /// An allow that was not given because the caller has no identity.
+        passed_over: Option<&'a str>,
+    },
+    /// The decision depended on a request and none was given.
+    Undecided,
+}
+
+impl std::fmt::Display for Reason<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            Reason::Intention {
+                name,
+                permission: None,
+            } => write!(f, "intention {name}"),
+            Reason::Intention {
+                name,
+                permission: Some(p),
+            } => write!(f, "intention {name} permission {p}"),
+            Reason::Default {
+                default,
+                applied,
+                passed_over,
+            } => {
+                match (applied, passed_over) {
+                    (_, Some(name)) => write!(
+                        f,
+                        "intention {name} allows only callers with a mesh identity \
+                         (unauthenticated: true admits the others); "
+                    )?,
+                    (false, _) => f.write_str("no intention applies; ")?,
+                    (true, _) => f.write_str("no permission matched; ")?,
+                }
+                write!(f, "Mesh/mesh spec.defaultAction: {}", default.as_str())
+            }
+            Reason::Undecided => f.write_str("undecided"),
+        }
+    }
 }
 
 /// Decides a call from `source` (None: no identity) to `destination`.
@@ -159,32 +217,36 @@ pub struct Verdict {
 ///
 /// `permission(i, p)` tells whether permission `p` of `intentions[i]` matches the
 /// request; without it (a connection, before any request), a decision that depends on
-/// the request is None.
-pub fn decide(
-    intentions: &[&crate::Resource<IntentionSpec>],
+/// the request is None. Nothing is allocated: a proxy calls this for every request.
+pub fn decide<'a, I: std::borrow::Borrow<crate::Resource<IntentionSpec>>>(
+    intentions: &'a [I],
     default: Action,
     source: Option<&str>,
     destination: &str,
     permission: Option<&dyn Fn(usize, usize) -> bool>,
-) -> Option<Verdict> {
-    let applying: Vec<usize> = (0..intentions.len())
-        .filter(|&i| intentions[i].spec.applies(source, destination))
-        .collect();
-    let top = applying
-        .iter()
-        .map(|&i| intentions[i].spec.precedence())
-        .max();
+) -> Option<Verdict<'a>> {
+    let applying = || {
+        intentions
+            .iter()
+            .map(|i| i.borrow())
+            .enumerate()
+            .filter(|(_, it)| it.spec.applies(source, destination))
+    };
+    let top = applying().map(|(_, it)| it.spec.precedence()).max();
     let mut allow = None;
     let mut depends = false;
     // An allow not given to a caller without an identity (for the reason).
     let mut passed_over: Option<&str> = None;
-    for &i in applying
-        .iter()
-        .filter(|&&i| Some(intentions[i].spec.precedence()) == top)
-    {
-        let it = intentions[i];
+    for (i, it) in applying().filter(|(_, it)| Some(it.spec.precedence()) == top) {
+        let name = it.metadata.name.as_str();
         let said = match it.spec.action {
-            Some(action) => Some((action, format!("intention {}", it.metadata.name))),
+            Some(action) => Some((
+                action,
+                Reason::Intention {
+                    name,
+                    permission: None,
+                },
+            )),
             None => match permission {
                 None => {
                     depends = true;
@@ -199,7 +261,10 @@ pub fn decide(
                     .map(|(p, perm)| {
                         (
                             perm.action,
-                            format!("intention {} permission {p}", it.metadata.name),
+                            Reason::Intention {
+                                name,
+                                permission: Some(p),
+                            },
                         )
                     }),
             },
@@ -207,7 +272,7 @@ pub fn decide(
         // `*` means any authenticated caller; an anonymous one is let in only on purpose.
         let said = match said {
             Some((Action::Allow, _)) if source.is_none() && !it.spec.unauthenticated => {
-                passed_over.get_or_insert(it.metadata.name.as_str());
+                passed_over.get_or_insert(name);
                 None
             }
             said => said,
@@ -235,16 +300,10 @@ pub fn decide(
         },
         None => Verdict {
             action: default,
-            reason: {
-                let default = format!("Mesh/mesh spec.defaultAction: {}", default.as_str());
-                match (top, passed_over) {
-                    (_, Some(name)) => format!(
-                        "intention {name} allows only callers with a mesh identity \
-                         (unauthenticated: true admits the others); {default}"
-                    ),
-                    (None, _) => format!("no intention applies; {default}"),
-                    (Some(_), _) => format!("no permission matched; {default}"),
-                }
+            reason: Reason::Default {
+                default,
+                applied: top.is_some(),
+                passed_over,
             },
         },
     })

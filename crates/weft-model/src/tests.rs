@@ -590,7 +590,7 @@ fn intention_precedence_more_specific_wins_and_deny_wins_ties() {
     .unwrap();
     let all: Vec<_> = c.intentions.iter().collect();
     let decide = |src: Option<&str>, dst: &str, m: Option<&dyn Fn(usize, usize) -> bool>| {
-        decide(&all, Action::Allow, src, dst, m).map(|v| (v.action, v.reason))
+        decide(&all, Action::Allow, src, dst, m).map(|v| (v.action, v.reason.to_string()))
     };
     // web → db: two exact intentions, deny wins the tie.
     assert_eq!(
@@ -639,7 +639,7 @@ fn intention_precedence_more_specific_wins_and_deny_wins_ties() {
 
 fn weft_model_decide_default(none: &[&Resource<IntentionSpec>]) -> (Action, String) {
     let v = decide(none, Action::Deny, Some("a"), "b", None).unwrap();
-    (v.action, v.reason)
+    (v.action, v.reason.to_string())
 }
 
 #[test]

@@ -134,8 +134,8 @@ impl Policy {
                 "request",
                 "L7 intentions: it depends on the request (method, path, headers)".into(),
             ),
-            Some(v) if v.action == Action::Allow => ("allow", v.reason),
-            Some(v) => ("deny", v.reason),
+            Some(v) if v.action == Action::Allow => ("allow", v.reason.to_string()),
+            Some(v) => ("deny", v.reason.to_string()),
         }
     }
 }

@@ -14,7 +14,9 @@
 use std::sync::Arc;
 
 use http::{HeaderMap, Method, Request};
-use weft_model::{decide, Action, Config, HttpRouteMatch, IntentionSpec, Resource, Verdict};
+use weft_model::{
+    decide, Action, Config, HttpRouteMatch, IntentionSpec, Reason, Resource, Verdict,
+};
 
 use super::context::{Client, Context};
 use super::router::{MatchError, Matcher};
@@ -84,14 +86,10 @@ impl Authorizer {
         })
     }
 
-    fn refs(&self) -> Vec<&Resource<IntentionSpec>> {
-        self.intentions.iter().collect()
-    }
-
     /// The verdict for an opaque TCP connection from `source`.
-    pub fn connection(&self, source: Option<&str>) -> Verdict {
+    pub fn connection(&self, source: Option<&str>) -> Verdict<'_> {
         decide(
-            &self.refs(),
+            &self.intentions,
             self.default,
             source,
             &self.destination,
@@ -99,7 +97,7 @@ impl Authorizer {
         )
         .unwrap_or_else(|| Verdict {
             action: Action::Deny,
-            reason: "undecided".into(),
+            reason: Reason::Undecided,
         })
     }
 
@@ -111,14 +109,14 @@ impl Authorizer {
         path: &str,
         query: Option<&str>,
         headers: &HeaderMap,
-    ) -> Verdict {
+    ) -> Verdict<'_> {
         let matches = |i: usize, p: usize| {
             self.matchers[i][p]
                 .iter()
                 .any(|m| m.matches(method, path, query, headers).is_some())
         };
         decide(
-            &self.refs(),
+            &self.intentions,
             self.default,
             source,
             &self.destination,
@@ -127,21 +125,22 @@ impl Authorizer {
         .unwrap_or_else(|| Verdict {
             // `decide` only leaves a verdict open when given no request.
             action: Action::Deny,
-            reason: "undecided".into(),
+            reason: Reason::Undecided,
         })
     }
 }
 
 /// Judges one request on a sidecar's inbound listener against the intentions of the
 /// snapshot it is served with (so a change applies to open connections too), by its
-/// normalised `path` (the one that is forwarded).
-pub(crate) fn judge<B>(
+/// normalised `path` (the one that is forwarded). Allowed, it gives the reason (put into
+/// words only by a caller that records it).
+pub(crate) fn judge<'a, B>(
     ctx: &Context,
-    authz: &Authorizer,
+    authz: &'a Authorizer,
     client: &Client,
     req: &Request<B>,
     path: &str,
-) -> Result<String, ProxyError> {
+) -> Result<Reason<'a>, ProxyError> {
     let source = client.peer_service.as_deref();
     let verdict = authz.request(source, req.method(), path, req.uri().query(), req.headers());
     if verdict.action == weft_model::Action::Allow {

@@ -172,7 +172,7 @@ async fn route<'a>(
     if let Some(authz) = &routes.authz {
         let allowed_by = super::authz::judge(ctx, authz, client, req, &path)?;
         if let Some(s) = ex.span.as_deref_mut() {
-            s.intention = Some(allowed_by);
+            s.intention = Some(allowed_by.to_string());
         }
         let headers = req.headers_mut();
         headers.remove(&X_WEFT_SOURCE);

@@ -334,7 +334,7 @@ impl Connection {
                 .map(|m| m.authz.connection(source.as_deref()));
             match verdict {
                 Some(v) if v.action == weft_model::Action::Allow => Ok(()),
-                Some(v) => Err(v.reason),
+                Some(v) => Err(v.reason.to_string()),
                 None => Err("the listener no longer serves the mesh".to_string()),
             }
         };

@@ -195,7 +195,8 @@ impl SpanContext {
     }
 
     /// `00-{trace}-{span}-{flags}`, written without the formatting machinery (it is on
-    /// every request).
+    /// every request). Marked for HPACK's "never indexed" form: a new span id on every
+    /// hop is never worth an HTTP/2 table entry (see `http::headers::unique`).
     pub fn traceparent(&self) -> HeaderValue {
         let mut b = [0u8; 55];
         b[..3].copy_from_slice(b"00-");
@@ -204,7 +205,9 @@ impl SpanContext {
         hex_into(&mut b[36..52], &self.span_id.to_be_bytes());
         b[52..54].copy_from_slice(b"-0");
         b[54] = if self.sampled { b'1' } else { b'0' };
-        HeaderValue::from_bytes(&b).unwrap_or(HeaderValue::from_static(""))
+        let mut v = HeaderValue::from_bytes(&b).unwrap_or(HeaderValue::from_static(""));
+        v.set_sensitive(true);
+        v
     }
 
     /// The W3C vendor state that arrived with the trace (empty if none).

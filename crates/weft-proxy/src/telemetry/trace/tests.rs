@@ -194,6 +194,8 @@ fn the_next_hop_sees_this_hops_span_as_its_parent_in_every_format() {
                 tp,
                 format!("00-{}-{}-01", span.trace_hex(), span.span_hex())
             );
+            // A new span id on every hop: HPACK's "never indexed" form.
+            assert!(h["traceparent"].is_sensitive());
             match format {
                 "b3 single" => {
                     let b3 = get(&h, "b3").unwrap();
