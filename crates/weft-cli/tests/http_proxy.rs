@@ -368,6 +368,10 @@ fn http2_and_http1_in_every_combination() {
             p.listener("gw/web").to_string(),
             "the client's host reaches the upstream as Host or :authority: {j}"
         );
+        if want_up == "HTTP/2.0" {
+            // RFC 9113 §8.3.1: `:authority` alone, not a `Host` beside it.
+            assert!(j["headers"].get("host").is_none(), "{client_flag}: {j}");
+        }
     }
 }
 

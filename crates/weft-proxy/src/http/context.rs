@@ -39,6 +39,8 @@ pub struct Client {
     pub secure: bool,
     /// The caller's verified SPIFFE ID (mesh mutual TLS), and its service.
     pub peer: Option<Arc<str>>,
+    /// The SPIFFE ID as a header value, for `x-weft-source` (made once per connection).
+    pub(crate) peer_header: Option<HeaderValue>,
     pub(crate) peer_service: Option<Arc<str>>,
     /// A sidecar's inbound listener: the metrics of the edge (this caller -> us).
     pub(crate) edge: Option<Arc<EdgeStats>>,
@@ -54,6 +56,7 @@ impl Client {
             ip_header,
             secure,
             peer: None,
+            peer_header: None,
             peer_service: None,
             edge: None,
         }
@@ -65,6 +68,7 @@ impl Client {
             .as_deref()
             .and_then(weft_tls::spiffe::ServiceId::parse)
             .map(|id| Arc::from(id.service));
+        self.peer_header = peer.as_deref().and_then(|p| HeaderValue::from_str(p).ok());
         self.peer = peer;
         self
     }

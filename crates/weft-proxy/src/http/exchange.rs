@@ -176,12 +176,8 @@ async fn route<'a>(
         }
         let headers = req.headers_mut();
         headers.remove(&X_WEFT_SOURCE);
-        if let Some(v) = client
-            .peer
-            .as_deref()
-            .and_then(|p| HeaderValue::from_str(p).ok())
-        {
-            headers.insert(X_WEFT_SOURCE, v);
+        if let Some(v) = &client.peer_header {
+            headers.insert(X_WEFT_SOURCE, v.clone());
         }
     }
     let host = headers::request_host(req).ok_or(ProxyError::InvalidHost)?;
@@ -274,7 +270,7 @@ fn edit_head(client: &Client, r: &mut Routed<'_>, req: &mut Request<Source>, ex:
             s.request_id = id.to_string();
         }
     }
-    if !headers.contains_key(header::HOST) {
+    if !headers.contains_key(header::HOST) && !r.service.upstream.settings.is_http2() {
         // HTTP/2 clients send `:authority`; an HTTP/1.1 upstream needs it as `Host`.
         if let Some(v) = authority.and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
             headers.insert(header::HOST, v);
@@ -582,12 +578,16 @@ fn address(
     limits: &Limits,
     path: Option<String>,
 ) -> Result<std::time::Duration, ProxyError> {
-    // HTTP/1.1 goes out in origin-form with its Host header; HTTP/2 needs `:authority`,
-    // which carries the (possibly rewritten) Host rather than the endpoint's address.
+    // HTTP/1.1 goes out in origin-form with its Host header. HTTP/2 carries the
+    // (possibly rewritten) Host as `:authority` alone (RFC 9113 §8.3.1: a client uses
+    // `:authority` rather than `Host`; one field fewer to compress and decompress on
+    // every request of a mesh hop). A request coming back unsent for another attempt has
+    // it in its URI already; the endpoint's address is the last resort.
     let h2_authority = service.upstream.settings.is_http2().then(|| {
         head.headers
-            .get(header::HOST)
+            .remove(header::HOST)
             .and_then(|v| http::uri::Authority::try_from(v.as_bytes()).ok())
+            .or_else(|| head.uri.authority().cloned())
             .unwrap_or_else(|| endpoint.authority.clone())
     });
     head.uri = filters::upstream_uri(&head.uri, h2_authority, path)?;
