@@ -95,7 +95,7 @@ impl Authorizer {
             &self.destination,
             Some(&|_, _| false),
         )
-        .unwrap_or_else(|| Verdict {
+        .unwrap_or(Verdict {
             action: Action::Deny,
             reason: Reason::Undecided,
         })
@@ -122,7 +122,7 @@ impl Authorizer {
             &self.destination,
             Some(&matches),
         )
-        .unwrap_or_else(|| Verdict {
+        .unwrap_or(Verdict {
             // `decide` only leaves a verdict open when given no request.
             action: Action::Deny,
             reason: Reason::Undecided,
