@@ -12,30 +12,74 @@
 //! `:authority`, and why a failure happened (connect refused/timed out vs. reset), which
 //! retries need (a connect failure hands the request back unsent, see [`SendError`]).
 
+use std::pin::Pin;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use http::{Request, Response};
-use http_body_util::Either;
 use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2, TrySendError};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper::client::conn::{http1, TrySendError};
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use weft_model::ServiceProtocol;
 
+use super::body::BoxError;
 use super::body::RequestBody;
 use super::endpoint::Endpoint;
-use super::h1;
 use super::keep_reading::KeepReading;
 use super::pool::{Lease, Shared};
 use super::retry::{Breaker, Permit};
 use super::transport::{Network, UpstreamIo, UpstreamTls};
+use super::{h1, h2};
 use crate::error::ProxyError;
 
-/// A response body as it comes from upstream: read by hyper's client (HTTP/2, upgrades,
-/// requests with bodies; `Left`) or by weft's own HTTP/1.1 client ([`super::h1`]; `Right`).
-pub type Received = Either<Incoming, h1::ResponseBody>;
+/// A response body as it comes from upstream: read by hyper's HTTP/1.1 client (upgrades,
+/// requests with bodies), by weft's own HTTP/1.1 client ([`super::h1`]) or by weft's own
+/// HTTP/2 client ([`super::h2`]).
+#[derive(Debug)]
+pub enum Received {
+    /// hyper's HTTP/1.1 client.
+    Hyper(Incoming),
+    /// weft's own HTTP/1.1 client.
+    H1(h1::ResponseBody),
+    /// weft's own HTTP/2 client.
+    H2(h2::ResponseBody),
+}
+
+impl http_body::Body for Received {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            Received::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(BoxError::from),
+            Received::H1(b) => Pin::new(b).poll_frame(cx).map_err(BoxError::from),
+            Received::H2(b) => Pin::new(b).poll_frame(cx).map_err(BoxError::from),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Received::Hyper(b) => b.is_end_stream(),
+            Received::H1(b) => b.is_end_stream(),
+            Received::H2(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self {
+            Received::Hyper(b) => b.size_hint(),
+            Received::H1(b) => b.size_hint(),
+            Received::H2(b) => b.size_hint(),
+        }
+    }
+}
 
 /// How a service connects to its endpoints.
 #[derive(Debug, Clone, PartialEq)]
@@ -123,13 +167,13 @@ impl Upstream {
     ) -> Result<(Response<Received>, Option<Lease>), SendError> {
         if self.settings.is_http2() {
             let resp = self.send_h2(endpoint, req).await?;
-            Ok((resp.map(Either::Left), None))
+            Ok((resp.map(Received::H2), None))
         } else if h1::fits(&req) {
             let resp = self.send_own_h1(endpoint, req).await?;
-            Ok((resp.map(Either::Right), None))
+            Ok((resp.map(Received::H1), None))
         } else {
             let (resp, lease) = self.send_h1(endpoint, req).await?;
-            Ok((resp.map(Either::Left), lease))
+            Ok((resp.map(Received::Hyper), lease))
         }
     }
 
@@ -234,19 +278,17 @@ impl Upstream {
         &self,
         endpoint: &Arc<Endpoint>,
         req: Request<RequestBody>,
-    ) -> Result<Response<Incoming>, SendError> {
-        let mut sender = match self.h2_sender(endpoint).await {
-            Ok(s) => s,
+    ) -> Result<Response<h2::ResponseBody>, SendError> {
+        let conn = match self.h2_conn(endpoint).await {
+            Ok(c) => c,
             Err(e) => return Err(SendError::unsent(e, req)),
         };
-        match sender.try_send_request(req).await {
+        match conn.round_trip(req).await {
             Ok(resp) => Ok(resp),
-            Err(mut e) => match e.take_message() {
-                // The shared connection went away before the request left: once more on a new one.
-                // Boxed: a rare path that would otherwise size every request's future.
-                Some(unsent) => Box::pin(self.resend_h2(endpoint, unsent)).await,
-                None => Err(SendError::sent(ProxyError::from_hyper(e.error()))),
-            },
+            // The shared connection went away before the request left: once more on a new one.
+            // Boxed: a rare path that would otherwise size every request's future.
+            Err(h2::Failed::Unsent(unsent, _)) => Box::pin(self.resend_h2(endpoint, *unsent)).await,
+            Err(h2::Failed::Sent(e)) => Err(SendError::sent(e)),
         }
     }
 
@@ -255,57 +297,40 @@ impl Upstream {
         &self,
         endpoint: &Arc<Endpoint>,
         req: Request<RequestBody>,
-    ) -> Result<Response<Incoming>, SendError> {
+    ) -> Result<Response<h2::ResponseBody>, SendError> {
         *endpoint.pool.h2.lock().await = None;
-        let mut sender = match self.h2_sender(endpoint).await {
-            Ok(s) => s,
+        let conn = match self.h2_conn(endpoint).await {
+            Ok(c) => c,
             Err(e) => return Err(SendError::unsent(e, req)),
         };
-        sender
-            .try_send_request(req)
-            .await
-            .map_err(SendError::from_hyper)
+        conn.round_trip(req).await.map_err(|failed| match failed {
+            h2::Failed::Unsent(req, e) => SendError::unsent(e, *req),
+            h2::Failed::Sent(e) => SendError::sent(e),
+        })
     }
 
     /// The endpoint's shared HTTP/2 connection, opened if needed (one connect at a time).
-    async fn h2_sender(
-        &self,
-        endpoint: &Arc<Endpoint>,
-    ) -> Result<http2::SendRequest<RequestBody>, ProxyError> {
+    async fn h2_conn(&self, endpoint: &Arc<Endpoint>) -> Result<h2::Conn, ProxyError> {
         let mut slot = endpoint.pool.h2.lock().await;
         if let Some(shared) = slot.as_mut() {
-            if !shared.sender.is_closed() {
+            if !shared.conn.is_closed() {
                 shared.last_used = Instant::now();
-                return Ok(shared.sender.clone());
+                return Ok(shared.conn.clone());
             }
         }
         // Boxed, as for HTTP/1.1: opening is rare, requests are not.
-        let sender = Box::pin(self.open_h2(endpoint)).await?;
+        let conn = Box::pin(self.open_h2(endpoint)).await?;
         *slot = Some(Shared {
-            sender: sender.clone(),
+            conn: conn.clone(),
             last_used: Instant::now(),
         });
-        Ok(sender)
+        Ok(conn)
     }
 
     /// Opens a new HTTP/2 connection to `endpoint`; its connection task is spawned.
-    async fn open_h2(
-        &self,
-        endpoint: &Endpoint,
-    ) -> Result<http2::SendRequest<RequestBody>, ProxyError> {
+    async fn open_h2(&self, endpoint: &Endpoint) -> Result<h2::Conn, ProxyError> {
         let (stream, permit) = self.connect(endpoint).await?;
-        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .handshake::<_, RequestBody>(TokioIo::new(stream))
-            .await
-            .map_err(|e| ProxyError::from_hyper(&e))?;
-        tokio::spawn(async move {
-            let _permit = permit;
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "upstream HTTP/2 connection ended with an error");
-            }
-        });
-        Ok(sender)
+        h2::Conn::open(stream, permit).await
     }
 
     /// Opens a connection to `endpoint`: TCP within the connect timeout, then TLS if the

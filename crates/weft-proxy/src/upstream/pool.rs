@@ -9,10 +9,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::http1;
 
 use super::body::RequestBody;
-use super::h1;
+use super::{h1, h2};
 
 /// The connections of one endpoint.
 #[derive(Debug, Default)]
@@ -33,7 +33,7 @@ struct Idle {
 
 #[derive(Debug)]
 pub(super) struct Shared {
-    pub(super) sender: http2::SendRequest<RequestBody>,
+    pub(super) conn: h2::Conn,
     pub(super) last_used: Instant,
 }
 
@@ -86,7 +86,7 @@ impl Pool {
         if let Ok(mut h2) = self.h2.try_lock() {
             if h2
                 .as_ref()
-                .is_some_and(|s| s.sender.is_closed() || s.last_used.elapsed() >= idle_timeout)
+                .is_some_and(|s| s.conn.is_closed() || s.last_used.elapsed() >= idle_timeout)
             {
                 *h2 = None;
             }

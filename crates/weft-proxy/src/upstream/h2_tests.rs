@@ -1,0 +1,175 @@
+//! weft's own HTTP/2 client against the `h2` crate's server, over an in-memory connection.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use tokio::io::DuplexStream;
+
+use super::*;
+use crate::upstream::body::Source;
+use crate::upstream::retry::Breaker;
+
+/// A connection to an in-memory server; `serve` gets the server's side.
+async fn connect<F, Fut>(serve: F) -> (Conn, tokio::task::JoinHandle<()>)
+where
+    F: FnOnce(DuplexStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let (client, server) = tokio::io::duplex(256 * 1024);
+    let server = tokio::spawn(async move { serve(server).await });
+    let breaker = Breaker::new(&weft_model::CircuitBreaker {
+        max_requests: 100,
+        max_connections: 10,
+        max_retries: 1,
+    });
+    let permit = breaker.connection().expect("a connection slot");
+    let conn = Conn::open(UpstreamIo::Memory(client), permit)
+        .await
+        .expect("handshake");
+    (conn, server)
+}
+
+fn request(method: &str, body: RequestBody) -> Request<RequestBody> {
+    Request::builder()
+        .method(method)
+        .uri("http://app.local/x")
+        .body(body)
+        .expect("request")
+}
+
+/// A body given in 64 KiB frames, as a client's body arrives.
+struct Frames(Bytes);
+
+impl http_body::Body for Frames {
+    type Data = Bytes;
+    type Error = crate::upstream::body::BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        let n = self.0.len().min(64 * 1024);
+        std::task::Poll::Ready((n > 0).then(|| Ok(http_body::Frame::data(self.0.split_to(n)))))
+    }
+}
+
+fn streamed(bytes: Bytes) -> RequestBody {
+    let body = Source::Other(Frames(bytes).boxed());
+    RequestBody::new(body, None, Duration::from_secs(30)).0
+}
+
+/// Reads a whole request body on the server side, giving its window back.
+async fn read_all(mut body: ::h2::RecvStream) -> usize {
+    let mut n = 0;
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.expect("request data");
+        n += chunk.len();
+        let _ = body.flow_control().release_capacity(chunk.len());
+    }
+    n
+}
+
+#[tokio::test]
+async fn bodies_larger_than_every_window_go_both_ways_with_trailers() {
+    // 3 MB each way: more than the server's default stream window (64 KiB) for the
+    // upload, and more than our own stream window (2 MiB) for the answer, which only
+    // arrives whole if the client gives its window back as it reads.
+    const SIZE: usize = 3 << 20;
+    let (conn, server) = connect(|io| async move {
+        let mut h2 = ::h2::server::handshake(io).await.expect("server handshake");
+        while let Some(accepted) = h2.accept().await {
+            let (req, mut respond) = accepted.expect("stream");
+            tokio::spawn(async move {
+                let got = read_all(req.into_body()).await;
+                let resp = Response::builder()
+                    .header("x-got", got.to_string())
+                    .body(())
+                    .unwrap();
+                let mut send = respond.send_response(resp, false).expect("response");
+                send.reserve_capacity(SIZE);
+                let mut left = Bytes::from(vec![7u8; SIZE]);
+                while !left.is_empty() {
+                    let n = std::future::poll_fn(|cx| send.poll_capacity(cx))
+                        .await
+                        .expect("capacity")
+                        .expect("capacity");
+                    let chunk = left.split_to(n.min(left.len()));
+                    send.send_data(chunk, false).expect("data");
+                }
+                let mut trailers = HeaderMap::new();
+                trailers.insert("grpc-status", HeaderValue::from_static("0"));
+                send.send_trailers(trailers).expect("trailers");
+            });
+        }
+    })
+    .await;
+    let body = streamed(Bytes::from(vec![1u8; SIZE]));
+    let resp = conn
+        .round_trip(request("POST", body))
+        .await
+        .expect("answer");
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()["x-got"], SIZE.to_string().as_str());
+    let collected = resp.into_body().collect().await.expect("body");
+    let trailers = collected.trailers().cloned().expect("trailers");
+    assert_eq!(trailers["grpc-status"], "0");
+    assert_eq!(collected.to_bytes().len(), SIZE);
+    // A bodiless request on the same connection, then the last handle goes: the
+    // connection closes (the server's accept loop ends) rather than idling forever.
+    let resp = conn
+        .round_trip(request("GET", RequestBody::Bytes(None)))
+        .await
+        .expect("answer");
+    assert_eq!(resp.headers()["x-got"], "0");
+    drop(resp);
+    drop(conn);
+    tokio::time::timeout(Duration::from_secs(60), server)
+        .await
+        .expect("the connection was not closed when its last handle went")
+        .expect("server");
+}
+
+#[tokio::test]
+async fn a_reset_stream_is_a_sent_failure() {
+    let (conn, _server) = connect(|io| async move {
+        let mut h2 = ::h2::server::handshake(io).await.expect("server handshake");
+        while let Some(accepted) = h2.accept().await {
+            let (_req, mut respond) = accepted.expect("stream");
+            respond.send_reset(::h2::Reason::INTERNAL_ERROR);
+        }
+    })
+    .await;
+    match conn
+        .round_trip(request("GET", RequestBody::Bytes(None)))
+        .await
+    {
+        Err(Failed::Sent(e)) => assert_eq!(e, ProxyError::UpstreamReset),
+        other => panic!("a reset stream: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_closed_connection_hands_the_request_back_whole() {
+    // The server goes away right after the handshake.
+    let (conn, server) = connect(|io| async move {
+        let h2 = ::h2::server::handshake(io).await.expect("server handshake");
+        drop(h2);
+    })
+    .await;
+    server.await.expect("server");
+    while !conn.is_closed() {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let body = RequestBody::Bytes(Some(Bytes::from_static(b"kept")));
+    match conn.round_trip(request("PUT", body)).await {
+        Err(Failed::Unsent(req, e)) => {
+            assert_eq!(e, ProxyError::UpstreamReset);
+            assert_eq!(req.method(), "PUT");
+            let body = req.into_body().into_bytes().await.expect("body");
+            assert_eq!(body, "kept", "the unsent request comes back whole");
+        }
+        other => panic!("a closed connection: {other:?}"),
+    }
+}
