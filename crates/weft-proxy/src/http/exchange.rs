@@ -270,8 +270,9 @@ fn edit_head(client: &Client, r: &mut Routed<'_>, req: &mut Request<Source>, ex:
             s.request_id = id.to_string();
         }
     }
-    if !headers.contains_key(header::HOST) && !r.service.upstream.settings.is_http2() {
-        // HTTP/2 clients send `:authority`; an HTTP/1.1 upstream needs it as `Host`.
+    if !headers.contains_key(header::HOST) {
+        // HTTP/2 clients send `:authority`; an HTTP/1.1 upstream (or mirror) needs it as
+        // `Host`. (An HTTP/2 upstream gets it back as `:authority`: see `address`.)
         if let Some(v) = authority.and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
             headers.insert(header::HOST, v);
         }

@@ -150,10 +150,12 @@ pub(crate) fn send_mirror(
             return record("no-healthy-endpoints");
         };
         let is_h2 = service.upstream.settings.is_http2();
+        // As for the request itself: HTTP/2 carries the host as `:authority` alone.
         let authority = is_h2.then(|| {
             head.headers
-                .get(header::HOST)
+                .remove(header::HOST)
                 .and_then(|v| http::uri::Authority::try_from(v.as_bytes()).ok())
+                .or_else(|| head.uri.authority().cloned())
                 .unwrap_or_else(|| endpoint.authority.clone())
         });
         let Ok(uri) = upstream_uri(&head.uri, authority, new_path) else {
