@@ -272,7 +272,7 @@ fn edit_head(client: &Client, r: &mut Routed<'_>, req: &mut Request<Source>, ex:
     }
     if !headers.contains_key(header::HOST) {
         // HTTP/2 clients send `:authority`; an HTTP/1.1 upstream (or mirror) needs it as
-        // `Host`. (An HTTP/2 upstream gets it back as `:authority`: see `address`.)
+        // `Host`. (An HTTP/2 upstream gets it back as `:authority`: see `filters::aim`.)
         if let Some(v) = authority.and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
             headers.insert(header::HOST, v);
         }
@@ -579,19 +579,7 @@ fn address(
     limits: &Limits,
     path: Option<String>,
 ) -> Result<std::time::Duration, ProxyError> {
-    // HTTP/1.1 goes out in origin-form with its Host header. HTTP/2 carries the
-    // (possibly rewritten) Host as `:authority` alone (RFC 9113 §8.3.1: a client uses
-    // `:authority` rather than `Host`; one field fewer to compress and decompress on
-    // every request of a mesh hop). A request coming back unsent for another attempt has
-    // it in its URI already; the endpoint's address is the last resort.
-    let h2_authority = service.upstream.settings.is_http2().then(|| {
-        head.headers
-            .remove(header::HOST)
-            .and_then(|v| http::uri::Authority::try_from(v.as_bytes()).ok())
-            .or_else(|| head.uri.authority().cloned())
-            .unwrap_or_else(|| endpoint.authority.clone())
-    });
-    head.uri = filters::upstream_uri(&head.uri, h2_authority, path)?;
+    filters::aim(head, service.upstream.settings.is_http2(), endpoint, path)?;
     let remaining = limits.deadline - tokio::time::Instant::now();
     if limits.caller_deadline {
         // The callee learns how long the caller will still wait.

@@ -15,6 +15,30 @@ use super::ResponseBody;
 use crate::error::{ProxyError, ERROR_HEADER};
 use crate::telemetry::metrics::Metrics;
 use crate::upstream::body::RequestBody;
+use crate::upstream::endpoint::Endpoint;
+
+/// Aims `head` at `endpoint`: its URI as the upstream's protocol needs it, with `path` if
+/// the route rewrote it. HTTP/1.1 goes out in origin-form with its Host header. HTTP/2
+/// carries the (possibly rewritten) Host as `:authority` alone (RFC 9113 §8.3.1: a client
+/// uses `:authority` rather than `Host`; one field fewer to compress and decompress on
+/// every request of a mesh hop). A request coming back unsent for another attempt has it
+/// in its URI already; the endpoint's address is the last resort.
+pub(crate) fn aim(
+    head: &mut http::request::Parts,
+    http2: bool,
+    endpoint: &Endpoint,
+    path: Option<String>,
+) -> Result<(), ProxyError> {
+    let authority = http2.then(|| {
+        head.headers
+            .remove(header::HOST)
+            .and_then(|v| http::uri::Authority::try_from(v.as_bytes()).ok())
+            .or_else(|| head.uri.authority().cloned())
+            .unwrap_or_else(|| endpoint.authority.clone())
+    });
+    head.uri = upstream_uri(&head.uri, authority, path)?;
+    Ok(())
+}
 
 /// The upstream request target: origin-form (`/path?query`) for HTTP/1.1, or absolute with
 /// `authority` for HTTP/2. Reuses the original path-and-query buffer when the path is unchanged.
@@ -150,18 +174,9 @@ pub(crate) fn send_mirror(
             return record("no-healthy-endpoints");
         };
         let is_h2 = service.upstream.settings.is_http2();
-        // As for the request itself: HTTP/2 carries the host as `:authority` alone.
-        let authority = is_h2.then(|| {
-            head.headers
-                .remove(header::HOST)
-                .and_then(|v| http::uri::Authority::try_from(v.as_bytes()).ok())
-                .or_else(|| head.uri.authority().cloned())
-                .unwrap_or_else(|| endpoint.authority.clone())
-        });
-        let Ok(uri) = upstream_uri(&head.uri, authority, new_path) else {
+        if aim(&mut head, is_h2, &endpoint, new_path).is_err() {
             return record("failed");
-        };
-        head.uri = uri;
+        }
         head.version = if is_h2 {
             Version::HTTP_2
         } else {

@@ -249,24 +249,20 @@ pub(crate) fn append_forwarded_for(h: &mut HeaderMap, client: &Client) {
     }
 }
 
-/// Marks a value that differs on every request (a request id, a span's `traceparent`)
-/// for HPACK's "never indexed" form. Indexing it would gain nothing (it never repeats)
-/// and cost on both ends of an HTTP/2 connection: a table insertion, an eviction of a
-/// field that does repeat (then sent again in full), and comparisons against every
-/// earlier value of the same name. HTTP/1 ignores the mark.
-pub(crate) fn unique(mut v: HeaderValue) -> HeaderValue {
-    v.set_sensitive(true);
-    v
-}
-
+/// Keeps the request's id (or makes one), marked for HPACK's "never indexed" form, as a
+/// span's `traceparent` is: a value that differs on every request gains nothing from
+/// indexing (it never repeats) and costs both ends of an HTTP/2 connection a table
+/// insertion, an eviction of a field that does repeat (then sent again in full), and
+/// comparisons against every earlier value of the same name. HTTP/1 ignores the mark.
 pub(crate) fn ensure_request_id(h: &mut HeaderMap) {
     match h.get_mut(&X_REQUEST_ID) {
         Some(v) if !v.is_empty() && v.len() <= MAX_REQUEST_ID_LEN => v.set_sensitive(true),
         _ => {
             let mut id = [0u8; 32];
             crate::telemetry::trace::hex_into(&mut id, &fastrand::u128(..).to_be_bytes());
-            if let Ok(v) = HeaderValue::from_bytes(&id) {
-                h.insert(X_REQUEST_ID, unique(v));
+            if let Ok(mut v) = HeaderValue::from_bytes(&id) {
+                v.set_sensitive(true);
+                h.insert(X_REQUEST_ID, v);
             }
         }
     }

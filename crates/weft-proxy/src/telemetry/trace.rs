@@ -196,7 +196,7 @@ impl SpanContext {
 
     /// `00-{trace}-{span}-{flags}`, written without the formatting machinery (it is on
     /// every request). Marked for HPACK's "never indexed" form: a new span id on every
-    /// hop is never worth an HTTP/2 table entry (see `http::headers::unique`).
+    /// hop is never worth an HTTP/2 table entry (see `http::headers::ensure_request_id`).
     pub fn traceparent(&self) -> HeaderValue {
         let mut b = [0u8; 55];
         b[..3].copy_from_slice(b"00-");

@@ -132,6 +132,14 @@ impl SendError {
         }
     }
 
+    /// weft's HTTP/2 client's failed send, with the request if it never left.
+    fn from_h2(failed: h2::Failed) -> SendError {
+        match failed {
+            h2::Failed::Unsent(req, e) => SendError::unsent(e, *req),
+            h2::Failed::Sent(e) => SendError::sent(e),
+        }
+    }
+
     /// hyper's failed send, with the request if it never left.
     fn from_hyper(mut e: TrySendError<Request<RequestBody>>) -> SendError {
         SendError {
@@ -288,7 +296,7 @@ impl Upstream {
             // The shared connection went away before the request left: once more on a new one.
             // Boxed: a rare path that would otherwise size every request's future.
             Err(h2::Failed::Unsent(unsent, _)) => Box::pin(self.resend_h2(endpoint, *unsent)).await,
-            Err(h2::Failed::Sent(e)) => Err(SendError::sent(e)),
+            Err(failed) => Err(SendError::from_h2(failed)),
         }
     }
 
@@ -303,10 +311,7 @@ impl Upstream {
             Ok(c) => c,
             Err(e) => return Err(SendError::unsent(e, req)),
         };
-        conn.round_trip(req).await.map_err(|failed| match failed {
-            h2::Failed::Unsent(req, e) => SendError::unsent(e, *req),
-            h2::Failed::Sent(e) => SendError::sent(e),
-        })
+        conn.round_trip(req).await.map_err(SendError::from_h2)
     }
 
     /// The endpoint's shared HTTP/2 connection, opened if needed (one connect at a time).
