@@ -16,7 +16,7 @@ use weft_model::{Config, ListenerLimits, ListenerProtocol, TlsMode};
 use crate::http::authz::{Authorizer, MeshListener};
 use crate::http::route::Rule;
 use crate::http::router::{MatchError, Matcher, RouteTable};
-use crate::http::{HttpBuilder, Routes};
+use crate::http::{HttpServer, Routes};
 use crate::stream::StreamTable;
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::{otlp, trace};
@@ -58,7 +58,7 @@ pub struct ListenerRoutes {
     /// TLS to terminate (`HTTPS`, and `TLS` in `Terminate` mode), certificates loaded.
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     /// The HTTP connection settings derived from `limits`.
-    pub server: Arc<HttpBuilder>,
+    pub server: Arc<HttpServer>,
     /// HTTP routing (`HTTP`, `HTTPS`).
     pub http: Arc<Routes>,
     /// `TCPRoute`s / `TLSRoute`s (`TCP`, `TLS`).

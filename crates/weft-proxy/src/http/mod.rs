@@ -31,8 +31,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{Either, Full};
-use hyper_util::rt::{TokioExecutor, TokioTimer};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::TokioTimer;
 use weft_model::ListenerLimits;
 
 pub use context::{Client, Context};
@@ -48,8 +47,15 @@ use router::RouteTable;
 /// Body of every response the proxy sends.
 pub type ResponseBody = Either<record::UpstreamBody, Full<Bytes>>;
 
-/// HTTP/1.1 + HTTP/2 server settings of a listener.
-pub type HttpBuilder = auto::Builder<TokioExecutor>;
+/// How a listener serves HTTP: weft's own servers (`listen/h1.rs`, `listen/h2.rs`), and
+/// hyper's HTTP/1.1 server for the requests that are not plain.
+#[derive(Debug, Clone)]
+pub struct HttpServer {
+    /// hyper's HTTP/1.1 server, with the listener's limits.
+    pub http1: hyper::server::conn::http1::Builder,
+    /// weft's own HTTP/2 server, with the listener's limits.
+    pub http2: h2::server::Builder,
+}
 
 /// What a listener's HTTP requests are served with, for one configuration version.
 #[derive(Debug)]
@@ -73,25 +79,40 @@ pub struct Routes {
     pub inbound_edge: Option<Arc<str>>,
 }
 
+/// HTTP/2 stream-level receive window (hyper's server default).
+const H2_STREAM_WINDOW: u32 = 1 << 20;
+/// HTTP/2 connection-level receive window (hyper's server default).
+const H2_CONN_WINDOW: u32 = 1 << 20;
+/// Largest HTTP/2 frame accepted.
+const H2_MAX_FRAME: u32 = 16 << 10;
+/// Response bytes buffered per HTTP/2 stream before its sender waits.
+const H2_MAX_SEND_BUFFER: usize = 400 << 10;
+/// HTTP/2 streams reset for our own errors (a malformed request, say) before the
+/// connection is closed: a peer provoking resets is misbehaving (hyper's default).
+const H2_MAX_LOCAL_RESETS: usize = 1024;
+
 /// The HTTP server settings a listener's limits imply.
-pub fn server_settings(limits: &ListenerLimits) -> HttpBuilder {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
+pub fn server_settings(limits: &ListenerLimits) -> HttpServer {
+    let mut http1 = hyper::server::conn::http1::Builder::new();
+    http1
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout.get())
         .max_buf_size(limits.max_request_header_bytes as usize)
         .max_headers(limits.max_request_headers as usize);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
+    let mut http2 = h2::server::Builder::new();
+    http2
+        .initial_window_size(H2_STREAM_WINDOW)
+        .initial_connection_window_size(H2_CONN_WINDOW)
+        .max_frame_size(H2_MAX_FRAME)
+        .max_send_buffer_size(H2_MAX_SEND_BUFFER)
+        .max_local_error_reset_streams(Some(H2_MAX_LOCAL_RESETS))
+        // The excess is refused with REFUSED_STREAM.
         .max_concurrent_streams(limits.http2_max_concurrent_streams)
+        // Streams the client resets before they are answered (rapid reset,
+        // CVE-2023-44487): beyond this the connection is closed, ENHANCE_YOUR_CALM.
         .max_pending_accept_reset_streams(limits.http2_max_pending_resets as usize)
-        .max_header_list_size(limits.max_request_header_bytes)
-        // A peer that stops answering pings is gone; free its streams.
-        .keep_alive_interval(Some(Duration::from_secs(60)))
-        .keep_alive_timeout(Duration::from_secs(20));
-    builder
+        .max_header_list_size(limits.max_request_header_bytes);
+    HttpServer { http1, http2 }
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@
 
 mod counting;
 pub mod h1;
+pub mod h2;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -34,7 +35,7 @@ use weft_model::{ListenerLimits, ListenerProtocol};
 
 use crate::config::{Snapshot, SnapshotHandle};
 use crate::http::authz::MeshListener;
-use crate::http::{self, HttpBuilder, Routes};
+use crate::http::{self, HttpServer, Routes};
 use crate::stream;
 use crate::telemetry::metrics::{Direction, ListenerStats, TcpOutcome, UNKNOWN_SOURCE};
 use crate::upstream::body::Source;
@@ -204,7 +205,7 @@ struct Connection {
     protocol: ListenerProtocol,
     tls: Option<tokio_rustls::TlsAcceptor>,
     mesh: Option<MeshListener>,
-    server: Arc<HttpBuilder>,
+    server: Arc<HttpServer>,
     routes: Arc<Routes>,
     limits: ListenerLimits,
     progress: Arc<AtomicU64>,
@@ -507,12 +508,27 @@ impl Connection {
         if stopping {
             return;
         }
+        let io = h1::Rewound::new(io, read.freeze());
+        if io.starts_with(h2::PREFACE_LINE) {
+            let stop = &mut self.stop;
+            return h2::serve(
+                io,
+                &self.server.http2,
+                &self.limits,
+                stop,
+                &self.progress,
+                |req| exchange.start(req),
+            )
+            .await;
+        }
         let svc = service_fn(move |req: ::http::Request<hyper::body::Incoming>| {
             exchange.start(req.map(Source::from))
         });
         let conn = self
             .server
-            .serve_connection_with_upgrades(TokioIo::new(h1::Rewound::new(io, read.freeze())), svc);
+            .http1
+            .serve_connection(TokioIo::new(io), svc)
+            .with_upgrades();
         tokio::pin!(conn);
         let mut seen = self.progress.load(Ordering::Relaxed);
         let result = loop {

@@ -51,8 +51,10 @@ pub enum RequestBody {
 /// Where a request body comes from: the client's connection, or any other body (a test's,
 /// or one the proxy makes itself).
 pub enum Source {
-    /// From hyper's server connection.
+    /// From hyper's server connection (HTTP/1.1 requests that are not plain).
     Incoming(Incoming),
+    /// From weft's own HTTP/2 server (`listen/h2.rs`).
+    H2(super::h2::RecvBody),
     /// No body: a request weft's own HTTP/1.1 server read (`listen/h1.rs`).
     Empty,
     /// Anything else.
@@ -66,6 +68,7 @@ impl std::fmt::Debug for Source {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Source::Incoming(b) => b.fmt(f),
+            Source::H2(b) => b.fmt(f),
             Source::Empty => f.write_str("Empty"),
             Source::Other(_) => f.write_str("Other"),
         }
@@ -100,6 +103,7 @@ impl Body for Source {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             Source::Incoming(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            Source::H2(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
             Source::Empty => Poll::Ready(None),
             Source::Other(b) => Pin::new(b).poll_frame(cx),
         }
@@ -108,6 +112,7 @@ impl Body for Source {
     fn is_end_stream(&self) -> bool {
         match self {
             Source::Incoming(b) => b.is_end_stream(),
+            Source::H2(b) => b.is_end_stream(),
             Source::Empty => true,
             Source::Other(b) => b.is_end_stream(),
         }
@@ -116,6 +121,7 @@ impl Body for Source {
     fn size_hint(&self) -> SizeHint {
         match self {
             Source::Incoming(b) => b.size_hint(),
+            Source::H2(b) => b.size_hint(),
             Source::Empty => SizeHint::with_exact(0),
             Source::Other(b) => b.size_hint(),
         }

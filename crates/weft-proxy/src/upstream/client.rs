@@ -46,7 +46,7 @@ pub enum Received {
     /// weft's own HTTP/1.1 client.
     H1(h1::ResponseBody),
     /// weft's own HTTP/2 client.
-    H2(h2::ResponseBody),
+    H2(h2::RecvBody),
 }
 
 impl http_body::Body for Received {
@@ -286,7 +286,7 @@ impl Upstream {
         &self,
         endpoint: &Arc<Endpoint>,
         req: Request<RequestBody>,
-    ) -> Result<Response<h2::ResponseBody>, SendError> {
+    ) -> Result<Response<h2::RecvBody>, SendError> {
         let conn = match self.h2_conn(endpoint).await {
             Ok(c) => c,
             Err(e) => return Err(SendError::unsent(e, req)),
@@ -305,7 +305,7 @@ impl Upstream {
         &self,
         endpoint: &Arc<Endpoint>,
         req: Request<RequestBody>,
-    ) -> Result<Response<h2::ResponseBody>, SendError> {
+    ) -> Result<Response<h2::RecvBody>, SendError> {
         *endpoint.pool.h2.lock().await = None;
         let conn = match self.h2_conn(endpoint).await {
             Ok(c) => c,

@@ -107,7 +107,7 @@ impl Conn {
     pub async fn round_trip(
         &self,
         req: Request<RequestBody>,
-    ) -> Result<Response<ResponseBody>, Failed> {
+    ) -> Result<Response<RecvBody>, Failed> {
         let mut send = match self.send.clone().ready().await {
             Ok(send) => send,
             Err(e) => return Err(Failed::Unsent(Box::new(req), error(&e))),
@@ -118,10 +118,10 @@ impl Conn {
             .send_request(Request::from_parts(head, ()), end)
             .map_err(|e| Failed::Sent(error(&e)))?;
         if !end {
-            tokio::spawn(send_body(body, stream));
+            tokio::spawn(send_body(body, stream, Reason::CANCEL));
         }
         let resp = response.await.map_err(|e| Failed::Sent(error(&e)))?;
-        Ok(resp.map(|recv| ResponseBody { recv, data: true }))
+        Ok(resp.map(RecvBody::new))
     }
 }
 
@@ -132,19 +132,26 @@ fn error(e: &h2::Error) -> ProxyError {
     ProxyError::UpstreamReset
 }
 
-/// Sends a request body on its stream, as flow control allows; a body that fails, or a
-/// peer that resets the stream, ends it (the body with a reset, so the server knows).
-async fn send_body(body: RequestBody, mut stream: SendStream<Bytes>) {
+/// Sends a body on its stream (a request's, or a response's by weft's own HTTP/2 server
+/// in `listen/h2.rs`), as flow control allows; a body that fails ends the stream with a
+/// reset of `failed` (so the peer knows it is cut short); a peer that resets the stream
+/// stops it being read (and dropping it cancels whatever produces it).
+pub(crate) async fn send_body<B: Body<Data = Bytes>>(
+    body: B,
+    mut stream: SendStream<Bytes>,
+    failed: Reason,
+) {
     let mut body = std::pin::pin!(body);
-    if let Err(Some(reason)) = pump(body.as_mut(), &mut stream).await {
+    if let Err(Some(reason)) = pump(body.as_mut(), &mut stream, failed).await {
         stream.send_reset(reason);
     }
 }
 
 /// Err(Some(reason)): reset the stream with it; Err(None): it is over already.
-async fn pump(
-    mut body: Pin<&mut RequestBody>,
+async fn pump<B: Body<Data = Bytes>>(
+    mut body: Pin<&mut B>,
     stream: &mut SendStream<Bytes>,
+    failed: Reason,
 ) -> Result<(), Option<Reason>> {
     loop {
         let frame = std::future::poll_fn(|cx| {
@@ -160,7 +167,7 @@ async fn pump(
                 // The body ended without saying so on its last frame.
                 return stream.send_data(Bytes::new(), true).map_err(|_| None);
             }
-            Some(Err(_)) => return Err(Some(Reason::CANCEL)),
+            Some(Err(_)) => return Err(Some(failed)),
             Some(Ok(frame)) => frame,
         };
         let mut data = match frame.into_data() {
@@ -204,37 +211,46 @@ async fn pump(
     }
 }
 
-/// A response body read from its HTTP/2 stream: data frames, then the trailers if any.
-/// The stream's window is given back as each frame is handed on.
+/// A body read from an HTTP/2 stream (a response here, a request in weft's own HTTP/2
+/// server): data frames, then the trailers if any. The stream's window is given back as
+/// each frame is handed on. Errors are h2's (the peer reset the stream or broke the
+/// protocol; a `content-length` that the data contradicts is one).
 #[derive(Debug)]
-pub struct ResponseBody {
+pub struct RecvBody {
     recv: RecvStream,
     /// Data frames may still come (then the trailers).
     data: bool,
 }
 
-impl Body for ResponseBody {
+impl RecvBody {
+    /// The body arriving on `recv`.
+    pub fn new(recv: RecvStream) -> RecvBody {
+        RecvBody { recv, data: true }
+    }
+}
+
+impl Body for RecvBody {
     type Data = Bytes;
-    type Error = ProxyError;
+    type Error = h2::Error;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, ProxyError>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
         if self.data {
             match ready!(self.recv.poll_data(cx)) {
                 Some(Ok(data)) => {
                     let _ = self.recv.flow_control().release_capacity(data.len());
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
-                Some(Err(e)) => return Poll::Ready(Some(Err(error(&e)))),
+                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
                 None => self.data = false,
             }
         }
         match ready!(self.recv.poll_trailers(cx)) {
             Ok(Some(trailers)) => Poll::Ready(Some(Ok(Frame::trailers(trailers)))),
             Ok(None) => Poll::Ready(None),
-            Err(e) => Poll::Ready(Some(Err(error(&e)))),
+            Err(e) => Poll::Ready(Some(Err(e))),
         }
     }
 
