@@ -2,15 +2,15 @@
 //!
 //! ```text
 //! read ─► httparse ─► a plain HTTP/1.1 request? ─► handle ─► head + body written here ─► next
+//!                      ├ HTTP/2's preface ─► the connection goes to weft's HTTP/2 server (h2.rs)
 //!                      └ anything else ─► the connection and the bytes read so far go to hyper
 //! ```
 //!
 //! "Plain": HTTP/1.1, origin-form target, not CONNECT, no body (no `Transfer-Encoding`,
 //! `Content-Length` absent or 0), no `Upgrade`, `Expect` or `TE`, within the listener's
 //! header limits, and a head httparse accepts whole. Every other request — bodies,
-//! upgrades, `100-continue`, trailers, HTTP/1.0, HTTP/2's preface, and every malformed or
-//! oversized head — is handed to hyper with the connection, unread bytes first
-//! ([`Rewound`]), so its framing rules, its limits and its precise 400/413/414/431 answers
+//! upgrades, `100-continue`, trailers, HTTP/1.0, and every malformed or oversized head —
+//! is handed to hyper with the connection, unread bytes first ([`Rewound`]), so its framing rules, its limits and its precise 400/413/414/431 answers
 //! stay exactly as they were; hyper keeps the connection from then on. What this server
 //! decides alone is only how a plain request is read and how its response is written, by
 //! hyper's rules (`Content-Length` or chunked, none after HEAD/204/304, `date`, `connection:
@@ -62,7 +62,8 @@ pub enum Parsed {
     Request(Request<Source>, bool),
     /// Not a whole head yet.
     Partial,
-    /// Not plain: hyper serves it (and the rest of the connection).
+    /// Not plain: hyper serves it (and the rest of the connection), or weft's HTTP/2
+    /// server if it is HTTP/2's preface.
     HandOff,
 }
 
@@ -161,7 +162,8 @@ pub struct Flags {
 pub enum End<I> {
     /// Closed (by either side, a timeout, an error or the listener stopping).
     Closed,
-    /// hyper serves the rest: the connection, with the bytes read and not yet parsed.
+    /// Another server serves the rest (hyper's HTTP/1.1, or weft's HTTP/2): the
+    /// connection, with the bytes read and not yet parsed.
     HandOff(I, BytesMut),
 }
 

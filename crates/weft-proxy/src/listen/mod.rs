@@ -1,7 +1,7 @@
 //! Accepting client connections and serving them by the listener's protocol.
 //!
 //! ```text
-//! accept ─► over maxConnections? close ─► HTTP  ─────────────────► HTTP/1.1 or h2c (hyper)
+//! accept ─► over maxConnections? close ─► HTTP  ─────────────────► HTTP/1.1 or HTTP/2
 //!                                      ├► HTTPS ─► TLS handshake ─► HTTP/1.1 or h2 (ALPN)
 //!                                      ├► TCP   ─► stream::serve_tcp
 //!                                      └► TLS   ─► passthrough (SNI peek) or terminate ─► splice
@@ -13,6 +13,10 @@
 //! signal: when it is removed by a reload or the proxy shuts down, the accept loop ends (the
 //! socket closes) and every connection finishes gracefully (HTTP/1: close after the
 //! in-flight response; HTTP/2: GOAWAY) while the caller waits up to its drain deadline.
+//!
+//! HTTP is served by weft's own HTTP/1.1 server ([`h1`]) for plain requests, by hyper's
+//! HTTP/1.1 server for the rest of a connection once a request is not plain, and by weft's
+//! own HTTP/2 server ([`h2`]) for every connection that opens with HTTP/2's preface.
 
 mod counting;
 pub mod h1;
@@ -449,7 +453,8 @@ impl Connection {
 
     /// Serves HTTP; `peer` is the caller's verified SPIFFE ID (mesh mutual TLS). Plain
     /// HTTP/1.1 requests are served by weft's own server ([`h1`]) until one is not plain;
-    /// hyper serves the rest of the connection from there (and every HTTP/2 one).
+    /// hyper serves the rest of the connection from there; a connection that opens with
+    /// HTTP/2's preface goes to weft's own HTTP/2 server ([`h2`]).
     async fn serve_http_as<I>(mut self, io: I, secure: bool, peer: Option<Arc<str>>)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
