@@ -16,6 +16,7 @@
 
 use std::borrow::Cow;
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -44,83 +45,97 @@ use crate::upstream::retry::{self, Permit};
 use crate::upstream::service::Service;
 
 /// Serves one request with the routes of its listener (those current when it arrived).
-/// Never fails: every error becomes a precise reply.
-pub async fn handle(
+/// Never fails: every error becomes a precise reply. (This and `serve` return `async move`
+/// blocks rather than being `async fn`s, which keep by-value arguments such as the
+/// request twice in their futures: see `Upstream::send`.)
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn keeps the request twice in its future"
+)]
+pub fn handle(
     ctx: Arc<Context>,
     routes: Arc<Routes>,
     client: Client,
     req: Request<Source>,
-) -> Result<Response<ResponseBody>, Infallible> {
-    let started = std::time::Instant::now();
-    // This hop's span: a child of the caller's (or a new trace), passed on upstream.
-    let span = SpanContext::start(trace::extract(req.headers()), routes.tracing.rate);
-    let mut ex = Exchange::begin(&ctx, &client, &req, started, &span, routes.tracing.kind);
-    ex.stats = Some(routes.unrouted.clone());
-    // A tapped request's body is counted (and captured, if a tap asks) as it goes.
-    let req = match ex.tap.as_deref_mut() {
-        Some(tap) => {
-            req.map(|b| Source::Other(http_body_util::BodyExt::boxed(TapBody::new(b, &mut tap.1))))
-        }
-        None => req,
-    };
-    let resp = match serve(&ctx, &routes, &client, req, &mut ex, &span).await {
-        Ok(resp) => resp,
-        Err(e) => {
-            ctx.metrics.local_reply(&ctx.name, e.code());
-            ex.error = Some(e.code());
-            let mut reply =
-                filters::local_reply(e.status(), Some(e.code()), format!("weft: {e}\n"));
-            if let ProxyError::RateLimited(secs) = e {
+) -> impl Future<Output = Result<Response<ResponseBody>, Infallible>> + Send + 'static {
+    async move {
+        let started = std::time::Instant::now();
+        // This hop's span: a child of the caller's (or a new trace), passed on upstream.
+        let span = SpanContext::start(trace::extract(req.headers()), routes.tracing.rate);
+        let mut ex = Exchange::begin(&ctx, &client, &req, started, &span, routes.tracing.kind);
+        ex.stats = Some(routes.unrouted.clone());
+        // A tapped request's body is counted (and captured, if a tap asks) as it goes.
+        let req = match ex.tap.as_deref_mut() {
+            Some(tap) => req.map(|b| {
+                Source::Other(http_body_util::BodyExt::boxed(TapBody::new(b, &mut tap.1)))
+            }),
+            None => req,
+        };
+        let resp = match serve(&ctx, &routes, &client, req, &mut ex, &span).await {
+            Ok(resp) => resp,
+            Err(e) => {
+                ctx.metrics.local_reply(&ctx.name, e.code());
+                ex.error = Some(e.code());
+                let mut reply =
+                    filters::local_reply(e.status(), Some(e.code()), format!("weft: {e}\n"));
+                if let ProxyError::RateLimited(secs) = e {
+                    reply
+                        .headers_mut()
+                        .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+                }
                 reply
-                    .headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from(secs));
             }
-            reply
+        };
+        ex.status = resp.status().as_u16();
+        if let Some(tap) = ex.tap.as_deref_mut() {
+            tap.1
+                .response(resp.headers(), headers::grpc_status(resp.headers()));
         }
-    };
-    ex.status = resp.status().as_u16();
-    if let Some(tap) = ex.tap.as_deref_mut() {
-        tap.1
-            .response(resp.headers(), headers::grpc_status(resp.headers()));
+        Ok(match resp.into_parts() {
+            (parts, Either::Left(upstream)) => {
+                Response::from_parts(parts, Either::Left(upstream.with_exchange(ex)))
+            }
+            (parts, local) => {
+                if let Some(tap) = ex.tap.as_deref_mut() {
+                    tap.1.event.response_bytes = local.size_hint().exact().unwrap_or(0);
+                }
+                ex.finish();
+                Response::from_parts(parts, local)
+            }
+        })
     }
-    Ok(match resp.into_parts() {
-        (parts, Either::Left(upstream)) => {
-            Response::from_parts(parts, Either::Left(upstream.with_exchange(ex)))
-        }
-        (parts, local) => {
-            if let Some(tap) = ex.tap.as_deref_mut() {
-                tap.1.event.response_bytes = local.size_hint().exact().unwrap_or(0);
-            }
-            ex.finish();
-            Response::from_parts(parts, local)
-        }
-    })
 }
 
 /// The request stays in this frame and is lent to the steps, and the steps that need no
 /// waiting are plain functions: a request head is a few hundred bytes, and moving it from
 /// future to future cost more than the steps themselves.
-async fn serve(
-    ctx: &Context,
-    routes: &Routes,
-    client: &Client,
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn keeps the request twice in its future"
+)]
+fn serve<'a>(
+    ctx: &'a Context,
+    routes: &'a Routes,
+    client: &'a Client,
     mut req: Request<Source>,
-    ex: &mut Exchange,
-    span: &SpanContext,
-) -> Result<Response<ResponseBody>, ProxyError> {
-    let mut routed = match route(ctx, routes, client, &mut req, ex).await? {
-        Routing::Answer(resp) => return Ok(*resp),
-        Routing::Forward(r) => r,
-    };
-    edit_head(client, &mut routed, &mut req, ex);
-    span.inject(req.headers_mut(), routes.tracing.always);
-    let limits = Limits::take(&routed, &req)?;
-    let mut outgoing = Outgoing::prepare(ctx, routes, &routed, req);
-    if outgoing.keep_copy {
-        outgoing.copy_body(ctx, &routed).await?;
+    ex: &'a mut Exchange,
+    span: &'a SpanContext,
+) -> impl Future<Output = Result<Response<ResponseBody>, ProxyError>> + 'a {
+    async move {
+        let mut routed = match route(ctx, routes, client, &mut req, ex).await? {
+            Routing::Answer(resp) => return Ok(*resp),
+            Routing::Forward(r) => r,
+        };
+        edit_head(client, &mut routed, &mut req, ex);
+        span.inject(req.headers_mut(), routes.tracing.always);
+        let limits = Limits::take(&routed, &req)?;
+        let mut outgoing = Outgoing::prepare(ctx, routes, &routed, req);
+        if outgoing.keep_copy {
+            outgoing.copy_body(ctx, &routed).await?;
+        }
+        let answered = attempts(ctx, &routed, &limits, &mut outgoing, ex).await?;
+        Ok(respond(routed, answered, ex))
     }
-    let answered = attempts(ctx, &routed, &limits, &mut outgoing, ex).await?;
-    Ok(respond(routed, answered, ex))
 }
 
 /// Where routing left a request.

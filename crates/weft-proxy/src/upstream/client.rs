@@ -12,6 +12,7 @@
 //! `:authority`, and why a failure happened (connect refused/timed out vs. reset), which
 //! retries need (a connect failure hands the request back unsent, see [`SendError`]).
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -168,81 +169,105 @@ impl Upstream {
     /// protocol needs (origin-form for HTTP/1.1, absolute for HTTP/2). A request that never
     /// left (no connection could be made) comes back in the error, so it can be sent
     /// elsewhere without having been copied.
-    pub async fn send(
-        &self,
-        endpoint: &Arc<Endpoint>,
+    ///
+    /// This and the functions it calls return `async move` blocks rather than being `async
+    /// fn`s: an `async fn` keeps its by-value arguments twice in its future (as given and
+    /// as a local), and the request is ~300 bytes, copied with every future on the way
+    /// (docs/benchmarks.md, "Where the instructions go").
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async fn keeps the request twice in its future"
+    )]
+    pub fn send<'a>(
+        &'a self,
+        endpoint: &'a Arc<Endpoint>,
         req: Request<RequestBody>,
-    ) -> Result<(Response<Received>, Option<Lease>), SendError> {
-        if self.settings.is_http2() {
-            let resp = self.send_h2(endpoint, req).await?;
-            Ok((resp.map(Received::H2), None))
-        } else if h1::fits(&req) {
-            let resp = self.send_own_h1(endpoint, req).await?;
-            Ok((resp.map(Received::H1), None))
-        } else {
-            let (resp, lease) = self.send_h1(endpoint, req).await?;
-            Ok((resp.map(Received::Hyper), lease))
+    ) -> impl Future<Output = Result<(Response<Received>, Option<Lease>), SendError>> + 'a {
+        async move {
+            if self.settings.is_http2() {
+                let resp = self.send_h2(endpoint, req).await?;
+                Ok((resp.map(Received::H2), None))
+            } else if h1::fits(&req) {
+                let resp = self.send_own_h1(endpoint, req).await?;
+                Ok((resp.map(Received::H1), None))
+            } else {
+                let (resp, lease) = self.send_h1(endpoint, req).await?;
+                Ok((resp.map(Received::Hyper), lease))
+            }
         }
     }
 
     /// A request without a body or upgrade, on weft's own HTTP/1.1 client: pooled
     /// connections first. One found closed before any answer came takes an idempotent
     /// request to the next (the request is only borrowed, so nothing needs copying).
-    async fn send_own_h1(
-        &self,
-        endpoint: &Arc<Endpoint>,
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async fn keeps the request twice in its future"
+    )]
+    fn send_own_h1<'a>(
+        &'a self,
+        endpoint: &'a Arc<Endpoint>,
         req: Request<RequestBody>,
-    ) -> Result<Response<h1::ResponseBody>, SendError> {
-        let home = || h1::Home {
-            idle: endpoint.pool.own.clone(),
-            max_idle: self.settings.max_idle,
-        };
-        while let Some(conn) = endpoint.pool.own.take(self.settings.idle_timeout) {
-            match h1::round_trip(conn, &req, home()).await {
-                Ok(resp) => return Ok(resp),
-                Err(h1::Failed::Quiet(_)) if req.method().is_idempotent() => continue,
-                Err(failed) => return Err(SendError::sent(failed.error())),
+    ) -> impl Future<Output = Result<Response<h1::ResponseBody>, SendError>> + 'a {
+        async move {
+            let home = || h1::Home {
+                idle: endpoint.pool.own.clone(),
+                max_idle: self.settings.max_idle,
+            };
+            while let Some(conn) = endpoint.pool.own.take(self.settings.idle_timeout) {
+                match h1::round_trip(conn, &req, home()).await {
+                    Ok(resp) => return Ok(resp),
+                    Err(h1::Failed::Quiet(_)) if req.method().is_idempotent() => continue,
+                    Err(failed) => return Err(SendError::sent(failed.error())),
+                }
             }
+            // Boxed, as for hyper's connections below: opening is rare, requests are not.
+            let conn = match Box::pin(self.connect(endpoint)).await {
+                Ok((io, permit)) => h1::Connection::new(io, permit),
+                Err(e) => return Err(SendError::unsent(e, req)),
+            };
+            h1::round_trip(conn, &req, home())
+                .await
+                .map_err(|failed| SendError::sent(failed.error()))
         }
-        // Boxed, as for hyper's connections below: opening is rare, requests are not.
-        let conn = match Box::pin(self.connect(endpoint)).await {
-            Ok((io, permit)) => h1::Connection::new(io, permit),
-            Err(e) => return Err(SendError::unsent(e, req)),
-        };
-        h1::round_trip(conn, &req, home())
-            .await
-            .map_err(|failed| SendError::sent(failed.error()))
     }
 
-    async fn send_h1(
-        &self,
-        endpoint: &Arc<Endpoint>,
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async fn keeps the request twice in its future"
+    )]
+    fn send_h1<'a>(
+        &'a self,
+        endpoint: &'a Arc<Endpoint>,
         mut req: Request<RequestBody>,
-    ) -> Result<(Response<Incoming>, Option<Lease>), SendError> {
-        // Pooled connections first. One that turns out closed hands the request back
-        // unsent, so trying the next is safe.
-        while let Some((mut sender, dead)) = endpoint.pool.take_idle(self.settings.idle_timeout) {
-            if sender.ready().await.is_err() {
-                continue;
+    ) -> impl Future<Output = Result<(Response<Incoming>, Option<Lease>), SendError>> + 'a {
+        async move {
+            // Pooled connections first. One that turns out closed hands the request back
+            // unsent, so trying the next is safe.
+            while let Some((mut sender, dead)) = endpoint.pool.take_idle(self.settings.idle_timeout)
+            {
+                if sender.ready().await.is_err() {
+                    continue;
+                }
+                match sender.try_send_request(req).await {
+                    Ok(resp) => return Ok((resp, Some(self.lease(sender, dead, endpoint)))),
+                    Err(mut e) => match e.take_message() {
+                        Some(unsent) => req = unsent,
+                        None => return Err(SendError::sent(ProxyError::from_hyper(e.error()))),
+                    },
+                }
             }
+            // A new connection: a cold path, boxed so that its (large) connect and handshake
+            // futures do not size every request's future, which is moved several times per
+            // request (docs/benchmarks.md, "Where the instructions go").
+            let (mut sender, dead) = match Box::pin(self.open_h1(endpoint)).await {
+                Ok(opened) => opened,
+                Err(e) => return Err(SendError::unsent(e, req)),
+            };
             match sender.try_send_request(req).await {
-                Ok(resp) => return Ok((resp, Some(self.lease(sender, dead, endpoint)))),
-                Err(mut e) => match e.take_message() {
-                    Some(unsent) => req = unsent,
-                    None => return Err(SendError::sent(ProxyError::from_hyper(e.error()))),
-                },
+                Ok(resp) => Ok((resp, Some(self.lease(sender, dead, endpoint)))),
+                Err(e) => Err(SendError::from_hyper(e)),
             }
-        }
-        // A new connection: a cold path, boxed so that its (large) connect and handshake
-        // futures do not size every request's future, which is moved several times per
-        // request (docs/benchmarks.md, "Where the instructions go").
-        let (mut sender, dead) = match Box::pin(self.open_h1(endpoint)).await {
-            Ok(opened) => opened,
-            Err(e) => return Err(SendError::unsent(e, req)),
-        };
-        match sender.try_send_request(req).await {
-            Ok(resp) => Ok((resp, Some(self.lease(sender, dead, endpoint)))),
-            Err(e) => Err(SendError::from_hyper(e)),
         }
     }
 
@@ -282,21 +307,29 @@ impl Upstream {
         }
     }
 
-    async fn send_h2(
-        &self,
-        endpoint: &Arc<Endpoint>,
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async fn keeps the request twice in its future"
+    )]
+    fn send_h2<'a>(
+        &'a self,
+        endpoint: &'a Arc<Endpoint>,
         req: Request<RequestBody>,
-    ) -> Result<Response<h2::RecvBody>, SendError> {
-        let conn = match self.h2_conn(endpoint).await {
-            Ok(c) => c,
-            Err(e) => return Err(SendError::unsent(e, req)),
-        };
-        match conn.round_trip(req).await {
-            Ok(resp) => Ok(resp),
-            // The shared connection went away before the request left: once more on a new one.
-            // Boxed: a rare path that would otherwise size every request's future.
-            Err(h2::Failed::Unsent(unsent, _)) => Box::pin(self.resend_h2(endpoint, *unsent)).await,
-            Err(failed) => Err(SendError::from_h2(failed)),
+    ) -> impl Future<Output = Result<Response<h2::RecvBody>, SendError>> + 'a {
+        async move {
+            let conn = match self.h2_conn(endpoint).await {
+                Ok(c) => c,
+                Err(e) => return Err(SendError::unsent(e, req)),
+            };
+            match conn.round_trip(req).await {
+                Ok(resp) => Ok(resp),
+                // The shared connection went away before the request left: once more on a new one.
+                // Boxed: a rare path that would otherwise size every request's future.
+                Err(h2::Failed::Unsent(unsent, _)) => {
+                    Box::pin(self.resend_h2(endpoint, *unsent)).await
+                }
+                Err(failed) => Err(SendError::from_h2(failed)),
+            }
         }
     }
 

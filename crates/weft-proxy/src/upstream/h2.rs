@@ -20,6 +20,7 @@
 //! caller went away, a timeout) resets the stream with CANCEL; a peer's reset stops the
 //! body being sent.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -103,25 +104,32 @@ impl Conn {
 
     /// Sends `req` (its URI absolute: scheme and authority become `:scheme` and
     /// `:authority`; connection-specific fields already removed) and waits for the
-    /// response head. Waits first for the server to allow another stream.
-    pub async fn round_trip(
+    /// response head. Waits first for the server to allow another stream. (Not an `async
+    /// fn`, which would keep the request twice in its future: see `Upstream::send`.)
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async fn keeps the request twice in its future"
+    )]
+    pub fn round_trip(
         &self,
         req: Request<RequestBody>,
-    ) -> Result<Response<RecvBody>, Failed> {
-        let mut send = match self.send.clone().ready().await {
-            Ok(send) => send,
-            Err(e) => return Err(Failed::Unsent(Box::new(req), error(&e))),
-        };
-        let (head, body) = req.into_parts();
-        let end = body.is_end_stream();
-        let (response, stream) = send
-            .send_request(Request::from_parts(head, ()), end)
-            .map_err(|e| Failed::Sent(error(&e)))?;
-        if !end {
-            tokio::spawn(send_body(body, stream, Reason::CANCEL));
+    ) -> impl Future<Output = Result<Response<RecvBody>, Failed>> + '_ {
+        async move {
+            let mut send = match self.send.clone().ready().await {
+                Ok(send) => send,
+                Err(e) => return Err(Failed::Unsent(Box::new(req), error(&e))),
+            };
+            let (head, body) = req.into_parts();
+            let end = body.is_end_stream();
+            let (response, stream) = send
+                .send_request(Request::from_parts(head, ()), end)
+                .map_err(|e| Failed::Sent(error(&e)))?;
+            if !end {
+                tokio::spawn(send_body(body, stream, Reason::CANCEL));
+            }
+            let resp = response.await.map_err(|e| Failed::Sent(error(&e)))?;
+            Ok(resp.map(RecvBody::new))
         }
-        let resp = response.await.map_err(|e| Failed::Sent(error(&e)))?;
-        Ok(resp.map(RecvBody::new))
     }
 }
 
