@@ -296,8 +296,9 @@ pub fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>
         for h in parsed.headers.iter() {
             let name = HeaderName::from_bytes(h.name.as_bytes())
                 .map_err(|_| ProxyError::UpstreamProtocol)?;
-            facts.note(&name, h.value);
-            fields.push((name, span(h.value)));
+            if facts.note(&name, h.value) {
+                fields.push((name, span(h.value)));
+            }
         }
         let reason = parsed
             .reason
@@ -380,7 +381,11 @@ struct Facts {
 }
 
 impl Facts {
-    fn note(&mut self, name: &HeaderName, value: &[u8]) {
+    /// Notes what the field says; false for a field the response need not carry on: a
+    /// `Connection` that names no field (only `keep-alive` or `close`, read here) and
+    /// `Keep-Alive`, both hop-by-hop and removed before the response goes on anyway
+    /// (leaving them out saves putting them in the map and taking them out again).
+    fn note(&mut self, name: &HeaderName, value: &[u8]) -> bool {
         let tokens = || value.split(|&b| b == b',').map(<[u8]>::trim_ascii);
         if name == TRANSFER_ENCODING {
             // The last field's last coding decides.
@@ -396,11 +401,19 @@ impl Facts {
                 };
             }
         } else if name == CONNECTION {
+            let mut names_fields = false;
             for t in tokens() {
-                self.close |= t.eq_ignore_ascii_case(b"close");
-                self.keep_alive |= t.eq_ignore_ascii_case(b"keep-alive");
+                let close = t.eq_ignore_ascii_case(b"close");
+                let keep_alive = t.eq_ignore_ascii_case(b"keep-alive");
+                self.close |= close;
+                self.keep_alive |= keep_alive;
+                names_fields |= !(close || keep_alive || t.is_empty());
             }
+            return names_fields;
+        } else if name.as_str() == "keep-alive" {
+            return false;
         }
+        true
     }
 }
 

@@ -212,6 +212,24 @@ fn reuse_follows_the_connection_header() {
 }
 
 #[test]
+fn connection_fields_that_name_nothing_are_left_out_and_the_others_kept() {
+    let fields = |t: &str| head(t, false).unwrap().unwrap().response.headers().clone();
+    // Only `keep-alive`/`close`, and `Keep-Alive`: hop-by-hop, read here and not carried.
+    let h = fields(
+        "HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\nx-app: 1\r\ncontent-length: 0\r\n\r\n",
+    );
+    assert!(!h.contains_key(CONNECTION), "{h:?}");
+    assert!(!h.contains_key("keep-alive"), "{h:?}");
+    assert_eq!(h["x-app"], "1");
+    // A `Connection` that names another field stays, so the proxy removes that field too.
+    let h = fields(
+        "HTTP/1.1 200 OK\r\nconnection: close, x-private\r\nx-private: 1\r\ncontent-length: 0\r\n\r\n",
+    );
+    assert_eq!(h[CONNECTION], "close, x-private");
+    assert_eq!(h["x-private"], "1");
+}
+
+#[test]
 fn bodies_read_whole_in_any_pieces() {
     let chunked = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n1 \r\n!\r\n0\r\nx-sum: abc\r\n\r\n";
     for step in [1, 2, 3, 7, 1000] {
