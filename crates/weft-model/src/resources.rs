@@ -250,7 +250,8 @@ pub struct ListenerLimits {
     /// connection is closed with GOAWAY `ENHANCE_YOUR_CALM` (rapid reset; default 20).
     #[serde(default = "default_h2_resets")]
     pub http2_max_pending_resets: u32,
-    /// An HTTP/2 or opaque TCP connection with no traffic for this long is closed (default `10m`).
+    /// An opaque TCP connection with no traffic, or an HTTP/2 connection with no stream
+    /// open, for this long is closed (default `10m`).
     #[serde(default = "default_conn_idle_timeout")]
     pub idle_timeout: Duration,
 }

@@ -25,7 +25,8 @@ use std::cell::RefCell;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::{pin, Pin};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -52,7 +53,8 @@ pub const PREFACE_LINE: &[u8] = b"PRI * HTTP/2.0\r\n";
 const KEEP_ALIVE: Duration = Duration::from_secs(60);
 /// How long a ping may go unanswered.
 const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
-/// After an idle connection was asked to close: how long its streams may still take.
+/// After a connection was asked to close for being idle (or for not answering a ping):
+/// how long it may take.
 const IDLE_GRACE: Duration = Duration::from_secs(1);
 
 /// What woke the connection's loop.
@@ -69,16 +71,16 @@ enum Event<R> {
 
 /// Serves HTTP/2 on `io` (the preface not yet read from it), with `settings` (the
 /// listener's: [`crate::http::server_settings`]), until the connection ends, the listener
-/// stops (`stop`: no new streams, those in flight finish), or it is idle (`progress`, the
-/// bytes moved on it, unchanged for the listener's idle timeout). The client's preface
-/// and settings must come within the header read timeout. `handle` answers each request,
-/// in a task of the stream's own.
+/// stops (`stop`: no new streams, those in flight finish), or it is idle: no stream open
+/// for the listener's idle timeout (as gRPC's `MAX_CONNECTION_IDLE`: pings, ours or the
+/// client's, do not keep a connection, and a long stream does). The client's preface and
+/// settings must come within the header read timeout. `handle` answers each request, in a
+/// task of the stream's own.
 pub async fn serve<I, F, Fut, B>(
     io: I,
     settings: &h2::server::Builder,
     limits: &ListenerLimits,
     stop: &mut watch::Receiver<bool>,
-    progress: &AtomicU64,
     handle: F,
 ) where
     I: AsyncRead + AsyncWrite + Unpin,
@@ -102,7 +104,9 @@ pub async fn serve<I, F, Fut, B>(
     let mut stopping = false;
     // One timer for the connection: the idle check, the next ping, or a ping's deadline.
     let mut idle_check = Instant::now() + idle;
-    let mut idle_seen = progress.load(Ordering::Relaxed);
+    // Streams whose task is running, and whether one arrived since the last idle check.
+    let open = Arc::new(AtomicUsize::new(0));
+    let mut arrived = false;
     let mut next_ping = Instant::now() + KEEP_ALIVE;
     let mut pong_due: Option<Instant> = None;
     let mut closing_by: Option<Instant> = None;
@@ -133,7 +137,12 @@ pub async fn serve<I, F, Fut, B>(
         match event {
             Event::Accepted(Some(Ok((req, respond)))) => {
                 let answer = handle(req.map(|recv| Source::H2(RecvBody::new(recv))));
-                tokio::spawn(answer_stream(answer, respond));
+                arrived = true;
+                let open = Open::count(&open);
+                tokio::spawn(async move {
+                    let _open = open;
+                    answer_stream(answer, respond).await;
+                });
             }
             Event::Accepted(Some(Err(e))) => {
                 tracing::debug!(error = %e, "HTTP/2 connection ended with an error");
@@ -168,14 +177,14 @@ pub async fn serve<I, F, Fut, B>(
                     }
                 }
                 if now >= idle_check {
-                    let moved = progress.load(Ordering::Relaxed);
-                    if moved == idle_seen && closing_by.is_none() {
-                        // Nothing moved for a whole idle period: finish politely, but
-                        // not for long.
+                    let idle_now = !arrived && open.load(Ordering::Relaxed) == 0;
+                    if idle_now && closing_by.is_none() {
+                        // No stream for a whole idle period: finish politely (a stream
+                        // that races the GOAWAY is still served), but not for long.
                         conn.graceful_shutdown();
                         closing_by = Some(now + IDLE_GRACE);
                     }
-                    idle_seen = moved;
+                    arrived = false;
                     idle_check = now + idle;
                 }
                 timer
@@ -183,6 +192,22 @@ pub async fn serve<I, F, Fut, B>(
                     .reset(deadline(idle_check, next_ping, pong_due, closing_by));
             }
         }
+    }
+}
+
+/// Counts a stream's task among the connection's open ones while it lives.
+struct Open(Arc<AtomicUsize>);
+
+impl Open {
+    fn count(open: &Arc<AtomicUsize>) -> Open {
+        open.fetch_add(1, Ordering::Relaxed);
+        Open(open.clone())
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -28,8 +28,7 @@ where
     let (stop, mut stopped) = watch::channel(false);
     let task = tokio::spawn(async move {
         let settings = crate::http::server_settings(&limits).http2;
-        let progress = AtomicU64::new(0);
-        serve(io, &settings, &limits, &mut stopped, &progress, handle).await;
+        serve(io, &settings, &limits, &mut stopped, handle).await;
     });
     (task, client, stop)
 }
@@ -289,19 +288,46 @@ async fn a_peer_that_does_not_answer_pings_is_closed() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn an_idle_connection_is_closed_after_the_idle_timeout() {
+async fn a_connection_without_streams_is_closed_after_the_idle_timeout_pings_or_not() {
+    // Five minutes, so the server pings (every minute) and the client answers four
+    // times: answered pings do not keep an idle connection.
+    let idle = Duration::from_secs(300);
+    let limits = ListenerLimits {
+        idle_timeout: weft_model::duration::Duration::from_millis(300_000),
+        ..ListenerLimits::default()
+    };
+    let (task, io, _stop) = server(limits, |_req| async move {
+        Ok(Response::new(boxed(Full::new(Bytes::from_static(b"ok")))))
+    });
+    let mut send = client(io).await;
+    let (response, _) = send.send_request(get("/"), true).expect("request");
+    let mut body = response.await.expect("answered").into_body();
+    while body.data().await.is_some() {}
+    let answered = Instant::now();
+    task.await.expect("the server side ends");
+    let took = answered.elapsed();
+    // The first check after the answer may come up to one period later.
+    assert!(took >= idle, "{took:?}");
+    assert!(took <= 2 * idle + IDLE_GRACE, "{took:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stream_longer_than_the_idle_timeout_keeps_its_connection() {
     let limits = ListenerLimits {
         idle_timeout: weft_model::duration::Duration::from_millis(5_000),
         ..ListenerLimits::default()
     };
     let (task, io, _stop) = server(limits, |_req| async move {
-        Ok(Response::new(boxed(Full::new(Bytes::new()))))
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        Ok(Response::new(boxed(Full::new(Bytes::from_static(b"late")))))
     });
-    let start = Instant::now();
-    let _send = client(io).await;
-    // Nothing moves (this test's connection counts no bytes): closed after one period.
-    task.await.expect("the server side ends");
-    let took = start.elapsed();
-    assert!(took >= Duration::from_secs(5), "{took:?}");
-    assert!(took <= Duration::from_secs(5) + IDLE_GRACE, "{took:?}");
+    let mut send = client(io).await;
+    let (response, _) = send.send_request(get("/slow"), true).expect("request");
+    // Were the open stream not counted, the connection would be closed a second after
+    // the first idle check, and the stream with it.
+    let resp = response
+        .await
+        .expect("answered after six idle periods, not cut off");
+    assert_eq!(resp.status(), StatusCode::OK);
+    drop(task);
 }

@@ -516,14 +516,10 @@ impl Connection {
         let io = h1::Rewound::new(io, read.freeze());
         if io.starts_with(h2::PREFACE_LINE) {
             let stop = &mut self.stop;
-            return h2::serve(
-                io,
-                &self.server.http2,
-                &self.limits,
-                stop,
-                &self.progress,
-                |req| exchange.start(req),
-            )
+            let limits = &self.limits;
+            return h2::serve(io, &self.server.http2, limits, stop, |req| {
+                exchange.start(req)
+            })
             .await;
         }
         let svc = service_fn(move |req: ::http::Request<hyper::body::Incoming>| {
