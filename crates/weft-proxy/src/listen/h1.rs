@@ -508,11 +508,6 @@ impl<I> Rewound<I> {
     pub fn new(inner: I, pre: Bytes) -> Rewound<I> {
         Rewound { pre, inner }
     }
-
-    /// Whether the bytes read before start with `prefix`.
-    pub fn starts_with(&self, prefix: &[u8]) -> bool {
-        self.pre.starts_with(prefix)
-    }
 }
 
 impl<I: AsyncRead + Unpin> AsyncRead for Rewound<I> {

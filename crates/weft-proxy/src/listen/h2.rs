@@ -45,9 +45,17 @@ use crate::http::headers::{strip_hop_by_hop, Hop};
 use crate::upstream::body::Source;
 use crate::upstream::h2::{send_body, RecvBody};
 
-/// The first bytes of every HTTP/2 connection (RFC 9113 §3.4), up to the end of the line
-/// that tells it from an HTTP/1.1 request line.
-pub const PREFACE_LINE: &[u8] = b"PRI * HTTP/2.0\r\n";
+/// The first bytes of every HTTP/2 connection (RFC 9113 §3.4).
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Whether `read`, the first bytes of a connection (which the HTTP/1.1 parser gave up
+/// on), are HTTP/2's preface or its start: a client may send it in pieces, and the parser
+/// can refuse `PRI * HTTP/2.0` before the line ends. The handshake reads and checks the
+/// rest.
+pub fn is_preface(read: &[u8]) -> bool {
+    let n = read.len().min(PREFACE.len());
+    n > 0 && read[..n] == PREFACE[..n]
+}
 
 /// How often a connection's peer is asked to prove it is there.
 const KEEP_ALIVE: Duration = Duration::from_secs(60);

@@ -331,3 +331,29 @@ async fn a_stream_longer_than_the_idle_timeout_keeps_its_connection() {
     assert_eq!(resp.status(), StatusCode::OK);
     drop(task);
 }
+
+#[test]
+fn the_preface_is_recognised_in_any_piece_the_http1_parser_gives_up_on() {
+    let limits = crate::listen::h1::HeadLimits {
+        fields: 100,
+        bytes: 65_536,
+    };
+    let whole = [PREFACE, &[0, 0, 0, 4, 0, 0, 0, 0, 0][..]].concat();
+    for n in 1..=whole.len() {
+        let mut buf = BytesMut::from(&whole[..n]);
+        match crate::listen::h1::parse(&mut buf, limits) {
+            // Not enough to judge yet: more is read first.
+            crate::listen::h1::Parsed::Partial => {}
+            crate::listen::h1::Parsed::HandOff => {
+                assert!(
+                    is_preface(&buf),
+                    "{n} bytes handed off but not taken for HTTP/2"
+                )
+            }
+            crate::listen::h1::Parsed::Request(..) => panic!("{n} bytes read as HTTP/1.1"),
+        }
+    }
+    assert!(!is_preface(b"GET / HTTP/1.1\r\n"));
+    assert!(!is_preface(b"PRI * HTTP/1.1\r\n"));
+    assert!(!is_preface(b""));
+}

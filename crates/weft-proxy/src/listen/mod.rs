@@ -513,8 +513,9 @@ impl Connection {
         if stopping {
             return;
         }
+        let h2 = h2::is_preface(&read);
         let io = h1::Rewound::new(io, read.freeze());
-        if io.starts_with(h2::PREFACE_LINE) {
+        if h2 {
             let stop = &mut self.stop;
             let limits = &self.limits;
             return h2::serve(io, &self.server.http2, limits, stop, |req| {
