@@ -42,8 +42,8 @@ use tokio::time::Instant;
 use weft_model::ListenerLimits;
 
 use crate::http::headers::{strip_hop_by_hop, Hop};
-use crate::upstream::body::Source;
-use crate::upstream::h2::{send_body, RecvBody};
+use crate::upstream::body::{RecvBody, Source};
+use crate::upstream::h2::send_body;
 
 /// The first bytes of every HTTP/2 connection (RFC 9113 §3.4).
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";

@@ -7,10 +7,11 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use h2::RecvStream;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::BoxBody;
 use hyper::body::Incoming;
@@ -54,7 +55,7 @@ pub enum Source {
     /// From hyper's server connection (HTTP/1.1 requests that are not plain).
     Incoming(Incoming),
     /// From weft's own HTTP/2 server (`listen/h2.rs`).
-    H2(super::h2::RecvBody),
+    H2(RecvBody),
     /// No body: a request weft's own HTTP/1.1 server read (`listen/h1.rs`).
     Empty,
     /// Anything else.
@@ -280,5 +281,53 @@ impl Body for Guarded {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// A body read from an HTTP/2 stream (a response in weft's HTTP/2 client, `h2.rs`; a
+/// request in weft's HTTP/2 server, `listen/h2.rs`): data frames, then the trailers if any. The stream's window is given back as
+/// each frame is handed on. Errors are h2's (the peer reset the stream or broke the
+/// protocol; a `content-length` that the data contradicts is one).
+#[derive(Debug)]
+pub struct RecvBody {
+    recv: RecvStream,
+    /// Data frames may still come (then the trailers).
+    data: bool,
+}
+
+impl RecvBody {
+    /// The body arriving on `recv`.
+    pub fn new(recv: RecvStream) -> RecvBody {
+        RecvBody { recv, data: true }
+    }
+}
+
+impl Body for RecvBody {
+    type Data = Bytes;
+    type Error = h2::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
+        if self.data {
+            match ready!(self.recv.poll_data(cx)) {
+                Some(Ok(data)) => {
+                    let _ = self.recv.flow_control().release_capacity(data.len());
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
+                None => self.data = false,
+            }
+        }
+        match ready!(self.recv.poll_trailers(cx)) {
+            Ok(Some(trailers)) => Poll::Ready(Some(Ok(Frame::trailers(trailers)))),
+            Ok(None) => Poll::Ready(None),
+            Err(e) => Poll::Ready(Some(Err(e))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.recv.is_end_stream()
     }
 }

@@ -28,7 +28,7 @@ use tokio::net::TcpStream;
 use weft_model::ServiceProtocol;
 
 use super::body::BoxError;
-use super::body::RequestBody;
+use super::body::{RecvBody, RequestBody};
 use super::endpoint::Endpoint;
 use super::keep_reading::KeepReading;
 use super::pool::{Lease, Shared};
@@ -47,7 +47,7 @@ pub enum Received {
     /// weft's own HTTP/1.1 client.
     H1(h1::ResponseBody),
     /// weft's own HTTP/2 client.
-    H2(h2::RecvBody),
+    H2(RecvBody),
 }
 
 impl http_body::Body for Received {
@@ -315,7 +315,7 @@ impl Upstream {
         &'a self,
         endpoint: &'a Arc<Endpoint>,
         req: Request<RequestBody>,
-    ) -> impl Future<Output = Result<Response<h2::RecvBody>, SendError>> + 'a {
+    ) -> impl Future<Output = Result<Response<RecvBody>, SendError>> + 'a {
         async move {
             let conn = match self.h2_conn(endpoint).await {
                 Ok(c) => c,
@@ -338,7 +338,7 @@ impl Upstream {
         &self,
         endpoint: &Arc<Endpoint>,
         req: Request<RequestBody>,
-    ) -> Result<Response<h2::RecvBody>, SendError> {
+    ) -> Result<Response<RecvBody>, SendError> {
         *endpoint.pool.h2.lock().await = None;
         let conn = match self.h2_conn(endpoint).await {
             Ok(c) => c,

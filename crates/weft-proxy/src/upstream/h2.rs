@@ -24,15 +24,15 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
+use std::task::{ready, Poll};
 
 use bytes::Bytes;
 use h2::client::SendRequest;
-use h2::{Reason, RecvStream, SendStream};
+use h2::{Reason, SendStream};
 use http::{Request, Response};
-use http_body::{Body, Frame};
+use http_body::Body;
 
-use super::body::RequestBody;
+use super::body::{RecvBody, RequestBody};
 use super::retry::Permit;
 use super::transport::UpstreamIo;
 use crate::error::ProxyError;
@@ -216,54 +216,6 @@ async fn pump<B: Body<Data = Bytes>>(
         if end {
             return Ok(());
         }
-    }
-}
-
-/// A body read from an HTTP/2 stream (a response here, a request in weft's own HTTP/2
-/// server): data frames, then the trailers if any. The stream's window is given back as
-/// each frame is handed on. Errors are h2's (the peer reset the stream or broke the
-/// protocol; a `content-length` that the data contradicts is one).
-#[derive(Debug)]
-pub struct RecvBody {
-    recv: RecvStream,
-    /// Data frames may still come (then the trailers).
-    data: bool,
-}
-
-impl RecvBody {
-    /// The body arriving on `recv`.
-    pub fn new(recv: RecvStream) -> RecvBody {
-        RecvBody { recv, data: true }
-    }
-}
-
-impl Body for RecvBody {
-    type Data = Bytes;
-    type Error = h2::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
-        if self.data {
-            match ready!(self.recv.poll_data(cx)) {
-                Some(Ok(data)) => {
-                    let _ = self.recv.flow_control().release_capacity(data.len());
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
-                }
-                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
-                None => self.data = false,
-            }
-        }
-        match ready!(self.recv.poll_trailers(cx)) {
-            Ok(Some(trailers)) => Poll::Ready(Some(Ok(Frame::trailers(trailers)))),
-            Ok(None) => Poll::Ready(None),
-            Err(e) => Poll::Ready(Some(Err(e))),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.recv.is_end_stream()
     }
 }
 
