@@ -862,6 +862,54 @@ fn an_upstream_that_refuses_an_upload_early_is_heard() {
 }
 
 #[test]
+fn a_connection_whose_upload_was_answered_early_is_not_reused_while_it_sends() {
+    // The backend answers as soon as it has a head and never reads again. Client A starts
+    // an upload, gets its answer, and sends no more of its body. Its upstream connection
+    // must not go back to the pool still waiting for that body: the next upload (B) would
+    // wait on it until its request timed out (504). With the answer complete, A's body is
+    // cut: its upstream connection closes, and so does A's own (its request is unfinished).
+    let backend = weft_testkit::tcp_server(|mut conn| {
+        let _ = read_head(&mut conn);
+        let _ = conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
+        std::thread::sleep(Duration::from_secs(30)); // holds the connection, reads nothing
+    });
+    let p = proxy_to(backend);
+    let mut a = TcpStream::connect(p.listener("gw/web")).expect("connect");
+    a.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    a.write_all(b"POST /a HTTP/1.1\r\nhost: x\r\ncontent-length: 100000\r\n\r\n0123456789")
+        .expect("write");
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !answer.ends_with(b"ok") {
+        match a.read(&mut buf) {
+            Ok(n) if n > 0 => answer.extend_from_slice(&buf[..n]),
+            other => panic!(
+                "no answer for A: {other:?} {:?}",
+                String::from_utf8_lossy(&answer)
+            ),
+        }
+    }
+    assert!(answer.starts_with(b"HTTP/1.1 200"), "{answer:?}");
+    let b = curl(&[
+        "--max-time",
+        "30",
+        "-H",
+        "Expect:",
+        "--data-binary",
+        "b",
+        &format!("{}/b", p.url("gw/web")),
+    ]);
+    assert_eq!(b.status, 200, "B waited on A's connection: {:?}", b.headers);
+    assert_eq!(b.body, "ok");
+    // A's request can never finish now: weft closes A's connection.
+    assert!(
+        matches!(a.read(&mut buf), Ok(0)),
+        "A's connection is closed after its answer"
+    );
+}
+
+#[test]
 fn answers_are_read_by_rfc_9112_and_only_clean_connections_reused() {
     // Bodiless requests go out on weft's own HTTP/1.1 client (upstream/h1.rs). A raw
     // backend numbers its connections (x-conn) and answers by path; on a connection's

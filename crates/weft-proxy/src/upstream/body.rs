@@ -5,9 +5,9 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::Arc;
-use std::task::{ready, Context, Poll};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{ready, Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -23,19 +23,62 @@ const TOO_LARGE: u8 = 1;
 const TIMED_OUT: u8 = 2;
 const MALFORMED: u8 = 3;
 
-/// Why a guarded body stopped early, readable after the upstream request failed.
+/// What the request path, the body and the upstream side share about a streamed body:
+/// why it stopped early (readable after the upstream request failed), and whether the
+/// upstream's answer is complete already.
 #[derive(Debug, Clone, Default)]
-pub struct Verdict(Option<Arc<AtomicU8>>);
+pub struct Verdict(Option<Arc<Shared>>);
+
+#[derive(Debug, Default)]
+struct Shared {
+    /// Why the body stopped early (a limit), or 0.
+    code: AtomicU8,
+    /// The upstream's answer is complete: the rest of the body is not wanted.
+    answered: AtomicBool,
+    /// The body has been read to its end.
+    ended: AtomicBool,
+    /// The task waiting for the client's next piece, woken when `answered` is set.
+    waiting: Mutex<Option<Waker>>,
+}
 
 impl Verdict {
     /// The client's fault, if the body was cut short by a limit.
     pub fn error(&self) -> Option<ProxyError> {
-        match self.0.as_ref()?.load(Ordering::Relaxed) {
+        match self.0.as_ref()?.code.load(Ordering::Relaxed) {
             TOO_LARGE => Some(ProxyError::BodyTooLarge),
             TIMED_OUT => Some(ProxyError::BodyTimeout),
             MALFORMED => Some(ProxyError::BodyMalformed),
             _ => None,
         }
+    }
+
+    /// The upstream has answered in full while the body was still coming: what is left of
+    /// it is not wanted. The body ends at its next read — with an error, so that the
+    /// upstream connection it was going to is closed, not reused after a body cut short —
+    /// and lets go of the client's stream: an HTTP/2 client is told to stop sending
+    /// (`RST_STREAM NO_ERROR`, RFC 9113 §8.1) and its unread data stops holding the
+    /// connection's flow-control window; an HTTP/1.1 client's connection is closed after
+    /// its response. True if the body was still going out (its connection is then not
+    /// reusable). Before, such a connection went back to the pool still sending, the next
+    /// request waited on it, and uploads multiplexed on one HTTP/2 connection stalled
+    /// until the upstream gave up on the unfinished body (nginx: 5 s).
+    pub fn answered(&self) -> bool {
+        let Some(shared) = &self.0 else {
+            return false;
+        };
+        if shared.ended.load(Ordering::Acquire) {
+            return false;
+        }
+        shared.answered.store(true, Ordering::Release);
+        let waiting = shared
+            .waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(w) = waiting {
+            w.wake();
+        }
+        true
     }
 }
 
@@ -148,9 +191,20 @@ pub enum BodyError {
     /// A limit was hit.
     #[error("{0}")]
     Limit(ProxyError),
+    /// The upstream answered in full before the body ended ([`Verdict::answered`]).
+    #[error("the upstream answered before the request body ended")]
+    Answered,
 }
 
 impl RequestBody {
+    /// The body's shared verdict (nothing to share for bytes already read).
+    pub fn verdict(&self) -> Verdict {
+        match self {
+            RequestBody::Stream(g) => g.verdict.clone(),
+            RequestBody::Bytes(_) => Verdict::default(),
+        }
+    }
+
     /// Wraps `inner`; `max` bytes at most (None: unbounded), `idle` between frames.
     pub fn new(inner: Source, max: Option<u64>, idle: Duration) -> (RequestBody, Verdict) {
         let (g, v) = Guarded::new(inner, max, idle);
@@ -167,7 +221,7 @@ impl RequestBody {
                 match g.collect().await {
                     Ok(c) => Ok(c.to_bytes()),
                     Err(BodyError::Limit(e)) => Err(e),
-                    Err(BodyError::Client(_)) => {
+                    Err(BodyError::Client(_) | BodyError::Answered) => {
                         Err(verdict.error().unwrap_or(ProxyError::BodyMalformed))
                     }
                 }
@@ -211,7 +265,7 @@ impl Guarded {
         let verdict = if inner.is_end_stream() {
             Verdict(None)
         } else {
-            Verdict(Some(Arc::new(AtomicU8::new(0))))
+            Verdict(Some(Arc::new(Shared::default())))
         };
         let body = Guarded {
             inner,
@@ -223,9 +277,15 @@ impl Guarded {
         (body, verdict)
     }
 
+    fn ended(&self) {
+        if let Some(shared) = &self.verdict.0 {
+            shared.ended.store(true, Ordering::Release);
+        }
+    }
+
     fn fail(&mut self, code: u8, err: ProxyError) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         if let Some(v) = &self.verdict.0 {
-            v.store(code, Ordering::Relaxed);
+            v.code.store(code, Ordering::Relaxed);
         }
         Poll::Ready(Some(Err(BodyError::Limit(err))))
     }
@@ -240,6 +300,13 @@ impl Body for Guarded {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = &mut *self;
+        if let Some(shared) = &this.verdict.0 {
+            if shared.answered.load(Ordering::Acquire) {
+                // Let go of the client's stream now (see `Verdict::answered`).
+                this.inner = Source::Empty;
+                return Poll::Ready(Some(Err(BodyError::Answered)));
+            }
+        }
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
@@ -252,16 +319,22 @@ impl Body for Guarded {
                 if let Some(t) = this.timer.as_mut() {
                     t.as_mut().reset(Instant::now() + this.idle);
                 }
+                if this.inner.is_end_stream() {
+                    this.ended();
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {
                 // Broken framing from the client (bad chunk, early close): its fault.
                 if let Some(v) = &this.verdict.0 {
-                    v.store(MALFORMED, Ordering::Relaxed);
+                    v.code.store(MALFORMED, Ordering::Relaxed);
                 }
                 Poll::Ready(Some(Err(BodyError::Client(e))))
             }
-            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Ready(None) => {
+                this.ended();
+                Poll::Ready(None)
+            }
             Poll::Pending => {
                 let idle = this.idle;
                 let timer = this
@@ -269,6 +342,12 @@ impl Body for Guarded {
                     .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
                 if timer.as_mut().poll(cx).is_ready() {
                     return this.fail(TIMED_OUT, ProxyError::BodyTimeout);
+                }
+                if let Some(shared) = &this.verdict.0 {
+                    let mut waiting = shared.waiting.lock().unwrap_or_else(|p| p.into_inner());
+                    if !waiting.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                        *waiting = Some(cx.waker().clone());
+                    }
                 }
                 Poll::Pending
             }

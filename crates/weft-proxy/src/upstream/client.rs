@@ -28,7 +28,7 @@ use tokio::net::TcpStream;
 use weft_model::ServiceProtocol;
 
 use super::body::BoxError;
-use super::body::{RecvBody, RequestBody};
+use super::body::{RecvBody, RequestBody, Verdict};
 use super::endpoint::Endpoint;
 use super::keep_reading::KeepReading;
 use super::pool::{Lease, Shared};
@@ -242,6 +242,7 @@ impl Upstream {
         mut req: Request<RequestBody>,
     ) -> impl Future<Output = Result<(Response<Incoming>, Option<Lease>), SendError>> + 'a {
         async move {
+            let body = req.body().verdict();
             // Pooled connections first. One that turns out closed hands the request back
             // unsent, so trying the next is safe.
             while let Some((mut sender, dead)) = endpoint.pool.take_idle(self.settings.idle_timeout)
@@ -250,7 +251,7 @@ impl Upstream {
                     continue;
                 }
                 match sender.try_send_request(req).await {
-                    Ok(resp) => return Ok((resp, Some(self.lease(sender, dead, endpoint)))),
+                    Ok(resp) => return Ok((resp, Some(self.lease(sender, dead, endpoint, body)))),
                     Err(mut e) => match e.take_message() {
                         Some(unsent) => req = unsent,
                         None => return Err(SendError::sent(ProxyError::from_hyper(e.error()))),
@@ -265,7 +266,7 @@ impl Upstream {
                 Err(e) => return Err(SendError::unsent(e, req)),
             };
             match sender.try_send_request(req).await {
-                Ok(resp) => Ok((resp, Some(self.lease(sender, dead, endpoint)))),
+                Ok(resp) => Ok((resp, Some(self.lease(sender, dead, endpoint, body)))),
                 Err(e) => Err(SendError::from_hyper(e)),
             }
         }
@@ -298,12 +299,14 @@ impl Upstream {
         sender: http1::SendRequest<RequestBody>,
         dead_writes: Arc<AtomicBool>,
         endpoint: &Arc<Endpoint>,
+        request: Verdict,
     ) -> Lease {
         Lease {
             sender,
             pool: endpoint.pool.clone(),
             max_idle: self.settings.max_idle,
             dead_writes,
+            request,
         }
     }
 

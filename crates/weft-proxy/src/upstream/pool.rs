@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use hyper::client::conn::http1;
 
-use super::body::RequestBody;
+use super::body::{RequestBody, Verdict};
 use super::{h1, h2};
 
 /// The connections of one endpoint.
@@ -102,11 +102,20 @@ pub struct Lease {
     pub(super) pool: Arc<Pool>,
     pub(super) max_idle: usize,
     pub(super) dead_writes: Arc<AtomicBool>,
+    /// The request's body, which may still be going out.
+    pub(super) request: Verdict,
 }
 
 impl Lease {
-    /// Puts the connection back for reuse (unless its writes found the peer gone).
+    /// The answer has been read to its end. A request body still going out is not wanted
+    /// any more ([`Verdict::answered`]): it ends, and its connection with it — never back
+    /// in the pool, where the next request would wait for a body that may never finish
+    /// (the client stopped sending, or the upstream stopped reading). Otherwise the
+    /// connection goes back for reuse (unless its writes found the peer gone).
     pub fn release(self) {
+        if self.request.answered() {
+            return;
+        }
         self.pool
             .put_idle(self.sender, self.dead_writes, self.max_idle);
     }
