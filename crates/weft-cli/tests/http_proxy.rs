@@ -910,6 +910,29 @@ fn a_connection_whose_upload_was_answered_early_is_not_reused_while_it_sends() {
 }
 
 #[test]
+fn an_http2_upload_answered_early_is_told_to_stop_and_its_connection_serves_on() {
+    // The same backend (answers at once, never reads); the client speaks HTTP/2 and sends
+    // 16 KiB of a 1 MB upload. Once the answer is complete, weft tells it to stop sending
+    // (RST_STREAM NO_ERROR, RFC 9113 §8.1) instead of waiting for a body nobody wants
+    // while its data holds the connection's window; the connection serves on.
+    let backend = weft_testkit::tcp_server(|mut conn| {
+        let _ = read_head(&mut conn);
+        let _ = conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
+        std::thread::sleep(Duration::from_secs(30));
+    });
+    let p = proxy_to(backend);
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/h2_abuse.py");
+    let mut cmd = Command::new(weft_testkit::python());
+    cmd.arg(script)
+        .arg(p.listener("gw/web").to_string())
+        .arg("early-answer");
+    let r = Proc::spawn(cmd).ready.clone();
+    assert_eq!(r["status"], 200, "{r}");
+    assert_eq!(r["reset"], "NO_ERROR", "{r}");
+    assert_eq!(r["next"], 200, "{r}");
+}
+
+#[test]
 fn answers_are_read_by_rfc_9112_and_only_clean_connections_reused() {
     // Bodiless requests go out on weft's own HTTP/1.1 client (upstream/h1.rs). A raw
     // backend numbers its connections (x-conn) and answers by path; on a connection's

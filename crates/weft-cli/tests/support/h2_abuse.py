@@ -9,6 +9,10 @@ Scenarios (each prints one JSON line with what the server did):
                   -> {"refused": streams reset with REFUSED_STREAM, "answered": n}
   header-flood    one request with ~200 KiB of headers
                   -> {"status": code or null, "reset": error name or null, "goaway": ...}
+  early-answer    an upload (content-length 1,000,000) that stops after 16 KiB; once its
+                  answer has come, a GET on the same connection
+                  -> {"status": code, "reset": the upload's reset error name or null,
+                      "next": the GET's status or null}
 """
 import json
 import socket
@@ -144,7 +148,47 @@ def header_flood(addr):
     return {"status": status, "reset": reset, "goaway": goaway_of(events)}
 
 
+def early_answer(addr):
+    sock, conn = connect(addr)
+    sid = conn.get_next_available_stream_id()
+    head = [
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":authority", "x"),
+        (":path", "/upload"),
+        ("content-length", "1000000"),
+    ]
+    conn.send_headers(sid, head, end_stream=False)
+    conn.send_data(sid, b"x" * 16384, end_stream=False)
+    sock.sendall(conn.data_to_send())
+
+    def stream_event(kind, stream):
+        return lambda ev: any(isinstance(e, kind) and e.stream_id == stream for e in ev) or (
+            goaway_of(ev) is not None
+        )
+
+    # The answer, then (the body being cut) the reset that tells us to stop sending.
+    events = pump(sock, conn, stream_event(h2.events.StreamReset, sid))
+    status = None
+    reset = None
+    for e in events:
+        if isinstance(e, h2.events.ResponseReceived) and e.stream_id == sid:
+            status = int(dict(e.headers)[":status"])
+        if isinstance(e, h2.events.StreamReset) and e.stream_id == sid:
+            reset = h2.errors.ErrorCodes(e.error_code).name
+    nxt = conn.get_next_available_stream_id()
+    conn.send_headers(nxt, request_headers("x", "/next"), end_stream=True)
+    sock.sendall(conn.data_to_send())
+    events = pump(sock, conn, stream_event(h2.events.StreamEnded, nxt))
+    following = None
+    for e in events:
+        if isinstance(e, h2.events.ResponseReceived) and e.stream_id == nxt:
+            following = int(dict(e.headers)[":status"])
+    return {"status": status, "reset": reset, "next": following}
+
+
 SCENARIOS = {
+    "early-answer": early_answer,
     "rapid-reset": rapid_reset,
     "excess-streams": excess_streams,
     "header-flood": header_flood,
