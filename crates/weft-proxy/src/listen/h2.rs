@@ -2,24 +2,27 @@
 //! every HTTP/2 connection a listener accepts (prior knowledge in plaintext, or `h2` by
 //! ALPN over TLS: both start with the connection preface, which `h1::serve` hands off).
 //!
-//! Why: hyper's HTTP/2 server drove the connection through three IO adapters (its own
-//! `Read`/`Write` over tokio's, and back), stripped connection headers from each request
-//! again and wrapped each stream in its own state machine, which was most of what an app
-//! sidecar spends per request beyond the exchange itself (docs/benchmarks.md, "Mesh
-//! hop"). Here the connection's task accepts streams and spawns one task per stream,
-//! which runs the exchange, answers, and sends the response body as flow control allows
-//! (trailers included: gRPC).
+//! Why: the stream's task. hyper's server spawned every stream's future — the exchange
+//! and then its response body's state — as a task, and tokio copies a task's future when
+//! it is spawned and when it ends. Here the connection's task accepts streams and spawns,
+//! per stream, a future of a few words (the exchange's boxed future and the stream's
+//! handle) that runs the exchange and sends the head; a body that is complete at once
+//! (one data frame, the common small answer) goes with it, any other is sent by a boxed
+//! future of its own as flow control allows (trailers included: gRPC). Also gone: hyper's
+//! IO adapters and its second pass over connection headers (docs/benchmarks.md, "weft's
+//! own HTTP/2 server").
 //!
 //! The settings ([`crate::http::server_settings`]) are hyper's (stream and connection
 //! windows of 1 MiB, 16 KiB frames, 400 KiB of send buffer per stream, at most 1,024
-//! streams reset for our own errors before the connection is closed), with the
-//! listener's limits on top: concurrent
-//! streams (`http2MaxConcurrentStreams`, the excess refused with REFUSED_STREAM), streams
-//! reset by the client before they were answered (`http2MaxPendingResets`, beyond which
-//! the connection is closed with ENHANCE_YOUR_CALM: rapid reset, CVE-2023-44487), and the
-//! size of a header list (`maxRequestHeaderBytes`). A client that resets a stream cancels
-//! its exchange (and the upstream request). A ping every minute, unanswered for 20
-//! seconds, closes a connection whose peer is gone.
+//! streams reset for our own errors before the connection is closed), with the listener's
+//! limits on top: concurrent streams (`http2MaxConcurrentStreams`, the excess refused with
+//! REFUSED_STREAM), streams reset by the client before they were answered
+//! (`http2MaxPendingResets`, beyond which the connection is closed with
+//! ENHANCE_YOUR_CALM: rapid reset, CVE-2023-44487), and the size of a header list
+//! (`maxRequestHeaderBytes`). A client that resets a stream cancels its exchange (and the
+//! upstream request). A ping every minute, unanswered for 20 seconds, closes a connection
+//! whose peer is gone; one with no stream open for the listener's `idleTimeout` is closed
+//! gracefully.
 
 use std::cell::RefCell;
 use std::convert::Infallible;
