@@ -372,12 +372,33 @@ pub struct RecvBody {
     recv: RecvStream,
     /// Data frames may still come (then the trailers).
     data: bool,
+    /// A response's: the body of its request, told when this answer is complete.
+    request: Verdict,
 }
 
 impl RecvBody {
     /// The body arriving on `recv`.
     pub fn new(recv: RecvStream) -> RecvBody {
-        RecvBody { recv, data: true }
+        RecvBody {
+            recv,
+            data: true,
+            request: Verdict::default(),
+        }
+    }
+
+    /// A response body arriving on `recv` for a request whose body may still be going
+    /// out: once the response has ended, the rest of that body is not wanted
+    /// ([`Verdict::answered`]; weft's HTTP/2 client then cancels the stream's upload).
+    pub fn answering(recv: RecvStream, request: Verdict) -> RecvBody {
+        RecvBody {
+            recv,
+            data: true,
+            request,
+        }
+    }
+
+    fn ended(&mut self) {
+        std::mem::take(&mut self.request).answered();
     }
 }
 
@@ -393,6 +414,9 @@ impl Body for RecvBody {
             match ready!(self.recv.poll_data(cx)) {
                 Some(Ok(data)) => {
                     let _ = self.recv.flow_control().release_capacity(data.len());
+                    if self.recv.is_end_stream() {
+                        self.ended();
+                    }
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
                 Some(Err(e)) => return Poll::Ready(Some(Err(e))),
@@ -400,8 +424,14 @@ impl Body for RecvBody {
             }
         }
         match ready!(self.recv.poll_trailers(cx)) {
-            Ok(Some(trailers)) => Poll::Ready(Some(Ok(Frame::trailers(trailers)))),
-            Ok(None) => Poll::Ready(None),
+            Ok(Some(trailers)) => {
+                self.ended();
+                Poll::Ready(Some(Ok(Frame::trailers(trailers))))
+            }
+            Ok(None) => {
+                self.ended();
+                Poll::Ready(None)
+            }
             Err(e) => Poll::Ready(Some(Err(e))),
         }
     }

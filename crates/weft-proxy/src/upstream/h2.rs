@@ -124,11 +124,15 @@ impl Conn {
             let (response, stream) = send
                 .send_request(Request::from_parts(head, ()), end)
                 .map_err(|e| Failed::Sent(error(&e)))?;
+            // A body still going out when the answer has ended is cut (the stream
+            // cancelled, the client's body let go): the server does not want it, and
+            // sending it would only spend the connection's bandwidth and window.
+            let request = body.verdict();
             if !end {
                 tokio::spawn(send_body(body, stream, Reason::CANCEL));
             }
             let resp = response.await.map_err(|e| Failed::Sent(error(&e)))?;
-            Ok(resp.map(RecvBody::new))
+            Ok(resp.map(|recv| RecvBody::answering(recv, request)))
         }
     }
 }

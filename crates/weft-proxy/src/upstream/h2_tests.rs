@@ -173,3 +173,76 @@ async fn a_closed_connection_hands_the_request_back_whole() {
         other => panic!("a closed connection: {other:?}"),
     }
 }
+
+/// A body that gives one chunk and then waits forever (a client that stopped sending);
+/// sets its flag when dropped.
+struct Stalled(Option<Bytes>, std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl http_body::Body for Stalled {
+    type Data = Bytes;
+    type Error = crate::upstream::body::BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        match self.0.take() {
+            Some(chunk) => std::task::Poll::Ready(Some(Ok(http_body::Frame::data(chunk)))),
+            None => std::task::Poll::Pending,
+        }
+    }
+}
+
+impl Drop for Stalled {
+    fn drop(&mut self) {
+        self.1.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[tokio::test]
+async fn a_complete_answer_cancels_the_rest_of_the_upload() {
+    // The server answers in full without reading the upload and does not reset the
+    // stream; the client's body has stopped coming. Once the answer has been read, the
+    // upload is cancelled (the server sees CANCEL) and the client's body is let go.
+    let (seen_tx, seen) = tokio::sync::oneshot::channel();
+    let (conn, _server) = connect(|io| async move {
+        let mut h2 = ::h2::server::handshake(io).await.expect("server handshake");
+        let (req, mut respond) = h2.accept().await.expect("a stream").expect("stream");
+        respond
+            .send_response(Response::new(()), true)
+            .expect("response");
+        tokio::spawn(async move { while h2.accept().await.is_some() {} });
+        let mut body = req.into_body();
+        let reset = loop {
+            match body.data().await {
+                Some(Ok(d)) => {
+                    let _ = body.flow_control().release_capacity(d.len());
+                }
+                Some(Err(e)) => break e.reason(),
+                None => break None,
+            }
+        };
+        let _ = seen_tx.send(reset);
+    })
+    .await;
+    let dropped = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stalled = Stalled(Some(Bytes::from_static(b"first")), dropped.clone());
+    let body = RequestBody::new(
+        Source::Other(stalled.boxed()),
+        None,
+        Duration::from_secs(30),
+    )
+    .0;
+    let resp = conn
+        .round_trip(request("POST", body))
+        .await
+        .expect("answer");
+    assert_eq!(resp.status(), StatusCode::OK);
+    resp.into_body().collect().await.expect("body");
+    let reset = tokio::time::timeout(Duration::from_secs(10), seen)
+        .await
+        .expect("the upload was not cancelled")
+        .expect("server");
+    assert_eq!(reset, Some(::h2::Reason::CANCEL));
+    assert!(dropped.load(std::sync::atomic::Ordering::SeqCst));
+}
