@@ -1,9 +1,10 @@
 //! A client connection that counts its bytes (published when it ends, one atomic add
-//! per direction per connection) and marks progress for the idle watchdog.
+//! per direction per connection) and marks progress for the idle watchdog; and a guard
+//! that counts a live thing (a listener's connection, an HTTP/2 connection's stream).
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -11,6 +12,23 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::telemetry::metrics::ListenerStats;
+
+/// Counts one live thing in a shared number (a listener's open connections, an HTTP/2
+/// connection's open streams) until it is dropped.
+pub(super) struct ActiveGuard(Arc<AtomicUsize>);
+
+impl ActiveGuard {
+    pub(super) fn new(n: &Arc<AtomicUsize>) -> ActiveGuard {
+        n.fetch_add(1, Ordering::Relaxed);
+        ActiveGuard(n.clone())
+    }
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 /// Counts bytes in and out; publishes totals when the connection ends (one atomic add per
 /// direction per connection, not per read).

@@ -473,7 +473,7 @@ fn encode_head<B: Body>(
 }
 
 /// Now as an HTTP date, formatted once a second per thread (as hyper does).
-fn date() -> [u8; 29] {
+pub(super) fn date() -> [u8; 29] {
     use std::cell::Cell;
     thread_local! {
         static CACHE: Cell<(u64, [u8; 29])> = const { Cell::new((0, [0; 29])) };

@@ -31,7 +31,7 @@ use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use h2::server::SendResponse;
@@ -44,6 +44,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use weft_model::ListenerLimits;
 
+use super::counting::ActiveGuard;
 use crate::http::headers::{strip_hop_by_hop, Hop};
 use crate::upstream::body::{RecvBody, Source};
 use crate::upstream::h2::send_body;
@@ -149,7 +150,7 @@ pub async fn serve<I, F, Fut, B>(
             Event::Accepted(Some(Ok((req, respond)))) => {
                 let answer = handle(req.map(|recv| Source::H2(RecvBody::new(recv))));
                 arrived = true;
-                let open = Open::count(&open);
+                let open = ActiveGuard::new(&open);
                 tokio::spawn(async move {
                     let _open = open;
                     answer_stream(answer, respond).await;
@@ -203,22 +204,6 @@ pub async fn serve<I, F, Fut, B>(
                     .reset(deadline(idle_check, next_ping, pong_due, closing_by));
             }
         }
-    }
-}
-
-/// Counts a stream's task among the connection's open ones while it lives.
-struct Open(Arc<AtomicUsize>);
-
-impl Open {
-    fn count(open: &Arc<AtomicUsize>) -> Open {
-        open.fetch_add(1, Ordering::Relaxed);
-        Open(open.clone())
-    }
-}
-
-impl Drop for Open {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -343,22 +328,21 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Prefixed<B> {
     }
 }
 
-/// Now as an HTTP date, made once a second per thread (as hyper does); cloning the cached
-/// value shares its bytes.
+/// Now as an HTTP date: the HTTP/1.1 server's text (made once a second per thread), kept
+/// as a header value while it stays the same, so that cloning it shares its bytes.
 fn date() -> Option<HeaderValue> {
     thread_local! {
-        static CACHE: RefCell<Option<(u64, HeaderValue)>> = const { RefCell::new(None) };
+        static CACHE: RefCell<Option<([u8; 29], HeaderValue)>> = const { RefCell::new(None) };
     }
-    let now = SystemTime::now();
-    let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let text = super::h1::date();
     CACHE.with_borrow_mut(|cache| {
         if let Some((at, value)) = cache {
-            if *at == secs {
+            if *at == text {
                 return Some(value.clone());
             }
         }
-        let value = HeaderValue::try_from(httpdate::fmt_http_date(now)).ok()?;
-        *cache = Some((secs, value.clone()));
+        let value = HeaderValue::from_bytes(&text).ok()?;
+        *cache = Some((text, value.clone()));
         Some(value)
     })
 }

@@ -41,6 +41,14 @@ async fn client(io: DuplexStream) -> h2::client::SendRequest<Bytes> {
     send
 }
 
+/// The default limits with an idle timeout of `ms` milliseconds.
+fn idle_after(ms: u64) -> ListenerLimits {
+    ListenerLimits {
+        idle_timeout: weft_model::duration::Duration::from_millis(ms),
+        ..ListenerLimits::default()
+    }
+}
+
 fn get(path: &str) -> Request<()> {
     Request::builder()
         .uri(format!("http://app.local{path}"))
@@ -261,10 +269,7 @@ async fn silent_peer(mut io: DuplexStream) -> DuplexStream {
 
 #[tokio::test(start_paused = true)]
 async fn a_peer_that_does_not_answer_pings_is_closed() {
-    let limits = ListenerLimits {
-        idle_timeout: weft_model::duration::Duration::from_millis(3_600_000),
-        ..ListenerLimits::default()
-    };
+    let limits = idle_after(3_600_000);
     let (task, io, _stop) = server(limits, |_req| async move {
         Ok(Response::new(boxed(Full::new(Bytes::new()))))
     });
@@ -292,10 +297,7 @@ async fn a_connection_without_streams_is_closed_after_the_idle_timeout_pings_or_
     // Five minutes, so the server pings (every minute) and the client answers four
     // times: answered pings do not keep an idle connection.
     let idle = Duration::from_secs(300);
-    let limits = ListenerLimits {
-        idle_timeout: weft_model::duration::Duration::from_millis(300_000),
-        ..ListenerLimits::default()
-    };
+    let limits = idle_after(300_000);
     let (task, io, _stop) = server(limits, |_req| async move {
         Ok(Response::new(boxed(Full::new(Bytes::from_static(b"ok")))))
     });
@@ -313,10 +315,7 @@ async fn a_connection_without_streams_is_closed_after_the_idle_timeout_pings_or_
 
 #[tokio::test(start_paused = true)]
 async fn a_stream_longer_than_the_idle_timeout_keeps_its_connection() {
-    let limits = ListenerLimits {
-        idle_timeout: weft_model::duration::Duration::from_millis(5_000),
-        ..ListenerLimits::default()
-    };
+    let limits = idle_after(5_000);
     let (task, io, _stop) = server(limits, |_req| async move {
         tokio::time::sleep(Duration::from_secs(30)).await;
         Ok(Response::new(boxed(Full::new(Bytes::from_static(b"late")))))

@@ -43,7 +43,7 @@ use crate::http::{self, HttpServer, Routes};
 use crate::stream;
 use crate::telemetry::metrics::{Direction, ListenerStats, TcpOutcome, UNKNOWN_SOURCE};
 use crate::upstream::body::Source;
-use counting::CountingIo;
+use counting::{ActiveGuard, CountingIo};
 
 /// What every connection of a listener shares.
 #[derive(Debug)]
@@ -183,22 +183,6 @@ async fn accept_loop(
             _alive: alive.clone(),
         };
         tokio::spawn(conn.serve(io));
-    }
-}
-
-/// Decrements the listener's open-connection count when the connection ends.
-struct ActiveGuard(Arc<AtomicUsize>);
-
-impl ActiveGuard {
-    fn new(n: &Arc<AtomicUsize>) -> ActiveGuard {
-        n.fetch_add(1, Ordering::Relaxed);
-        ActiveGuard(n.clone())
-    }
-}
-
-impl Drop for ActiveGuard {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

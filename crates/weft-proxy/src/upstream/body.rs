@@ -364,8 +364,8 @@ impl Body for Guarded {
 }
 
 /// A body read from an HTTP/2 stream (a response in weft's HTTP/2 client, `h2.rs`; a
-/// request in weft's HTTP/2 server, `listen/h2.rs`): data frames, then the trailers if any. The stream's window is given back as
-/// each frame is handed on. Errors are h2's (the peer reset the stream or broke the
+/// request in weft's HTTP/2 server, `listen/h2.rs`): data frames, then the trailers if
+/// any. The stream's window is given back as each frame is handed on. Errors are h2's (the peer reset the stream or broke the
 /// protocol; a `content-length` that the data contradicts is one).
 #[derive(Debug)]
 pub struct RecvBody {
@@ -379,11 +379,7 @@ pub struct RecvBody {
 impl RecvBody {
     /// The body arriving on `recv`.
     pub fn new(recv: RecvStream) -> RecvBody {
-        RecvBody {
-            recv,
-            data: true,
-            request: Verdict::default(),
-        }
+        RecvBody::answering(recv, Verdict::default())
     }
 
     /// A response body arriving on `recv` for a request whose body may still be going

@@ -242,7 +242,7 @@ impl Upstream {
         mut req: Request<RequestBody>,
     ) -> impl Future<Output = Result<(Response<Incoming>, Option<Lease>), SendError>> + 'a {
         async move {
-            let body = req.body().verdict();
+            let request = req.body().verdict();
             // Pooled connections first. One that turns out closed hands the request back
             // unsent, so trying the next is safe.
             while let Some((mut sender, dead)) = endpoint.pool.take_idle(self.settings.idle_timeout)
@@ -251,7 +251,9 @@ impl Upstream {
                     continue;
                 }
                 match sender.try_send_request(req).await {
-                    Ok(resp) => return Ok((resp, Some(self.lease(sender, dead, endpoint, body)))),
+                    Ok(resp) => {
+                        return Ok((resp, Some(self.lease(sender, dead, endpoint, request))))
+                    }
                     Err(mut e) => match e.take_message() {
                         Some(unsent) => req = unsent,
                         None => return Err(SendError::sent(ProxyError::from_hyper(e.error()))),
@@ -266,7 +268,7 @@ impl Upstream {
                 Err(e) => return Err(SendError::unsent(e, req)),
             };
             match sender.try_send_request(req).await {
-                Ok(resp) => Ok((resp, Some(self.lease(sender, dead, endpoint, body)))),
+                Ok(resp) => Ok((resp, Some(self.lease(sender, dead, endpoint, request)))),
                 Err(e) => Err(SendError::from_hyper(e)),
             }
         }
