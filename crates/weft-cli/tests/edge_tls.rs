@@ -351,39 +351,17 @@ fn broken_certificate_files_are_named_by_validate_and_refused_by_reload() {
 /// nginx over TLS requiring a client certificate signed by `client_ca`, answering with the
 /// certificate's subject.
 fn nginx_requiring_client_certs(dir: &Path, server: &Leaf, client_ca: &Path) -> (Proc, u16) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
-    let conf = dir.join("nginx-mtls.conf");
-    let d = dir.display();
-    std::fs::write(
-        &conf,
-        format!(
-            "daemon off;\nmaster_process off;\nuser root;\npid {d}/nginx.pid;\nerror_log {d}/nginx-error.log warn;\n\
-             events {{}}\nhttp {{\n  access_log off;\n  client_body_temp_path {d}/b; proxy_temp_path {d}/p;\n\
-             fastcgi_temp_path {d}/f; uwsgi_temp_path {d}/u; scgi_temp_path {d}/s;\n\
-             server {{\n    listen 127.0.0.1:{port} ssl;\n    ssl_certificate {};\n    ssl_certificate_key {};\n\
+    weft_testkit::nginx(
+        dir,
+        &format!(
+            "    listen 127.0.0.1:{{port}} ssl;\n    ssl_certificate {};\n    ssl_certificate_key {};\n\
              \x20   ssl_client_certificate {};\n    ssl_verify_client on;\n\
-             \x20   location / {{ return 200 \"client=$ssl_client_s_dn\\n\"; }}\n  }}\n}}\n",
+             \x20   location / {{ return 200 \"client=$ssl_client_s_dn\\n\"; }}",
             server.cert.display(),
             server.key.display(),
             client_ca.display()
         ),
     )
-    .expect("write nginx config");
-    require("nginx");
-    // nginx prints nothing when ready: a background subshell announces it once the port
-    // accepts, while the shell itself becomes nginx (exec), so killing the process this
-    // returns kills nginx (a wrapper shell left it running after every test).
-    let script = format!(
-        "(for i in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/{port}) 2>/dev/null && break; sleep 0.05; done; echo '{{\"event\":\"ready\"}}') & exec nginx -c {}",
-        conf.display()
-    );
-    let mut sh = std::process::Command::new("bash");
-    sh.args(["-c", &script])
-        .env("PATH", "/usr/sbin:/usr/bin:/bin");
-    (Proc::spawn(sh), port)
 }
 
 #[test]

@@ -552,29 +552,6 @@ fn mirrored_copies_reach_the_mirror_and_never_affect_the_response() {
     );
 }
 
-/// h2load over HTTP/1.1: (succeeded 2xx, 5xx) for `n` requests on `c` connections.
-fn h1_load(url: &str, n: usize, c: usize) -> (u64, u64) {
-    let out = std::process::Command::new(weft_testkit::require("h2load"))
-        .args(["--h1", "-n", &n.to_string(), "-c", &c.to_string(), url])
-        .output()
-        .expect("h2load");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let codes = text
-        .lines()
-        .find(|l| l.starts_with("status codes:"))
-        .unwrap_or_default()
-        .to_string();
-    let count = |what: &str| {
-        codes
-            .split(',')
-            .find(|p| p.trim_end().ends_with(what))
-            .and_then(|p| p.split_whitespace().rev().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    (count("2xx"), count("5xx"))
-}
-
 /// How many requests an arriving one found waiting at the backend, on average.
 fn mean_waiting(e: &Echo) -> f64 {
     let r = curl(&[&format!("http://{}/_echo/stats", e.addr)]);
@@ -593,9 +570,9 @@ fn adaptive_concurrency_keeps_a_saturated_backend_from_queueing() {
         };
         let p = start(&config(&[&e], extra, ""));
         // A first round lets the limit find its level; the second is the one compared.
-        h1_load(&format!("{}/", p.url("gw/web")), 800, 32);
+        weft_testkit::h1_load(&format!("{}/", p.url("gw/web")), 800, 32);
         curl(&[&format!("http://{}/_echo/reset", e.addr)]);
-        let (ok, failed) = h1_load(&format!("{}/", p.url("gw/web")), 800, 32);
+        let (ok, failed) = weft_testkit::h1_load(&format!("{}/", p.url("gw/web")), 800, 32);
         let limit = metric_value(
             &p.admin_get("/metrics"),
             "weft_adaptive_concurrency_limit{service=\"s\"}",
@@ -645,7 +622,7 @@ fn a_concurrency_limit_keeps_memory_bounded_under_a_slow_backend() {
         let pid = p.proc.child.id();
         let before = rss_kib(pid);
         let url = format!("{}/", p.url("gw/web"));
-        let (ok, failed) = h1_load(&url, 400, 400);
+        let (ok, failed) = weft_testkit::h1_load(&url, 400, 400);
         let after = rss_kib(pid);
         (ok, failed, after.saturating_sub(before))
     };

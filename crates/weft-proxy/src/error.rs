@@ -71,6 +71,10 @@ pub enum ProxyError {
     /// The upstream closed or reset the connection before a complete response.
     #[error("upstream reset the connection before responding")]
     UpstreamReset,
+    /// The upstream refused the request without processing it (HTTP/2: REFUSED_STREAM, or
+    /// a stream above its GOAWAY's last stream id), again after it was sent once more.
+    #[error("upstream refused the request unprocessed")]
+    UpstreamRefused,
     /// The upstream answered with something that is not valid HTTP.
     #[error("upstream sent an invalid response")]
     UpstreamProtocol,
@@ -98,7 +102,8 @@ impl ProxyError {
             | ProxyError::ConcurrencyLimited
             | ProxyError::ConnectRefused
             | ProxyError::ConnectTimeout
-            | ProxyError::ConnectFailed => StatusCode::SERVICE_UNAVAILABLE,
+            | ProxyError::ConnectFailed
+            | ProxyError::UpstreamRefused => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::UpstreamReset | ProxyError::UpstreamProtocol | ProxyError::UpstreamTls => {
                 StatusCode::BAD_GATEWAY
             }
@@ -120,6 +125,7 @@ impl ProxyError {
             ProxyError::ConnectTimeout => "connect-timeout",
             ProxyError::ConnectFailed => "connect-failed",
             ProxyError::UpstreamReset => "upstream-reset",
+            ProxyError::UpstreamRefused => "upstream-refused",
             ProxyError::Overloaded => "overloaded",
             ProxyError::ConcurrencyLimited => "concurrency-limited",
             ProxyError::RateLimited(_) => "rate-limited",

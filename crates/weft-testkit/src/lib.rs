@@ -396,6 +396,29 @@ pub fn curl_many(url: &str, n: usize, header: &str, extra: &[&str]) -> Vec<(u16,
         .collect()
 }
 
+/// h2load over HTTP/1.1: (succeeded 2xx, 5xx) for `n` requests on `c` connections.
+pub fn h1_load(url: &str, n: usize, c: usize) -> (u64, u64) {
+    let out = Command::new(require("h2load"))
+        .args(["--h1", "-n", &n.to_string(), "-c", &c.to_string(), url])
+        .output()
+        .expect("h2load");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let codes = text
+        .lines()
+        .find(|l| l.starts_with("status codes:"))
+        .unwrap_or_default()
+        .to_string();
+    let count = |what: &str| {
+        codes
+            .split(',')
+            .find(|p| p.trim_end().ends_with(what))
+            .and_then(|p| p.split_whitespace().rev().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (count("2xx"), count("5xx"))
+}
+
 /// Polls `f` until it returns Some, at most `limit`; panics with `what` on timeout.
 pub fn eventually<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + limit;
@@ -448,6 +471,41 @@ pub fn tcp_server(
         }
     });
     addr
+}
+
+/// nginx in the foreground with `server` (a `server { … }` block's body, `{port}` in it
+/// replaced by a free loopback port) inside a minimal `http` block whose files all live in
+/// `dir`; returns it and the port, once the port accepts. Killing the process kills nginx.
+pub fn nginx(dir: &Path, server: &str) -> (Proc, u16) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let conf = dir.join("nginx.conf");
+    let d = dir.display();
+    let server = server.replace("{port}", &port.to_string());
+    std::fs::write(
+        &conf,
+        format!(
+            "daemon off;\nmaster_process off;\nuser root;\npid {d}/nginx.pid;\nerror_log {d}/nginx-error.log warn;\n\
+             events {{}}\nhttp {{\n  access_log off;\n  client_body_temp_path {d}/b; proxy_temp_path {d}/p;\n\
+             fastcgi_temp_path {d}/f; uwsgi_temp_path {d}/u; scgi_temp_path {d}/s;\n\
+             server {{\n{server}\n  }}\n}}\n"
+        ),
+    )
+    .expect("write nginx config");
+    require("nginx");
+    // nginx prints nothing when ready: a background subshell announces it once the port
+    // accepts, while the shell itself becomes nginx (exec), so killing the process this
+    // returns kills nginx (a wrapper shell left it running after every test).
+    let script = format!(
+        "(for i in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/{port}) 2>/dev/null && break; sleep 0.05; done; echo '{{\"event\":\"ready\"}}') & exec nginx -c {}",
+        conf.display()
+    );
+    let mut sh = Command::new("bash");
+    sh.args(["-c", &script])
+        .env("PATH", "/usr/sbin:/usr/bin:/bin");
+    (Proc::spawn(sh), port)
 }
 
 #[cfg(test)]

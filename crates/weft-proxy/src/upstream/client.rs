@@ -133,10 +133,12 @@ impl SendError {
         }
     }
 
-    /// weft's HTTP/2 client's failed send, with the request if it never left.
+    /// weft's HTTP/2 client's failed send, with the request if it never left (or was not
+    /// processed: sent again once already, it may still go to another endpoint).
     fn from_h2(failed: h2::Failed) -> SendError {
         match failed {
             h2::Failed::Unsent(req, e) => SendError::unsent(e, *req),
+            h2::Failed::Refused(req) => SendError::unsent(ProxyError::UpstreamRefused, *req),
             h2::Failed::Sent(e) => SendError::sent(e),
         }
     }
@@ -328,23 +330,32 @@ impl Upstream {
             };
             match conn.round_trip(req).await {
                 Ok(resp) => Ok(resp),
-                // The shared connection went away before the request left: once more on a new one.
+                // The shared connection went away before the request left, or the server
+                // did not process it: once more, on a new connection if this one is done.
                 // Boxed: a rare path that would otherwise size every request's future.
-                Err(h2::Failed::Unsent(unsent, _)) => {
-                    Box::pin(self.resend_h2(endpoint, *unsent)).await
+                Err(h2::Failed::Unsent(again, _)) => {
+                    Box::pin(self.resend_h2(endpoint, *again, true)).await
+                }
+                Err(h2::Failed::Refused(again)) => {
+                    Box::pin(self.resend_h2(endpoint, *again, false)).await
                 }
                 Err(failed) => Err(SendError::from_h2(failed)),
             }
         }
     }
 
-    /// Sends `req` on a new shared HTTP/2 connection (the last one went away).
+    /// Sends `req` once more: on a new shared HTTP/2 connection when the last one went
+    /// away (`gone`), else on the endpoint's current one (a new one if the server said
+    /// GOAWAY).
     async fn resend_h2(
         &self,
         endpoint: &Arc<Endpoint>,
         req: Request<RequestBody>,
+        gone: bool,
     ) -> Result<Response<RecvBody>, SendError> {
-        *endpoint.pool.h2.lock().await = None;
+        if gone {
+            *endpoint.pool.h2.lock().await = None;
+        }
         let conn = match self.h2_conn(endpoint).await {
             Ok(c) => c,
             Err(e) => return Err(SendError::unsent(e, req)),

@@ -19,10 +19,21 @@
 //! A response body gives its window back as it is read. Dropping a response (the
 //! caller went away, a timeout) resets the stream with CANCEL; a peer's reset stops the
 //! body being sent.
+//!
+//! A server's GOAWAY (noticed by `goaway.rs`, since `h2` does not say) ends the
+//! connection's use for new requests: the next request goes on a new connection while the
+//! streams already open finish. A stream the server did not process — above the GOAWAY's
+//! last stream id, or refused with REFUSED_STREAM (RFC 9113 §8.7) — is sent once more on
+//! the endpoint's current connection (a new one after a GOAWAY), whatever its method: the
+//! server guarantees it did nothing with it (gRPC calls this a transparent retry). Refused
+//! again, it fails as `upstream-refused`, which the retry policy treats as a refused
+//! connection (`connect-failure`, on by default). For that the request's head (and a body
+//! already in memory) is kept until the answer's head arrives (~0.3 KB, one header-map
+//! copy); a streamed body cannot be sent again, and such a request fails as a reset.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Poll};
 
@@ -33,6 +44,7 @@ use http::{Request, Response};
 use http_body::Body;
 
 use super::body::{RecvBody, RequestBody};
+use super::goaway::{Watched, NO_GOAWAY};
 use super::retry::Permit;
 use super::transport::UpstreamIo;
 use crate::error::ProxyError;
@@ -54,8 +66,11 @@ const INITIAL_MAX_SEND_STREAMS: usize = 100;
 #[derive(Debug, Clone)]
 pub struct Conn {
     send: SendRequest<Bytes>,
+    /// The last stream id of the server's GOAWAY ([`NO_GOAWAY`] before one): once
+    /// there is one, no new stream may go on the connection.
+    last_stream: Arc<AtomicU32>,
     /// Set when the connection's task has ended (closed by either side, or failed).
-    closed: Arc<AtomicBool>,
+    ended: Arc<AtomicBool>,
 }
 
 /// Why a request failed, and whether it left.
@@ -64,6 +79,9 @@ pub enum Failed {
     /// The connection was gone before the request was given to it: it can go on another.
     /// (Boxed: a rare outcome that would otherwise size every result.)
     Unsent(Box<Request<RequestBody>>, ProxyError),
+    /// The server did not process the request (it refused the stream, or said GOAWAY
+    /// before reading it): here it is again, to be sent on another stream.
+    Refused(Box<Request<RequestBody>>),
     /// The request (or part of it) went out.
     Sent(ProxyError),
 }
@@ -72,6 +90,8 @@ impl Conn {
     /// Performs the HTTP/2 handshake over `io` and spawns the connection's task, which
     /// holds `permit` (the service's connection count) until the connection ends.
     pub async fn open(io: UpstreamIo, permit: Permit) -> Result<Conn, ProxyError> {
+        let last_stream = Arc::new(AtomicU32::new(NO_GOAWAY));
+        let io = Watched::new(io, last_stream.clone());
         let (send, conn) = h2::client::Builder::new()
             .initial_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONN_WINDOW)
@@ -83,8 +103,8 @@ impl Conn {
             .handshake::<_, Bytes>(io)
             .await
             .map_err(|e| error(&e))?;
-        let closed = Arc::new(AtomicBool::new(false));
-        let ended = closed.clone();
+        let ended = Arc::new(AtomicBool::new(false));
+        let end = ended.clone();
         // With no handle and no stream left, h2 wakes the task and closes the connection
         // (GOAWAY): dropping the pool's handle is how an idle connection is closed.
         tokio::spawn(async move {
@@ -92,14 +112,31 @@ impl Conn {
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "upstream HTTP/2 connection ended with an error");
             }
-            ended.store(true, Ordering::Release);
+            end.store(true, Ordering::Release);
         });
-        Ok(Conn { send, closed })
+        Ok(Conn {
+            send,
+            last_stream,
+            ended,
+        })
     }
 
-    /// Whether the connection has ended (a new one is needed).
+    /// Whether no new request may go on the connection (a new one is needed): it has
+    /// ended, or the server said GOAWAY (its open streams still finish).
     pub fn is_closed(&self) -> bool {
-        self.closed.load(Ordering::Acquire)
+        self.last_stream.load(Ordering::Acquire) != NO_GOAWAY || self.ended.load(Ordering::Acquire)
+    }
+
+    /// Whether a stream's failure says the server did not process it (RFC 9113 §8.7): it
+    /// was refused, or is above the last stream id of the server's GOAWAY — errored by h2
+    /// for that reason, or opened in the instant before the GOAWAY was read and failed
+    /// when the connection closed.
+    fn unprocessed(&self, e: &h2::Error, stream: &h2::client::ResponseFuture) -> bool {
+        if e.is_remote() && (e.is_go_away() || e.reason() == Some(Reason::REFUSED_STREAM)) {
+            return true;
+        }
+        let last = self.last_stream.load(Ordering::Acquire);
+        last != NO_GOAWAY && u32::from(stream.stream_id()) > last
     }
 
     /// Sends `req` (its URI absolute: scheme and authority become `:scheme` and
@@ -119,11 +156,23 @@ impl Conn {
                 Ok(send) => send,
                 Err(e) => return Err(Failed::Unsent(Box::new(req), error(&e))),
             };
+            if self.last_stream.load(Ordering::Acquire) != NO_GOAWAY {
+                return Err(Failed::Unsent(Box::new(req), ProxyError::UpstreamReset));
+            }
             let (head, body) = req.into_parts();
             let end = body.is_end_stream();
-            let (response, stream) = send
-                .send_request(Request::from_parts(head, ()), end)
-                .map_err(|e| Failed::Sent(error(&e)))?;
+            // Kept to send again should the server not process it.
+            let again = Again::of(&head, &body);
+            let (response, stream) = match send.send_request(Request::from_parts(head, ()), end) {
+                Ok(sent) => sent,
+                // No stream was opened (the connection failed meanwhile): nothing left.
+                Err(e) => {
+                    return Err(match again {
+                        Some(again) => Failed::Unsent(Box::new(again.request()), error(&e)),
+                        None => Failed::Sent(error(&e)),
+                    })
+                }
+            };
             // A body still going out when the answer has ended is cut (the stream
             // cancelled, the client's body let go): the server does not want it, and
             // sending it would only spend the connection's bandwidth and window.
@@ -131,9 +180,55 @@ impl Conn {
             if !end {
                 tokio::spawn(send_body(body, stream, Reason::CANCEL));
             }
-            let resp = response.await.map_err(|e| Failed::Sent(error(&e)))?;
-            Ok(resp.map(|recv| RecvBody::answering(recv, request)))
+            let mut response = response;
+            match (&mut response).await {
+                Ok(resp) => Ok(resp.map(|recv| RecvBody::answering(recv, request))),
+                Err(e) => match again {
+                    Some(again) if self.unprocessed(&e, &response) => {
+                        tracing::debug!(error = %e, "upstream HTTP/2 stream not processed: sent again");
+                        Err(Failed::Refused(Box::new(again.request())))
+                    }
+                    _ => Err(Failed::Sent(error(&e))),
+                },
+            }
         }
+    }
+}
+
+/// A request's head, and its body when already in memory, kept to send it again.
+struct Again {
+    method: http::Method,
+    uri: http::Uri,
+    version: http::Version,
+    headers: http::HeaderMap,
+    body: Option<Bytes>,
+}
+
+impl Again {
+    /// A copy of the request, if it can be sent again: without a body, or with one read
+    /// in full (a streamed body is gone once sent).
+    fn of(head: &http::request::Parts, body: &RequestBody) -> Option<Again> {
+        let body = match body {
+            RequestBody::Bytes(b) => b.clone(),
+            RequestBody::Stream(_) if body.is_end_stream() => None,
+            RequestBody::Stream(_) => return None,
+        };
+        Some(Again {
+            method: head.method.clone(),
+            uri: head.uri.clone(),
+            version: head.version,
+            headers: head.headers.clone(),
+            body,
+        })
+    }
+
+    fn request(self) -> Request<RequestBody> {
+        let mut req = Request::new(RequestBody::Bytes(self.body));
+        *req.method_mut() = self.method;
+        *req.uri_mut() = self.uri;
+        *req.version_mut() = self.version;
+        *req.headers_mut() = self.headers;
+        req
     }
 }
 

@@ -246,3 +246,119 @@ async fn a_complete_answer_cancels_the_rest_of_the_upload() {
     assert_eq!(reset, Some(::h2::Reason::CANCEL));
     assert!(dropped.load(std::sync::atomic::Ordering::SeqCst));
 }
+
+#[tokio::test]
+async fn after_the_servers_goaway_no_new_request_goes_on_its_connection() {
+    // The server holds one stream open and starts a graceful shutdown (GOAWAY). The
+    // client hears it: the next request comes back unsent, to go on a new connection,
+    // rather than being opened on a connection that will ignore it; the open stream
+    // still finishes. (h2 alone would open the new stream, and it would fail only when
+    // the connection closed.)
+    let (answer, answer_now) = tokio::sync::oneshot::channel::<()>();
+    let (conn, server) = connect(|io| async move {
+        let mut h2 = ::h2::server::handshake(io).await.expect("server handshake");
+        let (_req, mut respond) = h2.accept().await.expect("a stream").expect("stream");
+        h2.graceful_shutdown();
+        tokio::spawn(async move {
+            let _ = answer_now.await;
+            respond
+                .send_response(Response::new(()), true)
+                .expect("response");
+        });
+        let mut later = 0;
+        while let Some(accepted) = h2.accept().await {
+            later += usize::from(accepted.is_ok());
+        }
+        assert_eq!(later, 0, "a stream was opened after the GOAWAY");
+    })
+    .await;
+    let held = {
+        let conn = conn.clone();
+        tokio::spawn(async move {
+            conn.round_trip(request("GET", RequestBody::Bytes(None)))
+                .await
+                .map(|r| r.status())
+        })
+    };
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while !conn.is_closed() {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await
+    .expect("the client did not hear the GOAWAY");
+    match conn
+        .round_trip(request("GET", RequestBody::Bytes(None)))
+        .await
+    {
+        Err(Failed::Unsent(req, _)) => assert_eq!(req.uri().path(), "/x"),
+        other => panic!("a request after GOAWAY: {other:?}"),
+    }
+    answer.send(()).expect("server");
+    let status = held.await.expect("task").expect("the open stream finishes");
+    assert_eq!(status, StatusCode::OK);
+    drop(conn);
+    tokio::time::timeout(Duration::from_secs(60), server)
+        .await
+        .expect("the connection did not close")
+        .expect("server");
+}
+
+#[tokio::test]
+async fn a_refused_stream_comes_back_to_be_sent_again_whatever_its_method() {
+    // REFUSED_STREAM: the server did nothing with the request (RFC 9113 §8.7), so even a
+    // POST may go again; its head and its body (read in full) come back as they were.
+    // The second time it is answered, on the same connection.
+    let (conn, _server) = connect(|io| async move {
+        let mut h2 = ::h2::server::handshake(io).await.expect("server handshake");
+        let mut first = true;
+        while let Some(accepted) = h2.accept().await {
+            let (req, mut respond) = accepted.expect("stream");
+            if std::mem::take(&mut first) {
+                respond.send_reset(::h2::Reason::REFUSED_STREAM);
+                continue;
+            }
+            tokio::spawn(async move {
+                let tag = req.headers()["x-tag"].clone();
+                let got = read_all(req.into_body()).await;
+                let resp = Response::builder()
+                    .header("x-tag", tag)
+                    .header("x-got", got.to_string())
+                    .body(())
+                    .unwrap();
+                respond.send_response(resp, true).expect("response");
+            });
+        }
+    })
+    .await;
+    let mut req = request(
+        "POST",
+        RequestBody::Bytes(Some(Bytes::from_static(b"twice"))),
+    );
+    req.headers_mut()
+        .insert("x-tag", HeaderValue::from_static("kept"));
+    let again = match conn.round_trip(req).await {
+        Err(Failed::Refused(again)) => again,
+        other => panic!("a refused stream: {other:?}"),
+    };
+    assert_eq!(again.method(), "POST");
+    assert_eq!(again.uri(), "http://app.local/x");
+    let resp = conn.round_trip(*again).await.expect("answer");
+    assert_eq!(resp.headers()["x-tag"], "kept");
+    assert_eq!(resp.headers()["x-got"], "5");
+
+    // A streamed body cannot be sent again: a refused stream is then a failure.
+    let (conn, _server) = connect(|io| async move {
+        let mut h2 = ::h2::server::handshake(io).await.expect("server handshake");
+        while let Some(accepted) = h2.accept().await {
+            let (_req, mut respond) = accepted.expect("stream");
+            respond.send_reset(::h2::Reason::REFUSED_STREAM);
+        }
+    })
+    .await;
+    let body = streamed(Bytes::from_static(b"once"));
+    match conn.round_trip(request("POST", body)).await {
+        Err(Failed::Sent(e)) => assert_eq!(e, ProxyError::UpstreamReset),
+        other => panic!("a refused streamed upload: {other:?}"),
+    }
+}

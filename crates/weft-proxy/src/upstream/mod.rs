@@ -9,6 +9,7 @@
 //!  │               Received: a response body as either client reads it
 //!  │  ├ h1.rs         weft's own HTTP/1.1 client, for requests without a body or upgrade
 //!  │  ├ h2.rs         weft's own HTTP/2 client (on the h2 crate), for HTTP/2 and gRPC services
+//!  │  │  └ goaway.rs     the server's GOAWAY noticed as its bytes are read
 //!  │  ├ pool.rs       an endpoint's idle HTTP/1.1 connections and shared HTTP/2 one; Lease
 //!  │  ├ transport.rs  TCP, TLS origination, or an in-memory network (tests)
 //!  │  └ keep_reading.rs  an upstream that answers before reading the whole body is heard
@@ -28,6 +29,7 @@ pub mod balance;
 pub mod body;
 pub mod client;
 pub mod endpoint;
+pub mod goaway;
 pub mod h1;
 pub mod h2;
 pub mod health;

@@ -90,10 +90,12 @@ impl Retry {
     /// again even if it reached the upstream.
     pub fn retries_error(&self, e: ProxyError, resendable: bool) -> bool {
         match e {
+            // Refused unprocessed: like a refused connection, whatever the method.
             ProxyError::ConnectRefused
             | ProxyError::ConnectTimeout
             | ProxyError::ConnectFailed
-            | ProxyError::UpstreamTls => self.on_connect,
+            | ProxyError::UpstreamTls
+            | ProxyError::UpstreamRefused => self.on_connect,
             ProxyError::UpstreamReset | ProxyError::UpstreamProtocol => self.on_reset && resendable,
             ProxyError::PerTryTimeout => self.on_per_try && resendable,
             _ => false,
@@ -421,6 +423,7 @@ mod tests {
         // Connect failures are always resendable; a reset only for resendable requests.
         let default = Retry::new(&RetryPolicy::default());
         assert!(default.retries_error(ProxyError::ConnectRefused, false));
+        assert!(default.retries_error(ProxyError::UpstreamRefused, false));
         assert!(!default.retries_error(ProxyError::UpstreamReset, true));
         let resets = policy(vec![RetryOn::Reset], vec![], vec![]);
         assert!(resets.retries_error(ProxyError::UpstreamReset, true));
