@@ -365,8 +365,9 @@ impl Body for Guarded {
 
 /// A body read from an HTTP/2 stream (a response in weft's HTTP/2 client, `h2.rs`; a
 /// request in weft's HTTP/2 server, `listen/h2.rs`): data frames, then the trailers if
-/// any. The stream's window is given back as each frame is handed on. Errors are h2's (the peer reset the stream or broke the
-/// protocol; a `content-length` that the data contradicts is one).
+/// any. The stream's window is given back as each frame is handed on. Errors are h2's (the
+/// peer reset the stream or broke the protocol; a `content-length` that the data
+/// contradicts is one).
 #[derive(Debug)]
 pub struct RecvBody {
     recv: RecvStream,

@@ -35,7 +35,7 @@ pub const NO_GOAWAY: u32 = u32::MAX;
 
 /// Where the reader stands in the server's frame sequence.
 #[derive(Debug, Default)]
-pub struct Frames {
+struct Frames {
     /// Payload bytes of the current frame still to pass.
     skip: usize,
     /// The header being read (and a GOAWAY's last stream id), when it arrives in pieces.
@@ -47,7 +47,7 @@ pub struct Frames {
 impl Frames {
     /// Follows `bytes`, the next bytes from the server; the last stream id of the last
     /// GOAWAY among them.
-    pub fn goaway(&mut self, mut bytes: &[u8]) -> Option<u32> {
+    fn goaway(&mut self, mut bytes: &[u8]) -> Option<u32> {
         let mut last = None;
         while !bytes.is_empty() {
             if self.skip > 0 {

@@ -163,7 +163,8 @@ impl Conn {
             let end = body.is_end_stream();
             // Kept to send again should the server not process it.
             let again = Again::of(&head, &body);
-            let (response, stream) = match send.send_request(Request::from_parts(head, ()), end) {
+            let (mut response, stream) = match send.send_request(Request::from_parts(head, ()), end)
+            {
                 Ok(sent) => sent,
                 // No stream was opened (the connection failed meanwhile): nothing left.
                 Err(e) => {
@@ -180,7 +181,6 @@ impl Conn {
             if !end {
                 tokio::spawn(send_body(body, stream, Reason::CANCEL));
             }
-            let mut response = response;
             match (&mut response).await {
                 Ok(resp) => Ok(resp.map(|recv| RecvBody::answering(recv, request))),
                 Err(e) => match again {

@@ -71,6 +71,27 @@ async fn read_all(mut body: ::h2::RecvStream) -> usize {
     n
 }
 
+/// A connection to a server that resets every stream with `reason`.
+async fn resetting(reason: ::h2::Reason) -> (Conn, tokio::task::JoinHandle<()>) {
+    connect(move |io| async move {
+        let mut h2 = ::h2::server::handshake(io).await.expect("server handshake");
+        while let Some(accepted) = h2.accept().await {
+            let (_req, mut respond) = accepted.expect("stream");
+            respond.send_reset(reason);
+        }
+    })
+    .await
+}
+
+/// Drops the last handle of `conn` and waits for its server to see the connection close.
+async fn closes(conn: Conn, server: tokio::task::JoinHandle<()>) {
+    drop(conn);
+    tokio::time::timeout(Duration::from_secs(60), server)
+        .await
+        .expect("the connection was not closed when its last handle went")
+        .expect("server");
+}
+
 #[tokio::test]
 async fn bodies_larger_than_every_window_go_both_ways_with_trailers() {
     // 3 MB each way: more than the server's default stream window (64 KiB) for the
@@ -124,23 +145,12 @@ async fn bodies_larger_than_every_window_go_both_ways_with_trailers() {
         .expect("answer");
     assert_eq!(resp.headers()["x-got"], "0");
     drop(resp);
-    drop(conn);
-    tokio::time::timeout(Duration::from_secs(60), server)
-        .await
-        .expect("the connection was not closed when its last handle went")
-        .expect("server");
+    closes(conn, server).await;
 }
 
 #[tokio::test]
 async fn a_reset_stream_is_a_sent_failure() {
-    let (conn, _server) = connect(|io| async move {
-        let mut h2 = ::h2::server::handshake(io).await.expect("server handshake");
-        while let Some(accepted) = h2.accept().await {
-            let (_req, mut respond) = accepted.expect("stream");
-            respond.send_reset(::h2::Reason::INTERNAL_ERROR);
-        }
-    })
-    .await;
+    let (conn, _server) = resetting(::h2::Reason::INTERNAL_ERROR).await;
     match conn
         .round_trip(request("GET", RequestBody::Bytes(None)))
         .await
@@ -297,11 +307,7 @@ async fn after_the_servers_goaway_no_new_request_goes_on_its_connection() {
     answer.send(()).expect("server");
     let status = held.await.expect("task").expect("the open stream finishes");
     assert_eq!(status, StatusCode::OK);
-    drop(conn);
-    tokio::time::timeout(Duration::from_secs(60), server)
-        .await
-        .expect("the connection did not close")
-        .expect("server");
+    closes(conn, server).await;
 }
 
 #[tokio::test]
@@ -348,14 +354,7 @@ async fn a_refused_stream_comes_back_to_be_sent_again_whatever_its_method() {
     assert_eq!(resp.headers()["x-got"], "5");
 
     // A streamed body cannot be sent again: a refused stream is then a failure.
-    let (conn, _server) = connect(|io| async move {
-        let mut h2 = ::h2::server::handshake(io).await.expect("server handshake");
-        while let Some(accepted) = h2.accept().await {
-            let (_req, mut respond) = accepted.expect("stream");
-            respond.send_reset(::h2::Reason::REFUSED_STREAM);
-        }
-    })
-    .await;
+    let (conn, _server) = resetting(::h2::Reason::REFUSED_STREAM).await;
     let body = streamed(Bytes::from_static(b"once"));
     match conn.round_trip(request("POST", body)).await {
         Err(Failed::Sent(e)) => assert_eq!(e, ProxyError::UpstreamReset),
