@@ -331,8 +331,15 @@ fn live_views_through_one_replica_reach_the_proxies_of_another() {
         let _ = tap.kill();
         panic!("replica A did not reach B's proxy: {line:?}");
     }
-    for _ in 0..3 {
+    // "Joined" says the ask is on its way to the proxy, not that the proxy taps already:
+    // requests go until the tap has its three (a request before the proxy began is not
+    // tapped; under load the first ones were, and the tap waited forever).
+    for _ in 0..200 {
         assert_eq!(http(out, "GET", "/via-a", b"").expect("request").0, 200);
+        if tap.try_wait().expect("tap").is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
     let done = tap.wait_with_output().expect("tap ends after --count");
     assert!(done.status.success());
