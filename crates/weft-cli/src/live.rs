@@ -408,6 +408,11 @@ pub async fn tap(server: &str, args: TapArgs) -> anyhow::Result<()> {
             ),
             ("joined", _) => eprintln!("tapping proxy {}", s(&v["proxyId"])),
             ("left", _) => eprintln!("proxy {} left", s(&v["proxyId"])),
+            ("refused", _) => eprintln!(
+                "proxy {} refused the tap: {}",
+                s(&v["proxyId"]),
+                s(&v["reason"])
+            ),
             ("unreachable", _) => eprintln!(
                 "replica {} unreachable, its proxies are not tapped: {}",
                 s(&v["server"]),

@@ -646,3 +646,65 @@ fn a_revoked_token_ends_the_proxys_live_stream() {
     });
     drop(sc);
 }
+
+/// Opens a tap over a raw connection (never read after this) and returns once the
+/// server says payments' proxy taps.
+fn held_tap(m: &Mesh, token: &str) -> std::net::TcpStream {
+    use std::io::Read;
+    let mut s = stalled_tap(m, token);
+    s.set_read_timeout(Some(Duration::from_secs(1)))
+        .expect("timeout");
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        let text = String::from_utf8_lossy(&seen);
+        if text.contains("event: joined") {
+            return s;
+        }
+        assert!(
+            !text.contains("event: refused") && std::time::Instant::now() < deadline,
+            "{text}"
+        );
+        if let Ok(n) = s.read(&mut buf) {
+            assert!(n > 0, "{text}");
+            seen.extend_from_slice(&buf[..n]);
+        }
+    }
+}
+
+/// A proxy serving its most taps (16) refuses the next, and the tap says so (it had
+/// said "tapping proxy" and then waited forever). Once one of the 16 ends, a tap is
+/// served again; and "tapping proxy" means the proxy taps: the one request sent right
+/// after it is shown (it could arrive before the proxy tapped).
+#[test]
+fn a_tap_is_joined_when_the_proxy_taps_and_a_refusal_is_reported() {
+    let m = Mesh::start();
+    let admin = token_for(&m.server.url()).expect("the management token");
+    let mut held: Vec<_> = (0..16).map(|_| held_tap(&m, &admin)).collect();
+    let extra = tap(&m, &admin, &["payments"]);
+    let line = extra
+        .errors
+        .recv_timeout(Duration::from_secs(15))
+        .expect("the proxy's answer");
+    assert!(
+        line.contains("proxy payments-1 refused the tap") && line.contains("16 taps open"),
+        "{line}"
+    );
+    drop(extra);
+
+    drop(held.pop());
+    let pay = m.out("payments");
+    let t = eventually("a tap is served again", Duration::from_secs(30), || {
+        let t = tap(&m, &admin, &["payments", "-o", "json", "--count", "1"]);
+        let line = t.errors.recv_timeout(Duration::from_secs(15)).ok()?;
+        line.contains("tapping proxy payments-1").then_some(t)
+    });
+    assert_eq!(http(pay, "GET", "/first", b"").expect("request").0, 200);
+    let line = t
+        .lines
+        .recv_timeout(Duration::from_secs(15))
+        .expect("the request sent right after 'tapping proxy' is tapped");
+    let e: Value = serde_json::from_str(&line).expect("JSON");
+    assert_eq!(e["path"], "/first", "{e:#}");
+}

@@ -124,6 +124,8 @@ async fn proxy(channel: tonic::transport::Channel, i: usize, inbound: Arc<Vec<Wi
             proxy_id: format!("svc-{i}-1"),
             service: format!("svc-{i}"),
             identity: format!("spiffe://bench.local/svc/svc-{i}"),
+            // It never taps (the UI bench asks only for windows).
+            acknowledges_taps: false,
         })),
     };
     tx.send(hello).await.expect("hello queued");

@@ -46,6 +46,9 @@ struct Held {
     service: String,
     generation: u64,
     asks: mpsc::Sender<LiveAsk>,
+    /// It answers every tap ask (`TapStarted`); an older proxy does not, and is said to
+    /// tap once the ask is sent.
+    acknowledges_taps: bool,
 }
 
 /// An open tap: what it asks and where its events go.
@@ -67,10 +70,19 @@ pub enum TapMessage {
         /// The event.
         event: Box<TapEvent>,
     },
-    /// A proxy of the service started (or restarted) following the tap.
+    /// A proxy of the service taps (on opening the tap, or when it started or
+    /// restarted while the tap is open): every matching request that ends from now on
+    /// is reported.
     Joined {
         /// The proxy.
         proxy_id: String,
+    },
+    /// A proxy of the service refused the tap (it serves the most taps it can).
+    Refused {
+        /// The proxy.
+        proxy_id: String,
+        /// Its reason.
+        reason: String,
     },
     /// A proxy following the tap went away.
     Left {
@@ -179,16 +191,11 @@ impl Live {
                 service: hello.service.clone(),
                 generation,
                 asks: tx.clone(),
+                acknowledges_taps: hello.acknowledges_taps,
             },
         );
         for (id, ask, events) in open {
-            let _ = tx.try_send(LiveAsk {
-                id,
-                ask: Some(Ask::Tap(ask)),
-            });
-            let _ = events.try_send(TapMessage::Joined {
-                proxy_id: proxy_id.clone(),
-            });
+            ask_tap(&tx, hello.acknowledges_taps, id, ask, &events, &proxy_id);
         }
         tracing::debug!(proxy = %proxy_id, "live stream open");
         let live = self.clone();
@@ -254,6 +261,15 @@ impl Live {
                             service: service.to_string(),
                             identity: identity.to_string(),
                             report: stats,
+                        });
+                    }
+                }
+                Some(Report::TapStarted(started)) => {
+                    if let Some(t) = lock(&self.taps).get(&report.id) {
+                        let proxy_id = proxy_id.to_string();
+                        let _ = t.events.try_send(match started.refused {
+                            r if r.is_empty() => TapMessage::Joined { proxy_id },
+                            reason => TapMessage::Refused { proxy_id, reason },
                         });
                     }
                 }
@@ -352,13 +368,14 @@ impl Live {
             .iter()
             .filter(|(_, h)| h.service == service)
         {
-            let _ = h.asks.try_send(LiveAsk {
+            ask_tap(
+                &h.asks,
+                h.acknowledges_taps,
                 id,
-                ask: Some(Ask::Tap(ask.clone())),
-            });
-            let _ = events.try_send(TapMessage::Joined {
-                proxy_id: proxy_id.clone(),
-            });
+                ask.clone(),
+                &events,
+                proxy_id,
+            );
         }
         Ok((
             TapHandle {
@@ -370,6 +387,33 @@ impl Live {
             rx,
         ))
     }
+}
+
+/// Sends tap `id`'s ask to a proxy's stream (`asks`). The tap's client hears that the
+/// proxy taps when the proxy says so (`TapStarted`, relayed), or now for a proxy that
+/// does not answer tap asks; that it was refused when the stream's queue is full.
+fn ask_tap(
+    asks: &mpsc::Sender<LiveAsk>,
+    acknowledges_taps: bool,
+    id: u64,
+    ask: TapAsk,
+    events: &mpsc::Sender<TapMessage>,
+    proxy_id: &str,
+) {
+    let proxy_id = proxy_id.to_string();
+    let sent = asks.try_send(LiveAsk {
+        id,
+        ask: Some(Ask::Tap(ask)),
+    });
+    let told = match sent {
+        Ok(()) if acknowledges_taps => return,
+        Ok(()) => TapMessage::Joined { proxy_id },
+        Err(_) => TapMessage::Refused {
+            proxy_id,
+            reason: format!("its live stream has {ASKS_QUEUE} asks waiting; try again"),
+        },
+    };
+    let _ = events.try_send(told);
 }
 
 /// Resolves when `caller`'s token is revoked or stops granting `service:SERVICE:write`

@@ -447,9 +447,9 @@ pub(super) async fn gather(
 }
 
 /// Opens a tap and streams its events as server-sent events (`event: tap`, and
-/// `joined`/`left` as the service's proxies come and go; a comment line every few
-/// seconds keeps idle connections open; `dropped` counts events this server lost
-/// because the client did not keep up).
+/// `joined`/`left` as the service's proxies start tapping and go, `refused` for a proxy
+/// that will not tap; a comment line every few seconds keeps idle connections open;
+/// `dropped` counts events this server lost because the client did not keep up).
 async fn tap(
     AxState(api): AxState<Api>,
     caller: Caller,
@@ -657,6 +657,9 @@ fn sse(m: &TapMessage) -> String {
         TapMessage::Event { proxy_id, event } => ("tap", event_json(proxy_id, event)),
         TapMessage::Joined { proxy_id } => ("joined", json!({"proxyId": proxy_id})),
         TapMessage::Left { proxy_id } => ("left", json!({"proxyId": proxy_id})),
+        TapMessage::Refused { proxy_id, reason } => {
+            ("refused", json!({"proxyId": proxy_id, "reason": reason}))
+        }
     };
     format!("event: {kind}\ndata: {data}\n\n")
 }

@@ -2,7 +2,8 @@
 //! control-plane server and answers what it asks — its rolling windows (`weft stat`,
 //! `edges`) and taps (`weft tap`, `top`) — for as long as the stream lasts. Taps end with
 //! the stream: the server opens them again on the next stream (a restarted sidecar is
-//! tapped again as soon as it reconnects).
+//! tapped again as soon as it reconnects). Every tap ask is answered (`TapStarted`): tapping
+//! from now on, or refused and why.
 //!
 //! Nothing here is on the request path: a stats answer reads the windows; a tap's events
 //! come from the bounded queue [`crate::telemetry::tap`] fills.
@@ -13,7 +14,7 @@ use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use weft_api::discovery::{
     discovery_client::DiscoveryClient, live_ask::Ask, live_report::Report, Header, LiveAsk,
-    LiveHello, LiveReport, StatsReport, TapAsk, TapEvent, Window,
+    LiveHello, LiveReport, StatsReport, TapAsk, TapEvent, TapStarted, Window,
 };
 
 use super::discovery::{backoff, connect};
@@ -70,6 +71,7 @@ async fn session(server: &str, who: &LiveWho, proxy: &RunningProxy) -> Result<()
             proxy_id: who.proxy_id.clone(),
             service: who.service.clone(),
             identity: who.identity.clone(),
+            acknowledges_taps: true,
         })),
     };
     let _ = tx.send(hello).await;
@@ -104,12 +106,29 @@ async fn session(server: &str, who: &LiveWho, proxy: &RunningProxy) -> Result<()
                     break Err("stream closed".into());
                 }
             }
-            Some(Ask::Tap(t)) => match proxy.taps().open(id, spec_of(t)) {
-                Ok(events) => {
+            Some(Ask::Tap(t)) => {
+                // The answer goes out before any of the tap's events (one queue): the
+                // server tells its client "tapping" only once the proxy does.
+                let (started, events) = match proxy.taps().open(id, spec_of(t)) {
+                    Ok(events) => (TapStarted::default(), Some(events)),
+                    Err(e) => {
+                        tracing::warn!(tap = id, error = %e, "tap refused");
+                        let refused = e.to_string();
+                        (TapStarted { refused }, None)
+                    }
+                };
+                let answer = LiveReport {
+                    id,
+                    report: Some(Report::TapStarted(started)),
+                };
+                if tx.send(answer).await.is_err() {
+                    proxy.taps().close(id);
+                    break Err("stream closed".into());
+                }
+                if let Some(events) = events {
                     forwarders.insert(id, tokio::spawn(forward(id, events, tx.clone())));
                 }
-                Err(e) => tracing::warn!(tap = id, error = %e, "tap refused"),
-            },
+            }
             Some(Ask::StopTap(tap)) => {
                 proxy.taps().close(tap);
                 if let Some(f) = forwarders.remove(&tap) {
