@@ -11,8 +11,9 @@ Measured per target:
   * HTTP/2 throughput (h2load, 50 connections x 10 streams, h2c) and proxy CPU per request
   * latency p50/p99 at a fixed moderate rate (wrk, 10 connections paced by bench/paced.lua)
   * RSS idle (after start) and the peak under load
-  * user-space instructions per proxied HTTP/1.1 request (valgrind callgrind: N and
-    N+10,000 requests with h2load --h1 -c 10, subtracted) - the figure noise cannot move
+  * user-space instructions per proxied HTTP/1.1 request and per HTTP/2 request
+    (valgrind callgrind: N and N+10,000 requests with h2load --h1 -c 10, and h2load -c 10
+    -m 10, subtracted) - the figures noise cannot move
 
 Usage: bench/run.py [--duration 10] [--reps 5] [--no-callgrind] [--write docs/benchmarks.md]
        bench/run.py --instructions-only      (just the callgrind figure, ~2 minutes)
@@ -296,14 +297,17 @@ def parse_latency(text):
     return pct(50), pct(99)
 
 
-def callgrind_instructions(target_factory, n_small=2000, n_big=12000):
-    """User-space instructions per request: (Ir(n_big) - Ir(n_small)) / (n_big - n_small)."""
+def callgrind_instructions(target_factory, n_small=2000, n_big=12000, h2=False):
+    """User-space instructions per request: (Ir(n_big) - Ir(n_small)) / (n_big - n_small).
+    HTTP/1.1 with 10 connections, or (h2) HTTP/2 with 10 connections of 10 streams each."""
     totals = []
     for n in (n_small, n_big):
         target, out_file = target_factory()
         target.start(prefix=["valgrind", "--tool=callgrind", f"--callgrind-out-file={out_file}"])
-        wait_port(target.h1_port, 120)
-        text = run_load(["h2load", "--h1", "-c", "10", "-n", str(n), f"http://127.0.0.1:{target.h1_port}/"])
+        port = target.h2_port if h2 else target.h1_port
+        wait_port(port, 120)
+        proto = ["-m", "10"] if h2 else ["--h1"]
+        text = run_load(["h2load"] + proto + ["-c", "10", "-n", str(n), f"http://127.0.0.1:{port}/"])
         done = parse_h2load(text)[0]
         if done != n:
             raise RuntimeError(f"callgrind run of {target.name}: {done}/{n} requests succeeded\n{text}")
@@ -382,7 +386,7 @@ def main():
         for t in targets:
             t.stop()
 
-    instructions = {}
+    instructions, instructions_h2 = {}, {}
     if not args.no_callgrind:
         for t in targets[1:]:
             def factory(t=t):
@@ -397,14 +401,16 @@ def main():
                     open(conf, "w").write(text)
                 out = os.path.join(work, f"callgrind-{t.name}-{time.time_ns()}.out")
                 return ft, out
-            try:
-                instructions[t.name] = callgrind_instructions(factory, **sizes)
-                print(f"callgrind {t.name}: {instructions[t.name]:.0f} instructions/request", flush=True)
-            except Exception as e:  # report, do not hide
-                print(f"callgrind {t.name} failed: {e}", flush=True)
-                instructions[t.name] = None
-                if args.smoke:
-                    raise
+            for h2, into in ((False, instructions), (True, instructions_h2)):
+                proto = "HTTP/2" if h2 else "HTTP/1.1"
+                try:
+                    into[t.name] = callgrind_instructions(factory, h2=h2, **sizes)
+                    print(f"callgrind {t.name} {proto}: {into[t.name]:.0f} instructions/request", flush=True)
+                except Exception as e:  # report, do not hide
+                    print(f"callgrind {t.name} {proto} failed: {e}", flush=True)
+                    into[t.name] = None
+                    if args.smoke:
+                        raise
     backend.stop()
     if receiver:
         receiver.kill()
@@ -414,14 +420,15 @@ def main():
 
     rows = []
     header = ("| target | HTTP/1.1 req/s | proxy CPU µs/req (h1) | HTTP/2 req/s | proxy CPU µs/req (h2) "
-              "| p50 / p99 µs at fixed rate | idle RSS MB | peak RSS MB | instructions/req (h1) | errors |")
+              "| p50 / p99 µs at fixed rate | idle RSS MB | peak RSS MB | instructions/req (h1) "
+              "| instructions/req (h2) | errors |")
     rows.append(header)
-    rows.append("|" + "---|" * 10)
+    rows.append("|" + "---|" * 11)
     for t in targets:
         r = results[t.name]
         errs = sum(x["errors"] for x in r["h1"] + r["h2"])
         idle, peak = med(r["idle"]), med([x["rss_peak"] for x in r["h1"] + r["h2"]])
-        ins = instructions.get(t.name)
+        ins, ins2 = instructions.get(t.name), instructions_h2.get(t.name)
         rows.append(" | ".join([
             f"| {t.name}",
             fmt_range([x["rps"] for x in r["h1"]]),
@@ -432,6 +439,7 @@ def main():
             f"{idle / 1024:.1f}" if idle else "-",
             f"{peak / 1024:.1f}" if peak else "-",
             f"{ins:,.0f}" if ins else "-",
+            f"{ins2:,.0f}" if ins2 else "-",
             f"{errs} |",
         ]))
 
@@ -444,10 +452,12 @@ def main():
     p99 = lambda n: med([x[1] for x in results[n]["lat"]])
     idle = lambda n: med(results[n]["idle"])
     ins = lambda n: instructions.get(n)
-    ratios = ["", "| weft ÷ other (lower is better) | CPU/req h1 | CPU/req h2 | p99 | idle RSS | instructions/req |", "|---|---|---|---|---|---|"]
+    ins2 = lambda n: instructions_h2.get(n)
+    ratios = ["", "| weft ÷ other (lower is better) | CPU/req h1 | CPU/req h2 | p99 | idle RSS | instructions/req h1 "
+              "| instructions/req h2 |", "|---|---|---|---|---|---|---|"]
     for other in ["haproxy", "nginx"]:
         ratios.append(f"| weft ÷ {other} | {ratio(cpu1, 'weft', other)} | {ratio(cpu2, 'weft', other)} | {ratio(p99, 'weft', other)} "
-                      f"| {ratio(idle, 'weft', other)} | {ratio(ins, 'weft', other)} |")
+                      f"| {ratio(idle, 'weft', other)} | {ratio(ins, 'weft', other)} | {ratio(ins2, 'weft', other)} |")
 
     cmd = f"bench/run.py --duration {args.duration} --reps {args.reps}" + (" --no-callgrind" if args.no_callgrind else "")
     private = ", ".join(f"{t.name} {med(results[t.name]['private']) / 1024:.1f} MB" for t in targets
