@@ -436,7 +436,14 @@ pub async fn tap(server: &str, args: TapArgs) -> anyhow::Result<()> {
 }
 
 /// `weft top`'s rows by (source, destination, method, path).
-type Rows = std::sync::Mutex<HashMap<(String, String, String, String), Row>>;
+/// What `weft top` shows: its rows, and which proxies tap or refused to.
+#[derive(Default)]
+struct Board {
+    rows: HashMap<(String, String, String, String), Row>,
+    tapping: std::collections::BTreeSet<String>,
+    /// Proxy → its reason.
+    refused: std::collections::BTreeMap<String, String>,
+}
 
 /// One row of `weft top`.
 #[derive(Default)]
@@ -466,10 +473,26 @@ pub async fn top(server: &str, service: &str, filter: TapFilter) -> anyhow::Resu
             }
         }
     });
-    let rows: std::sync::Arc<Rows> = Default::default();
-    let table = rows.clone();
+    let board: std::sync::Arc<std::sync::Mutex<Board>> = Default::default();
+    let table = board.clone();
     let started = Instant::now();
     let follow = events(server, &path, move |kind, v| {
+        let mut board = table.lock().unwrap_or_else(|p| p.into_inner());
+        let proxy = s(&v["proxyId"]).to_string();
+        match kind {
+            "joined" => {
+                board.refused.remove(&proxy);
+                board.tapping.insert(proxy);
+            }
+            "left" => {
+                board.tapping.remove(&proxy);
+            }
+            "refused" => {
+                board.tapping.remove(&proxy);
+                board.refused.insert(proxy, s(&v["reason"]).to_string());
+            }
+            _ => {}
+        }
         if kind == "tap" {
             let key = (
                 s(&v["source"]).to_string(),
@@ -483,8 +506,7 @@ pub async fn top(server: &str, service: &str, filter: TapFilter) -> anyhow::Resu
             );
             let latency = v["latencyMs"].as_f64().unwrap_or(0.0);
             let ok = v["status"].as_u64().is_some_and(|s| (1..500).contains(&s));
-            let mut rows = table.lock().unwrap_or_else(|p| p.into_inner());
-            let r = rows.entry(key).or_default();
+            let r = board.rows.entry(key).or_default();
             if r.count == 0 || latency < r.best {
                 r.best = latency;
             }
@@ -502,23 +524,29 @@ pub async fn top(server: &str, service: &str, filter: TapFilter) -> anyhow::Resu
             r = &mut follow => break r,
             _ = quit.recv() => break Ok(()),
             r = tokio::signal::ctrl_c() => break r.map_err(Into::into),
-            _ = tick.tick() => draw(service, &rows, started.elapsed()),
+            _ = tick.tick() => draw(service, &board, started.elapsed()),
         }
     };
     drop(terminal);
     outcome
 }
 
-fn draw(service: &str, rows: &Rows, elapsed: Duration) {
-    let rows = rows.lock().unwrap_or_else(|p| p.into_inner());
-    let mut sorted: Vec<_> = rows.iter().collect();
+fn draw(service: &str, board: &std::sync::Mutex<Board>, elapsed: Duration) {
+    let board = board.lock().unwrap_or_else(|p| p.into_inner());
+    let mut sorted: Vec<_> = board.rows.iter().collect();
     sorted.sort_by(|a, b| b.1.count.cmp(&a.1.count).then(a.0.cmp(b.0)));
     let mut out = String::from("\x1b[H\x1b[2J");
+    let tapping = board.tapping.len();
     out.push_str(&format!(
-        "weft top {service}: {} paths, {:.0} s (q or Ctrl-C quits)\r\n\r\n",
-        rows.len(),
-        elapsed.as_secs_f64()
+        "weft top {service}: {} paths, {:.0} s, {tapping} {} tapping (q or Ctrl-C quits)\r\n",
+        board.rows.len(),
+        elapsed.as_secs_f64(),
+        if tapping == 1 { "proxy" } else { "proxies" },
     ));
+    for (proxy, reason) in &board.refused {
+        out.push_str(&format!("proxy {proxy} refused the tap: {reason}\r\n"));
+    }
+    out.push_str("\r\n");
     out.push_str(&format!(
         "{:<16} {:<16} {:<7} {:<32} {:>7} {:>8} {:>9} {:>9} {:>9}\r\n",
         "SOURCE", "DESTINATION", "METHOD", "PATH", "COUNT", "SUCCESS", "BEST", "WORST", "LAST"

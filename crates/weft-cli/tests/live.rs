@@ -534,50 +534,19 @@ fn stalled_tap(m: &Mesh, token: &str) -> std::net::TcpStream {
 /// `weft top` in a real terminal (tmux): it renders the busiest paths and quits on `q`.
 #[test]
 fn top_renders_rows_in_a_terminal_and_quits_on_q() {
-    let tmux = require("tmux");
     let m = Mesh::start();
     let admin = token_for(&m.server.url()).expect("the management token");
-    let session = format!("weft-top-{}", std::process::id());
-    let command = format!(
+    let top = Terminal::run(&format!(
         "WEFT_TOKEN={admin} {} top payments --server {}",
         weft().display(),
         m.server.url()
-    );
-    let ok = Command::new(&tmux)
-        .args([
-            "new-session",
-            "-d",
-            "-s",
-            &session,
-            "-x",
-            "200",
-            "-y",
-            "50",
-            &command,
-        ])
-        .status()
-        .expect("tmux");
-    assert!(ok.success());
-    struct Kill(PathBuf, String);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = Command::new(&self.0)
-                .args(["kill-session", "-t", &self.1])
-                .stderr(Stdio::null())
-                .status();
-        }
-    }
-    let _cleanup = Kill(tmux.clone(), session.clone());
+    ));
     let pay = m.out("payments");
     let screen = eventually("top shows /order/top", Duration::from_secs(30), || {
         for _ in 0..5 {
             let _ = http(pay, "GET", "/order/top", b"");
         }
-        let out = Command::new(&tmux)
-            .args(["capture-pane", "-p", "-t", &session])
-            .output()
-            .ok()?;
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let text = top.screen()?;
         text.lines()
             .any(|l| {
                 l.contains("frontend")
@@ -591,19 +560,66 @@ fn top_renders_rows_in_a_terminal_and_quits_on_q() {
         screen.contains("COUNT") && screen.contains("SUCCESS"),
         "{screen}"
     );
-    Command::new(&tmux)
-        .args(["send-keys", "-t", &session, "q"])
-        .status()
-        .expect("send q");
+    assert!(screen.contains("1 proxy tapping"), "{screen}");
+    top.keys("q");
     eventually("top quits on q", Duration::from_secs(10), || {
-        let alive = Command::new(&tmux)
-            .args(["has-session", "-t", &session])
+        (!top.alive()).then_some(())
+    });
+}
+
+/// A command in a tmux session of its own (a real terminal), killed when dropped.
+struct Terminal {
+    tmux: PathBuf,
+    session: String,
+}
+
+impl Terminal {
+    fn run(command: &str) -> Terminal {
+        let tmux = require("tmux");
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let session = format!("weft-live-{}-{n}", std::process::id());
+        let ok = Command::new(&tmux)
+            .args(["new-session", "-d", "-s", &session, "-x", "200", "-y", "50"])
+            .arg(command)
+            .status()
+            .expect("tmux");
+        assert!(ok.success());
+        Terminal { tmux, session }
+    }
+
+    /// What the terminal shows now.
+    fn screen(&self) -> Option<String> {
+        let out = Command::new(&self.tmux)
+            .args(["capture-pane", "-p", "-t", &self.session])
+            .output()
+            .ok()?;
+        Some(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    fn keys(&self, keys: &str) {
+        Command::new(&self.tmux)
+            .args(["send-keys", "-t", &self.session, keys])
+            .status()
+            .expect("send-keys");
+    }
+
+    fn alive(&self) -> bool {
+        Command::new(&self.tmux)
+            .args(["has-session", "-t", &self.session])
             .stderr(Stdio::null())
             .status()
-            .ok()?
-            .success();
-        (!alive).then_some(())
-    });
+            .is_ok_and(|s| s.success())
+    }
+}
+
+impl Drop for Terminal {
+    fn drop(&mut self) {
+        let _ = Command::new(&self.tmux)
+            .args(["kill-session", "-t", &self.session])
+            .stderr(Stdio::null())
+            .status();
+    }
 }
 
 /// A proxy's live stream ends when its token is revoked (as its discovery stream does):
@@ -692,6 +708,18 @@ fn a_tap_is_joined_when_the_proxy_taps_and_a_refusal_is_reported() {
         "{line}"
     );
     drop(extra);
+    // `weft top` says so too, above its (empty) table.
+    let top = Terminal::run(&format!(
+        "WEFT_TOKEN={admin} {} top payments --server {}",
+        weft().display(),
+        m.server.url()
+    ));
+    let screen = eventually("top shows the refusal", Duration::from_secs(20), || {
+        top.screen()
+            .filter(|t| t.contains("proxy payments-1 refused the tap"))
+    });
+    assert!(screen.contains("0 proxies tapping"), "{screen}");
+    drop(top);
 
     drop(held.pop());
     let pay = m.out("payments");

@@ -282,6 +282,16 @@ function tapPanel(service) {
   let ctl = null;
   const rows = el("tbody", {});
   const says = el("div", {});
+  // Which proxies tap (they said so) and which refused, with their reasons.
+  const status = el("p", { id: "tap-status", class: "muted" });
+  let tapping = new Set();
+  let refused = new Map();
+  const showStatus = () => {
+    const n = tapping.size;
+    const parts = [`Tapping ${n} ${n === 1 ? "proxy" : "proxies"}${n ? `: ${[...tapping].join(", ")}` : ""}.`];
+    for (const [proxy, reason] of refused) parts.push(`${proxy} refused the tap: ${reason}.`);
+    status.textContent = parts.join(" ");
+  };
   const path = el("input", { id: "tap-path", placeholder: "/", "aria-label": "Path prefix" });
   const button = el("button", { type: "submit", id: "tap-toggle" }, "Start tap");
   const stop = () => {
@@ -303,13 +313,25 @@ function tapPanel(service) {
     ctl = new AbortController();
     button.textContent = "Stop tap";
     says.replaceChildren();
+    tapping = new Set();
+    refused = new Map();
+    showStatus();
     const q = new URLSearchParams({ maxRps: "50" });
     if (path.value.trim()) q.set("path", path.value.trim());
     const mine = ctl;
     stream(
       `/v1/tap/${encodeURIComponent(service)}?${q}`,
       (kind, e) => {
-        if (kind !== "tap") return;
+        if (kind === "joined") {
+          refused.delete(e.proxyId);
+          tapping.add(e.proxyId);
+        } else if (kind === "left") {
+          tapping.delete(e.proxyId);
+        } else if (kind === "refused") {
+          tapping.delete(e.proxyId);
+          refused.set(e.proxyId, e.reason);
+        }
+        if (kind !== "tap") return showStatus();
         const at = new Date(e.startedMs).toLocaleTimeString();
         const row = el(
           "tr",
@@ -341,6 +363,7 @@ function tapPanel(service) {
     {},
     form,
     says,
+    status,
     el("table", { id: "tap" }, el("thead", {}, el("tr", {}, ["Time", "Direction", "From → to", "Method", "Path", "Status", "Latency", "Proxy's error"].map((h) => el("th", { scope: "col" }, h)))), rows),
   );
   return { node, close: stop };

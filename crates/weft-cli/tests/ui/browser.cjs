@@ -155,6 +155,8 @@ const steps = [
       await page.waitForSelector("#tap tbody tr", { timeout: 20000 });
       const tapped = await page.textContent("#tap tbody tr");
       check(/frontend → payments/.test(tapped) && /GET/.test(tapped), `a tapped request: ${tapped}`);
+      const tapStatus = await page.textContent("#tap-status");
+      check(/Tapping 1 proxy: payments-/.test(tapStatus), `the proxies tapping: ${tapStatus}`);
       if (SHOTS) await page.screenshot({ path: path.join(SHOTS, "ui-service.png"), fullPage: true });
       await page.click("#tap-toggle");
       await page.click('nav a[data-view="config"]');
