@@ -1,6 +1,8 @@
 //! Authentication: the secret a request carries, resolved to a [`Caller`] from the
 //! server's view, or — for a token created an instant ago on another replica — from the
-//! store, under a negative cache and a cap on concurrent lookups.
+//! store, under a negative cache and a cap on concurrent lookups; such a caller then
+//! waits for the view to catch up with the store, so what it is served is not older than
+//! its token.
 
 use std::sync::Arc;
 
@@ -36,6 +38,9 @@ pub const MAX_STORE_LOOKUPS: usize = 8;
 /// unknown (the client may try again). Found at 100,000 proxies (bench/control.py): with
 /// no wait, tokens made an instant before were refused while the watch was catching up.
 pub const LOOKUP_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+/// How long a caller found in the store waits for this server's view to catch up with
+/// the store (see [`Authenticator::caller`]).
+pub const CATCH_UP_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 #[derive(Default)]
 struct NegativeCache {
@@ -105,9 +110,24 @@ impl Authenticator {
             return Caller::Token(t);
         }
         match crate::store::get(&*self.store, &format!("{TOKENS}{hash}")).await {
-            Ok((Some(kv), _)) => serde_json::from_slice(&kv.value)
-                .map(|t| Caller::Token(Arc::new(t)))
-                .unwrap_or(Caller::Unknown),
+            Ok((Some(kv), revision)) => {
+                drop(_permit);
+                // The view is behind the store (it lacks a token the store has): what
+                // this caller does next — a proxy's first configuration, an API read —
+                // waits until the view holds everything the store held when asked (a
+                // proxy was sent a stale slice without its intentions, and its stream
+                // ended as "revoked" when the view moved on without the token). Not
+                // for ever: a view that cannot catch up is served as it is.
+                if !self.state.reached(revision, CATCH_UP_WAIT).await {
+                    tracing::warn!(
+                        revision,
+                        "this server's view is behind the store; serving it as it is"
+                    );
+                }
+                serde_json::from_slice(&kv.value)
+                    .map(|t| Caller::Token(Arc::new(t)))
+                    .unwrap_or(Caller::Unknown)
+            }
             Ok((None, _)) => {
                 self.negative().insert(hash, now);
                 Caller::Unknown
@@ -181,5 +201,43 @@ mod tests {
             auth.caller(Some("made-up")).await,
             Caller::Unknown
         ));
+    }
+
+    /// A token the view has not seen (its watch is behind): the caller is answered only
+    /// once the view holds what the store held when asked, so a proxy connecting with it
+    /// is not served a slice older than its token (it was: without its intentions).
+    #[tokio::test]
+    async fn a_caller_found_in_the_store_waits_for_the_view_to_catch_up() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store: Arc<dyn Store> =
+            Arc::new(crate::embedded::Embedded::open(dir.path()).expect("store"));
+        let token = Token {
+            accessor_id: "a".into(),
+            secret_hash: hash("fresh"),
+            description: String::new(),
+            rules: vec!["service:s:write".into()],
+            created: 0,
+        };
+        let value = serde_json::to_vec(&token).expect("json");
+        let key = format!("{TOKENS}{}", hash("fresh"));
+        let written = crate::store::put(&*store, &key, value, None)
+            .await
+            .expect("put");
+        let state = State::new();
+        let auth = Arc::new(Authenticator::new(true, state.clone(), store.clone()));
+        let ask = {
+            let auth = auth.clone();
+            tokio::spawn(async move { auth.caller(Some("fresh")).await })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert!(!ask.is_finished(), "answered from a view behind the store");
+        // The view starts following the store: the caller is answered, and by then
+        // the view holds the token.
+        tokio::spawn(state.clone().follow(store));
+        let caller = ask.await.expect("task");
+        assert!(matches!(caller, Caller::Token(ref t) if t.accessor_id == "a"));
+        let view = state.read();
+        assert!(view.revision >= written, "{} < {written}", view.revision);
+        assert!(view.token(&hash("fresh")).is_some());
     }
 }

@@ -501,6 +501,15 @@ impl State {
             .is_ok_and(|r| r.is_ok())
     }
 
+    /// Waits (up to `max`) until the view holds the store's changes up to `revision`;
+    /// false if it did not get there in time.
+    pub async fn reached(&self, revision: Revision, max: Duration) -> bool {
+        let mut rx = self.tick.subscribe();
+        tokio::time::timeout(max, rx.wait_for(|r| *r >= revision))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
     /// Loads everything under `/weft/` and follows the store's watch, for ever
     /// (listing again when told the history is gone, retrying when the store fails).
     pub async fn follow(self: Arc<State>, store: Arc<dyn Store>) {
