@@ -435,10 +435,10 @@ pub async fn tap(server: &str, args: TapArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `weft top`'s rows by (source, destination, method, path).
 /// What `weft top` shows: its rows, and which proxies tap or refused to.
 #[derive(Default)]
 struct Board {
+    /// By (source, destination, method, path).
     rows: HashMap<(String, String, String, String), Row>,
     tapping: std::collections::BTreeSet<String>,
     /// Proxy → its reason.

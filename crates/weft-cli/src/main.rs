@@ -35,13 +35,13 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
+use control::{KvCommand, ServerArg};
+use process::{client, runtime};
+
 /// mimalloc instead of glibc's malloc: 5–6% fewer instructions per proxied request, for
 /// ~0.5 MB more of an idle proxy's own memory (docs/benchmarks.md, "The allocator").
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-use control::{KvCommand, ServerArg};
-use process::{client, runtime};
 
 #[derive(Parser)]
 #[command(name = "weft", version, about = "weft service mesh")]

@@ -101,8 +101,7 @@ impl Authenticator {
         if self.negative().contains(&hash, now) {
             return Caller::Unknown;
         }
-        let Ok(Ok(_permit)) = tokio::time::timeout(LOOKUP_WAIT, self.lookups.acquire()).await
-        else {
+        let Ok(Ok(permit)) = tokio::time::timeout(LOOKUP_WAIT, self.lookups.acquire()).await else {
             return Caller::Unknown;
         };
         // The watch may have brought the token while this request waited.
@@ -111,7 +110,8 @@ impl Authenticator {
         }
         match crate::store::get(&*self.store, &format!("{TOKENS}{hash}")).await {
             Ok((Some(kv), revision)) => {
-                drop(_permit);
+                // The lookup is done: waiting for the view below needs no lookup slot.
+                drop(permit);
                 // The view is behind the store (it lacks a token the store has): what
                 // this caller does next — a proxy's first configuration, an API read —
                 // waits until the view holds everything the store held when asked (a

@@ -400,16 +400,17 @@ fn ask_tap(
     events: &mpsc::Sender<TapMessage>,
     proxy_id: &str,
 ) {
-    let proxy_id = proxy_id.to_string();
     let sent = asks.try_send(LiveAsk {
         id,
         ask: Some(Ask::Tap(ask)),
     });
     let told = match sent {
-        Ok(()) if acknowledges_taps => return,
-        Ok(()) => TapMessage::Joined { proxy_id },
+        Ok(()) if acknowledges_taps => return, // told when the proxy answers
+        Ok(()) => TapMessage::Joined {
+            proxy_id: proxy_id.to_string(),
+        },
         Err(_) => TapMessage::Refused {
-            proxy_id,
+            proxy_id: proxy_id.to_string(),
             reason: format!("its live stream has {ASKS_QUEUE} asks waiting; try again"),
         },
     };
